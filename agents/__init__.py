@@ -1,0 +1,1 @@
+"""agents: filled by its issue."""

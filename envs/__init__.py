@@ -1,0 +1,1 @@
+"""envs: filled by its issue."""

@@ -1,0 +1,34 @@
+"""The MoE runtime: a byte-level MoE language model, its token streams, pretraining, and `MoERuntime`."""
+
+from moe_runtime.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from moe_runtime.config import EXPERT_WIDTH_RATIOS, MoEConfig, widths_from_ratios
+from moe_runtime.model import ModelOutput, MoETransformer
+from moe_runtime.pretrain import PretrainConfig, checkpoint_path, evaluate_loss, load_or_pretrain, pretrain
+from moe_runtime.runtime import ControlAction, MoERuntime, StepReport, forward_work
+from moe_runtime.streams import Corpus, DomainSchedule, TokenStream, corpus_hash, load_corpus
+
+__all__ = [
+    "EXPERT_WIDTH_RATIOS",
+    "CheckpointError",
+    "ControlAction",
+    "Corpus",
+    "DomainSchedule",
+    "MoEConfig",
+    "MoERuntime",
+    "MoETransformer",
+    "ModelOutput",
+    "PretrainConfig",
+    "StepReport",
+    "TokenStream",
+    "checkpoint_path",
+    "corpus_hash",
+    "evaluate_loss",
+    "forward_work",
+    "load_corpus",
+    "load_model",
+    "load_or_pretrain",
+    "pretrain",
+    "read_checkpoint",
+    "save_checkpoint",
+    "widths_from_ratios",
+]

@@ -1,0 +1,100 @@
+"""Checkpoints: atomic writes, a cache keyed by config and corpus, clear errors for corrupt or mismatched files."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+import torch
+
+from moe_runtime.config import MoEConfig
+from moe_runtime.model import MoETransformer
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or does not match the config asked for."""
+
+
+def default_cache_dir() -> pathlib.Path:
+    """`$MOE_RL_CACHE`, else `~/.cache/moe-energy-rl`."""
+    return pathlib.Path(os.environ.get("MOE_RL_CACHE", pathlib.Path.home() / ".cache" / "moe-energy-rl"))
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """`torch.save` to a temporary file beside `path`, then rename: a crash never leaves a half-written file."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(path, model: MoETransformer, corpus_sha: str, extra: dict | None = None) -> None:
+    """Save model weights with the config and the corpus hash they were trained on."""
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    atomic_save(
+        {
+            "format_version": FORMAT_VERSION,
+            "config": model.cfg.to_dict(),
+            "corpus_sha": corpus_sha,
+            "model": state,
+            **(extra or {}),
+        },
+        path,
+    )
+
+
+def read_checkpoint(path) -> dict:
+    """Load a checkpoint dict (weights only, no pickled code).
+
+    Raises:
+        CheckpointError: the file does not exist, cannot be read, or is not one of ours.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a checkpoint: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION or "model" not in ckpt:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a format-{FORMAT_VERSION} moe_runtime checkpoint"
+        )
+    return ckpt
+
+
+def load_model(path, config: MoEConfig | None = None) -> MoETransformer:
+    """Build the model a checkpoint holds.
+
+    Args:
+        config: if given, the checkpoint must have been trained for the same model shape (`MoEConfig.model_key`);
+            its device and dtype are kept.
+
+    Raises:
+        CheckpointError: missing, corrupt, or mismatched checkpoint.
+    """
+    ckpt = read_checkpoint(path)
+    saved = MoEConfig.from_dict(ckpt["config"])
+    if config is not None:
+        if saved.model_key() != config.model_key():
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} was trained for a different model "
+                f"(d_model {saved.d_model}, layers {saved.n_layers}, experts {saved.expert_widths}) than asked for "
+                f"(d_model {config.d_model}, layers {config.n_layers}, experts {config.expert_widths})"
+            )
+        saved = config
+    model = MoETransformer(saved)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit the model: {exc}") from exc
+    return model

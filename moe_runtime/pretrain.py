@@ -1,0 +1,229 @@
+"""Pretrain a preset on the prose corpus, cached by config and corpus hash, resumable.
+
+    python -m moe_runtime.pretrain --preset default
+
+AdamW with linear warm-up and cosine decay, next-token loss plus the Switch load-balancing loss. Progress shows in a
+tqdm bar and TensorBoard (`<cache>/tb/<name>`); the checkpoint goes atomically to the cache, and a `.partial` file
+beside it lets an interrupted run resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import pathlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from moe_runtime.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    default_cache_dir,
+    load_model,
+    save_checkpoint,
+)
+from moe_runtime.config import MoEConfig
+from moe_runtime.model import MoETransformer
+from moe_runtime.streams import load_corpus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainConfig:
+    """Pretraining settings.
+
+    Attributes:
+        steps: optimiser steps.
+        lr: peak learning rate.
+        warmup_steps: linear warm-up steps.
+        weight_decay: AdamW weight decay.
+        corpus: domain or path the model learns (`prose` by default; the shift meets `code`).
+        eval_tokens: validation tokens per domain for the reported losses.
+        checkpoint_every: steps between resumable `.partial` saves.
+        cache_dir: where checkpoints live (default `$MOE_RL_CACHE` or `~/.cache/moe-energy-rl`).
+        threads: torch CPU threads (0 keeps torch's default).
+        progress: show a progress bar.
+    """
+
+    steps: int = 1200
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.05
+    corpus: str = "prose"
+    eval_tokens: int = 32768
+    checkpoint_every: int = 200
+    cache_dir: str | None = None
+    threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0 or self.warmup_steps < 0 or self.lr <= 0 or self.eval_tokens <= 0:
+            raise ValueError(f"PretrainConfig has a non-positive size or rate: {self}")
+
+    def key(self) -> str:
+        keep = {k: v for k, v in dataclasses.asdict(self).items() if k in ("steps", "lr", "warmup_steps", "weight_decay")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def checkpoint_path(cfg: MoEConfig, pcfg: PretrainConfig) -> pathlib.Path:
+    """Where the pretrained checkpoint for (model, corpus, schedule) lives."""
+    cache = pathlib.Path(pcfg.cache_dir) if pcfg.cache_dir else default_cache_dir()
+    corpus_sha = load_corpus(pcfg.corpus).sha256[:12]
+    return cache / f"{cfg.preset}-{cfg.model_key()}-{corpus_sha}-{pcfg.key()}.pt"
+
+
+def _batch(data: np.ndarray, batch: int, seq: int, rng: np.random.Generator):
+    starts = rng.integers(0, len(data) - seq - 1, size=batch)
+    idx = starts[:, None] + np.arange(seq + 1)[None, :]
+    chunk = torch.from_numpy(data[idx].astype(np.int64))  # (B, S + 1)
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+@torch.no_grad()
+def evaluate_loss(model: MoETransformer, source: str, split: str = "validation", tokens: int = 32768) -> float:
+    """Mean next-token loss (nats) of `model` on the first `tokens` tokens of a corpus split."""
+    cfg = model.cfg
+    data = load_corpus(source).splits[split]
+    seq = cfg.seq_len
+    n_seq = max(1, min(tokens, len(data) - 1) // seq)
+    x = torch.from_numpy(data[: n_seq * seq].astype(np.int64)).view(n_seq, seq)
+    y = torch.from_numpy(data[1 : n_seq * seq + 1].astype(np.int64)).view(n_seq, seq)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = 0.0
+    for i in range(0, n_seq, 32):
+        out = model(x[i : i + 32].to(device), y[i : i + 32].to(device))
+        total += float(out.loss) * x[i : i + 32].numel()
+    model.train(was_training)
+    return total / (n_seq * seq)
+
+
+def unigram_loss(source: str = "prose", train_source: str = "prose") -> float:
+    """Cross-entropy (nats) of the validation split under the training split's byte frequencies (add-one)."""
+    train = np.bincount(load_corpus(train_source).splits["train"], minlength=256) + 1.0
+    p = train / train.sum()
+    val = load_corpus(source).splits["validation"]
+    return float(-np.log(p[val]).mean())
+
+
+def pretrain(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> dict:
+    """Train `cfg` on `pcfg.corpus` and write the checkpoint to the cache.
+
+    Returns:
+        {"path", "val_loss_prose", "val_loss_code", "unigram_loss_prose", "steps", "resumed_from"}.
+    """
+    pcfg = pcfg or PretrainConfig()
+    if pcfg.threads:
+        torch.set_num_threads(pcfg.threads)
+    path = checkpoint_path(cfg, pcfg)
+    partial = path.with_suffix(".partial")
+    corpus = load_corpus(pcfg.corpus)
+    data = corpus.splits["train"]
+    torch.manual_seed(cfg.seed)
+    model = MoETransformer(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=pcfg.lr, weight_decay=pcfg.weight_decay, betas=(0.9, 0.95))
+    rng = np.random.default_rng(cfg.seed)
+    step = 0
+    if partial.exists():
+        try:
+            state = torch.load(partial, map_location="cpu", weights_only=False)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            rng.bit_generator.state = state["rng"]
+            step = state["step"]
+            log.info("resuming pretraining from %s at step %d", partial, step)
+        except Exception as exc:
+            raise CheckpointError(f"resume file {str(partial)!r} is corrupt ({exc}); delete it to start over") from exc
+    resumed_from = step
+
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    writer = SummaryWriter(str(path.parent / "tb" / path.stem))
+    model.train()
+    bar = tqdm(total=pcfg.steps, initial=step, desc=f"pretrain {cfg.preset}", disable=not pcfg.progress)
+    while step < pcfg.steps:
+        lr = pcfg.lr * min(1.0, (step + 1) / max(1, pcfg.warmup_steps))
+        lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / pcfg.steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y = _batch(data, cfg.batch_size, cfg.seq_len, rng)
+        out = model(x, y)
+        loss = out.loss + cfg.aux_loss_coef * out.aux_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(out.loss):.3f}")
+        writer.add_scalar("losses/train", float(out.loss), step)
+        writer.add_scalar("losses/aux", float(out.aux_loss), step)
+        writer.add_scalar("charts/lr", lr, step)
+        if step % pcfg.checkpoint_every == 0 and step < pcfg.steps:
+            atomic_save(
+                {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng.bit_generator.state, "step": step},
+                partial,
+            )
+    bar.close()
+    model.eval()
+    result = {
+        "val_loss_prose": evaluate_loss(model, "prose", tokens=pcfg.eval_tokens),
+        "val_loss_code": evaluate_loss(model, "code", tokens=pcfg.eval_tokens),
+        "unigram_loss_prose": unigram_loss("prose"),
+        "steps": step,
+        "resumed_from": resumed_from,
+    }
+    for k in ("val_loss_prose", "val_loss_code"):
+        writer.add_scalar(f"losses/{k}", result[k], step)
+    writer.close()
+    save_checkpoint(path, model, corpus.sha256, extra={"pretrain": {**dataclasses.asdict(pcfg), **result}})
+    if partial.exists():
+        partial.unlink()
+    result["path"] = str(path)
+    return result
+
+
+def load_or_pretrain(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> MoETransformer:
+    """The cached pretrained model for `cfg`, pretraining it first (once) when none is cached."""
+    pcfg = pcfg or PretrainConfig()
+    path = checkpoint_path(cfg, pcfg)
+    if not path.exists():
+        log.info("no cached checkpoint at %s; pretraining %s", path, cfg.preset)
+        pretrain(cfg, pcfg)
+    return load_model(path, cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="default", help="MoEConfig preset: tiny, default or gpu")
+    for f in dataclasses.fields(PretrainConfig):
+        if f.name == "progress":
+            continue
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default) if f.default is not None else str,
+                            default=f.default)
+    parser.add_argument("--force", action="store_true", help="retrain even if a cached checkpoint exists")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = MoEConfig.preset(args.preset)
+    pcfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig) if f.name != "progress"})
+    path = checkpoint_path(cfg, pcfg)
+    if path.exists() and not args.force:
+        print(f"cached checkpoint exists: {path} (use --force to retrain)")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        result = {k: ckpt.get("pretrain", {}).get(k) for k in ("val_loss_prose", "val_loss_code", "unigram_loss_prose")}
+    else:
+        result = pretrain(cfg, pcfg)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""`MoERuntime`: the model, its token stream and its device, stepping one control interval at a time.
+
+The runtime is where a controller's decisions take effect: `apply(ControlAction)` sets the selection biases of
+every router and the TTT knobs, and `step(num_tokens)` serves the next tokens of the stream, returning a
+`StepReport` with the real loss, the routing it chose and the `work` it performed (`kernels.KernelCall`s), which
+the cost model prices.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from kernels import KernelCall
+from moe_runtime.config import MoEConfig
+from moe_runtime.model import MoETransformer
+from moe_runtime.streams import DomainSchedule, TokenStream
+
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ControlAction:
+    """What a controller sets for the next control interval.
+
+    Attributes:
+        routing_biases: per-expert selection biases [E]; empty means zero for every expert.
+        ttt_frequency_tokens: tokens between TTT updates; 0 turns TTT off.
+        ttt_chunk_tokens: tokens each TTT update trains on.
+    """
+
+    routing_biases: tuple[float, ...] = ()
+    ttt_frequency_tokens: int = 0
+    ttt_chunk_tokens: int = 512
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "routing_biases", tuple(float(b) for b in self.routing_biases))
+        if not all(np.isfinite(self.routing_biases)):
+            raise ValueError(f"ControlAction.routing_biases must be finite, got {self.routing_biases}")
+        if self.ttt_frequency_tokens < 0:
+            raise ValueError(f"ControlAction.ttt_frequency_tokens must be >= 0 (0 = off), got {self.ttt_frequency_tokens}")
+        if self.ttt_chunk_tokens <= 0:
+            raise ValueError(f"ControlAction.ttt_chunk_tokens must be positive, got {self.ttt_chunk_tokens}")
+
+    @classmethod
+    def uncontrolled(cls, num_experts: int | None = None) -> ControlAction:
+        """No control: zero biases, TTT off."""
+        return cls(routing_biases=(0.0,) * (num_experts or 0), ttt_frequency_tokens=0)
+
+    @property
+    def ttt_enabled(self) -> bool:
+        return self.ttt_frequency_tokens > 0
+
+    def biases(self, num_experts: int) -> np.ndarray:
+        """The biases as a float32 array [num_experts] (zeros when empty)."""
+        if not self.routing_biases:
+            return np.zeros(num_experts, dtype=np.float32)
+        if len(self.routing_biases) != num_experts:
+            raise ValueError(f"ControlAction has {len(self.routing_biases)} biases; the model has {num_experts} experts")
+        return np.asarray(self.routing_biases, dtype=np.float32)
+
+
+@dataclass
+class StepReport:
+    """What one control interval did.
+
+    Attributes:
+        tokens: tokens served.
+        loss: mean next-token cross-entropy over them (nats).
+        expert_token_counts: [L, E] slots routed to each expert per layer (each row sums to tokens * top_k).
+        router_entropy: mean over layers of the routing distribution's entropy (nats).
+        router_entropy_per_layer: [L].
+        flops_per_expert: [E] forward FLOPs spent in each expert, all layers.
+        flops_total: FLOPs of everything in `work` (forward and TTT).
+        wall_time_s: wall time of the step, including TTT.
+        work: the `KernelCall`s performed.
+        domain: the domain that served most of the tokens; `domain_tokens` counts each.
+        ttt_*: test-time-training activity in the interval (zeros when TTT is off).
+    """
+
+    tokens: int
+    loss: float
+    expert_token_counts: list[list[int]]
+    router_entropy: float
+    router_entropy_per_layer: list[float]
+    flops_per_expert: list[float]
+    flops_total: float
+    wall_time_s: float
+    work: list[KernelCall]
+    domain: str
+    domain_tokens: dict[str, int]
+    ttt_updates: int = 0
+    ttt_tokens_trained: int = 0
+    ttt_wall_time_s: float = 0.0
+    ttt_skipped_updates: int = 0
+    ttt_loss_before: float = float("nan")
+    ttt_loss_after: float = float("nan")
+    ttt_grad_norms: list[float] = field(default_factory=list)
+    ttt_activation_energy: list[float] = field(default_factory=list)
+
+
+def forward_work(cfg: MoEConfig, batch: int, seq: int, expert_counts: np.ndarray, phase: str = "forward"):
+    """The `KernelCall`s of one forward pass over `batch` sequences of `seq` tokens.
+
+    Args:
+        expert_counts: [L, E] slots routed to each expert.
+    """
+    t, d = batch * seq, cfg.d_model
+    work = [KernelCall("embed_head", t, d, d_ff=cfg.vocab_size, phase=phase)]
+    for layer in range(cfg.n_layers):
+        work.append(KernelCall("gemm_up", t, d, d_ff=3 * d // 2, layer=layer, phase=phase))  # fused QKV
+        work.append(KernelCall("sdpa_causal", t, d, heads=cfg.n_heads, seq_len=seq, layer=layer, phase=phase))
+        work.append(KernelCall("gemm_down", t, d, d_ff=d, layer=layer, phase=phase))  # attention output
+        work.append(KernelCall("router_topk", t, d, experts=cfg.num_experts, layer=layer, phase=phase))
+        for e, f in enumerate(cfg.expert_widths):
+            n = int(expert_counts[layer, e])
+            if n == 0:
+                continue
+            for op in ("gemm_up", "silu_mul", "gemm_down"):
+                work.append(KernelCall(op, n, d, d_ff=f, layer=layer, expert=e, phase=phase))
+    return work
+
+
+class MoERuntime:
+    """Owns the model, its token stream and device; serves control intervals.
+
+    Args:
+        config: the model shape; `config.device` picks CPU or CUDA (bf16 on CUDA unless `config.dtype` says).
+        model: a pretrained model to serve; a freshly initialised one when None.
+        schedule: the domain schedule of the stream (default: prose, then code).
+        split: which corpus split the stream reads.
+        seed: stream seed (defaults to `config.seed`).
+        ttt: a TTT engine (see `moe_runtime.ttt`); None serves without test-time training.
+    """
+
+    def __init__(
+        self,
+        config: MoEConfig | None = None,
+        model: MoETransformer | None = None,
+        schedule: DomainSchedule | None = None,
+        split: str = "test",
+        seed: int | None = None,
+        ttt=None,
+    ):
+        self.config = config or MoEConfig()
+        self.device = torch.device(self.config.resolved_device())
+        self.dtype = _TORCH_DTYPES[self.config.resolved_dtype()]
+        if model is None:
+            torch.manual_seed(self.config.seed)
+            model = MoETransformer(self.config)
+        self.model = model.to(self.device, self.dtype).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.stream = TokenStream(schedule, split=split, seed=self.config.seed if seed is None else seed)
+        self.ttt = ttt
+        if ttt is not None:
+            ttt.attach(self.model)
+        self.action = ControlAction.uncontrolled(self.config.num_experts)
+
+    def reset_stream(self, schedule: DomainSchedule | None = None, split: str | None = None, seed: int = 0) -> None:
+        """Start a fresh stream (new schedule, split or seed)."""
+        self.stream = TokenStream(schedule or self.stream.schedule, split=split or self.stream.split, seed=seed)
+
+    def set_routing_biases(self, biases) -> None:
+        """Selection biases: [E] for every MoE layer, or [L, E] per layer (tensor, array or sequence)."""
+        self.model.set_selection_biases(torch.as_tensor(np.asarray(biases, dtype=np.float32)))
+
+    def apply(self, action: ControlAction) -> None:
+        """Take a controller's decision into effect for the following intervals."""
+        self.set_routing_biases(action.biases(self.config.num_experts))
+        if self.ttt is not None:
+            self.ttt.set_schedule(action.ttt_frequency_tokens, action.ttt_chunk_tokens)
+        elif action.ttt_enabled:
+            raise ValueError("ControlAction turns TTT on but this runtime has no TTT engine")
+        self.action = action
+
+    def reset_ttt(self) -> None:
+        """Restore the adapted parameters to their initial state."""
+        if self.ttt is not None:
+            self.ttt.reset()
+
+    def _forward(self, x: np.ndarray, y: np.ndarray, batch: int, seq: int):
+        idx = torch.from_numpy(x.astype(np.int64)).view(batch, seq).to(self.device)
+        tgt = torch.from_numpy(y.astype(np.int64)).view(batch, seq).to(self.device)
+        with torch.inference_mode():
+            out = self.model(idx, tgt)
+        return out
+
+    def step(self, num_tokens: int) -> StepReport:
+        """Serve the next `num_tokens` tokens of the stream (forward passes and any TTT updates that fall due)."""
+        if num_tokens <= 0:
+            raise ValueError(f"num_tokens must be positive, got {num_tokens}")
+        cfg = self.config
+        start = time.perf_counter()
+        tokens, domains = self.stream.next(num_tokens)
+        seq = cfg.seq_len
+        full, rem = divmod(num_tokens, seq)
+        parts = [(full, seq, 0)] if full else []
+        if rem:
+            parts.append((1, rem, full * seq))
+        loss_sum = 0.0
+        counts = np.zeros((cfg.n_layers, cfg.num_experts), dtype=np.int64)
+        entropy = np.zeros(cfg.n_layers)
+        work: list[KernelCall] = []
+        for batch, s, off in parts:
+            n = batch * s
+            out = self._forward(tokens[off : off + n], tokens[off + 1 : off + n + 1], batch, s)
+            loss_sum += float(out.loss) * n
+            c = out.expert_counts.cpu().numpy()
+            counts += c
+            entropy += out.router_entropy.cpu().numpy() * n
+            work += forward_work(cfg, batch, s, c)
+        report = StepReport(
+            tokens=num_tokens,
+            loss=loss_sum / num_tokens,
+            expert_token_counts=counts.tolist(),
+            router_entropy=float(entropy.mean() / num_tokens),
+            router_entropy_per_layer=(entropy / num_tokens).tolist(),
+            flops_per_expert=[0.0] * cfg.num_experts,
+            flops_total=0.0,
+            wall_time_s=0.0,
+            work=work,
+            domain=Counter(domains).most_common(1)[0][0],
+            domain_tokens=dict(Counter(domains)),
+        )
+        if self.ttt is not None:
+            self.ttt.observe(tokens, report)  # trains on seen tokens when due; adds its work and figures
+        for call in report.work:
+            if call.expert >= 0 and call.phase == "forward":
+                report.flops_per_expert[call.expert] += call.flops()
+        report.flops_total = float(sum(c.flops() for c in report.work))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        report.wall_time_s = time.perf_counter() - start
+        return report

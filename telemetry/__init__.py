@@ -1,0 +1,1 @@
+"""telemetry: filled by its issue."""
