@@ -66,9 +66,7 @@ def read_checkpoint(path) -> dict:
     except Exception as exc:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a checkpoint: {exc}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION or "model" not in ckpt:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is not a format-{FORMAT_VERSION} moe_runtime checkpoint"
-        )
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a format-{FORMAT_VERSION} moe_runtime checkpoint")
     return ckpt
 
 

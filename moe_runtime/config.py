@@ -38,7 +38,7 @@ class MoEConfig:
         dtype: parameter dtype at inference; `bfloat16` on CUDA by default (see `resolved_dtype`).
         device: `cpu`, `cuda` or `auto` (CUDA when present).
         seed: initialisation and stream seed.
-        preset: the preset this config came from, for names and cache keys.
+        preset_name: the preset this config came from, for names and cache keys.
     """
 
     vocab_size: int = 256
@@ -55,7 +55,7 @@ class MoEConfig:
     dtype: str = "auto"
     device: str = "cpu"
     seed: int = 0
-    preset: str = "default"
+    preset_name: str = "default"
 
     def __post_init__(self) -> None:
         self.expert_widths = tuple(int(w) for w in self.expert_widths)
@@ -95,13 +95,24 @@ class MoEConfig:
         """
         presets = {
             "tiny": dict(
-                d_model=32, n_layers=2, n_heads=2, num_experts=4, top_k=2,
-                expert_widths=(16, 32, 48, 64), seq_len=32, batch_size=8,
+                d_model=32,
+                n_layers=2,
+                n_heads=2,
+                num_experts=4,
+                top_k=2,
+                expert_widths=(16, 32, 48, 64),
+                seq_len=32,
+                batch_size=8,
             ),
             "default": dict(),
             "gpu": dict(
-                d_model=1024, n_layers=8, n_heads=16, expert_widths=widths_from_ratios(2048),
-                seq_len=1024, batch_size=16, device="auto",
+                d_model=1024,
+                n_layers=8,
+                n_heads=16,
+                expert_widths=widths_from_ratios(2048),
+                seq_len=1024,
+                batch_size=16,
+                device="auto",
             ),
         }
         if name not in presets:
@@ -109,7 +120,7 @@ class MoEConfig:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown MoEConfig field(s) {sorted(unknown)}")
-        return cls(**{**presets[name], "preset": name, **overrides})
+        return cls(**{**presets[name], "preset_name": name, **overrides})
 
     def resolved_device(self) -> str:
         """`cuda` when asked for (or `auto` and CUDA is present), else `cpu`."""
@@ -144,5 +155,5 @@ class MoEConfig:
 
     def model_key(self) -> str:
         """A hash of the fields that decide the trained weights (not device, dtype or batch size)."""
-        keep = {k: v for k, v in self.to_dict().items() if k not in ("device", "dtype", "batch_size", "preset")}
+        keep = {k: v for k, v in self.to_dict().items() if k not in ("device", "dtype", "batch_size", "preset_name")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

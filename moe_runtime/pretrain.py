@@ -68,7 +68,9 @@ class PretrainConfig:
             raise ValueError(f"PretrainConfig has a non-positive size or rate: {self}")
 
     def key(self) -> str:
-        keep = {k: v for k, v in dataclasses.asdict(self).items() if k in ("steps", "lr", "warmup_steps", "weight_decay")}
+        keep = {
+            k: v for k, v in dataclasses.asdict(self).items() if k in ("steps", "lr", "warmup_steps", "weight_decay")
+        }
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -76,7 +78,7 @@ def checkpoint_path(cfg: MoEConfig, pcfg: PretrainConfig) -> pathlib.Path:
     """Where the pretrained checkpoint for (model, corpus, schedule) lives."""
     cache = pathlib.Path(pcfg.cache_dir) if pcfg.cache_dir else default_cache_dir()
     corpus_sha = load_corpus(pcfg.corpus).sha256[:12]
-    return cache / f"{cfg.preset}-{cfg.model_key()}-{corpus_sha}-{pcfg.key()}.pt"
+    return cache / f"{cfg.preset_name}-{cfg.model_key()}-{corpus_sha}-{pcfg.key()}.pt"
 
 
 def _batch(data: np.ndarray, batch: int, seq: int, rng: np.random.Generator):
@@ -149,7 +151,7 @@ def pretrain(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> dict:
 
     writer = SummaryWriter(str(path.parent / "tb" / path.stem))
     model.train()
-    bar = tqdm(total=pcfg.steps, initial=step, desc=f"pretrain {cfg.preset}", disable=not pcfg.progress)
+    bar = tqdm(total=pcfg.steps, initial=step, desc=f"pretrain {cfg.preset_name}", disable=not pcfg.progress)
     while step < pcfg.steps:
         lr = pcfg.lr * min(1.0, (step + 1) / max(1, pcfg.warmup_steps))
         lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / pcfg.steps))
@@ -170,7 +172,12 @@ def pretrain(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> dict:
         writer.add_scalar("charts/lr", lr, step)
         if step % pcfg.checkpoint_every == 0 and step < pcfg.steps:
             atomic_save(
-                {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng.bit_generator.state, "step": step},
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "rng": rng.bit_generator.state,
+                    "step": step,
+                },
                 partial,
             )
     bar.close()
@@ -197,7 +204,7 @@ def load_or_pretrain(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> MoET
     pcfg = pcfg or PretrainConfig()
     path = checkpoint_path(cfg, pcfg)
     if not path.exists():
-        log.info("no cached checkpoint at %s; pretraining %s", path, cfg.preset)
+        log.info("no cached checkpoint at %s; pretraining %s", path, cfg.preset_name_name)
         pretrain(cfg, pcfg)
     return load_model(path, cfg)
 
@@ -208,13 +215,16 @@ def main(argv: list[str] | None = None) -> None:
     for f in dataclasses.fields(PretrainConfig):
         if f.name == "progress":
             continue
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default) if f.default is not None else str,
-                            default=f.default)
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}", type=type(f.default) if f.default is not None else str, default=f.default
+        )
     parser.add_argument("--force", action="store_true", help="retrain even if a cached checkpoint exists")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = MoEConfig.preset(args.preset)
-    pcfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig) if f.name != "progress"})
+    pcfg = PretrainConfig(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig) if f.name != "progress"}
+    )
     path = checkpoint_path(cfg, pcfg)
     if path.exists() and not args.force:
         print(f"cached checkpoint exists: {path} (use --force to retrain)")

@@ -42,7 +42,9 @@ class ControlAction:
         if not all(np.isfinite(self.routing_biases)):
             raise ValueError(f"ControlAction.routing_biases must be finite, got {self.routing_biases}")
         if self.ttt_frequency_tokens < 0:
-            raise ValueError(f"ControlAction.ttt_frequency_tokens must be >= 0 (0 = off), got {self.ttt_frequency_tokens}")
+            raise ValueError(
+                f"ControlAction.ttt_frequency_tokens must be >= 0 (0 = off), got {self.ttt_frequency_tokens}"
+            )
         if self.ttt_chunk_tokens <= 0:
             raise ValueError(f"ControlAction.ttt_chunk_tokens must be positive, got {self.ttt_chunk_tokens}")
 
@@ -60,7 +62,9 @@ class ControlAction:
         if not self.routing_biases:
             return np.zeros(num_experts, dtype=np.float32)
         if len(self.routing_biases) != num_experts:
-            raise ValueError(f"ControlAction has {len(self.routing_biases)} biases; the model has {num_experts} experts")
+            raise ValueError(
+                f"ControlAction has {len(self.routing_biases)} biases; the model has {num_experts} experts"
+            )
         return np.asarray(self.routing_biases, dtype=np.float32)
 
 
