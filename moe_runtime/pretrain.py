@@ -165,10 +165,11 @@ def pretrain(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
+        loss_value = out.loss.item()
         bar.update(1)
-        bar.set_postfix(loss=f"{float(out.loss):.3f}")
-        writer.add_scalar("losses/train", float(out.loss), step)
-        writer.add_scalar("losses/aux", float(out.aux_loss), step)
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+        writer.add_scalar("losses/train", loss_value, step)
+        writer.add_scalar("losses/aux", out.aux_loss.item(), step)
         writer.add_scalar("charts/lr", lr, step)
         if step % pcfg.checkpoint_every == 0 and step < pcfg.steps:
             atomic_save(

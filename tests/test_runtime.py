@@ -1,0 +1,222 @@
+"""The MoE runtime on the CPU with the tiny preset: config, router, expert dispatch, streams, pretraining, reports."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import moe_runtime as mr
+from kernels import fused_route_reference, grouped_swiglu_reference, total_flops
+
+BAD_CONFIGS = [
+    dict(top_k=5),
+    dict(d_model=0),
+    dict(n_layers=-1),
+    dict(expert_widths=(16, 32)),
+    dict(expert_widths=(16, 32, 0, 64)),
+    dict(n_heads=3),
+    dict(dtype="float8"),
+    dict(device="tpu"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return mr.MoEConfig.preset("tiny")
+
+
+@pytest.mark.parametrize("overrides", BAD_CONFIGS)
+def test_bad_config_is_a_clear_error(overrides):
+    with pytest.raises(ValueError, match="MoEConfig"):
+        mr.MoEConfig.preset("tiny", **overrides)
+
+
+def test_unknown_preset_and_field():
+    with pytest.raises(ValueError, match="preset"):
+        mr.MoEConfig.preset("huge")
+    with pytest.raises(ValueError, match="unknown MoEConfig field"):
+        mr.MoEConfig.preset("tiny", d_modle=3)
+
+
+def test_presets_share_width_ratios():
+    d, g = mr.MoEConfig.preset("default"), mr.MoEConfig.preset("gpu")
+    assert d.num_experts == g.num_experts
+    rd = np.array(d.expert_widths) / d.expert_widths[0]
+    rg = np.array(g.expert_widths) / g.expert_widths[0]
+    np.testing.assert_allclose(rd, rg)
+    assert g.d_model >= 1024 and g.seq_len * g.batch_size >= 16384
+    flops = d.expert_flops_per_token()
+    assert flops == sorted(flops) and flops[-1] > 7 * flops[0]  # heterogeneous: widest ~8x the narrowest
+
+
+def test_router_topk_and_renormalisation_match_reference():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 6, generator=g)
+    r = fused_route_reference(logits, None, 3)
+    probs = torch.softmax(logits, -1)
+    ref_w, ref_i = torch.topk(probs, 3, -1)
+    assert torch.equal(r.topk_ids, ref_i)
+    torch.testing.assert_close(r.topk_weights, ref_w / ref_w.sum(-1, keepdim=True))
+    assert r.expert_counts.sum() == 64 * 3
+
+
+def test_biases_change_selection_not_combine_source():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(128, 4, generator=g)
+    bias = torch.tensor([0.0, 0.0, 0.3, 0.0])
+    r = fused_route_reference(logits, bias, 2)
+    r0 = fused_route_reference(logits, None, 2)
+    assert not torch.equal(r.topk_ids, r0.topk_ids)  # selections moved
+    probs = torch.softmax(logits, -1)
+    picked = torch.gather(probs, -1, r.topk_ids)  # unbiased scores of the chosen experts
+    torch.testing.assert_close(r.topk_weights, picked / picked.sum(-1, keepdim=True))
+
+
+def test_large_bias_sends_every_token_to_one_expert(tiny):
+    rt = mr.MoERuntime(tiny)
+    b = np.full(tiny.num_experts, -100.0)
+    b[2] = 100.0
+    rt.set_routing_biases(b)
+    counts = np.array(rt.step(256).expert_token_counts)  # (L, E)
+    assert (counts[:, 2] == 256).all()  # every token has expert 2 among its top-k
+
+
+def test_per_layer_biases(tiny):
+    rt = mr.MoERuntime(tiny)
+    b = np.zeros((tiny.n_layers, tiny.num_experts))
+    b[0, 1] = 100.0
+    b[1, 3] = 100.0
+    rt.set_routing_biases(b)
+    counts = np.array(rt.step(128).expert_token_counts)
+    assert counts[0, 1] == 128 and counts[1, 3] == 128
+    with pytest.raises(ValueError, match="shape"):
+        rt.set_routing_biases(np.zeros(tiny.num_experts + 1))
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_expert_dispatch_equals_dense_per_token_reference(k):
+    g = torch.Generator().manual_seed(k)
+    widths = (3, 8, 5, 16)
+    d, T = 12, 37
+    x = torch.randn(T, d, generator=g)
+    logits = torch.randn(T, 4, generator=g)
+    logits[:, 0] -= 100.0  # expert 0 gets no token unless k = E
+    w_up = torch.randn(d, 2 * sum(widths), generator=g)
+    w_down = torch.randn(sum(widths), d, generator=g)
+    r = fused_route_reference(logits, None, k)
+    out = grouped_swiglu_reference(x, r.topk_ids, r.topk_weights, w_up, w_down, widths)
+    ref = torch.zeros(T, d)
+    offs = np.cumsum((0,) + widths)
+    for t in range(T):
+        for j in range(k):
+            e = int(r.topk_ids[t, j])
+            f, o = widths[e], offs[e]
+            h = x[t] @ w_up[:, 2 * o : 2 * o + 2 * f]
+            ref[t] += r.topk_weights[t, j] * ((F.silu(h[:f]) * h[f:]) @ w_down[o : o + f])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_stream_is_deterministic_and_continuous():
+    a = mr.TokenStream(seed=3)
+    b = mr.TokenStream(seed=3)
+    c = mr.TokenStream(seed=4)
+    ta, _ = a.next(500)
+    tb, _ = b.next(500)
+    assert np.array_equal(ta, tb)
+    assert not np.array_equal(ta, c.next(500)[0])
+    nxt, _ = a.next(10)
+    assert nxt[0] == ta[-1]  # the last target is the next input
+
+
+def test_domain_switch_happens_where_scheduled():
+    s = mr.TokenStream(mr.DomainSchedule.shift("prose", "code", 300), seed=0)
+    _, d1 = s.next(200)
+    _, d2 = s.next(200)
+    assert set(d1) == {"prose"}
+    assert d2[:100] == ["prose"] * 100 and d2[100:] == ["code"] * 100
+
+
+def test_splits_do_not_overlap():
+    for name in ("prose", "code"):
+        c = mr.load_corpus(name)
+        sizes = {k: len(v) for k, v in c.splits.items()}
+        assert sum(sizes.values()) == len(b"".join(v.tobytes() for v in c.splits.values()))
+        # Blocks are disjoint by construction; check no 64-byte window of test appears in validation's start.
+        test, val = c.splits["test"].tobytes(), c.splits["validation"].tobytes()
+        assert test[:4096] != val[:4096] and val[:64] not in test[:4096]
+        assert sizes["train"] > 10 * sizes["test"] > 0
+
+
+def test_missing_or_empty_corpus_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        mr.load_corpus(str(tmp_path / "nope.txt"))
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        mr.load_corpus(str(empty))
+
+
+def test_user_text_file_stream(tmp_path):
+    f = tmp_path / "mine.txt"
+    f.write_bytes(b"hello world " * 2000)
+    s = mr.TokenStream(mr.DomainSchedule.constant(str(f)), split="train", seed=0)
+    t, d = s.next(100)
+    assert set(t.tobytes()) <= set(b"helo wrd") and d[0] == str(f)
+
+
+def test_step_report_counts_and_flops_add_up(tiny):
+    rt = mr.MoERuntime(tiny)
+    rep = rt.step(200)  # not a multiple of seq_len: a remainder sequence too
+    counts = np.array(rep.expert_token_counts)
+    assert counts.shape == (tiny.n_layers, tiny.num_experts)
+    assert (counts.sum(1) == 200 * tiny.top_k).all()
+    assert rep.flops_total == pytest.approx(total_flops(rep.work))
+    expert_calls = [c for c in rep.work if c.expert >= 0]
+    assert sum(c.tokens for c in expert_calls if c.op == "gemm_up") == 200 * tiny.top_k * tiny.n_layers
+    per_expert = np.zeros(tiny.num_experts)
+    for c in expert_calls:
+        per_expert[c.expert] += c.flops()
+    np.testing.assert_allclose(per_expert, rep.flops_per_expert)
+    fpt = np.array(tiny.expert_flops_per_token())
+    np.testing.assert_allclose(per_expert, counts.sum(0) * fpt)
+    assert np.isfinite(rep.loss) and 0 < rep.router_entropy <= np.log(tiny.num_experts) + 1e-6
+
+
+def test_pretraining_lowers_loss_and_checkpoint_round_trips(tiny, tmp_path):
+    pcfg = mr.PretrainConfig(steps=40, warmup_steps=5, lr=1e-2, eval_tokens=2048, cache_dir=str(tmp_path), progress=False)
+    torch.manual_seed(tiny.seed)
+    before = mr.evaluate_loss(mr.MoETransformer(tiny), "prose", tokens=2048)
+    result = mr.pretrain(tiny, pcfg)
+    assert result["val_loss_prose"] < before - 0.5
+    model = mr.load_model(result["path"], tiny)
+    again = mr.load_model(result["path"], tiny)
+    for (n, p), (_, q) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(p, q), n
+    assert mr.evaluate_loss(model, "prose", tokens=2048) == pytest.approx(result["val_loss_prose"], rel=1e-6)
+
+
+def test_corrupt_or_mismatched_checkpoint_is_a_clear_error(tiny, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(mr.CheckpointError, match="bad.pt"):
+        mr.load_model(bad, tiny)
+    with pytest.raises(mr.CheckpointError, match="does not exist"):
+        mr.load_model(tmp_path / "missing.pt", tiny)
+    good = tmp_path / "good.pt"
+    mr.save_checkpoint(good, mr.MoETransformer(tiny), corpus_sha="x")
+    other = mr.MoEConfig.preset("tiny", d_model=64)
+    with pytest.raises(mr.CheckpointError, match="different model"):
+        mr.load_model(good, other)
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(mr.CheckpointError, match="trunc.pt"):
+        mr.load_model(truncated, tiny)
+
+
+def test_control_action():
+    a = mr.ControlAction.uncontrolled()
+    assert not a.ttt_enabled and np.array_equal(a.biases(4), np.zeros(4))
+    with pytest.raises(ValueError, match="finite"):
+        mr.ControlAction(routing_biases=(float("nan"),))
+    with pytest.raises(ValueError, match="experts"):
+        mr.ControlAction(routing_biases=(0.0, 1.0)).biases(4)
