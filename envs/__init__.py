@@ -1,1 +1,44 @@
-"""envs: filled by its issue."""
+"""Gymnasium environments for energy-aware control of a live MoE runtime.
+
+`import envs` registers:
+- `MoERouting-v0`: scalar reward (simulated backend unless `telemetry="nvml"`, or `auto` finds a GPU);
+- `MoERoutingMO-v0`: the same with the unweighted objective vector as reward and a `reward_space`;
+- `MoERoutingMeasured-v0`: `telemetry="nvml"`, registered nondeterministic (real hardware).
+"""
+
+from gymnasium.envs.registration import register, registry
+
+from envs.actions import ActionCodec, ActionConfig
+from envs.config import EnvConfig, deployment_for
+from envs.moe_routing_env import MoERoutingEnv, MoERoutingMOEnv
+from envs.observation import ObservationBuilder
+from envs.rewards import OBJECTIVES, RewardConfig, RewardReference, reward, vector_reward
+from envs.workload import PROFILES, DemandTrace, Workload
+
+__all__ = [
+    "OBJECTIVES",
+    "PROFILES",
+    "ActionCodec",
+    "ActionConfig",
+    "DemandTrace",
+    "EnvConfig",
+    "MoERoutingEnv",
+    "MoERoutingMOEnv",
+    "ObservationBuilder",
+    "RewardConfig",
+    "RewardReference",
+    "Workload",
+    "deployment_for",
+    "reward",
+    "vector_reward",
+]
+
+if "MoERouting-v0" not in registry:
+    register(id="MoERouting-v0", entry_point="envs.moe_routing_env:MoERoutingEnv")
+    register(id="MoERoutingMO-v0", entry_point="envs.moe_routing_env:MoERoutingMOEnv")
+    register(
+        id="MoERoutingMeasured-v0",
+        entry_point="envs.moe_routing_env:MoERoutingEnv",
+        kwargs={"telemetry": "nvml"},
+        nondeterministic=True,
+    )

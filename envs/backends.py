@@ -1,0 +1,211 @@
+"""Hardware backends: what one control interval costs on a simulated GPU or measures on a real one.
+
+Both run the runtime for the interval and return an `IntervalResult` with the same fields; `source` says
+`simulated` or `measured`.
+
+Simulated (any machine): the runtime serves `runtime_tokens` real tokens on the CPU; the KCM prices its work at the
+`DeploymentScale` for the deployment tokens due (demand plus backlog) at full clock; the `SimulatedGpu` executes
+that (its power cap and thermal state stretch the compute-bound part) in slices until the interval is used up,
+idles for the rest, and what does not fit becomes backlog.
+
+Latency model (both backends): a token waits for the launch that serves it and for the backlog ahead of it:
+`latency_ms = 1000 * (busy_s / launches + backlog_tokens / service_rate)`, with `service_rate` the tokens/s the GPU
+served while busy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from envs.config import EnvConfig
+from kernels import KernelCostModel
+from moe_runtime import MoERuntime, StepReport
+from telemetry import SimulatedGpu, get_gpu_spec
+
+_SLICES = 8  # the interval's work is executed in this many slices, so a backlog is cut at slice granularity
+
+
+@dataclass
+class IntervalResult:
+    """The hardware figures of one control interval (units in the names; shares in [0, 1])."""
+
+    report: StepReport
+    source: str
+    demand_tokens: float
+    tokens_served: float
+    backlog_tokens: float
+    energy_j: float
+    energy_per_token_j: float
+    power_w: float
+    peak_power_w: float
+    temperature_c: float
+    peak_temperature_c: float
+    sm_clock_mhz: float
+    gpu_utilization: float
+    memory_pressure: float
+    throttled: bool
+    throttle_reasons: tuple[str, ...]
+    throttled_share: float
+    latency_ms: float
+    busy_s: float
+    ttt_busy_share: float
+    pred_energy_j: float  # KCM's prediction for this interval, at the state it started in
+    pred_latency_ms: float
+    next_pred_energy_j: float = 0.0  # KCM's prediction for the next interval at the present state
+    next_pred_latency_ms: float = 0.0
+    next_pred_expert_energy_j: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    next_pred_expert_latency_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    energy_from_counter: bool = False
+    sample_staleness_s: float = 0.0
+
+
+def interval_latency_ms(busy_s: float, launches: int, tokens_served: float, backlog_tokens: float) -> float:
+    """Latency a token sees: its launch's duration plus the wait behind the backlog, ms."""
+    launch_s = busy_s / max(1, launches)
+    rate = tokens_served / busy_s if busy_s > 0 else math.inf
+    return 1000.0 * (launch_s + (backlog_tokens / rate if rate > 0 else 0.0))
+
+
+class SimulatedBackend:
+    """Prices the runtime's decisions at deployment scale and runs them on a `SimulatedGpu`."""
+
+    source = "simulated"
+
+    def __init__(self, cfg: EnvConfig):
+        self.cfg = cfg
+        self.spec = get_gpu_spec(cfg.gpu)
+        self.kcm = KernelCostModel(gpu_type=cfg.gpu)
+        self.gpu = SimulatedGpu(self.spec, seed=cfg.seed)
+
+    # -- cost-model views used by the env and its calibration ------------------------------------------------------
+    def capacity_tokens_per_s(self, report: StepReport) -> float:
+        """Deployment tokens/s at full clock for this report's routing (TTT excluded)."""
+        tokens = float(self.cfg.deployment.batch_tokens)
+        cost = self.kcm.predict_step(_forward_only(report.work), scale=self.cfg.deployment, deploy_tokens=tokens)
+        return tokens / cost.latency_s
+
+    def expert_energy_per_token_j(self, report: StepReport) -> np.ndarray:
+        """[E] energy each expert spends per routed deployment token (KCM, full clock)."""
+        return np.asarray(self.kcm.expert_energy_per_token_j(self.cfg.deployment), dtype=np.float64)
+
+    def _predict(self, report: StepReport, tokens: float, clock_mhz: float | None, temp_c: float | None):
+        return self.kcm.predict_step(
+            report.work, scale=self.cfg.deployment, deploy_tokens=max(tokens, 1.0), clock_mhz=clock_mhz, temp_c=temp_c
+        )
+
+    # -- episode ------------------------------------------------------------------------------------------------------
+    def reset(
+        self, rng: np.random.Generator, runtime: MoERuntime, demand_tokens_per_s: float, randomize: bool | None = None
+    ) -> IntervalResult:
+        """A fresh GPU (ambient, cooling, initial temperature from `rng` when randomised) and one uncontrolled
+        interval served on it, whose result is the first observation's."""
+        cfg = self.cfg
+        randomize = cfg.randomize if randomize is None else randomize
+        if randomize:
+            ambient = float(rng.uniform(*cfg.ambient_range_c))
+            cooling = float(rng.uniform(*cfg.cooling_range))
+            initial = ambient + float(rng.uniform(5.0, 30.0))
+        else:
+            ambient, cooling = float(np.mean(cfg.ambient_range_c)), 1.0
+            initial = ambient + 15.0
+        self.gpu = SimulatedGpu(
+            self.spec,
+            seed=int(rng.integers(2**31)),
+            ambient_c=ambient,
+            cooling=cooling,
+            noise_std=cfg.noise_std,
+            initial_temp_c=initial,
+        )
+        return self.run_interval(runtime, cfg.runtime_tokens, demand_tokens_per_s * cfg.interval_s, 0.0)
+
+    def run_interval(
+        self, runtime: MoERuntime, runtime_tokens: int, demand_tokens: float, backlog_tokens: float
+    ) -> IntervalResult:
+        cfg, gpu = self.cfg, self.gpu
+        report = runtime.step(runtime_tokens)
+        due = demand_tokens + backlog_tokens
+        start_clock, start_temp = gpu.sm_clock_mhz(), gpu.temperature_c()
+        full = self._predict(report, due, None, None)
+        predicted = self._predict(report, due, start_clock if start_clock > 0 else None, start_temp)
+        records, elapsed, served_share = [], 0.0, 0.0
+        if due > 0:
+            for _ in range(_SLICES):
+                rec = gpu.execute(full.compute_s / _SLICES, full.memory_s / _SLICES)
+                records.append(rec)
+                elapsed += rec.duration_s
+                served_share += 1.0 / _SLICES
+                if elapsed >= cfg.interval_s:
+                    break
+        busy_s = elapsed
+        if elapsed < cfg.interval_s:
+            records.append(gpu.idle(cfg.interval_s - elapsed))
+        served = due * served_share
+        backlog = due - served
+        duration = sum(r.duration_s for r in records)
+        energy = sum(r.energy_j for r in records)
+        launches = max(1, math.ceil(served / cfg.deployment.batch_tokens))
+        nxt = self._predict(report, due, gpu.sm_clock_mhz(), gpu.temperature_c())
+        reasons = tuple(sorted({x for r in records for x in r.clock_event_reasons}))
+        throttled_share = sum(r.throttled_share * r.duration_s for r in records) / max(duration, 1e-9)
+        return IntervalResult(
+            report=report,
+            source=self.source,
+            demand_tokens=demand_tokens,
+            tokens_served=served,
+            backlog_tokens=backlog,
+            energy_j=energy,
+            energy_per_token_j=energy / max(served, 1.0),
+            power_w=energy / max(duration, 1e-9),
+            peak_power_w=max(r.peak_power_w for r in records),
+            temperature_c=records[-1].temperature_c,
+            peak_temperature_c=max(r.peak_temperature_c for r in records),
+            sm_clock_mhz=sum(r.sm_clock_mhz * r.duration_s for r in records) / max(duration, 1e-9),
+            gpu_utilization=sum(r.utilization * r.duration_s for r in records) / max(duration, 1e-9),
+            memory_pressure=_memory_pressure(cfg, self.spec.memory_gb),
+            throttled=throttled_share > 0.05,
+            throttle_reasons=reasons,
+            throttled_share=throttled_share,
+            latency_ms=interval_latency_ms(busy_s, launches, served, backlog),
+            busy_s=busy_s,
+            ttt_busy_share=full.ttt_share,
+            pred_energy_j=predicted.energy_j * served_share,
+            pred_latency_ms=1000.0 * predicted.latency_s * served_share,
+            next_pred_energy_j=nxt.energy_j,
+            next_pred_latency_ms=1000.0 * nxt.latency_s,
+            next_pred_expert_energy_j=np.asarray(nxt.expert_energy_j, dtype=np.float64),
+            next_pred_expert_latency_ms=1000.0 * np.asarray(nxt.expert_latency_s, dtype=np.float64),
+            energy_from_counter=False,
+            sample_staleness_s=0.0,
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def _forward_only(work):
+    return [c for c in work if c.phase == "forward"]
+
+
+def _memory_pressure(cfg: EnvConfig, memory_gb: float) -> float:
+    """Weights plus activations of the deployment model over the GPU's memory (bf16), 0..1."""
+    s = cfg.deployment
+    params = s.layers * (4 * s.d_model**2 + 3 * s.d_model * sum(s.expert_widths)) + 2 * s.vocab_size * s.d_model
+    activations = s.batch_tokens * s.d_model * s.layers * 8
+    return min(1.0, (params + activations) * s.dtype_bytes / (memory_gb * 1e9))
+
+
+def make_backend(cfg: EnvConfig):
+    """The backend `cfg.telemetry` asks for (`auto`: NVML when a GPU and driver are present, else simulated)."""
+    source = cfg.telemetry
+    if source == "auto":
+        from telemetry import nvml_available
+
+        source = "nvml" if nvml_available() else "simulated"
+    if source == "simulated":
+        return SimulatedBackend(cfg)
+    from envs.measured import MeasuredBackend
+
+    return MeasuredBackend(cfg)

@@ -1,0 +1,129 @@
+"""`EnvConfig`: everything that defines an `MoERoutingEnv`, checked at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from envs.actions import ActionConfig
+from envs.rewards import RewardConfig
+from envs.workload import Workload
+from kernels import DeploymentScale
+from moe_runtime import MoEConfig
+
+TELEMETRY_SOURCES = ("auto", "nvml", "simulated")
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class EnvConfig:
+    """Configuration of `MoERoutingEnv`.
+
+    Attributes:
+        preset: `MoEConfig` preset of the served model (`default`, `tiny`, `gpu`); ignored if `model` is given.
+        model: an explicit `MoEConfig`.
+        checkpoint: path of a pretrained checkpoint; None uses the cached pretrained model of the preset, pretraining
+            it once when none is cached; "none" serves a randomly initialised model (for quick tests).
+        pretrain_steps: steps for that one-time pretraining; None picks by preset (default 1200, tiny 150).
+        telemetry: `auto` (NVML if a GPU and driver are present, else simulated), `nvml`, `simulated`.
+        gpu: GPU spec the simulated backend models (`H100`, `H200`, `A100`, `V100`, `L4`).
+        deployment: the shape at which the simulated backend prices the runtime's decisions.
+        workload: token demand profile.
+        interval_s: wall time of one control interval, s.
+        runtime_tokens: tokens the runtime really serves per interval (its real loss and routing); None picks by
+            preset (default 1024, tiny 128).
+        episode_intervals: intervals per episode (the episode ends by truncation).
+        domains: (before, after) the domain shift.
+        shift_range: the shift comes after a share of the episode drawn from this range.
+        split: corpus split the stream reads (train for learning, test for evaluation).
+        randomize: domain randomisation of ambient temperature, cooling, initial temperature and shift point.
+        ambient_range_c: ambient temperature range when randomised, C.
+        cooling_range: heatsink thermal-resistance multiplier range when randomised (1 = as measured).
+        reward: reward weights and scales.
+        action: action bounds.
+        ttt: use a TTT engine (its knobs are in the action); False serves without TTT.
+        torch_threads: torch CPU threads in this process (1 in vector-env workers).
+        noise_std: simulated sensor noise (relative).
+        seed: default seed when `reset` gets none.
+    """
+
+    preset: str = "default"
+    model: MoEConfig | None = None
+    checkpoint: str | None = None
+    pretrain_steps: int | None = None
+    telemetry: str = "auto"
+    gpu: str = "H100"
+    deployment: DeploymentScale = field(default_factory=DeploymentScale)
+    workload: Workload = field(default_factory=Workload)
+    interval_s: float = 1.0
+    runtime_tokens: int | None = None
+    episode_intervals: int = 64
+    domains: tuple[str, str] = ("prose", "code")
+    shift_range: tuple[float, float] = (0.25, 0.6)
+    split: str = "train"
+    randomize: bool = True
+    ambient_range_c: tuple[float, float] = (22.0, 40.0)
+    cooling_range: tuple[float, float] = (0.8, 1.6)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    action: ActionConfig = field(default_factory=ActionConfig)
+    ttt: bool = True
+    torch_threads: int = 2
+    noise_std: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.telemetry not in TELEMETRY_SOURCES:
+            raise ValueError(f"EnvConfig.telemetry {self.telemetry!r} is not one of {TELEMETRY_SOURCES}")
+        if self.model is None:
+            self.model = MoEConfig.preset(self.preset)  # raises on an unknown preset
+        if self.runtime_tokens is None:
+            self.runtime_tokens = 128 if self.model.preset_name == "tiny" else 1024
+        if self.pretrain_steps is None:
+            self.pretrain_steps = 150 if self.model.preset_name == "tiny" else 1200
+        for name in ("interval_s", "runtime_tokens", "episode_intervals", "torch_threads", "pretrain_steps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"EnvConfig.{name} must be positive, got {getattr(self, name)}")
+        lo, hi = self.shift_range
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"EnvConfig.shift_range must satisfy 0 <= low <= high <= 1, got {self.shift_range}")
+        if self.split not in SPLITS:
+            raise ValueError(f"EnvConfig.split {self.split!r} is not one of {SPLITS}")
+        if len(self.domains) != 2:
+            raise ValueError(f"EnvConfig.domains must be (before, after) the shift, got {self.domains}")
+        if self.deployment.num_experts != self.model.num_experts:
+            raise ValueError(
+                f"EnvConfig.deployment has {self.deployment.num_experts} experts; the model has "
+                f"{self.model.num_experts}: give a DeploymentScale with one width per expert"
+            )
+        if (
+            not self.ambient_range_c[0] <= self.ambient_range_c[1]
+            or not 0 < self.cooling_range[0] <= self.cooling_range[1]
+        ):
+            raise ValueError(
+                f"EnvConfig ranges must be (low <= high): ambient {self.ambient_range_c}, cooling {self.cooling_range}"
+            )
+        if self.noise_std < 0:
+            raise ValueError(f"EnvConfig.noise_std must be >= 0, got {self.noise_std}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> EnvConfig:
+        """An EnvConfig from flat keyword arguments (what `gymnasium.make` passes); unknown names are errors.
+
+        A `tiny` preset without an explicit deployment gets a 4-expert deployment with the tiny widths' ratios.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(kwargs) - known
+        if unknown:
+            raise ValueError(f"unknown MoERouting-v0 argument(s) {sorted(unknown)}; known: {sorted(known)}")
+        if "deployment" not in kwargs:
+            model = kwargs.get("model") or MoEConfig.preset(kwargs.get("preset", "default"))
+            kwargs["deployment"] = deployment_for(model)
+        return cls(**kwargs)
+
+
+def deployment_for(model: MoEConfig, d_model: int = 1024) -> DeploymentScale:
+    """The default `DeploymentScale` (the `gpu` preset's shape) with one expert per runtime expert, in the runtime's
+    width ratios: the median runtime width maps to 2 x d_model, rounded to multiples of 64."""
+    median = float(sorted(model.expert_widths)[len(model.expert_widths) // 2 - (1 - len(model.expert_widths) % 2)])
+    widths = tuple(max(64, int(round(2 * d_model * w / median / 64)) * 64) for w in model.expert_widths)
+    return dataclasses.replace(DeploymentScale(), d_model=d_model, expert_widths=widths)

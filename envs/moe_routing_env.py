@@ -1,0 +1,287 @@
+"""`MoERoutingEnv`: control a live MoE runtime's routing and test-time training for energy."""
+
+from __future__ import annotations
+
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from envs.actions import ActionCodec
+from envs.backends import IntervalResult, make_backend
+from envs.calibration import reward_reference
+from envs.config import EnvConfig
+from envs.observation import ObservationBuilder
+from envs.rewards import OBJECTIVES, reward
+from envs.workload import DemandTrace
+from moe_runtime import ControlAction, DomainSchedule, MoERuntime, PretrainConfig, load_model, load_or_pretrain
+
+
+class MoERoutingEnv(gym.Env):
+    """Route a Mixture-of-Experts language model and schedule its test-time training for energy.
+
+    ## Description
+    A real byte-level MoE transformer (`moe_runtime`) serves a token stream that shifts domain mid-episode (prose,
+    then Python source). Each step is one control interval of `interval_s` seconds in which the GPU must serve a
+    token demand (`Workload`). The agent sets per-expert selection biases (experts differ in width, so in cost and
+    quality) and the TTT schedule. The hardware figures come from NVML on a GPU (`measured`) or from a simulated
+    GPU fitted to a measured H100 that executes the runtime's routing decisions priced at `DeploymentScale` by the
+    kernel cost model (`simulated`); `info["source"]` says which.
+
+    ## Action Space
+    `Box(-1, 1, (E + 2,), float32)`: E selection biases (x `bias_range`), TTT frequency (log scale; below
+    `ttt_off_below` means off), TTT chunk size (log scale, snapped). See `envs.actions`; `decode_action` and
+    `encode_action` convert to and from `ControlAction`. Out-of-range values are clipped; NaN, inf or a wrong shape
+    raise `ValueError`.
+
+    ## Observation Space
+    `Box` float32 of fixed-scale features with finite bounds (values clipped): telemetry, KCM predictions for the
+    next interval, runtime state, TTT feedback, workload and measurement validity. The table with names, units,
+    scales and bounds is in `envs.observation`; names in `observation_names`.
+
+    ## Rewards
+    `r = -w_energy * E_tok / E_tok_ref - w_temp * max(0, T - T_target) / T_scale
+         - w_latency * max(0, L / L_target - 1) - w_loss * (loss - loss_ref[domain]) / loss_scale`,
+    with references from a cached uncontrolled calibration (`envs.calibration`): no control scores about -w_energy
+    per step. `info["reward_terms"]` has each weighted term, `info["vector_reward"]` the unweighted objectives
+    (`MoERoutingMO-v0` returns that vector as the reward).
+
+    ## Starting State
+    `reset(seed=...)` seeds the stream position, the shift point, the workload, ambient temperature, cooling,
+    initial temperature and sensor noise, and restores the TTT weights.
+
+    ## Episode End
+    1. Truncation: after `episode_intervals` intervals. There is no termination.
+
+    ## Arguments
+    | argument | default | meaning |
+    |---|---|---|
+    | preset | "default" | model preset (`tiny` for tests) |
+    | telemetry | "auto" | `auto`, `nvml`, `simulated` |
+    | gpu | "H100" | simulated GPU spec |
+    | interval_s | 1.0 | seconds per step |
+    | episode_intervals | 64 | steps per episode |
+    | ... | | all of `EnvConfig`, as keywords of `gymnasium.make` |
+
+    ## Version History
+    - v0: initial release.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+
+    def __init__(self, config: EnvConfig | None = None, render_mode: str | None = None, **kwargs):
+        if config is not None and kwargs:
+            raise ValueError("give either an EnvConfig or keyword arguments, not both")
+        self.config = cfg = config or EnvConfig.from_kwargs(**kwargs)
+        if render_mode not in (None, "ansi"):
+            raise ValueError(f"render_mode {render_mode!r} is not supported; use None or 'ansi'")
+        self.render_mode = render_mode
+        torch.set_num_threads(cfg.torch_threads)
+        self.backend = make_backend(cfg)
+        model_cfg = cfg.model if self.backend.source == "simulated" else cfg.model
+        self.model_config = model_cfg
+        self.runtime = MoERuntime(model_cfg, model=self._load_model(), split=cfg.split, ttt=self._make_ttt())
+        self.codec = ActionCodec(model_cfg.num_experts, cfg.action)
+        self.observation_builder = ObservationBuilder(
+            model_cfg.num_experts,
+            self.backend.spec.tdp_w,
+            self.backend.spec.slowdown_temp_c,
+            cfg.interval_s,
+            cfg.action.bias_range,
+        )
+        self.observation_names = list(self.observation_builder.names)
+        b = self.observation_builder
+        self.observation_space = spaces.Box(b.low, b.high, dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(self.codec.size,), dtype=np.float32)
+        self.reference = reward_reference(cfg, self.runtime, self.backend)
+        self.capacity_tokens_per_s = self.reference.capacity_tokens_per_s
+        self.last_timing: dict[str, float] = {}
+        self._interval = -1
+        self._last: IntervalResult | None = None
+
+    def _load_model(self):
+        cfg = self.config
+        if cfg.checkpoint == "none":
+            return None
+        if cfg.checkpoint:
+            return load_model(cfg.checkpoint, cfg.model)
+        return load_or_pretrain(cfg.model, PretrainConfig(steps=cfg.pretrain_steps))
+
+    def _make_ttt(self):
+        if not self.config.ttt:
+            return None
+        from moe_runtime import TTTConfig, TTTEngine
+
+        return TTTEngine(TTTConfig())
+
+    # -- action helpers -------------------------------------------------------------------------------------------
+    def decode_action(self, action) -> ControlAction:
+        """The `ControlAction` an action vector means (clipped; ValueError on NaN, inf or a wrong shape)."""
+        return self.codec.decode(action)
+
+    def encode_action(self, control: ControlAction) -> np.ndarray:
+        """The action vector for a `ControlAction` (e.g. `ControlAction.uncontrolled()`)."""
+        return self.codec.encode(control)
+
+    # -- gymnasium API --------------------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        cfg, rng = self.config, self.np_random
+        tokens_total = cfg.runtime_tokens * cfg.episode_intervals
+        share = rng.uniform(*cfg.shift_range) if cfg.randomize else float(np.mean(cfg.shift_range))
+        self.shift_tokens = max(1, int(share * tokens_total))
+        self.runtime.reset_stream(
+            DomainSchedule.shift(cfg.domains[0], cfg.domains[1], self.shift_tokens),
+            split=cfg.split,
+            seed=int(rng.integers(2**31)),
+        )
+        self.runtime.reset_ttt()
+        self.runtime.apply(ControlAction.uncontrolled(self.model_config.num_experts))
+        self.demand = DemandTrace(cfg.workload, cfg.episode_intervals, rng)
+        self.backlog_tokens = 0.0
+        self._interval = 0
+        self._prev_loss = self.reference.loss.get(cfg.domains[0], 0.0)
+        self._tokens_since_ttt = 0
+        self._last = self.backend.reset(rng, self.runtime, self.demand.load_at(0) * self.capacity_tokens_per_s)
+        obs = self._observation(self._last)
+        return obs, self._info(self._last, {name: 0.0 for name in OBJECTIVES}, np.zeros(len(OBJECTIVES), np.float32))
+
+    def step(self, action):
+        if self._interval < 0:
+            raise RuntimeError("call reset() before step()")
+        t0 = time.perf_counter()
+        control = self.decode_action(action)
+        self.runtime.apply(control)
+        cfg = self.config
+        demand_tokens = self.demand.load_at(self._interval) * self.capacity_tokens_per_s * cfg.interval_s
+        result = self.backend.run_interval(self.runtime, cfg.runtime_tokens, demand_tokens, self.backlog_tokens)
+        self.backlog_tokens = result.backlog_tokens
+        t1 = time.perf_counter()
+        rep = result.report
+        self._tokens_since_ttt = 0 if rep.ttt_updates else self._tokens_since_ttt + rep.tokens
+        total, terms, vec = reward(
+            cfg.reward,
+            self.reference,
+            energy_per_token_j=result.energy_per_token_j,
+            temperature_c=result.temperature_c,
+            latency_ms=result.latency_ms,
+            loss=rep.loss,
+            domain=rep.domain,
+        )
+        self._last = result
+        obs = self._observation(result)
+        self._prev_loss = rep.loss
+        self._interval += 1
+        truncated = self._interval >= cfg.episode_intervals
+        info = self._info(result, terms, vec)
+        t2 = time.perf_counter()
+        self.last_timing = {
+            "runtime_s": rep.wall_time_s,
+            "backend_s": (t1 - t0) - rep.wall_time_s,
+            "env_s": t2 - t1,
+            "step_s": t2 - t0,
+        }
+        return obs, self._scalarize(total, vec), False, truncated, info
+
+    def _scalarize(self, total: float, vec: np.ndarray):
+        return total
+
+    def _observation(self, r: IntervalResult) -> np.ndarray:
+        rep, control = r.report, self.runtime.action
+        counts = np.asarray(rep.expert_token_counts, dtype=np.float64).sum(0)
+        ttt_freq = control.ttt_frequency_tokens
+        figures = {
+            "power_w": r.power_w,
+            "interval_energy_j": r.energy_j,
+            "temperature_c": r.temperature_c,
+            "sm_clock_ratio": r.sm_clock_mhz / self.backend.spec.boost_sm_clock_mhz,
+            "gpu_utilization": r.gpu_utilization,
+            "memory_pressure": r.memory_pressure,
+            "throttled": float(r.throttled),
+            "pred_energy_j_e": r.next_pred_expert_energy_j,
+            "pred_latency_ms_e": r.next_pred_expert_latency_ms,
+            "expert_cost_ratio_e": self.reference.expert_cost_ratio,
+            "pred_total_energy_j": r.next_pred_energy_j,
+            "pred_total_latency_ms": r.next_pred_latency_ms,
+            "load_fraction_e": counts / max(1.0, counts.sum()),
+            "loss": rep.loss,
+            "loss_delta": rep.loss - self._prev_loss,
+            "loss_gap": rep.loss - self.reference.loss.get(rep.domain, rep.loss),
+            "router_entropy": rep.router_entropy,
+            "tokens_since_ttt": self._tokens_since_ttt,
+            "bias_e": control.biases(self.model_config.num_experts),
+            "ttt_frequency": np.log2(ttt_freq) / 16 if ttt_freq > 0 else 0.0,
+            "ttt_chunk": np.log2(control.ttt_chunk_tokens) / 16,
+            "ttt_grad_norm": np.log1p(np.mean(rep.ttt_grad_norms)) if rep.ttt_grad_norms else 0.0,
+            "ttt_activation_energy": np.log1p(np.mean(rep.ttt_activation_energy)) if rep.ttt_activation_energy else 0.0,
+            "demand": self.demand.load_at(self._interval),
+            "backlog": r.backlog_tokens / (self.capacity_tokens_per_s * self.config.interval_s),
+            "energy_from_counter": float(r.energy_from_counter),
+            "sample_staleness_s": r.sample_staleness_s,
+        }
+        return self.observation_builder.build(figures)
+
+    def _info(self, r: IntervalResult, terms: dict, vec: np.ndarray) -> dict:
+        rep, control = r.report, self.runtime.action
+        return {
+            "source": self.backend.source,
+            "interval": self._interval,
+            "tokens": int(r.tokens_served),
+            "runtime_tokens": int(rep.tokens),
+            "demand_tokens": float(r.demand_tokens),
+            "backlog_tokens": float(r.backlog_tokens),
+            "energy_j": float(r.energy_j),
+            "energy_per_token_j": float(r.energy_per_token_j),
+            "power_w": float(r.power_w),
+            "peak_power_w": float(r.peak_power_w),
+            "temperature_c": float(r.temperature_c),
+            "peak_temperature_c": float(r.peak_temperature_c),
+            "sm_clock_mhz": float(r.sm_clock_mhz),
+            "throttle_reasons": ",".join(r.throttle_reasons),
+            "throttled_share": float(r.throttled_share),
+            "latency_ms": float(r.latency_ms),
+            "slo_violated": bool(
+                r.latency_ms > (self.config.reward.target_latency_ms or 1.5 * self.reference.latency_ms)
+            ),
+            "loss": float(rep.loss),
+            "domain": rep.domain,
+            "ttt_updates": int(rep.ttt_updates),
+            "ttt_tokens_trained": int(rep.ttt_tokens_trained),
+            "ttt_share_of_busy": float(r.ttt_busy_share),
+            "expert_load": np.asarray(rep.expert_token_counts, dtype=np.float64).sum(0).astype(np.float32),
+            "routing_biases": np.asarray(control.biases(self.model_config.num_experts), dtype=np.float32),
+            "ttt_frequency_tokens": int(control.ttt_frequency_tokens),
+            "ttt_chunk_tokens": int(control.ttt_chunk_tokens),
+            "kcm_pred_energy_j": float(r.pred_energy_j),
+            "kcm_pred_latency_ms": float(r.pred_latency_ms),
+            "reward_terms": {k: float(v) for k, v in terms.items()},
+            "vector_reward": np.asarray(vec, dtype=np.float32),
+        }
+
+    def render(self):
+        if self.render_mode != "ansi" or self._last is None:
+            return None
+        r, c = self._last, self.runtime.action
+        return (
+            f"t={self._interval:3d} {r.report.domain:<5} loss {r.report.loss:5.3f} | {r.power_w:5.0f} W "
+            f"{r.temperature_c:5.1f} C {r.sm_clock_mhz:6.0f} MHz | {r.energy_per_token_j * 1e3:7.3f} mJ/tok "
+            f"lat {r.latency_ms:7.1f} ms backlog {r.backlog_tokens:9.0f} | ttt every {c.ttt_frequency_tokens} "
+            f"x{c.ttt_chunk_tokens} [{r.source}]"
+        )
+
+    def close(self):
+        self.backend.close()
+
+
+class MoERoutingMOEnv(MoERoutingEnv):
+    """`MoERoutingEnv` with the unweighted objective vector as reward (MO-Gymnasium convention)."""
+
+    def __init__(self, config: EnvConfig | None = None, render_mode: str | None = None, **kwargs):
+        super().__init__(config, render_mode, **kwargs)
+        self.reward_space = spaces.Box(low=-np.inf, high=np.inf, shape=(len(OBJECTIVES),), dtype=np.float32)
+        self.reward_dim = len(OBJECTIVES)
+
+    def _scalarize(self, total: float, vec: np.ndarray):
+        return vec

@@ -1,0 +1,97 @@
+"""The reward: energy per token, temperature above a target, latency against a target, loss against the reference.
+
+    r = - w_energy  * (energy_per_token_j / ref_energy_per_token_j)
+        - w_temp    * max(0, temperature_c - target_temp_c) / temp_scale_c
+        - w_latency * max(0, latency_ms / target_latency_ms - 1)
+        - w_loss    * (loss - ref_loss[domain]) / loss_scale
+
+`ref_energy_per_token_j` and `ref_loss[domain]` come from a short uncontrolled calibration of the same config and
+corpus (envs.calibration), so "no control" scores near -w_energy per step, a domain shift by itself costs nothing,
+TTT that adapts earns, and routing to narrow experts costs. Units: J, C, ms, nats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+OBJECTIVES = ("energy", "temperature", "latency", "loss")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Weights and scales of the reward.
+
+    Attributes:
+        w_energy, w_temp, w_latency, w_loss: weights of the four terms (>= 0).
+        target_temp_c: temperature above which the temperature term bites, C.
+        temp_scale_c: degrees above target that cost one unit, C.
+        target_latency_ms: interval latency target (the SLO), ms; None takes 1.5x the calibrated no-control latency.
+        loss_scale: loss increase (nats) that costs one unit; 0.05 nats is about 3% of the default model's loss.
+    """
+
+    w_energy: float = 1.0
+    w_temp: float = 0.5
+    w_latency: float = 1.0
+    w_loss: float = 1.0
+    target_temp_c: float = 75.0
+    temp_scale_c: float = 10.0
+    target_latency_ms: float | None = None
+    loss_scale: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("w_energy", "w_temp", "w_latency", "w_loss"):
+            if getattr(self, name) < 0 or not np.isfinite(getattr(self, name)):
+                raise ValueError(f"RewardConfig.{name} must be a finite weight >= 0, got {getattr(self, name)}")
+        for name in ("temp_scale_c", "loss_scale"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"RewardConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.target_latency_ms is not None and self.target_latency_ms <= 0:
+            raise ValueError(f"RewardConfig.target_latency_ms must be positive, got {self.target_latency_ms}")
+
+
+@dataclass(frozen=True)
+class RewardReference:
+    """The uncontrolled calibration the reward is measured against.
+
+    Attributes:
+        energy_per_token_j: mean energy per deployment token with no control, J.
+        latency_ms: mean interval latency with no control, ms.
+        loss: domain -> mean loss of the uncontrolled model on that domain, nats.
+    """
+
+    energy_per_token_j: float
+    latency_ms: float
+    loss: dict
+
+
+def vector_reward(
+    cfg: RewardConfig,
+    ref: RewardReference,
+    energy_per_token_j: float,
+    temperature_c: float,
+    latency_ms: float,
+    loss: float,
+    domain: str,
+) -> np.ndarray:
+    """The unweighted objectives, each as a reward (higher is better), order `OBJECTIVES`. float32 [4]."""
+    target_latency = cfg.target_latency_ms or 1.5 * ref.latency_ms
+    ref_loss = ref.loss.get(domain, float(np.mean(list(ref.loss.values()))))
+    return np.array(
+        [
+            -energy_per_token_j / ref.energy_per_token_j,
+            -max(0.0, temperature_c - cfg.target_temp_c) / cfg.temp_scale_c,
+            -max(0.0, latency_ms / target_latency - 1.0),
+            -(loss - ref_loss) / cfg.loss_scale,
+        ],
+        dtype=np.float32,
+    )
+
+
+def reward(cfg: RewardConfig, ref: RewardReference, **figures) -> tuple[float, dict[str, float], np.ndarray]:
+    """Total reward, its weighted terms by name, and the unweighted vector (see `vector_reward`)."""
+    vec = vector_reward(cfg, ref, **figures)
+    weights = np.array([cfg.w_energy, cfg.w_temp, cfg.w_latency, cfg.w_loss], dtype=np.float32)
+    terms = {name: float(w * v) for name, w, v in zip(OBJECTIVES, weights, vec)}
+    return float(sum(terms.values())), terms, vec
