@@ -85,7 +85,7 @@ class SimulatedBackend:
         """Deployment tokens/s at full clock for this report's routing (TTT excluded)."""
         tokens = float(self.cfg.deployment.batch_tokens)
         cost = self.kcm.predict_step(_forward_only(report.work), scale=self.cfg.deployment, deploy_tokens=tokens)
-        return tokens / cost.latency_s
+        return tokens / cost.total.latency_s
 
     def expert_energy_per_token_j(self, report: StepReport) -> np.ndarray:
         """[E] energy each expert spends per routed deployment token (KCM, full clock)."""
@@ -109,7 +109,7 @@ class SimulatedBackend:
             cooling = float(rng.uniform(*cfg.cooling_range))
             initial = ambient + float(rng.uniform(5.0, 30.0))
         else:
-            ambient, cooling = float(np.mean(cfg.ambient_range_c)), 1.0
+            ambient, cooling = float(np.mean(cfg.ambient_range_c)), float(np.mean(cfg.cooling_range))
             initial = ambient + 15.0
         self.gpu = SimulatedGpu(
             self.spec,
@@ -133,9 +133,11 @@ class SimulatedBackend:
         records, elapsed, served_share = [], 0.0, 0.0
         if due > 0:
             for _ in range(_SLICES):
-                rec = gpu.execute(full.compute_s / _SLICES, full.memory_s / _SLICES)
-                records.append(rec)
-                elapsed += rec.duration_s
+                recs = [gpu.execute(full.total.compute_s / _SLICES, full.total.memory_s / _SLICES)]
+                if full.total.overhead_s > 0:  # launch gaps: busy time at idle power (see kernels.StepCost)
+                    recs.append(gpu.idle(full.total.overhead_s / _SLICES))
+                records += recs
+                elapsed += sum(r.duration_s for r in recs)
                 served_share += 1.0 / _SLICES
                 if elapsed >= cfg.interval_s:
                     break
@@ -170,19 +172,24 @@ class SimulatedBackend:
             throttled_share=throttled_share,
             latency_ms=interval_latency_ms(busy_s, launches, served, backlog),
             busy_s=busy_s,
-            ttt_busy_share=full.ttt_share,
-            pred_energy_j=predicted.energy_j * served_share,
-            pred_latency_ms=1000.0 * predicted.latency_s * served_share,
-            next_pred_energy_j=nxt.energy_j,
-            next_pred_latency_ms=1000.0 * nxt.latency_s,
-            next_pred_expert_energy_j=np.asarray(nxt.expert_energy_j, dtype=np.float64),
-            next_pred_expert_latency_ms=1000.0 * np.asarray(nxt.expert_latency_s, dtype=np.float64),
+            ttt_busy_share=full.ttt.latency_s / max(full.total.latency_s, 1e-12),
+            pred_energy_j=predicted.total.energy_j * served_share + _idle_energy(self.spec, cfg.interval_s - busy_s),
+            pred_latency_ms=1000.0 * predicted.total.latency_s * served_share,
+            next_pred_energy_j=nxt.total.energy_j,
+            next_pred_latency_ms=1000.0 * nxt.total.latency_s,
+            next_pred_expert_energy_j=np.asarray(nxt.experts.energy_j, dtype=np.float64),
+            next_pred_expert_latency_ms=1000.0 * np.asarray(nxt.experts.latency_s, dtype=np.float64),
             energy_from_counter=False,
             sample_staleness_s=0.0,
         )
 
     def close(self) -> None:
         pass
+
+
+def _idle_energy(spec, seconds: float) -> float:
+    """Energy of idling `seconds` at the spec's idle power (the KCM prices busy time only), J."""
+    return max(0.0, seconds) * spec.idle_w
 
 
 def _forward_only(work):

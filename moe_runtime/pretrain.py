@@ -205,7 +205,7 @@ def load_or_pretrain(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> MoET
     pcfg = pcfg or PretrainConfig()
     path = checkpoint_path(cfg, pcfg)
     if not path.exists():
-        log.info("no cached checkpoint at %s; pretraining %s", path, cfg.preset_name_name)
+        log.info("no cached checkpoint at %s; pretraining %s", path, cfg.preset_name)
         pretrain(cfg, pcfg)
     return load_model(path, cfg)
 

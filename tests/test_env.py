@@ -1,0 +1,227 @@
+"""MoERoutingEnv on the simulated backend with the tiny preset: interface, checkers, determinism, and that the
+controls move energy, loss, clocks and temperature the ways they should."""
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import envs
+from envs import EnvConfig, MoERoutingEnv, Workload
+from moe_runtime import ControlAction
+
+TINY = dict(preset="tiny", telemetry="simulated", episode_intervals=12)
+BAD_KWARGS = [
+    dict(telemetry="gpu"),
+    dict(interval_s=0.0),
+    dict(episode_intervals=0),
+    dict(shift_range=(0.8, 0.2)),
+    dict(split="dev"),
+    dict(preset="huge"),
+    dict(not_a_field=1),
+]
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = gym.make("MoERouting-v0", **TINY)
+    yield e
+    e.close()
+
+
+def run(env, actions, seed=0):
+    obs, info = env.reset(seed=seed)
+    out = [(obs, 0.0, info)]
+    for a in actions:
+        obs, r, term, trunc, info = env.step(a)
+        out.append((obs, r, info))
+    return out
+
+
+def mean_info(env, action, key, seed=0, steps=6, **reset):
+    rows = run(env, [action] * steps, seed=seed)
+    return float(np.mean([info[key] for _, _, info in rows[1:]]))
+
+
+@pytest.mark.parametrize("kwargs", BAD_KWARGS)
+def test_bad_config_is_a_clear_error_at_construction(kwargs):
+    with pytest.raises(ValueError):
+        MoERoutingEnv(**{**TINY, **kwargs})
+
+
+def test_spaces_and_names(env):
+    u = env.unwrapped
+    E = u.model_config.num_experts
+    assert env.action_space.shape == (E + 2,)
+    assert len(u.observation_names) == env.observation_space.shape[0]
+    assert np.all(np.isfinite(env.observation_space.low)) and np.all(np.isfinite(env.observation_space.high))
+    obs, info = env.reset(seed=1)
+    assert env.observation_space.contains(obs)
+    assert info["source"] == "simulated"
+
+
+def test_action_round_trip_and_errors(env):
+    u = env.unwrapped
+    E = u.model_config.num_experts
+    none = u.encode_action(ControlAction.uncontrolled())
+    c = u.decode_action(none)
+    assert c.ttt_frequency_tokens == 0 and np.allclose(c.biases(E), 0)
+    want = ControlAction(
+        routing_biases=tuple(np.linspace(-0.4, 0.4, E)), ttt_frequency_tokens=1024, ttt_chunk_tokens=512
+    )
+    got = u.decode_action(u.encode_action(want))
+    np.testing.assert_allclose(got.biases(E), want.biases(E), atol=1e-6)
+    assert got.ttt_chunk_tokens == 512 and abs(np.log(got.ttt_frequency_tokens / 1024)) < 0.05
+    clipped = u.decode_action(np.full(E + 2, 7.0))
+    assert max(clipped.routing_biases) == pytest.approx(u.config.action.bias_range)
+    with pytest.raises(ValueError, match="non-finite"):
+        u.decode_action(np.full(E + 2, np.nan))
+    with pytest.raises(ValueError, match="shape"):
+        u.decode_action(np.zeros(E))
+    env.reset(seed=0)
+    with pytest.raises(ValueError):
+        env.step(np.full(E + 2, np.inf))
+
+
+def test_checkers_pass_without_warnings(env):
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env.unwrapped, skip_render_check=True)
+        sb3_check_env(env.unwrapped, warn=True)
+
+
+def test_same_seed_same_actions_same_everything(env):
+    rng = np.random.default_rng(0)
+    actions = [rng.uniform(-1, 1, env.action_space.shape).astype(np.float32) for _ in range(5)]
+    a, b = run(env, actions, seed=7), run(env, actions, seed=7)
+    for (oa, ra, ia), (ob, rb, ib) in zip(a, b):
+        np.testing.assert_array_equal(oa, ob)
+        assert ra == rb
+        assert ia.keys() == ib.keys()
+        for k in ia:
+            np.testing.assert_array_equal(np.asarray(ia[k]), np.asarray(ib[k]), err_msg=k)
+    c = run(env, actions, seed=8)
+    assert not np.array_equal(a[1][0], c[1][0])
+
+
+def test_info_is_plain_and_finite(env):
+    _, _, info = run(env, [env.action_space.sample()])[-1]
+    for k, v in info.items():
+        assert isinstance(v, (bool, int, float, str, np.ndarray, dict)), k
+        if isinstance(v, float):
+            assert np.isfinite(v), k
+    assert set(info["reward_terms"]) == set(envs.OBJECTIVES)
+    assert info["vector_reward"].shape == (len(envs.OBJECTIVES),)
+
+
+def test_episode_ends_by_truncation(env):
+    env.reset(seed=0)
+    a = env.unwrapped.encode_action(ControlAction.uncontrolled())
+    for i in range(TINY["episode_intervals"]):
+        _, _, term, trunc, _ = env.step(a)
+        assert not term
+        assert trunc == (i == TINY["episode_intervals"] - 1)
+
+
+def test_narrow_experts_save_energy_and_cost_loss(env):
+    u = env.unwrapped
+    E = u.model_config.num_experts
+    widths = np.array(u.model_config.expert_widths, dtype=float)
+    toward_narrow = np.where(widths <= np.median(widths), 1.0, -1.0)
+    narrow = u.encode_action(ControlAction(routing_biases=tuple(toward_narrow * u.config.action.bias_range)))
+    none = u.encode_action(ControlAction.uncontrolled(E))
+    assert mean_info(env, narrow, "energy_per_token_j") < 0.9 * mean_info(env, none, "energy_per_token_j")
+    assert mean_info(env, narrow, "loss") > mean_info(env, none, "loss")
+
+
+def test_wide_experts_under_high_demand_hit_the_power_cap():
+    e = MoERoutingEnv(**TINY, randomize=False, workload=Workload(profile="constant", load=1.2, randomize_load=False))
+    u, E = e, e.model_config.num_experts
+    widths = np.array(u.model_config.expert_widths, dtype=float)
+    toward_wide = np.where(widths > np.median(widths), 1.0, -1.0) * u.config.action.bias_range
+    wide = u.encode_action(ControlAction(routing_biases=tuple(toward_wide)))
+    narrow = u.encode_action(ControlAction(routing_biases=tuple(-toward_wide)))
+    clock_wide, clock_narrow = mean_info(e, wide, "sm_clock_mhz"), mean_info(e, narrow, "sm_clock_mhz")
+    assert clock_wide < 0.9 * clock_narrow
+    assert mean_info(e, wide, "latency_ms") > mean_info(e, narrow, "latency_ms")
+    rows = run(e, [wide] * 4)
+    assert any("sw_power_cap" in info["throttle_reasons"] for _, _, info in rows[1:])
+    e.close()
+
+
+def test_poor_cooling_reaches_thermal_slowdown():
+    e = MoERoutingEnv(
+        **TINY,
+        randomize=False,
+        ambient_range_c=(45.0, 45.0),
+        cooling_range=(3.0, 3.0),
+        workload=Workload(profile="constant", load=1.0, randomize_load=False),
+    )
+    rows = run(e, [e.encode_action(ControlAction.uncontrolled())] * 10)
+    reasons = ",".join(info["throttle_reasons"] for _, _, info in rows[1:])
+    assert "thermal" in reasons
+    e.close()
+
+
+def test_ttt_after_the_shift_moves_loss_and_energy(env):
+    u = env.unwrapped
+    off = u.encode_action(ControlAction.uncontrolled())
+    on = u.encode_action(ControlAction(ttt_frequency_tokens=256, ttt_chunk_tokens=256))
+    loss_off, loss_on, energy_off, energy_on = [], [], [], []
+    for seed in (0, 1):
+        rows_off, rows_on = run(env, [off] * 11, seed=seed), run(env, [on] * 11, seed=seed)
+        after = [i for i, (_, _, info) in enumerate(rows_off[1:], 1) if info["domain"] == "code"]
+        loss_off += [rows_off[i][2]["loss"] for i in after[2:]]
+        loss_on += [rows_on[i][2]["loss"] for i in after[2:]]
+        energy_off += [rows_off[i][2]["energy_j"] for i in after]
+        energy_on += [rows_on[i][2]["energy_j"] for i in after]
+        assert sum(info["ttt_updates"] for _, _, info in rows_on[1:]) > 0
+    assert np.mean(loss_on) < np.mean(loss_off)
+    assert np.mean(energy_on) > np.mean(energy_off)
+
+
+def test_multi_objective_variant_returns_the_vector():
+    e = gym.make("MoERoutingMO-v0", **TINY)
+    e.reset(seed=0)
+    _, r, _, _, info = e.step(e.action_space.sample())
+    assert r.shape == (4,) and e.unwrapped.reward_space.shape == (4,)
+    np.testing.assert_array_equal(r, info["vector_reward"])
+    e.close()
+
+
+def test_render_ansi():
+    e = MoERoutingEnv(**TINY, render_mode="ansi")
+    e.reset(seed=0)
+    e.step(e.action_space.sample())
+    line = e.render()
+    assert "W" in line and "simulated" in line
+    e.close()
+
+
+def test_nvml_without_gpu_is_a_clear_error():
+    from telemetry import nvml_available
+
+    if nvml_available():
+        pytest.skip("a GPU with NVML is present: this checks the error without one")
+    with pytest.raises((RuntimeError, ValueError), match="(?i)nvml|gpu"):
+        MoERoutingEnv(**{**TINY, "telemetry": "nvml"})
+
+
+def test_async_vector_env_two_workers():
+    vec = gym.vector.AsyncVectorEnv([lambda: gym.make("MoERouting-v0", **TINY, torch_threads=1) for _ in range(2)])
+    obs, _ = vec.reset(seed=0)
+    obs, r, term, trunc, info = vec.step(vec.action_space.sample())
+    assert obs.shape[0] == 2 and np.all(np.isfinite(r))
+    vec.close()
+
+
+def test_env_config_object_and_kwargs_agree():
+    a = MoERoutingEnv(EnvConfig.from_kwargs(**TINY))
+    b = MoERoutingEnv(**TINY)
+    oa, _ = a.reset(seed=3)
+    ob, _ = b.reset(seed=3)
+    np.testing.assert_array_equal(oa, ob)
