@@ -3,7 +3,7 @@
 `import envs` registers:
 - `MoERouting-v0`: scalar reward (simulated backend unless `telemetry="nvml"`, or `auto` finds a GPU);
 - `MoERoutingMO-v0`: the same with the unweighted objective vector as reward and a `reward_space`;
-- `MoERoutingMeasured-v0`: `telemetry="nvml"`, registered nondeterministic (real hardware).
+- `MoERoutingMeasured-v0`: `telemetry="nvml"` and the `gpu` preset on CUDA, registered nondeterministic (real hardware).
 """
 
 from gymnasium.envs.registration import register, registry
@@ -35,7 +35,8 @@ __all__ = [
 
 if "MoERouting-v0" not in registry:
     register(id="MoERouting-v0", entry_point="envs.moe_routing_env:MoERoutingEnv")
-    register(id="MoERoutingMO-v0", entry_point="envs.moe_routing_env:MoERoutingMOEnv")
+    # The passive checker insists on scalar rewards; the MO variant returns a vector by design (MO-Gymnasium).
+    register(id="MoERoutingMO-v0", entry_point="envs.moe_routing_env:MoERoutingMOEnv", disable_env_checker=True)
     register(
         id="MoERoutingMeasured-v0",
         entry_point="envs.moe_routing_env:MoERoutingEnv",

@@ -44,6 +44,7 @@ class IntervalResult:
     temperature_c: float
     peak_temperature_c: float
     sm_clock_mhz: float
+    busy_sm_clock_mhz: float
     gpu_utilization: float
     memory_pressure: float
     throttled: bool
@@ -165,6 +166,7 @@ class SimulatedBackend:
             temperature_c=records[-1].temperature_c,
             peak_temperature_c=max(r.peak_temperature_c for r in records),
             sm_clock_mhz=sum(r.sm_clock_mhz * r.duration_s for r in records) / max(duration, 1e-9),
+            busy_sm_clock_mhz=_busy_clock(records, gpu.sm_clock_mhz()),
             gpu_utilization=sum(r.utilization * r.duration_s for r in records) / max(duration, 1e-9),
             memory_pressure=_memory_pressure(cfg, self.spec.memory_gb),
             throttled=throttled_share > 0.05,
@@ -185,6 +187,13 @@ class SimulatedBackend:
 
     def close(self) -> None:
         pass
+
+
+def _busy_clock(records, fallback_mhz: float) -> float:
+    """Time-weighted mean SM clock over the records with work in them, MHz."""
+    busy = [(r.sm_clock_mhz, r.duration_s * r.utilization) for r in records if r.utilization > 0]
+    weight = sum(w for _, w in busy)
+    return sum(c * w for c, w in busy) / weight if weight > 0 else fallback_mhz
 
 
 def _idle_energy(spec, seconds: float) -> float:

@@ -80,8 +80,7 @@ class MoERoutingEnv(gym.Env):
         self.render_mode = render_mode
         torch.set_num_threads(cfg.torch_threads)
         self.backend = make_backend(cfg)
-        model_cfg = cfg.model if self.backend.source == "simulated" else cfg.model
-        self.model_config = model_cfg
+        self.model_config = model_cfg = cfg.model
         self.runtime = MoERuntime(model_cfg, model=self._load_model(), split=cfg.split, ttt=self._make_ttt())
         self.codec = ActionCodec(model_cfg.num_experts, cfg.action)
         self.observation_builder = ObservationBuilder(
@@ -239,6 +238,7 @@ class MoERoutingEnv(gym.Env):
             "temperature_c": float(r.temperature_c),
             "peak_temperature_c": float(r.peak_temperature_c),
             "sm_clock_mhz": float(r.sm_clock_mhz),
+            "busy_sm_clock_mhz": float(r.busy_sm_clock_mhz),
             "throttle_reasons": ",".join(r.throttle_reasons),
             "throttled_share": float(r.throttled_share),
             "latency_ms": float(r.latency_ms),

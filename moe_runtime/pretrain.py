@@ -130,7 +130,8 @@ def pretrain(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> dict:
     corpus = load_corpus(pcfg.corpus)
     data = corpus.splits["train"]
     torch.manual_seed(cfg.seed)
-    model = MoETransformer(cfg)
+    device = torch.device(cfg.resolved_device())
+    model = MoETransformer(cfg).to(device)  # fp32 master weights; bf16 autocast on CUDA
     opt = torch.optim.AdamW(model.parameters(), lr=pcfg.lr, weight_decay=pcfg.weight_decay, betas=(0.9, 0.95))
     rng = np.random.default_rng(cfg.seed)
     step = 0
@@ -158,7 +159,8 @@ def pretrain(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = _batch(data, cfg.batch_size, cfg.seq_len, rng)
-        out = model(x, y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = model(x.to(device), y.to(device))
         loss = out.loss + cfg.aux_loss_coef * out.aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

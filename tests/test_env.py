@@ -139,31 +139,35 @@ def test_narrow_experts_save_energy_and_cost_loss(env):
 
 
 def test_wide_experts_under_high_demand_hit_the_power_cap():
-    e = MoERoutingEnv(**TINY, randomize=False, workload=Workload(profile="constant", load=1.2, randomize_load=False))
-    u, E = e, e.model_config.num_experts
-    widths = np.array(u.model_config.expert_widths, dtype=float)
-    toward_wide = np.where(widths > np.median(widths), 1.0, -1.0) * u.config.action.bias_range
-    wide = u.encode_action(ControlAction(routing_biases=tuple(toward_wide)))
-    narrow = u.encode_action(ControlAction(routing_biases=tuple(-toward_wide)))
-    clock_wide, clock_narrow = mean_info(e, wide, "sm_clock_mhz"), mean_info(e, narrow, "sm_clock_mhz")
-    assert clock_wide < 0.9 * clock_narrow
-    assert mean_info(e, wide, "latency_ms") > mean_info(e, narrow, "latency_ms")
-    rows = run(e, [wide] * 4)
-    assert any("sw_power_cap" in info["throttle_reasons"] for _, _, info in rows[1:])
+    # A demand the GPU serves with narrow routing but not with wide routing, once the power cap slows the clock.
+    e = MoERoutingEnv(**TINY, randomize=False, workload=Workload(profile="constant", load=0.8, randomize_load=False))
+    widths = np.array(e.model_config.expert_widths, dtype=float)
+    toward_wide = np.where(widths > np.median(widths), 1.0, -1.0) * e.config.action.bias_range
+    wide = e.encode_action(ControlAction(routing_biases=tuple(toward_wide)))
+    narrow = e.encode_action(ControlAction(routing_biases=tuple(-toward_wide)))
+    rows_wide, rows_narrow = run(e, [wide] * 6), run(e, [narrow] * 6)
+    last_wide, last_narrow = rows_wide[-1][2], rows_narrow[-1][2]
+    assert "sw_power_cap" in last_wide["throttle_reasons"]
+    assert last_wide["busy_sm_clock_mhz"] < 0.85 * e.backend.spec.boost_sm_clock_mhz  # the cap holds the clock down
+    assert last_wide["busy_sm_clock_mhz"] < last_narrow["busy_sm_clock_mhz"] - 50
+    assert last_wide["throttled_share"] > last_narrow["throttled_share"] + 0.1
+    assert last_wide["backlog_tokens"] > 0 and last_narrow["backlog_tokens"] == 0
+    assert last_wide["latency_ms"] > 2 * last_narrow["latency_ms"]
     e.close()
 
 
 def test_poor_cooling_reaches_thermal_slowdown():
     e = MoERoutingEnv(
-        **TINY,
+        **{**TINY, "episode_intervals": 40},
         randomize=False,
         ambient_range_c=(45.0, 45.0),
         cooling_range=(3.0, 3.0),
         workload=Workload(profile="constant", load=1.0, randomize_load=False),
     )
-    rows = run(e, [e.encode_action(ControlAction.uncontrolled())] * 10)
+    rows = run(e, [e.encode_action(ControlAction.uncontrolled())] * 40)
     reasons = ",".join(info["throttle_reasons"] for _, _, info in rows[1:])
     assert "thermal" in reasons
+    assert max(info["peak_temperature_c"] for _, _, info in rows[1:]) >= e.backend.spec.slowdown_temp_c
     e.close()
 
 

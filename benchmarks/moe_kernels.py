@@ -1,0 +1,344 @@
+"""Benchmark of the MoE kernels on a GPU: the Triton path against the PyTorch per-expert loop, PyTorch's grouped
+matrix multiply (where the installed PyTorch has one), and a dense GEMM of the same FLOPs, with the time floor
+from the GPU's peak FLOP/s and memory bandwidth.
+
+    python benchmarks/moe_kernels.py                        # the full grid, JSON to results/moe_kernels/
+    python benchmarks/moe_kernels.py --experts 16 --top-k 2 --tokens 2048 --d-model 1024
+    python benchmarks/moe_kernels.py --tune --experts 8 --top-k 2 --d-model 1024 --base-width 2048
+                                                            # block sizes -> kernels/configs/E=8,N=4096,...json
+
+Grid: experts E in {8, 16, 64}, top-k in {1, 2, 8}, tokens 1k-64k, d_model {1024, 4096}, bf16; expert widths are
+`base_width` times the runtime's ratios (0.25x-2x), tiled to E experts. Each case times, by CUDA events with
+warm-up and the median of many repeats (`triton.testing.do_bench`): the expert computation (`expert_swiglu`)
+on the Triton path, the reference per-expert loop and `torch._grouped_mm` (weights zero-padded to the widest
+expert), routing on both paths, and the dense GEMM. FLOPs count 6 d f per slot on expert e (gate, up, down); the
+floor is max(FLOPs / peak FLOP/s, bytes / bandwidth) with bytes = x, the used experts' weights and the output once.
+
+Targets (issue 6): the Triton path reaches >= 60% of the dense GEMM's TFLOP/s at 8k tokens and more, and is
+>= 1.5x faster than the per-expert loop at 2k tokens or fewer with 16 experts or more.
+
+Without CUDA the script says so, times the reference path on a small case on the CPU, writes the JSON, exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import itertools
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kernels import configs
+from kernels.routing import fused_route_reference, fused_route_triton
+from kernels.swiglu import grouped_swiglu_reference, grouped_swiglu_triton
+
+WIDTH_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.25, 1.5, 2.0)  # as moe_runtime.config.EXPERT_WIDTH_RATIOS
+
+
+@dataclass
+class Args:
+    experts: tuple[int, ...] = (8, 16, 64)
+    """numbers of experts E"""
+    top_k: tuple[int, ...] = (1, 2, 8)
+    """experts per token k (cases with k > E are skipped)"""
+    tokens: tuple[int, ...] = (1024, 2048, 8192, 16384, 65536)
+    """tokens per launch"""
+    d_model: tuple[int, ...] = (1024, 4096)
+    """model widths"""
+    base_width: int = 1024
+    """expert widths are base_width x (0.25, 0.5, 0.75, 1, 1, 1.25, 1.5, 2), tiled to E experts"""
+    dtype: str = "bfloat16"
+    """input dtype: bfloat16, float16 or float32"""
+    warmup_ms: int = 25
+    """do_bench warm-up time per measurement (ms)"""
+    rep_ms: int = 100
+    """do_bench repetition time per measurement (ms)"""
+    seed: int = 0
+    """seed of the inputs"""
+    out: str = ""
+    """JSON path; default results/moe_kernels/<device>__<date>.json"""
+    tune: bool = False
+    """sweep block sizes for each (E, d_model) of the grid and write kernels/configs/*.json instead of benchmarking"""
+    tune_tokens: tuple[int, ...] = (1, 16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
+    """token counts of the tuned table"""
+
+
+def parse_args() -> Args:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    for f in dataclasses.fields(Args):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true")
+        elif f.type.startswith("tuple"):
+            parser.add_argument(flag, type=int, nargs="+", default=f.default)
+        else:
+            parser.add_argument(flag, type=int if f.type == "int" else str, default=f.default)
+    return Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args()).items()})
+
+
+def expert_widths(num_experts: int, base_width: int) -> tuple[int, ...]:
+    """base_width x the runtime's ratios, tiled to `num_experts` experts."""
+    return tuple(max(16, round(base_width * WIDTH_RATIOS[e % len(WIDTH_RATIOS)])) for e in range(num_experts))
+
+
+def peak_figures(device_name: str) -> tuple[str, float, float] | None:
+    """(spec name, dense bf16 FLOP/s, memory bytes/s) from `telemetry`'s GPU table, or None for a GPU not in it.
+
+    The CUDA name is matched by model substring ("NVIDIA H100 80GB HBM3" -> H100, the SXM part; a PCIe card would
+    get the SXM figures, so the spec name is written beside them).
+    """
+    from telemetry import get_gpu_spec
+
+    for model in ("H200", "H100", "A100", "V100", "L4"):
+        if model in device_name:
+            spec = get_gpu_spec(model)
+            return spec.name, spec.peak_bf16_flops, spec.mem_bandwidth_bps
+    return None
+
+
+def driver_version() -> str:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return str(pynvml.nvmlSystemGetDriverVersion())
+    except Exception as exc:  # NVML absent or failing: the figure is only provenance
+        return f"unknown ({type(exc).__name__})"
+
+
+def make_case(num_tokens: int, num_experts: int, top_k: int, d_model: int, widths, dtype, device, gen):
+    """Inputs of one case: x [T, d], gate logits [T, E], weights in the runtime's concatenated layout."""
+    total = sum(widths)
+    x = torch.randn(num_tokens, d_model, device=device, generator=gen).to(dtype)
+    logits = torch.randn(num_tokens, num_experts, device=device, generator=gen)
+    w_up = (torch.randn(d_model, 2 * total, device=device, generator=gen) / d_model**0.5).to(dtype)
+    w_down = (torch.randn(total, d_model, device=device, generator=gen) / 32.0).to(dtype)
+    r = fused_route_reference(logits, None, top_k)
+    return x, logits, r.topk_ids, r.topk_weights.to(dtype), w_up, w_down
+
+
+def padded_expert_weights(w_up, w_down, widths):
+    """[E, d, 2 f_max] gate|up and [E, f_max, d] down, zero-padded to the widest expert, for torch._grouped_mm."""
+    f_max, d_model = max(widths), w_up.shape[0]
+    up3 = w_up.new_zeros(len(widths), d_model, 2 * f_max)
+    down3 = w_down.new_zeros(len(widths), f_max, d_model)
+    off = 0
+    for e, f in enumerate(widths):
+        up3[e, :, :f] = w_up[:, 2 * off : 2 * off + f]
+        up3[e, :, f_max : f_max + f] = w_up[:, 2 * off + f : 2 * off + 2 * f]
+        down3[e, :f] = w_down[off : off + f]
+        off += f
+    return up3, down3
+
+
+def grouped_mm_swiglu(x, topk_ids, topk_weights, up3, down3) -> torch.Tensor:
+    """The expert computation with PyTorch's grouped GEMM over the sorted slots."""
+    top_k, f_max = topk_ids.shape[1], down3.shape[1]
+    flat = topk_ids.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    token_idx = order // top_k
+    ends = torch.cumsum(torch.bincount(flat, minlength=up3.shape[0]), 0).to(torch.int32)
+    h = torch._grouped_mm(x[token_idx], up3, offs=ends)  # (S, 2 f_max)
+    a = F.silu(h[:, :f_max]) * h[:, f_max:]
+    y = torch._grouped_mm(a, down3, offs=ends) * topk_weights.reshape(-1)[order].unsqueeze(-1)  # (S, d)
+    return torch.zeros_like(x).index_add_(0, token_idx, y)
+
+
+def bench_ms(fn, args: Args) -> float:
+    """Median milliseconds of `fn` by CUDA events (triton.testing.do_bench: warm-up, many repeats, L2 flushed)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median"))
+
+
+def dense_gemm_ms(args: Args, rows: int, d_model: int, flops: float, dtype) -> tuple[list[int], float]:
+    """A dense [rows, d] @ [d, n] GEMM with n chosen (a multiple of 64) so it does about `flops`: (shape, ms)."""
+    n = max(64, round(flops / (2.0 * rows * d_model) / 64) * 64)
+    a = torch.randn(rows, d_model, device="cuda", dtype=dtype)
+    b = torch.randn(d_model, n, device="cuda", dtype=dtype)
+    return [rows, d_model, n], bench_ms(lambda: a @ b, args)
+
+
+def time_config(args: Args, cfg: configs.MoeKernelConfig, inputs: tuple, widths: tuple[int, ...]) -> float | None:
+    """Milliseconds of the Triton expert path with `cfg` forced, or None (reason printed) if it cannot launch."""
+    x, ids, w, w_up, w_down = inputs
+    with configs.force_config(cfg), torch.inference_mode():
+        try:
+            return bench_ms(lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths), args)
+        except Exception as exc:  # e.g. out of shared memory on this GPU: skip the candidate, and say so
+            print(f"  skip {cfg}: {type(exc).__name__}: {str(exc)[:120]}")
+            return None
+
+
+def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, gen) -> dict:
+    """Time one case on every path; `peaks` is (FLOP/s, bytes/s) or None. Returns the JSON row."""
+    widths = expert_widths(num_experts, args.base_width)
+    x, logits, ids, w, w_up, w_down = make_case(num_tokens, num_experts, top_k, d_model, widths, dtype, "cuda", gen)
+    counts = torch.bincount(ids.reshape(-1), minlength=num_experts).tolist()
+    flops = sum(6.0 * d_model * n * f for n, f in zip(counts, widths))
+    itemsize = x.element_size()
+    used_weight_elems = sum(3 * d_model * f for n, f in zip(counts, widths) if n)
+    bytes_min = (2 * num_tokens * d_model + used_weight_elems) * itemsize
+    row = dict(tokens=num_tokens, experts=num_experts, top_k=top_k, d_model=d_model, widths=list(widths),
+               dtype=str(dtype).removeprefix("torch."), flops=flops, bytes_min=bytes_min)  # fmt: skip
+
+    with torch.inference_mode():
+        row["swiglu_triton_ms"] = bench_ms(lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths), args)
+        row["swiglu_loop_ms"] = bench_ms(lambda: grouped_swiglu_reference(x, ids, w, w_up, w_down, widths), args)
+        if hasattr(torch, "_grouped_mm") and dtype == torch.bfloat16:
+            try:
+                up3, down3 = padded_expert_weights(w_up, w_down, widths)
+                row["swiglu_grouped_mm_ms"] = bench_ms(lambda: grouped_mm_swiglu(x, ids, w, up3, down3), args)
+                del up3, down3
+            except (RuntimeError, NotImplementedError) as exc:  # recorded, not hidden: not every GPU/layout is served
+                row["swiglu_grouped_mm_ms"] = None
+                row["grouped_mm_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        else:
+            row["swiglu_grouped_mm_ms"] = None
+            row["grouped_mm_error"] = "torch._grouped_mm missing or not bf16"
+        row["route_triton_ms"] = bench_ms(lambda: fused_route_triton(logits, None, top_k), args)
+        row["route_reference_ms"] = bench_ms(lambda: fused_route_reference(logits, None, top_k), args)
+        row["dense_shape"], row["dense_ms"] = dense_gemm_ms(args, num_tokens * top_k, d_model, flops, dtype)
+        dense_tflops = 2.0 * math.prod(row["dense_shape"]) / row["dense_ms"] / 1e9
+
+    tflops = lambda ms: None if ms is None else flops / ms / 1e9  # noqa: E731
+    row["triton_tflops"] = tflops(row["swiglu_triton_ms"])
+    row["loop_tflops"] = tflops(row["swiglu_loop_ms"])
+    row["grouped_mm_tflops"] = tflops(row["swiglu_grouped_mm_ms"])
+    row["dense_tflops"] = dense_tflops
+    row["fraction_of_dense"] = row["triton_tflops"] / dense_tflops
+    row["speedup_vs_loop"] = row["swiglu_loop_ms"] / row["swiglu_triton_ms"]
+    if peaks is not None:  # (FLOP/s, bytes/s)
+        row["floor_ms"] = max(flops / peaks[0], bytes_min / peaks[1]) * 1e3
+        row["fraction_of_floor"] = row["floor_ms"] / row["swiglu_triton_ms"]
+    if num_tokens >= 8192:
+        row["target"] = "fraction_of_dense >= 0.6"
+        row["target_met"] = row["fraction_of_dense"] >= 0.6
+    elif num_tokens <= 2048 and num_experts >= 16:
+        row["target"] = "speedup_vs_loop >= 1.5"
+        row["target_met"] = row["speedup_vs_loop"] >= 1.5
+    return row
+
+
+def tune(args: Args, dtype: torch.dtype, gen: torch.Generator) -> None:
+    """Time every candidate config at each token count; write the fastest per count to kernels/configs/."""
+    device = torch.device("cuda")
+    name = configs.device_name(device)
+    smem = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    space = [
+        configs.MoeKernelConfig(bm, bn, bk, g, warps, stages)
+        for bm, bn, bk, g, (warps, stages) in itertools.product(
+            (16, 32, 64, 128), (64, 128, 256), (64, 128), (1, 8), ((4, 3), (4, 4), (8, 3), (8, 4))
+        )
+        if (bm * bk + 2 * bk * bn) * itemsize * stages <= smem - 8 * 1024
+    ]
+    for num_experts, d_model in itertools.product(args.experts, args.d_model):
+        top_k = min(args.top_k[0], num_experts)
+        widths = expert_widths(num_experts, args.base_width)
+        table = {}
+        for num_tokens in args.tune_tokens:
+            x, _, ids, w, w_up, w_down = make_case(num_tokens, num_experts, top_k, d_model, widths, dtype, device, gen)
+            slots_per_expert = num_tokens * top_k / num_experts
+            best = (float("inf"), None)
+            for cfg in space:
+                if cfg.block_size_m > max(16, 4 * slots_per_expert):  # tiles mostly padding
+                    continue
+                ms = time_config(args, cfg, (x, ids, w, w_up, w_down), widths)
+                if ms is not None and ms < best[0]:
+                    best = (ms, cfg)
+            print(f"E={num_experts} d={d_model} tokens={num_tokens}: {best[0]:.4f} ms with {best[1]}")
+            table[num_tokens] = best[1]
+        path = configs.CONFIG_DIR / configs.config_file_name(num_experts, max(widths), name, dtype)
+        configs.write_configs(path, table)
+        print(f"wrote {path}")
+
+
+def cpu_reference_timings(gen: torch.Generator) -> list[dict]:
+    """Median wall times of the reference path on a small fp32 case (the CPU cannot run the Triton kernels)."""
+    rows, dtype = [], torch.float32
+    num_tokens, num_experts, top_k, d_model = 256, 8, 2, 128
+    widths = expert_widths(num_experts, 64)
+    x, logits, ids, w, w_up, w_down = make_case(num_tokens, num_experts, top_k, d_model, widths, dtype, "cpu", gen)
+    for op, fn in (
+        ("route_reference", lambda: fused_route_reference(logits, None, top_k)),
+        ("swiglu_loop", lambda: grouped_swiglu_reference(x, ids, w, w_up, w_down, widths)),
+    ):
+        times = []
+        with torch.inference_mode():
+            for _ in range(25):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        rows.append(dict(op=op, tokens=num_tokens, experts=num_experts, top_k=top_k, d_model=d_model,
+                         widths=list(widths), median_ms=statistics.median(times[5:])))  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
+    torch.manual_seed(args.seed)
+    on_gpu = torch.cuda.is_available()
+    gen = torch.Generator("cuda" if on_gpu else "cpu").manual_seed(args.seed)
+    device = configs.device_name("cuda" if on_gpu else "cpu")
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    out = Path(args.out or f"results/moe_kernels/{device}__{date[:10]}.json")
+    result = dict(benchmark="moe_kernels", date=date, device=device, figures="measured", torch=torch.__version__,
+                  args=dataclasses.asdict(args))  # fmt: skip
+
+    if not on_gpu:
+        torch.set_num_threads(1)  # a stable figure on a shared CPU; the timings are only a smoke check
+        print(
+            "moe_kernels: this benchmark needs CUDA (the Triton kernels run on the GPU); timing the PyTorch reference"
+        )
+        print("path on a small case on the CPU instead.")
+        result["note"] = "no CUDA: reference path on the CPU only"
+        result["cpu_reference"] = cpu_reference_timings(gen)
+        for r in result["cpu_reference"]:
+            print(f"  cpu {r['op']:>16}: T={r['tokens']} E={r['experts']} k={r['top_k']} d={r['d_model']} "
+                  f"{r['median_ms']:.3f} ms (median)")  # fmt: skip
+    elif args.tune:
+        tune(args, dtype, gen)
+        sys.exit(0)
+    else:
+        import triton
+
+        spec = peak_figures(torch.cuda.get_device_name())
+        peaks = None if spec is None else spec[1:]
+        result.update(driver=driver_version(), triton=triton.__version__,
+                      peak=None if spec is None else dict(spec=spec[0], flops_per_s=spec[1], bytes_per_s=spec[2],
+                                                          source="telemetry.get_gpu_spec (datasheet)"))  # fmt: skip
+        rows = []
+        for num_experts, top_k, d_model, num_tokens in itertools.product(args.experts, args.top_k, args.d_model,
+                                                                          args.tokens):  # fmt: skip
+            if top_k > num_experts:
+                continue
+            row = run_case(args, num_tokens, num_experts, top_k, d_model, dtype, peaks, gen)
+            rows.append(row)
+            gm = row["grouped_mm_tflops"]
+            print(f"E={num_experts:>2} k={top_k} d={d_model} T={num_tokens:>5}: triton {row['swiglu_triton_ms']:.3f} ms "
+                  f"{row['triton_tflops']:.0f} TF/s ({row['fraction_of_dense']:.0%} of dense "
+                  f"{row['dense_tflops']:.0f}), loop {row['swiglu_loop_ms']:.3f} ms (x{row['speedup_vs_loop']:.2f}), "
+                  f"grouped_mm {'-' if gm is None else f'{gm:.0f} TF/s'}, route {row['route_triton_ms']:.3f} vs "
+                  f"{row['route_reference_ms']:.3f} ms"
+                  + ("" if "target" not in row else f"  [{row['target']}: {'met' if row['target_met'] else 'MISSED'}]"))  # fmt: skip
+        result["cases"] = rows
+        judged = [r for r in rows if "target" in r]
+        result["targets_met"] = f"{sum(r['target_met'] for r in judged)}/{len(judged)}"
+        print(f"targets met: {result['targets_met']}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
