@@ -40,8 +40,8 @@ class Args:
     """seconds the sampler runs at each rate"""
     rates_hz: str = "10,100"
     """sampler rates to measure, comma-separated"""
-    loop_s: float = 2.0
-    """seconds of busy loop per arm (with and without the sampler), three rounds each"""
+    loop_s: float = 1.0
+    """seconds of busy loop per arm (without, with the sampler), five pairs"""
     out: str = "results/telemetry/telemetry_overhead.json"
     """where the JSON goes"""
 
@@ -107,7 +107,7 @@ def make_loop(seconds: float):
                 return count / (start.elapsed_time(end) / 1e3)
 
             return gpu_loop, f"bf16 8192^3 GEMM on {torch.cuda.get_device_name()}"
-    a = np.random.default_rng(0).standard_normal((256, 256), dtype=np.float32)
+    a = np.random.default_rng(0).standard_normal((128, 128), dtype=np.float32)  # small: one BLAS thread
 
     def cpu_loop() -> float:
         count, t0 = 0, time.perf_counter()
@@ -116,21 +116,23 @@ def make_loop(seconds: float):
             count += 1
         return count / (time.perf_counter() - t0)
 
-    return cpu_loop, f"float32 256^3 numpy matmul on {platform.processor() or platform.machine()} (no CUDA)"
+    return cpu_loop, f"float32 128^3 numpy matmul on {platform.processor() or platform.machine()} (no CUDA)"
 
 
-def loop_slowdown_pct(source, loop_s: float, rate_hz: float = 100.0) -> tuple[float, str]:
-    """Slowdown of the busy loop with the sampler at rate_hz, median over three alternating rounds, %."""
+def loop_slowdown_pct(source, loop_s: float, rate_hz: float = 100.0, rounds: int = 5) -> tuple[float, str]:
+    """Slowdown of the busy loop with the sampler at rate_hz: the median over `rounds` back-to-back pairs (without,
+    with) of 1 - rate_with / rate_without, %. Pairs cancel slow drifts of a shared machine's load."""
     loop, what = make_loop(loop_s)
     loop()  # warm-up
-    without, with_sampler = [], []
-    for _ in range(3):
-        without.append(loop())
+    slowdowns = []
+    for _ in range(rounds):
+        without = loop()
         sampler = BackgroundSampler(source.sample, SampleBuffer(), rate_hz)
         sampler.start()
-        with_sampler.append(loop())
+        with_sampler = loop()
         sampler.stop()
-    return 100.0 * (1.0 - statistics.median(with_sampler) / statistics.median(without)), what
+        slowdowns.append(100.0 * (1.0 - with_sampler / without))
+    return statistics.median(slowdowns), what
 
 
 if __name__ == "__main__":

@@ -4,12 +4,26 @@ Weight layout (all experts concatenated, no padding):
 - `w_up`: [d_model, sum_e 2 f_e]; expert e owns columns [2 F_e, 2 F_e + 2 f_e) where F_e = f_0 + ... + f_{e-1};
   the first f_e of them are the gate projection, the next f_e the up projection.
 - `w_down`: [sum_e f_e, d_model]; expert e owns rows [F_e, F_e + f_e).
+
+`grouped_swiglu_reference` (PyTorch, differentiable) and `grouped_swiglu_triton` (aligned grouped GEMMs; inference
+only) take the same arguments and agree to rounding.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 import torch.nn.functional as F
+
+from kernels._triton import cdiv, dot_precision, require_triton
+from kernels.configs import get_config
+
+# Tokens per pass of the Triton path: bounds the intermediates (T * k * (max f_e + d) elements) as vLLM's
+# VLLM_FUSED_MOE_CHUNK_SIZE does; each pass aligns, runs both GEMMs and combines its own tokens.
+CHUNK_TOKENS = 32768
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def expert_offsets(widths: tuple[int, ...] | list[int]) -> list[int]:
@@ -20,6 +34,23 @@ def expert_offsets(widths: tuple[int, ...] | list[int]) -> list[int]:
     return out
 
 
+def _check_swiglu_args(x, topk_ids, topk_weights, w_up, w_down, widths) -> None:
+    if x.dim() != 2:
+        raise ValueError(f"x must be [tokens, d_model], got shape {tuple(x.shape)}")
+    num_tokens, d_model = x.shape
+    if topk_ids.dim() != 2 or topk_ids.shape[0] != num_tokens:
+        raise ValueError(f"topk_ids must be [{num_tokens}, k], got shape {tuple(topk_ids.shape)}")
+    if tuple(topk_weights.shape) != tuple(topk_ids.shape):
+        raise ValueError(f"topk_weights must match topk_ids {tuple(topk_ids.shape)}, got {tuple(topk_weights.shape)}")
+    total = sum(int(w) for w in widths)
+    if len(widths) == 0 or min(widths) <= 0:
+        raise ValueError(f"widths must be positive expert widths, got {tuple(widths)}")
+    if tuple(w_up.shape) != (d_model, 2 * total):
+        raise ValueError(f"w_up must be [{d_model}, {2 * total}] (d_model, sum 2 f_e), got {tuple(w_up.shape)}")
+    if tuple(w_down.shape) != (total, d_model):
+        raise ValueError(f"w_down must be [{total}, {d_model}] (sum f_e, d_model), got {tuple(w_down.shape)}")
+
+
 def grouped_swiglu_reference(
     x: torch.Tensor,
     topk_ids: torch.Tensor,
@@ -27,6 +58,8 @@ def grouped_swiglu_reference(
     w_up: torch.Tensor,
     w_down: torch.Tensor,
     widths: tuple[int, ...],
+    *,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """PyTorch reference: `sum_j w[t, j] * down_e(silu(gate_e(x_t)) * up_e(x_t))` for e = topk_ids[t, j].
 
@@ -40,10 +73,12 @@ def grouped_swiglu_reference(
         w_up: [d, sum 2 f_e] fused gate/up weights (layout in the module docstring).
         w_down: [sum f_e, d] down weights.
         widths: f_e per expert, length E.
+        out: optional [T, d] tensor to write the result into (not differentiable).
 
     Returns:
         [T, d] in x's dtype.
     """
+    _check_swiglu_args(x, topk_ids, topk_weights, w_up, w_down, widths)
     num_tokens, k = topk_ids.shape
     offsets = expert_offsets(widths)
     flat_ids = topk_ids.reshape(-1)  # (T k,)
@@ -61,8 +96,125 @@ def grouped_swiglu_reference(
         a = F.silu(h[:, :f]) * h[:, f:]  # (n, f)
         ys.append(a @ w_down[off : off + f])  # (n, d)
         start += n
-    out = torch.zeros_like(x)
+    result = torch.zeros_like(x)
     if ys:
         y = torch.cat(ys) * topk_weights.reshape(-1)[order].to(x.dtype).unsqueeze(-1)
-        out = out.index_add(0, token_idx, y)
+        result = result.index_add(0, token_idx, y)
+    if out is None:
+        return result
+    return out.copy_(result.detach())
+
+
+@functools.lru_cache(maxsize=32)
+def _expert_tables(widths: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int32 [E] widths, int64 [E] prefix offsets F_e) on `device`, built once per (widths, device)."""
+    offsets = expert_offsets(widths)[:-1]
+    return (
+        torch.tensor(widths, dtype=torch.int32, device=device),
+        torch.tensor(offsets, dtype=torch.int64, device=device),
+    )
+
+
+def grouped_swiglu_triton(
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    widths: tuple[int, ...],
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Triton grouped SwiGLU: the same contract as `grouped_swiglu_reference`, without autograd.
+
+    Per pass of up to `CHUNK_TOKENS` tokens: align the slots by expert (`kernels.align`, block BLOCK_SIZE_M of the
+    config), one grouped launch for gate/up with silu(gate) * up fused into its epilogue (h: [T k, max f_e]), one
+    grouped launch for down with the combine weight applied in its epilogue (y: [T k, d]), and a combine kernel
+    summing each token's k rows in fp32 (for k = 1 the down launch writes the output rows directly). Block sizes
+    come from `kernels.configs.get_config`. fp32 accumulation; x and weights must share one dtype (fp32, bf16 or
+    fp16); fp32 products are exact unless `torch.backends.cuda.matmul.allow_tf32` is set.
+
+    Args:
+        x, topk_ids, topk_weights, w_up, w_down, widths: as `grouped_swiglu_reference`; expert ids in [0, E).
+        out: optional [T, d] tensor of x's dtype, last dimension contiguous; every element is written.
+
+    Returns:
+        [T, d] in x's dtype.
+
+    Raises:
+        RuntimeError: Triton cannot run on this device (the message says why).
+        TypeError: unsupported or mixed dtypes.
+    """
+    _check_swiglu_args(x, topk_ids, topk_weights, w_up, w_down, widths)
+    if x.dtype not in DTYPES or w_up.dtype != x.dtype or w_down.dtype != x.dtype:
+        raise TypeError(
+            f"grouped_swiglu_triton needs x, w_up and w_down in one dtype of {DTYPES}, got "
+            f"{x.dtype}, {w_up.dtype}, {w_down.dtype}"
+        )
+    device = x.device
+    require_triton(device, "grouped_swiglu_triton")
+    from kernels import _triton_swiglu
+    from kernels.align import moe_align_block_size_triton
+
+    num_tokens, d_model = x.shape
+    top_k = topk_ids.shape[1]
+    widths = tuple(int(w) for w in widths)
+    num_experts, max_width = len(widths), max(widths)
+    if out is None:
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    elif (
+        tuple(out.shape) != (num_tokens, d_model) or out.dtype != x.dtype or out.device != device or out.stride(1) != 1
+    ):
+        raise ValueError(
+            f"out must be a {x.dtype} [{num_tokens}, {d_model}] tensor on {device} with unit column stride"
+        )
+    if num_tokens == 0:
+        return out
+    widths_t, offsets_t = _expert_tables(widths, device)
+    gcd = math.gcd(*widths)
+    width_align = min(16, gcd & -gcd)  # largest power of two (<= 16) dividing every f_e, hence every F_e
+    chunk = min(num_tokens, CHUNK_TOKENS)
+    cfg = get_config(chunk, num_experts, top_k, max_width, x.dtype, device)
+    precision = dot_precision(x.dtype)
+    topk_ids = topk_ids.contiguous()
+    topk_weights = topk_weights.contiguous()
+    # Rows of h start 128-byte aligned whatever max f_e is, so the down GEMM's loads vectorise.
+    h = torch.empty(chunk * top_k, cdiv(max_width, 64) * 64, dtype=x.dtype, device=device)[:, :max_width]
+    y = torch.empty(chunk * top_k, d_model, dtype=x.dtype, device=device) if top_k > 1 else None
+    meta = dict(
+        BLOCK_SIZE_M=cfg.block_size_m,
+        BLOCK_SIZE_N=cfg.block_size_n,
+        BLOCK_SIZE_K=cfg.block_size_k,
+        GROUP_SIZE_M=cfg.group_size_m,
+        DOT_PRECISION=precision,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    for t0 in range(0, num_tokens, chunk):
+        t1 = min(num_tokens, t0 + chunk)
+        numel = (t1 - t0) * top_k
+        xs = x[t0:t1]
+        aligned = moe_align_block_size_triton(topk_ids[t0:t1], cfg.block_size_m, num_experts)
+        num_pid_m = aligned.expert_ids.numel()
+        ys = out[t0:t1] if y is None else y[:numel]  # k = 1: slot s is token s, so write the output rows
+        n_up = cdiv(max_width, cfg.block_size_n)
+        _triton_swiglu.up_kernel[(num_pid_m * n_up,)](
+            xs, w_up, h, aligned.sorted_token_ids, aligned.expert_ids, aligned.num_tokens_post_padded,
+            widths_t, offsets_t, numel, d_model, num_pid_m, n_up,
+            xs.stride(0), xs.stride(1), w_up.stride(0), w_up.stride(1), h.stride(0), h.stride(1),
+            TOP_K=top_k, WIDTH_ALIGN=width_align, **meta,
+        )  # fmt: skip
+        n_down = cdiv(d_model, cfg.block_size_n)
+        _triton_swiglu.down_kernel[(num_pid_m * n_down,)](
+            h, w_down, ys, topk_weights[t0:t1], aligned.sorted_token_ids, aligned.expert_ids,
+            aligned.num_tokens_post_padded, widths_t, offsets_t, numel, d_model, num_pid_m, n_down,
+            h.stride(0), h.stride(1), w_down.stride(0), w_down.stride(1), ys.stride(0), ys.stride(1),
+            WIDTH_ALIGN=width_align, **meta,
+        )  # fmt: skip
+        if y is not None:
+            block_t, block_d = 16, min(256, max(16, 1 << (d_model - 1).bit_length()))
+            _triton_swiglu.combine_kernel[(cdiv(t1 - t0, block_t), cdiv(d_model, block_d))](
+                y, out[t0:t1], t1 - t0, d_model, y.stride(0), out.stride(0),
+                TOP_K=top_k, BLOCK_T=block_t, BLOCK_D=block_d,
+            )  # fmt: skip
     return out

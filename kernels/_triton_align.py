@@ -1,0 +1,110 @@
+"""Triton kernels of the token alignment (imported only by `kernels.align.moe_align_block_size_triton`).
+
+Three launches, no atomics, so the order is deterministic: within an expert, slots keep their flat order (a stable
+sort by expert), exactly as the PyTorch reference.
+
+1. `count_kernel`: each program histograms CHUNK flat slots -> chunk_counts[c, e].
+2. `scan_kernel` (one program): exclusive prefix of chunk_counts over chunks -> chunk_base[c, e]; per expert the
+   count, the padded segment start and end; the total padded length.
+3. `scatter_kernel`: program p scatters chunk p's slots to `segment start + chunk_base + rank within chunk`, and
+   fills positions [p * CHUNK, (p + 1) * CHUNK) that hold no slot with the sentinel, and their blocks' expert ids.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def count_kernel(
+    topk_ids_ptr,  # [numel] expert of each flat slot (int32 or int64)
+    chunk_counts_ptr,  # out int32 [num_chunks, BLOCK_E]
+    numel,
+    BLOCK_E: tl.constexpr,  # next power of two >= the number of experts
+    CHUNK: tl.constexpr,  # flat slots per program
+):
+    pid = tl.program_id(0)
+    offs = pid * CHUNK + tl.arange(0, CHUNK)
+    ids = tl.load(topk_ids_ptr + offs, mask=offs < numel, other=-1)  # (CHUNK,), -1 past the end
+    cols = tl.arange(0, BLOCK_E)
+    onehot = (ids[:, None] == cols[None, :]).to(tl.int32)  # (CHUNK, BLOCK_E)
+    tl.store(chunk_counts_ptr + pid * BLOCK_E + cols, tl.sum(onehot, axis=0))
+
+
+@triton.jit
+def scan_kernel(
+    chunk_counts_ptr,  # int32 [num_chunks, BLOCK_E]
+    chunk_base_ptr,  # out int32 [num_chunks, BLOCK_E] slots of expert e in chunks before c
+    seg_ptr,  # out int32 [3, BLOCK_E]: count, padded start, padded end of each expert's segment
+    num_post_pad_ptr,  # out int32 [1] total padded length
+    num_chunks,
+    BLOCK_E: tl.constexpr,
+    BLOCK_C: tl.constexpr,  # chunks per step
+    BLOCK_SIZE_M: tl.constexpr,  # alignment block
+):
+    cols = tl.arange(0, BLOCK_E)
+    carry = tl.zeros([BLOCK_E], dtype=tl.int32)
+    for c0 in range(0, num_chunks, BLOCK_C):
+        rows = c0 + tl.arange(0, BLOCK_C)
+        mask = (rows < num_chunks)[:, None]
+        offs = rows[:, None] * BLOCK_E + cols[None, :]
+        tile = tl.load(chunk_counts_ptr + offs, mask=mask, other=0)  # (BLOCK_C, BLOCK_E)
+        tl.store(chunk_base_ptr + offs, tl.cumsum(tile, axis=0) - tile + carry[None, :], mask=mask)
+        carry += tl.sum(tile, axis=0)
+    padded = (carry + BLOCK_SIZE_M - 1) // BLOCK_SIZE_M * BLOCK_SIZE_M  # (BLOCK_E,), 0 for empty experts
+    seg_end = tl.cumsum(padded, axis=0)
+    tl.store(seg_ptr + cols, carry)
+    tl.store(seg_ptr + BLOCK_E + cols, seg_end - padded)
+    tl.store(seg_ptr + 2 * BLOCK_E + cols, seg_end)
+    tl.store(num_post_pad_ptr, tl.sum(padded, axis=0))
+
+
+@triton.jit
+def scatter_kernel(
+    topk_ids_ptr,  # [numel] expert of each flat slot
+    chunk_base_ptr,  # int32 [num_chunks, BLOCK_E]
+    seg_ptr,  # int32 [3, BLOCK_E] count, start, end per expert
+    sorted_ids_ptr,  # out int32 [max_padded] flat slot per position, `numel` for padding
+    expert_ids_ptr,  # out int32 [max_blocks] expert of each block, -1 past the last segment
+    numel,
+    num_chunks,
+    max_padded,
+    max_blocks,
+    NUM_EXPERTS: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    CHUNK: tl.constexpr,  # a multiple of BLOCK_SIZE_M
+    BLOCK_SIZE_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_E)
+    col_mask = cols < NUM_EXPERTS
+    seg_count = tl.load(seg_ptr + cols)
+    seg_start = tl.load(seg_ptr + BLOCK_E + cols)
+    seg_end = tl.load(seg_ptr + 2 * BLOCK_E + cols)
+
+    # Fill: position p belongs to the expert whose padded segment contains it, i.e. the number of segments that
+    # end at or before p (empty segments included); NUM_EXPERTS past the last one.
+    pos = pid * CHUNK + tl.arange(0, CHUNK)
+    owner = tl.sum(((seg_end[None, :] <= pos[:, None]) & col_mask[None, :]).to(tl.int32), axis=1)  # (CHUNK,)
+    is_owner = cols[None, :] == owner[:, None]
+    start = tl.sum(tl.where(is_owner, seg_start[None, :], 0), axis=1)
+    count = tl.sum(tl.where(is_owner, seg_count[None, :], 0), axis=1)
+    holds_slot = (owner < NUM_EXPERTS) & (pos - start < count)
+    tl.store(sorted_ids_ptr + pos, tl.zeros([CHUNK], dtype=tl.int32) + numel, mask=(pos < max_padded) & ~holds_slot)
+
+    blocks = pid * (CHUNK // BLOCK_SIZE_M) + tl.arange(0, CHUNK // BLOCK_SIZE_M)
+    block_pos = blocks * BLOCK_SIZE_M
+    block_owner = tl.sum(((seg_end[None, :] <= block_pos[:, None]) & col_mask[None, :]).to(tl.int32), axis=1)
+    block_owner = tl.where(block_owner < NUM_EXPERTS, block_owner, -1)
+    tl.store(expert_ids_ptr + blocks, block_owner, mask=blocks < max_blocks)
+
+    # Scatter this program's chunk of flat slots, keeping their order within each expert.
+    if pid < num_chunks:
+        offs = pid * CHUNK + tl.arange(0, CHUNK)
+        ids = tl.load(topk_ids_ptr + offs, mask=offs < numel, other=-1)
+        onehot = ids[:, None] == cols[None, :]  # (CHUNK, BLOCK_E)
+        rank = tl.sum(tl.where(onehot, tl.cumsum(onehot.to(tl.int32), axis=0), 0), axis=1) - 1
+        base = tl.load(chunk_base_ptr + pid * BLOCK_E + cols) + seg_start  # (BLOCK_E,)
+        dest = tl.sum(tl.where(onehot, base[None, :], 0), axis=1) + rank
+        tl.store(sorted_ids_ptr + dest, offs.to(tl.int32), mask=offs < numel)

@@ -1,0 +1,172 @@
+"""Token alignment: sort token-slot pairs by expert and pad each expert's segment to the GEMM block size.
+
+As vLLM's `moe_align_block_size`: the grouped GEMM then runs one program per block of `block_size` positions, every
+block belonging to a single expert. Flat slot `s = t * k + j` is token t's j-th choice, `topk_ids.reshape(-1)[s]`.
+
+Worked example: topk_ids = [[2, 0], [1, 2], [2, 1]] (T = 3, k = 2), num_experts = 4, block_size = 4.
+- Flat experts [2, 0, 1, 2, 2, 1]: expert 0 has slot 1; expert 1 slots 2, 5; expert 2 slots 0, 3, 4; expert 3 none.
+- Each segment is padded to a multiple of 4 (an empty one stays empty): starts 0, 4, 8, 12; 12 positions in all.
+- The buffers are sized for the worst case, numel + E * (block_size - 1) = 6 + 12 = 18 positions, 5 blocks; every
+  position without a slot holds the sentinel numel = 6, and every block past the last segment has expert -1:
+    sorted_token_ids = [1, 6, 6, 6,  2, 5, 6, 6,  0, 3, 4, 6,  6, 6, 6, 6, 6, 6]
+    expert_ids = [0, 1, 2, -1, -1]
+    num_tokens_post_padded = [12]
+Within an expert, slots keep their flat order (a stable sort), so the Triton kernel and the reference agree exactly.
+Unlike vLLM (which leaves unused blocks at expert 0), unused blocks say -1; the GEMMs stop at
+`num_tokens_post_padded` and never read them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from kernels._triton import cdiv, next_power_of_2, require_triton
+
+
+class AlignResult(NamedTuple):
+    """Index arrays the grouped GEMM reads (all int32; sizes are worst-case, known without a device sync).
+
+    Attributes:
+        sorted_token_ids: [numel + E * (block_size - 1)] flat slot at each position, grouped by expert, each
+            expert's segment padded to a multiple of block_size; `numel` (= T * k) marks padding.
+        expert_ids: [cdiv(len(sorted_token_ids), block_size)] expert of each block; -1 past the last segment.
+        num_tokens_post_padded: [1] positions in use (sum of padded segment lengths).
+    """
+
+    sorted_token_ids: torch.Tensor
+    expert_ids: torch.Tensor
+    num_tokens_post_padded: torch.Tensor
+
+
+def aligned_sizes(numel: int, block_size: int, num_experts: int) -> tuple[int, int]:
+    """(max_padded positions, max blocks) for `numel` flat slots: the buffer sizes of `AlignResult`."""
+    max_padded = numel + num_experts * (block_size - 1)
+    return max_padded, cdiv(max_padded, block_size)
+
+
+def _check_align_args(topk_ids: torch.Tensor, block_size: int, num_experts: int) -> None:
+    if topk_ids.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"topk_ids must be int32 or int64, got {topk_ids.dtype}")
+    if block_size < 1 or block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two >= 1, got {block_size}")
+    if num_experts < 1:
+        raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+
+
+def _check_out(out: AlignResult, numel: int, block_size: int, num_experts: int, device: torch.device) -> None:
+    max_padded, max_blocks = aligned_sizes(numel, block_size, num_experts)
+    for name, n in (("sorted_token_ids", max_padded), ("expert_ids", max_blocks), ("num_tokens_post_padded", 1)):
+        t = getattr(out, name)
+        if tuple(t.shape) != (n,) or t.dtype != torch.int32 or t.device != device or not t.is_contiguous():
+            raise ValueError(
+                f"out.{name} must be a contiguous int32 tensor of shape ({n},) on {device}, got "
+                f"{t.dtype} {tuple(t.shape)} on {t.device}"
+            )
+
+
+def _allocate(numel: int, block_size: int, num_experts: int, device: torch.device) -> AlignResult:
+    max_padded, max_blocks = aligned_sizes(numel, block_size, num_experts)
+    return AlignResult(
+        torch.empty(max_padded, dtype=torch.int32, device=device),
+        torch.empty(max_blocks, dtype=torch.int32, device=device),
+        torch.empty(1, dtype=torch.int32, device=device),
+    )
+
+
+def moe_align_block_size_reference(
+    topk_ids: torch.Tensor, block_size: int, num_experts: int, *, out: AlignResult | None = None
+) -> AlignResult:
+    """PyTorch reference for the alignment (module docstring has a worked example).
+
+    Args:
+        topk_ids: int [T, k] (or any shape; flattened) expert of each slot, each in [0, num_experts).
+        block_size: GEMM block of positions (BLOCK_SIZE_M); a power of two.
+        num_experts: E.
+        out: optional preallocated `AlignResult` to write into.
+
+    Returns:
+        `AlignResult`.
+    """
+    _check_align_args(topk_ids, block_size, num_experts)
+    device = topk_ids.device
+    flat = topk_ids.reshape(-1).long()  # (numel,)
+    numel = flat.numel()
+    counts = torch.bincount(flat, minlength=num_experts)  # (E,)
+    padded = (counts + block_size - 1) // block_size * block_size
+    seg_start = torch.cumsum(padded, 0) - padded
+    first_slot = torch.cumsum(counts, 0) - counts  # rank of each expert's first slot in the sorted order
+    order = torch.argsort(flat, stable=True)  # flat slots grouped by expert, in flat order within one
+    experts = flat[order]
+    positions = seg_start[experts] + torch.arange(numel, device=device) - first_slot[experts]
+    res = _allocate(numel, block_size, num_experts, device) if out is None else out
+    if out is not None:
+        _check_out(out, numel, block_size, num_experts, device)
+    res.sorted_token_ids.fill_(numel)
+    res.sorted_token_ids[positions] = order.to(torch.int32)
+    blocks = torch.repeat_interleave(torch.arange(num_experts, device=device), padded // block_size)
+    res.expert_ids.fill_(-1)
+    res.expert_ids[: blocks.numel()] = blocks.to(torch.int32)
+    res.num_tokens_post_padded.fill_(int(padded.sum()))
+    return res
+
+
+def moe_align_block_size_triton(
+    topk_ids: torch.Tensor, block_size: int, num_experts: int, *, out: AlignResult | None = None
+) -> AlignResult:
+    """Triton alignment: the same contract as `moe_align_block_size_reference`, exactly equal results.
+
+    Three launches (count per chunk, one-program scan, scatter + fill), no atomics, no device-to-host sync; every
+    element of the outputs is written. E <= 1024.
+
+    Raises:
+        RuntimeError: Triton cannot run on this device (the message says why).
+    """
+    _check_align_args(topk_ids, block_size, num_experts)
+    if num_experts > 1024:
+        raise ValueError(f"moe_align_block_size_triton supports up to 1024 experts, got {num_experts}")
+    device = topk_ids.device
+    require_triton(device, "moe_align_block_size_triton")
+    from kernels import _triton_align
+
+    flat = topk_ids.reshape(-1).contiguous()
+    numel = flat.numel()
+    if out is None:
+        out = _allocate(numel, block_size, num_experts, device)
+    else:
+        _check_out(out, numel, block_size, num_experts, device)
+    max_padded, max_blocks = aligned_sizes(numel, block_size, num_experts)
+    block_e = next_power_of_2(num_experts)
+    chunk = max(block_size, 4096 // block_e)  # both powers of two, so a chunk is a whole number of blocks
+    num_chunks = max(1, cdiv(numel, chunk))
+    chunk_counts = torch.empty(num_chunks, block_e, dtype=torch.int32, device=device)
+    chunk_base = torch.empty_like(chunk_counts)
+    segments = torch.empty(3, block_e, dtype=torch.int32, device=device)
+    _triton_align.count_kernel[(num_chunks,)](flat, chunk_counts, numel, BLOCK_E=block_e, CHUNK=chunk)
+    _triton_align.scan_kernel[(1,)](
+        chunk_counts,
+        chunk_base,
+        segments,
+        out.num_tokens_post_padded,
+        num_chunks,
+        BLOCK_E=block_e,
+        BLOCK_C=max(1, 4096 // block_e),
+        BLOCK_SIZE_M=block_size,
+    )
+    _triton_align.scatter_kernel[(max(num_chunks, cdiv(max_padded, chunk)),)](
+        flat,
+        chunk_base,
+        segments,
+        out.sorted_token_ids,
+        out.expert_ids,
+        numel,
+        num_chunks,
+        max_padded,
+        max_blocks,
+        NUM_EXPERTS=num_experts,
+        BLOCK_E=block_e,
+        CHUNK=chunk,
+        BLOCK_SIZE_M=block_size,
+    )
+    return out

@@ -1,0 +1,217 @@
+"""Block sizes for the grouped SwiGLU GEMMs, per device, keyed by token count (as vLLM's `fused_moe/configs/`).
+
+One JSON file per (experts, widest expert, device, dtype), named like vLLM's:
+`E=8,N=4096,device_name=NVIDIA_H100_80GB_HBM3.json` for bf16/fp16 and `...,dtype=float32.json` for fp32, where `N`
+is the widest expert's width max(f_e). Each file maps a token count (the tokens of one launch, as a string) to
+`{"BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"}`; `get_config` picks
+the entry with the nearest token count. With no file, a heuristic default is used and a warning logged (once per
+shape). `python benchmarks/moe_kernels.py --tune` writes the files (see README.md beside this file).
+
+Tests force a config with `with force_config(MoeKernelConfig(...)):`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent
+# Shared memory one block may use when the device does not say (bytes); 99 KiB fits every GPU since Volta.
+_FALLBACK_SMEM_BYTES = 99 * 1024
+
+
+@dataclass(frozen=True)
+class MoeKernelConfig:
+    """Tile sizes and launch settings of the grouped GEMMs; BLOCK_SIZE_M is also the alignment block of the tokens.
+
+    Attributes:
+        block_size_m: rows (token slots) per tile; power of two >= 16 (`tl.dot` needs >= 16).
+        block_size_n: output columns per tile; power of two >= 16.
+        block_size_k: reduction step; power of two >= 16.
+        group_size_m: M-tiles per launch group (program-id swizzle for L2 reuse); >= 1.
+        num_warps: warps per program.
+        num_stages: software pipeline depth of the K loop.
+    """
+
+    block_size_m: int = 64
+    block_size_n: int = 64
+    block_size_k: int = 32
+    group_size_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("block_size_m", "block_size_n", "block_size_k"):
+            v = getattr(self, name)
+            if v < 16 or v & (v - 1):
+                raise ValueError(f"MoeKernelConfig.{name} must be a power of two >= 16, got {v}")
+        if self.group_size_m < 1:
+            raise ValueError(f"MoeKernelConfig.group_size_m must be >= 1, got {self.group_size_m}")
+        if self.num_warps not in (1, 2, 4, 8, 16, 32):
+            raise ValueError(f"MoeKernelConfig.num_warps must be a power of two <= 32, got {self.num_warps}")
+        if self.num_stages < 1:
+            raise ValueError(f"MoeKernelConfig.num_stages must be >= 1, got {self.num_stages}")
+
+    def to_json(self) -> dict[str, int]:
+        """vLLM's key names: {"BLOCK_SIZE_M": ..., "num_warps": ..., ...}."""
+        return {
+            "BLOCK_SIZE_M": self.block_size_m,
+            "BLOCK_SIZE_N": self.block_size_n,
+            "BLOCK_SIZE_K": self.block_size_k,
+            "GROUP_SIZE_M": self.group_size_m,
+            "num_warps": self.num_warps,
+            "num_stages": self.num_stages,
+        }
+
+    @classmethod
+    def from_json(cls, entry: dict[str, int]) -> MoeKernelConfig:
+        """Inverse of `to_json`; unknown or missing keys raise `ValueError`."""
+        names = {"BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"}
+        if set(entry) != names:
+            raise ValueError(f"a MoE kernel config needs exactly the keys {sorted(names)}, got {sorted(entry)}")
+        return cls(**{k.lower(): int(v) for k, v in entry.items()})
+
+
+_FORCED: contextvars.ContextVar[MoeKernelConfig | None] = contextvars.ContextVar("moe_kernel_config", default=None)
+
+
+@contextlib.contextmanager
+def force_config(config: MoeKernelConfig) -> Iterator[MoeKernelConfig]:
+    """Use `config` for every grouped-GEMM launch inside the block (tests, tuning); nests and restores."""
+    if not isinstance(config, MoeKernelConfig):
+        raise TypeError(f"force_config takes a MoeKernelConfig, got {type(config).__name__}")
+    token = _FORCED.set(config)
+    try:
+        yield config
+    finally:
+        _FORCED.reset(token)
+
+
+def device_name(device: str | torch.device) -> str:
+    """File-name form of the device: `NVIDIA_H100_80GB_HBM3` on CUDA, `cpu` otherwise."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    return torch.cuda.get_device_name(device).replace(" ", "_")
+
+
+def dtype_suffix(dtype: torch.dtype) -> str:
+    """The file-name dtype part: empty for 16-bit inputs, `,dtype=float32` for fp32 (as vLLM)."""
+    if dtype in (torch.bfloat16, torch.float16):
+        return ""
+    if dtype == torch.float32:
+        return ",dtype=float32"
+    raise ValueError(f"no MoE kernel configs for dtype {dtype}; use bfloat16, float16 or float32")
+
+
+def config_file_name(num_experts: int, max_width: int, device: str, dtype: torch.dtype) -> str:
+    """E.g. `E=8,N=4096,device_name=NVIDIA_H100_80GB_HBM3.json`; `device` in `device_name` form."""
+    return f"E={num_experts},N={max_width},device_name={device}{dtype_suffix(dtype)}.json"
+
+
+@functools.lru_cache(maxsize=64)
+def load_configs(
+    num_experts: int, max_width: int, device: str, dtype: torch.dtype, config_dir: Path = CONFIG_DIR
+) -> dict[int, MoeKernelConfig] | None:
+    """The tuned table {token count: config} for this shape and device, or None (warning logged once) without one."""
+    path = Path(config_dir) / config_file_name(num_experts, max_width, device, dtype)
+    if not path.is_file():
+        logger.warning(
+            "no tuned MoE kernel config %s in %s; using the heuristic default (write one with "
+            "`python benchmarks/moe_kernels.py --tune` on this GPU)",
+            path.name,
+            path.parent,
+        )
+        return None
+    raw = json.loads(path.read_text())
+    try:
+        table = {int(tokens): MoeKernelConfig.from_json(entry) for tokens, entry in raw.items()}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"bad MoE kernel config file {path}: {exc}") from exc
+    if not table:
+        raise ValueError(f"MoE kernel config file {path} has no entries")
+    logger.info("MoE kernel configs from %s (%d token counts)", path.name, len(table))
+    return table
+
+
+@functools.lru_cache(maxsize=16)
+def _device_facts(device: torch.device) -> tuple[str, int]:
+    """(`device_name`, shared memory per block in bytes), queried once per device."""
+    if device.type != "cuda":
+        return device_name(device), _FALLBACK_SMEM_BYTES
+    props = torch.cuda.get_device_properties(device)
+    return device_name(device), int(getattr(props, "shared_memory_per_block_optin", _FALLBACK_SMEM_BYTES))
+
+
+def default_config(
+    num_tokens: int, num_experts: int, top_k: int, dtype: torch.dtype, smem_bytes: int = _FALLBACK_SMEM_BYTES
+) -> MoeKernelConfig:
+    """Heuristic tiles when no tuned file matches (vLLM's `get_default_config`, adapted).
+
+    Few slots per expert (decode-like batches) take 16-row tiles so padding wastes little; larger batches take
+    64- or 128-row tiles. The pipeline depth is the most stages whose tiles fit `smem_bytes` (the up-projection
+    kernel holds one A tile and two B tiles, gate and up, per stage), between 2 and 4.
+    """
+    slots_per_expert = num_tokens * top_k / max(1, num_experts)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if slots_per_expert <= 32:
+        bm, bn, bk, group, warps = 16, 64, 64, 1, 4
+    elif slots_per_expert <= 512:
+        bm, bn, bk, group, warps = 64, 64, 64, 8, 4
+    else:
+        bm, bn, bk, group, warps = 128, 128, 64, 8, 8
+    if itemsize == 4:
+        bk = 32
+    stage_bytes = (bm * bk + 2 * bk * bn) * itemsize
+    stages = max(2, min(4, (smem_bytes - 8 * 1024) // stage_bytes))
+    return MoeKernelConfig(bm, bn, bk, group, warps, stages)
+
+
+def get_config(
+    num_tokens: int,
+    num_experts: int,
+    top_k: int,
+    max_width: int,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    config_dir: Path = CONFIG_DIR,
+) -> MoeKernelConfig:
+    """The config for one launch: the forced one, else the tuned entry nearest `num_tokens`, else the default."""
+    forced = _FORCED.get()
+    if forced is not None:
+        return forced
+    name, smem_bytes = _device_facts(torch.device(device))
+    table = load_configs(num_experts, max_width, name, dtype, Path(config_dir))
+    if table is not None:
+        return table[min(table, key=lambda m: abs(m - num_tokens))]
+    return default_config(num_tokens, num_experts, top_k, dtype, smem_bytes)
+
+
+def write_configs(path: Path, table: dict[int, MoeKernelConfig]) -> None:
+    """Write a tuned table in the file format `load_configs` reads (sorted by token count)."""
+    body = {str(m): table[m].to_json() for m in sorted(table)}
+    Path(path).write_text(json.dumps(body, indent=4) + "\n")
+
+
+__all__ = [
+    "CONFIG_DIR",
+    "MoeKernelConfig",
+    "config_file_name",
+    "default_config",
+    "device_name",
+    "dtype_suffix",
+    "force_config",
+    "get_config",
+    "load_configs",
+    "write_configs",
+]

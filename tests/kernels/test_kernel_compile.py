@@ -1,0 +1,127 @@
+"""Ahead-of-time compilation of every Triton kernel for real GPUs (sm_90 H100, sm_80 A100), no GPU needed.
+
+The interpreter checks what the kernels compute but not that they compile: type rules, layouts, `tl.dot` shapes and
+shared memory are only checked by the compiler. This compiles each kernel to a cubin with Triton's bundled ptxas,
+specialised as the JIT specialises a launch (unit strides become constants, pointers and the other ints are
+16-byte divisible), with the heuristic default block sizes, and checks that the GEMM loops are software-pipelined
+(async copies) and that the shared memory fits the device. WIDTH_ALIGN=16: the runtime's widths are multiples of 16
+(without the hint the gate/up columns of an expert have unknown alignment, loads do not vectorise, and the up
+kernel spills registers).
+
+Not marked `triton`: under TRITON_INTERPRET=1 the kernels are interpreted functions that cannot be compiled, so this
+runs in the main test run (marked `slow`, ~30 s on 2 cores) and skips under the interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from kernels import _triton_align, _triton_route, _triton_swiglu  # noqa: E402
+from kernels._triton import interpreting  # noqa: E402
+from kernels.configs import default_config  # noqa: E402
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION is unset"),
+    pytest.mark.skipif(interpreting(), reason="TRITON_INTERPRET=1: kernels are interpreted and cannot be compiled"),
+]
+
+# (compute capability, shared memory per block opt-in in bytes): H100 SXM and A100, from their CUDA device queries.
+DEVICES = {"sm90": (90, 232448), "sm80": (80, 166912)}
+TL_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def compile_kernel(fn, pointers: dict[str, str], constexprs: dict, cap: int, num_warps: int = 4, num_stages: int = 3):
+    """Compile `fn` for `cuda:cap`; `pointers` maps pointer args to Triton types, other non-constexpr args are i32."""
+    signature = {n: "constexpr" if n in constexprs else pointers.get(n, "i32") for n in fn.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if signature[n] != "constexpr"}
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    return triton.compile(src, target=GPUTarget("cuda", cap, 32), options=options)
+
+
+def spill_bytes(kernel) -> int | None:
+    """Bytes of stack (register spills) of a compiled kernel, from Triton's bundled cuobjdump; None without it."""
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.access(cuobjdump, os.X_OK):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        usage = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True).stdout
+    found = re.search(r"STACK:(\d+)", usage)
+    return None if found is None else int(found.group(1))
+
+
+@pytest.mark.parametrize("device", ["sm90", "sm80"])
+def test_index_kernels_compile(device):
+    cap, _ = DEVICES[device]
+    ids = {"ids_ptr": "*i64", "topk_ids_ptr": "*i64"}
+    i32 = "*i32"
+    compile_kernel(
+        _triton_route.route_kernel,
+        {"logits_ptr": "*bf16", "bias_ptr": "*fp32", "weights_ptr": "*fp32", "scores_ptr": "*fp32",
+         "partial_counts_ptr": i32, **ids},
+        dict(NUM_EXPERTS=64, TOP_K=8, HAS_BIAS=True, BLOCK_T=32, BLOCK_E=64, BLOCK_K=8, stride_le=1),
+        cap,
+    )  # fmt: skip
+    compile_kernel(_triton_route.reduce_counts_kernel, {"partial_counts_ptr": i32, "counts_ptr": "*i64"},
+                   dict(NUM_EXPERTS=64, BLOCK_E=64, BLOCK_P=64), cap)  # fmt: skip
+    compile_kernel(_triton_align.count_kernel, {"chunk_counts_ptr": i32, **ids}, dict(BLOCK_E=64, CHUNK=64), cap)
+    compile_kernel(_triton_align.scan_kernel,
+                   {"chunk_counts_ptr": i32, "chunk_base_ptr": i32, "seg_ptr": i32, "num_post_pad_ptr": i32},
+                   dict(BLOCK_E=64, BLOCK_C=64, BLOCK_SIZE_M=64), cap)  # fmt: skip
+    compile_kernel(_triton_align.scatter_kernel,
+                   {"chunk_base_ptr": i32, "seg_ptr": i32, "sorted_ids_ptr": i32, "expert_ids_ptr": i32, **ids},
+                   dict(NUM_EXPERTS=64, BLOCK_E=64, CHUNK=64, BLOCK_SIZE_M=64), cap)  # fmt: skip
+    compile_kernel(_triton_swiglu.combine_kernel, {"y_ptr": "*bf16", "out_ptr": "*bf16"},
+                   dict(TOP_K=8, BLOCK_T=16, BLOCK_D=256), cap)  # fmt: skip
+
+
+# (device, dtype, tokens per launch): the default tiles for a small and a large batch.
+GEMM_CASES = [("sm90", torch.bfloat16, 16384), ("sm90", torch.bfloat16, 256), ("sm80", torch.float16, 16384),
+              ("sm90", torch.float32, 2048)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("device", "dtype", "num_tokens"), GEMM_CASES)
+def test_grouped_gemms_compile_pipelined(device, dtype, num_tokens):
+    cap, smem_bytes = DEVICES[device]
+    cfg = default_config(num_tokens, num_experts=8, top_k=2, dtype=dtype, smem_bytes=smem_bytes)
+    t = TL_TYPES[dtype]
+    index = {"sorted_ids_ptr": "*i32", "expert_ids_ptr": "*i32", "num_post_pad_ptr": "*i32", "widths_ptr": "*i32"}
+    meta = dict(
+        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        BLOCK_SIZE_M=cfg.block_size_m,
+        BLOCK_SIZE_N=cfg.block_size_n,
+        BLOCK_SIZE_K=cfg.block_size_k,
+        GROUP_SIZE_M=cfg.group_size_m,
+    )
+    up = compile_kernel(
+        _triton_swiglu.up_kernel,
+        {"x_ptr": f"*{t}", "w_up_ptr": f"*{t}", "h_ptr": f"*{t}", "col_starts_ptr": "*i64", **index},
+        dict(TOP_K=2, WIDTH_ALIGN=16, stride_xd=1, stride_wn=1, stride_hn=1, **meta),
+        cap, cfg.num_warps, cfg.num_stages,
+    )  # fmt: skip
+    down = compile_kernel(
+        _triton_swiglu.down_kernel,
+        {"h_ptr": f"*{t}", "w_down_ptr": f"*{t}", "y_ptr": f"*{t}", "topk_weights_ptr": f"*{t}",
+         "row_starts_ptr": "*i64", **index},
+        dict(WIDTH_ALIGN=16, stride_hk=1, stride_wn=1, stride_yn=1, **meta),
+        cap, cfg.num_warps, cfg.num_stages,
+    )  # fmt: skip
+    for k in (up, down):
+        assert k.metadata.shared <= smem_bytes, f"{k.metadata.name}: {k.metadata.shared} B shared > {smem_bytes}"
+        assert re.search("async_copy_global_to_local", k.asm["ttgir"]), f"{k.metadata.name}: K loop not pipelined"
+        if device == "sm90":  # the target GPU: the default tiles must not spill (A100 spills a little at 128x128)
+            assert spill_bytes(k) in (0, None), f"{k.metadata.name}: spills {spill_bytes(k)} B of registers"

@@ -1,0 +1,86 @@
+"""Block-size configs: file names, the cached loader, nearest token count, the default, `force_config`."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from kernels.configs import (
+    CONFIG_DIR,
+    MoeKernelConfig,
+    config_file_name,
+    default_config,
+    force_config,
+    get_config,
+    load_configs,
+    write_configs,
+)
+
+SMALL = MoeKernelConfig(16, 32, 64, 1, 4, 3)
+LARGE = MoeKernelConfig(128, 128, 64, 8, 8, 3)
+
+
+def test_file_names_follow_vllm():
+    assert config_file_name(8, 4096, "NVIDIA_H100_80GB_HBM3", torch.bfloat16) == (
+        "E=8,N=4096,device_name=NVIDIA_H100_80GB_HBM3.json"
+    )
+    assert config_file_name(8, 4096, "NVIDIA_H200", torch.float32).endswith(",dtype=float32.json")
+
+
+def test_tuned_table_nearest_token_count(tmp_path):
+    write_configs(tmp_path / config_file_name(4, 64, "cpu", torch.float32), {16: SMALL, 4096: LARGE})
+    load_configs.cache_clear()
+    pick = lambda tokens: get_config(tokens, 4, 2, 64, torch.float32, "cpu", config_dir=tmp_path)  # noqa: E731
+    assert pick(1) == SMALL and pick(1000) == SMALL and pick(3000) == LARGE and pick(100_000) == LARGE
+
+
+def test_missing_file_warns_once_and_uses_default(tmp_path, caplog):
+    load_configs.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="kernels.configs"):
+        a = get_config(512, 8, 2, 96, torch.bfloat16, "cpu", config_dir=tmp_path)
+        b = get_config(512, 8, 2, 96, torch.bfloat16, "cpu", config_dir=tmp_path)
+    warnings = [r for r in caplog.records if "no tuned MoE kernel config" in r.getMessage()]
+    assert len(warnings) == 1 and "E=8,N=96,device_name=cpu.json" in warnings[0].getMessage()
+    assert a == b == default_config(512, 8, 2, torch.bfloat16)
+
+
+def test_force_config_nests_and_restores(tmp_path):
+    load_configs.cache_clear()
+    pick = lambda: get_config(64, 4, 1, 32, torch.float32, "cpu", config_dir=tmp_path)  # noqa: E731
+    before = pick()
+    with force_config(SMALL):
+        assert pick() == SMALL
+        with force_config(LARGE):
+            assert pick() == LARGE
+        assert pick() == SMALL
+    assert pick() == before
+    with pytest.raises(TypeError):
+        with force_config({"BLOCK_SIZE_M": 16}):
+            pass
+
+
+def test_config_validation_and_json_round_trip():
+    assert MoeKernelConfig.from_json(LARGE.to_json()) == LARGE
+    with pytest.raises(ValueError, match="power of two"):
+        MoeKernelConfig(block_size_m=8)
+    with pytest.raises(ValueError, match="keys"):
+        MoeKernelConfig.from_json({"BLOCK_SIZE_M": 16})
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("num_tokens", [1, 64, 2048, 65536])
+def test_default_config_fits_shared_memory(dtype, num_tokens):
+    smem = 99 * 1024
+    cfg = default_config(num_tokens, 16, 2, dtype, smem)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    stage_bytes = (cfg.block_size_m * cfg.block_size_k + 2 * cfg.block_size_k * cfg.block_size_n) * itemsize
+    assert 2 <= cfg.num_stages <= 4 and cfg.num_stages * stage_bytes <= smem
+
+
+def test_shipped_config_files_parse():
+    for path in CONFIG_DIR.glob("*.json"):
+        table = {int(k): MoeKernelConfig.from_json(v) for k, v in json.loads(path.read_text()).items()}
+        assert table, path.name

@@ -1,0 +1,60 @@
+"""`kernels.dispatch` on the CPU, and Triton being optional at import (main test run)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kernels import dispatch
+from kernels._triton import interpreting
+from kernels.routing import fused_route_reference, fused_route_triton
+from kernels.swiglu import grouped_swiglu_reference
+
+
+def test_describe_cpu_says_reference():
+    d = dispatch.describe("cpu")
+    assert d["route"] == d["expert_swiglu"] == d["align"] == dispatch.REFERENCE
+    assert "cpu" in d["note"]
+
+
+def test_cpu_dispatch_is_the_reference_and_differentiable(gen):
+    widths = (8, 16, 4)
+    x = torch.randn(10, 8, generator=gen, requires_grad=True)
+    logits = x @ torch.randn(8, 3, generator=gen)
+    r = dispatch.route(logits, torch.zeros(3), 2)
+    q = fused_route_reference(logits, torch.zeros(3), 2)
+    assert torch.equal(r.topk_ids, q.topk_ids)
+    w_up = torch.randn(8, 2 * sum(widths), generator=gen, requires_grad=True)
+    w_down = torch.randn(sum(widths), 8, generator=gen, requires_grad=True)
+    y = dispatch.expert_swiglu(x, r.topk_ids, r.topk_weights, w_up, w_down, widths)
+    torch.testing.assert_close(y, grouped_swiglu_reference(x, q.topk_ids, q.topk_weights, w_up, w_down, widths))
+    y.sum().backward()
+    assert x.grad is not None and w_up.grad is not None and w_down.grad is not None
+
+
+@pytest.mark.skipif(interpreting(), reason="under TRITON_INTERPRET=1 the Triton path does run on CPU tensors")
+def test_triton_entry_point_says_why_not_on_cpu():
+    pytest.importorskip("triton")
+    with pytest.raises(RuntimeError, match="need CUDA tensors"):
+        fused_route_triton(torch.randn(4, 4), None, 2)
+
+
+def test_import_without_triton():
+    """With Triton unimportable: `import kernels` works, dispatch says why, the Triton entry points raise."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, kernels\n"
+        "from kernels.align import moe_align_block_size_triton\n"
+        "print(kernels.dispatch.describe('cuda')['note'])\n"
+        "try:\n"
+        "    moe_align_block_size_triton(torch.zeros(2, 1, dtype=torch.int64), 16, 4)\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    lines = out.strip().splitlines()
+    assert "Triton is not importable" in lines[0]
+    assert lines[1].startswith("moe_align_block_size_triton: cannot run the Triton kernel: Triton is not importable")

@@ -1,0 +1,122 @@
+"""Compiled Triton kernels on a CUDA GPU: bf16/fp16 near 1e-2, fp32 near 1e-4, larger shapes, dispatch, runtime.
+
+Marked `gpu` (not `triton`): they run in the main test run and skip there without CUDA.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+from kernels import dispatch, swiglu
+from kernels._triton import interpreting, triton_available
+from kernels.align import moe_align_block_size_reference, moe_align_block_size_triton
+from kernels.configs import MoeKernelConfig, force_config
+from kernels.routing import fused_route_reference, fused_route_triton
+from kernels.swiglu import grouped_swiglu_reference, grouped_swiglu_triton
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: compiled Triton kernels"),
+    pytest.mark.skipif(not triton_available(), reason="needs Triton"),
+    pytest.mark.skipif(interpreting(), reason="TRITON_INTERPRET=1: these tests check the compiled kernels"),
+]
+
+WIDTHS = (256, 512, 768, 1024, 1024, 1280, 1536, 2048)  # the runtime's width ratios at base 1024
+CUDA = "cuda"
+
+
+def cuda_gen(request: pytest.FixtureRequest) -> torch.Generator:
+    """A CUDA generator seeded from the test id."""
+    return torch.Generator(CUDA).manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.mark.parametrize(("num_tokens", "num_experts", "top_k"), [(4096, 64, 8), (3001, 8, 2), (777, 16, 1)])
+def test_route_compiled(request, num_tokens, num_experts, top_k):
+    g = cuda_gen(request)
+    logits = torch.randn(num_tokens, num_experts, device=CUDA, generator=g).to(torch.bfloat16)
+    biases = 0.05 * torch.randn(num_experts, device=CUDA, generator=g)
+    got = fused_route_triton(logits, biases, top_k)
+    want = fused_route_reference(logits, biases, top_k)
+    torch.testing.assert_close(got.scores, want.scores, rtol=1e-5, atol=1e-6)
+    # Two experts within an ulp of each other may swap between exp implementations: allow it where the gap is tiny.
+    same = (got.topk_ids == want.topk_ids).all(dim=1)
+    assert same.float().mean() > 0.999
+    select = want.scores + biases
+    gap = (select.gather(1, got.topk_ids) - select.gather(1, want.topk_ids)).abs()
+    assert not (~same).any() or float(gap[~same].max()) < 1e-5
+    torch.testing.assert_close(got.topk_weights[same], want.topk_weights[same], rtol=1e-5, atol=1e-6)
+    assert int(got.expert_counts.sum()) == num_tokens * top_k
+
+
+@pytest.mark.parametrize(("num_tokens", "num_experts", "top_k", "block_size"),
+                         [(16384, 64, 8, 64), (2000, 8, 2, 16), (513, 16, 4, 128)])  # fmt: skip
+def test_align_compiled_exact(request, num_tokens, num_experts, top_k, block_size):
+    g = cuda_gen(request)
+    probs = torch.rand(num_experts, device=CUDA, generator=g) ** 4 + 1e-3
+    probs[1] = 0.0  # an empty expert
+    topk_ids = torch.multinomial(probs.expand(num_tokens, -1), top_k, generator=g)
+    got = moe_align_block_size_triton(topk_ids, block_size, num_experts)
+    want = moe_align_block_size_reference(topk_ids, block_size, num_experts)
+    for g_, w_ in zip(got, want):
+        assert torch.equal(g_, w_)
+
+
+def _swiglu_inputs(g, num_tokens, d_model, widths, top_k, dtype):
+    total = sum(widths)
+    x = torch.randn(num_tokens, d_model, device=CUDA, generator=g).to(dtype)
+    w_up = (torch.randn(d_model, 2 * total, device=CUDA, generator=g) / d_model**0.5).to(dtype)
+    w_down = (torch.randn(total, d_model, device=CUDA, generator=g) / 32.0).to(dtype)
+    topk_ids = torch.multinomial(torch.ones(num_tokens, len(widths), device=CUDA), top_k, generator=g)
+    weights = torch.softmax(torch.randn(num_tokens, top_k, device=CUDA, generator=g), -1).to(dtype)
+    return x, topk_ids, weights, w_up, w_down
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize(("num_tokens", "top_k"), [(3000, 2), (64, 8), (1000, 1)])
+def test_swiglu_compiled_default_configs(request, dtype, num_tokens, top_k):
+    x, ids, w, w_up, w_down = _swiglu_inputs(cuda_gen(request), num_tokens, 1024, WIDTHS, top_k, dtype)
+    got = grouped_swiglu_triton(x, ids, w, w_up, w_down, WIDTHS)
+    want = grouped_swiglu_reference(x.float(), ids, w.float(), w_up.float(), w_down.float(), WIDTHS)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("cfg", [MoeKernelConfig(16, 64, 64, 1, 4, 3), MoeKernelConfig(64, 128, 64, 8, 4, 3),
+                                 MoeKernelConfig(128, 128, 64, 16, 8, 3), MoeKernelConfig(128, 256, 64, 8, 8, 3)])  # fmt: skip
+def test_swiglu_compiled_forced_configs(request, cfg):
+    x, ids, w, w_up, w_down = _swiglu_inputs(cuda_gen(request), 2500, 2048, WIDTHS, 2, torch.bfloat16)
+    with force_config(cfg):
+        got = grouped_swiglu_triton(x, ids, w, w_up, w_down, WIDTHS)
+    want = grouped_swiglu_reference(x.float(), ids, w.float(), w_up.float(), w_down.float(), WIDTHS)
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
+
+
+def test_swiglu_compiled_several_chunks(request, monkeypatch):
+    monkeypatch.setattr(swiglu, "CHUNK_TOKENS", 1024)
+    widths = (64, 128, 32, 96)
+    x, ids, w, w_up, w_down = _swiglu_inputs(cuda_gen(request), 3333, 128, widths, 2, torch.bfloat16)
+    got = grouped_swiglu_triton(x, ids, w, w_up, w_down, widths)
+    want = grouped_swiglu_reference(x.float(), ids, w.float(), w_up.float(), w_down.float(), widths)
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
+
+
+def test_dispatch_on_cuda_uses_triton_for_inference_and_reference_for_grad(request):
+    assert dispatch.describe(CUDA)["expert_swiglu"] == dispatch.TRITON
+    widths = (64, 128, 32, 96)
+    x, ids, w, w_up, w_down = _swiglu_inputs(cuda_gen(request), 300, 128, widths, 2, torch.float32)
+    w_up.requires_grad_(True)
+    y = dispatch.expert_swiglu(x, ids, w, w_up, w_down, widths)
+    assert y.grad_fn is not None  # the differentiable reference
+    with torch.inference_mode():
+        y_fast = dispatch.expert_swiglu(x, ids, w, w_up, w_down, widths)
+    torch.testing.assert_close(y_fast, y.detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_runtime_tiny_on_cuda():
+    import moe_runtime as mr
+
+    runtime = mr.MoERuntime(mr.MoEConfig.preset("tiny", device=CUDA))
+    assert torch.isfinite(torch.tensor(runtime.step(256).loss))

@@ -1,0 +1,72 @@
+"""The Triton token alignment against the PyTorch reference, exactly, under TRITON_INTERPRET=1 (marker `triton`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.align import AlignResult, aligned_sizes, moe_align_block_size_reference, moe_align_block_size_triton
+
+pytestmark = pytest.mark.triton
+
+# (id, tokens, experts, top_k, block_size, load); T * k is rarely a multiple of the block.
+ALIGN_CASES = [
+    ("uniform_ragged_tail", 37, 8, 2, 16, "uniform"),
+    ("skewed_two_chunks", 64, 16, 8, 16, "skewed"),
+    ("empty_expert", 40, 8, 2, 32, "empty"),
+    ("all_on_one_expert", 50, 4, 1, 16, "one"),
+    ("first_choice_one_expert", 27, 6, 2, 16, "one"),
+    ("k_equals_E", 21, 4, 4, 16, "uniform"),
+    ("E64_eight_chunks", 64, 64, 8, 16, "skewed"),
+    ("block64", 30, 8, 3, 64, "skewed"),
+    ("one_token", 1, 8, 2, 16, "uniform"),
+    ("no_tokens", 0, 4, 2, 16, "uniform"),
+]
+
+
+def poisoned(numel: int, block_size: int, num_experts: int) -> AlignResult:
+    max_padded, max_blocks = aligned_sizes(numel, block_size, num_experts)
+    return AlignResult(
+        torch.full((max_padded,), -7, dtype=torch.int32),
+        torch.full((max_blocks,), -7, dtype=torch.int32),
+        torch.full((1,), -7, dtype=torch.int32),
+    )
+
+
+def check_invariants(res: AlignResult, topk_ids: torch.Tensor, block_size: int) -> None:
+    """Every slot once, in a block of its own expert; padding is the sentinel; blocks past the end are -1."""
+    flat = topk_ids.reshape(-1)
+    numel = flat.numel()
+    used = int(res.num_tokens_post_padded)
+    assert used % block_size == 0
+    ids = res.sorted_token_ids.long()
+    real = ids < numel
+    assert sorted(ids[real].tolist()) == list(range(numel))
+    assert (ids[~real] == numel).all()
+    assert not real[used:].any()
+    block_of_pos = torch.arange(ids.numel()) // block_size
+    assert (res.expert_ids.long()[block_of_pos[real]] == flat[ids[real]]).all()
+    assert (res.expert_ids[used // block_size :] == -1).all()
+
+
+@pytest.mark.parametrize(("num_tokens", "num_experts", "top_k", "block_size", "load"),
+                         [c[1:] for c in ALIGN_CASES], ids=[c[0] for c in ALIGN_CASES])  # fmt: skip
+@pytest.mark.parametrize("id_dtype", [torch.int64, torch.int32])
+def test_align_matches_reference_exactly(make_topk_ids, num_tokens, num_experts, top_k, block_size, load, id_dtype):
+    topk_ids = make_topk_ids(num_tokens, num_experts, top_k, load).to(id_dtype)
+    got = moe_align_block_size_triton(
+        topk_ids, block_size, num_experts, out=poisoned(topk_ids.numel(), block_size, num_experts)
+    )
+    want = moe_align_block_size_reference(topk_ids, block_size, num_experts)
+    for name, g, w in zip(AlignResult._fields, got, want):
+        assert torch.equal(g, w), f"{name} differs:\n{g.tolist()}\n{w.tolist()}"
+    check_invariants(got, topk_ids, block_size)
+
+
+def test_align_worked_example():
+    """The example in `kernels.align`'s docstring."""
+    topk_ids = torch.tensor([[2, 0], [1, 2], [2, 1]])
+    got = moe_align_block_size_triton(topk_ids, 4, 4, out=poisoned(6, 4, 4))
+    assert got.sorted_token_ids.tolist() == [1, 6, 6, 6, 2, 5, 6, 6, 0, 3, 4, 6, 6, 6, 6, 6, 6, 6]
+    assert got.expert_ids.tolist() == [0, 1, 2, -1, -1]
+    assert got.num_tokens_post_padded.tolist() == [12]

@@ -1,0 +1,374 @@
+"""Tests of the kernel cost model (kernels.cost_model, cost_table, deploy_work, profile); CPU only, a few seconds."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kernels import DeploymentScale, KernelCall, KernelCostModel, StepCost, deployment_calls
+from kernels.cost_model import BUILTIN_TABLES
+from kernels.cost_table import fit_energy, fit_latency, load_table, percent_errors, save_table
+from kernels.deploy_work import call_flops_bytes, work_arrays
+from kernels.kcm_report import main as report_main
+from kernels.profile import fit_reference, fit_table, read_reference
+from kernels.profile import main as profile_main
+from kernels.work import OPS, PHASES
+from telemetry import SimulatedGpu, get_gpu_spec
+
+REFERENCE_CSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "h100-op-costs.csv"
+SEED_OPS = [
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+    "attention_qk",
+    "attention_av",
+    "moe_router",
+    "expert_swiglu",
+    "ttt_update",
+]
+ALL_OPS = SEED_OPS + list(OPS)
+BATCHES = [1, 8, 32, 128, 1024, 16384, 131072]
+MODELS = ["analytic", "calibrated"]
+SYNTHETIC = [  # (flops_per_s, bytes_per_s, dispatch_s, overhead_s) to recover
+    (8.0e14, 3.0e12, 12e-6, 4e-6),
+    (5.0e14, 1.5e12, 20e-6, 2e-6),
+]
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, KernelCostModel]:
+    return {"analytic": KernelCostModel("H100"), "calibrated": KernelCostModel.calibrated("H100")}
+
+
+def _runtime_work(ttt: bool = True) -> list[KernelCall]:
+    """A runtime step like `forward_work` (3 layers, 8 experts, 2 x 128 tokens) plus a TTT update."""
+    rng = np.random.default_rng(0)
+    d, widths, tokens = 128, (48, 96, 144, 192, 192, 240, 288, 384), 256
+    work = [KernelCall("embed_head", tokens, d, d_ff=256)]
+    for layer in range(3):
+        work += [
+            KernelCall("gemm_up", tokens, d, d_ff=3 * d // 2, layer=layer),
+            KernelCall("sdpa_causal", tokens, d, heads=4, seq_len=128, layer=layer),
+            KernelCall("gemm_down", tokens, d, d_ff=d, layer=layer),
+            KernelCall("router_topk", tokens, d, experts=8, layer=layer),
+        ]
+        for e, n in enumerate(rng.multinomial(2 * tokens, np.ones(8) / 8)):
+            work += [
+                KernelCall(op, int(n), d, d_ff=widths[e], layer=layer, expert=e)
+                for op in ("gemm_up", "silu_mul", "gemm_down")
+            ]
+        if ttt:
+            for phase in ("ttt_forward", "ttt_backward"):
+                work += [
+                    KernelCall(op, 512, d, d_ff=64, layer=layer, phase=phase)
+                    for op in ("gemm_up", "silu_mul", "gemm_down")
+                ]
+    return work
+
+
+# ----- the seeds' API -----
+def test_acceptance_gemm_rate_and_keys(models):
+    for kcm in models.values():
+        cost = kcm.get_cost("ffn_up", 8192, d_model=8192, d_ff=8192)
+        hot = kcm.get_cost("ffn_up", 8192, d_model=8192, d_ff=8192, current_temp=92.0)
+        assert {"energy_joules", "latency_ms", "temp_impact", "memory_gb", "flops", "bytes", "bound", "source"} <= set(
+            cost
+        )
+        assert cost["flops"] == 2 * 8192**3 and cost["bound"] == "compute" and cost["source"] == kcm.source
+        rate = cost["flops"] / (cost["latency_ms"] / 1e3)
+        assert 500e12 <= rate <= 990e12 and hot["latency_ms"] > cost["latency_ms"]
+
+
+@pytest.mark.parametrize("op", ALL_OPS)
+def test_unknown_op_and_keyword_name_themselves(models, op):
+    kcm = models["analytic"]
+    kcm.get_cost(op, 4)
+    with pytest.raises(ValueError, match="d_modle"):
+        kcm.get_cost(op, 4, d_modle=128)
+    with pytest.raises(ValueError, match="ffn_sideways"):
+        kcm.get_cost("ffn_sideways", 4)
+    with pytest.raises(ValueError, match="batch_size"):
+        kcm.get_cost(op, 0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("op", SEED_OPS)
+def test_cost_grows_with_batch_size(models, name, op):
+    costs = [models[name].get_cost(op, b) for b in BATCHES]
+    latency, energy = np.array([c["latency_ms"] for c in costs]), np.array([c["energy_joules"] for c in costs])
+    # Launch-bound small batches are flat in latency (equal up to float rounding), never lower.
+    assert np.all(np.diff(latency) >= -1e-9 * latency[:-1]) and np.all(np.diff(energy) > 0)
+    assert latency[-1] > latency[0]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_cost_grows_with_temperature_past_slowdown(models, name):
+    kcm, slowdown = models[name], models[name].spec.slowdown_temp_c
+    temps = [40.0, 60.0, slowdown - 1, slowdown, slowdown + 2, slowdown + 4]
+    latency = np.array([kcm.get_cost("ffn_gate", 16384, current_temp=t)["latency_ms"] for t in temps])
+    assert np.all(np.diff(latency) >= 0)
+    assert latency[2] == latency[0] and latency[-1] > latency[-2] > latency[2]  # the cap holds it below 89 C
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_cost_grows_with_memory_pressure(models, name):
+    kcm = models[name]
+    pressures = [0.0, 0.3, 0.5, 0.7, 0.9, 1.0]
+    latency = np.array([kcm.get_cost("silu_mul", 16384, memory_pressure=p)["latency_ms"] for p in pressures])
+    assert np.all(np.diff(latency) >= 0) and latency[1] == latency[0] and np.all(np.diff(latency[2:]) > 0)
+    for op in SEED_OPS:  # never cheaper under pressure
+        assert (
+            kcm.get_cost(op, 32, memory_pressure=0.9)["latency_ms"]
+            >= kcm.get_cost(op, 32, memory_pressure=0.3)["latency_ms"]
+        )
+    with pytest.raises(ValueError, match="memory_pressure"):
+        kcm.get_cost("silu_mul", 32, memory_pressure=90)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_roofline_regimes(models, name):
+    kcm = models[name]
+    tiny = kcm.get_cost("gemm_up", 1, d_model=64, d_ff=64)
+    assert tiny["bound"] == "memory" and tiny["compute_ms"] == 0.0
+    assert tiny["overhead_ms"] > 0.9 * tiny["latency_ms"]  # launch-bound
+    big = kcm.get_cost("gemm_down", 16384, d_model=8192, d_ff=8192)
+    assert big["bound"] == "compute" and big["compute_ms"] > 0.95 * big["latency_ms"]
+
+
+def test_analytic_large_gemm_at_the_achievable_rate(models):
+    kcm, spec = models["analytic"], get_gpu_spec("H100")
+    cost = kcm.predict_step([KernelCall("gemm_down", 16384, 8192, d_ff=16384)])
+    achievable = spec.achievable_flops_fraction * spec.peak_bf16_flops
+    assert cost.compute_s == pytest.approx(cost.flops / achievable, rel=1e-9)
+    assert cost.flops / cost.latency_s == pytest.approx(achievable, rel=0.01)  # full clock: overhead is negligible
+
+
+def test_thermal_safe_batch_size_and_breakdown(models):
+    kcm = models["analytic"]
+    cool = kcm.get_thermal_safe_batch_size("expert_swiglu", current_temp=60.0, max_temp_increase=3.0)
+    near = kcm.get_thermal_safe_batch_size(
+        "expert_swiglu", current_temp=kcm.spec.slowdown_temp_c - 0.5, max_temp_increase=3.0
+    )
+    assert math.log2(cool).is_integer() and 1 <= near < cool
+    assert kcm.get_thermal_safe_batch_size("expert_swiglu", kcm.spec.slowdown_temp_c + 1, 3.0) == 1
+    breakdown = kcm.get_cost_breakdown("ttt_update", 256)
+    parts = breakdown["components"]
+    assert len(parts) == 6 and [p["op"] for p in parts[:3]] == ["gemm_up", "silu_mul", "gemm_down"]
+    assert sum(p["latency_ms"] for p in parts) == pytest.approx(breakdown["total"]["latency_ms"])
+    assert sum(p["energy_joules"] for p in parts) == pytest.approx(breakdown["total"]["energy_joules"])
+
+
+def test_report_prints_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "kernel_cost_model_test_results.json"
+    report_main(["--out", str(out)])
+    text = capsys.readouterr().out
+    assert "Testing thermal throttling effects" in text and "Thermal-safe batch sizes" in text
+    data = json.loads(out.read_text())
+    assert set(data["operation_costs"]) == set(SEED_OPS) and set(data["operation_costs"]["ffn_gate"]) == {
+        "1",
+        "8",
+        "32",
+        "128",
+    }
+    assert (
+        data["thermal_effects"][1]["latency_change_pct"] > 0
+        and data["memory_pressure_effects"][1]["latency_change_pct"] > 0
+    )
+
+
+# ----- calibration -----
+@pytest.mark.parametrize("truth", SYNTHETIC)
+def test_fit_recovers_known_coefficients(truth):
+    rng = np.random.default_rng(1)
+    t, d, f = (
+        g.ravel() for g in np.meshgrid([16, 64, 256, 1024, 4096, 16384], [512, 1024, 4096], [256, 1024, 4096, 8192])
+    )
+    flops, bytes_, launches = 4.0 * t * d * f, 2.0 * (t * d + 2 * d * f + 2 * t * f), np.ones(t.size)
+    stretch = rng.uniform(1.0, 1.4, t.size)  # rows measured at lower clocks, as under the power cap
+    kernel = np.maximum(flops * stretch / truth[0], bytes_ / truth[1])
+    seconds = (np.maximum(kernel, truth[2]) + truth[3]) * rng.normal(1.0, 0.03, t.size)
+    prior = (6e14, 2.5e12, 8e-6, 3e-6)
+    fitted = fit_latency(flops, bytes_, launches, seconds, prior, compute_stretch=stretch)
+    np.testing.assert_allclose(fitted[:3], truth[:3], rtol=0.06)
+    assert fitted[3] == pytest.approx(truth[3], abs=1e-6)  # a few us under 3% noise on much longer launches
+    compute_bound = flops * stretch / truth[0] >= bytes_ / truth[1]
+    static, compute_j, memory_j = 130.0 * seconds, 800.0 * seconds * compute_bound, 420.0 * seconds * ~compute_bound
+    energy = (static + 0.9 * compute_j + 1.2 * memory_j) * rng.normal(1.0, 0.03, t.size)
+    np.testing.assert_allclose(fit_energy(energy, compute_j, memory_j, static), (0.9, 1.2), rtol=0.05)
+
+
+def test_shipped_table_is_current_and_beats_analytic(tmp_path):
+    """The shipped table equals a fresh fit of the reference (refit with its `command` after a telemetry change)."""
+    if not REFERENCE_CSV.exists():
+        pytest.skip(f"{REFERENCE_CSV} not present")
+    report = fit_reference(str(REFERENCE_CSV), "H100", str(tmp_path / "h100.json"))
+    fresh = load_table(tmp_path / "h100.json", KernelCostModel("H100").table or _analytic())
+    shipped = load_table(BUILTIN_TABLES["H100_SXM"], _analytic())
+    for name in ("flops_per_s", "bytes_per_s", "dispatch_s", "overhead_s", "compute_power_scale", "memory_power_scale"):
+        np.testing.assert_allclose(
+            getattr(shipped, name), getattr(fresh, name), rtol=1e-6, err_msg=shipped.meta["command"]
+        )
+    for what in ("latency", "energy"):
+        assert report["calibrated"][what]["median_pct"] < report["analytic"][what]["median_pct"]
+    assert report["calibrated"]["latency"]["median_pct"] < 10.0 and report["rows_held_out"] > 20
+
+
+def _analytic():
+    from kernels.cost_table import analytic_coefficients
+
+    return analytic_coefficients(get_gpu_spec("H100"))
+
+
+def test_table_json_round_trip(tmp_path):
+    rows, held = read_reference(REFERENCE_CSV) if REFERENCE_CSV.exists() else pytest.skip("no reference CSV")
+    table = fit_table(rows.select(~held), get_gpu_spec("H100"))
+    table.meta.update(gpu_type="H100_SXM", device={"name": "test"}, date="2026-01-01")
+    save_table(table, tmp_path / "t.json")
+    back = load_table(tmp_path / "t.json", _analytic())
+    for name in ("flops_per_s", "bytes_per_s", "dispatch_s", "overhead_s", "compute_power_scale", "memory_power_scale"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(table, name))
+    kcm = KernelCostModel("H100", data_path=tmp_path / "t.json")
+    assert kcm.source == "calibrated" and kcm.get_cost("gemm_up", 512)["source"] == "calibrated"
+
+
+BAD_TABLES = [  # (file content or edit, message fragment)
+    ("{not json", "not valid JSON"),
+    (lambda d: d.update(version=99), "version 99"),
+    (lambda d: d.update(gpu_type="A100_SXM"), "not H100_SXM"),
+    (lambda d: d.update(format="something"), "not a kernel cost table"),
+    (lambda d: d["ops"].update(gemm_sideways={}), "gemm_sideways"),
+    (lambda d: d["ops"]["gemm_up"].update(flops_per_s=-1.0), "flops_per_s"),
+]
+
+
+@pytest.mark.parametrize("content, message", BAD_TABLES)
+def test_bad_tables_name_the_file(tmp_path, content, message):
+    path = tmp_path / "bad_table.json"
+    if isinstance(content, str):
+        path.write_text(content)
+    else:
+        doc = json.loads(BUILTIN_TABLES["H100_SXM"].read_text())
+        content(doc)
+        path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=message) as err:
+        KernelCostModel("H100", data_path=path)
+    assert "bad_table.json" in str(err.value)
+
+
+def test_missing_and_foreign_tables():
+    with pytest.raises(ValueError, match="nowhere.json"):
+        KernelCostModel("H100", data_path="/nowhere.json")
+    with pytest.raises(ValueError, match="h100_cost_table.json"):
+        KernelCostModel("A100", data_path=BUILTIN_TABLES["H100_SXM"])
+    with pytest.raises(ValueError, match="no shipped cost table"):
+        KernelCostModel.calibrated("L4")
+
+
+def test_profile_cli_on_cpu(tmp_path, capsys):
+    """`python -m kernels.profile --out/--validate --quick` on the CPU (in-process: a subprocess re-imports torch)."""
+    table = tmp_path / "cpu_table.json"
+    profile_main(["--out", str(table), "--quick"])
+    doc = json.loads(table.read_text())
+    assert doc["gpu_type"] == "CPU" and doc["device"]["kind"] == "cpu" and doc["ops"]["gemm_up"]["origin"] == "fitted"
+    assert doc["ops"]["gemm_up"]["residual_latency"]["rows"] == 2
+    profile_main(["--validate", str(table), "--quick"])
+    out = capsys.readouterr().out
+    assert "latency only" in out and "median" in out
+    with pytest.raises(ValueError, match="cpu_table.json"):
+        KernelCostModel("H100", data_path=table)
+
+
+# ----- steps -----
+def test_vectorised_counts_match_kernel_call():
+    work = [KernelCall(op, 37, 96, d_ff=160, seq_len=64, experts=8, phase=p) for op in OPS for p in PHASES]
+    flops, bytes_, _ = call_flops_bytes(work_arrays(work), 2)
+    np.testing.assert_array_equal(flops, [c.flops() for c in work])
+    np.testing.assert_array_equal(bytes_, [c.bytes(2) for c in work])
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("scaled", [False, True])
+def test_predict_step_totals_are_the_sum_of_parts(models, name, scaled):
+    kcm, work = models[name], _runtime_work()
+    cost = kcm.predict_step(work, DeploymentScale() if scaled else None, deploy_tokens=40000 if scaled else None)
+    assert isinstance(cost, StepCost) and cost.experts.energy_j.shape == (8,)
+    for field in ("compute_s", "memory_s", "overhead_s", "flops", "bytes", "energy_j", "latency_s"):
+        total, experts, shared = (getattr(p, field) for p in (cost.total, cost.experts, cost.shared))
+        assert total == pytest.approx(experts.sum() + shared, rel=1e-12)
+        assert 0 < getattr(cost.ttt, field) < total or field == "compute_s"
+    assert cost.latency_s == pytest.approx(cost.compute_s + cost.memory_s + cost.overhead_s, rel=1e-12)  # full clock
+    if not scaled:
+        assert cost.flops == pytest.approx(sum(c.flops() for c in work), rel=1e-12)
+        assert cost.bytes == pytest.approx(sum(c.bytes(2) for c in work), rel=1e-12)
+
+
+def test_predict_step_clock_and_temperature(models):
+    kcm, work, scale = models["calibrated"], _runtime_work(), DeploymentScale()
+    full = kcm.predict_step(work, scale, deploy_tokens=1e5)
+    slow = kcm.predict_step(work, scale, clock_mhz=990.0, deploy_tokens=1e5)
+    hot = kcm.predict_step(work, scale, temp_c=kcm.spec.slowdown_temp_c + 3, deploy_tokens=1e5)
+    assert full.clock_mhz == kcm.spec.boost_sm_clock_mhz and slow.compute_s == full.compute_s
+    assert slow.latency_s >= full.compute_s * 2 + full.memory_s  # compute-bound time doubles at half clock
+    assert hot.clock_mhz < full.clock_mhz and hot.latency_s > full.latency_s
+    assert kcm.interval_cost(work, scale, 5e4, 2.0).latency_s == pytest.approx(full.latency_s)
+
+
+def test_repricing_the_same_work_is_cached_but_never_stale():
+    kcm, scale = KernelCostModel("H100"), DeploymentScale()
+    a, b = _runtime_work(), _runtime_work()
+    b[5] = KernelCall("gemm_up", 999, 128, d_ff=48, layer=0, expert=0)  # same length, one call differs
+    first = kcm.predict_step(a, scale, deploy_tokens=5e4)
+    assert kcm.predict_step(list(a), scale, clock_mhz=1200.0, deploy_tokens=5e4).compute_s == first.compute_s
+    fresh = KernelCostModel("H100").predict_step(b, scale, deploy_tokens=5e4)
+    assert kcm.predict_step(b, scale, deploy_tokens=5e4).as_dict() == fresh.as_dict() != first.as_dict()
+    assert kcm.predict_step(a, scale, deploy_tokens=6e4).tokens == 6e4
+
+
+def test_deployment_keeps_shares_and_scales_volume():
+    work, scale = _runtime_work(ttt=False), DeploymentScale()
+    one = deployment_calls(work, scale)
+    runtime = np.zeros((3, 8))
+    for c in work:
+        if c.expert >= 0 and c.op == "gemm_up":
+            runtime[c.layer, c.expert] += c.tokens
+    deployed = np.zeros((3, 8))
+    for c, n in one:
+        if c.expert >= 0 and c.op == "gemm_up":
+            assert c.d_model == scale.d_model and c.d_ff == scale.expert_widths[c.expert]
+            assert n == len([j for j in range(scale.layers) if j * 3 // scale.layers == c.layer])
+            deployed[c.layer, c.expert] = c.tokens
+    np.testing.assert_allclose(deployed, runtime * scale.batch_tokens / 256, atol=0.5)  # shares kept
+    kcm = KernelCostModel("H100")
+    costs = [kcm.predict_step(work, scale, deploy_tokens=k * scale.batch_tokens) for k in (1, 3)]
+    assert costs[1].latency_s == pytest.approx(3 * costs[0].latency_s) and costs[1].tokens == 3 * scale.batch_tokens
+    with pytest.raises(ValueError, match="forward pass"):
+        kcm.predict_step([c for c in work if c.op != "embed_head"], scale)
+
+
+def test_ttt_volume_scales_with_the_token_ratio():
+    work, scale = _runtime_work(), DeploymentScale()
+    calls = deployment_calls(work, scale, deploy_tokens=2 * 256)
+    ttt = [(c, n) for c, n in calls if c.phase != "forward"]
+    assert len(ttt) == 18 and all(c.tokens == 512 for c, _ in ttt)  # chunk size kept
+    per_layer = {layer: sum(1 for j in range(scale.layers) if j * 3 // scale.layers == layer) for layer in range(3)}
+    assert all(n == pytest.approx(2 * per_layer[c.layer]) for c, n in ttt)
+
+
+def test_prediction_agrees_with_the_simulated_gpu(models):
+    """Analytic full-clock energy = what SimulatedGpu draws for the same compute/memory seconds plus idle gaps."""
+    kcm = models["analytic"]
+    work = [KernelCall("gemm_up", 2048, 1024, d_ff=1024), KernelCall("silu_mul", 2048, 1024, d_ff=4096)] * 40
+    cost = kcm.predict_step(work)
+    assert cost.power_w < kcm.spec.tdp_w  # no power cap involved
+    gpu = SimulatedGpu("H100", seed=0)
+    energy = gpu.execute(cost.compute_s, cost.memory_s).energy_j + gpu.idle(cost.overhead_s).energy_j
+    assert energy == pytest.approx(cost.energy_j, rel=0.02)
+
+
+def test_percent_errors():
+    e = percent_errors([1.1, 0.8, 1.0], [1.0, 1.0, 1.0])
+    assert e["median_pct"] == pytest.approx(10.0) and e["rows"] == 3

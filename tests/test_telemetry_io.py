@@ -1,0 +1,98 @@
+"""TraceRecorder (JSONL, CSV, TensorBoard; crash safety) and the telemetry scripts as subprocesses."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+import telemetry as tel
+from telemetry.reference import find_reference_file
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_jsonl_rows_of_every_kind(tmp_path):
+    gpu = tel.SimulatedGpu("H100")
+    path = tmp_path / "trace.jsonl"
+    with tel.TraceRecorder(path) as recorder:
+        recorder.write(gpu.execute(0.5))
+        recorder.write(gpu.sample())
+        recorder.write({"step": 3, "energy_j": 1.5})
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 3 and rows[0]["source"] == "simulated" and rows[2] == {"step": 3, "energy_j": 1.5}
+    assert rows[0]["clock_event_reasons"] == "sw_power_cap" and rows[1]["power_w"] > 100
+
+
+def test_a_crash_loses_at_most_the_unflushed_rows(tmp_path):
+    path = tmp_path / "trace.jsonl"
+    recorder = tel.TraceRecorder(path, flush_rows=5, flush_interval_s=3600)
+    for step in range(12):
+        recorder.write({"step": step})
+    assert len(path.read_text().splitlines()) == 10  # not closed, as after a crash: two rows pending
+    recorder.close()
+    assert len(path.read_text().splitlines()) == 12
+
+
+def test_csv_rows_keep_the_first_header(tmp_path):
+    path = tmp_path / "trace.csv"
+    with tel.TraceRecorder(path, fsync=True) as recorder:
+        recorder.write({"t_s": 0.0, "power_w": 75.0})
+        with pytest.warns(RuntimeWarning, match="not in the CSV header"):
+            recorder.write({"t_s": 0.1, "power_w": 80.0, "extra": 1})
+        recorder.write({"t_s": 0.2, "power_w": 85.0, "extra": 2})
+    rows = list(csv.DictReader(path.open()))
+    assert [r["power_w"] for r in rows] == ["75.0", "80.0", "85.0"] and "extra" not in rows[0]
+
+
+def test_tensorboard_scalars_are_written(tmp_path):
+    pytest.importorskip("tensorboard")
+    with tel.TraceRecorder(tmp_path / "t.jsonl", tensorboard_dir=str(tmp_path / "tb")) as recorder:
+        for step in range(3):
+            recorder.write({"power_w": 100.0 + step, "phase": "idle"}, step=step)
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_recorder_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="fmt"):
+        tel.TraceRecorder(tmp_path / "x.txt", fmt="parquet")
+    with tel.TraceRecorder(tmp_path / "x.jsonl") as recorder, pytest.raises(TypeError, match="dict or a dataclass"):
+        recorder.write(42)
+
+
+def run_script(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+
+
+def test_python_m_telemetry_prints_the_device_and_a_table():
+    result = run_script("-m", "telemetry", "--source", "simulated", "--samples", "3", "--interval_s", "0.1")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("device: simulated H100") and len(lines) == 6
+    assert "sw_power_cap" in lines[-1]
+
+
+@pytest.mark.skipif(find_reference_file() is None, reason="shared/reference not found")
+def test_sim_vs_h100_benchmark_ends_with_the_worst_error_line(tmp_path):
+    png = tmp_path / "sim.png"
+    result = run_script("benchmarks/sim_vs_h100.py", "--png", str(png))
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    match = re.fullmatch(r"worst steady error: temperature ([\d.]+) C, power ([\d.]+) %, clock ([\d.]+) %", last)
+    assert match and float(match[1]) <= 3 and float(match[2]) <= 10 and float(match[3]) <= 10
+    assert png.stat().st_size > 10_000
+
+
+def test_overhead_benchmark_runs_with_a_tiny_budget(tmp_path):
+    out = tmp_path / "overhead.json"
+    result = run_script("benchmarks/telemetry_overhead.py", "--source", "simulated", "--repeats", "20",
+                        "--sampler_s", "0.1", "--loop_s", "0.05", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(out.read_text())
+    assert summary["source"] == "simulated" and summary["query_us"]["temperature_c"] > 0
+    assert [row["rate_hz"] for row in summary["samplers"]] == [10.0, 100.0]

@@ -1,0 +1,153 @@
+"""NvmlSource against a fake pynvml replaying the measured H100 (tests/telemetry_fakes.py): fields, fallbacks,
+errors, the wrapping energy counter, and the background sampler."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import pynvml
+import pytest
+from telemetry_fakes import FULL_LOAD_S, WRAP_MJ, FakeNvml, reference_rows
+
+import telemetry as tel
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return reference_rows()
+
+
+def make_source(rows, start_s=80.0, **fake_kwargs):
+    fake = FakeNvml(rows, start_s=start_s, **fake_kwargs)
+    return tel.NvmlSource(0, nvml=fake, clock=fake.clock), fake
+
+
+def test_fields_follow_the_replayed_row(rows):
+    source, fake = make_source(rows, start_s=90.0)
+    row = fake.row()
+    assert source.power_field == "instant" and source.energy_source == "energy_counter"
+    assert source.power_w() == pytest.approx(float(row["power_instant_w"]), abs=1e-3)
+    assert source.average_power_w() == pytest.approx(float(row["power_avg_w"]), abs=1e-3)
+    assert source.temperature_c() == int(float(row["temp_c"]))
+    assert source.memory_temperature_c() == int(float(row["temp_c"])) - 4
+    assert source.sm_clock_mhz() == int(float(row["sm_clock_mhz"])) and source.memory_clock_mhz() == 2619
+    assert source.utilization_percent() == int(float(row["util_gpu_pct"]))
+    assert source.memory_utilization_percent() == int(float(row["util_mem_pct"]))
+    assert source.memory_total_mb() == 80 * 1024 and source.power_limit_w() == 700.0
+    assert source.temperature_thresholds_c() == {"slowdown": 89, "shutdown": 95, "gpu_max": 87}
+    assert "sw_power_cap" in source.clock_event_reasons()  # the reference's full load: reason 0x4
+    assert source.driver_version() == "580.159.04" and "H100" in source.name()
+
+
+def test_without_instant_power_the_averaged_reading_is_used_and_said(rows):
+    source, fake = make_source(rows, instant=False)
+    assert source.power_field == "average"
+    assert source.power_w() == pytest.approx(float(fake.row()["power_avg_w"]), abs=1e-3)
+    assert source.instant_power_w() is None
+
+
+def test_an_unsupported_field_degrades_to_none_with_one_warning(rows):
+    source, fake = make_source(rows)
+    with pytest.warns(RuntimeWarning, match="fan_speed") as record:
+        assert source.fan_speed_percent() is None
+        assert source.fan_speed_percent() is None
+    assert len([w for w in record if "fan_speed" in str(w.message)]) == 1
+    assert fake.nvmlDeviceGetFanSpeed.call_count == 1  # not asked again
+
+
+@pytest.mark.parametrize(("code", "words"), [
+    (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, "libnvidia-ml"),
+    (pynvml.NVML_ERROR_DRIVER_NOT_LOADED, "driver is not loaded"),
+])
+def test_missing_driver_is_a_clear_error(rows, code, words):
+    with pytest.raises(tel.NvmlUnavailableError, match=words) as info:
+        make_source(rows, init_error=code)
+    assert isinstance(info.value.__cause__, pynvml.NVMLError)
+
+
+def test_missing_gpu_index_is_a_clear_error(rows):
+    fake = FakeNvml(rows)
+    with pytest.raises(tel.NvmlUnavailableError, match="no GPU with NVML index 3: NVML sees 1"):
+        tel.NvmlSource(3, nvml=fake, clock=fake.clock)
+
+
+def test_a_failing_query_raises_our_error_from_nvmls(rows):
+    source, fake = make_source(rows)
+    fake.nvmlDeviceGetTemperature.side_effect = pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+    with pytest.raises(tel.NvmlQueryError, match="temperature") as info:
+        source.temperature_c()
+    assert isinstance(info.value.__cause__, pynvml.NVMLError)
+
+
+def test_energy_counter_unwraps(rows):
+    probe = FakeNvml(rows)
+    mid_s = 85.0
+    offset_mj = WRAP_MJ - int(probe.counter_j_at(mid_s) * 1000)  # the raw counter wraps at mid_s
+    source, fake = make_source(rows, start_s=80.0, counter_offset_mj=offset_mj)
+    start_j = source.energy_j()
+    raw_before = fake.nvmlDeviceGetTotalEnergyConsumption("handle0")
+    fake.advance(10.0)
+    assert fake.nvmlDeviceGetTotalEnergyConsumption("handle0") < raw_before  # it did wrap
+    expected_j = fake.counter_j_at(90.0) - fake.counter_j_at(80.0)
+    assert source.energy_j() - start_j == pytest.approx(expected_j, abs=1e-3)
+    assert expected_j == pytest.approx(700 * 10.0, rel=0.03)
+
+
+def test_without_energy_counter_power_is_integrated(rows):
+    source, fake = make_source(rows, start_s=80.0, energy_counter=False)
+    assert source.energy_source == "power_integration"
+    start_j = source.energy_j()
+    for _ in range(500):  # 5 s of 100 Hz readings
+        fake.advance(0.01)
+        source.sample()
+    expected_j = fake.counter_j_at(85.0) - fake.counter_j_at(80.0)
+    assert source.energy_j() - start_j == pytest.approx(expected_j, rel=0.03)
+
+
+def test_background_sampler_fills_the_ring_buffer_and_stops(rows):
+    source, fake = make_source(rows, start_s=FULL_LOAD_S[0], follow_wall_clock=True)
+    counter_calls = fake.nvmlDeviceGetTotalEnergyConsumption.call_count
+    source.start_sampler(rate_hz=200.0)
+    time.sleep(0.3)
+    source.stop_sampler()
+    assert not source.sampler_running
+    samples = source.buffer.snapshot()
+    assert 20 <= len(samples) <= 80
+    assert all(a.t_s < b.t_s for a, b in zip(samples, samples[1:]))
+    assert all(s.power_w is not None and s.temperature_c is not None for s in samples)
+    assert fake.nvmlDeviceGetTotalEnergyConsumption.call_count == counter_calls  # never the ~4 ms counter
+    time.sleep(0.05)
+    assert len(source.buffer) == len(samples)  # nothing after stop
+
+
+def test_sampler_survives_a_failing_read(rows, caplog):
+    source, fake = make_source(rows, follow_wall_clock=True)
+    fake.nvmlDeviceGetTemperature.side_effect = pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+    source.start_sampler(rate_hz=100.0)
+    time.sleep(0.1)
+    source.stop_sampler()
+    assert len(source.buffer) == 0 and "sampler read failed" in caplog.text
+
+
+def test_ring_buffer_drops_the_oldest():
+    buffer = tel.SampleBuffer(capacity=3)
+    for t_s in range(5):
+        buffer.append(tel.Sample(float(t_s), 1.0, 50.0, 1000.0, 0.0, 0.0))
+    assert [s.t_s for s in buffer.snapshot()] == [2.0, 3.0, 4.0]
+    assert [s.t_s for s in buffer.between(2.5, 10.0)] == [3.0, 4.0]
+
+
+def test_clock_event_reasons_decode_both_ways():
+    assert tel.decode_clock_event_reasons(0x4) == ("sw_power_cap",)
+    assert tel.decode_clock_event_reasons(0x21) == ("gpu_idle", "sw_thermal_slowdown")
+    assert tel.decode_clock_event_reasons(0x10000) == ("unknown_0x10000",)
+    assert tel.encode_clock_event_reasons(["sw_power_cap", "hw_thermal_slowdown"]) == 0x44
+    with pytest.raises(ValueError, match="unknown clock-event"):
+        tel.encode_clock_event_reasons(["too_hot"])
+
+
+def test_import_never_needs_nvml():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert isinstance(tel.nvml_available(), bool)
