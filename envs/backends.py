@@ -78,7 +78,7 @@ class SimulatedBackend:
     def __init__(self, cfg: EnvConfig):
         self.cfg = cfg
         self.spec = get_gpu_spec(cfg.gpu)
-        self.kcm = KernelCostModel(gpu_type=cfg.gpu)
+        self.kcm = KernelCostModel(gpu_type=cfg.gpu, data_path=cfg.cost_table)
         self.gpu = SimulatedGpu(self.spec, seed=cfg.seed)
 
     # -- cost-model views used by the env and its calibration ------------------------------------------------------

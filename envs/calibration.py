@@ -24,7 +24,7 @@ from moe_runtime import ControlAction, DomainSchedule, MoERuntime, corpus_hash
 from moe_runtime.checkpoint import default_cache_dir
 
 log = logging.getLogger(__name__)
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 _LOSS_INTERVALS = 6
 _HARDWARE_INTERVALS = 12
 
@@ -54,6 +54,8 @@ def _key(cfg: EnvConfig, runtime: MoERuntime, backend) -> str:
         "runtime_tokens": cfg.runtime_tokens,
         "deployment": cfg.deployment.to_dict(),
         "gpu": cfg.gpu,
+        "spec": repr(backend.spec),  # a refitted simulator or cost model changes the reference
+        "cost_table": backend.kcm.source,
         "source": backend.source,
         "load": cfg.workload.load,
         "interval_s": cfg.interval_s,

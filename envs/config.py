@@ -27,6 +27,8 @@ class EnvConfig:
         pretrain_steps: steps for that one-time pretraining; None picks by preset (default 1200, tiny 150).
         telemetry: `auto` (NVML if a GPU and driver are present, else simulated), `nvml`, `simulated`.
         gpu: GPU spec the simulated backend models (`H100`, `H200`, `A100`, `V100`, `L4`).
+        cost_table: the KCM's coefficients: None for the analytic roofline, "builtin" for the shipped calibrated
+            table of `gpu` (H100), or the path of a table from `python -m kernels.profile`.
         deployment: the shape at which the simulated backend prices the runtime's decisions.
         workload: token demand profile.
         interval_s: wall time of one control interval, s.
@@ -53,6 +55,7 @@ class EnvConfig:
     pretrain_steps: int | None = None
     telemetry: str = "auto"
     gpu: str = "H100"
+    cost_table: str | None = None
     deployment: DeploymentScale = field(default_factory=DeploymentScale)
     workload: Workload = field(default_factory=Workload)
     interval_s: float = 1.0

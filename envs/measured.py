@@ -87,7 +87,7 @@ class MeasuredBackend:
         self.cfg = cfg
         self.monitor = GpuSystemMonitor(device_id=0, source="nvml")
         self.spec = get_gpu_spec(spec_name_for(self.monitor.device))
-        self.kcm = KernelCostModel(gpu_type=self.spec.name)
+        self.kcm = KernelCostModel(gpu_type=self.spec.name, data_path=cfg.cost_table)
         self.launch_tokens = cfg.model.seq_len * cfg.model.batch_size
 
     def capacity_tokens_per_s(self, report: StepReport) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import gymnasium as gym
@@ -17,6 +18,20 @@ from envs.observation import ObservationBuilder
 from envs.rewards import OBJECTIVES, reward
 from envs.workload import DemandTrace
 from moe_runtime import ControlAction, DomainSchedule, MoERuntime, PretrainConfig, load_model, load_or_pretrain
+
+
+_FORKED_CHILD = False
+
+
+def _after_fork_in_child() -> None:
+    # A child forked from a process whose torch already ran multi-threaded (AsyncVectorEnv's default start
+    # method) hangs on its first parallel op: keep the child's torch on one thread.
+    global _FORKED_CHILD
+    _FORKED_CHILD = True
+    torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class MoERoutingEnv(gym.Env):
@@ -78,7 +93,7 @@ class MoERoutingEnv(gym.Env):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode {render_mode!r} is not supported; use None or 'ansi'")
         self.render_mode = render_mode
-        torch.set_num_threads(cfg.torch_threads)
+        torch.set_num_threads(1 if _FORKED_CHILD else cfg.torch_threads)
         self.backend = make_backend(cfg)
         self.model_config = model_cfg = cfg.model
         self.runtime = MoERuntime(model_cfg, model=self._load_model(), split=cfg.split, ttt=self._make_ttt())
