@@ -31,7 +31,7 @@ class ActionConfig:
 
     bias_range: float = 0.5
     ttt_off_below: float = -0.5
-    ttt_frequency_range: tuple[int, int] = (256, 8192)
+    ttt_frequency_range: tuple[int, int] = (1024, 16384)
     ttt_chunk_sizes: tuple[int, ...] = (128, 256, 512, 1024, 2048)
 
     def __post_init__(self) -> None:

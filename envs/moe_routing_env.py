@@ -19,7 +19,6 @@ from envs.rewards import OBJECTIVES, reward
 from envs.workload import DemandTrace
 from moe_runtime import ControlAction, DomainSchedule, MoERuntime, PretrainConfig, load_model, load_or_pretrain
 
-
 _FORKED_CHILD = False
 
 
@@ -57,8 +56,8 @@ class MoERoutingEnv(gym.Env):
     scales and bounds is in `envs.observation`; names in `observation_names`.
 
     ## Rewards
-    `r = -w_energy * E_tok / E_tok_ref - w_temp * max(0, T - T_target) / T_scale
-         - w_latency * max(0, L / L_target - 1) - w_loss * (loss - loss_ref[domain]) / loss_scale`,
+    `r = -w_energy * min(E_tok / E_tok_ref, 10) - w_temp * max(0, T - T_target) / T_scale
+         - w_latency * log(1 + max(0, L / L_target - 1)) - w_loss * clip((loss - loss_ref[domain]) / loss_scale, ±10)`,
     with references from a cached uncontrolled calibration (`envs.calibration`): no control scores about -w_energy
     per step. `info["reward_terms"]` has each weighted term, `info["vector_reward"]` the unweighted objectives
     (`MoERoutingMO-v0` returns that vector as the reward).

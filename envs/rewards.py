@@ -1,9 +1,12 @@
 """The reward: energy per token, temperature above a target, latency against a target, loss against the reference.
 
-    r = - w_energy  * (energy_per_token_j / ref_energy_per_token_j)
+    r = - w_energy  * min(energy_per_token_j / ref_energy_per_token_j, 10)
         - w_temp    * max(0, temperature_c - target_temp_c) / temp_scale_c
-        - w_latency * max(0, latency_ms / target_latency_ms - 1)
-        - w_loss    * (loss - ref_loss[domain]) / loss_scale
+        - w_latency * log(1 + max(0, latency_ms / target_latency_ms - 1))
+        - w_loss    * clip((loss - ref_loss[domain]) / loss_scale, -10, 10)
+
+The latency term grows logarithmically and the energy and loss terms are clipped, so a runaway backlog (a TTT
+schedule that trains on many times the tokens it serves, say) costs a lot without swamping a value function.
 
 `ref_energy_per_token_j` and `ref_loss[domain]` come from a short uncontrolled calibration of the same config and
 corpus (envs.calibration), so "no control" scores near -w_energy per step, a domain shift by itself costs nothing,
@@ -12,6 +15,7 @@ TTT that adapts earns, and routing to narrow experts costs. Units: J, C, ms, nat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,10 +84,10 @@ def vector_reward(
     ref_loss = ref.loss.get(domain, float(np.mean(list(ref.loss.values()))))
     return np.array(
         [
-            -energy_per_token_j / ref.energy_per_token_j,
+            -min(energy_per_token_j / ref.energy_per_token_j, 10.0),
             -max(0.0, temperature_c - cfg.target_temp_c) / cfg.temp_scale_c,
-            -max(0.0, latency_ms / target_latency - 1.0),
-            -(loss - ref_loss) / cfg.loss_scale,
+            -math.log1p(max(0.0, latency_ms / target_latency - 1.0)),
+            -float(np.clip((loss - ref_loss) / cfg.loss_scale, -10.0, 10.0)),
         ],
         dtype=np.float32,
     )

@@ -14,8 +14,11 @@ step takes a few numpy operations instead of a Python loop over calls.
   merged over the runtime's passes) runs once on round(tokens x t / N_rt) tokens: t for the dense work (embedding
   and head, QKV, attention, output projection, router, TTT fast weights), s[l, e] t for expert e of layer l, where
   s[l, e] = its forward tokens / N_rt is the share the runtime's router chose (sums to top-k over e).
-- TTT calls (phase `ttt_forward`/`ttt_backward`) keep their token counts (the chunk size) and are repeated
-  deploy_tokens / N_rt times, so TTT's share of the cost is the same at both scales.
+- TTT calls (phase `ttt_forward`/`ttt_backward`) keep their number of updates and scale their chunk by
+  deploy_tokens / N_rt, split into launches of at most `scale.batch_tokens`: the deployment trains on the same
+  share of the tokens it serves as the runtime did (chunk / frequency), in large chunks as LaCT does. Repeating the
+  runtime's small chunk deploy_tokens / N_rt times instead would make TTT's cost almost all launch overhead at
+  deployment shape (~1,000 updates a second), breaking DESIGN.md's "same share of the cost at both scales".
 - Shapes: d_model -> `scale.d_model`; an expert's d_ff -> its `scale.expert_widths`; `embed_head` -> the
   vocabulary; other widths scale with d_model (QKV 3d/2, output d, fast weights); seq_len with `scale.seq_len`.
 """
@@ -192,10 +195,11 @@ def deployment_arrays(
         blocks.append(_launch_block(merged, repeats, runtime_tokens, partial, 1.0))
     ttt = w.select(~fwd)
     layer = ttt.layer
-    ttt.m[:, 9] *= (deploy_tokens / runtime_tokens) * np.where(
-        layer >= 0, per_layer[np.clip(layer, 0, runtime_layers - 1)], 1.0
-    )
-    blocks.append(ttt)
+    trained = ttt.m[:, 1] * (deploy_tokens / runtime_tokens)  # deployment tokens each TTT call trains on
+    launches = np.maximum(1.0, np.ceil(trained / scale.batch_tokens))
+    ttt.m[:, 1] = np.rint(trained / launches)
+    ttt.m[:, 9] *= launches * np.where(layer >= 0, per_layer[np.clip(layer, 0, runtime_layers - 1)], 1.0)
+    blocks.append(ttt.select(ttt.m[:, 1] > 0))
     return _deploy_shapes(WorkArrays.concat(blocks), scale, runtime_seq), deploy_tokens
 
 

@@ -351,11 +351,17 @@ def test_deployment_keeps_shares_and_scales_volume():
 
 def test_ttt_volume_scales_with_the_token_ratio():
     work, scale = _runtime_work(), DeploymentScale()
+    per_layer = {layer: sum(1 for j in range(scale.layers) if j * 3 // scale.layers == layer) for layer in range(3)}
+    # Twice the runtime's tokens: the same number of updates, each on twice the chunk (256 -> 512 tokens).
     calls = deployment_calls(work, scale, deploy_tokens=2 * 256)
     ttt = [(c, n) for c, n in calls if c.phase != "forward"]
-    assert len(ttt) == 18 and all(c.tokens == 512 for c, _ in ttt)  # chunk size kept
-    per_layer = {layer: sum(1 for j in range(scale.layers) if j * 3 // scale.layers == layer) for layer in range(3)}
-    assert all(n == pytest.approx(2 * per_layer[c.layer]) for c, n in ttt)
+    assert len(ttt) == 18 and all(c.tokens == 2 * 512 for c, _ in ttt)
+    assert all(n == pytest.approx(per_layer[c.layer]) for c, n in ttt)
+    # A chunk larger than a launch is split into launches of at most batch_tokens: the trained volume is kept.
+    big = deployment_calls(work, scale, deploy_tokens=256 * scale.batch_tokens)
+    for c, n in (x for x in big if x[0].phase != "forward"):
+        assert c.tokens <= scale.batch_tokens
+        assert c.tokens * n == pytest.approx(512 * scale.batch_tokens * per_layer[c.layer], rel=1e-3)
 
 
 def test_prediction_agrees_with_the_simulated_gpu(models):
