@@ -1,1 +1,48 @@
-"""agents: filled by its issue."""
+"""agents: controllers for MoERouting-v0 and a live MoE runtime.
+
+- `Controller` protocol (`reset()`, `act(obs) -> action`), `ControlSpec` (what a controller knows of its env),
+  `make_controller(name, env, **kw)` for `heuristic`, `no_control`, `load_balance`, `fixed_ttt`, `kcm_greedy`,
+  `random`;
+- `EnergyAwareTTTRouter` (the original heuristic, five parts; a Controller and a router module) with its
+  `StatisticalLoadBalancer` and `ThermalAdaptiveScaler`;
+- `load_policy(path)`: a saved stable-baselines3 model as a Controller;
+- `AgentRouter(controller, runtime, ...)`: a Controller driving a live `MoERuntime`.
+"""
+
+from agents.agent_router import AgentRouter, IntervalRecord
+from agents.controller import (
+    CONTROLLERS,
+    FIXED_TTT_GRID,
+    Controller,
+    ControlSpec,
+    FixedTTT,
+    KcmGreedy,
+    LoadBalance,
+    NoControl,
+    RandomController,
+    make_controller,
+)
+from agents.heuristic import EnergyAwareTTTRouter, StatisticalLoadBalancer, ThermalAdaptiveScaler
+from agents.sb3 import ALGOS, PolicyController, load_hyperparams, load_policy
+
+__all__ = [
+    "ALGOS",
+    "CONTROLLERS",
+    "FIXED_TTT_GRID",
+    "AgentRouter",
+    "ControlSpec",
+    "Controller",
+    "EnergyAwareTTTRouter",
+    "FixedTTT",
+    "IntervalRecord",
+    "KcmGreedy",
+    "LoadBalance",
+    "NoControl",
+    "PolicyController",
+    "RandomController",
+    "StatisticalLoadBalancer",
+    "ThermalAdaptiveScaler",
+    "load_hyperparams",
+    "load_policy",
+    "make_controller",
+]

@@ -1,0 +1,260 @@
+"""`AgentRouter`: any `Controller` driving a live `MoERuntime` outside the env.
+
+Every interval it serves the runtime's next tokens, reads the GPU through a `telemetry.GpuSystemMonitor` (an energy
+window around the interval, then the current stats), prices the next interval with the `kernels.KernelCostModel`,
+builds the observation with the env's `ObservationBuilder` (same names, scales and bounds as `MoERouting-v0`), asks
+the controller, and applies its decision with `runtime.apply(ControlAction)`.
+
+GPU sources:
+- simulated (a `SimulatedGpu`, or a monitor over one): the runtime's work is priced at the `DeploymentScale` for the
+  interval's demand and executed on the simulated GPU, in slices until the interval is used up (what does not fit
+  is backlog), as the env's simulated backend does, so a policy trained in the env sees the same figures here;
+- NVML: the runtime runs on the GPU; the window measures it, and the KCM prices the runtime's own work.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agents.controller import Controller, ControlSpec, make_controller
+from envs import ActionConfig, ObservationBuilder, deployment_for
+from kernels import DeploymentScale, KernelCostModel
+from moe_runtime import ControlAction, MoERuntime
+from telemetry import GpuSystemMonitor, SimulatedGpu, get_gpu_spec
+
+_SLICES = 8  # simulated work runs in this many slices, so a backlog is cut at slice granularity (as in the env)
+_WINDOW = "agent_router_interval"
+
+
+@dataclass
+class IntervalRecord:
+    """What one interval did (units in the names)."""
+
+    interval: int
+    source: str
+    tokens: int
+    loss: float
+    domain: str
+    energy_j: float
+    power_w: float
+    temperature_c: float
+    latency_ms: float
+    backlog_tokens: float
+    ttt_updates: int
+    applied: ControlAction
+    next_action: ControlAction
+    observation: np.ndarray
+
+
+class AgentRouter:
+    """Drives a live `MoERuntime` with a controller, one control interval per `step()`.
+
+    Args:
+        controller: a `Controller` reading `MoERouting-v0` observations, or a `make_controller` name (built on
+            this router's `spec`).
+        runtime: the live runtime (with a TTT engine if the controller schedules TTT).
+        monitor: a `GpuSystemMonitor`, or a `SimulatedGpu` (read through a monitor); None simulates `gpu`.
+        kernel_cost_model: the KCM; None builds one for `gpu`.
+        deployment: the shape the simulated GPU prices decisions at; None: `envs.deployment_for(runtime.config)`,
+            what the env uses.
+        interval_tokens: runtime tokens per interval; None: 128 for the tiny preset, else 1024 (as the env).
+        interval_s: control interval, s (the simulated GPU idles for what the work leaves of it).
+        demand: token demand as a fraction of the deployment's capacity (simulated source).
+        action_config: the env's `ActionConfig` (bias range, TTT ranges).
+        reference_loss: uncontrolled loss per domain, nats (the env's `reference.loss`), for `loss_gap`; None
+            measures the gap against a running mean of the loss.
+        gpu: GPU model for the simulated source and the KCM.
+
+    Raises:
+        ValueError: bad sizes; a controller whose observation size differs from this router's.
+    """
+
+    def __init__(
+        self,
+        controller: Controller | str,
+        runtime: MoERuntime,
+        monitor: GpuSystemMonitor | SimulatedGpu | None = None,
+        kernel_cost_model: KernelCostModel | None = None,
+        deployment: DeploymentScale | None = None,
+        interval_tokens: int | None = None,
+        interval_s: float = 1.0,
+        demand: float = 0.6,
+        action_config: ActionConfig | None = None,
+        reference_loss: dict[str, float] | None = None,
+        gpu: str = "H100",
+    ):
+        cfg = runtime.config
+        self.runtime = runtime
+        self.num_experts = cfg.num_experts
+        self.interval_tokens = int(interval_tokens or (128 if cfg.preset_name == "tiny" else 1024))
+        if self.interval_tokens <= 0 or not interval_s > 0 or not demand > 0:
+            raise ValueError(
+                f"need interval_tokens, interval_s and demand > 0, got {interval_tokens}, {interval_s}, {demand}"
+            )
+        self.interval_s, self.demand = float(interval_s), float(demand)
+        if monitor is None:
+            monitor = SimulatedGpu(gpu)
+        self.monitor = monitor if isinstance(monitor, GpuSystemMonitor) else GpuSystemMonitor(source=monitor)
+        self.gpu = self.monitor.source if callable(getattr(self.monitor.source, "execute", None)) else None
+        self.gpu_spec = getattr(self.monitor.source, "spec", None) or get_gpu_spec(gpu)
+        self.kcm = kernel_cost_model or KernelCostModel(gpu_type=gpu)
+        self.deployment = deployment or deployment_for(cfg)
+        if self.deployment.num_experts != self.num_experts:
+            raise ValueError(
+                f"deployment has {self.deployment.num_experts} experts; the runtime has {self.num_experts}"
+            )
+        self.action_config = action_config or ActionConfig()
+        self.spec = ControlSpec(
+            self.num_experts,
+            float(self.gpu_spec.tdp_w),
+            float(self.gpu_spec.slowdown_temp_c),
+            self.interval_s,
+            self.action_config,
+            self.interval_tokens,
+        )
+        self.builder: ObservationBuilder = self.spec.builder
+        self.controller = make_controller(controller, self.spec) if isinstance(controller, str) else controller
+        cost = np.asarray(self.kcm.expert_energy_per_token_j(self.deployment), dtype=np.float64)
+        self.expert_cost_ratio = cost / cost.mean()
+        self.reference_loss = dict(reference_loss) if reference_loss else None
+        self.capacity_tokens_per_s: float | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the backlog and loss history and reset the controller (the runtime keeps its state)."""
+        self.backlog_tokens = 0.0
+        self.interval = 0
+        self._prev_loss: float | None = None
+        self._loss_mean: float | None = None
+        self._tokens_since_ttt = 0
+        self.controller.reset()
+
+    def run(self, intervals: int) -> list[IntervalRecord]:
+        """`intervals` steps; their records."""
+        return [self.step() for _ in range(intervals)]
+
+    def step(self) -> IntervalRecord:
+        """Serve one interval with the present action, observe it, and apply the controller's next action."""
+        runtime, applied = self.runtime, self.runtime.action
+        self.monitor.begin_window(_WINDOW)
+        report = runtime.step(self.interval_tokens)
+        if self.capacity_tokens_per_s is None:
+            forward = [c for c in report.work if c.phase == "forward"]
+            tokens = float(self.deployment.batch_tokens)
+            cost = self.kcm.predict_step(forward, scale=self.deployment, deploy_tokens=tokens)
+            self.capacity_tokens_per_s = tokens / cost.total.latency_s
+        due = self.demand * self.capacity_tokens_per_s * self.interval_s + self.backlog_tokens
+        if self.gpu is not None:
+            busy_s, served = self._execute_simulated(report, due)
+        else:  # the runtime ran on the measured GPU itself
+            busy_s, served = None, float(report.tokens)
+        m = self.monitor.end_window(_WINDOW)
+        stats = self.monitor.get_current_stats()
+        if self.gpu is not None:
+            self.backlog_tokens = due - served
+            launches = max(1, math.ceil(served / self.deployment.batch_tokens))
+            rate = served / busy_s if busy_s > 0 else math.inf
+            latency_ms = 1000.0 * (busy_s / launches + (self.backlog_tokens / rate if rate > 0 else 0.0))
+            scale, deploy_tokens = self.deployment, max(due, 1.0)
+        else:
+            latency_ms = 1000.0 * m.duration_s
+            scale, deploy_tokens = None, None
+        clock = stats.get("sm_clock_mhz") or None
+        nxt = self.kcm.predict_step(report.work, scale=scale, clock_mhz=clock, deploy_tokens=deploy_tokens)
+        self._tokens_since_ttt = 0 if report.ttt_updates else self._tokens_since_ttt + report.tokens
+        obs = self._observation(report, m, stats, nxt, busy_s)
+        action = self.controller.act(obs)
+        control = self.spec.codec.decode(action)
+        runtime.apply(control)
+        self._prev_loss = report.loss
+        self.interval += 1
+        return IntervalRecord(
+            interval=self.interval - 1,
+            source=m.source,
+            tokens=report.tokens,
+            loss=float(report.loss),
+            domain=report.domain,
+            energy_j=float(m.energy_j),
+            power_w=float(m.power_w),
+            temperature_c=float(stats["temperature"]),
+            latency_ms=float(latency_ms),
+            backlog_tokens=float(self.backlog_tokens),
+            ttt_updates=int(report.ttt_updates),
+            applied=applied,
+            next_action=control,
+            observation=obs,
+        )
+
+    def _execute_simulated(self, report, due_tokens: float) -> tuple[float, float]:
+        """Run the interval's deployment-scale work on the simulated GPU; (busy s, tokens served)."""
+        gpu = self.gpu
+        full = self.kcm.predict_step(report.work, scale=self.deployment, deploy_tokens=max(due_tokens, 1.0))
+        elapsed, share = 0.0, 0.0
+        if due_tokens > 0:
+            for _ in range(_SLICES):
+                elapsed += gpu.execute(full.total.compute_s / _SLICES, full.total.memory_s / _SLICES).duration_s
+                if full.total.overhead_s > 0:
+                    elapsed += gpu.idle(full.total.overhead_s / _SLICES).duration_s
+                share += 1.0 / _SLICES
+                if elapsed >= self.interval_s:
+                    break
+        if elapsed < self.interval_s:
+            gpu.idle(self.interval_s - elapsed)
+        return elapsed, due_tokens * share
+
+    def _observation(self, report, m, stats: dict[str, Any], nxt, busy_s: float | None) -> np.ndarray:
+        counts = np.asarray(report.expert_token_counts, dtype=np.float64).sum(0)
+        control = self.runtime.action
+        loss = float(report.loss)
+        if self.reference_loss and report.domain in self.reference_loss:
+            reference = self.reference_loss[report.domain]
+        else:
+            reference = loss if self._loss_mean is None else self._loss_mean
+            self._loss_mean = loss if self._loss_mean is None else 0.9 * self._loss_mean + 0.1 * loss
+        prev = self._prev_loss if self._prev_loss is not None else reference
+        freq = control.ttt_frequency_tokens
+        duration = max(m.duration_s, 1e-9)
+        utilization = busy_s / duration if busy_s is not None else (stats.get("gpu_utilization_percent") or 0.0) / 100.0
+        figures = {
+            "power_w": m.power_w,
+            "interval_energy_j": m.energy_j,
+            "temperature_c": float(stats["temperature"]),
+            "sm_clock_ratio": (m.sm_clock_mhz or stats.get("sm_clock_mhz") or 0.0) / self.gpu_spec.boost_sm_clock_mhz,
+            "gpu_utilization": min(1.0, utilization),
+            "memory_pressure": self._memory_pressure(),
+            "throttled": float((m.throttled_share or 0.0) > 0.05),
+            "pred_energy_j_e": np.asarray(nxt.experts.energy_j, dtype=np.float64),
+            "pred_latency_ms_e": 1000.0 * np.asarray(nxt.experts.latency_s, dtype=np.float64),
+            "expert_cost_ratio_e": self.expert_cost_ratio,
+            "pred_total_energy_j": nxt.total.energy_j,
+            "pred_total_latency_ms": 1000.0 * nxt.total.latency_s,
+            "load_fraction_e": counts / max(1.0, counts.sum()),
+            "loss": loss,
+            "loss_delta": loss - prev,
+            "loss_gap": loss - reference,
+            "router_entropy": report.router_entropy,
+            "tokens_since_ttt": self._tokens_since_ttt,
+            "bias_e": control.biases(self.num_experts),
+            "ttt_frequency": np.log2(freq) / 16 if freq > 0 else 0.0,
+            "ttt_chunk": np.log2(control.ttt_chunk_tokens) / 16,
+            "ttt_grad_norm": np.log1p(np.mean(report.ttt_grad_norms)) if report.ttt_grad_norms else 0.0,
+            "ttt_activation_energy": np.log1p(np.mean(report.ttt_activation_energy))
+            if report.ttt_activation_energy
+            else 0.0,
+            "demand": self.demand,
+            "backlog": self.backlog_tokens / (self.capacity_tokens_per_s * self.interval_s),
+            "energy_from_counter": float(m.energy_source == "energy_counter"),
+            "sample_staleness_s": 0.0,
+        }
+        return self.builder.build(figures)
+
+    def _memory_pressure(self) -> float:
+        """Weights plus activations of the deployment model over the GPU's memory (bf16), 0..1, as the env."""
+        s = self.deployment
+        params = s.layers * (4 * s.d_model**2 + 3 * s.d_model * sum(s.expert_widths)) + 2 * s.vocab_size * s.d_model
+        activations = s.batch_tokens * s.d_model * s.layers * 8
+        return min(1.0, (params + activations) * s.dtype_bytes / (self.gpu_spec.memory_gb * 1e9))

@@ -1,0 +1,300 @@
+"""Controllers: the `Controller` protocol, `ControlSpec` (what a controller knows about its env), the baselines and
+`make_controller`.
+
+A controller maps one observation of `MoERouting-v0` to one action vector. It reads the observation only, by
+feature name through the env's `ObservationBuilder` (rebuilt from `ControlSpec`, which is small and picklable), so
+the same controller drives the env, a vector env's worker, the evaluator and a live runtime (`AgentRouter`).
+
+| name          | class                  | what it does                                                               |
+|---------------|------------------------|----------------------------------------------------------------------------|
+| heuristic     | EnergyAwareTTTRouter   | the original system's heuristic (`agents.heuristic`)                       |
+| no_control    | NoControl              | zero biases, TTT off (`ControlAction.uncontrolled()`)                      |
+| load_balance  | LoadBalance            | DeepSeek-V3 aux-loss-free balancing: bias -= step * sign(load - 1/E)       |
+| fixed_ttt     | FixedTTT               | zero biases, one fixed TTT schedule (see `FIXED_TTT_GRID`)                 |
+| kcm_greedy    | KcmGreedy              | bias against each expert's KCM energy per token                            |
+| random        | RandomController       | uniform random actions, seeded                                             |
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from envs import ActionCodec, ActionConfig, ObservationBuilder
+from moe_runtime import ControlAction
+
+# (frequency tokens, chunk tokens): a small grid of fixed TTT schedules, from rare and small to frequent and large.
+FIXED_TTT_GRID: tuple[tuple[int, int], ...] = (
+    (8192, 256),
+    (8192, 1024),
+    (2048, 256),
+    (2048, 1024),
+    (512, 256),
+    (512, 1024),
+)
+
+
+@runtime_checkable
+class Controller(Protocol):
+    """What drives the env or a live runtime: `reset()` at an episode's start, then `act(obs)` every interval.
+
+    `act` takes one observation, float32 [obs_dim] (the env's `observation_names` order), and returns the env's
+    action vector, float32 [E + 2] in [-1, 1].
+    """
+
+    def reset(self) -> None: ...
+
+    def act(self, observation: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """What a controller needs to read observations and write actions, without the env itself.
+
+    Attributes:
+        num_experts: E.
+        tdp_w: the GPU's power limit, W (the observation's power scale).
+        slowdown_temp_c: the GPU's thermal slowdown temperature, C.
+        interval_s: control interval, s.
+        action: the env's `ActionConfig` (bias range, TTT ranges).
+        runtime_tokens: runtime tokens served per interval (the heuristic counts tokens with it).
+    """
+
+    num_experts: int
+    tdp_w: float
+    slowdown_temp_c: float
+    interval_s: float = 1.0
+    action: ActionConfig = field(default_factory=ActionConfig)
+    runtime_tokens: int = 1024
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_experts, int) or self.num_experts < 1:
+            raise ValueError(f"ControlSpec.num_experts must be a positive int, got {self.num_experts!r}")
+        for name in ("tdp_w", "interval_s", "runtime_tokens"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ControlSpec.{name} must be positive, got {getattr(self, name)}")
+
+    @classmethod
+    def from_env(cls, env: Any) -> ControlSpec:
+        """The spec of a `MoERouting-v0` env: a gymnasium env (wrapped or not), an SB3 `VecEnv` of them, or a
+        `ControlSpec` (returned as it is).
+
+        Raises:
+            TypeError: `env` is none of these.
+        """
+        if isinstance(env, ControlSpec):
+            return env
+        if hasattr(env, "get_attr") and hasattr(env, "num_envs"):  # an SB3 VecEnv: ask worker 0
+            builder = env.get_attr("observation_builder", [0])[0]
+            config = env.get_attr("config", [0])[0]
+        else:
+            unwrapped = getattr(env, "unwrapped", env)
+            builder = getattr(unwrapped, "observation_builder", None)
+            config = getattr(unwrapped, "config", None)
+        if not isinstance(builder, ObservationBuilder) or config is None:
+            raise TypeError(
+                "make a controller from a MoERouting-v0 env, a VecEnv of them or a ControlSpec; "
+                f"got {type(env).__name__}"
+            )
+        i = builder.index
+        tdp_w = float(builder.scale[i["power_w"]])
+        return cls(
+            num_experts=builder.num_experts,
+            tdp_w=tdp_w,
+            slowdown_temp_c=float(builder.slowdown_temp_c),
+            interval_s=float(builder.scale[i["interval_energy_j"]]) / tdp_w,
+            action=config.action,
+            runtime_tokens=int(config.runtime_tokens),
+        )
+
+    @functools.cached_property
+    def builder(self) -> ObservationBuilder:
+        """The env's `ObservationBuilder` (same arguments, so the same names, scales and bounds)."""
+        return ObservationBuilder(
+            self.num_experts, self.tdp_w, self.slowdown_temp_c, self.interval_s, self.action.bias_range
+        )
+
+    @functools.cached_property
+    def codec(self) -> ActionCodec:
+        """The env's `ActionCodec`."""
+        return ActionCodec(self.num_experts, self.action)
+
+    def raw(self, obs: np.ndarray, name: str) -> float:
+        """Feature `name` of one observation in its unit."""
+        return self.builder.raw(np.asarray(obs), name)
+
+    def raw_experts(self, obs: np.ndarray, stem: str) -> np.ndarray:
+        """Per-expert feature `stem` (e.g. `load_fraction`) of one observation in its unit, float64 [E]."""
+        return self.builder.raw_experts(np.asarray(obs), stem)
+
+    def encode(self, control: ControlAction) -> np.ndarray:
+        """The action vector for a `ControlAction`, float32 [E + 2]."""
+        return self.codec.encode(control)
+
+    def check_observation(self, obs: np.ndarray) -> np.ndarray:
+        """obs as float32 [obs_dim]; ValueError on another shape."""
+        obs = np.asarray(obs, dtype=np.float32)
+        if obs.shape != (self.builder.size,):
+            raise ValueError(
+                f"a controller takes one observation of shape ({self.builder.size},), got {obs.shape}; "
+                "step vector envs one observation at a time"
+            )
+        return obs
+
+
+class NoControl:
+    """No control: zero biases, TTT off, every interval."""
+
+    def __init__(self, spec: ControlSpec):
+        self.spec = spec
+        self._action = spec.encode(ControlAction.uncontrolled(spec.num_experts))
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        self.spec.check_observation(observation)
+        return self._action.copy()
+
+
+class LoadBalance:
+    """Auxiliary-loss-free load balancing (DeepSeek-V3): each expert's bias moves by a fixed step against the sign of
+    its load error, `b_e <- clip(b_e - step * sign(load_e - 1/E), -bias_range, bias_range)`; TTT off.
+
+    The current biases are read from the observation (`bias_e*`), so the controller is stateless.
+
+    Args:
+        spec: the env's `ControlSpec`.
+        step: bias change per interval (softmax-score units; the bias range is `spec.action.bias_range`).
+    """
+
+    def __init__(self, spec: ControlSpec, step: float = 0.01):
+        if not step > 0:
+            raise ValueError(f"LoadBalance step must be positive, got {step}")
+        self.spec = spec
+        self.step = float(step)
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        obs, spec = self.spec.check_observation(observation), self.spec
+        load = spec.raw_experts(obs, "load_fraction")  # [E], sums to 1
+        bias = spec.raw_experts(obs, "bias")  # [E]
+        new = np.clip(
+            bias - self.step * np.sign(load - 1.0 / spec.num_experts), -spec.action.bias_range, spec.action.bias_range
+        )
+        return spec.encode(ControlAction(tuple(new), ttt_frequency_tokens=0))
+
+
+class FixedTTT:
+    """Zero biases and a fixed TTT schedule.
+
+    Args:
+        spec: the env's `ControlSpec`.
+        frequency_tokens: tokens between updates (clamped to the action's range by the codec).
+        chunk_tokens: tokens per update (snapped to the action's chunk sizes).
+    """
+
+    def __init__(self, spec: ControlSpec, frequency_tokens: int = 2048, chunk_tokens: int = 512):
+        if frequency_tokens <= 0 or chunk_tokens <= 0:
+            raise ValueError(
+                f"FixedTTT needs positive frequency_tokens and chunk_tokens, got {frequency_tokens}, {chunk_tokens}"
+            )
+        self.spec = spec
+        self.frequency_tokens, self.chunk_tokens = int(frequency_tokens), int(chunk_tokens)
+        self._action = spec.encode(ControlAction((0.0,) * spec.num_experts, self.frequency_tokens, self.chunk_tokens))
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        self.spec.check_observation(observation)
+        return self._action.copy()
+
+
+class KcmGreedy:
+    """Bias against each expert's predicted energy per token (the KCM's `expert_cost_ratio_e*` features):
+    `b_e = -strength * bias_range * (r_e - mean r) / max |r - mean r|`; TTT off.
+
+    Args:
+        spec: the env's `ControlSpec`.
+        strength: share of the bias range given to the costliest expert, in (0, 1].
+    """
+
+    def __init__(self, spec: ControlSpec, strength: float = 0.5):
+        if not 0 < strength <= 1:
+            raise ValueError(f"KcmGreedy strength must be in (0, 1], got {strength}")
+        self.spec = spec
+        self.strength = float(strength)
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        obs, spec = self.spec.check_observation(observation), self.spec
+        ratio = spec.raw_experts(obs, "expert_cost_ratio")  # [E], energy per token / experts' mean
+        centred = ratio - ratio.mean()
+        span = np.abs(centred).max()
+        bias = -self.strength * spec.action.bias_range * (centred / span if span > 0 else centred)
+        return spec.encode(ControlAction(tuple(bias), ttt_frequency_tokens=0))
+
+
+class RandomController:
+    """Uniform random actions in [-1, 1]^(E + 2) from a seeded generator (`reset` does not reseed)."""
+
+    def __init__(self, spec: ControlSpec, seed: int = 0):
+        self.spec = spec
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        self.spec.check_observation(observation)
+        return self.rng.uniform(-1.0, 1.0, self.spec.codec.size).astype(np.float32)
+
+
+def _heuristic(env: Any, spec: ControlSpec, **kw):
+    from agents.heuristic import EnergyAwareTTTRouter
+
+    unwrapped = getattr(env, "unwrapped", env)
+    config = getattr(unwrapped, "model_config", None)
+    if config is None and hasattr(env, "get_attr") and hasattr(env, "num_envs"):
+        config = env.get_attr("model_config", [0])[0]
+    kw.setdefault("config", config)
+    kw.setdefault("kernel_cost_model", None)
+    kw.setdefault("gpu_system_monitor", None)
+    return EnergyAwareTTTRouter(spec=spec, **kw)
+
+
+CONTROLLERS = {
+    "heuristic": _heuristic,
+    "no_control": lambda env, spec, **kw: NoControl(spec, **kw),
+    "load_balance": lambda env, spec, **kw: LoadBalance(spec, **kw),
+    "fixed_ttt": lambda env, spec, **kw: FixedTTT(spec, **kw),
+    "kcm_greedy": lambda env, spec, **kw: KcmGreedy(spec, **kw),
+    "random": lambda env, spec, **kw: RandomController(spec, **kw),
+}
+
+
+def make_controller(name: str, env: Any, **kwargs) -> Controller:
+    """A controller by name for an env.
+
+    Args:
+        name: one of `CONTROLLERS` (heuristic, no_control, load_balance, fixed_ttt, kcm_greedy, random).
+        env: a `MoERouting-v0` env (wrapped or not), an SB3 VecEnv of them, or a `ControlSpec` (the heuristic then
+            needs `config=` a `MoEConfig` or nothing: it only reads the expert count from the spec).
+        **kwargs: the controller's own arguments (e.g. `step=` for load_balance, `frequency_tokens=` and
+            `chunk_tokens=` for fixed_ttt, `seed=` for random, `ttt_update_frequency=` for heuristic).
+
+    Raises:
+        ValueError: an unknown name. TypeError: an unknown argument or env.
+    """
+    if name not in CONTROLLERS:
+        raise ValueError(f"unknown controller {name!r}; choose one of {sorted(CONTROLLERS)}")
+    spec = ControlSpec.from_env(env)
+    return CONTROLLERS[name](env, spec, **kwargs)

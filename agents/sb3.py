@@ -1,0 +1,412 @@
+"""Thin helpers around stable-baselines3: algorithms and their hyperparameter files (RL Baselines3 Zoo style),
+callbacks for `train_agent.py`, and `load_policy`, which turns a saved model into a `Controller`.
+
+Hyperparameter files: `agents/hyperparams/<algo>.yml`, keyed by env id as in the Zoo. Besides the algorithm's own
+constructor arguments they may hold `policy` (default `MlpPolicy`), `normalize` (false, true, or VecNormalize
+arguments such as `{norm_obs: false, norm_reward: true}`), `noise_type` (`normal` or `ornstein-uhlenbeck`) with
+`noise_std` for TD3/SAC action noise, and `init_action` (`no_control`: the untrained policy's mean action is no
+control, zero biases and TTT off, so exploration starts there; `zero`: SB3's own initialisation, mean action 0,
+which has TTT on). Overrides use the Zoo's `key:value` syntax, with values parsed as YAML
+(`n_steps:64`, `learning_rate:3e-4`, `learning_rate:lin_3e-4` (linear decay), `policy_kwargs:"{net_arch: [64, 64],
+activation_fn: tanh}"`); never `eval`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import pickle
+import re
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import yaml
+from stable_baselines3 import A2C, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
+
+logger = logging.getLogger(__name__)
+
+ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3}
+HYPERPARAMS_DIR = Path(__file__).parent / "hyperparams"
+META_KEYS = (
+    "policy",
+    "normalize",
+    "noise_type",
+    "noise_std",
+    "init_action",
+)  # hyperparameters that are not constructor arguments
+NORMALIZE_KEYS = ("norm_obs", "norm_reward", "clip_obs", "clip_reward", "gamma", "epsilon")
+ACTIVATIONS = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+_NOT_HYPERPARAMS = {"self", "policy", "env", "tensorboard_log", "verbose", "seed", "device", "_init_setup_model"}
+INIT_ACTIONS = ("no_control", "zero")
+CHECKPOINT_PREFIX = "ckpt"
+MODEL_FILE = "model.zip"
+VECNORMALIZE_FILE = "vecnormalize.pkl"
+CONFIG_FILE = "config.yaml"
+
+
+# ----- hyperparameters -------------------------------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """A `key:value` value as YAML (`64` -> int, `[64, 64]` -> list, `true` -> bool), with the floats YAML 1.1
+    leaves as strings (`3e-4`, `1e5`) made floats."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"cannot parse value {text!r} as YAML: {exc}") from exc
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_key_values(pairs: list[str] | None, what: str = "--hyperparams") -> dict[str, Any]:
+    """`["n_steps:64", "policy_kwargs:{net_arch: [64]}"]` -> {"n_steps": 64, "policy_kwargs": {...}}.
+
+    Raises:
+        ValueError: an entry without `key:value`.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition(":")
+        if not sep or not key.strip():
+            raise ValueError(f"{what} entries are key:value (e.g. n_steps:64), got {pair!r}")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def valid_hyperparams(algo: str) -> list[str]:
+    """Names a hyperparameter file or override may set for `algo`."""
+    params = inspect.signature(ALGOS[algo].__init__).parameters
+    return sorted(set(params) - _NOT_HYPERPARAMS) + sorted(META_KEYS)
+
+
+def check_hyperparams(algo: str, params: dict[str, Any], where: str) -> None:
+    """ValueError naming the unknown keys and the valid ones."""
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algorithm {algo!r}; choose one of {sorted(ALGOS)}")
+    valid = valid_hyperparams(algo)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown {algo} hyperparameter(s) {unknown} in {where}; valid: {', '.join(valid)}")
+    if isinstance(params.get("normalize"), dict):
+        bad = sorted(set(params["normalize"]) - set(NORMALIZE_KEYS))
+        if bad:
+            raise ValueError(f"unknown normalize option(s) {bad} in {where}; valid: {', '.join(NORMALIZE_KEYS)}")
+
+
+def load_hyperparams(algo: str, env_id: str = "MoERouting-v0", path: str | Path | None = None) -> dict[str, Any]:
+    """The hyperparameters of `algo` for `env_id` from its YAML file (`default` section when the env id is absent).
+
+    Raises:
+        ValueError: unknown algorithm, missing section, unknown keys. FileNotFoundError: no file.
+    """
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algorithm {algo!r}; choose one of {sorted(ALGOS)}")
+    path = Path(path) if path else HYPERPARAMS_DIR / f"{algo}.yml"
+    data = yaml.safe_load(path.read_text()) or {}
+    section = data.get(env_id, data.get("default"))
+    if section is None:
+        raise ValueError(f"{path} has no section for {env_id!r} (nor 'default'); sections: {sorted(data)}")
+    params = dict(section)
+    check_hyperparams(algo, params, str(path))
+    return params
+
+
+def _linear_schedule(initial: float):
+    def schedule(progress_remaining: float) -> float:
+        return progress_remaining * initial
+
+    return schedule
+
+
+def build_algo_kwargs(algo: str, params: dict[str, Any], n_actions: int) -> tuple[str, dict[str, Any], dict | None]:
+    """Turn checked hyperparameters into `(policy, constructor kwargs, VecNormalize kwargs or None)`.
+
+    Converts `lin_<x>` schedules, `activation_fn` names, `train_freq` lists and `noise_type`/`noise_std`; drops
+    `init_action` (see `set_initial_action`).
+    """
+    p = dict(params)
+    policy = p.pop("policy", "MlpPolicy")
+    normalize = p.pop("normalize", False)
+    if p.pop("init_action", "zero") not in INIT_ACTIONS:
+        raise ValueError(f"init_action must be one of {INIT_ACTIONS}, got {params['init_action']!r}")
+    noise_type, noise_std = p.pop("noise_type", None), p.pop("noise_std", 0.1)
+    for key in ("learning_rate", "clip_range", "clip_range_vf"):
+        if isinstance(p.get(key), str) and p[key].startswith("lin_"):
+            p[key] = _linear_schedule(float(p[key][4:]))
+    if "policy_kwargs" in p:
+        pk = dict(p["policy_kwargs"] or {})
+        if isinstance(pk.get("activation_fn"), str):
+            name = pk["activation_fn"].lower().removeprefix("nn.")
+            if name not in ACTIVATIONS:
+                raise ValueError(f"unknown activation_fn {pk['activation_fn']!r}; choose one of {sorted(ACTIVATIONS)}")
+            pk["activation_fn"] = ACTIVATIONS[name]
+        p["policy_kwargs"] = pk
+    if isinstance(p.get("train_freq"), list):
+        p["train_freq"] = tuple(p["train_freq"])
+    if noise_type is not None:
+        mean, sigma = np.zeros(n_actions), float(noise_std) * np.ones(n_actions)
+        if noise_type == "normal":
+            p["action_noise"] = NormalActionNoise(mean, sigma)
+        elif noise_type == "ornstein-uhlenbeck":
+            p["action_noise"] = OrnsteinUhlenbeckActionNoise(mean, sigma)
+        else:
+            raise ValueError(f"noise_type must be 'normal' or 'ornstein-uhlenbeck', got {noise_type!r}")
+    if normalize is True:
+        normalize = {}
+    return policy, p, (dict(normalize) if normalize is not False and normalize is not None else None)
+
+
+def set_initial_action(model: BaseAlgorithm, action: np.ndarray) -> None:
+    """Make an untrained policy's mean (deterministic) action `action` [A] in [-1, 1]: the output layer's bias is
+    set to it (through atanh for the squashed SAC/TD3 actors) and its weights scaled by 0.01, so the mean barely
+    depends on the observation at first (as SB3 already does for PPO/A2C)."""
+    a = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+    policy = model.policy
+    with torch.no_grad():
+        if hasattr(policy, "action_net"):  # PPO, A2C: Gaussian mean = action_net(latent), clipped to the bounds
+            layer, bias = policy.action_net, torch.as_tensor(a)
+        else:  # SAC: actor.mu is the pre-tanh mean; TD3: actor.mu ends with Linear, Tanh
+            mu = policy.actor.mu
+            layer = mu if isinstance(mu, nn.Linear) else [m for m in mu if isinstance(m, nn.Linear)][-1]
+            bias = torch.atanh(torch.as_tensor(np.clip(a, -0.95, 0.95)))
+        layer.bias.copy_(bias.to(layer.bias.device))
+        layer.weight.mul_(0.01)
+        if getattr(policy, "actor_target", None) is not None:
+            policy.actor_target.load_state_dict(policy.actor.state_dict())
+
+
+# ----- callbacks ---------------------------------------------------------------------------------------------------
+class EpisodeInfoCallback(BaseCallback):
+    """Logs the env's `info` per episode (means over the episodes finished since the last dump).
+
+    `env/reward_<term>`: each weighted reward term summed over the episode; `env/energy_j` (episode total),
+    `env/energy_per_token_j`, `env/latency_ms` (mean), `env/loss` (mean, nats), `env/slo_violations` (intervals),
+    `env/ttt_updates`; `telemetry/temperature_c` (mean), `telemetry/peak_temperature_c`, `telemetry/power_w` (mean).
+    """
+
+    def _on_training_start(self) -> None:
+        self._episodes: list[dict[str, float]] = [defaultdict(float) for _ in range(self.training_env.num_envs)]
+
+    def _on_step(self) -> bool:
+        for i, (info, done) in enumerate(zip(self.locals["infos"], self.locals["dones"])):
+            if "energy_j" not in info:
+                continue
+            a = self._episodes[i]
+            a["steps"] += 1
+            for term, value in info.get("reward_terms", {}).items():
+                a[f"reward_{term}"] += value
+            a["energy_j"] += info["energy_j"]
+            a["tokens"] += info["tokens"]
+            a["latency_ms"] += info["latency_ms"]
+            a["loss"] += info["loss"]
+            a["slo_violations"] += float(info["slo_violated"])
+            a["ttt_updates"] += info["ttt_updates"]
+            a["temperature_c"] += info["temperature_c"]
+            a["power_w"] += info["power_w"]
+            a["peak_temperature_c"] = max(
+                a["peak_temperature_c"], info.get("peak_temperature_c", info["temperature_c"])
+            )
+            if done:
+                self._log_episode(a)
+                self._episodes[i] = defaultdict(float)
+        return True
+
+    def _log_episode(self, a: dict[str, float]) -> None:
+        n = max(a["steps"], 1.0)
+        for key, value in a.items():
+            if key.startswith("reward_"):
+                self.logger.record_mean(f"env/{key}", value)
+        self.logger.record_mean("env/energy_j", a["energy_j"])
+        self.logger.record_mean("env/energy_per_token_j", a["energy_j"] / max(a["tokens"], 1.0))
+        self.logger.record_mean("env/latency_ms", a["latency_ms"] / n)
+        self.logger.record_mean("env/loss", a["loss"] / n)
+        self.logger.record_mean("env/slo_violations", a["slo_violations"])
+        self.logger.record_mean("env/ttt_updates", a["ttt_updates"])
+        self.logger.record_mean("telemetry/temperature_c", a["temperature_c"] / n)
+        self.logger.record_mean("telemetry/peak_temperature_c", a["peak_temperature_c"])
+        self.logger.record_mean("telemetry/power_w", a["power_w"] / n)
+
+
+class SaveVecNormalizeCallback(BaseCallback):
+    """Saves the training env's VecNormalize statistics to `path` (use as EvalCallback's `callback_on_new_best`,
+    so the best model's statistics lie beside it)."""
+
+    def __init__(self, path: str | Path, verbose: int = 0):
+        super().__init__(verbose)
+        self.path = Path(path)
+
+    def _on_step(self) -> bool:
+        venv = self.model.get_vec_normalize_env()
+        if venv is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            venv.save(str(self.path))
+        return True
+
+
+class HeldOutEvalCallback(EvalCallback):
+    """`EvalCallback` that reseeds its eval env with `eval_seed` before each evaluation, so every evaluation plays
+    the same held-out episodes (seeds `eval_seed + i` for eval env i, and what those seeds draw next) and the best
+    model is chosen on a fixed set."""
+
+    def __init__(self, eval_env, eval_seed: int, **kwargs):
+        super().__init__(eval_env, **kwargs)
+        self.eval_seed = int(eval_seed)
+
+    def _on_step(self) -> bool:
+        if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
+            self.eval_env.seed(self.eval_seed)
+        return super()._on_step()
+
+
+# ----- checkpoints -------------------------------------------------------------------------------------------------
+def checkpoint_paths(folder: str | Path, steps: int, prefix: str = CHECKPOINT_PREFIX) -> dict[str, Path]:
+    """Where `CheckpointCallback(name_prefix=prefix)` puts a checkpoint's model, VecNormalize and replay buffer."""
+    folder = Path(folder)
+    return {
+        "model": folder / f"{prefix}_{steps}_steps.zip",
+        "vecnormalize": folder / f"{prefix}_vecnormalize_{steps}_steps.pkl",
+        "replay_buffer": folder / f"{prefix}_replay_buffer_{steps}_steps.pkl",
+    }
+
+
+def save_checkpoint(model: BaseAlgorithm, folder: str | Path, prefix: str = CHECKPOINT_PREFIX) -> Path:
+    """Save the model (with its VecNormalize statistics and replay buffer, if any) as a checkpoint now; returns the
+    model's path."""
+    paths = checkpoint_paths(folder, model.num_timesteps, prefix)
+    paths["model"].parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(paths["model"]))
+    venv = model.get_vec_normalize_env()
+    if venv is not None:
+        venv.save(str(paths["vecnormalize"]))
+    if getattr(model, "replay_buffer", None) is not None:
+        model.save_replay_buffer(str(paths["replay_buffer"]))
+    return paths["model"]
+
+
+def latest_checkpoint(folder: str | Path, prefix: str = CHECKPOINT_PREFIX) -> tuple[int, dict[str, Path]] | None:
+    """(steps, paths) of the checkpoint with the most steps in `folder`, or None."""
+    pattern = re.compile(rf"^{re.escape(prefix)}_(\d+)_steps\.zip$")
+    found = [int(m.group(1)) for f in Path(folder).glob("*.zip") if (m := pattern.match(f.name))]
+    if not found:
+        return None
+    steps = max(found)
+    return steps, checkpoint_paths(folder, steps, prefix)
+
+
+# ----- policies as controllers -------------------------------------------------------------------------------------
+class PolicyController:
+    """A trained SB3 model as a `Controller`: `act(obs)` = `model.predict(normalised obs, deterministic=True)`.
+
+    Args:
+        model: the SB3 model.
+        vec_normalize: the VecNormalize it was trained under (observation statistics), or None.
+        deterministic: take the policy's mean action.
+    """
+
+    def __init__(self, model: BaseAlgorithm, vec_normalize: Any = None, deterministic: bool = True):
+        self.model = model
+        self.vec_normalize = vec_normalize if getattr(vec_normalize, "norm_obs", False) else None
+        self.deterministic = deterministic
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        """Action [E + 2] for an observation [obs_dim] (or [N, E + 2] for a batch [N, obs_dim])."""
+        obs = np.asarray(observation, dtype=np.float32)
+        if self.vec_normalize is not None:
+            obs = self.vec_normalize.normalize_obs(obs).astype(np.float32)
+        action, _ = self.model.predict(obs, deterministic=self.deterministic)
+        return action
+
+
+def _find_config(model_path: Path) -> dict | None:
+    for folder in (model_path.parent, model_path.parent.parent):
+        f = folder / CONFIG_FILE
+        if f.exists():
+            try:
+                return yaml.safe_load(f.read_text())
+            except yaml.YAMLError:
+                return None
+    return None
+
+
+def infer_algo(model_path: str | Path) -> str:
+    """The algorithm of a saved model: from the run's `config.yaml` beside it (or one folder up), else from the
+    policy class and data stored in the zip."""
+    model_path = Path(model_path)
+    config = _find_config(model_path)
+    if config and config.get("args", {}).get("algo") in ALGOS:
+        return config["args"]["algo"]
+    with zipfile.ZipFile(model_path) as z:
+        data = json.loads(z.read("data"))
+    module = data.get("policy_class", {}).get("__module__", "")
+    for name in ("sac", "td3"):
+        if f".{name}." in module:
+            return name
+    return "ppo" if "n_epochs" in data else "a2c"
+
+
+def vecnormalize_path_for(model_path: str | Path) -> Path:
+    """Where the VecNormalize statistics of a saved model lie: `ckpt_vecnormalize_<n>_steps.pkl` beside a
+    checkpoint, else `vecnormalize.pkl` beside the model."""
+    model_path = Path(model_path)
+    m = re.match(r"^(.*)_(\d+)_steps\.zip$", model_path.name)
+    if m:
+        return model_path.parent / f"{m.group(1)}_vecnormalize_{m.group(2)}_steps.pkl"
+    return model_path.parent / VECNORMALIZE_FILE
+
+
+def load_policy(
+    path: str | Path, algo: str | None = None, device: str = "cpu", deterministic: bool = True
+) -> PolicyController:
+    """A saved SB3 model as a `Controller`, with its observation normalisation when saved beside it.
+
+    Args:
+        path: a model `.zip`, or a run folder (its `model.zip`, else its latest checkpoint).
+        algo: `ppo`, `a2c`, `sac`, `td3`; inferred when None (see `infer_algo`).
+        device: torch device for the policy.
+        deterministic: mean actions (as `predict(..., deterministic=True)`).
+
+    Raises:
+        FileNotFoundError: no model there. ValueError: unknown algo.
+    """
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / MODEL_FILE
+        if not candidate.exists():
+            latest = latest_checkpoint(path / "checkpoints")
+            if latest is None:
+                raise FileNotFoundError(f"no {MODEL_FILE} nor checkpoint in {path}")
+            candidate = latest[1]["model"]
+        path = candidate
+    if not path.exists():
+        raise FileNotFoundError(f"no saved model at {path}")
+    algo = algo or infer_algo(path)
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algorithm {algo!r}; choose one of {sorted(ALGOS)}")
+    model = ALGOS[algo].load(str(path), device=device)
+    stats_path = vecnormalize_path_for(path)
+    vec_normalize = None
+    if stats_path.exists():
+        with open(stats_path, "rb") as f:
+            vec_normalize = pickle.load(f)  # a VecNormalize without its venv: normalize_obs works
+    return PolicyController(model, vec_normalize, deterministic)

@@ -1,0 +1,322 @@
+"""agents: controllers react the right way, baselines drive the env, the router-module face matches the runtime's
+router, a PPO policy reloads as a Controller, and AgentRouter drives a live runtime. Tiny preset, CPU, seconds."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+import agents
+import envs  # noqa: F401  (registers MoERouting-v0)
+from agents import AgentRouter, ControlSpec, EnergyAwareTTTRouter, load_policy, make_controller
+from envs import ActionConfig
+from kernels import KernelCostModel, dispatch
+from moe_runtime import ControlAction, MoEConfig, MoERuntime, MoETransformer, TTTConfig, TTTEngine
+from telemetry import GpuSystemMonitor, SimulatedGpu
+
+CONTROLLER_NAMES = sorted(agents.CONTROLLERS)
+TINY = MoEConfig.preset("tiny")
+COST_RATIO = np.array([0.42, 0.80, 1.19, 1.58])  # tiny experts' energy per token over the mean (narrow -> wide)
+# Observations crafted through the env's ObservationBuilder: one runtime interval of 1024 tokens, a lightly loaded
+# GPU (so TTT fits in the idle time), cool, or hot and at the power cap.
+SPEC = ControlSpec(
+    num_experts=4, tdp_w=700.0, slowdown_temp_c=89.0, interval_s=1.0, action=ActionConfig(), runtime_tokens=1024
+)
+COOL = dict(temperature_c=45.0, power_w=250.0, throttled=0.0, sm_clock_ratio=1.0)
+HOT = dict(temperature_c=86.0, power_w=695.0, throttled=1.0, sm_clock_ratio=0.75)
+SPIKE = dict(loss_delta=0.4, loss_gap=0.3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small matmuls on two contended threads take ~100x longer than on one; the env's workers use one too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def figures(**overrides) -> dict:
+    f = {
+        "power_w": 250.0,
+        "interval_energy_j": 250.0,
+        "temperature_c": 45.0,
+        "sm_clock_ratio": 1.0,
+        "gpu_utilization": 0.1,
+        "memory_pressure": 0.1,
+        "throttled": 0.0,
+        "pred_energy_j_e": np.full(4, 5.0),
+        "pred_latency_ms_e": np.full(4, 10.0),
+        "expert_cost_ratio_e": COST_RATIO,
+        "pred_total_energy_j": 40.0,
+        "pred_total_latency_ms": 60.0,
+        "load_fraction_e": np.full(4, 0.25),
+        "loss": 3.0,
+        "loss_delta": 0.0,
+        "loss_gap": 0.0,
+        "router_entropy": 1.0,
+        "tokens_since_ttt": 1024.0,
+        "bias_e": np.zeros(4),
+        "ttt_frequency": 0.0,
+        "ttt_chunk": 0.5,
+        "ttt_grad_norm": 0.0,
+        "ttt_activation_energy": 0.0,
+        "demand": 0.1,
+        "backlog": 0.0,
+        "energy_from_counter": 0.0,
+        "sample_staleness_s": 0.0,
+    }
+    f.update(overrides)
+    return f
+
+
+def observe(**overrides) -> np.ndarray:
+    return SPEC.builder.build(figures(**overrides))
+
+
+def decide(router: EnergyAwareTTTRouter, obs: np.ndarray) -> ControlAction:
+    return SPEC.codec.decode(router.act(obs))
+
+
+def ttt_rate(c: ControlAction) -> float:
+    """Tokens trained per token served (0 when TTT is off)."""
+    return c.ttt_chunk_tokens / c.ttt_frequency_tokens if c.ttt_enabled else 0.0
+
+
+def heuristic(**kw) -> EnergyAwareTTTRouter:
+    return make_controller("heuristic", SPEC, config=TINY, **kw)
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = gym.make("MoERouting-v0", preset="tiny", telemetry="simulated", episode_intervals=8, torch_threads=1)
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def ppo_run(env, tmp_path_factory):
+    """A PPO policy trained a few hundred steps with observation normalisation, saved as train_agent.py saves."""
+    folder = tmp_path_factory.mktemp("ppo")
+    venv = DummyVecEnv(
+        [
+            lambda: Monitor(
+                gym.make("MoERouting-v0", preset="tiny", telemetry="simulated", episode_intervals=8, torch_threads=1)
+            )
+        ]
+    )
+    venv = VecNormalize(venv, norm_obs=True, norm_reward=True, gamma=0.98)
+    model = PPO("MlpPolicy", venv, n_steps=64, batch_size=32, n_epochs=2, gamma=0.98, seed=0, device="cpu")
+    model.learn(192)
+    model.save(str(folder / "model.zip"))
+    venv.save(str(folder / "vecnormalize.pkl"))
+    venv.close()
+    return folder, model, venv
+
+
+# ----- the heuristic reacts the right way ---------------------------------------------------------------------------
+def test_hotter_biases_toward_cheap_experts_and_less_ttt():
+    cool, hot = decide(heuristic(), observe(**COOL)), decide(heuristic(), observe(**HOT))
+    b_cool, b_hot = cool.biases(4), hot.biases(4)
+    assert b_hot[3] < b_cool[3] < 0, "the widest (costliest) expert gets a more negative bias when hot"
+    assert b_hot[3] - b_hot[0] < b_cool[3] - b_cool[0] < 0, "hot pushes load further toward narrow experts"
+    assert np.all(np.diff(b_hot) < 0), "biases fall with expert cost"
+    assert ttt_rate(hot) < ttt_rate(cool), (hot, cool)
+
+
+def test_near_power_cap_biases_harder_than_cool():
+    capped = decide(heuristic(), observe(**{**COOL, "power_w": 699.0}))
+    cool = decide(heuristic(), observe(**COOL))
+    assert capped.biases(4)[3] < cool.biases(4)[3]
+
+
+def test_loss_spike_brings_more_ttt_for_a_while():
+    calm_router, spiked_router = heuristic(), heuristic()
+    calm = decide(calm_router, observe(**COOL))
+    spiked = decide(spiked_router, observe(**COOL, **SPIKE))
+    assert ttt_rate(spiked) > ttt_rate(calm) > 0, (spiked, calm)
+    # the next calm interval: the router that saw the spike keeps adapting harder than the one that did not
+    assert ttt_rate(decide(spiked_router, observe(**COOL))) > ttt_rate(decide(calm_router, observe(**COOL)))
+
+
+def test_no_ttt_while_a_backlog_waits_or_when_unaffordable():
+    assert not decide(heuristic(), observe(**COOL, **SPIKE, backlog=0.5)).ttt_enabled
+    assert not decide(heuristic(), observe(**COOL, **SPIKE, gpu_utilization=0.84)).ttt_enabled
+
+
+def test_ttt_cost_ratio_learned_from_an_update():
+    router = heuristic(ttt_cost_ratio=1.0)
+    first = decide(router, observe(**COOL, **SPIKE))
+    assert first.ttt_enabled
+    # the interval with the update: the KCM predicts 5x the busy time of an interval without TTT
+    decide(router, observe(**COOL, ttt_grad_norm=1.0, tokens_since_ttt=0.0, pred_total_latency_ms=300.0))
+    assert router.ttt_cost_ratio > 1.0
+    router.reset()
+    assert router.ttt_cost_ratio > 1.0, "kappa is a hardware fact: reset keeps it"
+
+
+def test_fast_weights_train_at_test_time_and_reset():
+    router = heuristic(energy_aware_lr=0.05, ttt_update_frequency=512)
+    initial = router.get_statistics()["fast_weight_norm"]
+    for _ in range(4):
+        decide(router, observe(**HOT))
+    stats = router.get_statistics()
+    assert stats["ttt_update_count"] == 8  # 1024 tokens per interval, an update every 512
+    assert stats["fast_weight_norm"] != pytest.approx(initial)
+    learned = router._last_decision.learned_bias
+    assert learned[3] < learned[0], "the energy-aware loss teaches the fast weights to avoid the costly expert"
+    router.reset()
+    assert router.get_statistics()["fast_weight_norm"] == pytest.approx(initial)
+    assert router.get_statistics()["ttt_update_count"] == 0
+
+
+def test_seed_api_energy_aware_loss_and_statistics():
+    router = EnergyAwareTTTRouter(TINY, None, None)
+    assert set(router.objective_weights) == {"performance", "energy", "thermal", "memory", "load_balance"}
+    on_target = router.update_energy_aware_loss({"power_watt": 150.0, "temperature": 60.0, "inference_latency_ms": 8.0})
+    assert on_target == {"total_loss": 0.0, "power_loss": 0.0, "temp_loss": 0.0, "latency_penalty": 0.0}
+    over = router.update_energy_aware_loss(
+        {"power_watt": 300.0, "temperature": 75.0, "inference_latency_ms": 15.0},
+        target_power=200.0,
+        target_temp=65.0,
+        target_latency=10.0,
+    )
+    assert over["power_loss"] == pytest.approx(0.25) and over["temp_loss"] == pytest.approx(1.0)
+    assert over["latency_penalty"] == pytest.approx(0.5) and over["total_loss"] > 0
+    project_names = router.update_energy_aware_loss({"power_w": 300.0, "temperature_c": 75.0, "latency_ms": 15.0})
+    assert project_names["total_loss"] == pytest.approx(
+        router.update_energy_aware_loss({"power_watt": 300.0, "temperature": 75.0, "inference_latency_ms": 15.0})[
+            "total_loss"
+        ]
+    )
+    stats = router.get_statistics()
+    for key in ("ttt_update_count", "avg_energy_savings_watts", "expert_usage", "load_balance_cv", "thermal_scaling"):
+        assert key in stats
+    with pytest.raises(ValueError, match="positive"):
+        EnergyAwareTTTRouter(TINY, None, None, ttt_chunk_size=0)
+    with pytest.raises(ValueError, match="ControlSpec"):
+        router.act(observe())
+
+
+# ----- the router-module face -------------------------------------------------------------------------------------
+def test_router_module_selects_like_the_runtime_router_for_zero_biases():
+    torch.manual_seed(0)
+    model = MoETransformer(TINY).eval()
+    layer = model.moe_layers[1]
+    seen = {}
+    hook = layer.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0].detach(), counts=out[2].detach()))
+    with torch.no_grad():
+        model(torch.randint(0, 256, (3, TINY.seq_len)))
+    hook.remove()
+    logits = layer.gate(seen["x"]).detach()  # (T, E) the layer's own router logits
+    reference = dispatch.route(logits, layer.selection_bias, TINY.top_k)
+    router = EnergyAwareTTTRouter(TINY, KernelCostModel(), GpuSystemMonitor(device_id=0, source="simulated"))
+    ids, weights, meta = router(logits.view(3, TINY.seq_len, -1), context={"routing_biases": torch.zeros(4)})
+    assert ids.shape == weights.shape == (3, TINY.seq_len, TINY.top_k)
+    assert torch.equal(ids.reshape(-1, TINY.top_k), reference.topk_ids)
+    assert torch.allclose(weights.reshape(-1, TINY.top_k), reference.topk_weights)
+    assert np.array_equal(meta["expert_counts"], seen["counts"].numpy())
+
+
+def test_router_module_reads_the_monitor_and_biases_harder_when_hot():
+    logits = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
+    context = {"gradients": [torch.randn(8, 32)], "activations": [torch.randn(8, 32)], "loss": torch.tensor(2.0)}
+    outputs = {}
+    for name, temp_c in (("cool", 40.0), ("hot", 86.0)):
+        monitor = GpuSystemMonitor(device_id=0, source=SimulatedGpu("H100", initial_temp_c=temp_c))
+        router = EnergyAwareTTTRouter(TINY, KernelCostModel(), monitor, ttt_update_frequency=32, ttt_chunk_size=64)
+        ids, weights, meta = router(logits, num_tokens=64, context=context)
+        assert ids.shape == (64, 2) and int(ids.min()) >= 0 and int(ids.max()) < 4
+        assert torch.allclose(weights.sum(-1), torch.ones(64))
+        assert meta["ttt_updated"] and meta["ttt_feedback"]["gradient_mean"] > 0
+        assert router.get_statistics()["ttt_update_count"] == 2
+        outputs[name] = meta
+    assert outputs["hot"]["thermal_scaling"] > outputs["cool"]["thermal_scaling"]
+    assert outputs["hot"]["biases"][3] < outputs["cool"]["biases"][3] < 0
+
+
+# ----- baselines ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", CONTROLLER_NAMES)
+def test_every_controller_steps_the_env(env, name):
+    controller = make_controller(name, env)
+    assert isinstance(controller, agents.Controller)
+    obs, _ = env.reset(seed=0)
+    controller.reset()
+    for _ in range(3):
+        action = controller.act(obs)
+        assert env.action_space.contains(np.asarray(action, dtype=np.float32)), action
+        obs, reward, terminated, truncated, info = env.step(action)
+        assert np.isfinite(reward)
+
+
+def test_controllers_from_a_vector_env(env):
+    venv = DummyVecEnv([lambda: env])
+    assert ControlSpec.from_env(venv) == ControlSpec.from_env(env)
+    assert make_controller("heuristic", venv).num_experts == 4
+
+
+def test_baselines_move_the_right_way():
+    load = np.array([0.4, 0.3, 0.2, 0.1])
+    balanced = SPEC.codec.decode(make_controller("load_balance", SPEC, step=0.02).act(observe(load_fraction_e=load)))
+    assert balanced.biases(4) == pytest.approx([-0.02, -0.02, 0.02, 0.02])
+    greedy = SPEC.codec.decode(make_controller("kcm_greedy", SPEC).act(observe())).biases(4)
+    assert np.all(np.diff(greedy) < 0) and greedy[3] == pytest.approx(-0.25)
+    fixed = SPEC.codec.decode(
+        make_controller("fixed_ttt", SPEC, frequency_tokens=1024, chunk_tokens=256).act(observe())
+    )
+    assert (fixed.ttt_frequency_tokens, fixed.ttt_chunk_tokens) == (1024, 256)
+    assert SPEC.codec.decode(make_controller("no_control", SPEC).act(observe())) == ControlAction.uncontrolled(4)
+    a, b = (make_controller("random", SPEC, seed=3) for _ in range(2))
+    assert np.array_equal(a.act(observe()), b.act(observe()))
+
+
+def test_make_controller_errors():
+    with pytest.raises(ValueError, match="unknown controller"):
+        make_controller("greedy", SPEC)
+    with pytest.raises(TypeError, match="MoERouting-v0"):
+        make_controller("no_control", object())
+    with pytest.raises(ValueError, match="shape"):
+        make_controller("no_control", SPEC).act(np.zeros(3))
+
+
+# ----- SB3 policies -----------------------------------------------------------------------------------------------
+def test_ppo_policy_reloads_to_the_same_actions(env, ppo_run):
+    folder, model, venv = ppo_run
+    policy = load_policy(folder / "model.zip")
+    assert policy.vec_normalize is not None
+    obs, _ = env.reset(seed=5)
+    for _ in range(3):
+        expected, _ = model.predict(venv.normalize_obs(obs), deterministic=True)
+        np.testing.assert_allclose(policy.act(obs), expected, atol=1e-6)
+        obs, *_ = env.step(policy.act(obs))
+    assert np.allclose(load_policy(folder).act(obs), policy.act(obs))  # a run folder works too
+
+
+# ----- AgentRouter ------------------------------------------------------------------------------------------------
+def test_agent_router_runs_the_heuristic_on_a_live_runtime(env):
+    runtime = MoERuntime(TINY, ttt=TTTEngine(TTTConfig()))
+    router = AgentRouter("heuristic", runtime, interval_s=1.0)
+    assert router.builder.names == env.unwrapped.observation_names
+    records = router.run(4)
+    assert [r.interval for r in records] == [0, 1, 2, 3]
+    for r in records:
+        assert r.source == "simulated" and r.energy_j > 0 and np.isfinite(r.loss)
+        assert np.all(r.observation >= router.builder.low) and np.all(r.observation <= router.builder.high)
+    assert runtime.action == records[-1].next_action
+    assert records[-1].next_action.biases(4)[3] < 0, "the heuristic leans away from the widest expert"
+    assert router.controller.get_statistics()["decisions"] == 4
+
+
+def test_agent_router_runs_a_loaded_policy(ppo_run):
+    folder, _, _ = ppo_run
+    policy = load_policy(folder / "model.zip")
+    runtime = MoERuntime(TINY, ttt=TTTEngine(TTTConfig()))
+    router = AgentRouter(policy, runtime, monitor=SimulatedGpu("H100", seed=1))
+    for r in router.run(3):
+        assert r.next_action == router.spec.codec.decode(policy.act(r.observation))
+    assert runtime.action == r.next_action

@@ -1,0 +1,443 @@
+"""Train a stable-baselines3 agent (PPO, SAC, TD3, A2C) on MoERouting-v0.
+
+    python train_agent.py --algo ppo --timesteps 100000 --n-envs 2 --out runs/ppo_s0
+    python train_agent.py --algo ppo --timesteps 256 --env-kwargs preset:tiny --hyperparams n_steps:64 batch_size:32
+    python train_agent.py --out runs/ppo_s0 --timesteps 200000 --resume      # continue from the last checkpoint
+
+Hyperparameters come from `agents/hyperparams/<algo>.yml` (RL Baselines3 Zoo layout) with `--hyperparams key:value`
+overrides; `--env-kwargs key:value` sets any `EnvConfig` field (`preset:tiny`, `episode_intervals:32`, and nested
+fields with a dot: `workload.load:0.8`, `reward.w_loss:2`). Values are YAML scalars.
+
+The run folder (`--out`) gets: `config.yaml` (every argument, the resolved hyperparameters and env config, versions,
+date), `model.zip` and `vecnormalize.pkl` (final), `best/best_model.zip` (+ its `vecnormalize.pkl`; chosen on
+held-out seeds of the validation split), `checkpoints/ckpt_<steps>_steps.zip` (+ VecNormalize, replay buffer),
+`evaluations.npz`, `tb/` (TensorBoard: SB3's losses, `env/` reward terms and per-episode energy, latency, loss,
+`telemetry/` temperature and power) and `train_summary.json` (steps, wall time, steps/s). Ctrl-C (or SIGTERM) saves
+a checkpoint and exits with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import datetime
+import inspect
+import json
+import multiprocessing
+import platform
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import stable_baselines3
+import torch
+import yaml
+from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+
+import envs  # noqa: F401  (registers MoERouting-v0)
+from agents.controller import ControlSpec
+from agents.sb3 import (
+    ALGOS,
+    CHECKPOINT_PREFIX,
+    CONFIG_FILE,
+    MODEL_FILE,
+    VECNORMALIZE_FILE,
+    EpisodeInfoCallback,
+    HeldOutEvalCallback,
+    SaveVecNormalizeCallback,
+    build_algo_kwargs,
+    check_hyperparams,
+    latest_checkpoint,
+    load_hyperparams,
+    parse_key_values,
+    save_checkpoint,
+    set_initial_action,
+)
+from envs import EnvConfig
+from moe_runtime import ControlAction
+from telemetry import nvml_available
+
+
+@dataclass
+class Args:
+    algo: str = "ppo"
+    """algorithm: ppo, sac, td3 or a2c"""
+    env_id: str = "MoERouting-v0"
+    """the environment id"""
+    timesteps: int = 100_000
+    """total environment steps (all workers together)"""
+    n_envs: int = 1
+    """parallel env workers"""
+    vec: str = "auto"
+    """vector env: subproc, dummy, or auto (subproc when n_envs > 1)"""
+    seed: int = 0
+    """seed of python, numpy, torch, SB3 and the training envs (worker i gets seed + i)"""
+    telemetry: str = "simulated"
+    """env hardware backend: simulated, nvml or auto"""
+    device: str = "cpu"
+    """torch device of the agent (cpu is fastest for MLP policies)"""
+    out: str = ""
+    """run folder; empty: runs/{env_id}__{algo}__{seed}__{unix time}"""
+    hyperparams: list[str] = field(default_factory=list)
+    """hyperparameter overrides, key:value (Zoo syntax), e.g. n_steps:64 learning_rate:lin_3e-4"""
+    hyperparams_file: str = ""
+    """YAML file of hyperparameters; empty: agents/hyperparams/<algo>.yml"""
+    env_kwargs: list[str] = field(default_factory=list)
+    """env arguments, key:value, e.g. preset:tiny episode_intervals:32 workload.load:0.8"""
+    eval_freq: int = 10_000
+    """env steps between evaluations on held-out seeds (0: no evaluation)"""
+    eval_episodes: int = 5
+    """episodes per evaluation"""
+    eval_seed: int = 1_000_000
+    """first seed of the held-out evaluation episodes (on the validation split)"""
+    checkpoint_freq: int = 10_000
+    """env steps between checkpoints (0: only on Ctrl-C)"""
+    resume: bool = False
+    """continue the run in --out from its last checkpoint (same command, --timesteps may grow)"""
+    progress_bar: bool = True
+    """show a progress bar (tqdm + rich)"""
+    verbose: int = 1
+    """SB3 verbosity: 0 quiet, 1 info"""
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """The one-line docstring under each dataclass field (CleanRL style), for --help."""
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value)
+    return docs
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    docs = _field_docs(Args)
+    for f in dataclasses.fields(Args):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{docs.get(f.name, '')} (default: {default!r})"
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif f.type in ("list[str]", list[str]):
+            parser.add_argument(flag, nargs="*", default=default, metavar="KEY:VALUE", help=help_text)
+        else:
+            kind = {"int": int, "str": str, "float": float}[f.type if isinstance(f.type, str) else f.type.__name__]
+            parser.add_argument(flag, type=kind, default=default, help=help_text)
+    return parser
+
+
+def env_kwargs_from_pairs(pairs: list[str], telemetry: str) -> dict[str, Any]:
+    """gym.make kwargs from `key:value` pairs: YAML values, lists as tuples, `a.b:v` into the nested dataclass `a`;
+    `telemetry` from its flag and one torch thread per worker unless given.
+
+    Raises:
+        ValueError: a malformed pair, an unknown nested field, or an EnvConfig that rejects the values.
+    """
+    flat = parse_key_values(pairs, "--env-kwargs")
+    kwargs: dict[str, Any] = {"telemetry": telemetry, "torch_threads": 1}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        value = tuple(value) if isinstance(value, list) else value
+        if "." in key:
+            outer, inner = key.split(".", 1)
+            nested.setdefault(outer, {})[inner] = value
+        else:
+            kwargs[key] = value
+    defaults = {
+        f.name: f.default_factory()
+        for f in dataclasses.fields(EnvConfig)
+        if f.default_factory is not dataclasses.MISSING
+    }
+    for outer, values in nested.items():
+        base = kwargs.get(outer, defaults.get(outer))
+        if not dataclasses.is_dataclass(base):
+            raise ValueError(
+                f"--env-kwargs {outer}.<field>: {outer!r} is not a nested config; nested: {sorted(defaults)}"
+            )
+        try:
+            kwargs[outer] = dataclasses.replace(base, **values)
+        except TypeError as exc:
+            known = [f.name for f in dataclasses.fields(base)]
+            raise ValueError(f"--env-kwargs {outer}: {exc}; fields: {known}") from exc
+    EnvConfig.from_kwargs(**kwargs)  # check now: unknown names and bad values are errors before any env starts
+    return kwargs
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Args, dict[str, Any]]:
+    """Args and the derived settings (hyperparameters, env kwargs, run folder); bad flags exit with a message."""
+    parser = _parser()
+    args = Args(**vars(parser.parse_args(argv)))
+    if args.algo not in ALGOS:
+        parser.error(f"--algo {args.algo!r} is not one of {sorted(ALGOS)}")
+    if args.timesteps <= 0:
+        parser.error(f"--timesteps must be positive, got {args.timesteps}")
+    if args.n_envs < 1:
+        parser.error(f"--n-envs must be >= 1, got {args.n_envs}")
+    if args.vec not in ("auto", "subproc", "dummy"):
+        parser.error(f"--vec must be subproc, dummy or auto, got {args.vec!r}")
+    if args.telemetry not in ("simulated", "nvml", "auto"):
+        parser.error(f"--telemetry must be simulated, nvml or auto, got {args.telemetry!r}")
+    if args.telemetry == "nvml" and not nvml_available():
+        parser.error("--telemetry nvml: NVML sees no GPU here (no driver or nvidia-ml-py); use --telemetry simulated")
+    for name in ("eval_freq", "checkpoint_freq"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.eval_episodes < 1:
+        parser.error(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
+    try:
+        torch.device(args.device)
+    except RuntimeError as exc:
+        parser.error(f"--device {args.device!r}: {exc}")
+    if args.resume and not args.out:
+        parser.error("--resume needs --out, the run folder to continue")
+    try:
+        hyperparams = load_hyperparams(args.algo, args.env_id, args.hyperparams_file or None)
+        overrides = parse_key_values(args.hyperparams, "--hyperparams")
+        check_hyperparams(args.algo, overrides, "--hyperparams")
+        hyperparams.update(overrides)
+        env_kwargs = env_kwargs_from_pairs(args.env_kwargs, args.telemetry)
+    except (ValueError, TypeError, FileNotFoundError, yaml.YAMLError) as exc:
+        parser.error(str(exc))
+    run_name = f"{args.env_id}__{args.algo}__{args.seed}__{int(time.time())}"
+    run_dir = Path(args.out or Path("runs") / run_name)
+    if args.resume and latest_checkpoint(run_dir / "checkpoints") is None:
+        parser.error(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+    if not args.resume and (run_dir / MODEL_FILE).exists():
+        parser.error(f"{run_dir} already holds a finished run; pick another --out or add --resume")
+    derived = {
+        "run_name": run_dir.name,
+        "run_dir": run_dir,
+        "vec": args.vec if args.vec != "auto" else ("subproc" if args.n_envs > 1 else "dummy"),
+        "hyperparams": hyperparams,
+        "env_kwargs": env_kwargs,
+        # held-out evaluation: its own seeds, on the validation split of the corpus
+        "eval_env_kwargs": {"split": "validation", **env_kwargs},
+    }
+    return args, derived
+
+
+def make_env(env_id: str, env_kwargs: dict[str, Any], seed: int, rank: int):
+    """A thunk that builds one monitored env (in a subprocess worker it also ignores Ctrl-C, which the main process
+    handles by saving a checkpoint)."""
+
+    def thunk() -> gym.Env:
+        if multiprocessing.parent_process() is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        env = gym.make(env_id, **env_kwargs)
+        env = Monitor(env)
+        env.action_space.seed(seed + rank)
+        return env
+
+    return thunk
+
+
+def make_vec_env(env_id: str, env_kwargs: dict[str, Any], n_envs: int, seed: int, vec: str) -> VecEnv:
+    thunks = [make_env(env_id, env_kwargs, seed, rank) for rank in range(n_envs)]
+    venv = SubprocVecEnv(thunks) if vec == "subproc" else DummyVecEnv(thunks)
+    venv.seed(seed)  # worker i resets with seed + i
+    return venv
+
+
+def plain(obj: Any) -> Any:
+    """Dataclasses, tuples, paths and numpy scalars as YAML-safe plain values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return plain(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, str):
+        return str(obj)  # also str subclasses such as torch's TorchVersion
+    if obj is None or isinstance(obj, (bool, int, float)):
+        return obj
+    return repr(obj)
+
+
+def run_config(args: Args, derived: dict[str, Any], normalize: dict | None) -> dict[str, Any]:
+    return {
+        "run_name": derived["run_name"],
+        "command": " ".join(sys.argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "args": plain(args),
+        "hyperparams": plain(derived["hyperparams"]),
+        "vec_normalize": plain(normalize),
+        "env_kwargs": plain(derived["env_kwargs"]),
+        "env_config": plain(EnvConfig.from_kwargs(**derived["env_kwargs"])),
+        "eval_env_kwargs": plain(derived["eval_env_kwargs"]),
+        "versions": plain(
+            {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "stable_baselines3": stable_baselines3.__version__,
+                "gymnasium": gym.__version__,
+                "numpy": np.__version__,
+            }
+        ),
+        "host": {"platform": platform.platform(), "processor": platform.processor(), "device": args.device},
+    }
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    args, derived = parse_args()
+    run_dir: Path = derived["run_dir"]
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background, SIGINT ignored
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `kill` saves a checkpoint too
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)  # noqa: NPY002  (SB3 and some wrappers draw from the legacy global RNG)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(1)  # MLP updates are small; leave the cores to the env workers
+
+    # envs
+    algo_cls = ALGOS[args.algo]
+    venv = make_vec_env(args.env_id, derived["env_kwargs"], args.n_envs, args.seed, derived["vec"])
+    policy, algo_kwargs, normalize = build_algo_kwargs(args.algo, derived["hyperparams"], venv.action_space.shape[0])
+    evaluate = 0 < args.eval_freq <= args.timesteps
+    eval_venv = make_vec_env(args.env_id, derived["eval_env_kwargs"], 1, args.eval_seed, "dummy") if evaluate else None
+    if normalize is not None:
+        normalize.setdefault("gamma", algo_kwargs.get("gamma", 0.99))  # return normalisation at the agent's gamma
+    resumed = latest_checkpoint(run_dir / "checkpoints") if args.resume else None
+
+    # agent
+    if resumed is None:
+        if normalize is not None:
+            venv = VecNormalize(venv, **normalize)
+        model = algo_cls(
+            policy,
+            venv,
+            seed=args.seed,
+            device=args.device,
+            tensorboard_log=str(run_dir / "tb"),
+            verbose=args.verbose,
+            **algo_kwargs,
+        )
+        if derived["hyperparams"].get("init_action", "zero") == "no_control":
+            spec = ControlSpec.from_env(venv)
+            set_initial_action(model, spec.encode(ControlAction.uncontrolled(spec.num_experts)))
+        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(run_config(args, derived, normalize), sort_keys=False))
+    else:
+        steps, paths = resumed
+        saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).exists() else {}
+        if saved.get("args", {}).get("algo", args.algo) != args.algo:
+            sys.exit(
+                f"train_agent.py: error: --resume: {run_dir} was trained with {saved['args']['algo']}, not {args.algo}"
+            )
+        if normalize is not None:
+            venv = (
+                VecNormalize.load(str(paths["vecnormalize"]), venv)
+                if paths["vecnormalize"].exists()
+                else VecNormalize(venv, **normalize)
+            )
+            venv.training = True
+        venv.seed(args.seed + steps)  # fresh episodes, not a replay of the first ones
+        model = algo_cls.load(str(paths["model"]), env=venv, device=args.device, tensorboard_log=str(run_dir / "tb"))
+        if paths["replay_buffer"].exists():
+            model.load_replay_buffer(str(paths["replay_buffer"]))
+        saved.setdefault("resumed", []).append(
+            {
+                "from_steps": steps,
+                "command": " ".join(sys.argv),
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
+        print(f"resuming {run_dir} from {paths['model'].name} ({steps} steps)")
+    if eval_venv is not None and normalize is not None:
+        eval_venv = VecNormalize(eval_venv, training=False, norm_obs=normalize.get("norm_obs", True), norm_reward=False)
+
+    # callbacks
+    callbacks = [EpisodeInfoCallback()]
+    if args.checkpoint_freq:
+        callbacks.append(
+            CheckpointCallback(
+                save_freq=max(args.checkpoint_freq // args.n_envs, 1),
+                save_path=str(run_dir / "checkpoints"),
+                name_prefix=CHECKPOINT_PREFIX,
+                save_replay_buffer=hasattr(model, "replay_buffer"),
+                save_vecnormalize=normalize is not None,
+            )
+        )
+    if eval_venv is not None:
+        callbacks.append(
+            HeldOutEvalCallback(
+                eval_venv,
+                eval_seed=args.eval_seed,
+                n_eval_episodes=args.eval_episodes,
+                eval_freq=max(args.eval_freq // args.n_envs, 1),
+                log_path=str(run_dir),
+                best_model_save_path=str(run_dir / "best"),
+                callback_on_new_best=SaveVecNormalizeCallback(run_dir / "best" / VECNORMALIZE_FILE),
+                deterministic=True,
+                verbose=args.verbose,
+                warn=False,
+            )
+        )
+
+    # learn
+    if model.num_timesteps >= args.timesteps:
+        print(
+            f"{run_dir} is at {model.num_timesteps} steps already (--timesteps {args.timesteps}); "
+            "raise --timesteps to train on"
+        )
+    start_steps, t0, interrupted = model.num_timesteps, time.perf_counter(), False
+    try:
+        model.learn(
+            total_timesteps=max(args.timesteps - model.num_timesteps, 0),
+            callback=CallbackList(callbacks),
+            tb_log_name=derived["run_name"] if resumed is None else saved.get("run_name", derived["run_name"]),
+            reset_num_timesteps=resumed is None,
+            progress_bar=args.progress_bar,
+        )
+    except KeyboardInterrupt:
+        interrupted = True
+        path = save_checkpoint(model, run_dir / "checkpoints")
+        print(f"\ninterrupted at {model.num_timesteps} steps; checkpoint saved to {path}; continue with --resume")
+    wall_s = time.perf_counter() - t0
+
+    # save
+    if not interrupted:
+        save_checkpoint(model, run_dir / "checkpoints")  # so --resume continues from the end (with the replay buffer)
+        model.save(str(run_dir / MODEL_FILE))
+        if model.get_vec_normalize_env() is not None:
+            model.get_vec_normalize_env().save(str(run_dir / VECNORMALIZE_FILE))
+    steps = model.num_timesteps - start_steps
+    summary = {
+        "steps": int(model.num_timesteps),
+        "steps_this_session": int(steps),
+        "wall_s": round(wall_s, 2),
+        "steps_per_s": round(steps / wall_s, 3) if wall_s > 0 else None,
+        "interrupted": interrupted,
+        "n_envs": args.n_envs,
+        "vec": derived["vec"],
+    }
+    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"{steps} steps in {wall_s:.1f} s ({summary['steps_per_s']} steps/s); run folder {run_dir}")
+
+    # close
+    for v in (venv, eval_venv):
+        if v is not None:
+            try:
+                v.close()
+            except (EOFError, BrokenPipeError, ConnectionResetError):
+                pass
+    sys.exit(130 if interrupted else 0)
