@@ -3,11 +3,21 @@
 from moe_runtime.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from moe_runtime.config import EXPERT_WIDTH_RATIOS, MoEConfig, widths_from_ratios
 from moe_runtime.model import ModelOutput, MoETransformer
+from moe_runtime.muon import Muon, newton_schulz
 from moe_runtime.pretrain import PretrainConfig, checkpoint_path, evaluate_loss, load_or_pretrain, pretrain
 from moe_runtime.runtime import ControlAction, MoERuntime, StepReport, forward_work
 from moe_runtime.streams import Corpus, DomainSchedule, TokenStream, corpus_hash, load_corpus
+from moe_runtime.ttt import (
+    DEFAULT_CHUNK_TOKENS,
+    DEFAULT_FREQUENCY_TOKENS,
+    TTTConfig,
+    TTTEngine,
+    TTTUpdate,
+)
 
 __all__ = [
+    "DEFAULT_CHUNK_TOKENS",
+    "DEFAULT_FREQUENCY_TOKENS",
     "EXPERT_WIDTH_RATIOS",
     "CheckpointError",
     "ControlAction",
@@ -16,9 +26,13 @@ __all__ = [
     "MoEConfig",
     "MoERuntime",
     "MoETransformer",
+    "Muon",
     "ModelOutput",
     "PretrainConfig",
     "StepReport",
+    "TTTConfig",
+    "TTTEngine",
+    "TTTUpdate",
     "TokenStream",
     "checkpoint_path",
     "corpus_hash",
@@ -27,6 +41,7 @@ __all__ = [
     "load_corpus",
     "load_model",
     "load_or_pretrain",
+    "newton_schulz",
     "pretrain",
     "read_checkpoint",
     "save_checkpoint",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from kernels import KernelCall
 from moe_runtime.config import MoEConfig
 from moe_runtime.model import MoETransformer
 from moe_runtime.streams import DomainSchedule, TokenStream
+
+if TYPE_CHECKING:
+    from moe_runtime.ttt import TTTEngine
 
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -83,7 +87,17 @@ class StepReport:
         wall_time_s: wall time of the step, including TTT.
         work: the `KernelCall`s performed.
         domain: the domain that served most of the tokens; `domain_tokens` counts each.
-        ttt_*: test-time-training activity in the interval (zeros when TTT is off).
+        ttt_updates: TTT updates applied in the interval.
+        ttt_tokens_trained: tokens those updates trained on (chunk tokens, once per update whatever its steps).
+        ttt_wall_time_s: wall time of the interval's updates (applied or skipped), inside `wall_time_s`.
+        ttt_skipped_updates: updates rolled back for a non-finite loss or gradient.
+        ttt_loss_before, ttt_loss_after: token-weighted mean next-token loss (nats) of the applied updates' chunks
+            before and after each update; NaN without one.
+        ttt_grad_norms: [L] gradient norm of each MoE layer's adapted tensors at the interval's last applied
+            update; zeros without one (also without a TTT engine).
+        ttt_activation_energy: [L] mean square MoE-layer output over that update's chunk; zeros without one.
+        The TTT work (`ttt_forward`, `ttt_backward` `KernelCall`s, with the expert counts the chunks routed) is in
+        `work` and `flops_total`; `flops_per_expert` counts forward serving only.
     """
 
     tokens: int
@@ -138,7 +152,8 @@ class MoERuntime:
         schedule: the domain schedule of the stream (default: prose, then code).
         split: which corpus split the stream reads.
         seed: stream seed (defaults to `config.seed`).
-        ttt: a TTT engine (see `moe_runtime.ttt`); None serves without test-time training.
+        ttt: a `moe_runtime.TTTEngine`, attached here; it serves the adapted model and trains when updates fall
+            due, starting at its config's schedule until `apply` sets one. None serves without test-time training.
     """
 
     def __init__(
@@ -148,7 +163,7 @@ class MoERuntime:
         schedule: DomainSchedule | None = None,
         split: str = "test",
         seed: int | None = None,
-        ttt=None,
+        ttt: TTTEngine | None = None,
     ):
         self.config = config or MoEConfig()
         self.device = torch.device(self.config.resolved_device())
@@ -161,9 +176,10 @@ class MoERuntime:
             p.requires_grad_(False)
         self.stream = TokenStream(schedule, split=split, seed=self.config.seed if seed is None else seed)
         self.ttt = ttt
+        self.action = ControlAction.uncontrolled(self.config.num_experts)
         if ttt is not None:
             ttt.attach(self.model)
-        self.action = ControlAction.uncontrolled(self.config.num_experts)
+            self.action = ControlAction(self.action.routing_biases, ttt.frequency_tokens, ttt.chunk_tokens)
 
     def reset_stream(self, schedule: DomainSchedule | None = None, split: str | None = None, seed: int = 0) -> None:
         """Start a fresh stream (new schedule, split or seed)."""
@@ -191,33 +207,49 @@ class MoERuntime:
         idx = torch.from_numpy(x.astype(np.int64)).view(batch, seq).to(self.device)
         tgt = torch.from_numpy(y.astype(np.int64)).view(batch, seq).to(self.device)
         with torch.inference_mode():
-            out = self.model(idx, tgt)
+            out = self.ttt.forward(idx, tgt) if self.ttt is not None else self.model(idx, tgt)
         return out
 
     def step(self, num_tokens: int) -> StepReport:
-        """Serve the next `num_tokens` tokens of the stream (forward passes and any TTT updates that fall due)."""
+        """Serve the next `num_tokens` tokens of the stream, with the TTT updates that fall due among them.
+
+        Tokens are served in sequences of `seq_len` on a grid that starts at the interval's first token. The
+        interval is split where a TTT update falls due: the tokens before it are predicted and scored, the update
+        trains on them (the most recent `chunk_tokens` seen), and the tokens after it are predicted by the updated
+        model; a sequence that spans an update point is cut there (the part after it starts a new context).
+        """
         if num_tokens <= 0:
             raise ValueError(f"num_tokens must be positive, got {num_tokens}")
         cfg = self.config
         start = time.perf_counter()
         tokens, domains = self.stream.next(num_tokens)
-        seq = cfg.seq_len
-        full, rem = divmod(num_tokens, seq)
-        parts = [(full, seq, 0)] if full else []
-        if rem:
-            parts.append((1, rem, full * seq))
         loss_sum = 0.0
         counts = np.zeros((cfg.n_layers, cfg.num_experts), dtype=np.int64)
         entropy = np.zeros(cfg.n_layers)
         work: list[KernelCall] = []
-        for batch, s, off in parts:
-            n = batch * s
-            out = self._forward(tokens[off : off + n], tokens[off + 1 : off + n + 1], batch, s)
-            loss_sum += float(out.loss) * n
-            c = out.expert_counts.cpu().numpy()
-            counts += c
-            entropy += out.router_entropy.cpu().numpy() * n
-            work += forward_work(cfg, batch, s, c)
+        updates = []
+        pos = 0
+        while True:
+            due_in = self.ttt.tokens_until_due() if self.ttt is not None else None
+            if due_in == 0:
+                updates.append(self.ttt.update())
+                continue
+            if pos == num_tokens:
+                break
+            end = num_tokens if due_in is None else min(num_tokens, pos + due_in)
+            for batch, s, off in _sequences(pos, end, cfg.seq_len):
+                n = batch * s
+                out = self._forward(tokens[off : off + n], tokens[off + 1 : off + n + 1], batch, s)
+                loss_sum += float(out.loss) * n
+                c = out.expert_counts.cpu().numpy()
+                counts += c
+                entropy += out.router_entropy.cpu().numpy() * n
+                work += forward_work(cfg, batch, s, c)
+                if self.ttt is not None:
+                    work += self.ttt.serving_work(batch, s)
+            if self.ttt is not None:
+                self.ttt.observe(tokens[pos:end], tokens[pos + 1 : end + 1])
+            pos = end
         report = StepReport(
             tokens=num_tokens,
             loss=loss_sum / num_tokens,
@@ -231,8 +263,7 @@ class MoERuntime:
             domain=Counter(domains).most_common(1)[0][0],
             domain_tokens=dict(Counter(domains)),
         )
-        if self.ttt is not None:
-            self.ttt.observe(tokens, report)  # trains on seen tokens when due; adds its work and figures
+        _add_ttt(report, updates, cfg.n_layers)
         for call in report.work:
             if call.expert >= 0 and call.phase == "forward":
                 report.flops_per_expert[call.expert] += call.flops()
@@ -241,3 +272,38 @@ class MoERuntime:
             torch.cuda.synchronize(self.device)
         report.wall_time_s = time.perf_counter() - start
         return report
+
+
+def _sequences(a: int, b: int, seq: int) -> list[tuple[int, int, int]]:
+    """Cut interval positions [a, b) on the grid of `seq` into (batch, length, offset) groups of equal length.
+
+    Example: a=200, b=700, seq=128 -> [(1, 56, 200), (3, 128, 256), (1, 60, 640)].
+    """
+    head_end = min(b, -(-a // seq) * seq)
+    parts = [(1, head_end - a, a)] if head_end > a else []
+    full, rem = divmod(b - head_end, seq)
+    if full:
+        parts.append((full, seq, head_end))
+    if rem:
+        parts.append((1, rem, head_end + full * seq))
+    return parts
+
+
+def _add_ttt(report: StepReport, updates: list, n_layers: int) -> None:
+    """Fill the report's `ttt_*` fields and work from the interval's `TTTUpdate`s."""
+    applied = [u for u in updates if u.applied]
+    report.ttt_updates = len(applied)
+    report.ttt_skipped_updates = len(updates) - len(applied)
+    report.ttt_tokens_trained = sum(u.tokens for u in applied)
+    report.ttt_wall_time_s = float(sum(u.wall_time_s for u in updates))
+    for u in updates:
+        report.work += u.work
+    if applied:
+        w = np.array([u.tokens for u in applied], dtype=np.float64)
+        report.ttt_loss_before = float(np.dot(w, [u.loss_before for u in applied]) / w.sum())
+        report.ttt_loss_after = float(np.dot(w, [u.loss_after for u in applied]) / w.sum())
+        report.ttt_grad_norms = list(applied[-1].grad_norms)
+        report.ttt_activation_energy = list(applied[-1].activation_energy)
+    else:
+        report.ttt_grad_norms = [0.0] * n_layers
+        report.ttt_activation_energy = [0.0] * n_layers
