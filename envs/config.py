@@ -32,6 +32,8 @@ class EnvConfig:
         deployment: the shape at which the simulated backend prices the runtime's decisions.
         workload: token demand profile.
         interval_s: wall time of one control interval, s.
+        reference_tokens: tokens of each interval the uncontrolled base model also scores, for the paired loss
+            reference (`RewardConfig.loss_reference`); None: one sequence (`model.seq_len`).
         runtime_tokens: tokens the runtime really serves per interval (its real loss and routing); None picks by
             preset (default 1024, tiny 128).
         episode_intervals: intervals per episode (the episode ends by truncation).
@@ -60,6 +62,7 @@ class EnvConfig:
     workload: Workload = field(default_factory=Workload)
     interval_s: float = 1.0
     runtime_tokens: int | None = None
+    reference_tokens: int | None = None
     episode_intervals: int = 64
     domains: tuple[str, str] = ("prose", "code")
     shift_range: tuple[float, float] = (0.25, 0.6)
@@ -81,6 +84,10 @@ class EnvConfig:
             self.model = MoEConfig.preset(self.preset)  # raises on an unknown preset
         if self.runtime_tokens is None:
             self.runtime_tokens = 128 if self.model.preset_name == "tiny" else 1024
+        if self.reference_tokens is None:
+            self.reference_tokens = self.model.seq_len if self.reward.loss_reference == "paired" else 0
+        if self.reference_tokens < 0:
+            raise ValueError(f"EnvConfig.reference_tokens must be >= 0, got {self.reference_tokens}")
         if self.pretrain_steps is None:
             self.pretrain_steps = 150 if self.model.preset_name == "tiny" else 1200
         for name in ("interval_s", "runtime_tokens", "episode_intervals", "torch_threads", "pretrain_steps"):

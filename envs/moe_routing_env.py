@@ -15,7 +15,7 @@ from envs.backends import IntervalResult, make_backend
 from envs.calibration import reward_reference
 from envs.config import EnvConfig
 from envs.observation import ObservationBuilder
-from envs.rewards import OBJECTIVES, reward
+from envs.rewards import OBJECTIVES, reward, target_latency_ms
 from envs.workload import DemandTrace
 from moe_runtime import ControlAction, DomainSchedule, MoERuntime, PretrainConfig, load_model, load_or_pretrain
 
@@ -57,9 +57,10 @@ class MoERoutingEnv(gym.Env):
 
     ## Rewards
     `r = -w_energy * min(E_tok / E_tok_ref, 10) - w_temp * max(0, T - T_target) / T_scale
-         - w_latency * log(1 + max(0, L / L_target - 1)) - w_loss * clip((loss - loss_ref[domain]) / loss_scale, ±10)`,
-    with references from a cached uncontrolled calibration (`envs.calibration`): no control scores about -w_energy
-    per step. `info["reward_terms"]` has each weighted term, `info["vector_reward"]` the unweighted objectives
+         - w_latency * log(1 + max(0, L / L_target - 1)) - w_loss * clip(loss_gap / loss_scale, ±10)`,
+    where `loss_gap` is the served model's loss minus the uncontrolled base model's on the same tokens (a shadow
+    forward pass over the interval's first `reference_tokens`), and the energy and latency references come from a
+    cached uncontrolled calibration (`envs.calibration`): no control scores about -w_energy per step. `info["reward_terms"]` has each weighted term, `info["vector_reward"]` the unweighted objectives
     (`MoERoutingMO-v0` returns that vector as the reward).
 
     ## Starting State
@@ -95,7 +96,13 @@ class MoERoutingEnv(gym.Env):
         torch.set_num_threads(1 if _FORKED_CHILD else cfg.torch_threads)
         self.backend = make_backend(cfg)
         self.model_config = model_cfg = cfg.model
-        self.runtime = MoERuntime(model_cfg, model=self._load_model(), split=cfg.split, ttt=self._make_ttt())
+        self.runtime = MoERuntime(
+            model_cfg,
+            model=self._load_model(),
+            split=cfg.split,
+            ttt=self._make_ttt(),
+            reference_tokens=cfg.reference_tokens,
+        )
         self.codec = ActionCodec(model_cfg.num_experts, cfg.action)
         self.observation_builder = ObservationBuilder(
             model_cfg.num_experts,
@@ -180,8 +187,7 @@ class MoERoutingEnv(gym.Env):
             energy_per_token_j=result.energy_per_token_j,
             temperature_c=result.temperature_c,
             latency_ms=result.latency_ms,
-            loss=rep.loss,
-            domain=rep.domain,
+            loss_gap=self._loss_gap(rep),
         )
         self._last = result
         obs = self._observation(result)
@@ -197,6 +203,13 @@ class MoERoutingEnv(gym.Env):
             "step_s": t2 - t0,
         }
         return obs, self._scalarize(total, vec), False, truncated, info
+
+    def _loss_gap(self, rep) -> float:
+        """Served loss minus the uncontrolled model's, nats: paired on the same tokens when the runtime scored a
+        reference, else against the calibrated mean loss of the domain."""
+        if self.config.reward.loss_reference == "paired" and np.isfinite(rep.reference_loss):
+            return float(rep.served_reference_loss - rep.reference_loss)
+        return float(rep.loss - self.reference.loss.get(rep.domain, rep.loss))
 
     def _scalarize(self, total: float, vec: np.ndarray):
         return total
@@ -221,7 +234,7 @@ class MoERoutingEnv(gym.Env):
             "load_fraction_e": counts / max(1.0, counts.sum()),
             "loss": rep.loss,
             "loss_delta": rep.loss - self._prev_loss,
-            "loss_gap": rep.loss - self.reference.loss.get(rep.domain, rep.loss),
+            "loss_gap": self._loss_gap(rep),
             "router_entropy": rep.router_entropy,
             "tokens_since_ttt": self._tokens_since_ttt,
             "bias_e": control.biases(self.model_config.num_experts),
@@ -256,10 +269,9 @@ class MoERoutingEnv(gym.Env):
             "throttle_reasons": ",".join(r.throttle_reasons),
             "throttled_share": float(r.throttled_share),
             "latency_ms": float(r.latency_ms),
-            "slo_violated": bool(
-                r.latency_ms > (self.config.reward.target_latency_ms or 1.5 * self.reference.latency_ms)
-            ),
+            "slo_violated": bool(r.latency_ms > target_latency_ms(self.config.reward, self.reference)),
             "loss": float(rep.loss),
+            "loss_gap": self._loss_gap(rep),
             "domain": rep.domain,
             "ttt_updates": int(rep.ttt_updates),
             "ttt_tokens_trained": int(rep.ttt_tokens_trained),

@@ -22,7 +22,7 @@ them; `ObservationBuilder.raw(obs, name)` turns an entry back into its unit, so 
 | load_fraction_e{i}           | share of routed slots on expert i                | 1                | [0, 1]    |
 | loss                         | mean next-token loss of the interval, nats       | 5                | [0, 2]    |
 | loss_delta                   | change from the previous interval, nats          | 1                | [-5, 5]   |
-| loss_gap                     | loss minus the uncontrolled reference, nats      | 1                | [-5, 5]   |
+| loss_gap                     | loss minus the uncontrolled model's (paired), nats | 1                | [-5, 5]   |
 | router_entropy               | routing entropy / log(E)                         | log(E)           | [0, 1]    |
 | tokens_since_ttt             | runtime tokens since the last TTT update         | 8192             | [0, 4]    |
 | bias_e{i}                    | current selection bias of expert i               | bias_range       | [-1, 1]   |

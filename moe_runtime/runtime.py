@@ -98,6 +98,10 @@ class StepReport:
         ttt_activation_energy: [L] mean square MoE-layer output over that update's chunk; zeros without one.
         The TTT work (`ttt_forward`, `ttt_backward` `KernelCall`s, with the expert counts the chunks routed) is in
         `work` and `flops_total`; `flops_per_expert` counts forward serving only.
+        reference_loss: loss of the uncontrolled base model (zero biases, no TTT) on the interval's first
+            `reference_tokens` tokens; NaN when the runtime keeps no reference.
+        served_reference_loss: the served model's loss on those same tokens, so that `served_reference_loss -
+            reference_loss` is a paired, low-variance estimate of what control cost (or TTT gained).
     """
 
     tokens: int
@@ -118,6 +122,8 @@ class StepReport:
     ttt_loss_before: float = float("nan")
     ttt_loss_after: float = float("nan")
     ttt_grad_norms: list[float] = field(default_factory=list)
+    reference_loss: float = float("nan")
+    served_reference_loss: float = float("nan")
     ttt_activation_energy: list[float] = field(default_factory=list)
 
 
@@ -154,6 +160,8 @@ class MoERuntime:
         seed: stream seed (defaults to `config.seed`).
         ttt: a `moe_runtime.TTTEngine`, attached here; it serves the adapted model and trains when updates fall
             due, starting at its config's schedule until `apply` sets one. None serves without test-time training.
+        reference_tokens: tokens at the start of each interval that the uncontrolled base model also scores (an
+            extra forward pass over them), giving `StepReport.reference_loss`; 0 keeps no reference.
     """
 
     def __init__(
@@ -164,6 +172,7 @@ class MoERuntime:
         split: str = "test",
         seed: int | None = None,
         ttt: TTTEngine | None = None,
+        reference_tokens: int = 0,
     ):
         self.config = config or MoEConfig()
         self.device = torch.device(self.config.resolved_device())
@@ -176,6 +185,9 @@ class MoERuntime:
             p.requires_grad_(False)
         self.stream = TokenStream(schedule, split=split, seed=self.config.seed if seed is None else seed)
         self.ttt = ttt
+        if reference_tokens < 0:
+            raise ValueError(f"reference_tokens must be >= 0, got {reference_tokens}")
+        self.reference_tokens = reference_tokens
         self.action = ControlAction.uncontrolled(self.config.num_experts)
         if ttt is not None:
             ttt.attach(self.model)
@@ -210,6 +222,23 @@ class MoERuntime:
             out = self.ttt.forward(idx, tgt) if self.ttt is not None else self.model(idx, tgt)
         return out
 
+    def _reference_loss(self, tokens: np.ndarray) -> float:
+        """Mean loss of the uncontrolled base model (zero biases, no TTT) on tokens[:-1] -> tokens[1:]."""
+        saved = [layer.selection_bias.clone() for layer in self.model.moe_layers]
+        self.model.set_selection_biases(torch.zeros(self.config.num_experts))
+        try:
+            total, n_total = 0.0, len(tokens) - 1
+            for batch, s, off in _sequences(0, n_total, self.config.seq_len):
+                n = batch * s
+                x = torch.from_numpy(tokens[off : off + n].astype(np.int64)).view(batch, s).to(self.device)
+                y = torch.from_numpy(tokens[off + 1 : off + n + 1].astype(np.int64)).view(batch, s).to(self.device)
+                with torch.inference_mode():
+                    total += float(self.model(x, y).loss) * n
+        finally:
+            for layer, b in zip(self.model.moe_layers, saved):
+                layer.selection_bias.copy_(b)
+        return total / n_total
+
     def step(self, num_tokens: int) -> StepReport:
         """Serve the next `num_tokens` tokens of the stream, with the TTT updates that fall due among them.
 
@@ -229,6 +258,8 @@ class MoERuntime:
         work: list[KernelCall] = []
         updates = []
         pos = 0
+        ref_tokens = min(self.reference_tokens, num_tokens)
+        served_ref_sum = 0.0
         while True:
             due_in = self.ttt.tokens_until_due() if self.ttt is not None else None
             if due_in == 0:
@@ -241,6 +272,8 @@ class MoERuntime:
                 n = batch * s
                 out = self._forward(tokens[off : off + n], tokens[off + 1 : off + n + 1], batch, s)
                 loss_sum += float(out.loss) * n
+                if off < ref_tokens:
+                    served_ref_sum += _loss_sum_before(out.logits, tokens[off + 1 : off + n + 1], ref_tokens - off)
                 c = out.expert_counts.cpu().numpy()
                 counts += c
                 entropy += out.router_entropy.cpu().numpy() * n
@@ -264,6 +297,9 @@ class MoERuntime:
             domain_tokens=dict(Counter(domains)),
         )
         _add_ttt(report, updates, cfg.n_layers)
+        if ref_tokens:
+            report.reference_loss = self._reference_loss(tokens[: ref_tokens + 1])
+            report.served_reference_loss = served_ref_sum / ref_tokens
         for call in report.work:
             if call.expert >= 0 and call.phase == "forward":
                 report.flops_per_expert[call.expert] += call.flops()
@@ -272,6 +308,13 @@ class MoERuntime:
             torch.cuda.synchronize(self.device)
         report.wall_time_s = time.perf_counter() - start
         return report
+
+
+def _loss_sum_before(logits: torch.Tensor, targets: np.ndarray, limit: int) -> float:
+    """Summed next-token loss of the first `limit` positions of a forward pass (logits [B, S, V], row-major)."""
+    flat = logits.reshape(-1, logits.shape[-1])[:limit].float()
+    tgt = torch.from_numpy(targets[:limit].astype(np.int64)).to(flat.device)
+    return float(torch.nn.functional.cross_entropy(flat, tgt, reduction="sum"))
 
 
 def _sequences(a: int, b: int, seq: int) -> list[tuple[int, int, int]]:
