@@ -21,12 +21,18 @@ from typing import Any
 import numpy as np
 
 from agents.controller import Controller, ControlSpec, make_controller
-from envs import ActionConfig, ObservationBuilder, deployment_for
+from envs import (
+    ActionConfig,
+    ObservationBuilder,
+    deployment_for,
+    deployment_memory_pressure,
+    execute_interval,
+    interval_latency_ms,
+)
 from kernels import DeploymentScale, KernelCostModel
 from moe_runtime import ControlAction, MoERuntime
 from telemetry import GpuSystemMonitor, SimulatedGpu, get_gpu_spec
 
-_SLICES = 8  # simulated work runs in this many slices, so a backlog is cut at slice granularity (as in the env)
 _WINDOW = "agent_router_interval"
 
 
@@ -157,8 +163,7 @@ class AgentRouter:
         if self.gpu is not None:
             self.backlog_tokens = due - served
             launches = max(1, math.ceil(served / self.deployment.batch_tokens))
-            rate = served / busy_s if busy_s > 0 else math.inf
-            latency_ms = 1000.0 * (busy_s / launches + (self.backlog_tokens / rate if rate > 0 else 0.0))
+            latency_ms = interval_latency_ms(busy_s, launches, served, self.backlog_tokens)
             scale, deploy_tokens = self.deployment, max(due, 1.0)
         else:
             latency_ms = 1000.0 * m.duration_s
@@ -193,15 +198,7 @@ class AgentRouter:
         """Run the interval's deployment-scale work on the simulated GPU; (busy s, tokens served)."""
         gpu = self.gpu
         full = self.kcm.predict_step(report.work, scale=self.deployment, deploy_tokens=max(due_tokens, 1.0))
-        elapsed, share = 0.0, 0.0
-        if due_tokens > 0:
-            for _ in range(_SLICES):
-                elapsed += gpu.execute(full.total.compute_s / _SLICES, full.total.memory_s / _SLICES).duration_s
-                if full.total.overhead_s > 0:
-                    elapsed += gpu.idle(full.total.overhead_s / _SLICES).duration_s
-                share += 1.0 / _SLICES
-                if elapsed >= self.interval_s:
-                    break
+        _, elapsed, share = execute_interval(gpu, full, self.interval_s if due_tokens > 0 else 0.0)
         if elapsed < self.interval_s:
             gpu.idle(self.interval_s - elapsed)
         return elapsed, due_tokens * share
@@ -235,7 +232,10 @@ class AgentRouter:
             "load_fraction_e": counts / max(1.0, counts.sum()),
             "loss": loss,
             "loss_delta": loss - prev,
-            "loss_gap": loss - reference,
+            # Paired (served minus base model on the same tokens) when the runtime keeps a reference, as in the env.
+            "loss_gap": report.served_reference_loss - report.reference_loss
+            if np.isfinite(report.reference_loss)
+            else loss - reference,
             "router_entropy": report.router_entropy,
             "tokens_since_ttt": self._tokens_since_ttt,
             "bias_e": control.biases(self.num_experts),
@@ -253,8 +253,4 @@ class AgentRouter:
         return self.builder.build(figures)
 
     def _memory_pressure(self) -> float:
-        """Weights plus activations of the deployment model over the GPU's memory (bf16), 0..1, as the env."""
-        s = self.deployment
-        params = s.layers * (4 * s.d_model**2 + 3 * s.d_model * sum(s.expert_widths)) + 2 * s.vocab_size * s.d_model
-        activations = s.batch_tokens * s.d_model * s.layers * 8
-        return min(1.0, (params + activations) * s.dtype_bytes / (self.gpu_spec.memory_gb * 1e9))
+        return deployment_memory_pressure(self.deployment, self.gpu_spec.memory_gb)

@@ -9,6 +9,7 @@
 from gymnasium.envs.registration import register, registry
 
 from envs.actions import ActionCodec, ActionConfig
+from envs.backends import deployment_memory_pressure, execute_interval, interval_latency_ms
 from envs.config import EnvConfig, deployment_for
 from envs.moe_routing_env import MoERoutingEnv, MoERoutingMOEnv
 from envs.observation import ObservationBuilder
@@ -29,6 +30,9 @@ __all__ = [
     "RewardReference",
     "Workload",
     "deployment_for",
+    "deployment_memory_pressure",
+    "execute_interval",
+    "interval_latency_ms",
     "reward",
     "vector_reward",
 ]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from envs.config import EnvConfig
-from kernels import KernelCostModel
+from kernels import DeploymentScale, KernelCostModel
 from moe_runtime import MoERuntime, StepReport
 from telemetry import SimulatedGpu, get_gpu_spec
 
@@ -61,6 +61,23 @@ class IntervalResult:
     next_pred_expert_latency_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     energy_from_counter: bool = False
     sample_staleness_s: float = 0.0
+
+
+def execute_interval(gpu, cost, interval_s: float) -> tuple[list, float, float]:
+    """Run a `kernels.StepCost` (full-clock seconds) on a `SimulatedGpu` in slices until `interval_s` is used up.
+
+    Launch gaps (`overhead_s`) count as busy time at idle power. Returns (records, busy_s, share of the work
+    served); the caller idles the GPU for the rest of the interval.
+    """
+    records, elapsed, share = [], 0.0, 0.0
+    while share < 1.0 - 1e-9 and elapsed < interval_s:
+        recs = [gpu.execute(cost.total.compute_s / _SLICES, cost.total.memory_s / _SLICES)]
+        if cost.total.overhead_s > 0:
+            recs.append(gpu.idle(cost.total.overhead_s / _SLICES))
+        records += recs
+        elapsed += sum(r.duration_s for r in recs)
+        share += 1.0 / _SLICES
+    return records, elapsed, share
 
 
 def interval_latency_ms(busy_s: float, launches: int, tokens_served: float, backlog_tokens: float) -> float:
@@ -131,20 +148,9 @@ class SimulatedBackend:
         start_clock, start_temp = gpu.sm_clock_mhz(), gpu.temperature_c()
         full = self._predict(report, due, None, None)
         predicted = self._predict(report, due, start_clock if start_clock > 0 else None, start_temp)
-        records, elapsed, served_share = [], 0.0, 0.0
-        if due > 0:
-            for _ in range(_SLICES):
-                recs = [gpu.execute(full.total.compute_s / _SLICES, full.total.memory_s / _SLICES)]
-                if full.total.overhead_s > 0:  # launch gaps: busy time at idle power (see kernels.StepCost)
-                    recs.append(gpu.idle(full.total.overhead_s / _SLICES))
-                records += recs
-                elapsed += sum(r.duration_s for r in recs)
-                served_share += 1.0 / _SLICES
-                if elapsed >= cfg.interval_s:
-                    break
-        busy_s = elapsed
-        if elapsed < cfg.interval_s:
-            records.append(gpu.idle(cfg.interval_s - elapsed))
+        records, busy_s, served_share = execute_interval(gpu, full, cfg.interval_s if due > 0 else 0.0)
+        if busy_s < cfg.interval_s:
+            records.append(gpu.idle(cfg.interval_s - busy_s))
         served = due * served_share
         backlog = due - served
         duration = sum(r.duration_s for r in records)
@@ -168,7 +174,7 @@ class SimulatedBackend:
             sm_clock_mhz=sum(r.sm_clock_mhz * r.duration_s for r in records) / max(duration, 1e-9),
             busy_sm_clock_mhz=_busy_clock(records, gpu.sm_clock_mhz()),
             gpu_utilization=sum(r.utilization * r.duration_s for r in records) / max(duration, 1e-9),
-            memory_pressure=_memory_pressure(cfg, self.spec.memory_gb),
+            memory_pressure=deployment_memory_pressure(cfg.deployment, self.spec.memory_gb),
             throttled=throttled_share > 0.05,
             throttle_reasons=reasons,
             throttled_share=throttled_share,
@@ -205,9 +211,8 @@ def _forward_only(work):
     return [c for c in work if c.phase == "forward"]
 
 
-def _memory_pressure(cfg: EnvConfig, memory_gb: float) -> float:
-    """Weights plus activations of the deployment model over the GPU's memory (bf16), 0..1."""
-    s = cfg.deployment
+def deployment_memory_pressure(s: DeploymentScale, memory_gb: float) -> float:
+    """Weights plus activations of the deployment model over the GPU's memory, 0..1."""
     params = s.layers * (4 * s.d_model**2 + 3 * s.d_model * sum(s.expert_widths)) + 2 * s.vocab_size * s.d_model
     activations = s.batch_tokens * s.d_model * s.layers * 8
     return min(1.0, (params + activations) * s.dtype_bytes / (memory_gb * 1e9))
