@@ -69,15 +69,18 @@ def execute_interval(gpu, cost, interval_s: float) -> tuple[list, float, float]:
     Launch gaps (`overhead_s`) count as busy time at idle power. Returns (records, busy_s, share of the work
     served); the caller idles the GPU for the rest of the interval.
     """
-    records, elapsed, share = [], 0.0, 0.0
-    while share < 1.0 - 1e-9 and elapsed < interval_s:
-        recs = [gpu.execute(cost.total.compute_s / _SLICES, cost.total.memory_s / _SLICES)]
+    total_s = cost.total.compute_s + cost.total.memory_s + cost.total.overhead_s
+    # Slices of at most 1/_SLICES of the interval at full clock, so the interval overruns by one slice at most.
+    slices = max(_SLICES, math.ceil(_SLICES * total_s / interval_s)) if interval_s > 0 else _SLICES
+    records, elapsed, done = [], 0.0, 0
+    while done < slices and elapsed < interval_s:
+        recs = [gpu.execute(cost.total.compute_s / slices, cost.total.memory_s / slices)]
         if cost.total.overhead_s > 0:
-            recs.append(gpu.idle(cost.total.overhead_s / _SLICES))
+            recs.append(gpu.idle(cost.total.overhead_s / slices))
         records += recs
         elapsed += sum(r.duration_s for r in recs)
-        share += 1.0 / _SLICES
-    return records, elapsed, share
+        done += 1
+    return records, elapsed, done / slices
 
 
 def interval_latency_ms(busy_s: float, launches: int, tokens_served: float, backlog_tokens: float) -> float:

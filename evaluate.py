@@ -1,0 +1,781 @@
+"""Compare routing policies on `MoERouting-v0` with paired seeds and robust statistics, and publish the comparison.
+
+    python evaluate.py --policies heuristic,no_control,load_balance,ppo:results/ppo_default --seeds 0-9 \\
+        --episodes 1 --telemetry auto --out results/compare
+    python evaluate.py                          # the main job (= --suite main): trained policy vs heuristic vs none
+    python evaluate.py --suite routers          # the original router comparison table
+    python evaluate.py --suite ttt-allocation   # fixed TTT schedules (1x/2x/4x) vs adaptive: compute vs loss
+    python evaluate.py --suite single-gpu       # dense, dense + small-batch TTT, MoE + EnergyAwareTTTRouter
+    python evaluate.py --suite gpu              # on one GPU, < 10 min: pretrain, kernels, KCM check, measured run
+    python evaluate.py --suite gpu-full --part bench|calibrate|compare
+
+Policy specs (comma-separated in --policies):
+    NAME                     a controller of `agents.make_controller`: heuristic, no_control, load_balance,
+                             fixed_ttt, kcm_greedy, random
+    NAME(KEY=VALUE,...)      the same with the controller's arguments, e.g. fixed_ttt(frequency_tokens=1024)
+    ppo:PATH  sb3:PATH       a saved stable-baselines3 model (.zip, or a train_agent.py run folder); sb3 infers the
+                             algorithm (a2c:, sac:, td3: also work)
+    LABEL=SPEC               any of these under another name, e.g. lb2=load_balance(step=0.02)
+
+Every policy runs the same episode seeds (episode seed = 1000 * seed + episode): the same token streams, shift
+points, workloads and initial temperatures, so differences are paired. Rows go to episodes.csv as episodes finish
+(a crash loses at most the running one; `--resume` skips finished rows). Outputs in --out: episodes.csv,
+traces/*.json (one per episode), summary.json, report.md, PNG plots, args.json. Every figure says its source:
+`measured`, `simulated` (the simulated GPU at deployment scale) or `predicted` (the kernel cost model).
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import evaluate_report as report
+import evaluate_stats as stats
+
+SUITES = ("main", "routers", "ttt-allocation", "single-gpu", "gpu", "gpu-full")
+GPU_FULL_PARTS = ("bench", "calibrate", "compare")
+SB3_PREFIXES = ("ppo", "a2c", "sac", "td3", "sb3")
+# (seeds, intervals per episode) when --seeds / --episode-intervals are not given; main fits 15 minutes on 2 cores
+SUITE_DEFAULTS = {"": ("0-4", 64), "main": ("0-4", 48), "routers": ("0-4", 64), "ttt-allocation": ("0-4", 64),
+                  "single-gpu": ("0-4", 64), "gpu": ("0-2", 30), "gpu-full": ("0-4", 60)}
+ID_COLUMNS = ("label", "spec", "env", "seed", "episode", "episode_seed", "hardware_source", "wall_time_s")
+COLUMNS = ID_COLUMNS + tuple(m.name for m in stats.METRICS) + stats.EXTRA_COLUMNS
+
+
+@dataclass
+class Args:
+    """Command-line arguments (each field is a --flag; underscores become dashes)."""
+
+    policies: str = ""  # comma-separated policy specs (see the module docstring); none given: --suite main
+    suite: str = ""  # main, routers, ttt-allocation, single-gpu, gpu, gpu-full
+    part: str = ""  # gpu-full: bench, calibrate or compare (each fits 10 minutes on one H100)
+    seeds: str = ""  # seeds, e.g. "0,1,2" or "0-9" (each gives `episodes` paired episodes); "": the suite's default
+    episodes: int = 1  # episodes per seed
+    preset: str = "default"  # MoEConfig preset of the served model (tiny for tests, gpu on a GPU)
+    telemetry: str = "auto"  # auto (NVML if a GPU is present), nvml (measured), simulated
+    gpu: str = "H100"  # GPU spec the simulated backend models
+    split: str = "test"  # corpus split (test: held out from training)
+    episode_intervals: int = 0  # control intervals per episode; 0: the suite's default
+    interval_s: float = 1.0  # seconds per control interval
+    workload: str = "random"  # demand profile: constant, step, diurnal, bursty, random
+    load: float = 0.6  # mean demand as a fraction of the deployment's capacity
+    pretrain_steps: int = 0  # pretraining steps of the served model (0: the preset's default, as cached)
+    checkpoint: str = ""  # a model checkpoint to serve instead of the cached pretrained one
+    torch_threads: int = 0  # torch CPU threads of the served model (0: the env's default, 2)
+    out: str = ""  # output folder (default results/eval__<suite>__<date>)
+    resume: bool = False  # continue an interrupted run in --out: skip finished rows
+    overwrite: bool = False  # start over in an --out that already has results
+    bootstrap_reps: int = 2000  # bootstrap replications per interval estimate
+    confidence: float = 0.95  # interval coverage
+    policy_device: str = "cpu"  # torch device of SB3 policies
+    trained_policy: str = "results/ppo_default/best_model.zip"  # the committed policy (main, routers, ttt, gpu)
+    main_budget_s: int = 840  # main: the whole job's wall time; evaluation starts no episode past it, s
+    train_seconds: int = 240  # main: wall time of the short PPO training run, s (0: skip it)
+    train_timesteps: int = 100_000  # main: at most this many PPO steps in that run
+    train_n_envs: int = 1  # main: env workers of that run
+    gpu_pretrain_steps: int = 300  # gpu: pretraining steps of the gpu preset (cached in the run folder)
+    max_wall_s: int = 0  # stop starting episodes after this many seconds (0: no limit); continue with --resume
+    progress: bool = True  # show the progress bar (--no-progress to hide it)
+
+
+class UsageError(ValueError):
+    """A bad flag, policy spec or path: reported as one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A parsed policy spec: a controller by name with keyword arguments, or a saved SB3 model."""
+
+    label: str
+    text: str
+    name: str = ""  # controller name (kind "controller")
+    kwargs: dict = field(default_factory=dict)
+    algo: str = ""  # ppo, a2c, sac, td3, or "" to infer (kind "sb3")
+    path: str = ""
+    env: str = "main"  # which env of the run it runs on (suites use several)
+
+    @property
+    def kind(self) -> str:
+        return "sb3" if self.path else "controller"
+
+
+# ----- parsing ---------------------------------------------------------------------------------------------------
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside parentheses: "a,b(x=1,y=2),c" -> ["a", "b(x=1,y=2)", "c"]."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if depth < 0:
+            raise UsageError(f"unbalanced ')' in {text!r}")
+        if ch == sep and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if depth:
+        raise UsageError(f"unbalanced '(' in {text!r}")
+    return [p.strip() for p in parts + [cur] if p.strip()]
+
+
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_policy(text: str, controllers: tuple[str, ...]) -> PolicySpec:
+    """One policy spec (grammar in the module docstring). Raises UsageError with the fix."""
+    label, body = "", text.strip()
+    m = re.match(r"^([^=():]+)=(.+)$", body)
+    if m:
+        label, body = m.group(1).strip(), m.group(2).strip()
+    m = re.match(rf"^({'|'.join(SB3_PREFIXES)}):(.+)$", body)
+    if m:
+        algo, path = m.group(1), m.group(2).strip()
+        if not Path(path).exists():
+            raise UsageError(f"policy {text!r}: no saved model at {path} (train one with train_agent.py --out DIR)")
+        default = f"{algo}:{Path(path).parent.name if Path(path).is_file() else Path(path).name}"
+        return PolicySpec(label or default, text, algo="" if algo == "sb3" else algo, path=path)
+    m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\((.*)\))?$", body)
+    if not m:
+        raise UsageError(f"policy {text!r} is not NAME, NAME(KEY=VALUE,...), ppo:PATH or sb3:PATH")
+    name, kwargs = m.group(1), {}
+    if name not in controllers:
+        raise UsageError(f"policy {text!r}: unknown controller {name!r}; choose one of {', '.join(controllers)} "
+                         "or ppo:PATH / sb3:PATH for a saved model")
+    for item in split_top_level(m.group(2) or ""):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise UsageError(f"policy {text!r}: argument {item!r} is not KEY=VALUE")
+        kwargs[key.strip()] = _value(value.strip())
+    return PolicySpec(label or body, text, name=name, kwargs=kwargs)
+
+
+def parse_policies(text: str, controllers: tuple[str, ...]) -> list[PolicySpec]:
+    specs = [parse_policy(p, controllers) for p in split_top_level(text)]
+    if not specs:
+        raise UsageError("--policies is empty; give e.g. heuristic,no_control")
+    labels = [s.label for s in specs]
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        raise UsageError(f"policy labels must be unique, {duplicates} repeat: name them with LABEL=SPEC")
+    return specs
+
+
+def parse_seeds(text: str) -> list[int]:
+    """"0,3,5-7" -> [0, 3, 5, 6, 7]."""
+    seeds: list[int] = []
+    for part in split_top_level(text):
+        m = re.match(r"^(\d+)(?:-(\d+))?$", part)
+        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
+            raise UsageError(f"--seeds {text!r}: {part!r} is not N or N-M (M >= N)")
+        seeds += range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {text!r} must name distinct seeds")
+    return seeds
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(Args):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
+    args = Args(**vars(parser.parse_args(argv)))
+    if args.suite and args.suite not in SUITES:
+        raise UsageError(f"--suite {args.suite!r} is not one of {', '.join(SUITES)}")
+    if args.telemetry not in ("auto", "nvml", "simulated"):
+        raise UsageError(f"--telemetry {args.telemetry!r} is not auto, nvml or simulated")
+    suite = args.suite or ("" if args.policies else "main")
+    seeds, intervals = SUITE_DEFAULTS[suite]
+    args.seeds, args.episode_intervals = args.seeds or seeds, args.episode_intervals or intervals
+    for name in ("episodes", "episode_intervals", "bootstrap_reps"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0 < args.confidence < 1:
+        raise UsageError(f"--confidence must be in (0, 1), got {args.confidence}")
+    return args
+
+
+# ----- envs and controllers --------------------------------------------------------------------------------------
+def env_kwargs(args: Args, **overrides) -> dict:
+    """Keyword arguments of `gym.make("MoERouting-v0", ...)` for this run."""
+    import envs
+
+    try:
+        workload = envs.Workload(profile=args.workload, load=args.load)
+    except ValueError as exc:
+        raise UsageError(f"--workload/--load: {exc}") from exc
+    kw = dict(preset=args.preset, telemetry=args.telemetry, gpu=args.gpu, split=args.split,
+              episode_intervals=args.episode_intervals, interval_s=args.interval_s, workload=workload)
+    if args.pretrain_steps:
+        kw["pretrain_steps"] = args.pretrain_steps
+    if args.checkpoint:
+        kw["checkpoint"] = args.checkpoint
+    if args.torch_threads:
+        kw["torch_threads"] = args.torch_threads
+    return {**kw, **overrides}
+
+
+def make_env(kwargs: dict):
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers MoERouting-v0)
+
+    try:
+        return gym.make("MoERouting-v0", **kwargs)
+    except (ValueError, KeyError) as exc:  # EnvConfig checks every setting and names the bad one
+        raise UsageError(f"cannot make the env: {exc}") from exc
+
+
+def make_controller(spec: PolicySpec, env, device: str):
+    """The `Controller` a spec names, checked against the env (UsageError on a bad argument or a model that does
+    not fit the env)."""
+    import agents
+
+    if spec.kind == "controller":
+        try:
+            return agents.make_controller(spec.name, env, **spec.kwargs)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"policy {spec.text!r}: {exc}") from exc
+    try:
+        controller = agents.load_policy(spec.path, algo=spec.algo or None, device=device)
+    except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
+        raise UsageError(f"policy {spec.text!r}: cannot load {spec.path}: {exc}") from exc
+    expected = env.observation_space.shape
+    got = getattr(getattr(controller, "model", None), "observation_space", None)
+    if got is not None and tuple(got.shape) != tuple(expected):
+        raise UsageError(f"policy {spec.text!r} was trained on observations of shape {got.shape}; this env's are "
+                         f"{expected} (another preset or expert count?)")
+    return controller
+
+
+# ----- one episode -----------------------------------------------------------------------------------------------
+def run_episode(env, controller, episode_seed: int) -> dict:
+    """Run one episode; returns its trace: per-interval figures (`steps`) and what the metrics need."""
+    obs, info = env.reset(seed=episode_seed)
+    controller.reset()
+    unwrapped = env.unwrapped
+    trace = {
+        "episode_seed": episode_seed,
+        "source": info["source"],
+        "interval_s": float(unwrapped.config.interval_s),
+        "domains": list(unwrapped.config.domains),
+        "shift_tokens": int(unwrapped.shift_tokens),
+        "initial_temperature_c": float(info["temperature_c"]),
+        "steps": [],
+    }
+    while True:
+        action = controller.act(obs)
+        obs, reward, terminated, truncated, info = env.step(action)
+        step = {k: _plain(info[k]) for k in stats.STEP_FIELDS}
+        step["expert_load"] = [float(x) for x in info["expert_load"]]
+        step["reward"] = float(reward)
+        trace["steps"].append(step)
+        if terminated or truncated:
+            return trace
+
+
+def _plain(x):
+    return x.item() if isinstance(x, np.generic) else x
+
+
+# ----- the comparison loop ---------------------------------------------------------------------------------------
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "policy"
+
+
+def trace_path(out: Path, label: str, episode_seed: int) -> Path:
+    return out / "traces" / f"{slug(label)}__{episode_seed}.json"
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
+            raise UsageError(f"{path} has other columns than this evaluate.py writes; use a new --out")
+        rows = list(reader)
+    for r in rows:
+        r["episode_seed"] = int(r["episode_seed"])
+    return rows
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> list[dict]:
+    """Create --out; return the finished rows to keep (resume), or refuse to mix runs."""
+    csv_path = out / "episodes.csv"
+    if csv_path.exists() and not resume:
+        if not overwrite:
+            raise UsageError(f"{csv_path} exists: pass --resume to continue that run or --overwrite to start over")
+        csv_path.unlink()
+        shutil.rmtree(out / "traces", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return read_rows(csv_path) if resume else []
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one row and make it durable (a crash afterwards keeps it)."""
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in COLUMNS})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=_plain) + "\n")
+    os.replace(tmp, path)
+
+
+def run_policies(args: Args, specs: list[PolicySpec], env_configs: dict[str, dict], out: Path) -> tuple[list, dict]:
+    """Run every policy on every (seed, episode), seeds outermost so an interrupted run keeps whole pairs.
+
+    Returns the rows of these policies (finished before and now) and {env name: its unwrapped env's facts}.
+    """
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    done = {(r["label"], r["episode_seed"]) for r in prepare_out(out, args.resume, args.overwrite)}
+    seeds = parse_seeds(args.seeds)
+    jobs = [(s, e, p) for s in seeds for e in range(args.episodes) for p in specs]
+    if len({slug(p.label) for p in specs}) < len(specs):
+        raise UsageError(f"policy labels {[p.label for p in specs]} clash once made file names; rename one")
+    envs_, controllers, facts = {}, {}, {}
+    for spec in specs:  # build everything first: a bad spec fails before any episode runs
+        if spec.env not in envs_:
+            envs_[spec.env] = make_env(env_configs[spec.env])
+            facts[spec.env] = env_facts(envs_[spec.env])
+        controllers[spec.label] = make_controller(spec, envs_[spec.env], args.policy_device)
+    (out / "traces").mkdir(exist_ok=True)
+    skipped = sum((p.label, 1000 * s + e) in done for s, e, p in jobs)
+    bar = tqdm(total=len(jobs), initial=skipped, desc="policies x seeds", disable=not args.progress)
+    last_s: dict[str, float] = {}  # each policy's last episode time: the next one is predicted to take as long
+    for seed, episode, spec in jobs:
+        episode_seed = 1000 * seed + episode
+        if (spec.label, episode_seed) in done:
+            continue
+        elapsed = time.perf_counter() - t_start
+        if args.max_wall_s and elapsed + last_s.get(spec.label, 0.0) > args.max_wall_s:
+            print(f"\nnote: stopping after {elapsed:.0f} s (--max-wall-s {args.max_wall_s}); continue with --resume")
+            break
+        bar.set_postfix_str(f"{spec.label} seed {seed}")
+        t0 = time.perf_counter()
+        trace = run_episode(envs_[spec.env], controllers[spec.label], episode_seed)
+        trace.update(label=spec.label, spec=spec.text)
+        write_json(trace_path(out, spec.label, episode_seed), trace)
+        last_s[spec.label] = time.perf_counter() - t0
+        row = dict(label=spec.label, spec=spec.text, env=spec.env, seed=seed, episode=episode,
+                   episode_seed=episode_seed, hardware_source=trace["source"],
+                   wall_time_s=round(last_s[spec.label], 2), **stats.episode_metrics(trace))
+        append_row(out / "episodes.csv", row)
+        bar.update(1)
+    bar.close()
+    for env in envs_.values():
+        env.close()
+    wanted = {(p.label, 1000 * s + e) for s, e, p in jobs}  # a resumed folder may hold other seeds too
+    return [r for r in read_rows(out / "episodes.csv") if (r["label"], r["episode_seed"]) in wanted], facts
+
+
+def env_facts(env) -> dict:
+    """What the report says about an env: deployment scale, model, GPU, workload."""
+    import torch
+
+    u = env.unwrapped
+    cfg, dep = u.config, u.config.deployment
+    params = [p for p in u.runtime.model.parameters()]
+    runtime_bytes = sum(p.numel() * p.element_size() for p in params)
+    if torch.cuda.is_available():
+        runtime_bytes = max(runtime_bytes, torch.cuda.max_memory_allocated())
+    d, widths = dep.d_model, sum(dep.expert_widths)
+    weights = dep.layers * (4 * d * d + 3 * d * widths + d * dep.num_experts) + 2 * dep.vocab_size * d
+    return {
+        "runtime_memory_gb": runtime_bytes / 1e9,  # measured: the runtime's weights (CUDA: peak allocated)
+        "deployment_weights_gb": weights * dep.dtype_bytes / 1e9,  # predicted: weights at deployment scale
+        "source": u.backend.source,
+        "gpu_spec": u.backend.spec.name,
+        "deployment": cfg.deployment.to_dict(),
+        "model": {k: v for k, v in u.model_config.to_dict().items() if k in
+                  ("preset_name", "d_model", "n_layers", "num_experts", "top_k", "expert_widths")},
+        "runtime_tokens": cfg.runtime_tokens,
+        "episode_intervals": cfg.episode_intervals,
+        "interval_s": cfg.interval_s,
+        "split": cfg.split,
+        "workload": dataclasses.asdict(cfg.workload),
+        "domains": list(cfg.domains),
+        "ttt": cfg.ttt,
+    }
+
+
+def device_facts() -> dict:
+    """Host, date and (measured) the GPU's name and driver."""
+    import torch
+
+    facts = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "host": platform.node(),
+             "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+             "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        facts["gpu"] = torch.cuda.get_device_name(0)
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            facts["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        except Exception as exc:  # the driver version is a label; its absence must not stop a report
+            facts["driver"] = f"unknown ({type(exc).__name__})"
+    return facts
+
+
+def evaluate(args: Args, specs: list[PolicySpec], env_configs: dict[str, dict], out: Path, title: str,
+             baselines: tuple[str, ...] = ("no_control", "heuristic"), notes: tuple[str, ...] = ()) -> dict:
+    """Run, aggregate, write summary.json, report.md and the plots; print the comparison table. Returns the
+    summary."""
+    rows, facts = run_policies(args, specs, env_configs, out)
+    labels = [s.label for s in specs]
+    expected = len(specs) * len(parse_seeds(args.seeds)) * args.episodes
+    if not rows:
+        raise UsageError(f"no episode finished within --max-wall-s {args.max_wall_s}; give it more time")
+    if len(rows) < expected:
+        notes += (f"{len(rows)} of {expected} episodes ran (time budget reached); `--resume` runs the rest.",)
+    reps, conf = args.bootstrap_reps, args.confidence
+    summary = {
+        "title": title,
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": device_facts(),
+        "envs": facts,
+        "policies": {s.label: {"spec": s.text, "env": s.env} for s in specs},
+        "seeds": parse_seeds(args.seeds),
+        "episodes_per_seed": args.episodes,
+        "statistic": f"IQM with {int(100 * conf)}% stratified-bootstrap intervals (rliable), {reps} replications",
+        "sources": {m.name: (facts[specs[0].env]["source"] if m.source == "hardware" else m.source)
+                    for m in stats.METRICS},
+        "aggregates": {},
+        "improvements": {},
+        "notes": list(notes),
+    }
+    agg = stats.summarize(rows, labels, reps=reps, confidence=conf)
+    summary["aggregates"] = {lab: {k: e.to_dict() for k, e in d.items()} for lab, d in agg.items()}
+    for base in baselines:
+        if base in labels:
+            imp = stats.improvements(rows, labels, base, reps=reps, confidence=conf)
+            summary["improvements"][base] = {lab: {k: e.to_dict() for k, e in d.items()} for lab, d in imp.items()}
+    write_json(out / "summary.json", summary)
+    traces = report.load_traces(out, labels, slug)
+    report.write_plots(out, summary, traces)
+    text = report.write_report(out, summary)
+    print(report.console_table(summary))
+    print(f"\nwrote {out}/report.md, summary.json, episodes.csv and {len(list(out.glob('*.png')))} plots")
+    return summary | {"report_text": text}
+
+
+# ----- suites ----------------------------------------------------------------------------------------------------
+CONTROLLER_NAMES = ("heuristic", "no_control", "load_balance", "fixed_ttt", "kcm_greedy", "random")
+
+
+def controller_names() -> tuple[str, ...]:
+    import agents
+
+    return tuple(getattr(agents, "CONTROLLERS", None) or CONTROLLER_NAMES)
+
+
+def committed_policy(args: Args, label: str = "ppo_committed") -> list[PolicySpec]:
+    """The committed trained policy as a spec, or [] with a printed note when it is absent."""
+    if not args.trained_policy or not Path(args.trained_policy).exists():
+        print(f"note: no trained policy at {args.trained_policy!r}; evaluating without it "
+              "(train one: python train_agent.py --out results/ppo_default)")
+        return []
+    return [PolicySpec(label, f"ppo:{args.trained_policy}", algo="ppo", path=args.trained_policy)]
+
+
+def train_short_run(args: Args, folder: Path) -> list[PolicySpec]:
+    """Train PPO with train_agent.py (a subprocess) for at most `args.train_seconds` of wall time (then SIGTERM, on
+    which it saves a checkpoint) or `args.train_timesteps` steps; TensorBoard logs, checkpoints and config land in
+    `folder`. Returns it as a spec labelled as a short run, or [] with a note when nothing was trained."""
+    if args.train_seconds <= 0:
+        return []
+    if not (args.resume and _trained_steps(folder)):
+        if not Path("train_agent.py").exists():
+            print("note: train_agent.py not found; skipping the short training run")
+            return []
+        cmd = [sys.executable, "train_agent.py", "--algo", "ppo", "--timesteps", str(args.train_timesteps),
+               "--n-envs", str(args.train_n_envs), "--seed", "0", "--out", str(folder),
+               "--telemetry", "nvml" if args.telemetry == "nvml" else "simulated", "--no-progress-bar",
+               "--env-kwargs", f"preset:{args.preset}", f"episode_intervals:{args.episode_intervals}"]
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        print(f"training PPO for at most {args.train_seconds} s (log: {folder / 'train.log'}): {' '.join(cmd[1:])}")
+        t0 = time.perf_counter()
+        with (folder / "train.log").open("w") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                proc.wait(timeout=args.train_seconds)
+            except subprocess.TimeoutExpired:
+                proc.terminate()  # train_agent.py saves a checkpoint on SIGTERM and exits 130
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if proc.returncode not in (0, 130) or not _trained_steps(folder):
+            tail = "\n".join((folder / "train.log").read_text().splitlines()[-5:])
+            print(f"note: the short training run left no model (exit {proc.returncode}); end of its log:\n{tail}")
+            return []
+        print(f"trained {_trained_steps(folder)} steps in {time.perf_counter() - t0:.0f} s; in {folder}")
+    steps = _trained_steps(folder)
+    return [PolicySpec(f"ppo_short_run_{steps}_steps", f"ppo:{folder}", algo="ppo", path=str(folder))]
+
+
+def _trained_steps(folder: Path) -> int:
+    """Steps of the newest model a train_agent.py run folder holds (its final model, else its latest checkpoint)."""
+    summary = folder / "train_summary.json"
+    if (folder / "model.zip").exists() and summary.exists():
+        return int(json.loads(summary.read_text()).get("steps", 0)) or 1
+    steps = [int(m.group(1)) for p in folder.glob("checkpoints/ckpt_*_steps.zip")
+             if (m := re.match(r"ckpt_(\d+)_steps\.zip$", p.name))]
+    return max(steps, default=0)
+
+
+def suite_main(args: Args, out: Path) -> dict:
+    """The README's main job: the committed policy vs the heuristic vs no control on held-out seeds, plus a short
+    PPO run evaluated beside them (and any --policies); within `--main-budget-s` (15 minutes on 2 cores)."""
+    t0 = time.perf_counter()
+    specs = committed_policy(args)
+    notes = [] if specs else [f"No committed trained policy at `{args.trained_policy}`: evaluated without it."]
+    specs += [PolicySpec("heuristic", "heuristic", name="heuristic"),
+              PolicySpec("no_control", "no_control", name="no_control")]
+    specs += parse_policies(args.policies, controller_names()) if args.policies else []
+    short = train_short_run(args, out / "ppo_short")
+    if short:
+        notes.append(f"`{short[0].label}` is a short training run ({args.train_seconds} s of PPO on this machine; "
+                     f"model, checkpoints and TensorBoard logs in `ppo_short/`): it shows that training runs, not "
+                     "what a trained policy achieves.")
+    left = max(60, int(args.main_budget_s - (time.perf_counter() - t0)))
+    args = dataclasses.replace(args, max_wall_s=args.max_wall_s or left)
+    return evaluate(args, specs + short, {"main": env_kwargs(args)}, out, "Main comparison (held-out seeds)",
+                    notes=tuple(notes))
+
+
+def suite_routers(args: Args, out: Path) -> dict:
+    """The original router comparison: baseline, kernel-aware, statistical load balancing, the
+    EnergyAwareTTTRouter, and the trained agents (committed, plus any --policies)."""
+    specs = [PolicySpec("baseline", "no_control", name="no_control"),
+             PolicySpec("kernel_aware", "kcm_greedy", name="kcm_greedy"),
+             PolicySpec("statistical_lb", "load_balance", name="load_balance"),
+             PolicySpec("EnergyAwareTTTRouter", "heuristic", name="heuristic")]
+    specs += committed_policy(args)
+    specs += parse_policies(args.policies, controller_names()) if args.policies else []
+    summary = evaluate(args, specs, {"main": env_kwargs(args)}, out, "Router comparison",
+                       baselines=("baseline", "EnergyAwareTTTRouter"))
+    text = report.router_tables(summary, "baseline")
+    (out / "router_comparison.md").write_text(text)
+    report.append_section(out, text)
+    print("\n" + text)
+    return summary
+
+
+def suite_ttt_allocation(args: Args, out: Path) -> dict:
+    """Fixed TTT schedules at 1x, 2x and 4x the default compute against adaptive ones (heuristic, learned), as a
+    compute-vs-loss Pareto curve. Compute is TTT tokens trained per served token, relative to fixed 1x."""
+    from moe_runtime import DEFAULT_CHUNK_TOKENS, DEFAULT_FREQUENCY_TOKENS
+
+    specs = [PolicySpec("no_ttt", "no_control", name="no_control")]
+    for mult in (1, 2, 4):
+        kw = {"frequency_tokens": DEFAULT_FREQUENCY_TOKENS // mult, "chunk_tokens": DEFAULT_CHUNK_TOKENS}
+        specs.append(PolicySpec(f"fixed_{mult}x", f"fixed_ttt(frequency_tokens={kw['frequency_tokens']},"
+                                f"chunk_tokens={kw['chunk_tokens']})", name="fixed_ttt", kwargs=kw))
+    specs.append(PolicySpec("adaptive_heuristic", "heuristic", name="heuristic"))
+    specs += committed_policy(args, "adaptive_learned")
+    specs += parse_policies(args.policies, controller_names()) if args.policies else []
+    summary = evaluate(args, specs, {"main": env_kwargs(args)}, out, "TTT allocation: fixed vs adaptive",
+                       baselines=("fixed_1x", "no_ttt"))
+    rows = read_rows(out / "episodes.csv")
+    report.ttt_allocation(out, summary, rows, "fixed_1x", args.bootstrap_reps, args.confidence)
+    return summary
+
+
+def dense_twin(args: Args, moe_kwargs: dict) -> dict:
+    """Env kwargs of a dense transformer at the MoE's active FLOPs per token: one expert (top-1) of width
+    top_k x the mean expert width, in the runtime and at deployment scale; pretrained and cached like the MoE."""
+    import envs
+    from moe_runtime import MoEConfig
+
+    moe = MoEConfig.preset(args.preset)
+    width = int(round(moe.top_k * float(np.mean(moe.expert_widths))))
+    dense = dataclasses.replace(moe, num_experts=1, top_k=1, expert_widths=(width,),
+                                preset_name=f"{moe.preset_name}-dense")
+    deploy = envs.deployment_for(moe)
+    deploy_width = int(round(moe.top_k * float(np.mean(deploy.expert_widths)) / 64) * 64)
+    deploy = dataclasses.replace(deploy, expert_widths=(deploy_width,))
+    return {**moe_kwargs, "model": dense, "deployment": deploy}
+
+
+def suite_single_gpu(args: Args, out: Path) -> dict:
+    """The original single-GPU test on one token stream: dense (no TTT), dense + small-batch TTT, MoE +
+    EnergyAwareTTTRouter; writes comparison_results.csv, comparison_plot.png, hpc_results.json,
+    kernel_cost_model_test_results.json and hpc_summary.json beside the usual report."""
+    moe_kwargs = env_kwargs(args)
+    specs = [PolicySpec("Simple Transformer", "no_control", name="no_control", env="dense"),
+             PolicySpec("Simple Transformer + TTT", "fixed_ttt(frequency_tokens=256,chunk_tokens=128)",
+                        name="fixed_ttt", kwargs={"frequency_tokens": 256, "chunk_tokens": 128}, env="dense"),
+             PolicySpec("MoE + EnergyAwareTTTRouter", "heuristic", name="heuristic", env="moe")]
+    configs = {"dense": dense_twin(args, moe_kwargs), "moe": moe_kwargs}
+    summary = evaluate(args, specs, configs, out, "Single-GPU comparison", baselines=("Simple Transformer",),
+                       notes=("Small-batch TTT: every 256 tokens on 128-token chunks (the action's most frequent "
+                              "schedule); the original updated every 16-64 tokens.",))
+    kcm_log = out / "kcm.log"
+    with kcm_log.open("w") as f:
+        proc = subprocess.run([sys.executable, "-m", "kernels.cost_model", "--gpu-type", args.gpu, "--out",
+                               str(out / "kernel_cost_model_test_results.json")], stdout=f, stderr=subprocess.STDOUT)
+    report.single_gpu_outputs(out, summary, read_rows(out / "episodes.csv"), vars(args), kcm_ok=proc.returncode == 0)
+    return summary
+
+
+def require_cuda(suite: str) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError(f"--suite {suite} needs an NVIDIA GPU with CUDA; torch.cuda.is_available() is False here. "
+                         "Run it on a GPU machine, or use --suite main / routers / ttt-allocation / single-gpu, "
+                         "which run on the CPU with the simulated GPU")
+
+
+def run_part(name: str, cmd: list[str], out: Path, timeout_s: int) -> dict:
+    """A subprocess part of a GPU suite, logged to out/logs/<name>.log, with its status and wall time."""
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    log = out / "logs" / f"{name}.log"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the compiled kernels, not the interpreter
+    t0 = time.perf_counter()
+    print(f"[{name}] {' '.join(cmd)}")
+    try:
+        with log.open("w") as f:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s, env=env).returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    result = {"command": " ".join(cmd), "status": "ok" if rc == 0 else f"failed ({rc})",
+              "wall_s": round(time.perf_counter() - t0, 1), "log": str(log)}
+    print(f"[{name}] {result['status']} in {result['wall_s']} s; tail of {log}:\n  "
+          + "\n  ".join(log.read_text().splitlines()[-4:]))
+    return result
+
+
+def gpu_comparison(args: Args, out: Path, extra: tuple[str, ...] = ()) -> dict:
+    args = dataclasses.replace(args, preset="gpu", telemetry="nvml", pretrain_steps=args.gpu_pretrain_steps)
+    specs = [PolicySpec("no_control", "no_control", name="no_control"),
+             PolicySpec("heuristic", "heuristic", name="heuristic")]
+    specs += [PolicySpec(n, n, name=n) for n in extra] + committed_policy(args)
+    return evaluate(args, specs, {"main": env_kwargs(args)}, out, "Measured comparison on the GPU")
+
+
+def suite_gpu(args: Args, out: Path) -> dict:
+    """One call, < 10 minutes on one H100 from bare: brief gpu-preset pretraining (cached in the run folder), the
+    compiled kernels' correctness tests and a short benchmark, KCM validation on a subset of shapes, and a short
+    measured comparison (3 seeds x 30 s episodes: long enough for the 10-20 s thermal response)."""
+    import torch
+
+    from moe_runtime import MoEConfig, PretrainConfig, load_or_pretrain
+
+    require_cuda("gpu")
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ["MOE_RL_CACHE"] = str((out / "cache").resolve())  # checkpoint and calibration live in the run folder
+    parts = {}
+    t0 = time.perf_counter()
+    load_or_pretrain(MoEConfig.preset("gpu"), PretrainConfig(steps=args.gpu_pretrain_steps))
+    parts["pretrain"] = {"status": "ok", "steps": args.gpu_pretrain_steps, "wall_s": round(time.perf_counter() - t0, 1)}
+    py = sys.executable
+    parts["kernel_tests"] = run_part("kernel_tests", [py, "-m", "pytest", "-q", "-m", "gpu", "tests/kernels"], out, 240)
+    parts["kernel_bench"] = run_part("kernel_bench", [py, "benchmarks/moe_kernels.py", "--experts", "8", "--top-k", "2",
+                                     "--tokens", "2048", "16384", "--d-model", "1024", "--out",
+                                     str(out / "moe_kernels.json")], out, 180)
+    table = "kernels/data/h100_cost_table.json"
+    if "H100" not in torch.cuda.get_device_name(0):  # another GPU: a quick table of its own first
+        table = str(out / "cost_table.json")
+        parts["kcm_profile"] = run_part("kcm_profile", [py, "-m", "kernels.profile", "--quick", "--out", table],
+                                        out, 150)
+    parts["kcm_validate"] = run_part("kcm_validate", [py, "-m", "kernels.profile", "--validate", table, "--quick"],
+                                     out, 150)
+    budget = max(60, int(570 - (time.perf_counter() - t0)))  # what is left of the 10 minutes, s
+    comparison = gpu_comparison(dataclasses.replace(args, max_wall_s=args.max_wall_s or budget), out)
+    summary = {"device": device_facts(), "parts": parts, "comparison": "report.md",
+               "wall_s": round(time.perf_counter() - t0, 1)}
+    write_json(out / "gpu_summary.json", summary)
+    return comparison
+
+
+def suite_gpu_full(args: Args, out: Path) -> dict:
+    """The longer GPU work in parts of at most 10 minutes each: `bench` (the whole kernel benchmark grid),
+    `calibrate` (KCM profiling on this GPU and its validation), `compare` (5 seeds x 60 s, five policies; resumable:
+    run it again with --resume until done)."""
+    require_cuda("gpu-full")
+    if args.part not in GPU_FULL_PARTS:
+        raise UsageError(f"--suite gpu-full needs --part, one of {', '.join(GPU_FULL_PARTS)} (each fits 10 minutes)")
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ["MOE_RL_CACHE"] = str((out / "cache").resolve())
+    py, parts = sys.executable, {}
+    if args.part == "bench":
+        parts["bench"] = run_part("bench", [py, "benchmarks/moe_kernels.py", "--out", str(out / "moe_kernels.json")],
+                                  out, 590)
+    elif args.part == "calibrate":
+        table = str(out / "cost_table.json")
+        parts["profile"] = run_part("profile", [py, "-m", "kernels.profile", "--out", table], out, 420)
+        parts["validate"] = run_part("validate", [py, "-m", "kernels.profile", "--validate", table], out, 170)
+    else:
+        gpu_comparison(dataclasses.replace(args, max_wall_s=args.max_wall_s or 540), out,
+                       extra=("load_balance", "kcm_greedy"))
+    summary = {"device": device_facts(), "part": args.part, "parts": parts}
+    write_json(out / f"gpu_full_{args.part}.json", summary)
+    return summary
+
+
+SUITE_FUNCTIONS = {"main": suite_main, "routers": suite_routers, "ttt-allocation": suite_ttt_allocation,
+                   "single-gpu": suite_single_gpu, "gpu": suite_gpu, "gpu-full": suite_gpu_full}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        suite = args.suite or ("" if args.policies else "main")
+        specs = parse_policies(args.policies, controller_names()) if args.policies and not suite else []
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path(args.out or f"results/eval__{suite or 'compare'}__{stamp}")
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "args.json", dataclasses.asdict(args) | {"suite_run": suite or "compare"})
+        if suite:
+            SUITE_FUNCTIONS[suite](args, out)
+        else:
+            evaluate(args, specs, {"main": env_kwargs(args)}, out, "Policy comparison")
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished episodes are in episodes.csv; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

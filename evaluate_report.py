@@ -1,0 +1,488 @@
+"""Reports and plots for `evaluate.py`: report.md, the console table, PNG figures, and the original system's output
+files (router tables, TTT-allocation Pareto curve, single-GPU comparison files).
+
+Everything here reads what `evaluate.py` wrote (summary.json's dict, episodes.csv rows, traces/*.json) and writes
+files; it runs nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+import evaluate_stats as stats
+
+HARDWARE_TABLE = ("energy_per_token_mj", "mean_power_w", "peak_power_w", "peak_temperature_c", "temperature_rise_c",
+                  "time_throttled_s", "latency_per_token_ms", "latency_p50_ms", "latency_p95_ms",
+                  "throughput_tokens_per_s", "slo_violations")
+QUALITY_TABLE = ("mean_loss", "perplexity", "loss_after_shift", "ttt_updates", "ttt_overhead_pct",
+                 "kcm_pred_energy_per_token_mj", "kcm_energy_error_pct", "episode_return")
+IMPROVEMENT_TABLE = ("energy_per_token_mj", "mean_power_w", "peak_temperature_c", "time_throttled_s",
+                     "latency_p95_ms", "throughput_tokens_per_s", "slo_violations", "mean_loss", "loss_after_shift",
+                     "ttt_overhead_pct")
+CONSOLE_TABLE = ("energy_per_token_mj", "peak_temperature_c", "latency_p95_ms", "throughput_tokens_per_s",
+                 "mean_loss", "loss_after_shift", "ttt_updates", "slo_violations")
+DAGGER = "\u2020"
+
+
+# ----- formatting ------------------------------------------------------------------------------------------------
+def num(x: float) -> str:
+    """A figure with about four significant digits, no exponent for ordinary magnitudes."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    a = abs(x)
+    if a >= 1000:
+        return f"{x:,.0f}"
+    if a >= 100:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}" if a > 0 else "0"
+
+
+def cell(e: dict, unit: str = "", signed: bool = False) -> str:
+    """"IQM [low, high]" (no interval for a single episode); a dagger when an improvement's interval includes 0."""
+    if not e or e["n"] == 0:
+        return "n/a"
+    value = ("+" if signed and e["iqm"] > 0 else "") + num(e["iqm"]) + unit
+    if e["n"] < 2:
+        return value
+    text = f"{value} [{num(e['low'])}, {num(e['high'])}]"
+    return text + (DAGGER if signed and e["includes_zero"] else "")
+
+
+def _title(name: str, summary: dict) -> str:
+    return f"{stats.METRIC_BY_NAME[name].title} [{summary['sources'][name]}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def comparison_table(summary: dict, names: tuple[str, ...]) -> str:
+    agg = summary["aggregates"]
+    return _table(["policy"] + [_title(n, summary) for n in names],
+                  [[lab] + [cell(agg[lab][n]) for n in names] for lab in agg])
+
+
+def improvement_table(summary: dict, baseline: str, names: tuple[str, ...] = IMPROVEMENT_TABLE) -> str:
+    imp = summary["improvements"][baseline]
+    header = ["policy"]
+    for n in names:
+        m = stats.METRIC_BY_NAME[n]
+        header.append(f"{m.title} {'%' if m.relative else 'diff'}")
+    rows = [[lab] + [cell(d.get(n), "%" if stats.METRIC_BY_NAME[n].relative else "", signed=True) for n in names]
+            for lab, d in imp.items()]
+    return _table(header, rows)
+
+
+def zero_statements(summary: dict, baseline: str) -> list[str]:
+    """One line per policy on the headline figures, saying when an interval includes zero."""
+    lines = []
+    for lab, d in summary["improvements"][baseline].items():
+        for n in ("energy_per_token_mj", "mean_loss"):
+            e = d.get(n)
+            if not e or e["n"] < 2:
+                continue
+            what = stats.METRIC_BY_NAME[n].title
+            verdict = ("the interval includes zero: no difference shown" if e["includes_zero"] else
+                       ("better" if e["iqm"] > 0 else "worse") + ", the interval excludes zero")
+            lines.append(f"- {lab} vs {baseline}, {what}: {num(e['iqm'])}% [{num(e['low'])}, {num(e['high'])}]: "
+                         f"{verdict}.")
+    return lines
+
+
+# ----- report.md and the console ---------------------------------------------------------------------------------
+def write_report(out: Path, summary: dict) -> str:
+    """Write report.md (setup, comparison tables, improvement tables, plots) and return its text."""
+    env = next(iter(summary["envs"].values()))
+    dev, dep = summary["device"], env["deployment"]
+    n_eps = len(summary["seeds"]) * summary["episodes_per_seed"]
+    if env["source"] == "measured":
+        device = f"measured on {dev.get('gpu', 'a GPU')} (driver {dev.get('driver', 'unknown')})"
+    else:
+        device = (f"simulated {env['gpu_spec']} (telemetry.SimulatedGpu fitted to a measured H100) at deployment "
+                  f"scale; runtime on {dev['cpu']} ({dev['host']})")
+    lines = [
+        f"# {summary['title']}",
+        "",
+        f"- Date: {summary['date']}",
+        f"- Device: {device}; torch {dev['torch']}, Python {dev['python']}",
+        f"- Deployment scale: d_model {dep['d_model']}, {dep['layers']} layers, {dep['heads']} heads, seq "
+        f"{dep['seq_len']}, expert widths {dep['expert_widths']}, {dep['dtype']}, {dep['batch_tokens']} tokens per "
+        "launch",
+    ]
+    for name, e in summary["envs"].items():
+        m = e["model"]
+        lines.append(f"- Env `{name}`: runtime model `{m['preset_name']}` (d_model {m['d_model']}, {m['n_layers']} "
+                     f"layers, {m['num_experts']} experts top-{m['top_k']}, widths {m['expert_widths']}), "
+                     f"{e['runtime_tokens']} runtime tokens per interval, {e['episode_intervals']} intervals of "
+                     f"{e['interval_s']} s, split `{e['split']}`, workload {e['workload']['profile']} at load "
+                     f"{e['workload']['load']}, domains {e['domains'][0]} -> {e['domains'][1]}")
+    lines += [
+        f"- Episodes: {n_eps} per policy (seeds {summary['seeds']}, {summary['episodes_per_seed']} each), paired: "
+        "every policy saw the same streams, shift points, workloads and initial temperatures",
+        f"- Statistic: {summary['statistic']}. Sources: `measured` (real: the model's loss, TTT updates; on a GPU "
+        "also power, energy, temperature), `simulated` (the simulated GPU), `predicted` (the kernel cost model).",
+        "",
+    ]
+    notes = list(summary.get("notes", []))
+    if n_eps < 2:
+        notes.append("One episode per policy: no intervals (they need at least two paired episodes; add --seeds).")
+    lines += [f"> {note}" for note in notes] + ([""] if notes else [])
+    lines += ["## Comparison", "", "Energy, heat and speed (IQM [CI]):", "", comparison_table(summary, HARDWARE_TABLE),
+              "", "Quality, test-time training and the cost model (IQM [CI]):", "",
+              comparison_table(summary, QUALITY_TABLE), ""]
+    for base in summary["improvements"]:
+        lines += [f"## Improvement over {base}", "",
+                  "Paired per episode, then IQM [CI]; positive is better (less energy, heat, latency, loss; more "
+                  f"throughput). `%`: relative to {base}; `diff`: in the figure's unit. {DAGGER}: the interval "
+                  "includes zero, so no difference is shown at this confidence.", "",
+                  improvement_table(summary, base), ""] + zero_statements(summary, base) + [""]
+    plots = sorted(p.name for p in out.glob("*.png"))
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    text = "\n".join(lines)
+    (out / "report.md").write_text(text)
+    return text
+
+
+def console_table(summary: dict) -> str:
+    text = "Comparison (IQM [CI] over episodes):\n" + comparison_table(summary, CONSOLE_TABLE)
+    for base in summary["improvements"]:
+        text += f"\n\nImprovement over {base} (positive is better; {DAGGER}: interval includes zero):\n"
+        text += improvement_table(summary, base, ("energy_per_token_mj", "peak_temperature_c", "latency_p95_ms",
+                                                  "mean_loss", "slo_violations"))
+    return text
+
+
+# ----- plots -----------------------------------------------------------------------------------------------------
+def load_traces(out: Path, labels: list[str], slug) -> dict[str, list[dict]]:
+    """{label: its episode traces, by episode seed}."""
+    result = {}
+    for label in labels:
+        files = sorted((out / "traces").glob(f"{slug(label)}__*.json"), key=lambda p: int(p.stem.rsplit("__", 1)[1]))
+        result[label] = [json.loads(p.read_text()) for p in files]
+    return result
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_plots(out: Path, summary: dict, traces: dict[str, list[dict]]) -> None:
+    """pareto.png, traces.png, expert_load.png, ttt_activity.png."""
+    plt = _plt()
+    pareto_plot(plt, out / "pareto.png", summary)
+    common = set.intersection(*[{t["episode_seed"] for t in ts} for ts in traces.values()]) if traces else set()
+    if common:
+        seed = min(common)
+        first = {lab: next(t for t in ts if t["episode_seed"] == seed) for lab, ts in traces.items()}
+        trace_plot(plt, out / "traces.png", first, summary)
+        ttt_plot(plt, out / "ttt_activity.png", first)
+    if traces and all(traces.values()):
+        expert_load_plot(plt, out / "expert_load.png", traces)
+
+
+def _pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (lower is better), by x."""
+    keep = [i for i, (x, y) in enumerate(points)
+            if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for x2, y2 in points)]
+    return sorted(keep, key=lambda i: points[i][0])
+
+
+def pareto_plot(plt, path: Path, summary: dict, x_name: str = "mean_loss", y_name: str = "energy_per_token_mj",
+                title: str = "Energy per token vs loss") -> None:
+    agg = summary["aggregates"]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    points, labels = [], []
+    for i, (lab, d) in enumerate(agg.items()):
+        ex, ey = d[x_name], d[y_name]
+        if not ex["n"] or not ey["n"]:
+            continue
+        xerr = [[ex["iqm"] - ex["low"]], [ex["high"] - ex["iqm"]]]
+        yerr = [[ey["iqm"] - ey["low"]], [ey["high"] - ey["iqm"]]]
+        ax.errorbar(ex["iqm"], ey["iqm"], xerr=xerr, yerr=yerr, fmt="o", capsize=4, color=f"C{i}", label=lab)
+        ax.annotate(lab, (ex["iqm"], ey["iqm"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        points.append((ex["iqm"], ey["iqm"]))
+        labels.append(lab)
+    front = _pareto_front(points)
+    if len(front) > 1:
+        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, alpha=0.5,
+                label="Pareto front")
+    ax.set_xlabel(f"{stats.METRIC_BY_NAME[x_name].title} [{summary['sources'][x_name]}]")
+    ax.set_ylabel(f"{stats.METRIC_BY_NAME[y_name].title} [{summary['sources'][y_name]}]")
+    ax.set_title(f"{title}: IQM with {summary['statistic'].split(' with ')[1].split(' (')[0]}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _shift_line(ax, trace: dict) -> None:
+    """A dotted line where the stream switches domain (time axis: the end of each interval)."""
+    per_step = trace["steps"][0]["runtime_tokens"]
+    ax.axvline(trace["shift_tokens"] / per_step * trace["interval_s"], color="grey", ls=":", lw=1)
+
+
+def trace_plot(plt, path: Path, first: dict[str, dict], summary: dict) -> None:
+    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    for i, (lab, t) in enumerate(first.items()):
+        time_s = (np.arange(len(t["steps"])) + 1) * t["interval_s"]
+        for ax, key in zip(axes, ("temperature_c", "power_w", "sm_clock_mhz")):
+            ax.plot(time_s, [s[key] for s in t["steps"]], color=f"C{i}", label=lab, lw=1.4)
+    source = summary["sources"]["mean_power_w"]
+    for ax, name in zip(axes, ("temperature (C)", "mean power per interval (W)", "SM clock (MHz)")):
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        _shift_line(ax, next(iter(first.values())))
+    axes[-1].set_xlabel("time at the end of each interval (s); dotted: domain shift")
+    axes[0].legend(fontsize=8, ncol=2)
+    axes[0].set_title(f"Temperature, power and clock over episode seed {next(iter(first.values()))['episode_seed']} "
+                      f"[{source}]", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def ttt_plot(plt, path: Path, first: dict[str, dict]) -> None:
+    fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for i, (lab, t) in enumerate(first.items()):
+        time_s = (np.arange(len(t["steps"])) + 1) * t["interval_s"]
+        axes[0].step(time_s, np.cumsum([s["ttt_tokens_trained"] for s in t["steps"]]), where="post", color=f"C{i}",
+                     label=lab)
+        axes[1].plot(time_s, [s["loss"] for s in t["steps"]], color=f"C{i}", lw=1.2, label=lab)
+    axes[0].set_ylabel("cumulative TTT tokens trained")
+    axes[1].set_ylabel("loss per interval (nats)")
+    axes[1].set_xlabel("time at the end of each interval (s); dotted: domain shift")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        _shift_line(ax, next(iter(first.values())))
+    axes[0].legend(fontsize=8, ncol=2)
+    axes[0].set_title("Test-time training activity and loss [measured]", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def expert_load_plot(plt, path: Path, traces: dict[str, list[dict]]) -> None:
+    """Mean share of routed slots per expert before and after the shift, over all of each policy's episodes."""
+    width = max(len(ts[0]["steps"][0]["expert_load"]) for ts in traces.values())
+    mats = np.full((2, len(traces), width), np.nan)
+    for r, ts in enumerate(traces.values()):
+        for half in (0, 1):
+            load = [np.asarray(s["expert_load"], float) for t in ts for s in t["steps"]
+                    if (s["domain"] == t["domains"][1]) == bool(half)]
+            if load:
+                total = np.sum(load, axis=0)
+                mats[half, r, : len(total)] = total / max(total.sum(), 1.0)
+    fig, axes = plt.subplots(1, 2, figsize=(2.5 + 1.1 * width, 1.2 + 0.5 * len(traces)), squeeze=False)
+    vmax = np.nanmax(mats) if np.isfinite(mats).any() else 1.0
+    for half, ax in enumerate(axes[0]):
+        im = ax.imshow(mats[half], aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
+        ax.set_title(("before" if half == 0 else "after") + " the domain shift", fontsize=10)
+        ax.set_xticks(range(width), [f"e{i}" for i in range(width)])
+        ax.set_yticks(range(len(traces)), list(traces) if half == 0 else [""] * len(traces))
+        for r in range(len(traces)):
+            for c in range(width):
+                if np.isfinite(mats[half, r, c]):
+                    ax.text(c, r, f"{mats[half, r, c]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if mats[half, r, c] < 0.6 * vmax else "black")
+    fig.colorbar(im, ax=axes[0].tolist(), label="share of routed slots [measured]")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+# ----- the original system's outputs -----------------------------------------------------------------------------
+def router_tables(summary: dict, baseline: str) -> str:
+    """The router README's three tables (energy, thermal, throughput) with the paired improvement over baseline."""
+    agg, imp = summary["aggregates"], summary["improvements"].get(baseline, {})
+    src = summary["sources"]["energy_per_token_mj"]
+
+    def improvement(lab: str, name: str, unit: str) -> str:
+        return "-" if lab == baseline else cell(imp[lab][name], unit, signed=True)
+
+    tables = [
+        (f"Energy efficiency [{src}]", ["Router", "Energy (mJ/token)", "Power (W)", "Improvement (energy)"],
+         lambda lab: [cell(agg[lab]["energy_per_token_mj"]), cell(agg[lab]["mean_power_w"]),
+                      improvement(lab, "energy_per_token_mj", "%")]),
+        (f"Thermal [{src}]", ["Router", "Max temp (C)", "Temp rise (C)", "Improvement (temp rise, C)"],
+         lambda lab: [cell(agg[lab]["peak_temperature_c"]), cell(agg[lab]["temperature_rise_c"]),
+                      improvement(lab, "temperature_rise_c", "")]),
+        (f"Throughput [{src}]", ["Router", "Throughput (tokens/s)", "Latency (ms/token)", "p95 latency (ms)",
+                                 "Improvement (p95 latency)"],
+         lambda lab: [cell(agg[lab]["throughput_tokens_per_s"]), cell(agg[lab]["latency_per_token_ms"]),
+                      cell(agg[lab]["latency_p95_ms"]), improvement(lab, "latency_p95_ms", "%")]),
+    ]
+    text = ["## Router comparison tables", "",
+            f"IQM [CI]; improvements are paired per episode over `{baseline}`, positive is better; {DAGGER}: the "
+            "interval includes zero. Throughput at deployment scale follows the demand unless a policy falls "
+            "behind, so latency separates policies more than throughput does.", ""]
+    for title, header, row in tables:
+        text += [f"### {title}", "", _table(header, [[lab] + row(lab) for lab in agg]), ""]
+    return "\n".join(text)
+
+
+def append_section(out: Path, text: str) -> None:
+    """Append a section to report.md."""
+    with (out / "report.md").open("a") as f:
+        f.write("\n" + text.rstrip() + "\n")
+
+
+def ttt_allocation(out: Path, summary: dict, rows: list[dict], base: str, reps: int, confidence: float) -> str:
+    """TTT compute (tokens trained per served runtime token, relative to `base`) against loss after the shift and
+    energy per token: ttt_allocation.csv, ttt_allocation.png and a report section."""
+    labels = list(summary["aggregates"])
+    ratio = {lab: [stats._float(r["ttt_tokens_trained"]) / max(stats._float(r["runtime_tokens"]), 1.0)
+                   for r in rows if r["label"] == lab] for lab in labels}
+    unit = float(np.mean(ratio[base])) if ratio.get(base) and np.mean(ratio[base]) > 0 else 0.0
+    scale = f"x {base}" if unit else "tokens per token"  # relative to the 1x schedule when it trained at all
+    unit = unit or 1.0
+    names = ("loss_after_shift", "mean_loss", "energy_per_token_mj")
+    table, points = [], {}
+    for lab in labels:
+        mine = [r for r in rows if r["label"] == lab]
+        matrix = np.array([[x / unit] + [stats._float(r[n]) for n in names] for x, r in zip(ratio[lab], mine)])
+        est = stats.interval_estimates(matrix.reshape(len(mine), 1 + len(names)), reps, confidence)
+        points[lab] = est
+        table.append([lab] + [cell(e.to_dict()) for e in est])
+    header = ["policy", f"TTT compute ({scale})", "loss after shift (nats) [measured]", "loss (nats) [measured]",
+              f"energy/token (mJ) [{summary['sources']['energy_per_token_mj']}]"]
+    with (out / "ttt_allocation.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["policy"] + [f"{c}_{k}" for c in ("compute_x",) + names for k in ("iqm", "low", "high")] + ["n"])
+        for lab, est in points.items():
+            w.writerow([lab] + [v for e in est for v in (e.iqm, e.low, e.high)] + [est[0].n])
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, k, name in ((axes[0], 1, "loss after the shift (nats) [measured]"),
+                        (axes[1], 3, f"energy per token (mJ) [{summary['sources']['energy_per_token_mj']}]")):
+        fixed = [lab for lab in labels if lab.startswith("fixed_") or lab == "no_ttt"]
+        xs = [points[lab][0].iqm for lab in fixed]
+        ax.plot(xs, [points[lab][k].iqm for lab in fixed], "k-", lw=1, alpha=0.5, label="fixed schedules")
+        for i, lab in enumerate(labels):
+            ex, ey = points[lab][0], points[lab][k]
+            if not ex.n or not math.isfinite(ey.iqm):
+                continue
+            ax.errorbar(ex.iqm, ey.iqm, xerr=[[ex.iqm - ex.low], [ex.high - ex.iqm]],
+                        yerr=[[ey.iqm - ey.low], [ey.high - ey.iqm]], fmt="o" if lab in fixed else "*",
+                        ms=6 if lab in fixed else 12, capsize=3, color=f"C{i}", label=lab)
+        ax.set_xlabel(f"TTT compute: tokens trained per served token ({scale}) [measured]")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("TTT allocation: fixed 1x/2x/4x schedules vs adaptive (IQM with bootstrap intervals)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "ttt_allocation.png", dpi=120)
+    plt.close(fig)
+    rel = (f"relative to `{base}` ({unit:.3f} tokens per token)" if scale.startswith("x") else
+           f"absolute (`{base}` trained nothing: episodes shorter than its update interval)")
+    text = "\n".join(["## TTT allocation: compute vs loss", "",
+                      f"TTT compute = tokens trained per served runtime token, {rel}. The heuristic also biases "
+                      "routing; the fixed schedules do not.", "",
+                      _table(header, table), "", "![ttt_allocation.png](ttt_allocation.png)", ""])
+    append_section(out, text)
+    print("\n" + text)
+    return text
+
+
+SINGLE_GPU_METRICS = (("latency_p50_ms", "Latency (p50 interval, ms)"),
+                      ("energy_per_token_mj", "Energy per token (mJ)"),
+                      ("mean_power_w", "Power (W)"), ("peak_temperature_c", "Temperature (peak, C)"),
+                      ("throughput_tokens_per_s", "Throughput (tokens/s)"), ("ttt_updates", "TTT updates"))
+
+
+def single_gpu_outputs(out: Path, summary: dict, rows: list[dict], params: dict, kcm_ok: bool) -> None:
+    """The original single-GPU/HPC test's files: comparison_results.csv, comparison_plot.png, hpc_results.json,
+    hpc_summary.json (kernel_cost_model_test_results.json comes from `python -m kernels.cost_model`)."""
+    agg, systems = summary["aggregates"], list(summary["aggregates"])
+    env_of = {lab: summary["envs"][summary["policies"][lab]["env"]] for lab in systems}
+    detail = {}
+    for lab in systems:
+        mine = [r for r in rows if r["label"] == lab]
+        figures = {}
+        for m in stats.METRICS:
+            values = np.array([stats._float(r[m.name]) for r in mine])
+            values = values[np.isfinite(values)]
+            figures[m.name] = {**agg[lab][m.name], "mean": float(values.mean()) if len(values) else math.nan,
+                               "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                               "source": summary["sources"][m.name]}
+        env = env_of[lab]
+        figures["runtime_memory_gb"] = {"value": env["runtime_memory_gb"], "source": "measured"}
+        figures["deployment_weights_gb"] = {"value": env["deployment_weights_gb"], "source": "predicted"}
+        detail[lab] = {"spec": summary["policies"][lab]["spec"], "model": env["model"],
+                       "deployment": env["deployment"], "metrics": figures}
+    with (out / "comparison_results.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        names = [m.name for m in stats.METRICS]
+        w.writerow(["system", "hardware_source", "runtime_memory_gb", "deployment_weights_gb"]
+                   + [f"{n}_{k}" for n in names for k in ("iqm", "low", "high", "mean", "std")])
+        for lab in systems:
+            met = detail[lab]["metrics"]
+            w.writerow([lab, summary["sources"]["energy_per_token_mj"], met["runtime_memory_gb"]["value"],
+                        met["deployment_weights_gb"]["value"]]
+                       + [met[n][k] for n in names for k in ("iqm", "low", "high", "mean", "std")])
+    (out / "hpc_results.json").write_text(json.dumps(detail, indent=1) + "\n")
+    base = systems[0]
+    imp = summary["improvements"].get(base, {})
+    kcm_file = out / "kernel_cost_model_test_results.json"
+    hpc = {
+        "hardware": {**summary["device"], "gpu_spec": env_of[base]["gpu_spec"], "source": env_of[base]["source"]},
+        "test_parameters": {**params, "systems": {lab: detail[lab]["spec"] for lab in systems},
+                            "models": {lab: env_of[lab]["model"] for lab in systems}},
+        "overall_results": {lab: {n: agg[lab][n]["iqm"] for n, _ in SINGLE_GPU_METRICS} for lab in systems},
+        "improvements_over_baseline": {lab: {n: imp[lab][n]["iqm"] for n in ("energy_per_token_mj", "mean_power_w",
+                                       "latency_p95_ms", "throughput_tokens_per_s") if n in imp[lab]} for lab in imp},
+        "kernel_cost_model": {"available": kcm_ok and kcm_file.exists(), "results_file": kcm_file.name,
+                              "energy_prediction_error_pct": {lab: agg[lab]["kcm_energy_error_pct"]["iqm"]
+                                                              for lab in systems}},
+        "statistic": summary["statistic"],
+    }
+    (out / "hpc_summary.json").write_text(json.dumps(hpc, indent=1, default=str) + "\n")
+    plt = _plt()
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7))
+    for ax, (name, title) in zip(axes.flat, SINGLE_GPU_METRICS):
+        est = [agg[lab][name] for lab in systems]
+        ax.bar(range(len(systems)), [e["iqm"] for e in est], color=[f"C{i}" for i in range(len(systems))],
+               yerr=[[e["iqm"] - e["low"] for e in est], [e["high"] - e["iqm"] for e in est]], capsize=4)
+        ax.set_xticks(range(len(systems)), [lab.replace(" + ", "\n+ ") for lab in systems], fontsize=7)
+        ax.set_title(f"{title} [{summary['sources'][name]}]", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+        positive = [e["iqm"] for e in est if e["iqm"] > 0]
+        if positive and max(positive) > 50 * min(positive):
+            ax.set_yscale("log")
+    fig.suptitle("Single-GPU comparison (IQM with bootstrap intervals)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out / "comparison_plot.png", dpi=120)
+    plt.close(fig)
+    lines = ["", "=" * 60, "RESULTS COMPARISON", "=" * 60]
+    for lab in systems:
+        met = detail[lab]["metrics"]
+        lat = met["latency_p50_ms"]
+        lines += [f"\n{lab}:", f"  Latency: {num(lat['mean'])} +- {num(lat['std'])} ms (p50 interval latency)",
+                  f"  Memory: {num(met['runtime_memory_gb']['value'])} GB runtime [measured], "
+                  f"{num(met['deployment_weights_gb']['value'])} GB deployment weights [predicted]"]
+        for name, title in SINGLE_GPU_METRICS[1:]:
+            lines.append(f"  {title}: {cell(agg[lab][name])} [{summary['sources'][name]}]")
+        lines.append(f"  Predicted energy per token: {cell(agg[lab]['kcm_pred_energy_per_token_mj'])} mJ, "
+                     f"prediction error {cell(agg[lab]['kcm_energy_error_pct'])} % [predicted]")
+    lines += ["", "=" * 60, f"IMPROVEMENTS OVER BASELINE ({base}; positive is better, {DAGGER}: interval includes 0)",
+              "=" * 60]
+    for lab, d in imp.items():
+        lines.append(f"\n{lab} vs {base}:")
+        for n in ("latency_p95_ms", "mean_power_w", "energy_per_token_mj", "throughput_tokens_per_s", "mean_loss"):
+            lines.append(f"  {stats.METRIC_BY_NAME[n].title}: {cell(d[n], '%', signed=True)}")
+    print("\n".join(lines))
+    append_section(out, "## Single-GPU comparison\n\n![comparison_plot.png](comparison_plot.png)\n\nFiles: "
+                   "comparison_results.csv, hpc_results.json, hpc_summary.json, "
+                   "kernel_cost_model_test_results.json.\n")

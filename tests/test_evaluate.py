@@ -1,0 +1,279 @@
+"""evaluate.py: paired seeding, the statistics on known cases, report files, resume, and clear errors.
+
+Tiny preset, episodes of a few intervals, few bootstrap replications: the whole file runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import evaluate
+import evaluate_stats as stats
+
+ROOT = Path(__file__).resolve().parents[1]
+# one torch thread: two threads per process spin against each other when the 2 cores are shared (3x slower)
+TINY = ["--preset", "tiny", "--episode-intervals", "4", "--bootstrap-reps", "100", "--no-progress",
+        "--torch-threads", "1"]
+SPLIT_CASES = [("a,b(x=1,y=2),c", ["a", "b(x=1,y=2)", "c"]), (" a , ,b ", ["a", "b"]), ("f(g(1,2),3)", ["f(g(1,2),3)"])]
+SEED_CASES = [("0", [0]), ("0,3,5-7", [0, 3, 5, 6, 7]), ("2-4", [2, 3, 4])]
+BAD_SEEDS = ["", "4-2", "a", "1,1", "0-"]
+BAD_SPECS = [
+    ("nonsense", "unknown controller 'nonsense'"),
+    ("ppo:/no/such/model.zip", "no saved model at /no/such/model.zip"),
+    ("heuristic(", "unbalanced"),
+    ("load_balance(0.1)", "is not KEY=VALUE"),
+    ("heuristic,heuristic", "must be unique"),
+    ("9lives", "is not NAME"),
+]
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "evaluate.py", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def tiny_env(intervals: int):
+    args = evaluate.Args(preset="tiny", episode_intervals=intervals, telemetry="simulated", torch_threads=1)
+    return evaluate.make_env(evaluate.env_kwargs(args))
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----- parsing -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "expected"), SPLIT_CASES)
+def test_split_top_level(text, expected):
+    assert evaluate.split_top_level(text) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), SEED_CASES)
+def test_parse_seeds(text, expected):
+    assert evaluate.parse_seeds(text) == expected
+
+
+@pytest.mark.parametrize("text", BAD_SEEDS)
+def test_bad_seeds(text):
+    with pytest.raises(evaluate.UsageError):
+        evaluate.parse_seeds(text)
+
+
+def test_policy_grammar(tmp_path):
+    names = evaluate.CONTROLLER_NAMES
+    spec = evaluate.parse_policy("lb2=load_balance(step=0.02)", names)
+    assert (spec.label, spec.name, spec.kwargs, spec.kind) == ("lb2", "load_balance", {"step": 0.02}, "controller")
+    spec = evaluate.parse_policy("fixed_ttt(frequency_tokens=1024,chunk_tokens=256)", names)
+    assert spec.kwargs == {"frequency_tokens": 1024, "chunk_tokens": 256}
+    model = tmp_path / "run" / "model.zip"
+    model.parent.mkdir()
+    model.write_bytes(b"")
+    spec = evaluate.parse_policy(f"ppo:{model}", names)
+    assert (spec.kind, spec.algo, spec.path, spec.label) == ("sb3", "ppo", str(model), "ppo:run")
+    assert evaluate.parse_policy(f"mine=sb3:{model}", names).algo == ""
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_SPECS)
+def test_bad_policy_spec_is_a_usage_error(text, message):
+    with pytest.raises(evaluate.UsageError, match=message.replace("(", r"\(")):
+        evaluate.parse_policies(text, evaluate.CONTROLLER_NAMES)
+
+
+@pytest.mark.parametrize("spec", ["heuristic,nonsense", "ppo:/no/such/model.zip"])
+def test_cli_bad_spec_exits_cleanly(tmp_path, spec):
+    proc = run_cli("--policies", spec, "--out", str(tmp_path / "out"), *TINY)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing written for a bad spec
+
+
+def test_bad_controller_argument_and_gpu_suite_without_cuda(tmp_path, capsys):
+    rc = evaluate.main(["--policies", "load_balance(stepp=1)", "--out", str(tmp_path / "a"), *TINY])
+    assert rc == 2 and "stepp" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():
+        assert evaluate.main(["--suite", "gpu", "--out", str(tmp_path / "g")]) == 2
+        assert "needs an NVIDIA GPU with CUDA" in capsys.readouterr().err
+
+
+# ----- paired seeding ----------------------------------------------------------------------------------------------
+def test_policies_on_one_seed_see_identical_streams():
+    import agents
+
+    env = tiny_env(5)
+    try:
+        runs = {}
+        for name in ("no_control", "heuristic", "random"):
+            for seed in (3, 4):
+                runs[name, seed] = evaluate.run_episode(env, agents.make_controller(name, env), seed)
+                runs[name, seed]["shift_tokens_env"] = env.unwrapped.shift_tokens
+    finally:
+        env.close()
+
+    def stream(t):
+        return ([s["domain"] for s in t["steps"]], [s["demand_tokens"] for s in t["steps"]],
+                [s["runtime_tokens"] for s in t["steps"]], t["shift_tokens"], t["initial_temperature_c"])
+
+    for seed in (3, 4):
+        reference = stream(runs["no_control", seed])
+        for name in ("heuristic", "random"):
+            assert stream(runs[name, seed]) == reference, name
+    assert stream(runs["no_control", 3]) != stream(runs["no_control", 4])  # another seed, another episode
+    # the policies did act differently on the same stream
+    assert [s["expert_load"] for s in runs["random", 3]["steps"]] != [s["expert_load"] for s in
+                                                                        runs["no_control", 3]["steps"]]
+
+
+# ----- statistics --------------------------------------------------------------------------------------------------
+def test_iqm_known_cases():
+    from rliable import metrics
+
+    x = np.arange(1.0, 9.0)  # middle half: 3, 4, 5, 6
+    assert stats.iqm(x) == pytest.approx(4.5)
+    assert stats.iqm(x[:, None])[0] == pytest.approx(metrics.aggregate_iqm(x[:, None]))
+    assert stats.iqm(np.array([1.0, 2.0, 3.0, 4.0, 1000.0])) == pytest.approx(3.0)  # robust to the outlier
+    est = stats.interval_estimates(np.column_stack([x, 10 * x]), reps=200)
+    assert [e.iqm for e in est] == pytest.approx([4.5, 45.0])
+    assert all(e.low <= e.iqm <= e.high and e.n == 8 for e in est)
+
+
+def test_bootstrap_interval_covers_the_true_value_at_about_the_nominal_rate():
+    """400 independent samples of 20 normal draws as 400 columns: one stratified bootstrap resamples each column
+    independently, so it gives 400 independent 95% intervals for the IQM (true value 0 for a symmetric law)."""
+    rng = np.random.default_rng(0)
+    samples = rng.normal(0.0, 1.0, size=(20, 400))
+    est = stats.interval_estimates(samples, reps=500, confidence=0.95, seed=1)
+    coverage = np.mean([e.low <= 0.0 <= e.high for e in est])
+    assert 0.88 <= coverage <= 0.99, coverage
+    again = stats.interval_estimates(samples[:, :5], reps=500, confidence=0.95, seed=1)
+    assert again == stats.interval_estimates(samples[:, :5], reps=500, confidence=0.95, seed=1)  # reproducible
+
+
+def test_nan_columns_and_paired_improvements():
+    est = stats.interval_estimates(np.array([[1.0, math.nan], [2.0, 5.0], [3.0, math.nan]]), reps=50)
+    assert est[0].n == 3 and est[1].n == 1 and est[1].iqm == 5.0
+    assert stats.interval_estimates(np.full((2, 1), math.nan), reps=50)[0].n == 0
+    # lower is better: 8 vs 10 is a 20% improvement; higher is better: 12 vs 10 is +2 absolute
+    assert stats.paired_differences(np.array([8.0]), np.array([10.0]), True, True) == pytest.approx([20.0])
+    assert stats.paired_differences(np.array([12.0]), np.array([10.0]), False, False) == pytest.approx([2.0])
+    rng = np.random.default_rng(0)
+    base = rng.normal(10.0, 1.0, 30)
+    rows = [{"label": "b", "episode_seed": i, "energy_per_token_mj": v} for i, v in enumerate(base)]
+    rows += [{"label": "better", "episode_seed": i, "energy_per_token_mj": 0.9 * v} for i, v in enumerate(base)]
+    rows += [{"label": "same", "episode_seed": i, "energy_per_token_mj": v + rng.normal(0, 0.5)}
+             for i, v in enumerate(base)]
+    metric = (stats.METRIC_BY_NAME["energy_per_token_mj"],)
+    imp = stats.improvements(rows, ["b", "better", "same"], "b", metric, reps=300)
+    assert imp["better"]["energy_per_token_mj"].iqm == pytest.approx(10.0)
+    assert not imp["better"]["energy_per_token_mj"].includes_zero
+    assert imp["same"]["energy_per_token_mj"].includes_zero
+
+
+def test_episode_metrics_known_trace():
+    step = dict(power_w=400.0, peak_power_w=500.0, temperature_c=60.0, peak_temperature_c=61.0, sm_clock_mhz=1500.0,
+                latency_ms=10.0, energy_j=400.0, tokens=1000, runtime_tokens=128, loss=2.0, domain="prose",
+                ttt_updates=0, ttt_tokens_trained=0, ttt_share_of_busy=0.0, throttled_share=0.5, slo_violated=False,
+                kcm_pred_energy_j=440.0, kcm_pred_latency_ms=100.0, demand_tokens=1000.0, ttt_frequency_tokens=0,
+                ttt_chunk_tokens=512, expert_load=[1.0, 1.0], reward=-1.0)
+    after = dict(step, loss=3.0, domain="code", latency_ms=30.0, peak_temperature_c=65.0, slo_violated=True,
+                 ttt_updates=1, ttt_tokens_trained=512, ttt_share_of_busy=0.2)
+    trace = {"steps": [step, after], "interval_s": 1.0, "domains": ["prose", "code"], "initial_temperature_c": 55.0}
+    m = stats.episode_metrics(trace)
+    assert m["energy_per_token_mj"] == pytest.approx(400.0)  # 800 J / 2000 tokens
+    assert m["mean_power_w"] == pytest.approx(400.0)
+    assert (m["peak_temperature_c"], m["temperature_rise_c"]) == (65.0, 10.0)
+    assert m["time_throttled_s"] == pytest.approx(1.0)
+    assert m["latency_p50_ms"] == pytest.approx(20.0) and m["latency_p95_ms"] == pytest.approx(29.0)
+    assert m["throughput_tokens_per_s"] == pytest.approx(1000.0)
+    assert (m["mean_loss"], m["loss_after_shift"], m["slo_violations"], m["ttt_updates"]) == (2.5, 3.0, 1, 1)
+    assert m["perplexity"] == pytest.approx(math.exp(2.5))
+    assert m["ttt_overhead_pct"] == pytest.approx(10.0)
+    assert m["kcm_energy_error_pct"] == pytest.approx(10.0)
+    assert m["shift_interval"] == 1
+
+
+# ----- end to end: files, resume ---------------------------------------------------------------------------------
+def test_cli_writes_parseable_report_files(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("--policies", "heuristic,no_control", "--seeds", "0-1", "--out", str(out), *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["aggregates"]) == {"heuristic", "no_control"}
+    assert summary["sources"]["energy_per_token_mj"] == "simulated"
+    assert summary["sources"]["mean_loss"] == "measured"
+    assert summary["sources"]["kcm_energy_error_pct"] == "predicted"
+    e = summary["improvements"]["no_control"]["heuristic"]["energy_per_token_mj"]
+    assert e["n"] == 2 and e["low"] <= e["iqm"] <= e["high"] and isinstance(e["includes_zero"], bool)
+    rows = read_csv(out / "episodes.csv")
+    assert len(rows) == 4 and tuple(rows[0]) == evaluate.COLUMNS
+    assert {(r["label"], r["episode_seed"]) for r in rows} == {(p, s) for p in ("heuristic", "no_control")
+                                                                for s in ("0", "1000")}
+    text = (out / "report.md").read_text()
+    for needle in ("## Comparison", "## Improvement over no_control", "Deployment scale: d_model", "Date: ",
+                   "simulated H100", "| heuristic |"):
+        assert needle in text, needle
+    for png in ("pareto.png", "traces.png", "expert_load.png", "ttt_activity.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG", png
+    assert "Comparison (IQM [CI] over episodes)" in proc.stdout
+
+
+def test_interrupted_run_resumes_without_repeating_rows(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = ["--policies", "no_control,kcm_greedy", "--seeds", "0-1", "--out", str(out), *TINY]
+    real, calls = evaluate.run_episode, []
+
+    def crash_on_third(*a, **k):
+        calls.append(a[2])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluate, "run_episode", crash_on_third)
+    assert evaluate.main(argv) == 130
+    first = read_csv(out / "episodes.csv")
+    assert len(first) == 2  # the two finished episodes survived the crash
+    assert evaluate.main(argv) == 2  # refuses to mix runs without --resume
+    assert "--resume" in capsys.readouterr().err
+    calls.clear()
+    monkeypatch.setattr(evaluate, "run_episode", real)
+    assert evaluate.main([*argv, "--resume"]) == 0
+    rows = read_csv(out / "episodes.csv")
+    assert len(rows) == 4 and rows[:2] == first  # finished rows kept as they were, only the rest ran
+    assert len({(r["label"], r["episode_seed"]) for r in rows}) == 4
+    assert json.loads((out / "summary.json").read_text())["aggregates"]["kcm_greedy"]["mean_loss"]["n"] == 2
+
+
+def test_saved_policies_run_and_a_foreign_one_is_refused(tmp_path, capsys):
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    env = tiny_env(4)
+    PPO("MlpPolicy", env, n_steps=8, batch_size=8, n_epochs=1, seed=0, device="cpu").learn(8).save(tmp_path / "ok.zip")
+    env.close()
+    PPO("MlpPolicy", gym.make("Pendulum-v1"), n_steps=8, batch_size=8, device="cpu").save(tmp_path / "pendulum.zip")
+    out = tmp_path / "run"
+    rc = evaluate.main(["--policies", f"no_control,mine=ppo:{tmp_path / 'ok.zip'}", "--seeds", "0", "--out",
+                        str(out), *TINY])
+    assert rc == 0
+    assert {r["label"] for r in read_csv(out / "episodes.csv")} == {"no_control", "mine"}
+    assert "One episode per policy: no intervals" in (out / "report.md").read_text()
+    rc = evaluate.main(["--policies", f"ppo:{tmp_path / 'pendulum.zip'}", "--out", str(tmp_path / "bad"), *TINY])
+    assert rc == 2 and "was trained on observations of shape (3,)" in capsys.readouterr().err
+
+
+def test_main_suite_without_a_trained_policy_says_so(tmp_path):
+    out = tmp_path / "main"
+    rc = evaluate.main(["--suite", "main", "--train-seconds", "0", "--trained-policy", str(tmp_path / "none.zip"),
+                        "--seeds", "0-1", "--out", str(out), *TINY])
+    assert rc == 0
+    text = (out / "report.md").read_text()
+    assert "No committed trained policy" in text and "| heuristic |" in text and "| no_control |" in text
