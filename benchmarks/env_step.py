@@ -30,14 +30,25 @@ from moe_runtime import ControlAction
 
 
 def fixed_actions(env: MoERoutingEnv) -> dict[str, np.ndarray]:
+    """A small grid: selection biases toward the narrow half of the experts at a few strengths (bias units) x TTT
+    off / rare large updates (every 16k tokens on 2k-token chunks)."""
     widths = np.asarray(env.model_config.expert_widths, dtype=float)
-    lean = np.where(widths <= np.median(widths), 1.0, -1.0) * env.config.action.bias_range
+    lean = np.where(widths <= np.median(widths), 1.0, -1.0)
     out = {}
-    for bias_name, b in (("narrow", lean), ("none", 0 * lean), ("wide", -lean)):
-        for ttt_name, freq in (("ttt-off", 0), ("ttt-1k", 1024)):
-            c = ControlAction(routing_biases=tuple(b), ttt_frequency_tokens=freq, ttt_chunk_tokens=512)
-            out[f"{bias_name}/{ttt_name}"] = env.encode_action(c)
+    for strength in (0.0, 0.03, 0.1, 0.25):
+        for ttt_name, freq in (("off", 0), ("16k", 16384)):
+            c = ControlAction(routing_biases=tuple(strength * lean), ttt_frequency_tokens=freq, ttt_chunk_tokens=2048)
+            out[f"b{strength:g}/{ttt_name}"] = env.encode_action(c)
     return out
+
+
+SCENARIOS = {  # name -> Workload
+    "constant": Workload(profile="constant"),
+    "step": Workload(profile="step"),
+    "diurnal": Workload(profile="diurnal"),
+    "bursty": Workload(profile="bursty"),
+    "bursty-high": Workload(profile="bursty", load=1.0),
+}
 
 
 def episode_return(env: MoERoutingEnv, action: np.ndarray, seed: int, steps: int) -> float:
@@ -87,21 +98,16 @@ def main() -> None:
     print(f"{'torch threads':<34} {torch.get_num_threads():>10d}")
 
     grid = {}
-    print(f"\n{'profile':<10} " + " ".join(f"{k:>14}" for k in fixed_actions(env)) + "   best")
-    for profile in ("constant", "step", "diurnal", "bursty"):
-        e = MoERoutingEnv(
-            preset=args.preset,
-            telemetry="simulated",
-            episode_intervals=args.grid_steps,
-            workload=Workload(profile=profile),
-        )
+    print(f"\n{'scenario':<12} " + " ".join(f"{k:>10}" for k in fixed_actions(env)) + "   best")
+    for profile, workload in SCENARIOS.items():
+        e = MoERoutingEnv(preset=args.preset, telemetry="simulated", episode_intervals=args.grid_steps, workload=workload)
         returns = {
             name: float(np.mean([episode_return(e, a, seed, args.grid_steps) for seed in range(args.episodes)]))
             for name, a in fixed_actions(e).items()
         }
         best = max(returns, key=returns.get)
         grid[profile] = {"returns": returns, "best": best}
-        print(f"{profile:<10} " + " ".join(f"{v:>14.2f}" for v in returns.values()) + f"   {best}")
+        print(f"{profile:<12} " + " ".join(f"{v:>10.2f}" for v in returns.values()) + f"   {best}")
         e.close()
     best_set = {g["best"] for g in grid.values()}
     print(f"distinct best fixed actions across profiles: {len(best_set)} ({', '.join(sorted(best_set))})")
