@@ -9,7 +9,7 @@ from envs.actions import ActionConfig
 from envs.rewards import RewardConfig
 from envs.workload import Workload
 from kernels import DeploymentScale
-from moe_runtime import MoEConfig
+from moe_runtime import MoEConfig, PretrainConfig
 
 TELEMETRY_SOURCES = ("auto", "nvml", "simulated")
 SPLITS = ("train", "validation", "test")
@@ -24,7 +24,7 @@ class EnvConfig:
         model: an explicit `MoEConfig`.
         checkpoint: path of a pretrained checkpoint; None uses the cached pretrained model of the preset, pretraining
             it once when none is cached; "none" serves a randomly initialised model (for quick tests).
-        pretrain_steps: steps for that one-time pretraining; None picks by preset (default 1200, tiny 150).
+        pretrain_steps: steps for that one-time pretraining; None picks by preset (tiny 150, else `PretrainConfig.steps`).
         telemetry: `auto` (NVML if a GPU and driver are present, else simulated), `nvml`, `simulated`.
         gpu: GPU spec the simulated backend models (`H100`, `H200`, `A100`, `V100`, `L4`).
         cost_table: the KCM's coefficients: None for the analytic roofline, "builtin" for the shipped calibrated
@@ -89,7 +89,7 @@ class EnvConfig:
         if self.reference_tokens < 0:
             raise ValueError(f"EnvConfig.reference_tokens must be >= 0, got {self.reference_tokens}")
         if self.pretrain_steps is None:
-            self.pretrain_steps = 150 if self.model.preset_name == "tiny" else 1200
+            self.pretrain_steps = 150 if self.model.preset_name == "tiny" else PretrainConfig().steps
         for name in ("interval_s", "runtime_tokens", "episode_intervals", "torch_threads", "pretrain_steps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"EnvConfig.{name} must be positive, got {getattr(self, name)}")

@@ -12,7 +12,6 @@ from kernels.align import (
     moe_align_block_size_triton,
 )
 from kernels.configs import MoeKernelConfig, force_config, get_config
-from kernels.cost_model import KernelCostModel
 from kernels.deploy_work import deployment_calls
 from kernels.routing import RouteResult, fused_route_reference, fused_route_triton
 from kernels.step_cost import CostParts, StepCost
@@ -44,3 +43,12 @@ __all__ = [
     "moe_align_block_size_triton",
     "total_flops",
 ]
+
+
+def __getattr__(name: str):
+    # Imported on first use, so that `python -m kernels.cost_model` does not find the module already imported.
+    if name == "KernelCostModel":
+        from kernels.cost_model import KernelCostModel
+
+        return KernelCostModel
+    raise AttributeError(f"module 'kernels' has no attribute {name!r}")

@@ -52,7 +52,7 @@ class PretrainConfig:
         progress: show a progress bar.
     """
 
-    steps: int = 1200
+    steps: int = 900  # ~4.5 min on 2 CPU cores (3.5 steps/s measured); the issue budget is 5 min
     lr: float = 3e-3
     warmup_steps: int = 50
     weight_decay: float = 0.05
