@@ -2,9 +2,9 @@
 
 1. Steps/s of `MoERouting-v0` at the default config (simulated backend, TTT at its default setting) on this
    machine, and the env's own overhead (everything but the runtime's model work) as a share of step time.
-2. The best fixed actions per workload profile: a small grid of fixed actions (bias toward narrow / none / toward
-   wide experts x TTT off / on) run on the same seeds per profile, showing that no single fixed action is best
-   everywhere.
+2. The best fixed actions per scenario (workload profiles, a low load, a hot aisle with poor cooling): a small grid of
+   fixed actions (selection bias toward the narrow experts at a few strengths x TTT off / rare large updates) run
+   on the same seeds in each scenario, to see whether one fixed action is best everywhere.
 
     python benchmarks/env_step.py [--steps 60] [--episodes 2] [--out results/benchmarks/env_step.json]
 
@@ -42,12 +42,15 @@ def fixed_actions(env: MoERoutingEnv) -> dict[str, np.ndarray]:
     return out
 
 
-SCENARIOS = {  # name -> Workload
-    "constant": Workload(profile="constant"),
-    "step": Workload(profile="step"),
-    "diurnal": Workload(profile="diurnal"),
-    "bursty": Workload(profile="bursty"),
-    "bursty-high": Workload(profile="bursty", load=1.0),
+SCENARIOS = {  # name -> EnvConfig keyword arguments
+    "constant": dict(workload=Workload(profile="constant")),
+    "step": dict(workload=Workload(profile="step")),
+    "diurnal": dict(workload=Workload(profile="diurnal")),
+    "bursty": dict(workload=Workload(profile="bursty")),
+    "bursty-high": dict(workload=Workload(profile="bursty", load=1.0)),
+    "low-load": dict(workload=Workload(profile="constant", load=0.2, randomize_load=False)),
+    "hot-aisle": dict(workload=Workload(profile="constant", load=0.9, randomize_load=False),
+                      ambient_range_c=(42.0, 45.0), cooling_range=(2.5, 3.0)),
 }
 
 
@@ -99,8 +102,8 @@ def main() -> None:
 
     grid = {}
     print(f"\n{'scenario':<12} " + " ".join(f"{k:>10}" for k in fixed_actions(env)) + "   best")
-    for profile, workload in SCENARIOS.items():
-        e = MoERoutingEnv(preset=args.preset, telemetry="simulated", episode_intervals=args.grid_steps, workload=workload)
+    for profile, kwargs in SCENARIOS.items():
+        e = MoERoutingEnv(preset=args.preset, telemetry="simulated", episode_intervals=args.grid_steps, **kwargs)
         returns = {
             name: float(np.mean([episode_return(e, a, seed, args.grid_steps) for seed in range(args.episodes)]))
             for name, a in fixed_actions(e).items()
