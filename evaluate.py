@@ -8,6 +8,7 @@
     python evaluate.py --suite single-gpu       # dense, dense + small-batch TTT, MoE + EnergyAwareTTTRouter
     python evaluate.py --suite gpu              # on one GPU, < 10 min: pretrain, kernels, KCM check, measured run
     python evaluate.py --suite gpu-full --part bench|calibrate|compare
+    python evaluate.py --out results/NAME --report-only   # rebuild a run's report from its episodes.csv
 
 Policy specs (comma-separated in --policies):
     NAME                     a controller of `agents.make_controller`: heuristic, no_control, load_balance,
@@ -20,8 +21,9 @@ Policy specs (comma-separated in --policies):
 Every policy runs the same episode seeds (episode seed = 1000 * seed + episode): the same token streams, shift
 points, workloads and initial temperatures, so differences are paired. Rows go to episodes.csv as episodes finish
 (a crash loses at most the running one; `--resume` skips finished rows). Outputs in --out: episodes.csv,
-traces/*.json (one per episode), summary.json, report.md, PNG plots, args.json. Every figure says its source:
-`measured`, `simulated` (the simulated GPU at deployment scale) or `predicted` (the kernel cost model).
+traces/*.json (one per episode), summary.json, report.md, PNG plots, args.json, run_facts.json. Every figure
+says its source: `measured`, `simulated` (the simulated GPU at deployment scale) or `predicted` (the kernel cost
+model).
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class Args:
     gpu_pretrain_steps: int = 300  # gpu: pretraining steps of the gpu preset (cached in the run folder)
     max_wall_s: int = 0  # stop starting episodes after this many seconds (0: no limit); continue with --resume
     progress: bool = True  # show the progress bar (--no-progress to hide it)
+    report_only: bool = False  # rebuild summary, report and plots from --out's episodes.csv and traces; run nothing
 
 
 class UsageError(ValueError):
@@ -371,6 +374,8 @@ def run_policies(args: Args, specs: list[PolicySpec], env_configs: dict[str, dic
             envs_[spec.env] = make_env(env_configs[spec.env])
             facts[spec.env] = env_facts(envs_[spec.env])
         controllers[spec.label] = make_controller(spec, envs_[spec.env], args.policy_device)
+    # What a later --report-only needs and cannot rebuild on another machine.
+    write_json(out / "run_facts.json", {"device": device_facts(), "envs": facts})
     (out / "traces").mkdir(exist_ok=True)
     skipped = sum((p.label, 1000 * s + e) in done for s, e, p in jobs)
     bar = tqdm(total=len(jobs), initial=skipped, desc="policies x seeds", disable=not args.progress)
@@ -406,20 +411,24 @@ def env_facts(env) -> dict:
     import torch
 
     u = env.unwrapped
-    cfg, dep = u.config, u.config.deployment
-    params = [p for p in u.runtime.model.parameters()]
-    runtime_bytes = sum(p.numel() * p.element_size() for p in params)
+    runtime_bytes = sum(p.numel() * p.element_size() for p in u.runtime.model.parameters())
     if torch.cuda.is_available():
         runtime_bytes = max(runtime_bytes, torch.cuda.max_memory_allocated())
+    return config_facts(u.config, u.backend.source, u.backend.spec.name, runtime_bytes / 1e9)
+
+
+def config_facts(cfg, source: str, gpu_spec: str, runtime_memory_gb: float | None) -> dict:
+    """`env_facts` from an `EnvConfig` alone (no model built); `runtime_memory_gb` is measured, or None."""
+    dep = cfg.deployment
     d, widths = dep.d_model, sum(dep.expert_widths)
     weights = dep.layers * (4 * d * d + 3 * d * widths + d * dep.num_experts) + 2 * dep.vocab_size * d
     return {
-        "runtime_memory_gb": runtime_bytes / 1e9,  # measured: the runtime's weights (CUDA: peak allocated)
+        "runtime_memory_gb": runtime_memory_gb,  # measured: the runtime's weights (CUDA: peak allocated)
         "deployment_weights_gb": weights * dep.dtype_bytes / 1e9,  # predicted: weights at deployment scale
-        "source": u.backend.source,
-        "gpu_spec": u.backend.spec.name,
-        "deployment": cfg.deployment.to_dict(),
-        "model": {k: v for k, v in u.model_config.to_dict().items() if k in
+        "source": source,
+        "gpu_spec": gpu_spec,
+        "deployment": dep.to_dict(),
+        "model": {k: v for k, v in cfg.model.to_dict().items() if k in
                   ("preset_name", "d_model", "n_layers", "num_experts", "top_k", "expert_widths")},
         "runtime_tokens": cfg.runtime_tokens,
         "episode_intervals": cfg.episode_intervals,
@@ -454,7 +463,17 @@ def evaluate(args: Args, specs: list[PolicySpec], env_configs: dict[str, dict], 
              baselines: tuple[str, ...] = ("no_control", "heuristic"), notes: tuple[str, ...] = ()) -> dict:
     """Run, aggregate, write summary.json, report.md and the plots; print the comparison table. Returns the
     summary."""
+    try:
+        stats.require_rliable()  # before the episodes, not after them
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from exc
     rows, facts = run_policies(args, specs, env_configs, out)
+    return aggregate(args, specs, rows, facts, device_facts(), out, title, baselines, notes)
+
+
+def aggregate(args: Args, specs: list[PolicySpec], rows: list[dict], facts: dict, device: dict, out: Path,
+              title: str, baselines: tuple[str, ...] = ("no_control", "heuristic"), notes: tuple[str, ...] = ()) -> dict:
+    """Aggregate finished rows, write summary.json, report.md and the plots; print the comparison table."""
     labels = [s.label for s in specs]
     expected = len(specs) * len(parse_seeds(args.seeds)) * args.episodes
     if not rows:
@@ -465,7 +484,7 @@ def evaluate(args: Args, specs: list[PolicySpec], env_configs: dict[str, dict], 
     summary = {
         "title": title,
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "device": device_facts(),
+        "device": device,
         "envs": facts,
         "policies": {s.label: {"spec": s.text, "env": s.env} for s in specs},
         "seeds": parse_seeds(args.seeds),
@@ -692,9 +711,13 @@ def gpu_comparison(args: Args, out: Path, extra: tuple[str, ...] = ()) -> dict:
 
 
 def suite_gpu(args: Args, out: Path) -> dict:
-    """One call, < 10 minutes on one H100 from bare: brief gpu-preset pretraining (cached in the run folder), the
-    compiled kernels' correctness tests and a short benchmark, KCM validation on a subset of shapes, and a short
-    measured comparison (3 seeds x 30 s episodes: long enough for the 10-20 s thermal response)."""
+    """One call, < 10 minutes on one H100 from bare: the compiled kernels' correctness tests and a short benchmark,
+    the telemetry's cost, KCM validation on a subset of shapes (each a subprocess, logged, that cannot stop the
+    rest), then brief gpu-preset pretraining (cached in the run folder) and a short measured comparison (3 seeds x
+    30 s episodes: long enough for the 10-20 s thermal response). A part that fails is recorded in
+    gpu_summary.json with its error, and the suite goes on."""
+    import traceback
+
     import torch
 
     from moe_runtime import MoEConfig, PretrainConfig, load_or_pretrain
@@ -702,27 +725,46 @@ def suite_gpu(args: Args, out: Path) -> dict:
     require_cuda("gpu")
     out.mkdir(parents=True, exist_ok=True)
     os.environ["MOE_RL_CACHE"] = str((out / "cache").resolve())  # checkpoint and calibration live in the run folder
-    parts = {}
-    t0 = time.perf_counter()
-    load_or_pretrain(MoEConfig.preset("gpu"), PretrainConfig(steps=args.gpu_pretrain_steps))
-    parts["pretrain"] = {"status": "ok", "steps": args.gpu_pretrain_steps, "wall_s": round(time.perf_counter() - t0, 1)}
-    py = sys.executable
-    parts["kernel_tests"] = run_part("kernel_tests", [py, "-m", "pytest", "-q", "-m", "gpu", "tests/kernels"], out, 240)
-    parts["kernel_bench"] = run_part("kernel_bench", [py, "benchmarks/moe_kernels.py", "--experts", "8", "--top-k", "2",
-                                     "--tokens", "2048", "16384", "--d-model", "1024", "--out",
-                                     str(out / "moe_kernels.json")], out, 180)
+    parts, t0, py = {}, time.perf_counter(), sys.executable
+    summary = {"device": device_facts(), "parts": parts}
+
+    def save() -> None:
+        summary["wall_s"] = round(time.perf_counter() - t0, 1)
+        write_json(out / "gpu_summary.json", summary)
+
+    parts["kernel_tests"] = run_part("kernel_tests", [py, "-m", "pytest", "-q", "-m", "gpu", "tests/kernels"], out, 200)
+    parts["kernel_bench"] = run_part("kernel_bench", [py, "benchmarks/moe_kernels.py", "--experts", "8", "16",
+                                     "--top-k", "2", "--tokens", "2048", "16384", "--d-model", "1024",
+                                     "--out", str(out / "moe_kernels.json")], out, 120)
+    parts["telemetry_overhead"] = run_part("telemetry_overhead", [py, "benchmarks/telemetry_overhead.py",
+                                           "--source", "nvml", "--repeats", "500", "--out",
+                                           str(out / "telemetry_overhead.json")], out, 60)
     table = "kernels/data/h100_cost_table.json"
     if "H100" not in torch.cuda.get_device_name(0):  # another GPU: a quick table of its own first
         table = str(out / "cost_table.json")
         parts["kcm_profile"] = run_part("kcm_profile", [py, "-m", "kernels.profile", "--quick", "--out", table],
                                         out, 150)
     parts["kcm_validate"] = run_part("kcm_validate", [py, "-m", "kernels.profile", "--validate", table, "--quick"],
-                                     out, 150)
-    budget = max(60, int(570 - (time.perf_counter() - t0)))  # what is left of the 10 minutes, s
-    comparison = gpu_comparison(dataclasses.replace(args, max_wall_s=args.max_wall_s or budget), out)
-    summary = {"device": device_facts(), "parts": parts, "comparison": "report.md",
-               "wall_s": round(time.perf_counter() - t0, 1)}
-    write_json(out / "gpu_summary.json", summary)
+                                     out, 120)
+    save()
+    comparison = {}
+    try:
+        t1 = time.perf_counter()
+        load_or_pretrain(MoEConfig.preset("gpu"), PretrainConfig(steps=args.gpu_pretrain_steps))
+        parts["pretrain"] = {"status": "ok", "steps": args.gpu_pretrain_steps,
+                             "wall_s": round(time.perf_counter() - t1, 1)}
+        budget = max(60, int(530 - (time.perf_counter() - t0)))  # what is left of the 10 minutes, s
+        t1 = time.perf_counter()
+        comparison = gpu_comparison(dataclasses.replace(args, max_wall_s=args.max_wall_s or budget), out)
+        parts["comparison"] = {"status": "ok", "report": "report.md", "wall_s": round(time.perf_counter() - t1, 1)}
+    except (UsageError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # recorded with its traceback: the parts before it still count
+        stage = "comparison" if "pretrain" in parts else "pretrain"
+        parts[stage] = {"status": f"failed ({type(exc).__name__}: {exc})"[:500],
+                        "traceback": traceback.format_exc()[-4000:]}
+        print(f"[{stage}] failed:\n{traceback.format_exc()}", file=sys.stderr)
+    save()
     return comparison
 
 
@@ -751,6 +793,45 @@ def suite_gpu_full(args: Args, out: Path) -> dict:
     return summary
 
 
+def report_only(args: Args, out: Path) -> dict:
+    """Rebuild summary.json, report.md and the plots of a finished (or interrupted) run from its episodes.csv and
+    traces, with the run's own args.json and device facts: for a run whose aggregation failed, or another
+    statistic (--bootstrap-reps, --confidence)."""
+    import envs
+
+    if not (out / "episodes.csv").exists():
+        raise UsageError(f"--report-only: {out / 'episodes.csv'} does not exist; give the --out of a run")
+    rows = read_rows(out / "episodes.csv")
+    if not rows:
+        raise UsageError(f"--report-only: {out / 'episodes.csv'} has no finished episode")
+    saved = json.loads((out / "args.json").read_text()) if (out / "args.json").exists() else {}
+    keep = {"bootstrap_reps", "confidence", "out"}
+    run_args = dataclasses.replace(args, **{k: v for k, v in saved.items()
+                                            if k in Args.__dataclass_fields__ and k not in keep | {"report_only"}})
+    suite = saved.get("suite_run", "compare")
+    if suite in ("gpu", "gpu-full"):  # as gpu_comparison ran it
+        run_args = dataclasses.replace(run_args, preset="gpu", telemetry="nvml",
+                                       pretrain_steps=run_args.gpu_pretrain_steps)
+    specs, seen = [], set()
+    for r in rows:
+        if r["label"] not in seen:
+            seen.add(r["label"])
+            specs.append(PolicySpec(r["label"], r["spec"], env=r["env"]))
+    if (out / "run_facts.json").exists():
+        run = json.loads((out / "run_facts.json").read_text())
+        device, facts = run["device"], run["envs"]
+    else:  # runs from before run_facts.json: the GPU suite's device facts, the env facts from its config
+        gpu_summary = out / "gpu_summary.json"
+        device = json.loads(gpu_summary.read_text())["device"] if gpu_summary.exists() else {}
+        device = {"date": "", "host": "", "cpu": "", "python": "", "torch": "", **device}
+        cfg = envs.EnvConfig.from_kwargs(**env_kwargs(run_args))
+        facts = {r["env"]: config_facts(cfg, r["hardware_source"], run_args.gpu, None) for r in rows}
+    titles = {"gpu": "Measured comparison on the GPU", "gpu-full": "Measured comparison on the GPU"}
+    title = titles.get(suite, "Policy comparison") + " (report rebuilt from episodes.csv)"
+    rows = [r for r in rows if r["label"] in seen]
+    return aggregate(run_args, specs, rows, facts, device, out, title)
+
+
 SUITE_FUNCTIONS = {"main": suite_main, "routers": suite_routers, "ttt-allocation": suite_ttt_allocation,
                    "single-gpu": suite_single_gpu, "gpu": suite_gpu, "gpu-full": suite_gpu_full}
 
@@ -762,6 +843,9 @@ def main(argv: list[str] | None = None) -> int:
         specs = parse_policies(args.policies, controller_names()) if args.policies and not suite else []
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path(args.out or f"results/eval__{suite or 'compare'}__{stamp}")
+        if args.report_only:
+            report_only(args, out)
+            return 0
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "args.json", dataclasses.asdict(args) | {"suite_run": suite or "compare"})
         if suite:

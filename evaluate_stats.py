@@ -147,6 +147,11 @@ def iqm(x: np.ndarray, axis: int | None = 0) -> np.ndarray:
     return np.asarray(sps.trim_mean(x, proportiontocut=0.25, axis=axis))
 
 
+def require_rliable() -> None:
+    """Raise RuntimeError, saying how to fix it, if rliable cannot be imported here (checked before a run)."""
+    _rliable()
+
+
 def _rliable():
     try:
         from rliable import library

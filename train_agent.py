@@ -382,6 +382,7 @@ if __name__ == "__main__":
             HeldOutEvalCallback(
                 eval_venv,
                 eval_seed=args.eval_seed,
+                resume_steps=None if resumed is None else resumed[0],
                 n_eval_episodes=args.eval_episodes,
                 eval_freq=max(args.eval_freq // args.n_envs, 1),
                 log_path=str(run_dir),

@@ -266,9 +266,25 @@ class HeldOutEvalCallback(EvalCallback):
     the same held-out episodes (seeds `eval_seed + i` for eval env i, and what those seeds draw next) and the best
     model is chosen on a fixed set."""
 
-    def __init__(self, eval_env, eval_seed: int, **kwargs):
+    def __init__(self, eval_env, eval_seed: int, resume_steps: int | None = None, **kwargs):
         super().__init__(eval_env, **kwargs)
         self.eval_seed = int(eval_seed)
+        if resume_steps is not None:
+            self.load_history(resume_steps)
+
+    def load_history(self, up_to_steps: int) -> None:
+        """Continue a resumed run's evaluation history (`evaluations.npz`, entries up to `up_to_steps`) and its best
+        mean reward, so the file keeps every evaluation and `best_model` is replaced only by a better one."""
+        path = Path(f"{self.log_path}.npz") if self.log_path else None
+        if path is None or not path.exists():
+            return
+        with np.load(path) as saved:
+            keep = saved["timesteps"] <= up_to_steps
+            self.evaluations_timesteps = saved["timesteps"][keep].tolist()
+            self.evaluations_results = [list(r) for r in saved["results"][keep]]
+            self.evaluations_length = [list(r) for r in saved["ep_lengths"][keep]]
+        if self.evaluations_results:
+            self.best_mean_reward = float(max(np.mean(r) for r in self.evaluations_results))
 
     def _on_step(self) -> bool:
         if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:

@@ -70,6 +70,9 @@ class Args:
     """sweep block sizes for each (E, d_model) of the grid and write kernels/configs/*.json instead of benchmarking"""
     tune_tokens: tuple[int, ...] = (1, 16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
     """token counts of the tuned table"""
+    tune_space: str = "full"
+    """candidate block sizes: full (192 before the shared-memory filter; 15-20 minutes a shape) or quick (18, the
+    shapes that win on Hopper for bf16: ~1-2 minutes a shape)"""
 
 
 def parse_args() -> Args:
@@ -162,6 +165,33 @@ def bench_ms(fn, args: Args) -> float:
     return float(triton.testing.do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median"))
 
 
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def graph_ms(fn, args: Args) -> tuple[float | None, str]:
+    """Median milliseconds of `fn` replayed from a captured CUDA graph (no Python or launch overhead), or None and
+    why it could not be captured."""
+    try:
+        fn()  # compile and allocate outside the capture
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return bench_ms(graph.replay, args), ""
+    except Exception as exc:  # recorded in the row: not every path can be captured
+        torch.cuda.synchronize()
+        return None, f"{type(exc).__name__}: {exc}"[:300]
+
+
 def dense_gemm_ms(args: Args, rows: int, d_model: int, flops: float, dtype) -> tuple[list[int], float]:
     """A dense [rows, d] @ [d, n] GEMM with n chosen (a multiple of 64) so it does about `flops`: (shape, ms)."""
     n = max(64, round(flops / (2.0 * rows * d_model) / 64) * 64)
@@ -196,6 +226,12 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
     with torch.inference_mode():
         row["swiglu_triton_ms"] = bench_ms(lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths), args)
         row["swiglu_loop_ms"] = bench_ms(lambda: grouped_swiglu_reference(x, ids, w, w_up, w_down, widths), args)
+        # Launch overhead shows at small batches; serving engines replay CUDA graphs there.
+        row["swiglu_triton_graph_ms"], err = graph_ms(
+            lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths), args
+        )
+        if err:
+            row["graph_error"] = err
         if hasattr(torch, "_grouped_mm") and dtype == torch.bfloat16:
             try:
                 up3, down3 = padded_expert_weights(w_up, w_down, widths)
@@ -214,6 +250,7 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
 
     tflops = lambda ms: None if ms is None else flops / ms / 1e9  # noqa: E731
     row["triton_tflops"] = tflops(row["swiglu_triton_ms"])
+    row["triton_graph_tflops"] = tflops(row["swiglu_triton_graph_ms"])
     row["loop_tflops"] = tflops(row["swiglu_loop_ms"])
     row["grouped_mm_tflops"] = tflops(row["swiglu_grouped_mm_ms"])
     row["dense_tflops"] = dense_tflops
@@ -237,11 +274,20 @@ def tune(args: Args, dtype: torch.dtype, gen: torch.Generator) -> None:
     name = configs.device_name(device)
     smem = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
     itemsize = torch.empty((), dtype=dtype).element_size()
+    if len(args.d_model) > 1:  # the files are keyed by E and N alone (as vLLM's): one d_model per run
+        raise SystemExit(f"--tune: give one --d-model (the model's width), got {list(args.d_model)}")
+    if args.tune_space not in ("full", "quick"):
+        raise SystemExit(f"--tune-space must be full or quick, got {args.tune_space!r}")
+    full = args.tune_space == "full"
+    dims = (
+        ((16, 32, 64, 128), (64, 128, 256), (64, 128), (1, 8), ((4, 3), (4, 4), (8, 3), (8, 4)))
+        if full
+        else ((16, 64, 128), (128, 256), (64,), (8,), ((4, 3), (8, 3), (8, 4)))
+    )
+    # The gate/up kernel holds an x tile and two weight tiles per stage.
     space = [
         configs.MoeKernelConfig(bm, bn, bk, g, warps, stages)
-        for bm, bn, bk, g, (warps, stages) in itertools.product(
-            (16, 32, 64, 128), (64, 128, 256), (64, 128), (1, 8), ((4, 3), (4, 4), (8, 3), (8, 4))
-        )
+        for bm, bn, bk, g, (warps, stages) in itertools.product(*dims)
         if (bm * bk + 2 * bk * bn) * itemsize * stages <= smem - 8 * 1024
     ]
     for num_experts, d_model in itertools.product(args.experts, args.d_model):
@@ -327,8 +373,11 @@ if __name__ == "__main__":
                 continue
             row = run_case(args, num_tokens, num_experts, top_k, d_model, dtype, peaks, gen)
             rows.append(row)
+            write_json(out, {**result, "cases": rows, "partial": True})  # a run cut short keeps its cases
             gm = row["grouped_mm_tflops"]
+            gr = row["swiglu_triton_graph_ms"]
             print(f"E={num_experts:>2} k={top_k} d={d_model} T={num_tokens:>5}: triton {row['swiglu_triton_ms']:.3f} ms "
+                  f"(graph {'-' if gr is None else f'{gr:.3f} ms'}) "
                   f"{row['triton_tflops']:.0f} TF/s ({row['fraction_of_dense']:.0%} of dense "
                   f"{row['dense_tflops']:.0f}), loop {row['swiglu_loop_ms']:.3f} ms (x{row['speedup_vs_loop']:.2f}), "
                   f"grouped_mm {'-' if gm is None else f'{gm:.0f} TF/s'}, route {row['route_triton_ms']:.3f} vs "
@@ -339,6 +388,5 @@ if __name__ == "__main__":
         result["targets_met"] = f"{sum(r['target_met'] for r in judged)}/{len(judged)}"
         print(f"targets met: {result['targets_met']}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out, result)
     print(f"wrote {out}")

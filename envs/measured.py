@@ -163,7 +163,9 @@ class MeasuredBackend:
             latency_ms=interval_latency_ms(sum(launch_ms) / 1000.0, launches, served, backlog),
             busy_s=busy_s,
             ttt_busy_share=report.ttt_wall_time_s / max(report.wall_time_s, 1e-9),
-            pred_energy_j=predicted.total.energy_j * launches,
+            # The KCM prices busy time only; the rest of the interval idles (as the simulated backend counts it).
+            pred_energy_j=predicted.total.energy_j * launches
+            + max(0.0, cfg.interval_s - launches * predicted.total.latency_s) * self.spec.idle_w,
             pred_latency_ms=1000.0 * predicted.total.latency_s * launches,
             next_pred_energy_j=nxt.total.energy_j * math.ceil(max(due, 1.0) / self.launch_tokens),
             next_pred_latency_ms=1000.0 * nxt.total.latency_s * math.ceil(max(due, 1.0) / self.launch_tokens),

@@ -251,6 +251,29 @@ def test_interrupted_run_resumes_without_repeating_rows(tmp_path, monkeypatch, c
     assert len({(r["label"], r["episode_seed"]) for r in rows}) == 4
     assert json.loads((out / "summary.json").read_text())["aggregates"]["kcm_greedy"]["mean_loss"]["n"] == 2
 
+    # The report can be rebuilt from the rows alone (as for a GPU run whose aggregation failed there).
+    before = json.loads((out / "summary.json").read_text())
+    for name in ("summary.json", "report.md", "pareto.png"):
+        (out / name).unlink()
+    assert evaluate.main(["--out", str(out), "--report-only"]) == 0
+    after = json.loads((out / "summary.json").read_text())
+    assert after["aggregates"] == before["aggregates"] and after["device"] == before["device"]
+    assert "rebuilt from episodes.csv" in (out / "report.md").read_text()
+    assert (out / "pareto.png").exists()
+    assert evaluate.main(["--out", str(tmp_path / "nothing"), "--report-only"]) == 2
+    assert "episodes.csv" in capsys.readouterr().err
+
+
+def test_missing_rliable_stops_before_any_episode(tmp_path, monkeypatch, capsys):
+    def broken():
+        raise RuntimeError("cannot import rliable (ImportError: pytz)")
+
+    monkeypatch.setattr(evaluate.stats, "require_rliable", broken)
+    out = tmp_path / "run"
+    assert evaluate.main(["--policies", "no_control", "--seeds", "0", "--out", str(out), *TINY]) == 2
+    assert "cannot import rliable" in capsys.readouterr().err
+    assert not (out / "episodes.csv").exists()
+
 
 def test_saved_policies_run_and_a_foreign_one_is_refused(tmp_path, capsys):
     import gymnasium as gym

@@ -149,3 +149,20 @@ def test_tiny_run_interrupts_with_a_checkpoint_and_resumes(tmp_path):
     for path in (run, run / "model.zip", run / "best" / "best_model.zip"):
         action = agents.load_policy(path).act(obs)
         assert action.shape == env.action_space.shape and np.all(np.abs(action) <= 1)
+
+
+def test_eval_history_and_best_reward_carry_over_a_resume(tmp_path):
+    from agents.sb3 import HeldOutEvalCallback
+
+    np.savez(
+        tmp_path / "evaluations.npz",
+        timesteps=np.array([100, 200, 300]),
+        results=np.array([[-5.0, -7.0], [-2.0, -4.0], [-1.0, -1.0]]),
+        ep_lengths=np.array([[10, 10], [10, 10], [10, 10]]),
+    )
+    kw = dict(eval_seed=0, log_path=str(tmp_path), eval_freq=1, warn=False)
+    resumed = HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=250, **kw)
+    assert resumed.evaluations_timesteps == [100, 200]  # the evaluation after the checkpoint is dropped
+    assert resumed.best_mean_reward == -3.0
+    fresh = HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=None, **kw)
+    assert fresh.evaluations_timesteps == [] and fresh.best_mean_reward == -np.inf
