@@ -467,7 +467,8 @@ def evaluate(args: Args, specs: list[PolicySpec], env_configs: dict[str, dict], 
     except RuntimeError as exc:
         raise UsageError(str(exc)) from exc
     rows, facts = run_policies(args, specs, env_configs, out)
-    return aggregate(args, specs, rows, facts, device_facts(), out, title, baselines, notes)
+    device = json.loads((out / "run_facts.json").read_text())["device"]  # as saved for a later --report-only
+    return aggregate(args, specs, rows, facts, device, out, title, baselines, notes)
 
 
 def aggregate(args: Args, specs: list[PolicySpec], rows: list[dict], facts: dict, device: dict, out: Path,
