@@ -56,12 +56,14 @@ from agents.sb3 import (
     SaveVecNormalizeCallback,
     build_algo_kwargs,
     check_hyperparams,
+    imitation_settings,
     latest_checkpoint,
     load_hyperparams,
     parse_key_values,
     save_checkpoint,
     set_initial_action,
 )
+from agents.warm_start import warm_start
 from envs import EnvConfig
 from moe_runtime import ControlAction
 from telemetry import nvml_available
@@ -205,6 +207,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Args, dict[str, Any]]:
         overrides = parse_key_values(args.hyperparams, "--hyperparams")
         check_hyperparams(args.algo, overrides, "--hyperparams")
         hyperparams.update(overrides)
+        imitation = imitation_settings(hyperparams)
         env_kwargs = env_kwargs_from_pairs(args.env_kwargs, args.telemetry)
     except (ValueError, TypeError, FileNotFoundError, yaml.YAMLError) as exc:
         parser.error(str(exc))
@@ -219,6 +222,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Args, dict[str, Any]]:
         "run_dir": run_dir,
         "vec": args.vec if args.vec != "auto" else ("subproc" if args.n_envs > 1 else "dummy"),
         "hyperparams": hyperparams,
+        "imitation": imitation,
         "env_kwargs": env_kwargs,
         # held-out evaluation: its own seeds, on the validation split of the corpus
         "eval_env_kwargs": {"split": "validation", **env_kwargs},
@@ -334,7 +338,13 @@ if __name__ == "__main__":
         if derived["hyperparams"].get("init_action", "zero") == "no_control":
             spec = ControlSpec.from_env(venv)
             set_initial_action(model, spec.encode(ControlAction.uncontrolled(spec.num_experts)))
-        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(run_config(args, derived, normalize), sort_keys=False))
+        config = run_config(args, derived, normalize)
+        if derived["imitation"] is not None:
+            im = derived["imitation"]
+            print(f"warm start: imitating {im['controller']} for {im['steps']} steps, {im['epochs']} epochs")
+            config["warm_start"] = warm_start(model, venv, im["controller"], im["steps"], im["epochs"], seed=args.seed)
+            print(f"warm start: {config['warm_start']}")
+        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
     else:
         steps, paths = resumed
         saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).exists() else {}
@@ -431,6 +441,9 @@ if __name__ == "__main__":
         "n_envs": args.n_envs,
         "vec": derived["vec"],
     }
+    saved_config = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
+    if "warm_start" in saved_config:  # env steps spent imitating before RL, not counted in `steps`
+        summary["warm_start"] = saved_config["warm_start"]
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
     print(f"{steps} steps in {wall_s:.1f} s ({summary['steps_per_s']} steps/s); run folder {run_dir}")
 

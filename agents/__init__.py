@@ -6,7 +6,8 @@
 - `EnergyAwareTTTRouter` (the original heuristic, five parts; a Controller and a router module) with its
   `StatisticalLoadBalancer` and `ThermalAdaptiveScaler`;
 - `load_policy(path)`: a saved stable-baselines3 model as a Controller;
-- `AgentRouter(controller, runtime, ...)`: a Controller driving a live `MoERuntime`.
+- `AgentRouter(controller, runtime, ...)`: a Controller driving a live `MoERuntime`;
+- `warm_start(model, venv, controller, steps, epochs)`: fit a fresh SB3 policy to a baseline before RL.
 """
 
 from agents.agent_router import AgentRouter, IntervalRecord
@@ -24,6 +25,7 @@ from agents.controller import (
 )
 from agents.heuristic import EnergyAwareTTTRouter, StatisticalLoadBalancer, ThermalAdaptiveScaler
 from agents.sb3 import ALGOS, PolicyController, load_hyperparams, load_policy
+from agents.warm_start import warm_start
 
 __all__ = [
     "ALGOS",
@@ -45,4 +47,5 @@ __all__ = [
     "load_hyperparams",
     "load_policy",
     "make_controller",
+    "warm_start",
 ]

@@ -6,7 +6,8 @@ constructor arguments they may hold `policy` (default `MlpPolicy`), `normalize` 
 arguments such as `{norm_obs: false, norm_reward: true}`), `noise_type` (`normal` or `ornstein-uhlenbeck`) with
 `noise_std` for TD3/SAC action noise, and `init_action` (`no_control`: the untrained policy's mean action is no
 control, zero biases and TTT off, so exploration starts there; `zero`: SB3's own initialisation, mean action 0,
-which has TTT on). Overrides use the Zoo's `key:value` syntax, with values parsed as YAML
+which has TTT on), and `imitate` (a controller name: warm-start the policy by imitating it, see `agents.warm_start`)
+with `imitate_steps` (default 2048) and `imitate_epochs` (default 30). Overrides use the Zoo's `key:value` syntax, with values parsed as YAML
 (`n_steps:64`, `learning_rate:3e-4`, `learning_rate:lin_3e-4` (linear decay), `policy_kwargs:"{net_arch: [64, 64],
 activation_fn: tanh}"`); never `eval`.
 """
@@ -32,6 +33,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
 
+from agents.controller import CONTROLLERS
+
 logger = logging.getLogger(__name__)
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3}
@@ -42,6 +45,9 @@ META_KEYS = (
     "noise_type",
     "noise_std",
     "init_action",
+    "imitate",
+    "imitate_steps",
+    "imitate_epochs",
 )  # hyperparameters that are not constructor arguments
 NORMALIZE_KEYS = ("norm_obs", "norm_reward", "clip_obs", "clip_reward", "gamma", "epsilon")
 ACTIVATIONS = {
@@ -140,13 +146,16 @@ def build_algo_kwargs(algo: str, params: dict[str, Any], n_actions: int) -> tupl
     """Turn checked hyperparameters into `(policy, constructor kwargs, VecNormalize kwargs or None)`.
 
     Converts `lin_<x>` schedules, `activation_fn` names, `train_freq` lists and `noise_type`/`noise_std`; drops
-    `init_action` (see `set_initial_action`).
+    `init_action` (see `set_initial_action`) and the `imitate*` keys (see `imitation_settings`).
     """
     p = dict(params)
     policy = p.pop("policy", "MlpPolicy")
     normalize = p.pop("normalize", False)
     if p.pop("init_action", "zero") not in INIT_ACTIONS:
         raise ValueError(f"init_action must be one of {INIT_ACTIONS}, got {params['init_action']!r}")
+    imitation_settings(p)
+    for key in ("imitate", "imitate_steps", "imitate_epochs"):
+        p.pop(key, None)
     noise_type, noise_std = p.pop("noise_type", None), p.pop("noise_std", 0.1)
     for key in ("learning_rate", "clip_range", "clip_range_vf"):
         if isinstance(p.get(key), str) and p[key].startswith("lin_"):
@@ -172,6 +181,31 @@ def build_algo_kwargs(algo: str, params: dict[str, Any], n_actions: int) -> tupl
     if normalize is True:
         normalize = {}
     return policy, p, (dict(normalize) if normalize is not False and normalize is not None else None)
+
+
+def imitation_settings(params: dict[str, Any]) -> dict[str, Any] | None:
+    """`{controller, steps, epochs}` from the `imitate*` hyperparameters, or None when `imitate` is unset.
+
+    Raises:
+        ValueError: an unknown controller, non-positive steps or epochs, or `imitate_*` without `imitate`.
+    """
+    name = params.get("imitate")
+    if name in (None, "", "none", False):
+        extra = [k for k in ("imitate_steps", "imitate_epochs") if k in params]
+        if extra:
+            raise ValueError(f"{extra} given without imitate:<controller>")
+        return None
+    if name not in CONTROLLERS:
+        raise ValueError(f"imitate: unknown controller {name!r}; choose one of {sorted(CONTROLLERS)}")
+    settings = {
+        "controller": name,
+        "steps": params.get("imitate_steps", 2048),
+        "epochs": params.get("imitate_epochs", 30),
+    }
+    for key in ("steps", "epochs"):
+        if not isinstance(settings[key], int) or isinstance(settings[key], bool) or settings[key] < 1:
+            raise ValueError(f"imitate_{key} must be a positive integer, got {settings[key]!r}")
+    return settings
 
 
 def set_initial_action(model: BaseAlgorithm, action: np.ndarray) -> None:

@@ -320,3 +320,23 @@ def test_agent_router_runs_a_loaded_policy(ppo_run):
     for r in router.run(3):
         assert r.next_action == router.spec.codec.decode(policy.act(r.observation))
     assert runtime.action == r.next_action
+
+
+def test_warm_start_fits_the_policy_to_its_teacher(env):
+    venv = VecNormalize(DummyVecEnv([lambda: Monitor(env)]), norm_obs=False, norm_reward=True, gamma=0.98)
+    model = PPO("MlpPolicy", venv, n_steps=64, batch_size=32, gamma=0.98, seed=0, device="cpu")
+    teacher = make_controller("kcm_greedy", env)
+    observations = [env.reset(seed=7)[0]]  # states the teacher visits, on episodes the fit never saw
+    for _ in range(7):
+        observations.append(env.step(teacher.act(observations[-1]))[0])
+
+    def gap() -> float:
+        return max(float(np.abs(model.predict(o, deterministic=True)[0] - teacher.act(o)).max()) for o in observations)
+
+    before = gap()
+    record = agents.warm_start(model, venv, "kcm_greedy", steps=32, epochs=60, seed=0)
+    assert record["steps"] == 32 and record["episodes"] == 4 and np.isfinite(record["teacher_mean_return"])
+    assert record["action_mse"] < 1e-3 and record["value_mse"] > 0
+    assert gap() < min(0.1, before / 3), (before, gap())
+    with pytest.raises(ValueError, match="unknown controller 'oracle'"):
+        agents.warm_start(model, venv, "oracle", steps=8, epochs=1)

@@ -50,6 +50,9 @@ BAD_FLAGS = [
     (["--env-kwargs", "workload.nope:1"], "--env-kwargs workload"),
     (["--env-kwargs", "preset:huge"], "unknown MoEConfig preset"),
     (["--resume"], "--resume needs --out"),
+    (["--hyperparams", "imitate:oracle"], "imitate: unknown controller 'oracle'"),
+    (["--hyperparams", "imitate_steps:64"], "given without imitate:<controller>"),
+    (["--hyperparams", "imitate:kcm_greedy", "imitate_epochs:0"], "imitate_epochs must be a positive integer"),
 ]
 
 
@@ -166,3 +169,18 @@ def test_eval_history_and_best_reward_carry_over_a_resume(tmp_path):
     assert resumed.best_mean_reward == -3.0
     fresh = HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=None, **kw)
     assert fresh.evaluations_timesteps == [] and fresh.best_mean_reward == -np.inf
+
+
+def test_warm_started_run_records_its_teacher(tmp_path):
+    run = tmp_path / "run"
+    tiny = [a for a in TINY_RUN if a != "--hyperparams"]  # the overrides below join TINY_RUN's
+    i = TINY_RUN.index("--hyperparams")
+    argv = [*TINY_RUN[:i], *TINY_RUN[i + 4 :], "--hyperparams", *TINY_RUN[i + 1 : i + 4]]
+    assert sorted(argv) == sorted(tiny + ["--hyperparams"])
+    argv += ["imitate:kcm_greedy", "imitate_steps:16", "imitate_epochs:5"]
+    cmd = [sys.executable, "train_agent.py", "--out", str(run), "--timesteps", "32", *argv]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = yaml.safe_load((run / "config.yaml").read_text())["warm_start"]
+    assert record["controller"] == "kcm_greedy" and record["steps"] == 16 and record["episodes"] == 2
+    assert json.loads((run / "train_summary.json").read_text())["warm_start"] == record

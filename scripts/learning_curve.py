@@ -1,0 +1,135 @@
+"""Learning curves of `train_agent.py` runs, with baselines on the same held-out episodes.
+
+    python scripts/learning_curve.py runs/ppo_default_s0 runs/ppo_kcm_s0 --baselines no_control,kcm_greedy \
+        --out results/learning_curve
+
+For each run: the training episodes' mean return (TensorBoard's `rollout/ep_rew_mean`, every resumed session
+merged) and the held-out evaluations (`evaluations.npz`: mean and spread of the evaluation episodes). Each baseline
+controller plays the held-out episodes the runs were evaluated on (same env kwargs and `--eval-seed` as the first
+run's `config.yaml`), so its line is directly comparable with the evaluation points. All returns are `simulated`
+(the simulated GPU prices energy, heat and latency) plus the measured loss. Writes `<out>.png` and `<out>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def training_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, mean training-episode return) from every TensorBoard event file under `run/tb`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points: dict[int, float] = {}
+    for events in sorted((run / "tb").rglob("events.out.tfevents*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "rollout/ep_rew_mean" in acc.Tags()["scalars"]:
+            points.update({e.step: e.value for e in acc.Scalars("rollout/ep_rew_mean")})
+    steps = np.array(sorted(points))
+    return steps, np.array([points[s] for s in steps])
+
+
+def baseline_returns(config: dict, controller: str, episodes: int) -> list[float]:
+    """Returns of `controller` on the held-out episodes `train_agent.py`'s evaluation callback plays."""
+    from agents import make_controller
+    from train_agent import make_vec_env
+
+    args = config["args"]
+    env_kwargs = config.get("eval_env_kwargs") or {"split": "validation", **(config.get("env_kwargs") or {})}
+    venv = make_vec_env(args["env_id"], env_kwargs, 1, args["eval_seed"], "dummy")
+    try:
+        policy = make_controller(controller, venv)
+        policy.reset()
+        venv.seed(args["eval_seed"])
+        obs, returns, total = venv.reset(), [], 0.0
+        while len(returns) < episodes:
+            obs, reward, done, _ = venv.step(policy.act(obs[0])[None])
+            total += float(reward[0])
+            if done[0]:
+                returns.append(total)
+                total = 0.0
+                policy.reset()
+        return returns
+    finally:
+        venv.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="train_agent.py run folders (with config.yaml)")
+    parser.add_argument("--labels", default="", help="comma-separated labels, one per run (default: folder names)")
+    parser.add_argument("--baselines", default="no_control", help="comma-separated controller names, or ''")
+    parser.add_argument("--out", type=Path, default=Path("results/learning_curve"), help="output path, no suffix")
+    args = parser.parse_args(argv)
+    labels = args.labels.split(",") if args.labels else [r.name for r in args.runs]
+    if len(labels) != len(args.runs):
+        parser.error(f"--labels has {len(labels)} entries for {len(args.runs)} runs")
+    for run in args.runs:
+        if not (run / "config.yaml").is_file():
+            parser.error(f"{run} is not a train_agent.py run folder (no config.yaml)")
+    configs = [yaml.safe_load((run / "config.yaml").read_text()) for run in args.runs]
+    eval_episodes = int(configs[0]["args"]["eval_episodes"])
+
+    data: dict = {
+        "runs": {},
+        "baselines": {},
+        "eval_episodes": eval_episodes,
+        "eval_seed": configs[0]["args"]["eval_seed"],
+    }
+    for run, label, config in zip(args.runs, labels, configs):
+        steps, train = training_curve(run)
+        entry: dict = {"folder": str(run), "train_steps": steps.tolist(), "train_return": train.tolist()}
+        if (run / "evaluations.npz").exists():
+            with np.load(run / "evaluations.npz") as ev:
+                entry["eval_steps"] = ev["timesteps"].tolist()
+                entry["eval_returns"] = ev["results"].tolist()
+        if "warm_start" in config:
+            entry["warm_start"] = config["warm_start"]
+        data["runs"][label] = entry
+    for name in filter(None, args.baselines.split(",")):
+        data["baselines"][name] = baseline_returns(configs[0], name, eval_episodes)
+        print(f"{name}: held-out mean return {np.mean(data['baselines'][name]):.1f}")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, entry) in enumerate(data["runs"].items()):
+        c = colors[i % len(colors)]
+        if entry["train_steps"]:
+            ax.plot(entry["train_steps"], entry["train_return"], color=c, alpha=0.35, lw=1)
+        if "eval_steps" in entry:
+            r = np.array(entry["eval_returns"])
+            ax.errorbar(entry["eval_steps"], r.mean(1), yerr=r.std(1), color=c, marker="o", capsize=3, label=label)
+    for j, (name, returns) in enumerate(data["baselines"].items()):
+        ax.axhline(np.mean(returns), color=colors[(len(data["runs"]) + j) % len(colors)], ls="--", label=name)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("episode return [simulated]")
+    ax.set_title(f"held-out evaluation (markers: mean ± sd of {eval_episodes} episodes); faint: training episodes")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, args.out.with_suffix(".png"))
+    tmp_json = args.out.with_name(args.out.name + ".tmp.json")
+    tmp_json.write_text(json.dumps(data, indent=1))
+    os.replace(tmp_json, args.out.with_suffix(".json"))
+    print(f"wrote {args.out.with_suffix('.png')} and {args.out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
