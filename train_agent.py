@@ -12,7 +12,7 @@ The run folder (`--out`) gets: `config.yaml` (every argument, the resolved hyper
 date), `model.zip` and `vecnormalize.pkl` (final), `best/best_model.zip` (+ its `vecnormalize.pkl`; chosen on
 held-out seeds of the validation split), `checkpoints/ckpt_<steps>_steps.zip` (+ VecNormalize, replay buffer),
 `evaluations.npz`, `tb/` (TensorBoard: SB3's losses, `env/` reward terms and per-episode energy, latency, loss,
-`telemetry/` temperature and power) and `train_summary.json` (steps, wall time, steps/s). Ctrl-C (or SIGTERM) saves
+`telemetry/` temperature and power) and `train_summary.json` (steps, wall time this session and in all, steps/s). Ctrl-C (or SIGTERM) saves
 a checkpoint and exits with status 130.
 """
 
@@ -25,6 +25,7 @@ import datetime
 import inspect
 import json
 import multiprocessing
+import os
 import platform
 import random
 import signal
@@ -441,10 +442,21 @@ if __name__ == "__main__":
         "n_envs": args.n_envs,
         "vec": derived["vec"],
     }
+    previous = run_dir / "train_summary.json"
+    if resumed is not None and previous.exists():  # a resumed run's totals span all its sessions
+        try:
+            before = json.loads(previous.read_text())
+            summary["wall_s_total"] = round(before.get("wall_s_total", before.get("wall_s", 0.0)) + wall_s, 2)
+        except (json.JSONDecodeError, TypeError):
+            pass
+    else:
+        summary["wall_s_total"] = summary["wall_s"]
     saved_config = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
     if "warm_start" in saved_config:  # env steps spent imitating before RL, not counted in `steps`
         summary["warm_start"] = saved_config["warm_start"]
-    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    tmp = run_dir / "train_summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, run_dir / "train_summary.json")
     print(f"{steps} steps in {wall_s:.1f} s ({summary['steps_per_s']} steps/s); run folder {run_dir}")
 
     # close

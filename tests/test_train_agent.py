@@ -130,7 +130,9 @@ def test_tiny_run_interrupts_with_a_checkpoint_and_resumes(tmp_path):
         [*cmd, "--timesteps", str(steps + 64), "--resume"], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert json.loads((run / "train_summary.json").read_text())["steps"] >= steps + 64
+    resumed_summary = json.loads((run / "train_summary.json").read_text())
+    assert resumed_summary["steps"] >= steps + 64
+    assert resumed_summary["wall_s_total"] > resumed_summary["wall_s"] >= 0  # both sessions counted
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["args"]["algo"] == "ppo" and config["resumed"][0]["from_steps"] == steps
     assert config["env_config"]["model"]["num_experts"] == 4
