@@ -7,11 +7,11 @@ from moe_runtime.muon import Muon, newton_schulz
 from moe_runtime.pretrain import PretrainConfig, checkpoint_path, evaluate_loss, load_or_pretrain, pretrain
 from moe_runtime.runtime import ControlAction, MoERuntime, StepReport, forward_work
 from moe_runtime.streams import Corpus, DomainSchedule, TokenStream, corpus_hash, load_corpus
-from moe_runtime.ttt import (
+from moe_runtime.ttt import TTTEngine
+from moe_runtime.ttt_config import (
     DEFAULT_CHUNK_TOKENS,
     DEFAULT_FREQUENCY_TOKENS,
     TTTConfig,
-    TTTEngine,
     TTTUpdate,
 )
 
