@@ -1,0 +1,108 @@
+"""Policy specs and seed lists of `evaluate.py`'s command line (grammar in `evaluate.py`'s docstring), and its
+`UsageError`."""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SB3_PREFIXES = ("ppo", "a2c", "sac", "td3", "sb3")
+
+
+class UsageError(ValueError):
+    """A bad flag, policy spec or path: reported as one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A parsed policy spec: a controller by name with keyword arguments, or a saved SB3 model."""
+
+    label: str
+    text: str
+    name: str = ""  # controller name (kind "controller")
+    kwargs: dict = field(default_factory=dict)
+    algo: str = ""  # ppo, a2c, sac, td3, or "" to infer (kind "sb3")
+    path: str = ""
+    env: str = "main"  # which env of the run it runs on (suites use several)
+
+    @property
+    def kind(self) -> str:
+        return "sb3" if self.path else "controller"
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside parentheses: "a,b(x=1,y=2),c" -> ["a", "b(x=1,y=2)", "c"]."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if depth < 0:
+            raise UsageError(f"unbalanced ')' in {text!r}")
+        if ch == sep and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if depth:
+        raise UsageError(f"unbalanced '(' in {text!r}")
+    return [p.strip() for p in parts + [cur] if p.strip()]
+
+
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_policy(text: str, controllers: tuple[str, ...]) -> PolicySpec:
+    """One policy spec (grammar in the module docstring). Raises UsageError with the fix."""
+    label, body = "", text.strip()
+    m = re.match(r"^([^=():]+)=(.+)$", body)
+    if m:
+        label, body = m.group(1).strip(), m.group(2).strip()
+    m = re.match(rf"^({'|'.join(SB3_PREFIXES)}):(.+)$", body)
+    if m:
+        algo, path = m.group(1), m.group(2).strip()
+        if not Path(path).exists():
+            raise UsageError(f"policy {text!r}: no saved model at {path} (train one with train_agent.py --out DIR)")
+        default = f"{algo}:{Path(path).parent.name if Path(path).is_file() else Path(path).name}"
+        return PolicySpec(label or default, text, algo="" if algo == "sb3" else algo, path=path)
+    m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\((.*)\))?$", body)
+    if not m:
+        raise UsageError(f"policy {text!r} is not NAME, NAME(KEY=VALUE,...), ppo:PATH or sb3:PATH")
+    name, kwargs = m.group(1), {}
+    if name not in controllers:
+        raise UsageError(f"policy {text!r}: unknown controller {name!r}; choose one of {', '.join(controllers)} "
+                         "or ppo:PATH / sb3:PATH for a saved model")
+    for item in split_top_level(m.group(2) or ""):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise UsageError(f"policy {text!r}: argument {item!r} is not KEY=VALUE")
+        kwargs[key.strip()] = _value(value.strip())
+    return PolicySpec(label or body, text, name=name, kwargs=kwargs)
+
+
+def parse_policies(text: str, controllers: tuple[str, ...]) -> list[PolicySpec]:
+    specs = [parse_policy(p, controllers) for p in split_top_level(text)]
+    if not specs:
+        raise UsageError("--policies is empty; give e.g. heuristic,no_control")
+    labels = [s.label for s in specs]
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        raise UsageError(f"policy labels must be unique, {duplicates} repeat: name them with LABEL=SPEC")
+    return specs
+
+
+def parse_seeds(text: str) -> list[int]:
+    """"0,3,5-7" -> [0, 3, 5, 6, 7]."""
+    seeds: list[int] = []
+    for part in split_top_level(text):
+        m = re.match(r"^(\d+)(?:-(\d+))?$", part)
+        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
+            raise UsageError(f"--seeds {text!r}: {part!r} is not N or N-M (M >= N)")
+        seeds += range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {text!r} must name distinct seeds")
+    return seeds
