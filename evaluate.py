@@ -90,7 +90,7 @@ class Args:
     bootstrap_reps: int = 2000  # bootstrap replications per interval estimate
     confidence: float = 0.95  # interval coverage
     policy_device: str = "cpu"  # torch device of SB3 policies
-    trained_policy: str = "results/ppo_default/best_model.zip"  # the committed policy (main, routers, ttt, gpu)
+    trained_policy: str = "results/ppo_kcm_warm/best_model.zip"  # the committed policy (main, routers, ttt, gpu)
     main_budget_s: int = 840  # main: the whole job's wall time; evaluation starts no episode past it, s
     train_seconds: int = 240  # main: wall time of the short PPO training run, s (0: skip it)
     train_timesteps: int = 100_000  # main: at most this many PPO steps in that run
