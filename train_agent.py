@@ -12,8 +12,9 @@ The run folder (`--out`) gets: `config.yaml` (every argument, the resolved hyper
 date), `model.zip` and `vecnormalize.pkl` (final), `best/best_model.zip` (+ its `vecnormalize.pkl`; chosen on
 held-out seeds of the validation split), `checkpoints/ckpt_<steps>_steps.zip` (+ VecNormalize, replay buffer),
 `evaluations.npz`, `tb/` (TensorBoard: SB3's losses, `env/` reward terms and per-episode energy, latency, loss,
-`telemetry/` temperature and power) and `train_summary.json` (steps, wall time this session and in all, steps/s). Ctrl-C (or SIGTERM) saves
-a checkpoint and exits with status 130.
+`telemetry/` temperature and power) and `train_summary.json` (steps, wall time this session and in all, steps/s).
+Ctrl-C (or SIGTERM) saves a checkpoint and exits with status 130. `--hyperparams imitate:<controller>` first fits the
+fresh policy to a baseline controller (`agents.warm_start`); the record goes to `config.yaml` and the summary.
 """
 
 from __future__ import annotations

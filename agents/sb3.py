@@ -6,10 +6,10 @@ constructor arguments they may hold `policy` (default `MlpPolicy`), `normalize` 
 arguments such as `{norm_obs: false, norm_reward: true}`), `noise_type` (`normal` or `ornstein-uhlenbeck`) with
 `noise_std` for TD3/SAC action noise, and `init_action` (`no_control`: the untrained policy's mean action is no
 control, zero biases and TTT off, so exploration starts there; `zero`: SB3's own initialisation, mean action 0,
-which has TTT on), and `imitate` (a controller name: warm-start the policy by imitating it, see `agents.warm_start`)
-with `imitate_steps` (default 2048) and `imitate_epochs` (default 30). Overrides use the Zoo's `key:value` syntax, with values parsed as YAML
-(`n_steps:64`, `learning_rate:3e-4`, `learning_rate:lin_3e-4` (linear decay), `policy_kwargs:"{net_arch: [64, 64],
-activation_fn: tanh}"`); never `eval`.
+which has TTT on), and `imitate` (a controller name: warm-start the policy by imitating it, see
+`agents.warm_start`) with `imitate_steps` (default 2048) and `imitate_epochs` (default 30). Overrides use the Zoo's
+`key:value` syntax, with values parsed as YAML (`n_steps:64`, `learning_rate:3e-4`, `learning_rate:lin_3e-4`
+(linear decay), `policy_kwargs:"{net_arch: [64, 64], activation_fn: tanh}"`); never `eval`.
 """
 
 from __future__ import annotations

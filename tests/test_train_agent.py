@@ -175,14 +175,21 @@ def test_eval_history_and_best_reward_carry_over_a_resume(tmp_path):
 
 def test_warm_started_run_records_its_teacher(tmp_path):
     run = tmp_path / "run"
-    tiny = [a for a in TINY_RUN if a != "--hyperparams"]  # the overrides below join TINY_RUN's
-    i = TINY_RUN.index("--hyperparams")
-    argv = [*TINY_RUN[:i], *TINY_RUN[i + 4 :], "--hyperparams", *TINY_RUN[i + 1 : i + 4]]
-    assert sorted(argv) == sorted(tiny + ["--hyperparams"])
-    argv += ["imitate:kcm_greedy", "imitate_steps:16", "imitate_epochs:5"]
+    end = TINY_RUN.index("--hyperparams") + 4  # after TINY_RUN's three hyperparameters: add three more
+    argv = [*TINY_RUN[:end], "imitate:kcm_greedy", "imitate_steps:16", "imitate_epochs:5", *TINY_RUN[end:]]
     cmd = [sys.executable, "train_agent.py", "--out", str(run), "--timesteps", "32", *argv]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     record = yaml.safe_load((run / "config.yaml").read_text())["warm_start"]
     assert record["controller"] == "kcm_greedy" and record["steps"] == 16 and record["episodes"] == 2
     assert json.loads((run / "train_summary.json").read_text())["warm_start"] == record
+
+    # the learning-curve script reads the run and plays the baseline on the same held-out episodes
+    out = tmp_path / "curve"
+    cmd = [sys.executable, "scripts/learning_curve.py", str(run), "--baselines", "no_control", "--out", str(out)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    curve = json.loads(out.with_suffix(".json").read_text())
+    entry = curve["runs"]["run"]
+    assert entry["eval_steps"] == [32] and entry["train_steps"] and entry["warm_start"] == record
+    assert len(curve["baselines"]["no_control"]) == 1 and out.with_suffix(".png").stat().st_size > 10_000
