@@ -23,6 +23,7 @@ import argparse
 import ast
 import dataclasses
 import datetime
+import importlib.util
 import inspect
 import json
 import multiprocessing
@@ -204,6 +205,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Args, dict[str, Any]]:
         parser.error(f"--device {args.device!r}: {exc}")
     if args.resume and not args.out:
         parser.error("--resume needs --out, the run folder to continue")
+    missing = [m for m in ("tqdm", "rich") if importlib.util.find_spec(m) is None]
+    if args.progress_bar and missing:
+        # SB3 would raise this only after the envs are built and imitation is done; say it now and go on without
+        print(f"the progress bar needs {' and '.join(missing)} (pip install {' '.join(missing)}); running without it")
+        args.progress_bar = False
     try:
         hyperparams = load_hyperparams(args.algo, args.env_id, args.hyperparams_file or None)
         overrides = parse_key_values(args.hyperparams, "--hyperparams")

@@ -177,9 +177,11 @@ def test_warm_started_run_records_its_teacher(tmp_path):
     run = tmp_path / "run"
     end = TINY_RUN.index("--hyperparams") + 4  # after TINY_RUN's three hyperparameters: add three more
     argv = [*TINY_RUN[:end], "imitate:kcm_greedy", "imitate_steps:16", "imitate_epochs:5", *TINY_RUN[end:]]
+    argv.remove("--no-progress-bar")  # with the progress bar on, as a user's run has it (SB3 needs tqdm and rich)
     cmd = [sys.executable, "train_agent.py", "--out", str(run), "--timesteps", "32", *argv]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "running without it" not in result.stdout  # the installed project brings tqdm and rich
     record = yaml.safe_load((run / "config.yaml").read_text())["warm_start"]
     assert record["controller"] == "kcm_greedy" and record["steps"] == 16 and record["episodes"] == 2
     assert json.loads((run / "train_summary.json").read_text())["warm_start"] == record
