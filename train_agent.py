@@ -205,8 +205,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Args, dict[str, Any]]:
         parser.error(f"--device {args.device!r}: {exc}")
     if args.resume and not args.out:
         parser.error("--resume needs --out, the run folder to continue")
-    missing = [m for m in ("tqdm", "rich") if importlib.util.find_spec(m) is None]
-    if args.progress_bar and missing:
+    missing = [m for m in ("tqdm", "rich") if args.progress_bar and importlib.util.find_spec(m) is None]
+    if missing:
         # SB3 would raise this only after the envs are built and imitation is done; say it now and go on without
         print(f"the progress bar needs {' and '.join(missing)} (pip install {' '.join(missing)}); running without it")
         args.progress_bar = False
