@@ -29,7 +29,6 @@ import itertools
 import json
 import math
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from kernels import configs
+from kernels.configs import tuning
 from kernels.routing import fused_route_reference, fused_route_triton
-from kernels.swiglu import grouped_swiglu_reference, grouped_swiglu_triton
+from kernels.swiglu import CHUNK_TOKENS, grouped_swiglu_reference, grouped_swiglu_triton
 
 WIDTH_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.25, 1.5, 2.0)  # as moe_runtime.config.EXPERT_WIDTH_RATIOS
 
@@ -67,12 +67,17 @@ class Args:
     out: str = ""
     """JSON path; default results/moe_kernels/<device>__<date>.json"""
     tune: bool = False
-    """sweep block sizes for each (E, d_model) of the grid and write kernels/configs/*.json instead of benchmarking"""
+    """tune block sizes instead of benchmarking: one table per E (kernels/configs/E=..,N=..,device_name=...json),
+    each entry picked over every --top-k and --d-model given; the report (every pick, its slowdowns) to --out"""
     tune_tokens: tuple[int, ...] = (1, 16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
     """token counts of the tuned table"""
-    tune_space: str = "full"
-    """candidate block sizes: full (192 before the shared-memory filter; 15-20 minutes a shape) or quick (18, the
-    shapes that win on Hopper for bf16: ~1-2 minutes a shape)"""
+    tune_space: str = "quick"
+    """candidate block sizes (kernels/configs/tuning.py): quick (20 on an H100, the tile shapes that won there for
+    bf16) or full (vLLM's sweep, 124 on an H100)"""
+    tune_out: str = ""
+    """directory of the tuned tables; default kernels/configs/"""
+    compile_workers: int = 8
+    """processes compiling the candidates before they are timed (1: compile in the timing process)"""
 
 
 def parse_args() -> Args:
@@ -201,12 +206,16 @@ def dense_gemm_ms(args: Args, rows: int, d_model: int, flops: float, dtype) -> t
 
 
 def time_config(args: Args, cfg: configs.MoeKernelConfig, inputs: tuple, widths: tuple[int, ...]) -> float | None:
-    """Milliseconds of the Triton expert path with `cfg` forced, or None (reason printed) if it cannot launch."""
+    """Milliseconds of the Triton expert path with `cfg` forced, from CUDA-graph replays (the kernels' time without
+    launch gaps, as vLLM's tuner times); eager if the capture fails; None (reason printed) if it cannot launch."""
     x, ids, w, w_up, w_down = inputs
+    fn = lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths)  # noqa: E731
     with configs.force_config(cfg), torch.inference_mode():
         try:
-            return bench_ms(lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths), args)
+            ms, err = graph_ms(fn, args)
+            return bench_ms(fn, args) if ms is None else ms
         except Exception as exc:  # e.g. out of shared memory on this GPU: skip the candidate, and say so
+            torch.cuda.synchronize()
             print(f"  skip {cfg}: {type(exc).__name__}: {str(exc)[:120]}")
             return None
 
@@ -268,47 +277,61 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
     return row
 
 
-def tune(args: Args, dtype: torch.dtype, gen: torch.Generator) -> None:
-    """Time every candidate config at each token count; write the fastest per count to kernels/configs/."""
+def tune(args: Args, dtype: torch.dtype, gen: torch.Generator, result: dict, out: Path) -> None:
+    """Per E: compile the candidates in parallel, time each on every (top-k, d_model) at each token count from CUDA
+    graph replays, and write the robust picks (`kernels.configs.tuning.pick_robust`): one table for every top-k
+    (over all the cases) and, with several top-k, one per top-k (over the d_model cases of that top-k), from the
+    same timings."""
     device = torch.device("cuda")
     name = configs.device_name(device)
     smem = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if len(args.d_model) > 1:  # the files are keyed by E and N alone (as vLLM's): one d_model per run
-        raise SystemExit(f"--tune: give one --d-model (the model's width), got {list(args.d_model)}")
-    if args.tune_space not in ("full", "quick"):
-        raise SystemExit(f"--tune-space must be full or quick, got {args.tune_space!r}")
-    full = args.tune_space == "full"
-    dims = (
-        ((16, 32, 64, 128), (64, 128, 256), (64, 128), (1, 8), ((4, 3), (4, 4), (8, 3), (8, 4)))
-        if full
-        else ((16, 64, 128), (128, 256), (64,), (8,), ((4, 3), (8, 3), (8, 4)))
-    )
-    # The gate/up kernel holds an x tile and two weight tiles per stage.
-    space = [
-        configs.MoeKernelConfig(bm, bn, bk, g, warps, stages)
-        for bm, bn, bk, g, (warps, stages) in itertools.product(*dims)
-        if (bm * bk + 2 * bk * bn) * itemsize * stages <= smem - 8 * 1024
-    ]
-    for num_experts, d_model in itertools.product(args.experts, args.d_model):
-        top_k = min(args.top_k[0], num_experts)
+    space = tuning.candidate_space(args.tune_space, torch.empty((), dtype=dtype).element_size(), smem)
+    config_dir = Path(args.tune_out) if args.tune_out else configs.CONFIG_DIR
+    config_dir.mkdir(parents=True, exist_ok=True)
+    # A launch of more than CHUNK_TOKENS tokens runs in chunks of CHUNK_TOKENS and looks its config up by that.
+    keys = sorted({min(t, CHUNK_TOKENS) for t in args.tune_tokens})
+    result["tune"] = dict(space=args.tune_space, candidates=len(space), token_keys=keys, tables=[])
+    for num_experts in args.experts:
         widths = expert_widths(num_experts, args.base_width)
-        table = {}
-        for num_tokens in args.tune_tokens:
-            x, _, ids, w, w_up, w_down = make_case(num_tokens, num_experts, top_k, d_model, widths, dtype, device, gen)
-            slots_per_expert = num_tokens * top_k / num_experts
-            best = (float("inf"), None)
-            for cfg in space:
-                if cfg.block_size_m > max(16, 4 * slots_per_expert):  # tiles mostly padding
-                    continue
-                ms = time_config(args, cfg, (x, ids, w, w_up, w_down), widths)
-                if ms is not None and ms < best[0]:
-                    best = (ms, cfg)
-            print(f"E={num_experts} d={d_model} tokens={num_tokens}: {best[0]:.4f} ms with {best[1]}")
-            table[num_tokens] = best[1]
-        path = configs.CONFIG_DIR / configs.config_file_name(num_experts, max(widths), name, dtype)
-        configs.write_configs(path, table)
-        print(f"wrote {path}")
+        top_ks = [k for k in args.top_k if k <= num_experts]
+        t_start = time.perf_counter()
+        shapes = [tuning.Shape(num_experts, k, d, widths) for k in top_ks for d in args.d_model]
+        failed = tuning.precompile(space, shapes, dtype, "cuda", workers=args.compile_workers)
+        compile_s = time.perf_counter() - t_start
+        print(f"E={num_experts} N={max(widths)}: compiled {len(space)} candidates for top-k {top_ks} in "
+              f"{compile_s:.0f} s ({len(failed)} failed{': ' + next(iter(failed.values())) if failed else ''})")  # fmt: skip
+        per_k = [None] if len(top_ks) == 1 else [None, *top_ks]  # None: the table for every top-k
+        files = {k: config_dir / configs.config_file_name(num_experts, max(widths), name, dtype, k) for k in per_k}
+        entry = dict(experts=num_experts, widths=list(widths), top_k=top_ks, d_model=list(args.d_model),
+                     files=[f.name for f in files.values()], compile_s=compile_s,
+                     failed={repr(c): e for c, e in failed.items()}, picks=[])  # fmt: skip
+        result["tune"]["tables"].append(entry)
+        tables = {k: {} for k in per_k}
+        for key in keys:
+            cands = [c for c in space if c not in failed and tuning.eligible(c, key * max(top_ks) / num_experts)]
+            times = {c: {} for c in cands}
+            for top_k, d_model in itertools.product(top_ks, args.d_model):
+                x, _, ids, w, w_up, w_down = make_case(key, num_experts, top_k, d_model, widths, dtype, device, gen)
+                for cfg in cands:
+                    times[cfg][f"k={top_k},d={d_model}"] = time_config(args, cfg, (x, ids, w, w_up, w_down), widths)
+                del x, ids, w, w_up, w_down
+            for k in per_k:
+                prefix = "" if k is None else f"k={k},"
+                pick = tuning.pick_robust({c: {case: ms for case, ms in t.items() if case.startswith(prefix)}
+                                           for c, t in times.items()})  # fmt: skip
+                tables[k][key] = pick.config
+                worst = max(pick.slowdowns, key=pick.slowdowns.get)
+                print(f"  tokens={key:>5} {'every k' if k is None else f'k={k}':>7}: {pick.config.to_json()} geomean "
+                      f"slowdown {pick.score:.3f} over {len(pick.slowdowns)} cases (worst {pick.slowdowns[worst]:.2f}x "
+                      f"at {worst}; {pick.candidates}/{len(cands)} candidates ran everywhere)")  # fmt: skip
+                entry["picks"].append(dict(tokens=key, top_k=k, config=pick.config.to_json(), score=pick.score,
+                                           slowdowns=pick.slowdowns, chosen_ms=pick.chosen_ms, best_ms=pick.best_ms,
+                                           candidates=pick.candidates, timed=len(cands)))  # fmt: skip
+            write_json(out, {**result, "partial": True})
+        for k, path in files.items():
+            configs.write_configs(path, tables[k])
+        entry["wall_s"] = time.perf_counter() - t_start
+        print(f"wrote {', '.join(f.name for f in files.values())} to {config_dir} ({entry['wall_s']:.0f} s)")
 
 
 def cpu_reference_timings(gen: torch.Generator) -> list[dict]:
@@ -340,7 +363,7 @@ if __name__ == "__main__":
     gen = torch.Generator("cuda" if on_gpu else "cpu").manual_seed(args.seed)
     device = configs.device_name("cuda" if on_gpu else "cpu")
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    out = Path(args.out or f"results/moe_kernels/{device}__{date[:10]}.json")
+    out = Path(args.out or f"results/moe_kernels/{device}__{date[:10]}{'__tune' if args.tune else ''}.json")
     result = dict(benchmark="moe_kernels", date=date, device=device, figures="measured", torch=torch.__version__,
                   args=dataclasses.asdict(args))  # fmt: skip
 
@@ -356,8 +379,10 @@ if __name__ == "__main__":
             print(f"  cpu {r['op']:>16}: T={r['tokens']} E={r['experts']} k={r['top_k']} d={r['d_model']} "
                   f"{r['median_ms']:.3f} ms (median)")  # fmt: skip
     elif args.tune:
-        tune(args, dtype, gen)
-        sys.exit(0)
+        import triton
+
+        result.update(benchmark="moe_kernels_tune", driver=driver_version(), triton=triton.__version__)
+        tune(args, dtype, gen, result, out)
     else:
         import triton
 

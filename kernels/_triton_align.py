@@ -8,6 +8,8 @@ sort by expert), exactly as the PyTorch reference.
    count, the padded segment start and end; the total padded length.
 3. `scatter_kernel`: program p scatters chunk p's slots to `segment start + chunk_base + rank within chunk`, and
    fills positions [p * CHUNK, (p + 1) * CHUNK) that hold no slot with the sentinel, and their blocks' expert ids.
+
+Sizes that change with the batch are not specialised on (`do_not_specialize`), so a new batch size compiles nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["numel"])
 def count_kernel(
     topk_ids_ptr,  # [numel] expert of each flat slot (int32 or int64)
     chunk_counts_ptr,  # out int32 [num_chunks, BLOCK_E]
@@ -32,7 +34,7 @@ def count_kernel(
     tl.store(chunk_counts_ptr + pid * BLOCK_E + cols, tl.sum(onehot, axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_chunks"])
 def scan_kernel(
     chunk_counts_ptr,  # int32 [num_chunks, BLOCK_E]
     chunk_base_ptr,  # out int32 [num_chunks, BLOCK_E] slots of expert e in chunks before c
@@ -60,7 +62,7 @@ def scan_kernel(
     tl.store(num_post_pad_ptr, tl.sum(padded, axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["numel", "num_chunks", "max_padded", "max_blocks"])
 def scatter_kernel(
     topk_ids_ptr,  # [numel] expert of each flat slot
     chunk_base_ptr,  # int32 [num_chunks, BLOCK_E]

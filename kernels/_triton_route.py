@@ -1,4 +1,7 @@
-"""Triton kernels of the fused router (imported only by `kernels.routing.fused_route_triton`; needs Triton)."""
+"""Triton kernels of the fused router (imported only by `kernels.routing.fused_route_triton`; needs Triton).
+
+Sizes that change with the batch are not specialised on (`do_not_specialize`), so a new batch size compiles nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tokens"])
 def route_kernel(
     logits_ptr,  # [T, E] gate logits, any float dtype (read as fp32)
     bias_ptr,  # [E] selection biases (read only when HAS_BIAS)
@@ -72,7 +75,7 @@ def route_kernel(
     tl.store(partial_counts_ptr + pid * BLOCK_E + cols, counts)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_partials"])
 def reduce_counts_kernel(
     partial_counts_ptr,  # int32 [num_partials, BLOCK_E]
     counts_ptr,  # out int64 [NUM_EXPERTS]

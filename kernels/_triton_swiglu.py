@@ -5,6 +5,10 @@ Both GEMMs run over the aligned index arrays of `kernels.align`: program (pid_m,
 Experts have different widths f_e, so the grids are sized for the widest expert and programs past an expert's
 width return at once. Programs whose block starts past `num_tokens_post_padded` return too, so the grid (sized
 from the worst case) needs no device-to-host sync. Products accumulate in fp32.
+
+Sizes that change with the batch (`numel`, `num_pid_m`, the combine's `num_tokens`) are not specialised on
+(`do_not_specialize`): Triton would otherwise compile a variant for each pattern of int arguments equal to 1 or
+divisible by 16, so a new batch size could stall a measured step for seconds of compiling.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ def _tile_ids(pid, num_pid_m, num_pid_n, GROUP_SIZE_M: tl.constexpr):
     return pid_m, pid_n
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["numel", "num_pid_m"])
 def up_kernel(
     x_ptr,  # [T, d] token activations
     w_up_ptr,  # [d, sum 2 f_e] gate|up columns per expert
@@ -94,7 +98,7 @@ def up_kernel(
     tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=slot_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["numel", "num_pid_m"])
 def down_kernel(
     h_ptr,  # [T * k, f_max] activations per flat slot (from up_kernel)
     w_down_ptr,  # [sum f_e, d] rows per expert
@@ -154,7 +158,7 @@ def down_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=slot_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tokens"])
 def combine_kernel(
     y_ptr,  # [T * k, d] weighted expert outputs per flat slot
     out_ptr,  # out [T, d]

@@ -4,8 +4,11 @@ One JSON file per (experts, widest expert, device, dtype), named like vLLM's:
 `E=8,N=4096,device_name=NVIDIA_H100_80GB_HBM3.json` for bf16/fp16 and `...,dtype=float32.json` for fp32, where `N`
 is the widest expert's width max(f_e). Each file maps a token count (the tokens of one launch, as a string) to
 `{"BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"}`; `get_config` picks
-the entry with the nearest token count. With no file, a heuristic default is used and a warning logged (once per
-shape). `python benchmarks/moe_kernels.py --tune` writes the files (see README.md beside this file).
+the entry with the nearest token count. A table may also be tuned for one top-k, `E=64,N=2048,k=1,device_name=...`
+(vLLM's models each have one top-k; our benchmark grid spans several, and few slots per expert want other tiles
+than many): where there is one for the launch's top-k it is read first. With no file, a heuristic default is used
+and a warning logged (once per shape). `python benchmarks/moe_kernels.py --tune` writes the files (see README.md beside this file) with the help
+of `kernels.configs.tuning` (the candidates, the robust pick over several shapes, parallel compiling).
 
 Tests force a config with `with force_config(MoeKernelConfig(...)):`.
 """
@@ -114,29 +117,45 @@ def dtype_suffix(dtype: torch.dtype) -> str:
     raise ValueError(f"no MoE kernel configs for dtype {dtype}; use bfloat16, float16 or float32")
 
 
-def config_file_name(num_experts: int, max_width: int, device: str, dtype: torch.dtype) -> str:
-    """E.g. `E=8,N=4096,device_name=NVIDIA_H100_80GB_HBM3.json`; `device` in `device_name` form."""
-    return f"E={num_experts},N={max_width},device_name={device}{dtype_suffix(dtype)}.json"
+def config_file_name(
+    num_experts: int, max_width: int, device: str, dtype: torch.dtype, top_k: int | None = None
+) -> str:
+    """E.g. `E=8,N=4096,device_name=NVIDIA_H100_80GB_HBM3.json`; `device` in `device_name` form.
+
+    With `top_k`, the name of a table tuned for that top-k alone: `E=64,N=2048,k=1,device_name=...json`.
+    """
+    k_part = "" if top_k is None else f",k={top_k}"
+    return f"E={num_experts},N={max_width}{k_part},device_name={device}{dtype_suffix(dtype)}.json"
 
 
 @functools.lru_cache(maxsize=64)
 def load_configs(
-    num_experts: int, max_width: int, device: str, dtype: torch.dtype, config_dir: Path = CONFIG_DIR
+    num_experts: int,
+    max_width: int,
+    device: str,
+    dtype: torch.dtype,
+    config_dir: Path = CONFIG_DIR,
+    top_k: int | None = None,
 ) -> dict[int, MoeKernelConfig] | None:
-    """The tuned table {token count: config} for this shape and device, or None (warning logged once) without one."""
-    path = Path(config_dir) / config_file_name(num_experts, max_width, device, dtype)
+    """The tuned table {token count: config} for this shape and device, or None without one.
+
+    `top_k=None` reads the table for every top-k (a missing one is warned about once); a `top_k` reads the table
+    tuned for that top-k alone, which is optional (missing: None, no warning).
+    """
+    path = Path(config_dir) / config_file_name(num_experts, max_width, device, dtype, top_k)
     if not path.is_file():
-        logger.warning(
-            "no tuned MoE kernel config %s in %s; using the heuristic default (write one with "
-            "`python benchmarks/moe_kernels.py --tune` on this GPU)",
-            path.name,
-            path.parent,
-        )
+        if top_k is None:
+            logger.warning(
+                "no tuned MoE kernel config %s in %s; using the heuristic default (write one with "
+                "`python benchmarks/moe_kernels.py --tune` on this GPU)",
+                path.name,
+                path.parent,
+            )
         return None
-    raw = json.loads(path.read_text())
     try:
+        raw = json.loads(path.read_text())
         table = {int(tokens): MoeKernelConfig.from_json(entry) for tokens, entry in raw.items()}
-    except (TypeError, ValueError) as exc:
+    except (AttributeError, TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"bad MoE kernel config file {path}: {exc}") from exc
     if not table:
         raise ValueError(f"MoE kernel config file {path} has no entries")
@@ -186,21 +205,29 @@ def get_config(
     device: str | torch.device,
     config_dir: Path = CONFIG_DIR,
 ) -> MoeKernelConfig:
-    """The config for one launch: the forced one, else the tuned entry nearest `num_tokens`, else the default."""
+    """The config for one launch: the forced one, else the tuned entry nearest `num_tokens` (from the table tuned
+    for this top-k if there is one, else the table for every top-k), else the default."""
     forced = _FORCED.get()
     if forced is not None:
         return forced
     name, smem_bytes = _device_facts(torch.device(device))
-    table = load_configs(num_experts, max_width, name, dtype, Path(config_dir))
+    table = load_configs(num_experts, max_width, name, dtype, Path(config_dir), top_k)
+    if table is None:
+        table = load_configs(num_experts, max_width, name, dtype, Path(config_dir))
     if table is not None:
         return table[min(table, key=lambda m: abs(m - num_tokens))]
     return default_config(num_tokens, num_experts, top_k, dtype, smem_bytes)
 
 
 def write_configs(path: Path, table: dict[int, MoeKernelConfig]) -> None:
-    """Write a tuned table in the file format `load_configs` reads (sorted by token count)."""
+    """Write a tuned table in the file format `load_configs` reads (sorted by token count), atomically (a temporary
+    file, then a rename), so a run cut short leaves the previous table whole."""
     body = {str(m): table[m].to_json() for m in sorted(table)}
-    Path(path).write_text(json.dumps(body, indent=4) + "\n")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(body, indent=4) + "\n")
+    tmp.replace(path)
+    load_configs.cache_clear()  # a table read before this write is stale
 
 
 __all__ = [

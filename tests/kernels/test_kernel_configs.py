@@ -37,6 +37,35 @@ def test_tuned_table_nearest_token_count(tmp_path):
     assert pick(1) == SMALL and pick(1000) == SMALL and pick(3000) == LARGE and pick(100_000) == LARGE
 
 
+def test_table_tuned_for_the_launch_top_k_comes_first(tmp_path, caplog):
+    assert config_file_name(64, 2048, "cpu", torch.bfloat16, top_k=1) == "E=64,N=2048,k=1,device_name=cpu.json"
+    write_configs(tmp_path / config_file_name(4, 64, "cpu", torch.float32), {16: SMALL})
+    write_configs(tmp_path / config_file_name(4, 64, "cpu", torch.float32, top_k=1), {16: LARGE})
+    load_configs.cache_clear()
+    pick = lambda top_k: get_config(16, 4, top_k, 64, torch.float32, "cpu", config_dir=tmp_path)  # noqa: E731
+    with caplog.at_level(logging.WARNING, logger="kernels.configs"):
+        assert pick(1) == LARGE  # the k=1 table
+        assert pick(2) == SMALL  # no k=2 table: the one for every top-k, and no warning for the missing k=2 one
+    assert not [r for r in caplog.records if "no tuned" in r.getMessage()]
+
+
+@pytest.mark.parametrize("body", ["{not json", "[1, 2]", '{"16": {"BLOCK_SIZE_M": 16}}', "{}"])
+def test_corrupt_table_is_a_clear_error(tmp_path, body):
+    (tmp_path / config_file_name(4, 64, "cpu", torch.float32)).write_text(body)
+    load_configs.cache_clear()
+    with pytest.raises(ValueError, match="MoE kernel config file"):
+        get_config(16, 4, 2, 64, torch.float32, "cpu", config_dir=tmp_path)
+
+
+def test_write_configs_replaces_a_table_atomically(tmp_path):
+    path = tmp_path / config_file_name(4, 64, "cpu", torch.float32)
+    write_configs(path, {16: SMALL})
+    assert get_config(16, 4, 2, 64, torch.float32, "cpu", config_dir=tmp_path) == SMALL
+    write_configs(path, {16: LARGE})  # also drops the cached table
+    assert get_config(16, 4, 2, 64, torch.float32, "cpu", config_dir=tmp_path) == LARGE
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
 def test_missing_file_warns_once_and_uses_default(tmp_path, caplog):
     load_configs.cache_clear()
     with caplog.at_level(logging.WARNING, logger="kernels.configs"):

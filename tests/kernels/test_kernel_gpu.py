@@ -120,3 +120,14 @@ def test_runtime_tiny_on_cuda():
 
     runtime = mr.MoERuntime(mr.MoEConfig.preset("tiny", device=CUDA))
     assert torch.isfinite(torch.tensor(runtime.step(256).loss))
+
+
+def test_precompile_workers_fill_the_triton_cache(tmp_path, monkeypatch):
+    """The tuner's compile step on CUDA: spawned workers compile every candidate into Triton's on-disk cache."""
+    from kernels.configs.tuning import Shape, precompile
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # the spawned workers read it when they import Triton
+    space = [MoeKernelConfig(16, 64, 64, 8, 4, 3), MoeKernelConfig(64, 128, 64, 8, 4, 3)]
+    shapes = [Shape(4, 1, 256, (128, 256, 128, 64)), Shape(4, 2, 256, (128, 256, 128, 64))]
+    assert precompile(space, shapes, torch.bfloat16, CUDA, workers=2) == {}
+    assert len(list(tmp_path.rglob("*up_kernel*.cubin"))) >= len(space) * 2  # one per candidate and top-k

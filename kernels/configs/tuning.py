@@ -1,0 +1,214 @@
+"""Tuning the grouped SwiGLU's block sizes: the candidates, a robust pick over several shapes, parallel compiling.
+
+`benchmarks/moe_kernels.py --tune` drives this on a GPU. For each token count it times every candidate on every
+(top-k, d_model) case of one (E, N) and keeps the candidate whose slowdown against each case's fastest candidate is
+smallest in geometric mean (`pick_robust`): a table is keyed by E and N alone (as vLLM's), so one entry serves
+several model widths and top-k, and the entry to keep is the one that is never far off, not the one that wins a
+single case by a little and loses another by a lot.
+
+Compiling is most of a tuning run when it happens one candidate after another (seconds per kernel, per top-k, on
+one CPU core). `precompile` first runs every candidate once in worker processes; they fill Triton's on-disk cache,
+from which the timing process then loads each kernel in milliseconds.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import math
+import multiprocessing
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kernels.configs import MoeKernelConfig, force_config
+
+logger = logging.getLogger(__name__)
+
+# (BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, GROUP_SIZE_M, (num_warps, num_stages)) choices per space. "quick" keeps
+# the shapes that won on an H100 for bf16 (tiles of 128-256 columns, K step 64, grouped launch order), with every
+# row count so that few slots per expert still find a small tile; "full" is vLLM's usual sweep.
+SPACES = {
+    "quick": ((16, 32, 64, 128), (128, 256), (64,), (8,), ((4, 3), (8, 3), (8, 4))),
+    "full": ((16, 32, 64, 128), (64, 128, 256), (64, 128), (1, 8), ((4, 3), (4, 4), (8, 3), (8, 4))),
+}
+# Shared memory a launch keeps for itself beside the pipeline stages (barriers, the epilogue's scratch).
+_SMEM_RESERVE_BYTES = 8 * 1024
+
+
+def candidate_space(space: str, itemsize: int, smem_bytes: int) -> list[MoeKernelConfig]:
+    """The candidates of `space` ("quick" or "full") for a GPU with `smem_bytes` of shared memory per block.
+
+    The gate/up kernel holds one x tile and two weight tiles (gate, up) per pipeline stage, `(bm bk + 2 bk bn)
+    itemsize` bytes. A candidate whose stages do not fit keeps as many as fit (so a GPU with less shared memory
+    still gets every tile shape, less deeply pipelined); one where not even 2 fit is dropped.
+    """
+    if space not in SPACES:
+        raise ValueError(f"tune space must be one of {sorted(SPACES)}, got {space!r}")
+    out: dict[MoeKernelConfig, None] = {}  # ordered, without duplicates
+    for bm, bn, bk, group, (warps, stages) in itertools.product(*SPACES[space]):
+        fit = (smem_bytes - _SMEM_RESERVE_BYTES) // ((bm * bk + 2 * bk * bn) * itemsize)
+        if fit >= 2:
+            out[MoeKernelConfig(bm, bn, bk, group, warps, min(stages, fit))] = None
+    return list(out)
+
+
+def eligible(config: MoeKernelConfig, slots_per_expert: float) -> bool:
+    """False for tiles that would be mostly padding: more than 4x the expected slots per expert (16 rows always)."""
+    return config.block_size_m <= max(16.0, 4.0 * slots_per_expert)
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The outcome of `pick_robust`.
+
+    Attributes:
+        config: the chosen candidate.
+        score: geometric mean over the cases of (its time / the fastest time); 1.0 means fastest everywhere.
+        slowdowns: case -> its time / the fastest time.
+        chosen_ms: case -> its time.
+        best_ms: case -> the fastest time of any complete candidate.
+        candidates: how many candidates had a time on every case.
+    """
+
+    config: MoeKernelConfig
+    score: float
+    slowdowns: dict[Hashable, float]
+    chosen_ms: dict[Hashable, float]
+    best_ms: dict[Hashable, float]
+    candidates: int
+
+
+def pick_robust(times: Mapping[MoeKernelConfig, Mapping[Hashable, float | None]]) -> Pick:
+    """The candidate with the smallest geometric-mean slowdown over the cases.
+
+    Args:
+        times: candidate -> {case: milliseconds, or None where it could not run}. A candidate missing a case, or
+            with a None or non-finite time, is left out (it cannot serve every case).
+
+    Returns:
+        `Pick`. Ties go to the smaller total time, then to the candidate listed first.
+
+    Raises:
+        ValueError: no candidate has a time on every case.
+    """
+    cases = sorted({case for per_case in times.values() for case in per_case}, key=repr)
+
+    def usable(ms: float | None) -> bool:
+        return ms is not None and math.isfinite(ms) and ms > 0
+
+    complete = {cfg: t for cfg, t in times.items() if cases and all(usable(t.get(c)) for c in cases)}
+    if not complete:
+        raise ValueError(f"no candidate ran on every case ({len(times)} candidates, cases {cases})")
+    best_ms = {c: min(t[c] for t in complete.values()) for c in cases}
+
+    def score(t: Mapping[Hashable, float]) -> float:
+        return math.exp(sum(math.log(t[c] / best_ms[c]) for c in cases) / len(cases))
+
+    order = {cfg: i for i, cfg in enumerate(complete)}
+    config = min(complete, key=lambda cfg: (score(complete[cfg]), sum(complete[cfg].values()), order[cfg]))
+    chosen = complete[config]
+    return Pick(
+        config=config,
+        score=score(chosen),
+        slowdowns={c: chosen[c] / best_ms[c] for c in cases},
+        chosen_ms={c: chosen[c] for c in cases},
+        best_ms=best_ms,
+        candidates=len(complete),
+    )
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One (experts, top-k, d_model, widths) case to compile the candidates for."""
+
+    num_experts: int
+    top_k: int
+    d_model: int
+    widths: tuple[int, ...]
+
+
+def _compile_chunk(config_entries: list[dict[str, int]], shapes: list[Shape], dtype: torch.dtype, device: str):
+    """Worker: run each candidate once per shape on a few tokens (which compiles it); [(entry, error or None)].
+
+    The sizes that vary with the batch are not specialised on (the kernels' `do_not_specialize`), so a run on 64
+    tokens compiles the same variants that the timing on thousands of tokens will launch.
+    """
+    from kernels.swiglu import grouped_swiglu_triton
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    errors: dict[int, str] = {}
+    for shape in shapes:
+        try:
+            total, num_tokens = sum(shape.widths), 64
+            x = torch.randn(num_tokens, shape.d_model, device=device, generator=gen).to(dtype)
+            scores = torch.rand(num_tokens, shape.num_experts, device=device, generator=gen)
+            ids = scores.argsort(dim=1)[:, : shape.top_k]  # distinct experts per token
+            weights = torch.rand(num_tokens, shape.top_k, device=device, generator=gen).to(dtype)
+            w_up = torch.randn(shape.d_model, 2 * total, device=device, generator=gen).to(dtype)
+            w_down = torch.randn(total, shape.d_model, device=device, generator=gen).to(dtype)
+        except Exception as exc:  # a bad shape fails every candidate; say so per candidate
+            for i in range(len(config_entries)):
+                errors.setdefault(i, f"{type(exc).__name__}: {exc}"[:300])
+            continue
+        for i, entry in enumerate(config_entries):
+            if i in errors:
+                continue
+            try:
+                with force_config(MoeKernelConfig.from_json(entry)), torch.inference_mode():
+                    grouped_swiglu_triton(x, ids, weights, w_up, w_down, shape.widths)
+            except Exception as exc:  # e.g. out of resources for this tile: the candidate is dropped, with why
+                errors[i] = f"{type(exc).__name__}: {exc}"[:300]
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return [(entry, errors.get(i)) for i, entry in enumerate(config_entries)]
+
+
+def precompile(
+    space: Sequence[MoeKernelConfig],
+    shapes: Sequence[Shape],
+    dtype: torch.dtype,
+    device: str = "cuda",
+    workers: int | None = None,
+) -> dict[MoeKernelConfig, str]:
+    """Compile every candidate for every shape, in `workers` processes (spawned; 1 or 0: in this process).
+
+    Args:
+        space: the candidates.
+        shapes: the cases they will be timed on (each top-k compiles its own gate/up kernel).
+        dtype: input dtype.
+        device: "cuda" on a GPU; "cpu" runs the kernels in Triton's interpreter (tests).
+        workers: processes; default min(8, CPU cores, candidates).
+
+    Returns:
+        candidate -> error message, for the candidates that failed (absent = compiled). A worker that dies takes
+        no candidate with it: its candidates are compiled again when first timed.
+    """
+    space, shapes = list(space), list(shapes)
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    workers = max(1, min(workers, len(space)))
+    chunks = [space[i::workers] for i in range(workers)]
+    results: list[tuple[dict[str, int], str | None]] = []
+    if workers == 1:
+        results = _compile_chunk([c.to_json() for c in space], shapes, dtype, device)
+    else:
+        ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            futures = [
+                pool.submit(_compile_chunk, [c.to_json() for c in chunk], shapes, dtype, device) for chunk in chunks
+            ]
+            for fut in futures:
+                try:
+                    results.extend(fut.result())
+                except Exception as exc:  # a crashed worker: its candidates compile when first timed instead
+                    logger.warning(
+                        "precompile worker failed (%s: %s); compiling its share later", type(exc).__name__, exc
+                    )
+    return {MoeKernelConfig.from_json(entry): err for entry, err in results if err is not None}
+
+
+__all__ = ["SPACES", "Pick", "Shape", "candidate_space", "eligible", "pick_robust", "precompile"]

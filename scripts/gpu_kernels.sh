@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The MoE kernels' GPU work (issue 6), one device call per step, each under 10 minutes on one H100:
+#   bash scripts/gpu_kernels.sh tune [OUT]   # block sizes for the benchmark grid's shapes (E 8/16/64, widths
+#                                            # 256-2048, each entry picked over top-k 1/2/8 and d_model 1024/4096):
+#                                            # tables to OUT/configs/ (copy them to kernels/configs/), report OUT/tune.json
+#   bash scripts/gpu_kernels.sh grid [OUT]   # the benchmark grid with the tables in kernels/configs/: OUT/grid.json
+#   bash scripts/gpu_kernels.sh tests [OUT]  # the compiled-kernel tests: OUT/tests.log
+# OUT defaults to $OUT (the device tool's folder) or results/gpu/kernels/<date>. Logs go to OUT/<step>.log.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+unset TRITON_INTERPRET
+PY=python3
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+step=${1:-}
+case "$step" in tune | grid | tests) ;; *) echo "usage: bash scripts/gpu_kernels.sh tune|grid|tests [OUT]" >&2; exit 2 ;; esac
+out=${2:-${OUT:-results/gpu/kernels/$(date +%F)}}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.sm,clocks.max.sm,temperature.gpu --format=csv 2>/dev/null \
+    | tee "$out/$step.device.txt"
+$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/$step.device.txt"
+run() {  # run a command, its output to the screen and OUT/<step>.log; its exit status
+    "$@" 2>&1 | tee "$out/$step.log"
+    return "${PIPESTATUS[0]}"
+}
+case "$step" in
+tune)
+    run $PY benchmarks/moe_kernels.py --tune --tune-space quick --experts 8 16 64 --top-k 1 2 8 --d-model 1024 4096 \
+        --base-width 1024 --tune-tokens 1024 2048 8192 16384 32768 --warmup-ms 5 --rep-ms 20 \
+        --tune-out "$out/configs" --out "$out/tune.json"
+    ;;
+grid) run $PY benchmarks/moe_kernels.py --warmup-ms 10 --rep-ms 40 --out "$out/grid.json" ;;
+tests) run $PY -m pytest -q -m gpu tests/kernels ;;
+esac

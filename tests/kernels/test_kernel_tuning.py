@@ -1,0 +1,78 @@
+"""Block-size tuning: the candidate space, the robust pick over several shapes, parallel compiling (interpreter)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kernels.configs import MoeKernelConfig, default_config
+from kernels.configs.tuning import SPACES, Shape, candidate_space, eligible, pick_robust, precompile
+
+A = MoeKernelConfig(64, 128, 64, 8, 4, 3)
+B = MoeKernelConfig(128, 128, 64, 8, 8, 3)
+C = MoeKernelConfig(16, 256, 64, 8, 4, 3)
+
+
+@pytest.mark.parametrize("space", sorted(SPACES))
+@pytest.mark.parametrize("smem_bytes", [99 * 1024, 227 * 1024])
+def test_candidates_fit_shared_memory(space, smem_bytes):
+    cands = candidate_space(space, itemsize=2, smem_bytes=smem_bytes)
+    assert cands and len(set(cands)) == len(cands)
+    for c in cands:
+        stage = (c.block_size_m * c.block_size_k + 2 * c.block_size_k * c.block_size_n) * 2
+        assert stage * c.num_stages <= smem_bytes - 8 * 1024
+    assert len(candidate_space(space, 2, 99 * 1024)) <= len(candidate_space(space, 2, 227 * 1024))
+    assert {16, 128} <= {c.block_size_m for c in candidate_space(space, 2, 227 * 1024)}
+
+
+def test_unknown_space_is_a_clear_error():
+    with pytest.raises(ValueError, match="quick"):
+        candidate_space("huge", 2, 227 * 1024)
+
+
+def test_eligible_drops_tiles_that_are_mostly_padding():
+    assert eligible(MoeKernelConfig(block_size_m=16), 0.5)
+    assert not eligible(MoeKernelConfig(block_size_m=64), 8)
+    assert eligible(MoeKernelConfig(block_size_m=128), 32)
+
+
+def test_robust_pick_prefers_never_far_off_to_one_win():
+    # A wins case x by 1% and loses case y by 2x; B is 3% behind on both: B is the one to keep.
+    times = {A: {"x": 1.00, "y": 2.00}, B: {"x": 1.03, "y": 1.03}, C: {"x": 1.50, "y": 1.00}}
+    pick = pick_robust(times)
+    assert pick.config == B
+    assert pick.best_ms == {"x": 1.00, "y": 1.00}
+    assert pick.slowdowns == pytest.approx({"x": 1.03, "y": 1.03})
+    assert pick.score == pytest.approx(1.03) and pick.candidates == 3
+    # Alone on one case, the fastest wins.
+    assert pick_robust({A: {"x": 1.0}, B: {"x": 1.2}}).config == A
+
+
+def test_robust_pick_leaves_out_candidates_that_did_not_run_everywhere():
+    times = {A: {"x": 0.5, "y": None}, B: {"x": 1.0, "y": 1.0}, C: {"x": 0.4}}
+    pick = pick_robust(times)
+    assert pick.config == B and pick.candidates == 1 and pick.score == 1.0
+    assert pick_robust({A: {"x": math.nan, "y": 1.0}, B: {"x": 2.0, "y": 2.0}}).config == B
+    with pytest.raises(ValueError, match="no candidate ran on every case"):
+        pick_robust({A: {"x": None}, B: {"y": 1.0}})
+
+
+def test_robust_pick_ties_go_to_the_smaller_total_then_the_first():
+    assert pick_robust({A: {"x": 1.0, "y": 2.0}, B: {"x": 1.0, "y": 2.0}}).config == A
+    assert pick_robust({B: {"x": 1.0, "y": 2.0}, A: {"x": 1.0, "y": 2.0}}).config == B
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("workers", [1, 2])
+def test_precompile_runs_every_candidate_and_reports_failures(workers):
+    # Under TRITON_INTERPRET=1 the workers interpret the kernels (nothing to cache), which checks the plumbing: the
+    # candidates and shapes reach the spawned workers, every candidate runs, and failures come back by candidate.
+    widths = (16, 32, 48)
+    small = [MoeKernelConfig(16, 16, 16, 1, 4, 2), default_config(64, 3, 2, torch.float32)]
+    shapes = [Shape(3, 1, 32, widths), Shape(3, 2, 32, widths)]
+    assert precompile(small, shapes, torch.float32, device="cpu", workers=workers) == {}
+    bad = [Shape(3, 2, 32, (16, 0, 32))]  # an expert of width 0: the launch refuses it
+    failed = precompile(small, bad, torch.float32, device="cpu", workers=workers)
+    assert set(failed) == set(small) and all("ValueError" in why for why in failed.values())
