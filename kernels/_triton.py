@@ -46,11 +46,17 @@ def interpreting() -> bool:
 
 
 def unavailable_reason(device: str | torch.device) -> str | None:
-    """Why the Triton kernels cannot run on `device`, or None when they can."""
+    """Why the Triton kernels cannot run on `device`, or None when they can (the answer is cached per device)."""
+    return _unavailable_reason(device.type if isinstance(device, torch.device) else torch.device(device).type)
+
+
+@functools.cache
+def _unavailable_reason(device_type: str) -> str | None:
+    # Cached: every launch asks, and neither the Triton install nor the interpreter flag changes in a process.
     err = _import_error()
     if err is not None:
         return err
-    device = torch.device(device)
+    device = torch.device(device_type)
     if device.type == "cuda":
         return None if torch.cuda.is_available() else "CUDA is not available to PyTorch"
     if interpreting():

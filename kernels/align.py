@@ -18,6 +18,7 @@ Unlike vLLM (which leaves unused blocks at expert 0), unused blocks say -1; the 
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -136,10 +137,7 @@ def moe_align_block_size_triton(
         out = _allocate(numel, block_size, num_experts, device)
     else:
         _check_out(out, numel, block_size, num_experts, device)
-    max_padded, max_blocks = aligned_sizes(numel, block_size, num_experts)
-    block_e = next_power_of_2(num_experts)
-    chunk = max(block_size, 4096 // block_e)  # both powers of two, so a chunk is a whole number of blocks
-    num_chunks = max(1, cdiv(numel, chunk))
+    max_padded, max_blocks, block_e, chunk, num_chunks, scatter_programs = _launch_sizes(numel, block_size, num_experts)
     chunk_counts = torch.empty(num_chunks, block_e, dtype=torch.int32, device=device)
     chunk_base = torch.empty_like(chunk_counts)
     segments = torch.empty(3, block_e, dtype=torch.int32, device=device)
@@ -154,7 +152,7 @@ def moe_align_block_size_triton(
         BLOCK_C=max(1, 4096 // block_e),
         BLOCK_SIZE_M=block_size,
     )
-    _triton_align.scatter_kernel[(max(num_chunks, cdiv(max_padded, chunk)),)](
+    _triton_align.scatter_kernel[(scatter_programs,)](
         flat,
         chunk_base,
         segments,
@@ -170,3 +168,13 @@ def moe_align_block_size_triton(
         BLOCK_SIZE_M=block_size,
     )
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _launch_sizes(numel: int, block_size: int, num_experts: int) -> tuple[int, int, int, int, int, int]:
+    """(max_padded, max_blocks, BLOCK_E, CHUNK, chunks, scatter programs), once per shape: on every launch's path."""
+    max_padded, max_blocks = aligned_sizes(numel, block_size, num_experts)
+    block_e = next_power_of_2(num_experts)
+    chunk = max(block_size, 4096 // block_e)  # both powers of two, so a chunk is a whole number of blocks
+    num_chunks = max(1, cdiv(numel, chunk))
+    return max_padded, max_blocks, block_e, chunk, num_chunks, max(num_chunks, cdiv(max_padded, chunk))

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from kernels._triton import cdiv, dot_precision, require_triton
-from kernels.configs import get_config
+from kernels.configs import MoeKernelConfig, get_config
 
 # Tokens per pass of the Triton path: bounds the intermediates (T * k * (max f_e + d) elements) as vLLM's
 # VLLM_FUSED_MOE_CHUNK_SIZE does; each pass aligns, runs both GEMMs and combines its own tokens.
@@ -34,21 +35,34 @@ def expert_offsets(widths: tuple[int, ...] | list[int]) -> list[int]:
     return out
 
 
-def _check_swiglu_args(x, topk_ids, topk_weights, w_up, w_down, widths) -> None:
+@functools.lru_cache(maxsize=64)
+def _width_facts(widths: tuple[int, ...]) -> tuple[tuple[int, ...], int, int, int]:
+    """(widths as ints, sum, max, WIDTH_ALIGN) once per widths tuple; a ValueError for bad widths."""
+    ints = tuple(int(w) for w in widths)
+    if not ints or min(ints) <= 0:
+        raise ValueError(f"widths must be positive expert widths, got {tuple(widths)}")
+    gcd = math.gcd(*ints)
+    return ints, sum(ints), max(ints), min(16, gcd & -gcd)  # largest power of two (<= 16) dividing every f_e
+
+
+def _check_swiglu_args(x, topk_ids, topk_weights, w_up, w_down, widths) -> int:
+    """Shape checks of both paths; returns sum f_e."""
     if x.dim() != 2:
         raise ValueError(f"x must be [tokens, d_model], got shape {tuple(x.shape)}")
     num_tokens, d_model = x.shape
     if topk_ids.dim() != 2 or topk_ids.shape[0] != num_tokens:
         raise ValueError(f"topk_ids must be [{num_tokens}, k], got shape {tuple(topk_ids.shape)}")
-    if tuple(topk_weights.shape) != tuple(topk_ids.shape):
+    if topk_weights.shape != topk_ids.shape:
         raise ValueError(f"topk_weights must match topk_ids {tuple(topk_ids.shape)}, got {tuple(topk_weights.shape)}")
-    total = sum(int(w) for w in widths)
-    if len(widths) == 0 or min(widths) <= 0:
-        raise ValueError(f"widths must be positive expert widths, got {tuple(widths)}")
-    if tuple(w_up.shape) != (d_model, 2 * total):
+    try:
+        total = _width_facts(widths if isinstance(widths, tuple) else tuple(widths))[1]
+    except TypeError:  # unhashable entries: not widths
+        raise ValueError(f"widths must be positive expert widths, got {widths!r}") from None
+    if w_up.shape != (d_model, 2 * total):
         raise ValueError(f"w_up must be [{d_model}, {2 * total}] (d_model, sum 2 f_e), got {tuple(w_up.shape)}")
-    if tuple(w_down.shape) != (total, d_model):
+    if w_down.shape != (total, d_model):
         raise ValueError(f"w_down must be [{total}, {d_model}] (sum f_e, d_model), got {tuple(w_down.shape)}")
+    return total
 
 
 def grouped_swiglu_reference(
@@ -158,63 +172,92 @@ def grouped_swiglu_triton(
 
     num_tokens, d_model = x.shape
     top_k = topk_ids.shape[1]
-    widths = tuple(int(w) for w in widths)
-    num_experts, max_width = len(widths), max(widths)
     if out is None:
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    elif (
-        tuple(out.shape) != (num_tokens, d_model) or out.dtype != x.dtype or out.device != device or out.stride(1) != 1
-    ):
+    elif out.shape != x.shape or out.dtype != x.dtype or out.device != device or out.stride(1) != 1:
         raise ValueError(
             f"out must be a {x.dtype} [{num_tokens}, {d_model}] tensor on {device} with unit column stride"
         )
     if num_tokens == 0:
         return out
-    widths_t, offsets_t = _expert_tables(widths, device)
-    gcd = math.gcd(*widths)
-    width_align = min(16, gcd & -gcd)  # largest power of two (<= 16) dividing every f_e, hence every F_e
+    widths = widths if isinstance(widths, tuple) else tuple(widths)
     chunk = min(num_tokens, CHUNK_TOKENS)
-    cfg = get_config(chunk, num_experts, top_k, max_width, x.dtype, device)
-    precision = dot_precision(x.dtype)
+    cfg = get_config(chunk, len(widths), top_k, _width_facts(widths)[2], x.dtype, device)
+    plan = _launch_plan(cfg, chunk, d_model, widths, x.dtype, device, torch.backends.cuda.matmul.allow_tf32)
     topk_ids = topk_ids.contiguous()
     topk_weights = topk_weights.contiguous()
     # Rows of h start 128-byte aligned whatever max f_e is, so the down GEMM's loads vectorise.
-    h = torch.empty(chunk * top_k, cdiv(max_width, 64) * 64, dtype=x.dtype, device=device)[:, :max_width]
-    y = torch.empty(chunk * top_k, d_model, dtype=x.dtype, device=device) if top_k > 1 else None
+    h = torch.empty(plan.chunk * top_k, plan.h_pitch, dtype=x.dtype, device=device)[:, : plan.max_width]
+    y = torch.empty(plan.chunk * top_k, d_model, dtype=x.dtype, device=device) if top_k > 1 else None
+    for t0 in range(0, num_tokens, plan.chunk):
+        t1 = min(num_tokens, t0 + plan.chunk)
+        numel = (t1 - t0) * top_k
+        whole = t0 == 0 and t1 == num_tokens  # one pass: no slicing (each slice is a tensor object to make)
+        xs, ids, wts, outs = (x, topk_ids, topk_weights, out) if whole else (
+            x[t0:t1], topk_ids[t0:t1], topk_weights[t0:t1], out[t0:t1]
+        )  # fmt: skip
+        aligned = moe_align_block_size_triton(ids, cfg.block_size_m, plan.num_experts)
+        num_pid_m = aligned.expert_ids.numel()
+        ys = outs if y is None else (y if numel == y.shape[0] else y[:numel])  # k = 1: slot s is token s
+        _triton_swiglu.up_kernel[(num_pid_m * plan.n_up,)](
+            xs, w_up, h, aligned.sorted_token_ids, aligned.expert_ids, aligned.num_tokens_post_padded,
+            plan.widths_t, plan.offsets_t, numel, d_model, num_pid_m, plan.n_up,
+            xs.stride(0), xs.stride(1), w_up.stride(0), w_up.stride(1), h.stride(0), h.stride(1),
+            TOP_K=top_k, **plan.meta,
+        )  # fmt: skip
+        _triton_swiglu.down_kernel[(num_pid_m * plan.n_down,)](
+            h, w_down, ys, wts, aligned.sorted_token_ids, aligned.expert_ids,
+            aligned.num_tokens_post_padded, plan.widths_t, plan.offsets_t, numel, d_model, num_pid_m, plan.n_down,
+            h.stride(0), h.stride(1), w_down.stride(0), w_down.stride(1), ys.stride(0), ys.stride(1),
+            **plan.meta,
+        )  # fmt: skip
+        if y is not None:
+            _triton_swiglu.combine_kernel[(cdiv(t1 - t0, plan.block_t), plan.combine_cols)](
+                y, outs, t1 - t0, d_model, y.stride(0), outs.stride(0),
+                TOP_K=top_k, BLOCK_T=plan.block_t, BLOCK_D=plan.block_d,
+            )  # fmt: skip
+    return out
+
+
+class _LaunchPlan(NamedTuple):
+    """What a launch derives from its shape and config alone, computed once per shape (`_launch_plan`)."""
+
+    chunk: int  # tokens per pass
+    num_experts: int
+    max_width: int
+    h_pitch: int  # row pitch of h (elements): max f_e rounded up to 64
+    widths_t: torch.Tensor  # int32 [E] f_e on the device
+    offsets_t: torch.Tensor  # int64 [E] F_e on the device
+    n_up: int  # column tiles of the gate/up grid (widest expert)
+    n_down: int  # column tiles of the down grid (d_model)
+    meta: dict  # constexprs and launch options shared by both GEMMs
+    block_t: int  # combine tile
+    block_d: int
+    combine_cols: int
+
+
+@functools.lru_cache(maxsize=256)
+def _launch_plan(
+    cfg: MoeKernelConfig, chunk: int, d_model: int, widths: tuple[int, ...], dtype: torch.dtype,
+    device: torch.device, allow_tf32: bool,
+) -> _LaunchPlan:  # fmt: skip
+    # `allow_tf32` is in the key because the fp32 dot precision follows it (kernels._triton.dot_precision).
+    widths, _, max_width, width_align = _width_facts(widths)
+    widths_t, offsets_t = _expert_tables(widths, device)
     meta = dict(
+        WIDTH_ALIGN=width_align,
+        DOT_PRECISION=dot_precision(dtype),
         BLOCK_SIZE_M=cfg.block_size_m,
         BLOCK_SIZE_N=cfg.block_size_n,
         BLOCK_SIZE_K=cfg.block_size_k,
         GROUP_SIZE_M=cfg.group_size_m,
-        DOT_PRECISION=precision,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
-    for t0 in range(0, num_tokens, chunk):
-        t1 = min(num_tokens, t0 + chunk)
-        numel = (t1 - t0) * top_k
-        xs = x[t0:t1]
-        aligned = moe_align_block_size_triton(topk_ids[t0:t1], cfg.block_size_m, num_experts)
-        num_pid_m = aligned.expert_ids.numel()
-        ys = out[t0:t1] if y is None else y[:numel]  # k = 1: slot s is token s, so write the output rows
-        n_up = cdiv(max_width, cfg.block_size_n)
-        _triton_swiglu.up_kernel[(num_pid_m * n_up,)](
-            xs, w_up, h, aligned.sorted_token_ids, aligned.expert_ids, aligned.num_tokens_post_padded,
-            widths_t, offsets_t, numel, d_model, num_pid_m, n_up,
-            xs.stride(0), xs.stride(1), w_up.stride(0), w_up.stride(1), h.stride(0), h.stride(1),
-            TOP_K=top_k, WIDTH_ALIGN=width_align, **meta,
-        )  # fmt: skip
-        n_down = cdiv(d_model, cfg.block_size_n)
-        _triton_swiglu.down_kernel[(num_pid_m * n_down,)](
-            h, w_down, ys, topk_weights[t0:t1], aligned.sorted_token_ids, aligned.expert_ids,
-            aligned.num_tokens_post_padded, widths_t, offsets_t, numel, d_model, num_pid_m, n_down,
-            h.stride(0), h.stride(1), w_down.stride(0), w_down.stride(1), ys.stride(0), ys.stride(1),
-            WIDTH_ALIGN=width_align, **meta,
-        )  # fmt: skip
-        if y is not None:
-            block_t, block_d = 16, min(256, max(16, 1 << (d_model - 1).bit_length()))
-            _triton_swiglu.combine_kernel[(cdiv(t1 - t0, block_t), cdiv(d_model, block_d))](
-                y, out[t0:t1], t1 - t0, d_model, y.stride(0), out.stride(0),
-                TOP_K=top_k, BLOCK_T=block_t, BLOCK_D=block_d,
-            )  # fmt: skip
-    return out
+    block_t, block_d = 16, min(256, max(16, 1 << (d_model - 1).bit_length()))
+    return _LaunchPlan(
+        chunk=chunk, num_experts=len(widths), max_width=max_width, h_pitch=cdiv(max_width, 64) * 64,
+        widths_t=widths_t, offsets_t=offsets_t, n_up=cdiv(max_width, cfg.block_size_n),
+        n_down=cdiv(d_model, cfg.block_size_n), meta=meta, block_t=block_t, block_d=block_d,
+        combine_cols=cdiv(d_model, block_d),
+    )  # fmt: skip

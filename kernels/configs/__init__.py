@@ -206,10 +206,18 @@ def get_config(
     config_dir: Path = CONFIG_DIR,
 ) -> MoeKernelConfig:
     """The config for one launch: the forced one, else the tuned entry nearest `num_tokens` (from the table tuned
-    for this top-k if there is one, else the table for every top-k), else the default."""
+    for this top-k if there is one, else the table for every top-k), else the default.
+
+    Resolved once per distinct argument set (cached): it is on every launch's path.
+    """
     forced = _FORCED.get()
     if forced is not None:
         return forced
+    return _resolve_config(num_tokens, num_experts, top_k, max_width, dtype, device, config_dir)
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolve_config(num_tokens, num_experts, top_k, max_width, dtype, device, config_dir) -> MoeKernelConfig:
     name, smem_bytes = _device_facts(torch.device(device))
     table = load_configs(num_experts, max_width, name, dtype, Path(config_dir), top_k)
     if table is None:
@@ -217,6 +225,12 @@ def get_config(
     if table is not None:
         return table[min(table, key=lambda m: abs(m - num_tokens))]
     return default_config(num_tokens, num_experts, top_k, dtype, smem_bytes)
+
+
+def clear_cache() -> None:
+    """Forget the tables read and the configs resolved (after a table file changed)."""
+    load_configs.cache_clear()
+    _resolve_config.cache_clear()
 
 
 def write_configs(path: Path, table: dict[int, MoeKernelConfig]) -> None:
@@ -227,12 +241,13 @@ def write_configs(path: Path, table: dict[int, MoeKernelConfig]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(body, indent=4) + "\n")
     tmp.replace(path)
-    load_configs.cache_clear()  # a table read before this write is stale
+    clear_cache()  # a table read before this write is stale
 
 
 __all__ = [
     "CONFIG_DIR",
     "MoeKernelConfig",
+    "clear_cache",
     "config_file_name",
     "default_config",
     "device_name",

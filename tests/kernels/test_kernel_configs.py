@@ -11,11 +11,11 @@ import torch
 from kernels.configs import (
     CONFIG_DIR,
     MoeKernelConfig,
+    clear_cache,
     config_file_name,
     default_config,
     force_config,
     get_config,
-    load_configs,
     write_configs,
 )
 
@@ -32,7 +32,7 @@ def test_file_names_follow_vllm():
 
 def test_tuned_table_nearest_token_count(tmp_path):
     write_configs(tmp_path / config_file_name(4, 64, "cpu", torch.float32), {16: SMALL, 4096: LARGE})
-    load_configs.cache_clear()
+    clear_cache()
     pick = lambda tokens: get_config(tokens, 4, 2, 64, torch.float32, "cpu", config_dir=tmp_path)  # noqa: E731
     assert pick(1) == SMALL and pick(1000) == SMALL and pick(3000) == LARGE and pick(100_000) == LARGE
 
@@ -41,7 +41,7 @@ def test_table_tuned_for_the_launch_top_k_comes_first(tmp_path, caplog):
     assert config_file_name(64, 2048, "cpu", torch.bfloat16, top_k=1) == "E=64,N=2048,k=1,device_name=cpu.json"
     write_configs(tmp_path / config_file_name(4, 64, "cpu", torch.float32), {16: SMALL})
     write_configs(tmp_path / config_file_name(4, 64, "cpu", torch.float32, top_k=1), {16: LARGE})
-    load_configs.cache_clear()
+    clear_cache()
     pick = lambda top_k: get_config(16, 4, top_k, 64, torch.float32, "cpu", config_dir=tmp_path)  # noqa: E731
     with caplog.at_level(logging.WARNING, logger="kernels.configs"):
         assert pick(1) == LARGE  # the k=1 table
@@ -52,7 +52,7 @@ def test_table_tuned_for_the_launch_top_k_comes_first(tmp_path, caplog):
 @pytest.mark.parametrize("body", ["{not json", "[1, 2]", '{"16": {"BLOCK_SIZE_M": 16}}', "{}"])
 def test_corrupt_table_is_a_clear_error(tmp_path, body):
     (tmp_path / config_file_name(4, 64, "cpu", torch.float32)).write_text(body)
-    load_configs.cache_clear()
+    clear_cache()
     with pytest.raises(ValueError, match="MoE kernel config file"):
         get_config(16, 4, 2, 64, torch.float32, "cpu", config_dir=tmp_path)
 
@@ -67,7 +67,7 @@ def test_write_configs_replaces_a_table_atomically(tmp_path):
 
 
 def test_missing_file_warns_once_and_uses_default(tmp_path, caplog):
-    load_configs.cache_clear()
+    clear_cache()
     with caplog.at_level(logging.WARNING, logger="kernels.configs"):
         a = get_config(512, 8, 2, 96, torch.bfloat16, "cpu", config_dir=tmp_path)
         b = get_config(512, 8, 2, 96, torch.bfloat16, "cpu", config_dir=tmp_path)
@@ -77,7 +77,7 @@ def test_missing_file_warns_once_and_uses_default(tmp_path, caplog):
 
 
 def test_force_config_nests_and_restores(tmp_path):
-    load_configs.cache_clear()
+    clear_cache()
     pick = lambda: get_config(64, 4, 1, 32, torch.float32, "cpu", config_dir=tmp_path)  # noqa: E731
     before = pick()
     with force_config(SMALL):
