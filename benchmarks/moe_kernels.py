@@ -72,8 +72,8 @@ class Args:
     tune_tokens: tuple[int, ...] = (1, 16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
     """token counts of the tuned table"""
     tune_space: str = "quick"
-    """candidate block sizes (kernels/configs/tuning.py): quick (20 on an H100, the tile shapes that won there for
-    bf16) or full (vLLM's sweep, 124 on an H100)"""
+    """candidate block sizes (kernels/configs/tuning.py): quick (15 on an H100, the tile shapes that won there for
+    bf16) or full (vLLM's sweep, 110 on an H100); both without the tiles that would spill registers"""
     tune_out: str = ""
     """directory of the tuned tables; default kernels/configs/"""
     compile_workers: int = 8

@@ -44,16 +44,29 @@ def candidate_space(space: str, itemsize: int, smem_bytes: int) -> list[MoeKerne
 
     The gate/up kernel holds one x tile and two weight tiles (gate, up) per pipeline stage, `(bm bk + 2 bk bn)
     itemsize` bytes. A candidate whose stages do not fit keeps as many as fit (so a GPU with less shared memory
-    still gets every tile shape, less deeply pipelined); one where not even 2 fit is dropped.
+    still gets every tile shape, less deeply pipelined); one where not even 2 fit is dropped, and so is one whose
+    accumulators would spill registers (`fits_registers`).
     """
     if space not in SPACES:
         raise ValueError(f"tune space must be one of {sorted(SPACES)}, got {space!r}")
     out: dict[MoeKernelConfig, None] = {}  # ordered, without duplicates
     for bm, bn, bk, group, (warps, stages) in itertools.product(*SPACES[space]):
         fit = (smem_bytes - _SMEM_RESERVE_BYTES) // ((bm * bk + 2 * bk * bn) * itemsize)
-        if fit >= 2:
+        if fit >= 2 and fits_registers(bm, bn, warps):
             out[MoeKernelConfig(bm, bn, bk, group, warps, min(stages, fit))] = None
     return list(out)
+
+
+def fits_registers(block_m: int, block_n: int, num_warps: int) -> bool:
+    """Whether the gate/up kernel's two fp32 accumulators leave room in the 255 registers a thread may hold.
+
+    They take 2 bm bn / (32 warps) registers a thread. Compiled for sm_90 (Triton 3.9's ptxas, no GPU needed),
+    every candidate of the quick space with up to 128 of them and bm >= 64 (Hopper's wgmma, operands in shared
+    memory) or up to 64 and bm < 64 (mma.sync, operands in registers) compiled without spills, and every one
+    above spilled (160-2736 bytes of stack: 32x256 and 64x256 on 4 warps, 128x128 on 4, 128x256 on 8).
+    """
+    per_thread = 2 * block_m * block_n // (32 * num_warps)
+    return per_thread <= (128 if block_m >= 64 else 64)
 
 
 def eligible(config: MoeKernelConfig, slots_per_expert: float) -> bool:
@@ -211,4 +224,4 @@ def precompile(
     return {MoeKernelConfig.from_json(entry): err for entry, err in results if err is not None}
 
 
-__all__ = ["SPACES", "Pick", "Shape", "candidate_space", "eligible", "pick_robust", "precompile"]
+__all__ = ["SPACES", "Pick", "Shape", "candidate_space", "eligible", "fits_registers", "pick_robust", "precompile"]

@@ -28,7 +28,8 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from kernels import _triton_align, _triton_route, _triton_swiglu  # noqa: E402
 from kernels._triton import interpreting  # noqa: E402
-from kernels.configs import default_config  # noqa: E402
+from kernels.configs import MoeKernelConfig, default_config  # noqa: E402
+from kernels.configs.tuning import fits_registers  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,
@@ -94,10 +95,8 @@ GEMM_CASES = [("sm90", torch.bfloat16, 16384), ("sm90", torch.bfloat16, 256), ("
               ("sm90", torch.float32, 2048)]  # fmt: skip
 
 
-@pytest.mark.parametrize(("device", "dtype", "num_tokens"), GEMM_CASES)
-def test_grouped_gemms_compile_pipelined(device, dtype, num_tokens):
-    cap, smem_bytes = DEVICES[device]
-    cfg = default_config(num_tokens, num_experts=8, top_k=2, dtype=dtype, smem_bytes=smem_bytes)
+def compile_gemms(cfg, dtype: torch.dtype, cap: int):
+    """(gate/up kernel, down kernel) compiled for `cuda:cap` with the tiles of `cfg`, specialised as a launch."""
     t = TL_TYPES[dtype]
     index = {"sorted_ids_ptr": "*i32", "expert_ids_ptr": "*i32", "num_post_pad_ptr": "*i32", "widths_ptr": "*i32"}
     meta = dict(
@@ -120,11 +119,39 @@ def test_grouped_gemms_compile_pipelined(device, dtype, num_tokens):
         dict(WIDTH_ALIGN=16, stride_hk=1, stride_wn=1, stride_yn=1, **meta),
         cap, cfg.num_warps, cfg.num_stages,
     )  # fmt: skip
-    for k in (up, down):
+    return up, down
+
+
+@pytest.mark.parametrize(("device", "dtype", "num_tokens"), GEMM_CASES)
+def test_grouped_gemms_compile_pipelined(device, dtype, num_tokens):
+    cap, smem_bytes = DEVICES[device]
+    cfg = default_config(num_tokens, num_experts=8, top_k=2, dtype=dtype, smem_bytes=smem_bytes)
+    for k in compile_gemms(cfg, dtype, cap):
         assert k.metadata.shared <= smem_bytes, f"{k.metadata.name}: {k.metadata.shared} B shared > {smem_bytes}"
         assert re.search("async_copy_global_to_local", k.asm["ttgir"]), f"{k.metadata.name}: K loop not pipelined"
         if device == "sm90":  # the target GPU: the default tiles must not spill (A100 spills a little at 128x128)
             assert spill_bytes(k) in (0, None), f"{k.metadata.name}: spills {spill_bytes(k)} B of registers"
+
+
+# The register budget of the tuning space (kernels.configs.tuning.fits_registers), on both sides of its line.
+BUDGET_CASES = [
+    (MoeKernelConfig(64, 256, 64, 8, 8, 3), True),  # 128 accumulator registers a thread, wgmma
+    (MoeKernelConfig(128, 128, 64, 8, 8, 3), True),
+    (MoeKernelConfig(32, 256, 64, 8, 8, 3), True),  # 64, mma.sync
+    (MoeKernelConfig(128, 128, 64, 8, 4, 3), False),  # 256: spills
+]
+
+
+@pytest.mark.parametrize(("cfg", "fits"), BUDGET_CASES)
+def test_register_budget_of_the_tuning_space(cfg, fits):
+    assert fits_registers(cfg.block_size_m, cfg.block_size_n, cfg.num_warps) == fits
+    up, _ = compile_gemms(cfg, torch.bfloat16, DEVICES["sm90"][0])
+    spilled = spill_bytes(up)
+    if spilled is None:
+        pytest.skip("no cuobjdump beside this Triton to read the spills")
+    assert (spilled == 0) == fits, f"{cfg}: {spilled} B of stack (budget says {'fits' if fits else 'spills'})"
+    # Hopper's matrix instructions need 64-row tiles per warpgroup: below that the dot runs on mma.sync.
+    assert ("wgmma.mma_async" in up.asm["ptx"]) == (cfg.block_size_m >= 64)
 
 
 def test_batch_sizes_share_one_compiled_variant():

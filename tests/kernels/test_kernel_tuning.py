@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from kernels.configs import MoeKernelConfig, default_config
-from kernels.configs.tuning import SPACES, Shape, candidate_space, eligible, pick_robust, precompile
+from kernels.configs.tuning import (
+    SPACES,
+    Shape,
+    candidate_space,
+    eligible,
+    fits_registers,
+    pick_robust,
+    precompile,
+)
 
 A = MoeKernelConfig(64, 128, 64, 8, 4, 3)
 B = MoeKernelConfig(128, 128, 64, 8, 8, 3)
@@ -30,6 +38,14 @@ def test_candidates_fit_shared_memory(space, smem_bytes):
 def test_unknown_space_is_a_clear_error():
     with pytest.raises(ValueError, match="quick"):
         candidate_space("huge", 2, 227 * 1024)
+
+
+def test_register_budget_leaves_out_the_tiles_that_spill():
+    # Both sides of the line, as compiled for sm_90 (tests/kernels/test_kernel_compile.py checks the compiler agrees).
+    assert fits_registers(64, 256, 8) and fits_registers(128, 128, 8) and fits_registers(16, 256, 4)
+    assert not fits_registers(128, 128, 4) and not fits_registers(64, 256, 4) and not fits_registers(32, 256, 4)
+    space = candidate_space("full", 2, 227 * 1024)
+    assert all(fits_registers(c.block_size_m, c.block_size_n, c.num_warps) for c in space)
 
 
 def test_eligible_drops_tiles_that_are_mostly_padding():
