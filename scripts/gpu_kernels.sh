@@ -5,7 +5,9 @@
 #                                            # tables to OUT/configs/ (copy them to kernels/configs/), report OUT/tune.json
 #   bash scripts/gpu_kernels.sh grid [OUT]   # the benchmark grid with the tables in kernels/configs/: OUT/grid.json
 #   bash scripts/gpu_kernels.sh tests [OUT]  # the compiled-kernel tests: OUT/tests.log
-# OUT defaults to $OUT (the device tool's folder) or results/gpu/kernels/<date>. Logs go to OUT/<step>.log.
+# OUT defaults to $OUT (the device tool's folder) or results/gpu/kernels/<date>. Logs go to OUT/<step>.log. Arguments
+# after OUT go to the step's command (later flags win), e.g. `bash scripts/gpu_kernels.sh tune "$OUT" --experts 64`
+# to split the tuning over two calls.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -27,8 +29,8 @@ case "$step" in
 tune)
     run $PY benchmarks/moe_kernels.py --tune --tune-space quick --experts 8 16 64 --top-k 1 2 8 --d-model 1024 4096 \
         --base-width 1024 --tune-tokens 1024 2048 8192 16384 32768 --warmup-ms 5 --rep-ms 20 \
-        --tune-out "$out/configs" --out "$out/tune.json"
+        --tune-out "$out/configs" --out "$out/tune.json" "${@:3}"
     ;;
-grid) run $PY benchmarks/moe_kernels.py --warmup-ms 10 --rep-ms 40 --out "$out/grid.json" ;;
-tests) run $PY -m pytest -q -m gpu tests/kernels ;;
+grid) run $PY benchmarks/moe_kernels.py --warmup-ms 10 --rep-ms 40 --out "$out/grid.json" "${@:3}" ;;
+tests) run $PY -m pytest -q -m gpu tests/kernels "${@:3}" ;;
 esac
