@@ -10,10 +10,7 @@
 # to split the tuning over two calls.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-unset TRITON_INTERPRET
-PY=python3
-[ -x .venv/bin/python ] && PY=.venv/bin/python
+. scripts/device_env.sh  # $PY, PYTHONPATH, wheels from .whl/ where packages are missing
 step=${1:-}
 case "$step" in tune | grid | tests) ;; *) echo "usage: bash scripts/gpu_kernels.sh tune|grid|tests [OUT]" >&2; exit 2 ;; esac
 out=${2:-${OUT:-results/gpu/kernels/$(date +%F)}}

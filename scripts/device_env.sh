@@ -1,0 +1,14 @@
+# Sourced by the GPU scripts: the repository on PYTHONPATH, the compiled kernels (not the interpreter), $PY (.venv's
+# Python if there is one), and the wheels in .whl/ installed to /tmp/site where the packages they hold are missing
+# (the device tool's machines have no package index: gymnasium, farama-notifications, stable-baselines3, arch,
+# pandas<3 with pytz and tzdata, and rliable travel as wheels; name .whl in the call's `carry`).
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+unset TRITON_INTERPRET
+PY=python3
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+if [ -d .whl ] && ! $PY -c "import gymnasium, stable_baselines3; from rliable import library" 2>/dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 1
+    [ -d .whl/pysrc ] && cp -r .whl/pysrc/* /tmp/site/
+    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
