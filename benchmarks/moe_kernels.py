@@ -207,17 +207,18 @@ def dense_gemm_ms(args: Args, rows: int, d_model: int, flops: float, dtype) -> t
 
 def time_config(args: Args, cfg: configs.MoeKernelConfig, inputs: tuple, widths: tuple[int, ...]) -> float | None:
     """Milliseconds of the Triton expert path with `cfg` forced, from CUDA-graph replays (the kernels' time without
-    launch gaps, as vLLM's tuner times); eager if the capture fails; None (reason printed) if it cannot launch."""
+    launch gaps, as vLLM's tuner times), or None (reason printed) if it cannot launch or be captured."""
     x, ids, w, w_up, w_down = inputs
     fn = lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths)  # noqa: E731
     with configs.force_config(cfg), torch.inference_mode():
         try:
             ms, err = graph_ms(fn, args)
-            return bench_ms(fn, args) if ms is None else ms
-        except Exception as exc:  # e.g. out of shared memory on this GPU: skip the candidate, and say so
+        except Exception as exc:  # e.g. out of shared memory on this GPU
             torch.cuda.synchronize()
-            print(f"  skip {cfg}: {type(exc).__name__}: {str(exc)[:120]}")
-            return None
+            ms, err = None, f"{type(exc).__name__}: {exc}"
+    if ms is None:  # skipped, and said why: an eager time beside graph times would be charged the launch gaps
+        print(f"  skip {cfg}: {err[:160]}")
+    return ms
 
 
 def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, gen) -> dict:
@@ -279,9 +280,10 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
 
 def tune(args: Args, dtype: torch.dtype, gen: torch.Generator, result: dict, out: Path) -> None:
     """Per E: compile the candidates in parallel, time each on every (top-k, d_model) at each token count from CUDA
-    graph replays, and write the robust picks (`kernels.configs.tuning.pick_robust`): one table for every top-k
-    (over all the cases) and, with several top-k, one per top-k (over the d_model cases of that top-k), from the
-    same timings."""
+    graph replays, and write the robust picks (`kernels.configs.tuning.pick_robust`) from the same timings: the
+    table for every top-k (`E=..,N=..,device_name=...json`, over all the cases) and one per top-k tuned
+    (`E=..,N=..,k=..,device_name=...json`, over that top-k's cases), which `get_config` reads first. A token count
+    where no candidate ran on every case is left out of the tables, and said so."""
     device = torch.device("cuda")
     name = configs.device_name(device)
     smem = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
@@ -294,13 +296,18 @@ def tune(args: Args, dtype: torch.dtype, gen: torch.Generator, result: dict, out
     for num_experts in args.experts:
         widths = expert_widths(num_experts, args.base_width)
         top_ks = [k for k in args.top_k if k <= num_experts]
+        if not top_ks:
+            print(f"E={num_experts}: skipped, every --top-k {list(args.top_k)} exceeds the experts")
+            continue
         t_start = time.perf_counter()
         shapes = [tuning.Shape(num_experts, k, d, widths) for k in top_ks for d in args.d_model]
         failed = tuning.precompile(space, shapes, dtype, "cuda", workers=args.compile_workers)
         compile_s = time.perf_counter() - t_start
         print(f"E={num_experts} N={max(widths)}: compiled {len(space)} candidates for top-k {top_ks} in "
               f"{compile_s:.0f} s ({len(failed)} failed{': ' + next(iter(failed.values())) if failed else ''})")  # fmt: skip
-        per_k = [None] if len(top_ks) == 1 else [None, *top_ks]  # None: the table for every top-k
+        # None: the table for every top-k. Each top-k tuned gets its own table too, even alone: an older one for it
+        # would otherwise be read before the table just written.
+        per_k = [None, *top_ks]
         files = {k: config_dir / configs.config_file_name(num_experts, max(widths), name, dtype, k) for k in per_k}
         entry = dict(experts=num_experts, widths=list(widths), top_k=top_ks, d_model=list(args.d_model),
                      files=[f.name for f in files.values()], compile_s=compile_s,
@@ -317,8 +324,13 @@ def tune(args: Args, dtype: torch.dtype, gen: torch.Generator, result: dict, out
                 del x, ids, w, w_up, w_down
             for k in per_k:
                 prefix = "" if k is None else f"k={k},"
-                pick = tuning.pick_robust({c: {case: ms for case, ms in t.items() if case.startswith(prefix)}
-                                           for c, t in times.items()})  # fmt: skip
+                try:
+                    pick = tuning.pick_robust({c: {case: ms for case, ms in t.items() if case.startswith(prefix)}
+                                               for c, t in times.items()})  # fmt: skip
+                except ValueError as exc:
+                    print(f"  tokens={key:>5} {'every k' if k is None else f'k={k}':>7}: left out of the table: {exc}")
+                    entry["picks"].append(dict(tokens=key, top_k=k, error=str(exc)))
+                    continue
                 tables[k][key] = pick.config
                 worst = max(pick.slowdowns, key=pick.slowdowns.get)
                 print(f"  tokens={key:>5} {'every k' if k is None else f'k={k}':>7}: {pick.config.to_json()} geomean "
@@ -328,10 +340,13 @@ def tune(args: Args, dtype: torch.dtype, gen: torch.Generator, result: dict, out
                                            slowdowns=pick.slowdowns, chosen_ms=pick.chosen_ms, best_ms=pick.best_ms,
                                            candidates=pick.candidates, timed=len(cands)))  # fmt: skip
             write_json(out, {**result, "partial": True})
+        written = [path for k, path in files.items() if tables[k]]
         for k, path in files.items():
-            configs.write_configs(path, tables[k])
+            if tables[k]:
+                configs.write_configs(path, tables[k])
+        entry["written"] = [path.name for path in written]
         entry["wall_s"] = time.perf_counter() - t_start
-        print(f"wrote {', '.join(f.name for f in files.values())} to {config_dir} ({entry['wall_s']:.0f} s)")
+        print(f"wrote {', '.join(p.name for p in written) or 'no table'} to {config_dir} ({entry['wall_s']:.0f} s)")
 
 
 def cpu_reference_timings(gen: torch.Generator) -> list[dict]:

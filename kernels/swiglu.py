@@ -183,14 +183,14 @@ def grouped_swiglu_triton(
     widths = widths if isinstance(widths, tuple) else tuple(widths)
     chunk = min(num_tokens, CHUNK_TOKENS)
     cfg = get_config(chunk, len(widths), top_k, _width_facts(widths)[2], x.dtype, device)
-    plan = _launch_plan(cfg, chunk, d_model, widths, x.dtype, device, torch.backends.cuda.matmul.allow_tf32)
+    plan = _launch_plan(cfg, d_model, widths, x.dtype, device, torch.backends.cuda.matmul.allow_tf32)
     topk_ids = topk_ids.contiguous()
     topk_weights = topk_weights.contiguous()
     # Rows of h start 128-byte aligned whatever max f_e is, so the down GEMM's loads vectorise.
-    h = torch.empty(plan.chunk * top_k, plan.h_pitch, dtype=x.dtype, device=device)[:, : plan.max_width]
-    y = torch.empty(plan.chunk * top_k, d_model, dtype=x.dtype, device=device) if top_k > 1 else None
-    for t0 in range(0, num_tokens, plan.chunk):
-        t1 = min(num_tokens, t0 + plan.chunk)
+    h = torch.empty(chunk * top_k, plan.h_pitch, dtype=x.dtype, device=device)[:, : plan.max_width]
+    y = torch.empty(chunk * top_k, d_model, dtype=x.dtype, device=device) if top_k > 1 else None
+    for t0 in range(0, num_tokens, chunk):
+        t1 = min(num_tokens, t0 + chunk)
         numel = (t1 - t0) * top_k
         whole = t0 == 0 and t1 == num_tokens  # one pass: no slicing (each slice is a tensor object to make)
         xs, ids, wts, outs = (x, topk_ids, topk_weights, out) if whole else (
@@ -220,9 +220,8 @@ def grouped_swiglu_triton(
 
 
 class _LaunchPlan(NamedTuple):
-    """What a launch derives from its shape and config alone, computed once per shape (`_launch_plan`)."""
+    """What a launch derives from its shape and config alone, not from its token count (`_launch_plan`)."""
 
-    chunk: int  # tokens per pass
     num_experts: int
     max_width: int
     h_pitch: int  # row pitch of h (elements): max f_e rounded up to 64
@@ -238,7 +237,7 @@ class _LaunchPlan(NamedTuple):
 
 @functools.lru_cache(maxsize=256)
 def _launch_plan(
-    cfg: MoeKernelConfig, chunk: int, d_model: int, widths: tuple[int, ...], dtype: torch.dtype,
+    cfg: MoeKernelConfig, d_model: int, widths: tuple[int, ...], dtype: torch.dtype,
     device: torch.device, allow_tf32: bool,
 ) -> _LaunchPlan:  # fmt: skip
     # `allow_tf32` is in the key because the fp32 dot precision follows it (kernels._triton.dot_precision).
@@ -256,7 +255,7 @@ def _launch_plan(
     )
     block_t, block_d = 16, min(256, max(16, 1 << (d_model - 1).bit_length()))
     return _LaunchPlan(
-        chunk=chunk, num_experts=len(widths), max_width=max_width, h_pitch=cdiv(max_width, 64) * 64,
+        num_experts=len(widths), max_width=max_width, h_pitch=cdiv(max_width, 64) * 64,
         widths_t=widths_t, offsets_t=offsets_t, n_up=cdiv(max_width, cfg.block_size_n),
         n_down=cdiv(d_model, cfg.block_size_n), meta=meta, block_t=block_t, block_d=block_d,
         combine_cols=cdiv(d_model, block_d),

@@ -2,9 +2,9 @@
 
 `benchmarks/moe_kernels.py --tune` drives this on a GPU. For each token count it times every candidate on every
 (top-k, d_model) case of one (E, N) and keeps the candidate whose slowdown against each case's fastest candidate is
-smallest in geometric mean (`pick_robust`): a table is keyed by E and N alone (as vLLM's), so one entry serves
-several model widths and top-k, and the entry to keep is the one that is never far off, not the one that wins a
-single case by a little and loses another by a lot.
+smallest in geometric mean (`pick_robust`): a table is keyed by E and N (as vLLM's), and by top-k where it was
+tuned for one, so one entry serves several model widths (and top-k), and the entry to keep is the one that is never
+far off, not the one that wins a single case by a little and loses another by a lot.
 
 Compiling is most of a tuning run when it happens one candidate after another (seconds per kernel, per top-k, on
 one CPU core). `precompile` first runs every candidate once in worker processes; they fill Triton's on-disk cache,
@@ -63,7 +63,9 @@ def fits_registers(block_m: int, block_n: int, num_warps: int) -> bool:
     They take 2 bm bn / (32 warps) registers a thread. Compiled for sm_90 (Triton 3.9's ptxas, no GPU needed),
     every candidate of the quick space with up to 128 of them and bm >= 64 (Hopper's wgmma, operands in shared
     memory) or up to 64 and bm < 64 (mma.sync, operands in registers) compiled without spills, and every one
-    above spilled (160-2736 bytes of stack: 32x256 and 64x256 on 4 warps, 128x128 on 4, 128x256 on 8).
+    above spilled (160-2736 bytes of stack: 32x256 and 64x256 on 4 warps, 128x128 on 4, 128x256 on 8). Another
+    Triton's compiler may draw the line elsewhere (the H100 machine had Triton 3.6); the test that checks the line
+    compiles with the installed one.
     """
     per_thread = 2 * block_m * block_n // (32 * num_warps)
     return per_thread <= (128 if block_m >= 64 else 64)
@@ -145,27 +147,32 @@ class Shape:
 
 
 def _compile_chunk(config_entries: list[dict[str, int]], shapes: list[Shape], dtype: torch.dtype, device: str):
-    """Worker: run each candidate once per shape on a few tokens (which compiles it); [(entry, error or None)].
+    """Worker: run each candidate once per shape on a few tokens, which compiles it.
+
+    Returns [(entry, error or None, whether the error is the candidate's own)]. The candidate's own errors are
+    Triton's (it does not compile, or needs more shared memory or registers than the GPU has); anything else (out
+    of memory, a CUDA context that would not start, a bad shape) says nothing about the candidate.
 
     The sizes that vary with the batch are not specialised on (the kernels' `do_not_specialize`), so a run on 64
-    tokens compiles the same variants that the timing on thousands of tokens will launch.
+    tokens compiles the same variants that the timing on thousands of tokens will launch. The values do not matter
+    for compiling: the inputs are zeros in the input dtype (only the expert ids must be valid), made one shape at a
+    time, so a worker holds one shape's weights (1.8 GB for 64 experts of widths 256-2048 at d_model 4096, bf16).
     """
     from kernels.swiglu import grouped_swiglu_triton
 
-    gen = torch.Generator(device=device).manual_seed(0)
-    errors: dict[int, str] = {}
+    errors: dict[int, tuple[str, bool]] = {}
     for shape in shapes:
+        x = w_up = w_down = None  # the previous shape's buffers go before the next are made
         try:
             total, num_tokens = sum(shape.widths), 64
-            x = torch.randn(num_tokens, shape.d_model, device=device, generator=gen).to(dtype)
-            scores = torch.rand(num_tokens, shape.num_experts, device=device, generator=gen)
-            ids = scores.argsort(dim=1)[:, : shape.top_k]  # distinct experts per token
-            weights = torch.rand(num_tokens, shape.top_k, device=device, generator=gen).to(dtype)
-            w_up = torch.randn(shape.d_model, 2 * total, device=device, generator=gen).to(dtype)
-            w_down = torch.randn(total, shape.d_model, device=device, generator=gen).to(dtype)
-        except Exception as exc:  # a bad shape fails every candidate; say so per candidate
+            x = torch.zeros(num_tokens, shape.d_model, device=device, dtype=dtype)
+            ids = torch.rand(num_tokens, shape.num_experts, device=device).argsort(dim=1)[:, : shape.top_k]
+            weights = torch.zeros(num_tokens, shape.top_k, device=device, dtype=dtype)
+            w_up = torch.zeros(shape.d_model, 2 * total, device=device, dtype=dtype)
+            w_down = torch.zeros(total, shape.d_model, device=device, dtype=dtype)
+        except Exception as exc:  # not the candidates' fault; they compile when first timed
             for i in range(len(config_entries)):
-                errors.setdefault(i, f"{type(exc).__name__}: {exc}"[:300])
+                errors.setdefault(i, (f"{type(exc).__name__}: {exc}"[:300], False))
             continue
         for i, entry in enumerate(config_entries):
             if i in errors:
@@ -173,11 +180,12 @@ def _compile_chunk(config_entries: list[dict[str, int]], shapes: list[Shape], dt
             try:
                 with force_config(MoeKernelConfig.from_json(entry)), torch.inference_mode():
                     grouped_swiglu_triton(x, ids, weights, w_up, w_down, shape.widths)
-            except Exception as exc:  # e.g. out of resources for this tile: the candidate is dropped, with why
-                errors[i] = f"{type(exc).__name__}: {exc}"[:300]
+            except Exception as exc:
+                own = type(exc).__module__.startswith("triton")  # CompilationError, OutOfResources
+                errors[i] = (f"{type(exc).__name__}: {exc}"[:300], own)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
-    return [(entry, errors.get(i)) for i, entry in enumerate(config_entries)]
+    return [(entry, *errors.get(i, (None, False))) for i, entry in enumerate(config_entries)]
 
 
 def precompile(
@@ -197,15 +205,16 @@ def precompile(
         workers: processes; default min(8, CPU cores, candidates).
 
     Returns:
-        candidate -> error message, for the candidates that failed (absent = compiled). A worker that dies takes
-        no candidate with it: its candidates are compiled again when first timed.
+        candidate -> Triton's error, for the candidates that cannot run on this GPU (leave them out). A candidate
+        that could not be precompiled for any other reason (a worker that died, out of memory) is not in it: a
+        warning says why, and it compiles when first timed.
     """
     space, shapes = list(space), list(shapes)
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
     workers = max(1, min(workers, len(space)))
     chunks = [space[i::workers] for i in range(workers)]
-    results: list[tuple[dict[str, int], str | None]] = []
+    results: list[tuple[dict[str, int], str | None, bool]] = []
     if workers == 1:
         results = _compile_chunk([c.to_json() for c in space], shapes, dtype, device)
     else:
@@ -214,14 +223,22 @@ def precompile(
             futures = [
                 pool.submit(_compile_chunk, [c.to_json() for c in chunk], shapes, dtype, device) for chunk in chunks
             ]
-            for fut in futures:
+            for fut, chunk in zip(futures, chunks):
                 try:
                     results.extend(fut.result())
                 except Exception as exc:  # a crashed worker: its candidates compile when first timed instead
-                    logger.warning(
-                        "precompile worker failed (%s: %s); compiling its share later", type(exc).__name__, exc
+                    results.extend(
+                        (c.to_json(), f"worker failed: {type(exc).__name__}: {exc}"[:300], False) for c in chunk
                     )
-    return {MoeKernelConfig.from_json(entry): err for entry, err in results if err is not None}
+    others = [(entry, err) for entry, err, own in results if err is not None and not own]
+    if others:
+        logger.warning(
+            "%d of %d candidates not precompiled (%s); they compile when first timed",
+            len(others),
+            len(space),
+            others[0][1],
+        )
+    return {MoeKernelConfig.from_json(entry): err for entry, err, own in results if err is not None and own}
 
 
 __all__ = ["SPACES", "Pick", "Shape", "candidate_space", "eligible", "fits_registers", "pick_robust", "precompile"]

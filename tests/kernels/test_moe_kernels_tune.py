@@ -1,0 +1,80 @@
+"""The GPU tuning driver of benchmarks/moe_kernels.py, run on the CPU with its GPU parts replaced.
+
+`tune()` needs CUDA to time; here the timing is a made-up function of the candidate and the case, so the driver's own
+logic is checked where it cannot otherwise run: token keys, tables for every top-k and per top-k, a token count
+where no candidate ran everywhere, the report.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+from kernels import configs
+from kernels.configs import load_configs
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "moe_kernels.py"
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("moe_kernels_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tune_writes_tables_per_top_k_and_reports(tmp_path, monkeypatch):
+    mk = load_benchmark()
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(
+        shared_memory_per_block_optin=232448))  # fmt: skip
+    monkeypatch.setattr(mk.configs, "device_name", lambda d: "FAKE_GPU")
+    real_make_case = mk.make_case
+    tuning_tokens = []
+
+    def make_case(num_tokens, num_experts, top_k, d_model, widths, dtype, device, gen):  # small CPU inputs
+        tuning_tokens.append(num_tokens)
+        return real_make_case(16, num_experts, top_k, 32, widths, torch.float32, "cpu", torch.Generator())
+
+    monkeypatch.setattr(mk, "make_case", make_case)
+    refused = configs.MoeKernelConfig(16, 128, 64, 8, 4, 3)
+    monkeypatch.setattr(mk.tuning, "precompile", lambda space, shapes, dtype, device, workers: {refused: "OutOfResources"})
+    seen_cases = []
+
+    def fake_ms(args, cfg, inputs, widths):
+        # top-1 cases favour 32-row tiles, top-2 cases 64-row tiles; at 32768 tokens nothing runs top-2.
+        top_k = inputs[1].shape[1]
+        seen_cases.append((cfg, top_k))
+        if tuning_tokens[-1] == 32768 and top_k == 2:
+            return None
+        best_m = 32 if top_k == 1 else 64
+        return 1.0 + abs(cfg.block_size_m - best_m) / 64 + cfg.num_stages / 100 + cfg.num_warps / 1000
+
+    monkeypatch.setattr(mk, "time_config", fake_ms)
+    args = mk.Args(experts=(8,), top_k=(1, 2), d_model=(1024, 4096), tune=True, tune_tokens=(2048, 32768, 65536),
+                   tune_out=str(tmp_path / "configs"))  # fmt: skip
+    result = {"benchmark": "moe_kernels_tune"}
+    mk.tune(args, torch.bfloat16, None, result, tmp_path / "tune.json")
+
+    assert all(cfg != refused for cfg, _ in seen_cases)  # a candidate Triton refused is never timed
+    tune = result["tune"]
+    assert tune["token_keys"] == [2048, 32768]  # 65536 runs as 32768-token chunks
+    (table,) = tune["tables"]
+    names = {"E=8,N=2048,device_name=FAKE_GPU.json", "E=8,N=2048,k=1,device_name=FAKE_GPU.json",
+             "E=8,N=2048,k=2,device_name=FAKE_GPU.json"}  # fmt: skip
+    assert set(table["written"]) == names == {p.name for p in (tmp_path / "configs").iterdir()}
+    configs.clear_cache()
+    per_k1 = load_configs(8, 2048, "FAKE_GPU", torch.bfloat16, tmp_path / "configs", 1)
+    per_k2 = load_configs(8, 2048, "FAKE_GPU", torch.bfloat16, tmp_path / "configs", 2)
+    assert {m: c.block_size_m for m, c in per_k1.items()} == {2048: 32, 32768: 32}
+    assert {m: c.block_size_m for m, c in per_k2.items()} == {2048: 64}  # no complete candidate at 32768: left out
+    left_out = [p for p in table["picks"] if "error" in p]
+    assert {(p["tokens"], p["top_k"]) for p in left_out} == {(32768, None), (32768, 2)}
+    every_k = next(p for p in table["picks"] if p["tokens"] == 2048 and p["top_k"] is None)
+    assert set(every_k["slowdowns"]) == {"k=1,d=1024", "k=1,d=4096", "k=2,d=1024", "k=2,d=4096"}
+    assert json.loads((tmp_path / "tune.json").read_text())["partial"] is True  # written as it went
