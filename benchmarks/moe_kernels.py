@@ -6,6 +6,7 @@ from the GPU's peak FLOP/s and memory bandwidth.
     python benchmarks/moe_kernels.py --experts 16 --top-k 2 --tokens 2048 --d-model 1024
     python benchmarks/moe_kernels.py --tune --experts 8 --top-k 2 --d-model 1024 --base-width 2048
                                                             # block sizes -> kernels/configs/E=8,N=4096,...json
+                                                            # (and E=8,N=4096,k=2,...json)
 
 Grid: experts E in {8, 16, 64}, top-k in {1, 2, 8}, tokens 1k-64k, d_model {1024, 4096}, bf16; expert widths are
 `base_width` times the runtime's ratios (0.25x-2x), tiled to E experts. Each case times, by CUDA events with
@@ -67,8 +68,9 @@ class Args:
     out: str = ""
     """JSON path; default results/moe_kernels/<device>__<date>.json"""
     tune: bool = False
-    """tune block sizes instead of benchmarking: one table per E (kernels/configs/E=..,N=..,device_name=...json),
-    each entry picked over every --top-k and --d-model given; the report (every pick, its slowdowns) to --out"""
+    """tune block sizes instead of benchmarking: per E, a table for every top-k (kernels/configs/E=..,N=..,
+    device_name=...json, each entry picked over every --top-k and --d-model given) and one per --top-k
+    (E=..,N=..,k=..,device_name=...json); the report (every pick, its slowdowns) to --out"""
     tune_tokens: tuple[int, ...] = (1, 16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
     """token counts of the tuned table"""
     tune_space: str = "quick"
@@ -395,6 +397,9 @@ if __name__ == "__main__":
                   f"{r['median_ms']:.3f} ms (median)")  # fmt: skip
     elif args.tune:
         import triton
+
+        if args.tune_space not in tuning.SPACES:
+            raise SystemExit(f"--tune-space must be one of {sorted(tuning.SPACES)}, got {args.tune_space!r}")
 
         result.update(benchmark="moe_kernels_tune", driver=driver_version(), triton=triton.__version__)
         tune(args, dtype, gen, result, out)

@@ -7,8 +7,9 @@ is the widest expert's width max(f_e). Each file maps a token count (the tokens 
 the entry with the nearest token count. A table may also be tuned for one top-k, `E=64,N=2048,k=1,device_name=...`
 (vLLM's models each have one top-k; our benchmark grid spans several, and few slots per expert want other tiles
 than many): where there is one for the launch's top-k it is read first. With no file, a heuristic default is used
-and a warning logged (once per shape). `python benchmarks/moe_kernels.py --tune` writes the files (see README.md beside this file) with the help
-of `kernels.configs.tuning` (the candidates, the robust pick over several shapes, parallel compiling).
+and a warning logged (once per shape). `python benchmarks/moe_kernels.py --tune` writes the files (see README.md
+beside this file) with the help of `kernels.configs.tuning` (the candidates, the robust pick over several shapes,
+parallel compiling).
 
 Tests force a config with `with force_config(MoeKernelConfig(...)):`.
 """
