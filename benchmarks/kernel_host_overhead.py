@@ -30,8 +30,8 @@ import torch
 from kernels import _triton_align, _triton_route, _triton_swiglu
 from kernels.routing import fused_route_triton
 from kernels.swiglu import grouped_swiglu_triton
+from moe_runtime import EXPERT_WIDTH_RATIOS
 
-WIDTH_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.25, 1.5, 2.0)
 CASES = [(1024, 16, 2, 256), (2048, 64, 1, 256), (8192, 8, 2, 256), (8192, 64, 8, 256)]  # (T, E, k, d)
 
 
@@ -66,7 +66,7 @@ def main() -> None:
     rows = []
     print(f"{'tokens':>6} {'E':>3} {'k':>2} {'d':>5} {'swiglu us':>10} {'route us':>9}")
     for num_tokens, num_experts, top_k, d_model in CASES:
-        widths = tuple(round(128 * WIDTH_RATIOS[e % len(WIDTH_RATIOS)]) for e in range(num_experts))
+        widths = tuple(round(128 * EXPERT_WIDTH_RATIOS[e % len(EXPERT_WIDTH_RATIOS)]) for e in range(num_experts))
         x = torch.randn(num_tokens, d_model)
         logits = torch.randn(num_tokens, num_experts)
         ids = torch.rand(num_tokens, num_experts).argsort(dim=1)[:, :top_k].contiguous()  # as the router returns

@@ -342,13 +342,13 @@ def tune(args: Args, dtype: torch.dtype, gen: torch.Generator, result: dict, out
                                            slowdowns=pick.slowdowns, chosen_ms=pick.chosen_ms, best_ms=pick.best_ms,
                                            candidates=pick.candidates, timed=len(cands)))  # fmt: skip
             write_json(out, {**result, "partial": True})
-        written = [path for k, path in files.items() if tables[k]]
+        entry["written"] = []
         for k, path in files.items():
             if tables[k]:
                 configs.write_configs(path, tables[k])
-        entry["written"] = [path.name for path in written]
+                entry["written"].append(path.name)
         entry["wall_s"] = time.perf_counter() - t_start
-        print(f"wrote {', '.join(p.name for p in written) or 'no table'} to {config_dir} ({entry['wall_s']:.0f} s)")
+        print(f"wrote {', '.join(entry['written']) or 'no table'} to {config_dir} ({entry['wall_s']:.0f} s)")
 
 
 def cpu_reference_timings(gen: torch.Generator) -> list[dict]:

@@ -45,8 +45,8 @@ def _width_facts(widths: tuple[int, ...]) -> tuple[tuple[int, ...], int, int, in
     return ints, sum(ints), max(ints), min(16, gcd & -gcd)  # largest power of two (<= 16) dividing every f_e
 
 
-def _check_swiglu_args(x, topk_ids, topk_weights, w_up, w_down, widths) -> int:
-    """Shape checks of both paths; returns sum f_e."""
+def _check_swiglu_args(x, topk_ids, topk_weights, w_up, w_down, widths) -> None:
+    """Shape checks of both paths."""
     if x.dim() != 2:
         raise ValueError(f"x must be [tokens, d_model], got shape {tuple(x.shape)}")
     num_tokens, d_model = x.shape
@@ -62,7 +62,6 @@ def _check_swiglu_args(x, topk_ids, topk_weights, w_up, w_down, widths) -> int:
         raise ValueError(f"w_up must be [{d_model}, {2 * total}] (d_model, sum 2 f_e), got {tuple(w_up.shape)}")
     if w_down.shape != (total, d_model):
         raise ValueError(f"w_down must be [{total}, {d_model}] (sum f_e, d_model), got {tuple(w_down.shape)}")
-    return total
 
 
 def grouped_swiglu_reference(
