@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from kernels import configs
 from kernels.configs import tuning
 from kernels.routing import fused_route_reference, fused_route_triton
-from kernels.swiglu import CHUNK_TOKENS, grouped_swiglu_reference, grouped_swiglu_triton
+from kernels.swiglu import chunk_tokens, grouped_swiglu_reference, grouped_swiglu_triton
 
 WIDTH_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.25, 1.5, 2.0)  # as moe_runtime.config.EXPERT_WIDTH_RATIOS
 
@@ -71,8 +71,9 @@ class Args:
     """tune block sizes instead of benchmarking: per E, a table for every top-k (kernels/configs/E=..,N=..,
     device_name=...json, each entry picked over every --top-k and --d-model given) and one per --top-k
     (E=..,N=..,k=..,device_name=...json); the report (every pick, its slowdowns) to --out"""
-    tune_tokens: tuple[int, ...] = (1, 16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
-    """token counts of the tuned table"""
+    tune_tokens: tuple[int, ...] = (1, 16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+    """token counts of the tuned table; a count is tuned as the passes it runs as (kernels.swiglu.chunk_tokens: at
+    most 262144 / k tokens), so 65536 tokens is a key of its own at top-1 and top-2, and 32768 at top-8"""
     tune_space: str = "quick"
     """candidate block sizes (kernels/configs/tuning.py): quick (15 on an H100, the tile shapes that won there for
     bf16) or full (vLLM's sweep, 110 on an H100); both without the tiles that would spill registers"""
@@ -292,8 +293,10 @@ def tune(args: Args, dtype: torch.dtype, gen: torch.Generator, result: dict, out
     space = tuning.candidate_space(args.tune_space, torch.empty((), dtype=dtype).element_size(), smem)
     config_dir = Path(args.tune_out) if args.tune_out else configs.CONFIG_DIR
     config_dir.mkdir(parents=True, exist_ok=True)
-    # A launch of more than CHUNK_TOKENS tokens runs in chunks of CHUNK_TOKENS and looks its config up by that.
-    keys = sorted({min(t, CHUNK_TOKENS) for t in args.tune_tokens})
+    # A launch runs in passes of chunk_tokens(T, k) tokens and looks its config up by that count, so each key is
+    # timed on the top-k whose launches run passes of that many tokens (a large count: top-1 and top-2, not top-8).
+    launch_keys = {k: {chunk_tokens(t, k) for t in args.tune_tokens} for k in args.top_k}
+    keys = sorted(set().union(*launch_keys.values()))
     result["tune"] = dict(space=args.tune_space, candidates=len(space), token_keys=keys, tables=[])
     for num_experts in args.experts:
         widths = expert_widths(num_experts, args.base_width)
@@ -317,14 +320,17 @@ def tune(args: Args, dtype: torch.dtype, gen: torch.Generator, result: dict, out
         result["tune"]["tables"].append(entry)
         tables = {k: {} for k in per_k}
         for key in keys:
-            cands = [c for c in space if c not in failed and tuning.eligible(c, key * max(top_ks) / num_experts)]
+            key_ks = [k for k in top_ks if key in launch_keys[k]]
+            if not key_ks:
+                continue
+            cands = [c for c in space if c not in failed and tuning.eligible(c, key * max(key_ks) / num_experts)]
             times = {c: {} for c in cands}
-            for top_k, d_model in itertools.product(top_ks, args.d_model):
+            for top_k, d_model in itertools.product(key_ks, args.d_model):
                 x, _, ids, w, w_up, w_down = make_case(key, num_experts, top_k, d_model, widths, dtype, device, gen)
                 for cfg in cands:
                     times[cfg][f"k={top_k},d={d_model}"] = time_config(args, cfg, (x, ids, w, w_up, w_down), widths)
                 del x, ids, w, w_up, w_down
-            for k in per_k:
+            for k in (None, *key_ks):
                 prefix = "" if k is None else f"k={k},"
                 try:
                     pick = tuning.pick_robust({c: {case: ms for case, ms in t.items() if case.startswith(prefix)}

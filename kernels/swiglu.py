@@ -21,10 +21,20 @@ import torch.nn.functional as F
 from kernels._triton import cdiv, dot_precision, require_triton
 from kernels.configs import MoeKernelConfig, get_config
 
-# Tokens per pass of the Triton path: bounds the intermediates (T * k * (max f_e + d) elements) as vLLM's
-# VLLM_FUSED_MOE_CHUNK_SIZE does; each pass aligns, runs both GEMMs and combines its own tokens.
-CHUNK_TOKENS = 32768
+# Token-expert slots (tokens x k) per pass of the Triton path: bounds the intermediates (slots x (max f_e + d)
+# elements) as vLLM's VLLM_FUSED_MOE_CHUNK_SIZE (32768 tokens) does at k = 8. Counted in slots, not tokens, so that
+# top-1 and top-2 launches are not cut into passes with a fraction of the slots per expert: on the H100, 64 experts
+# at top-1 over 65536 tokens ran as two 32768-token passes (512 slots an expert, so 64-row default tiles) at 0.40
+# of a dense GEMM, where the same 65536 slots at top-8 in one pass (1024 an expert, 128-row tiles) ran at 0.56
+# (results/gpu/kernels/grid.json). Each pass aligns, runs both GEMMs and combines its own tokens.
+CHUNK_SLOTS = 262144
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def chunk_tokens(num_tokens: int, top_k: int) -> int:
+    """Tokens per pass of `grouped_swiglu_triton` for `num_tokens` at `top_k` (at most `CHUNK_SLOTS` / k), which is
+    also the token count its block sizes are looked up by (`kernels.configs.get_config`)."""
+    return min(num_tokens, max(1, CHUNK_SLOTS // top_k))
 
 
 def expert_offsets(widths: tuple[int, ...] | list[int]) -> list[int]:
@@ -140,12 +150,13 @@ def grouped_swiglu_triton(
 ) -> torch.Tensor:
     """Triton grouped SwiGLU: the same contract as `grouped_swiglu_reference`, without autograd.
 
-    Per pass of up to `CHUNK_TOKENS` tokens: align the slots by expert (`kernels.align`, block BLOCK_SIZE_M of the
-    config), one grouped launch for gate/up with silu(gate) * up fused into its epilogue (h: [T k, max f_e]), one
-    grouped launch for down with the combine weight applied in its epilogue (y: [T k, d]), and a combine kernel
-    summing each token's k rows in fp32 (for k = 1 the down launch writes the output rows directly). Block sizes
-    come from `kernels.configs.get_config`. fp32 accumulation; x and weights must share one dtype (fp32, bf16 or
-    fp16); fp32 products are exact unless `torch.backends.cuda.matmul.allow_tf32` is set.
+    Per pass of `chunk_tokens(T, k)` tokens (up to `CHUNK_SLOTS` token-expert slots): align the slots by expert
+    (`kernels.align`, block BLOCK_SIZE_M of the config), one grouped launch for gate/up with silu(gate) * up fused
+    into its epilogue (h: [T k, max f_e]), one grouped launch for down with the combine weight applied in its
+    epilogue (y: [T k, d]), and a combine kernel summing each token's k rows in fp32 (for k = 1 the down launch
+    writes the output rows directly). Block sizes come from `kernels.configs.get_config`. fp32 accumulation; x and
+    weights must share one dtype (fp32, bf16 or fp16); fp32 products are exact unless
+    `torch.backends.cuda.matmul.allow_tf32` is set.
 
     Args:
         x, topk_ids, topk_weights, w_up, w_down, widths: as `grouped_swiglu_reference`; expert ids in [0, E).
@@ -180,7 +191,7 @@ def grouped_swiglu_triton(
     if num_tokens == 0:
         return out
     widths = widths if isinstance(widths, tuple) else tuple(widths)
-    chunk = min(num_tokens, CHUNK_TOKENS)
+    chunk = chunk_tokens(num_tokens, top_k)
     cfg = get_config(chunk, len(widths), top_k, _width_facts(widths)[2], x.dtype, device)
     plan = _launch_plan(cfg, d_model, widths, x.dtype, device, torch.backends.cuda.matmul.allow_tf32)
     topk_ids = topk_ids.contiguous()

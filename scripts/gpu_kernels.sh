@@ -25,7 +25,7 @@ run() {  # run a command, its output to the screen and OUT/<step>.log; its exit 
 case "$step" in
 tune)
     run $PY benchmarks/moe_kernels.py --tune --tune-space quick --experts 8 16 64 --top-k 1 2 8 --d-model 1024 4096 \
-        --base-width 1024 --tune-tokens 1024 2048 8192 16384 32768 --warmup-ms 5 --rep-ms 20 \
+        --base-width 1024 --tune-tokens 1024 2048 8192 16384 32768 65536 --warmup-ms 5 --rep-ms 20 \
         --tune-out "$out/configs" --out "$out/tune.json" "${@:3}"
     ;;
 grid) run $PY benchmarks/moe_kernels.py --warmup-ms 10 --rep-ms 40 --out "$out/grid.json" "${@:3}" ;;

@@ -58,17 +58,20 @@ def candidate_space(space: str, itemsize: int, smem_bytes: int) -> list[MoeKerne
 
 
 def fits_registers(block_m: int, block_n: int, num_warps: int) -> bool:
-    """Whether the gate/up kernel's two fp32 accumulators leave room in the 255 registers a thread may hold.
+    """Whether the gate/up kernel's two fp32 accumulators leave room in the registers a thread may hold.
 
-    They take 2 bm bn / (32 warps) registers a thread. Compiled for sm_90 (Triton 3.9's ptxas, no GPU needed),
-    every candidate of the quick space with up to 128 of them and bm >= 64 (Hopper's wgmma, operands in shared
-    memory) or up to 64 and bm < 64 (mma.sync, operands in registers) compiled without spills, and every one
-    above spilled (160-2736 bytes of stack: 32x256 and 64x256 on 4 warps, 128x128 on 4, 128x256 on 8). Another
-    Triton's compiler may draw the line elsewhere (the H100 machine had Triton 3.6); the test that checks the line
-    compiles with the installed one.
+    They take 2 bm bn / (32 warps) registers a thread. A thread may hold 255, and fewer with more than 8 warps
+    (the 65536 registers of an SM shared by 32 warps threads: 128 at 16 warps). Compiled for sm_90 (Triton 3.9's
+    ptxas, no GPU needed), every candidate of the quick space with up to 128 of them and bm >= 64 (Hopper's wgmma,
+    operands in shared memory) or up to 64 and bm < 64 (mma.sync, operands in registers) compiled without spills,
+    and every one above spilled (160-2736 bytes of stack: 32x256 and 64x256 on 4 warps, 128x128 on 4, 128x256 on
+    8); at 16 warps the line is half the 128 (64x256 and 128x128 without spills, 128x256 and 256x128 spilled ~500
+    bytes). Another Triton's compiler may draw the line elsewhere (the H100 machine had Triton 3.6); the test that
+    checks the line compiles with the installed one.
     """
     per_thread = 2 * block_m * block_n // (32 * num_warps)
-    return per_thread <= (128 if block_m >= 64 else 64)
+    half_the_registers = 65536 // (32 * num_warps) // 2  # of an SM's 65536 shared by the block's threads
+    return per_thread <= min(128 if block_m >= 64 else 64, half_the_registers)
 
 
 def eligible(config: MoeKernelConfig, slots_per_expert: float) -> bool:

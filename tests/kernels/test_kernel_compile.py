@@ -139,6 +139,8 @@ BUDGET_CASES = [
     (MoeKernelConfig(128, 128, 64, 8, 8, 3), True),
     (MoeKernelConfig(32, 256, 64, 8, 8, 3), True),  # 64, mma.sync
     (MoeKernelConfig(128, 128, 64, 8, 4, 3), False),  # 256: spills
+    (MoeKernelConfig(64, 256, 64, 8, 16, 3), True),  # 64 of the 128 registers a thread has at 16 warps
+    (MoeKernelConfig(128, 256, 64, 8, 16, 2), False),  # 128 of 128: spills
 ]
 
 

@@ -45,6 +45,7 @@ def test_register_budget_leaves_out_the_tiles_that_spill():
     # Both sides of the line, as compiled for sm_90 (tests/kernels/test_kernel_compile.py checks the compiler agrees).
     assert fits_registers(64, 256, 8) and fits_registers(128, 128, 8) and fits_registers(16, 256, 4)
     assert not fits_registers(128, 128, 4) and not fits_registers(64, 256, 4) and not fits_registers(32, 256, 4)
+    assert fits_registers(128, 128, 16) and not fits_registers(128, 256, 16)  # 128 registers a thread at 16 warps
     space = candidate_space("full", 2, 227 * 1024)
     assert all(fits_registers(c.block_size_m, c.block_size_n, c.num_warps) for c in space)
 

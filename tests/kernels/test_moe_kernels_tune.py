@@ -1,8 +1,8 @@
 """The GPU tuning driver of benchmarks/moe_kernels.py, run on the CPU with its GPU parts replaced.
 
 `tune()` needs CUDA to time; here the timing is a made-up function of the candidate and the case, so the driver's own
-logic is checked where it cannot otherwise run: token keys, tables for every top-k and per top-k, a token count
-where no candidate ran everywhere, the report.
+logic is checked where it cannot otherwise run: token keys (a count tuned as the passes it runs as, which depend on
+top-k), tables for every top-k and per top-k, a token count where no candidate ran everywhere, the report.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from kernels import configs
+from kernels import swiglu as mk_swiglu
 from kernels.configs import load_configs
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "moe_kernels.py"
@@ -49,21 +50,24 @@ def test_tune_writes_tables_per_top_k_and_reports(tmp_path, monkeypatch):
     def fake_ms(args, cfg, inputs, widths):
         # top-1 cases favour 32-row tiles, top-2 cases 64-row tiles; at 32768 tokens nothing runs top-2.
         top_k = inputs[1].shape[1]
-        seen_cases.append((cfg, top_k))
+        seen_cases.append((cfg, top_k, tuning_tokens[-1]))
         if tuning_tokens[-1] == 32768 and top_k == 2:
             return None
         best_m = 32 if top_k == 1 else 64
         return 1.0 + abs(cfg.block_size_m - best_m) / 64 + cfg.num_stages / 100 + cfg.num_warps / 1000
 
     monkeypatch.setattr(mk, "time_config", fake_ms)
+    monkeypatch.setattr(mk_swiglu, "CHUNK_SLOTS", 65536)  # passes: 65536 tokens at top-1, 32768 at top-2
     args = mk.Args(experts=(8,), top_k=(1, 2), d_model=(1024, 4096), tune=True, tune_tokens=(2048, 32768, 65536),
                    tune_out=str(tmp_path / "configs"))  # fmt: skip
     result = {"benchmark": "moe_kernels_tune"}
     mk.tune(args, torch.bfloat16, None, result, tmp_path / "tune.json")
 
-    assert all(cfg != refused for cfg, _ in seen_cases)  # a candidate Triton refused is never timed
+    assert all(cfg != refused for cfg, _, _ in seen_cases)  # a candidate Triton refused is never timed
     tune = result["tune"]
-    assert tune["token_keys"] == [2048, 32768]  # 65536 runs as 32768-token chunks
+    assert tune["token_keys"] == [2048, 32768, 65536]
+    # 65536 tokens at top-2 runs as two 32768-token passes, so 65536 is timed at top-1 alone
+    assert {(t, k) for _, k, t in seen_cases} == {(2048, 1), (2048, 2), (32768, 1), (32768, 2), (65536, 1)}
     (table,) = tune["tables"]
     names = {"E=8,N=2048,device_name=FAKE_GPU.json", "E=8,N=2048,k=1,device_name=FAKE_GPU.json",
              "E=8,N=2048,k=2,device_name=FAKE_GPU.json"}  # fmt: skip
@@ -71,10 +75,13 @@ def test_tune_writes_tables_per_top_k_and_reports(tmp_path, monkeypatch):
     configs.clear_cache()
     per_k1 = load_configs(8, 2048, "FAKE_GPU", torch.bfloat16, tmp_path / "configs", 1)
     per_k2 = load_configs(8, 2048, "FAKE_GPU", torch.bfloat16, tmp_path / "configs", 2)
-    assert {m: c.block_size_m for m, c in per_k1.items()} == {2048: 32, 32768: 32}
+    assert {m: c.block_size_m for m, c in per_k1.items()} == {2048: 32, 32768: 32, 65536: 32}
     assert {m: c.block_size_m for m, c in per_k2.items()} == {2048: 64}  # no complete candidate at 32768: left out
     left_out = [p for p in table["picks"] if "error" in p]
     assert {(p["tokens"], p["top_k"]) for p in left_out} == {(32768, None), (32768, 2)}
     every_k = next(p for p in table["picks"] if p["tokens"] == 2048 and p["top_k"] is None)
     assert set(every_k["slowdowns"]) == {"k=1,d=1024", "k=1,d=4096", "k=2,d=1024", "k=2,d=4096"}
+    assert {p["top_k"] for p in table["picks"] if p["tokens"] == 65536} == {None, 1}
+    every_k_large = next(p for p in table["picks"] if p["tokens"] == 65536 and p["top_k"] is None)
+    assert set(every_k_large["slowdowns"]) == {"k=1,d=1024", "k=1,d=4096"}
     assert json.loads((tmp_path / "tune.json").read_text())["partial"] is True  # written as it went

@@ -57,8 +57,8 @@ def test_swiglu_matches_reference(gen, make_topk_ids, num_tokens, d_model, width
 
 
 def test_swiglu_chunks_and_strided_input(gen, make_topk_ids, monkeypatch):
-    """Several passes of CHUNK_TOKENS tokens, and x a column slice of a wider tensor."""
-    monkeypatch.setattr(swiglu, "CHUNK_TOKENS", 16)
+    """Several passes (of CHUNK_SLOTS / k tokens), and x a column slice of a wider tensor."""
+    monkeypatch.setattr(swiglu, "CHUNK_SLOTS", 32)  # 16 tokens a pass at top-2: 16, 16, 5
     widths, d_model, num_tokens, top_k = (24, 16, 40), 16, 37, 2
     x = torch.randn(num_tokens, d_model + 5, generator=gen)[:, 3 : 3 + d_model]  # (T, d), row stride d + 5
     topk_ids = make_topk_ids(num_tokens, len(widths), top_k, "skewed")
@@ -67,6 +67,31 @@ def test_swiglu_chunks_and_strided_input(gen, make_topk_ids, monkeypatch):
     out = torch.full((num_tokens, d_model), float("nan"))
     with force_config(MoeKernelConfig(16, 16, 16, 1, num_warps=4, num_stages=2)):
         got = grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, out=out)
+    torch.testing.assert_close(got, grouped_swiglu_reference(x, topk_ids, weights, w_up, w_down, widths),
+                               rtol=RTOL, atol=ATOL)  # fmt: skip
+
+
+@pytest.mark.parametrize(("top_k", "passes"), [(1, [30]), (4, [8, 8, 8, 6])])
+def test_swiglu_passes_are_bounded_in_slots(gen, make_topk_ids, monkeypatch, top_k, passes):
+    """A pass holds CHUNK_SLOTS token-expert slots whatever k is (top-1 runs as one pass where top-4 needs four),
+    and each pass looks its block sizes up by its own token count."""
+    import kernels.align
+
+    monkeypatch.setattr(swiglu, "CHUNK_SLOTS", 32)
+    aligned_slots, lookups = [], []
+    real_align, real_get_config = kernels.align.moe_align_block_size_triton, swiglu.get_config
+    monkeypatch.setattr(kernels.align, "moe_align_block_size_triton",
+                        lambda ids, *a: aligned_slots.append(ids.numel()) or real_align(ids, *a))  # fmt: skip
+    monkeypatch.setattr(swiglu, "get_config", lambda t, *a: lookups.append(t) or real_get_config(t, *a))
+    widths, d_model, num_tokens = (16, 24, 32, 8), 16, 30
+    x = torch.randn(num_tokens, d_model, generator=gen)
+    topk_ids = make_topk_ids(num_tokens, len(widths), top_k, "uniform")
+    weights = combine_weights(gen, num_tokens, top_k)
+    w_up, w_down = make_weights(gen, d_model, widths)
+    with force_config(MoeKernelConfig(16, 16, 16, 1, num_warps=4, num_stages=2)):
+        got = grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths)
+    assert aligned_slots == [t * top_k for t in passes]
+    assert lookups == [passes[0]]
     torch.testing.assert_close(got, grouped_swiglu_reference(x, topk_ids, weights, w_up, w_down, widths),
                                rtol=RTOL, atol=ATOL)  # fmt: skip
 
