@@ -75,8 +75,9 @@ class Args:
     """token counts of the tuned table; a count is tuned as the passes it runs as (kernels.swiglu.chunk_tokens: at
     most 262144 / k tokens), so 65536 tokens is a key of its own at top-1 and top-2, and 32768 at top-8"""
     tune_space: str = "quick"
-    """candidate block sizes (kernels/configs/tuning.py): quick (15 on an H100, the tile shapes that won there for
-    bf16) or full (vLLM's sweep, 110 on an H100); both without the tiles that would spill registers"""
+    """candidate block sizes (kernels/configs/tuning.py): quick (20 on an H100, the tile shapes that won there for
+    bf16) or full (vLLM's sweep, 156 on an H100); both without the tiles that would spill registers, both with the
+    down GEMM at twice the columns for tiles of 64 rows or more"""
     tune_out: str = ""
     """directory of the tuned tables; default kernels/configs/"""
     compile_workers: int = 8

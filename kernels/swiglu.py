@@ -213,13 +213,13 @@ def grouped_swiglu_triton(
             xs, w_up, h, aligned.sorted_token_ids, aligned.expert_ids, aligned.num_tokens_post_padded,
             plan.widths_t, plan.offsets_t, numel, d_model, num_pid_m, plan.n_up,
             xs.stride(0), xs.stride(1), w_up.stride(0), w_up.stride(1), h.stride(0), h.stride(1),
-            TOP_K=top_k, **plan.meta,
+            TOP_K=top_k, **plan.meta_up,
         )  # fmt: skip
         _triton_swiglu.down_kernel[(num_pid_m * plan.n_down,)](
             h, w_down, ys, wts, aligned.sorted_token_ids, aligned.expert_ids,
             aligned.num_tokens_post_padded, plan.widths_t, plan.offsets_t, numel, d_model, num_pid_m, plan.n_down,
             h.stride(0), h.stride(1), w_down.stride(0), w_down.stride(1), ys.stride(0), ys.stride(1),
-            **plan.meta,
+            **plan.meta_down,
         )  # fmt: skip
         if y is not None:
             _triton_swiglu.combine_kernel[(cdiv(t1 - t0, plan.block_t), plan.combine_cols)](
@@ -239,7 +239,8 @@ class _LaunchPlan(NamedTuple):
     offsets_t: torch.Tensor  # int64 [E] F_e on the device
     n_up: int  # column tiles of the gate/up grid (widest expert)
     n_down: int  # column tiles of the down grid (d_model)
-    meta: dict  # constexprs and launch options shared by both GEMMs
+    meta_up: dict  # constexprs and launch options of the gate/up GEMM
+    meta_down: dict  # the same for the down GEMM (its column tile may differ)
     block_t: int  # combine tile
     block_d: int
     combine_cols: int
@@ -257,7 +258,6 @@ def _launch_plan(
         WIDTH_ALIGN=width_align,
         DOT_PRECISION=dot_precision(dtype),
         BLOCK_SIZE_M=cfg.block_size_m,
-        BLOCK_SIZE_N=cfg.block_size_n,
         BLOCK_SIZE_K=cfg.block_size_k,
         GROUP_SIZE_M=cfg.group_size_m,
         num_warps=cfg.num_warps,
@@ -267,6 +267,7 @@ def _launch_plan(
     return _LaunchPlan(
         num_experts=len(widths), max_width=max_width, h_pitch=cdiv(max_width, 64) * 64,
         widths_t=widths_t, offsets_t=offsets_t, n_up=cdiv(max_width, cfg.block_size_n),
-        n_down=cdiv(d_model, cfg.block_size_n), meta=meta, block_t=block_t, block_d=block_d,
+        n_down=cdiv(d_model, cfg.down_block_size_n), meta_up=dict(meta, BLOCK_SIZE_N=cfg.block_size_n),
+        meta_down=dict(meta, BLOCK_SIZE_N=cfg.down_block_size_n), block_t=block_t, block_d=block_d,
         combine_cols=cdiv(d_model, block_d),
     )  # fmt: skip

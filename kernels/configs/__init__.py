@@ -3,7 +3,8 @@
 One JSON file per (experts, widest expert, device, dtype), named like vLLM's:
 `E=8,N=4096,device_name=NVIDIA_H100_80GB_HBM3.json` for bf16/fp16 and `...,dtype=float32.json` for fp32, where `N`
 is the widest expert's width max(f_e). Each file maps a token count (the tokens of one launch, as a string) to
-`{"BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"}`; `get_config` picks
+`{"BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"}` (and optionally
+`"BLOCK_SIZE_N_DOWN"`, the down GEMM's column tile where it differs); `get_config` picks
 the entry with the nearest token count. A table may also be tuned for one top-k, `E=64,N=2048,k=1,device_name=...`
 (vLLM's models each have one top-k; our benchmark grid spans several, and few slots per expert want other tiles
 than many): where there is one for the launch's top-k it is read first. With no file, a heuristic default is used
@@ -45,6 +46,11 @@ class MoeKernelConfig:
         group_size_m: M-tiles per launch group (program-id swizzle for L2 reuse); >= 1.
         num_warps: warps per program.
         num_stages: software pipeline depth of the K loop.
+        block_size_n_down: the down GEMM's output columns per tile, None for `block_size_n`. The gate/up GEMM keeps
+            two accumulators (gate, up) and loads two weight tiles a step, the down GEMM one of each: at twice the
+            columns the down tile takes the same registers and shared memory as the gate/up tile and does twice
+            the FLOPs per byte of activations it loads (vLLM's single-accumulator tables on an H100 pick 128x256
+            tiles for large batches). Whether it is faster is the GPU's to say: the tuner times both.
     """
 
     block_size_m: int = 64
@@ -53,10 +59,13 @@ class MoeKernelConfig:
     group_size_m: int = 8
     num_warps: int = 4
     num_stages: int = 3
+    block_size_n_down: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("block_size_m", "block_size_n", "block_size_k"):
+        for name in ("block_size_m", "block_size_n", "block_size_k", "block_size_n_down"):
             v = getattr(self, name)
+            if name == "block_size_n_down" and v is None:
+                continue
             if v < 16 or v & (v - 1):
                 raise ValueError(f"MoeKernelConfig.{name} must be a power of two >= 16, got {v}")
         if self.group_size_m < 1:
@@ -66,9 +75,14 @@ class MoeKernelConfig:
         if self.num_stages < 1:
             raise ValueError(f"MoeKernelConfig.num_stages must be >= 1, got {self.num_stages}")
 
+    @property
+    def down_block_size_n(self) -> int:
+        """The down GEMM's column tile: `block_size_n_down`, or `block_size_n` where that is None."""
+        return self.block_size_n if self.block_size_n_down is None else self.block_size_n_down
+
     def to_json(self) -> dict[str, int]:
-        """vLLM's key names: {"BLOCK_SIZE_M": ..., "num_warps": ..., ...}."""
-        return {
+        """vLLM's key names: {"BLOCK_SIZE_M": ..., "num_warps": ..., ...}, and "BLOCK_SIZE_N_DOWN" where set."""
+        entry = {
             "BLOCK_SIZE_M": self.block_size_m,
             "BLOCK_SIZE_N": self.block_size_n,
             "BLOCK_SIZE_K": self.block_size_k,
@@ -76,13 +90,18 @@ class MoeKernelConfig:
             "num_warps": self.num_warps,
             "num_stages": self.num_stages,
         }
+        if self.block_size_n_down is not None:
+            entry["BLOCK_SIZE_N_DOWN"] = self.block_size_n_down
+        return entry
 
     @classmethod
     def from_json(cls, entry: dict[str, int]) -> MoeKernelConfig:
-        """Inverse of `to_json`; unknown or missing keys raise `ValueError`."""
+        """Inverse of `to_json`; unknown or missing keys raise `ValueError` (a vLLM table's entries read as is)."""
         names = {"BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"}
-        if set(entry) != names:
-            raise ValueError(f"a MoE kernel config needs exactly the keys {sorted(names)}, got {sorted(entry)}")
+        if not names <= set(entry) <= names | {"BLOCK_SIZE_N_DOWN"}:
+            raise ValueError(
+                f"a MoE kernel config needs the keys {sorted(names)} and may have BLOCK_SIZE_N_DOWN, got {sorted(entry)}"
+            )
         return cls(**{k.lower(): int(v) for k, v in entry.items()})
 
 

@@ -28,13 +28,19 @@ from kernels.configs import MoeKernelConfig, force_config
 
 logger = logging.getLogger(__name__)
 
-# (BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, GROUP_SIZE_M, (num_warps, num_stages)) choices per space. "quick" keeps
-# the shapes that won on an H100 for bf16 (tiles of 128-256 columns, K step 64, grouped launch order), with every
-# row count so that few slots per expert still find a small tile; "full" is vLLM's usual sweep.
+# (BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, GROUP_SIZE_M, (num_warps, num_stages), down GEMM's columns as a multiple
+# of BLOCK_SIZE_N) choices per space. "quick" keeps the shapes that won on an H100 for bf16 (tiles of 128-256
+# columns, K step 64, grouped launch order), with every row count so that few slots per expert still find a small
+# tile; "full" is vLLM's usual sweep. Tiles of 64 rows or more (wgmma, compute-fed) also try the down GEMM at twice
+# the columns (up to 256), which takes the same registers and shared memory as the gate/up tile and halves the
+# activation bytes it loads per FLOP (`MoeKernelConfig.block_size_n_down`); smaller tiles serve few slots per expert, where the weights'
+# bytes, which the column tile does not change, bound the time.
 SPACES = {
-    "quick": ((16, 32, 64, 128), (128, 256), (64,), (8,), ((4, 3), (8, 3), (8, 4))),
-    "full": ((16, 32, 64, 128), (64, 128, 256), (64, 128), (1, 8), ((4, 3), (4, 4), (8, 3), (8, 4))),
+    "quick": ((16, 32, 64, 128), (128, 256), (64,), (8,), ((4, 3), (8, 3), (8, 4)), (1, 2)),
+    "full": ((16, 32, 64, 128), (64, 128, 256), (64, 128), (1, 8), ((4, 3), (4, 4), (8, 3), (8, 4)), (1, 2)),
 }
+_MAX_DOWN_BLOCK_N = 256  # the widest Hopper wgmma
+_WIDE_DOWN_MIN_ROWS = 64
 # Shared memory a launch keeps for itself beside the pipeline stages (barriers, the epilogue's scratch).
 _SMEM_RESERVE_BYTES = 8 * 1024
 
@@ -45,15 +51,20 @@ def candidate_space(space: str, itemsize: int, smem_bytes: int) -> list[MoeKerne
     The gate/up kernel holds one x tile and two weight tiles (gate, up) per pipeline stage, `(bm bk + 2 bk bn)
     itemsize` bytes. A candidate whose stages do not fit keeps as many as fit (so a GPU with less shared memory
     still gets every tile shape, less deeply pipelined); one where not even 2 fit is dropped, and so is one whose
-    accumulators would spill registers (`fits_registers`).
+    accumulators would spill registers (`fits_registers`). The down kernel's tile at twice the columns holds one x
+    tile and one weight tile of 2 bn columns a stage and one accumulator of bm x 2 bn: the same bytes and registers,
+    so what fits the gate/up kernel fits it.
     """
     if space not in SPACES:
         raise ValueError(f"tune space must be one of {sorted(SPACES)}, got {space!r}")
     out: dict[MoeKernelConfig, None] = {}  # ordered, without duplicates
-    for bm, bn, bk, group, (warps, stages) in itertools.product(*SPACES[space]):
+    for bm, bn, bk, group, (warps, stages), down in itertools.product(*SPACES[space]):
         fit = (smem_bytes - _SMEM_RESERVE_BYTES) // ((bm * bk + 2 * bk * bn) * itemsize)
-        if fit >= 2 and fits_registers(bm, bn, warps):
-            out[MoeKernelConfig(bm, bn, bk, group, warps, min(stages, fit))] = None
+        if fit < 2 or not fits_registers(bm, bn, warps):
+            continue
+        if down > 1 and (bm < _WIDE_DOWN_MIN_ROWS or bn * down > _MAX_DOWN_BLOCK_N):
+            continue
+        out[MoeKernelConfig(bm, bn, bk, group, warps, min(stages, fit), None if down == 1 else bn * down)] = None
     return list(out)
 
 

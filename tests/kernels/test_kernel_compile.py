@@ -102,21 +102,20 @@ def compile_gemms(cfg, dtype: torch.dtype, cap: int):
     meta = dict(
         DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
         BLOCK_SIZE_M=cfg.block_size_m,
-        BLOCK_SIZE_N=cfg.block_size_n,
         BLOCK_SIZE_K=cfg.block_size_k,
         GROUP_SIZE_M=cfg.group_size_m,
     )
     up = compile_kernel(
         _triton_swiglu.up_kernel,
         {"x_ptr": f"*{t}", "w_up_ptr": f"*{t}", "h_ptr": f"*{t}", "col_starts_ptr": "*i64", **index},
-        dict(TOP_K=2, WIDTH_ALIGN=16, stride_xd=1, stride_wn=1, stride_hn=1, **meta),
+        dict(TOP_K=2, WIDTH_ALIGN=16, stride_xd=1, stride_wn=1, stride_hn=1, BLOCK_SIZE_N=cfg.block_size_n, **meta),
         cap, cfg.num_warps, cfg.num_stages,
     )  # fmt: skip
     down = compile_kernel(
         _triton_swiglu.down_kernel,
         {"h_ptr": f"*{t}", "w_down_ptr": f"*{t}", "y_ptr": f"*{t}", "topk_weights_ptr": f"*{t}",
          "row_starts_ptr": "*i64", **index},
-        dict(WIDTH_ALIGN=16, stride_hk=1, stride_wn=1, stride_yn=1, **meta),
+        dict(WIDTH_ALIGN=16, stride_hk=1, stride_wn=1, stride_yn=1, BLOCK_SIZE_N=cfg.down_block_size_n, **meta),
         cap, cfg.num_warps, cfg.num_stages,
     )  # fmt: skip
     return up, down
@@ -154,6 +153,18 @@ def test_register_budget_of_the_tuning_space(cfg, fits):
     assert (spilled == 0) == fits, f"{cfg}: {spilled} B of stack (budget says {'fits' if fits else 'spills'})"
     # Hopper's matrix instructions need 64-row tiles per warpgroup: below that the dot runs on mma.sync.
     assert ("wgmma.mma_async" in up.asm["ptx"]) == (cfg.block_size_m >= 64)
+
+
+@pytest.mark.parametrize("cfg", [MoeKernelConfig(128, 128, 64, 8, 8, 4, 256), MoeKernelConfig(64, 128, 64, 8, 4, 3, 256)])
+def test_wide_down_tile_takes_what_the_gate_up_tile_takes(cfg):
+    """The down GEMM at twice the columns (the tuner's BLOCK_SIZE_N_DOWN candidates) fits where the gate/up tile fits:
+    no more shared memory than it, no spills, and still on wgmma."""
+    up, down = compile_gemms(cfg, torch.bfloat16, DEVICES["sm90"][0])
+    assert down.metadata.shared <= up.metadata.shared <= DEVICES["sm90"][1]
+    assert "wgmma.mma_async" in down.asm["ptx"]
+    if spill_bytes(down) is None:
+        pytest.skip("no cuobjdump beside this Triton to read the spills")
+    assert spill_bytes(up) == 0 and spill_bytes(down) == 0, f"{cfg}: spills {spill_bytes(up)}, {spill_bytes(down)} B"
 
 
 def test_batch_sizes_share_one_compiled_variant():

@@ -97,6 +97,14 @@ def test_config_validation_and_json_round_trip():
         MoeKernelConfig(block_size_m=8)
     with pytest.raises(ValueError, match="keys"):
         MoeKernelConfig.from_json({"BLOCK_SIZE_M": 16})
+    assert "BLOCK_SIZE_N_DOWN" not in LARGE.to_json() and LARGE.down_block_size_n == LARGE.block_size_n
+    wide = MoeKernelConfig(128, 128, 64, 8, 8, 3, block_size_n_down=256)
+    assert wide.to_json()["BLOCK_SIZE_N_DOWN"] == 256 and wide.down_block_size_n == 256
+    assert MoeKernelConfig.from_json(wide.to_json()) == wide
+    with pytest.raises(ValueError, match="block_size_n_down must be a power of two"):
+        MoeKernelConfig(block_size_n_down=96)
+    with pytest.raises(ValueError, match="BLOCK_SIZE_N_DOWN"):
+        MoeKernelConfig.from_json({**LARGE.to_json(), "BLOCK_SIZE_N_UP": 64})
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

@@ -85,7 +85,8 @@ def test_swiglu_compiled_default_configs(request, dtype, num_tokens, top_k):
 
 
 @pytest.mark.parametrize("cfg", [MoeKernelConfig(16, 64, 64, 1, 4, 3), MoeKernelConfig(64, 128, 64, 8, 4, 3),
-                                 MoeKernelConfig(128, 128, 64, 16, 8, 3), MoeKernelConfig(128, 256, 64, 8, 8, 2)])  # fmt: skip
+                                 MoeKernelConfig(128, 128, 64, 16, 8, 3), MoeKernelConfig(128, 256, 64, 8, 8, 2),
+                                 MoeKernelConfig(128, 128, 64, 8, 8, 4, block_size_n_down=256)])  # fmt: skip
 def test_swiglu_compiled_forced_configs(request, cfg):
     x, ids, w, w_up, w_down = _swiglu_inputs(cuda_gen(request), 2500, 2048, WIDTHS, 2, torch.bfloat16)
     with force_config(cfg):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -34,6 +35,19 @@ def test_candidates_fit_shared_memory(space, smem_bytes):
         assert stage * c.num_stages <= smem_bytes - 8 * 1024
     assert len(candidate_space(space, 2, 99 * 1024)) <= len(candidate_space(space, 2, 227 * 1024))
     assert {16, 128} <= {c.block_size_m for c in candidate_space(space, 2, 227 * 1024)}
+
+
+@pytest.mark.parametrize("space", sorted(SPACES))
+def test_wide_down_tiles_pair_every_wgmma_tile_that_has_room(space):
+    """Each candidate of 64 rows or more with up to 128 columns comes with its down GEMM at twice the columns too, and
+    only those (the same registers and shared memory; smaller tiles are bound by the weights' bytes)."""
+    cands = candidate_space(space, itemsize=2, smem_bytes=227 * 1024)
+    wide = [c for c in cands if c.block_size_n_down is not None]
+    narrow = {c for c in cands if c.block_size_n_down is None}
+    assert wide and all(c.block_size_m >= 64 and c.block_size_n_down == 2 * c.block_size_n <= 256 for c in wide)
+    assert {dataclasses.replace(c, block_size_n_down=None) for c in wide} == {
+        c for c in narrow if c.block_size_m >= 64 and c.block_size_n <= 128
+    }
 
 
 def test_unknown_space_is_a_clear_error():

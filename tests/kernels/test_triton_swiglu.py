@@ -18,7 +18,7 @@ pytestmark = pytest.mark.triton
 
 RTOL, ATOL = 1e-5, 1e-5
 
-# (id, tokens, d_model, expert widths, top_k, load, (BLOCK_SIZE_M, N, K, GROUP_SIZE_M))
+# (id, tokens, d_model, expert widths, top_k, load, (BLOCK_SIZE_M, N, K, GROUP_SIZE_M[, N of the down GEMM]))
 SWIGLU_CASES = [
     ("heterogeneous_k2_skewed", 37, 32, (16, 48, 24, 40), 2, "skewed", (16, 16, 16, 2)),
     ("k1_writes_output_rows", 29, 24, (20, 36, 8), 1, "uniform", (16, 16, 16, 1)),
@@ -26,6 +26,8 @@ SWIGLU_CASES = [
     ("empty_expert", 40, 32, (24, 40, 16, 32, 48), 2, "empty", (32, 16, 16, 4)),
     ("all_on_one_expert", 33, 32, (48, 16, 32), 1, "one", (16, 16, 32, 1)),
     ("eight_experts_k3", 24, 16, (8, 12, 16, 20, 24, 32, 40, 48), 3, "skewed", (16, 16, 16, 8)),
+    # the down GEMM at twice the columns (BLOCK_SIZE_N_DOWN), its last column tile half outside d_model
+    ("wide_down_tile", 26, 48, (16, 40, 24), 2, "skewed", (16, 16, 16, 2, 32)),
 ]
 
 
@@ -49,7 +51,8 @@ def test_swiglu_matches_reference(gen, make_topk_ids, num_tokens, d_model, width
     weights = combine_weights(gen, num_tokens, top_k)
     w_up, w_down = make_weights(gen, d_model, widths)
     out = torch.full((num_tokens, d_model), float("nan"))
-    with force_config(MoeKernelConfig(*blocks, num_warps=4, num_stages=2)):
+    down_n = blocks[4] if len(blocks) > 4 else None
+    with force_config(MoeKernelConfig(*blocks[:4], num_warps=4, num_stages=2, block_size_n_down=down_n)):
         got = grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, out=out)
     want = grouped_swiglu_reference(x, topk_ids, weights, w_up, w_down, widths)
     assert got.data_ptr() == out.data_ptr()
