@@ -100,7 +100,8 @@ class MoeKernelConfig:
         names = {"BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"}
         if not names <= set(entry) <= names | {"BLOCK_SIZE_N_DOWN"}:
             raise ValueError(
-                f"a MoE kernel config needs the keys {sorted(names)} and may have BLOCK_SIZE_N_DOWN, got {sorted(entry)}"
+                f"a MoE kernel config needs the keys {sorted(names)} and may have BLOCK_SIZE_N_DOWN, "
+                f"got {sorted(entry)}"
             )
         return cls(**{k.lower(): int(v) for k, v in entry.items()})
 

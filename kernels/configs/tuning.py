@@ -33,8 +33,8 @@ logger = logging.getLogger(__name__)
 # columns, K step 64, grouped launch order), with every row count so that few slots per expert still find a small
 # tile; "full" is vLLM's usual sweep. Tiles of 64 rows or more (wgmma, compute-fed) also try the down GEMM at twice
 # the columns (up to 256), which takes the same registers and shared memory as the gate/up tile and halves the
-# activation bytes it loads per FLOP (`MoeKernelConfig.block_size_n_down`); smaller tiles serve few slots per expert, where the weights'
-# bytes, which the column tile does not change, bound the time.
+# activation bytes it loads per FLOP (`MoeKernelConfig.block_size_n_down`); smaller tiles serve few slots per
+# expert, where the weights' bytes, which the column tile does not change, bound the time.
 SPACES = {
     "quick": ((16, 32, 64, 128), (128, 256), (64,), (8,), ((4, 3), (8, 3), (8, 4)), (1, 2)),
     "full": ((16, 32, 64, 128), (64, 128, 256), (64, 128), (1, 8), ((4, 3), (4, 4), (8, 3), (8, 4)), (1, 2)),
@@ -49,11 +49,11 @@ def candidate_space(space: str, itemsize: int, smem_bytes: int) -> list[MoeKerne
     """The candidates of `space` ("quick" or "full") for a GPU with `smem_bytes` of shared memory per block.
 
     The gate/up kernel holds one x tile and two weight tiles (gate, up) per pipeline stage, `(bm bk + 2 bk bn)
-    itemsize` bytes. A candidate whose stages do not fit keeps as many as fit (so a GPU with less shared memory
-    still gets every tile shape, less deeply pipelined); one where not even 2 fit is dropped, and so is one whose
-    accumulators would spill registers (`fits_registers`). The down kernel's tile at twice the columns holds one x
-    tile and one weight tile of 2 bn columns a stage and one accumulator of bm x 2 bn: the same bytes and registers,
-    so what fits the gate/up kernel fits it.
+    itemsize` bytes. A candidate whose stages do not fit keeps as many as fit (so a GPU with less shared memory still
+    gets every tile shape, less deeply pipelined); one where not even 2 fit is dropped, and so is one whose
+    accumulators would spill registers (`fits_registers`). The down kernel's tile at twice the columns holds one
+    activation tile and one weight tile of 2 bn columns a stage and one accumulator of bm x 2 bn: the same bytes and
+    registers, so what fits the gate/up kernel fits it.
     """
     if space not in SPACES:
         raise ValueError(f"tune space must be one of {sorted(SPACES)}, got {space!r}")
@@ -71,14 +71,14 @@ def candidate_space(space: str, itemsize: int, smem_bytes: int) -> list[MoeKerne
 def fits_registers(block_m: int, block_n: int, num_warps: int) -> bool:
     """Whether the gate/up kernel's two fp32 accumulators leave room in the registers a thread may hold.
 
-    They take 2 bm bn / (32 warps) registers a thread. A thread may hold 255, and fewer with more than 8 warps
-    (the 65536 registers of an SM shared by 32 warps threads: 128 at 16 warps). Compiled for sm_90 (Triton 3.9's
+    They take 2 bm bn / (32 warps) registers a thread. A thread may hold 255, and fewer with more than 8 warps (an
+    SM's 65536 registers shared by the block's 32 x warps threads: 128 at 16 warps). Compiled for sm_90 (Triton 3.9's
     ptxas, no GPU needed), every candidate of the quick space with up to 128 of them and bm >= 64 (Hopper's wgmma,
-    operands in shared memory) or up to 64 and bm < 64 (mma.sync, operands in registers) compiled without spills,
-    and every one above spilled (160-2736 bytes of stack: 32x256 and 64x256 on 4 warps, 128x128 on 4, 128x256 on
-    8); at 16 warps the line is half the 128 (64x256 and 128x128 without spills, 128x256 and 256x128 spilled ~500
-    bytes). Another Triton's compiler may draw the line elsewhere (the H100 machine had Triton 3.6); the test that
-    checks the line compiles with the installed one.
+    operands in shared memory) or up to 64 and bm < 64 (mma.sync, operands in registers) compiled without spills, and
+    every one above spilled (160-2736 bytes of stack: 32x256 and 64x256 on 4 warps, 128x128 on 4, 128x256 on 8); at 16
+    warps the line is half the 128 (64x256 and 128x128 without spills, 128x256 and 256x128 spilled ~500 bytes).
+    Another Triton's compiler may draw the line elsewhere (the H100 machine had Triton 3.6); the test that checks the
+    line compiles with the installed one.
     """
     per_thread = 2 * block_m * block_n // (32 * num_warps)
     half_the_registers = 65536 // (32 * num_warps) // 2  # of an SM's 65536 shared by the block's threads

@@ -155,7 +155,8 @@ def test_register_budget_of_the_tuning_space(cfg, fits):
     assert ("wgmma.mma_async" in up.asm["ptx"]) == (cfg.block_size_m >= 64)
 
 
-@pytest.mark.parametrize("cfg", [MoeKernelConfig(128, 128, 64, 8, 8, 4, 256), MoeKernelConfig(64, 128, 64, 8, 4, 3, 256)])
+@pytest.mark.parametrize("cfg", [MoeKernelConfig(128, 128, 64, 8, 8, 4, 256),
+                                 MoeKernelConfig(64, 128, 64, 8, 4, 3, 256)])  # fmt: skip
 def test_wide_down_tile_takes_what_the_gate_up_tile_takes(cfg):
     """The down GEMM at twice the columns (the tuner's BLOCK_SIZE_N_DOWN candidates) fits where the gate/up tile fits:
     no more shared memory than it, no spills, and still on wgmma."""
