@@ -77,7 +77,7 @@ class Args:
     tune_space: str = "quick"
     """candidate block sizes (kernels/configs/tuning.py): quick (20 on an H100, the tile shapes that won there for
     bf16) or full (vLLM's sweep, 156 on an H100); both without the tiles that would spill registers, both with the
-    down GEMM at twice the columns for tiles of 64 rows or more"""
+    down GEMM at twice the columns for tiles of 64 rows or more and up to 128 columns"""
     tune_out: str = ""
     """directory of the tuned tables; default kernels/configs/"""
     compile_workers: int = 8

@@ -24,9 +24,10 @@ from kernels.configs import MoeKernelConfig, get_config
 # Token-expert slots (tokens x k) per pass of the Triton path: bounds the intermediates (slots x (max f_e + d)
 # elements) as vLLM's VLLM_FUSED_MOE_CHUNK_SIZE (32768 tokens) does at k = 8. Counted in slots, not tokens, so that
 # top-1 and top-2 launches are not cut into passes with a fraction of the slots per expert: on the H100, 64 experts
-# at top-1 over 65536 tokens ran as two 32768-token passes (512 slots an expert, so 64-row default tiles) at 0.40
-# of a dense GEMM, where the same 65536 slots at top-8 in one pass (1024 an expert, 128-row tiles) ran at 0.56
-# (results/gpu/kernels/grid.json). Each pass aligns, runs both GEMMs and combines its own tokens.
+# at top-1 over 65536 tokens ran as two 32768-token passes (512 slots an expert, so 64-row default tiles) at
+# 0.39-0.42 of a dense GEMM, where the same 65536 slots at top-8 in one pass (1024 an expert, 128-row tiles) ran
+# at 0.55-0.60 (results/gpu/kernels/grid.json, d_model 1024 and 4096). Each pass aligns, runs both GEMMs and
+# combines its own tokens.
 CHUNK_SLOTS = 262144
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 

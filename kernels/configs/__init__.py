@@ -2,7 +2,7 @@
 
 One JSON file per (experts, widest expert, device, dtype), named like vLLM's:
 `E=8,N=4096,device_name=NVIDIA_H100_80GB_HBM3.json` for bf16/fp16 and `...,dtype=float32.json` for fp32, where `N`
-is the widest expert's width max(f_e). Each file maps a token count (the tokens of one launch, as a string) to
+is the widest expert's width max(f_e). Each file maps a token count (the tokens of one pass, as a string) to
 `{"BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"}` (and optionally
 `"BLOCK_SIZE_N_DOWN"`, the down GEMM's column tile where it differs); `get_config` picks
 the entry with the nearest token count. A table may also be tuned for one top-k, `E=64,N=2048,k=1,device_name=...`
@@ -48,9 +48,9 @@ class MoeKernelConfig:
         num_stages: software pipeline depth of the K loop.
         block_size_n_down: the down GEMM's output columns per tile, None for `block_size_n`. The gate/up GEMM keeps
             two accumulators (gate, up) and loads two weight tiles a step, the down GEMM one of each: at twice the
-            columns the down tile takes the same registers and shared memory as the gate/up tile and does twice
-            the FLOPs per byte of activations it loads (vLLM's single-accumulator tables on an H100 pick 128x256
-            tiles for large batches). Whether it is faster is the GPU's to say: the tuner times both.
+            columns the down tile takes the same accumulator registers and shared memory as the gate/up tile and
+            does twice the FLOPs per byte of activations it loads (vLLM's single-accumulator tables on an H100 pick
+            128x256 tiles for large batches). Whether it is faster is the GPU's to say: the tuner times both.
     """
 
     block_size_m: int = 64

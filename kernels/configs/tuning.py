@@ -52,8 +52,10 @@ def candidate_space(space: str, itemsize: int, smem_bytes: int) -> list[MoeKerne
     itemsize` bytes. A candidate whose stages do not fit keeps as many as fit (so a GPU with less shared memory still
     gets every tile shape, less deeply pipelined); one where not even 2 fit is dropped, and so is one whose
     accumulators would spill registers (`fits_registers`). The down kernel's tile at twice the columns holds one
-    activation tile and one weight tile of 2 bn columns a stage and one accumulator of bm x 2 bn: the same bytes and
-    registers, so what fits the gate/up kernel fits it.
+    activation tile and one weight tile of 2 bn columns a stage and one accumulator of bm x 2 bn: the same shared
+    memory and accumulator registers. Compiled for sm_90, every such candidate of both spaces runs its down GEMM on
+    wgmma without spills but one (64x128, K step 128, 4 warps: 72 bytes); it stays in
+    the full space for its timing to judge.
     """
     if space not in SPACES:
         raise ValueError(f"tune space must be one of {sorted(SPACES)}, got {space!r}")
