@@ -320,6 +320,7 @@ def tune(args: Args, dtype: torch.dtype, gen: torch.Generator, result: dict, out
                      failed={repr(c): e for c, e in failed.items()}, picks=[])  # fmt: skip
         result["tune"]["tables"].append(entry)
         tables = {k: {} for k in per_k}
+        entry["written"] = []
         for key in keys:
             key_ks = [k for k in top_ks if key in launch_keys[k]]
             if not key_ks:
@@ -348,12 +349,11 @@ def tune(args: Args, dtype: torch.dtype, gen: torch.Generator, result: dict, out
                 entry["picks"].append(dict(tokens=key, top_k=k, config=pick.config.to_json(), score=pick.score,
                                            slowdowns=pick.slowdowns, chosen_ms=pick.chosen_ms, best_ms=pick.best_ms,
                                            candidates=pick.candidates, timed=len(cands)))  # fmt: skip
+                # Written after each token count (atomically): a run stopped at a time limit keeps what it tuned.
+                configs.write_configs(files[k], tables[k])
+                if files[k].name not in entry["written"]:
+                    entry["written"].append(files[k].name)
             write_json(out, {**result, "partial": True})
-        entry["written"] = []
-        for k, path in files.items():
-            if tables[k]:
-                configs.write_configs(path, tables[k])
-                entry["written"].append(path.name)
         entry["wall_s"] = time.perf_counter() - t_start
         print(f"wrote {', '.join(entry['written']) or 'no table'} to {config_dir} ({entry['wall_s']:.0f} s)")
 

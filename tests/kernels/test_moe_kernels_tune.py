@@ -85,3 +85,37 @@ def test_tune_writes_tables_per_top_k_and_reports(tmp_path, monkeypatch):
     every_k_large = next(p for p in table["picks"] if p["tokens"] == 65536 and p["top_k"] is None)
     assert set(every_k_large["slowdowns"]) == {"k=1,d=1024", "k=1,d=4096"}
     assert json.loads((tmp_path / "tune.json").read_text())["partial"] is True  # written as it went
+
+
+def test_tune_keeps_the_token_counts_it_finished_when_stopped(tmp_path, monkeypatch):
+    """A tuning run cut short (the device's time limit) keeps the tables of the token counts it finished."""
+    mk = load_benchmark()
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(
+        shared_memory_per_block_optin=232448))  # fmt: skip
+    monkeypatch.setattr(mk.configs, "device_name", lambda d: "FAKE_GPU")
+    real_make_case = mk.make_case
+    tokens_now = []
+
+    def make_case(num_tokens, num_experts, top_k, d_model, widths, dtype, device, gen):
+        tokens_now.append(num_tokens)
+        return real_make_case(16, num_experts, top_k, 32, widths, torch.float32, "cpu", torch.Generator())
+
+    def fake_ms(args, cfg, inputs, widths):
+        if tokens_now[-1] == 32768:
+            raise KeyboardInterrupt  # stands in for the kill at the time limit
+        return 1.0 + cfg.block_size_m / 64
+
+    monkeypatch.setattr(mk, "make_case", make_case)
+    monkeypatch.setattr(mk.tuning, "precompile", lambda space, shapes, dtype, device, workers: {})
+    monkeypatch.setattr(mk, "time_config", fake_ms)
+    args = mk.Args(experts=(8,), top_k=(1, 2), d_model=(1024,), tune=True, tune_tokens=(2048, 8192, 32768),
+                   tune_out=str(tmp_path / "configs"))  # fmt: skip
+    try:
+        mk.tune(args, torch.bfloat16, None, {"benchmark": "moe_kernels_tune"}, tmp_path / "tune.json")
+    except KeyboardInterrupt:
+        pass
+    configs.clear_cache()
+    for top_k in (None, 1, 2):
+        table = load_configs(8, 2048, "FAKE_GPU", torch.bfloat16, tmp_path / "configs", top_k)
+        assert sorted(table) == [2048, 8192]
+    assert not list((tmp_path / "configs").glob("*.tmp"))  # every write whole
