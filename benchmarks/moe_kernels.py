@@ -14,6 +14,8 @@ warm-up and the median of many repeats (`triton.testing.do_bench`): the expert c
 on the Triton path, the reference per-expert loop and `torch._grouped_mm` (weights zero-padded to the widest
 expert), routing on both paths, and the dense GEMM. FLOPs count 6 d f per slot on expert e (gate, up, down); the
 floor is max(FLOPs / peak FLOP/s, bytes / bandwidth) with bytes = x, the used experts' weights and the output once.
+Each row records the block sizes the Triton path ran with (`config`) and where they came from (`config_source`: a
+tuned table and its entry, or `default`).
 
 Targets (issue 6): the Triton path reaches >= 60% of the dense GEMM's TFLOP/s at 8k tokens and more, and is
 >= 1.5x faster than the per-expert loop at 2k tokens or fewer with 16 experts or more.
@@ -236,6 +238,11 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
     bytes_min = (2 * num_tokens * d_model + used_weight_elems) * itemsize
     row = dict(tokens=num_tokens, experts=num_experts, top_k=top_k, d_model=d_model, widths=list(widths),
                dtype=str(dtype).removeprefix("torch."), flops=flops, bytes_min=bytes_min)  # fmt: skip
+    # The tiles the Triton path runs with, and whether a tuned table or the heuristic default gave them.
+    cfg, row["config_source"] = configs.config_source(
+        chunk_tokens(num_tokens, top_k), num_experts, top_k, max(widths), dtype, "cuda"
+    )
+    row["config"] = cfg.to_json()
 
     with torch.inference_mode():
         row["swiglu_triton_ms"] = bench_ms(lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths), args)

@@ -11,7 +11,7 @@ from kernels.align import (
     moe_align_block_size_reference,
     moe_align_block_size_triton,
 )
-from kernels.configs import MoeKernelConfig, force_config, get_config
+from kernels.configs import MoeKernelConfig, config_source, force_config, get_config
 from kernels.deploy_work import deployment_calls
 from kernels.routing import RouteResult, fused_route_reference, fused_route_triton
 from kernels.step_cost import CostParts, StepCost
@@ -30,6 +30,7 @@ __all__ = [
     "RouteResult",
     "StepCost",
     "aligned_sizes",
+    "config_source",
     "deployment_calls",
     "dispatch",
     "expert_offsets",

@@ -239,24 +239,42 @@ def get_config(
     forced = _FORCED.get()
     if forced is not None:
         return forced
+    return _resolve_config(num_tokens, num_experts, top_k, max_width, dtype, device, config_dir)[0]
+
+
+def config_source(
+    num_tokens: int,
+    num_experts: int,
+    top_k: int,
+    max_width: int,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    config_dir: Path = CONFIG_DIR,
+) -> tuple[MoeKernelConfig, str]:
+    """`get_config`'s config and where it came from: "forced", "<table file>[<token count of the entry>]", or
+    "default" (`default_config`). For reports: a figure measured on default tiles should say so."""
+    forced = _FORCED.get()
+    if forced is not None:
+        return forced, "forced"
     return _resolve_config(num_tokens, num_experts, top_k, max_width, dtype, device, config_dir)
 
 
 @functools.lru_cache(maxsize=1024)
-def _resolve_config(num_tokens, num_experts, top_k, max_width, dtype, device, config_dir) -> MoeKernelConfig:
+def _resolve_config(num_tokens, num_experts, top_k, max_width, dtype, device, config_dir) -> tuple:
     name, smem_bytes = _device_facts(torch.device(device))
-    table = load_configs(num_experts, max_width, name, dtype, Path(config_dir), top_k)
-    if table is None:
-        table = load_configs(num_experts, max_width, name, dtype, Path(config_dir))
-    if table is not None:
-        return table[min(table, key=lambda m: abs(m - num_tokens))]
-    return default_config(num_tokens, num_experts, top_k, dtype, smem_bytes)
+    for k in (top_k, None):  # the table tuned for this top-k first
+        table = load_configs(num_experts, max_width, name, dtype, Path(config_dir), k)
+        if table is not None:
+            tokens = min(table, key=lambda m: abs(m - num_tokens))
+            return table[tokens], f"{config_file_name(num_experts, max_width, name, dtype, k)}[{tokens}]"
+    return default_config(num_tokens, num_experts, top_k, dtype, smem_bytes), "default"
 
 
 def clear_cache() -> None:
-    """Forget the tables read and the configs resolved (after a table file changed)."""
+    """Forget the tables read, the configs resolved and the devices queried (after a table file changed)."""
     load_configs.cache_clear()
     _resolve_config.cache_clear()
+    _device_facts.cache_clear()
 
 
 def write_configs(path: Path, table: dict[int, MoeKernelConfig]) -> None:
@@ -275,6 +293,7 @@ __all__ = [
     "MoeKernelConfig",
     "clear_cache",
     "config_file_name",
+    "config_source",
     "default_config",
     "device_name",
     "dtype_suffix",

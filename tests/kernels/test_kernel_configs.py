@@ -13,6 +13,7 @@ from kernels.configs import (
     MoeKernelConfig,
     clear_cache,
     config_file_name,
+    config_source,
     default_config,
     force_config,
     get_config,
@@ -47,6 +48,18 @@ def test_table_tuned_for_the_launch_top_k_comes_first(tmp_path, caplog):
         assert pick(1) == LARGE  # the k=1 table
         assert pick(2) == SMALL  # no k=2 table: the one for every top-k, and no warning for the missing k=2 one
     assert not [r for r in caplog.records if "no tuned" in r.getMessage()]
+
+
+def test_config_source_says_which_table_or_default(tmp_path):
+    source = lambda top_k: config_source(3000, 4, top_k, 64, torch.float32, "cpu", config_dir=tmp_path)  # noqa: E731
+    clear_cache()
+    assert source(2) == (default_config(3000, 4, 2, torch.float32), "default")  # no table yet
+    write_configs(tmp_path / config_file_name(4, 64, "cpu", torch.float32), {16: SMALL, 4096: LARGE})
+    write_configs(tmp_path / config_file_name(4, 64, "cpu", torch.float32, top_k=1), {16: SMALL})
+    assert source(2) == (LARGE, "E=4,N=64,device_name=cpu,dtype=float32.json[4096]")
+    assert source(1) == (SMALL, "E=4,N=64,k=1,device_name=cpu,dtype=float32.json[16]")
+    with force_config(LARGE):
+        assert source(1) == (LARGE, "forced")
 
 
 @pytest.mark.parametrize("body", ["{not json", "[1, 2]", '{"16": {"BLOCK_SIZE_M": 16}}', "{}"])

@@ -1,4 +1,5 @@
-"""The GPU tuning driver of benchmarks/moe_kernels.py, run on the CPU with its GPU parts replaced.
+"""The GPU parts of benchmarks/moe_kernels.py (the tuning driver, one grid case), run on the CPU with their timing
+replaced.
 
 `tune()` needs CUDA to time; here the timing is a made-up function of the candidate and the case, so the driver's own
 logic is checked where it cannot otherwise run: token keys (a count tuned as the passes it runs as, which depend on
@@ -119,3 +120,26 @@ def test_tune_keeps_the_token_counts_it_finished_when_stopped(tmp_path, monkeypa
         table = load_configs(8, 2048, "FAKE_GPU", torch.bfloat16, tmp_path / "configs", top_k)
         assert sorted(table) == [2048, 8192]
     assert not list((tmp_path / "configs").glob("*.tmp"))  # every write whole
+
+
+def test_grid_case_records_its_tiles_and_where_they_came_from(monkeypatch):
+    """A grid row says which block sizes the Triton path ran with and whether a tuned table or the default gave them
+    (the first H100 grid was read as tuned when it ran on default tiles)."""
+    mk = load_benchmark()
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(
+        shared_memory_per_block_optin=232448))  # fmt: skip
+    monkeypatch.setattr(mk.configs, "device_name", lambda d: "FAKE_GPU")
+    real_make_case = mk.make_case
+    monkeypatch.setattr(mk, "make_case", lambda t, e, k, d, widths, dtype, device, gen: real_make_case(
+        t, e, k, d, widths, dtype, "cpu", torch.Generator()))  # fmt: skip
+    monkeypatch.setattr(mk, "bench_ms", lambda fn, args: 1.0)
+    monkeypatch.setattr(mk, "graph_ms", lambda fn, args: (0.5, ""))
+    monkeypatch.setattr(mk, "dense_gemm_ms", lambda args, rows, d, flops, dtype: ([rows, d, 64], 0.5))
+    configs.clear_cache()
+    try:
+        row = mk.run_case(mk.Args(), 4096, 8, 2, 64, torch.float32, None, None)
+    finally:
+        configs.clear_cache()  # the faked device's facts are cached
+    assert row["config_source"] == "default"
+    assert row["config"] == configs.default_config(4096, 8, 2, torch.float32, 232448).to_json()
+    assert row["fraction_of_dense"] > 0 and "target" not in row  # 4k tokens over 8 experts: neither target
