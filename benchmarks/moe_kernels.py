@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from kernels import configs
 from kernels.configs import tuning
 from kernels.routing import fused_route_reference, fused_route_triton
-from kernels.swiglu import chunk_tokens, grouped_swiglu_reference, grouped_swiglu_triton
+from kernels.swiglu import grouped_swiglu_reference, grouped_swiglu_triton, tokens_per_pass
 
 WIDTH_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.25, 1.5, 2.0)  # as moe_runtime.config.EXPERT_WIDTH_RATIOS
 
@@ -74,7 +74,7 @@ class Args:
     device_name=...json, each entry picked over every --top-k and --d-model given) and one per --top-k
     (E=..,N=..,k=..,device_name=...json); the report (every pick, its slowdowns) to --out"""
     tune_tokens: tuple[int, ...] = (1, 16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
-    """token counts of the tuned table; a count is tuned as the passes it runs as (kernels.swiglu.chunk_tokens: at
+    """token counts of the tuned table; a count is tuned as the passes it runs as (kernels.swiglu.tokens_per_pass: at
     most 262144 / k tokens), so 65536 tokens is a key of its own at top-1 and top-2, and 32768 at top-8"""
     tune_space: str = "quick"
     """candidate block sizes (kernels/configs/tuning.py): quick (20 on an H100, the tile shapes that won there for
@@ -240,7 +240,7 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
                dtype=str(dtype).removeprefix("torch."), flops=flops, bytes_min=bytes_min)  # fmt: skip
     # The tiles the Triton path runs with, and whether a tuned table or the heuristic default gave them.
     cfg, row["config_source"] = configs.config_source(
-        chunk_tokens(num_tokens, top_k), num_experts, top_k, max(widths), dtype, "cuda"
+        tokens_per_pass(num_tokens, top_k), num_experts, top_k, max(widths), dtype, "cuda"
     )
     row["config"] = cfg.to_json()
 
@@ -301,9 +301,9 @@ def tune(args: Args, dtype: torch.dtype, gen: torch.Generator, result: dict, out
     space = tuning.candidate_space(args.tune_space, torch.empty((), dtype=dtype).element_size(), smem)
     config_dir = Path(args.tune_out) if args.tune_out else configs.CONFIG_DIR
     config_dir.mkdir(parents=True, exist_ok=True)
-    # A launch runs in passes of chunk_tokens(T, k) tokens and looks its config up by that count, so each key is
+    # A launch runs in passes of tokens_per_pass(T, k) tokens and looks its config up by that count, so each key is
     # timed on the top-k whose launches run passes of that many tokens (a large count: top-1 and top-2, not top-8).
-    launch_keys = {k: {chunk_tokens(t, k) for t in args.tune_tokens} for k in args.top_k}
+    launch_keys = {k: {tokens_per_pass(t, k) for t in args.tune_tokens} for k in args.top_k}
     keys = sorted(set().union(*launch_keys.values()))
     result["tune"] = dict(space=args.tune_space, candidates=len(space), token_keys=keys, tables=[])
     for num_experts in args.experts:

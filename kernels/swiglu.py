@@ -28,14 +28,14 @@ from kernels.configs import MoeKernelConfig, get_config
 # 0.39-0.42 of a dense GEMM, where the same 65536 slots at top-8 in one pass (1024 an expert, 128-row tiles) ran
 # at 0.55-0.60 (results/gpu/kernels/grid.json, d_model 1024 and 4096). Each pass aligns, runs both GEMMs and
 # combines its own tokens.
-CHUNK_SLOTS = 262144
+SLOTS_PER_PASS = 262144
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def chunk_tokens(num_tokens: int, top_k: int) -> int:
-    """Tokens per pass of `grouped_swiglu_triton` for `num_tokens` at `top_k` (at most `CHUNK_SLOTS` / k), which is
+def tokens_per_pass(num_tokens: int, top_k: int) -> int:
+    """Tokens per pass of `grouped_swiglu_triton` for `num_tokens` at `top_k` (at most `SLOTS_PER_PASS` / k), which is
     also the token count its block sizes are looked up by (`kernels.configs.get_config`)."""
-    return min(num_tokens, max(1, CHUNK_SLOTS // top_k))
+    return min(num_tokens, max(1, SLOTS_PER_PASS // top_k))
 
 
 def expert_offsets(widths: tuple[int, ...] | list[int]) -> list[int]:
@@ -151,7 +151,7 @@ def grouped_swiglu_triton(
 ) -> torch.Tensor:
     """Triton grouped SwiGLU: the same contract as `grouped_swiglu_reference`, without autograd.
 
-    Per pass of `chunk_tokens(T, k)` tokens (up to `CHUNK_SLOTS` token-expert slots): align the slots by expert
+    Per pass of `tokens_per_pass(T, k)` tokens (up to `SLOTS_PER_PASS` token-expert slots): align the slots by expert
     (`kernels.align`, block BLOCK_SIZE_M of the config), one grouped launch for gate/up with silu(gate) * up fused
     into its epilogue (h: [T k, max f_e]), one grouped launch for down with the combine weight applied in its
     epilogue (y: [T k, d]), and a combine kernel summing each token's k rows in fp32 (for k = 1 the down launch
@@ -192,16 +192,16 @@ def grouped_swiglu_triton(
     if num_tokens == 0:
         return out
     widths = widths if isinstance(widths, tuple) else tuple(widths)
-    chunk = chunk_tokens(num_tokens, top_k)
-    cfg = get_config(chunk, len(widths), top_k, _width_facts(widths)[2], x.dtype, device)
+    pass_tokens = tokens_per_pass(num_tokens, top_k)
+    cfg = get_config(pass_tokens, len(widths), top_k, _width_facts(widths)[2], x.dtype, device)
     plan = _launch_plan(cfg, d_model, widths, x.dtype, device, torch.backends.cuda.matmul.allow_tf32)
     topk_ids = topk_ids.contiguous()
     topk_weights = topk_weights.contiguous()
     # Rows of h start 128-byte aligned whatever max f_e is, so the down GEMM's loads vectorise.
-    h = torch.empty(chunk * top_k, plan.h_pitch, dtype=x.dtype, device=device)[:, : plan.max_width]
-    y = torch.empty(chunk * top_k, d_model, dtype=x.dtype, device=device) if top_k > 1 else None
-    for t0 in range(0, num_tokens, chunk):
-        t1 = min(num_tokens, t0 + chunk)
+    h = torch.empty(pass_tokens * top_k, plan.h_pitch, dtype=x.dtype, device=device)[:, : plan.max_width]
+    y = torch.empty(pass_tokens * top_k, d_model, dtype=x.dtype, device=device) if top_k > 1 else None
+    for t0 in range(0, num_tokens, pass_tokens):
+        t1 = min(num_tokens, t0 + pass_tokens)
         numel = (t1 - t0) * top_k
         whole = t0 == 0 and t1 == num_tokens  # one pass: no slicing (each slice is a tensor object to make)
         xs, ids, wts, outs = (x, topk_ids, topk_weights, out) if whole else (

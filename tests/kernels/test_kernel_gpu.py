@@ -95,8 +95,8 @@ def test_swiglu_compiled_forced_configs(request, cfg):
     torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
 
 
-def test_swiglu_compiled_several_chunks(request, monkeypatch):
-    monkeypatch.setattr(swiglu, "CHUNK_SLOTS", 2048)  # 1024 tokens a pass at top-2
+def test_swiglu_compiled_several_passes(request, monkeypatch):
+    monkeypatch.setattr(swiglu, "SLOTS_PER_PASS", 2048)  # 1024 tokens a pass at top-2
     widths = (64, 128, 32, 96)
     x, ids, w, w_up, w_down = _swiglu_inputs(cuda_gen(request), 3333, 128, widths, 2, torch.bfloat16)
     got = grouped_swiglu_triton(x, ids, w, w_up, w_down, widths)

@@ -58,7 +58,7 @@ def test_tune_writes_tables_per_top_k_and_reports(tmp_path, monkeypatch):
         return 1.0 + abs(cfg.block_size_m - best_m) / 64 + cfg.num_stages / 100 + cfg.num_warps / 1000
 
     monkeypatch.setattr(mk, "time_config", fake_ms)
-    monkeypatch.setattr(mk_swiglu, "CHUNK_SLOTS", 65536)  # passes: 65536 tokens at top-1, 32768 at top-2
+    monkeypatch.setattr(mk_swiglu, "SLOTS_PER_PASS", 65536)  # passes: 65536 tokens at top-1, 32768 at top-2
     args = mk.Args(experts=(8,), top_k=(1, 2), d_model=(1024, 4096), tune=True, tune_tokens=(2048, 32768, 65536),
                    tune_out=str(tmp_path / "configs"))  # fmt: skip
     result = {"benchmark": "moe_kernels_tune"}

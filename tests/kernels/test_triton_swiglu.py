@@ -59,9 +59,9 @@ def test_swiglu_matches_reference(gen, make_topk_ids, num_tokens, d_model, width
     torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
 
 
-def test_swiglu_chunks_and_strided_input(gen, make_topk_ids, monkeypatch):
-    """Several passes (of CHUNK_SLOTS / k tokens), and x a column slice of a wider tensor."""
-    monkeypatch.setattr(swiglu, "CHUNK_SLOTS", 32)  # 16 tokens a pass at top-2: 16, 16, 5
+def test_swiglu_passes_and_strided_input(gen, make_topk_ids, monkeypatch):
+    """Several passes (of SLOTS_PER_PASS / k tokens), and x a column slice of a wider tensor."""
+    monkeypatch.setattr(swiglu, "SLOTS_PER_PASS", 32)  # 16 tokens a pass at top-2: 16, 16, 5
     widths, d_model, num_tokens, top_k = (24, 16, 40), 16, 37, 2
     x = torch.randn(num_tokens, d_model + 5, generator=gen)[:, 3 : 3 + d_model]  # (T, d), row stride d + 5
     topk_ids = make_topk_ids(num_tokens, len(widths), top_k, "skewed")
@@ -76,11 +76,11 @@ def test_swiglu_chunks_and_strided_input(gen, make_topk_ids, monkeypatch):
 
 @pytest.mark.parametrize(("top_k", "passes"), [(1, [30]), (4, [8, 8, 8, 6])])
 def test_swiglu_passes_are_bounded_in_slots(gen, make_topk_ids, monkeypatch, top_k, passes):
-    """A pass holds CHUNK_SLOTS token-expert slots whatever k is (top-1 runs as one pass where top-4 needs four),
+    """A pass holds SLOTS_PER_PASS token-expert slots whatever k is (top-1 runs as one pass where top-4 needs four),
     and each pass looks its block sizes up by its own token count."""
     import kernels.align
 
-    monkeypatch.setattr(swiglu, "CHUNK_SLOTS", 32)
+    monkeypatch.setattr(swiglu, "SLOTS_PER_PASS", 32)
     aligned_slots, lookups = [], []
     real_align, real_get_config = kernels.align.moe_align_block_size_triton, swiglu.get_config
     monkeypatch.setattr(kernels.align, "moe_align_block_size_triton",
