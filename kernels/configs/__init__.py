@@ -203,8 +203,9 @@ def default_config(
     32 and 512 slots an expert ran at 0.30-0.42 of a dense GEMM (results/gpu/kernels/grid.json), 128x128 above 512
     at 0.51-0.72 (not measured in between: predicted from these and from vLLM's H100 table for Mixtral, 8 experts
     at top-2, whose single-accumulator kernel takes 64x128 to 64x256 tiles at 32-128 slots an expert and 128x256
-    from 256 on). The gate/up tiles here hold two accumulators, so 64x128 on 4 warps and 128x128 on 8 match
-    vLLM's 64x256 and 128x256 in registers, the 128 a thread they may take (`kernels.configs.tuning.fits_registers`). The pipeline depth is the most stages whose tiles fit `smem_bytes`
+    from 256 on). The gate/up tiles here hold two accumulators, so 64x128 and 128x128 match vLLM's 64x256 and
+    128x256. 64x128 runs on 8 warps: on 4 it spilled registers compiled for sm_90 in fp32 (32 bytes) and for sm_80
+    in fp16 (40 bytes; `tests/kernels/test_kernel_compile.py`). The pipeline depth is the most stages whose tiles fit `smem_bytes`
     (the up-projection kernel holds one A tile and two B tiles, gate and up, per stage), between 2 and 4.
     """
     slots_per_expert = num_tokens * top_k / max(1, num_experts)
@@ -212,7 +213,7 @@ def default_config(
     if slots_per_expert <= 32:
         bm, bn, bk, group, warps = 16, 64, 64, 1, 4
     elif slots_per_expert <= 128:
-        bm, bn, bk, group, warps = 64, 128, 64, 8, 4
+        bm, bn, bk, group, warps = 64, 128, 64, 8, 8
     else:
         bm, bn, bk, group, warps = 128, 128, 64, 8, 8
     if itemsize == 4:

@@ -92,7 +92,7 @@ def test_index_kernels_compile(device):
 
 # (device, dtype, tokens per launch): the default tiles for a small and a large batch.
 GEMM_CASES = [("sm90", torch.bfloat16, 16384), ("sm90", torch.bfloat16, 256), ("sm80", torch.float16, 16384),
-              ("sm90", torch.float32, 2048)]  # fmt: skip
+              ("sm80", torch.float16, 256), ("sm90", torch.float32, 2048), ("sm90", torch.float32, 256)]  # fmt: skip
 
 
 def compile_gemms(cfg, dtype: torch.dtype, cap: int):
