@@ -198,15 +198,15 @@ def default_config(
 ) -> MoeKernelConfig:
     """Heuristic tiles when no tuned file matches (vLLM's `get_default_config`, adapted).
 
-    Few slots per expert (decode-like batches) take 16-row tiles so padding wastes little; more take 64-row tiles
-    of 128 columns, and more than 128 slots an expert 128x128 tiles. On an H100 the 64x64 tiles this used between
-    32 and 512 slots an expert ran at 0.30-0.42 of a dense GEMM (results/gpu/kernels/grid.json), 128x128 above 512
-    at 0.51-0.72 (not measured in between: predicted from these and from vLLM's H100 table for Mixtral, 8 experts
-    at top-2, whose single-accumulator kernel takes 64x128 to 64x256 tiles at 32-128 slots an expert and 128x256
-    from 256 on). The gate/up tiles here hold two accumulators, so 64x128 and 128x128 match vLLM's 64x256 and
-    128x256. 64x128 runs on 8 warps: on 4 it spilled registers compiled for sm_90 in fp32 (32 bytes) and for sm_80
-    in fp16 (40 bytes; `tests/kernels/test_kernel_compile.py`). The pipeline depth is the most stages whose tiles fit `smem_bytes`
-    (the up-projection kernel holds one A tile and two B tiles, gate and up, per stage), between 2 and 4.
+    Few slots per expert (decode-like batches) take 16-row tiles so padding wastes little; more take 64-row tiles of
+    128 columns, and more than 128 slots an expert 128x128 tiles. On an H100 the 64x64 tiles this used between 32 and
+    512 slots an expert ran at 0.30-0.42 of a dense GEMM (results/gpu/kernels/grid.json), 128x128 above 512 at
+    0.51-0.72 (not measured in between: predicted from these and from vLLM's H100 table for Mixtral, 8 experts at
+    top-2, whose single-accumulator kernel takes 64x128 to 64x256 tiles at 32-128 slots an expert and 128x256 from 256
+    on). The gate/up tiles here hold two accumulators, so 64x128 and 128x128 match vLLM's 64x256 and 128x256. 64x128
+    runs on 8 warps: on 4 it spilled registers compiled for sm_90 in fp32 (32 bytes) and for sm_80 in fp16 (40 bytes;
+    `tests/kernels/test_kernel_compile.py`). The pipeline depth is the most stages whose tiles fit `smem_bytes` (the
+    up-projection kernel holds one A tile and two B tiles, gate and up, per stage), between 2 and 4.
     """
     slots_per_expert = num_tokens * top_k / max(1, num_experts)
     itemsize = torch.empty((), dtype=dtype).element_size()
