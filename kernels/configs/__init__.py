@@ -237,10 +237,7 @@ def get_config(
 
     Resolved once per distinct argument set (cached): it is on every launch's path.
     """
-    forced = _FORCED.get()
-    if forced is not None:
-        return forced
-    return _resolve_config(num_tokens, num_experts, top_k, max_width, dtype, device, config_dir)[0]
+    return config_source(num_tokens, num_experts, top_k, max_width, dtype, device, config_dir)[0]
 
 
 def config_source(

@@ -14,6 +14,7 @@ import sys
 import types
 from pathlib import Path
 
+import pytest
 import torch
 
 from kernels import configs
@@ -31,19 +32,27 @@ def load_benchmark():
     return module
 
 
-def test_tune_writes_tables_per_top_k_and_reports(tmp_path, monkeypatch):
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """(the benchmark module, the token counts its cases were made for): an H100's shared memory and a made-up
+    device name, and every case made as small CPU inputs (16 tokens, d_model 32, fp32)."""
     mk = load_benchmark()
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(
         shared_memory_per_block_optin=232448))  # fmt: skip
     monkeypatch.setattr(mk.configs, "device_name", lambda d: "FAKE_GPU")
-    real_make_case = mk.make_case
-    tuning_tokens = []
+    real_make_case, tokens_asked = mk.make_case, []
 
-    def make_case(num_tokens, num_experts, top_k, d_model, widths, dtype, device, gen):  # small CPU inputs
-        tuning_tokens.append(num_tokens)
+    def make_case(num_tokens, num_experts, top_k, d_model, widths, dtype, device, gen):
+        tokens_asked.append(num_tokens)
         return real_make_case(16, num_experts, top_k, 32, widths, torch.float32, "cpu", torch.Generator())
 
     monkeypatch.setattr(mk, "make_case", make_case)
+    yield mk, tokens_asked
+    configs.clear_cache()  # the faked device's facts are cached
+
+
+def test_tune_writes_tables_per_top_k_and_reports(tmp_path, monkeypatch, fake_gpu):
+    mk, tuning_tokens = fake_gpu
     refused = configs.MoeKernelConfig(16, 128, 64, 8, 4, 3)
     monkeypatch.setattr(mk.tuning, "precompile", lambda space, shapes, dtype, device, workers: {refused: "OutOfResources"})
     seen_cases = []
@@ -88,25 +97,15 @@ def test_tune_writes_tables_per_top_k_and_reports(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "tune.json").read_text())["partial"] is True  # written as it went
 
 
-def test_tune_keeps_the_token_counts_it_finished_when_stopped(tmp_path, monkeypatch):
+def test_tune_keeps_the_token_counts_it_finished_when_stopped(tmp_path, monkeypatch, fake_gpu):
     """A tuning run cut short (the device's time limit) keeps the tables of the token counts it finished."""
-    mk = load_benchmark()
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(
-        shared_memory_per_block_optin=232448))  # fmt: skip
-    monkeypatch.setattr(mk.configs, "device_name", lambda d: "FAKE_GPU")
-    real_make_case = mk.make_case
-    tokens_now = []
-
-    def make_case(num_tokens, num_experts, top_k, d_model, widths, dtype, device, gen):
-        tokens_now.append(num_tokens)
-        return real_make_case(16, num_experts, top_k, 32, widths, torch.float32, "cpu", torch.Generator())
+    mk, tokens_now = fake_gpu
 
     def fake_ms(args, cfg, inputs, widths):
         if tokens_now[-1] == 32768:
             raise KeyboardInterrupt  # stands in for the kill at the time limit
         return 1.0 + cfg.block_size_m / 64
 
-    monkeypatch.setattr(mk, "make_case", make_case)
     monkeypatch.setattr(mk.tuning, "precompile", lambda space, shapes, dtype, device, workers: {})
     monkeypatch.setattr(mk, "time_config", fake_ms)
     args = mk.Args(experts=(8,), top_k=(1, 2), d_model=(1024,), tune=True, tune_tokens=(2048, 8192, 32768),
@@ -122,24 +121,15 @@ def test_tune_keeps_the_token_counts_it_finished_when_stopped(tmp_path, monkeypa
     assert not list((tmp_path / "configs").glob("*.tmp"))  # every write whole
 
 
-def test_grid_case_records_its_tiles_and_where_they_came_from(monkeypatch):
+def test_grid_case_records_its_tiles_and_where_they_came_from(monkeypatch, fake_gpu):
     """A grid row says which block sizes the Triton path ran with and whether a tuned table or the default gave them
     (the first H100 grid was read as tuned when it ran on default tiles)."""
-    mk = load_benchmark()
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(
-        shared_memory_per_block_optin=232448))  # fmt: skip
-    monkeypatch.setattr(mk.configs, "device_name", lambda d: "FAKE_GPU")
-    real_make_case = mk.make_case
-    monkeypatch.setattr(mk, "make_case", lambda t, e, k, d, widths, dtype, device, gen: real_make_case(
-        t, e, k, d, widths, dtype, "cpu", torch.Generator()))  # fmt: skip
+    mk, _ = fake_gpu
     monkeypatch.setattr(mk, "bench_ms", lambda fn, args: 1.0)
     monkeypatch.setattr(mk, "graph_ms", lambda fn, args: (0.5, ""))
     monkeypatch.setattr(mk, "dense_gemm_ms", lambda args, rows, d, flops, dtype: ([rows, d, 64], 0.5))
     configs.clear_cache()
-    try:
-        row = mk.run_case(mk.Args(), 4096, 8, 2, 64, torch.float32, None, None)
-    finally:
-        configs.clear_cache()  # the faked device's facts are cached
+    row = mk.run_case(mk.Args(), 4096, 8, 2, 64, torch.float32, None, None)
     assert row["config_source"] == "default"
     assert row["config"] == configs.default_config(4096, 8, 2, torch.float32, 232448).to_json()
     assert row["fraction_of_dense"] > 0 and "target" not in row  # 4k tokens over 8 experts: neither target
