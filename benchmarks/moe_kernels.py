@@ -86,19 +86,40 @@ class Args:
     """processes compiling the candidates before they are timed (1: compile in the timing process)"""
 
 
-def parse_args() -> Args:
+DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+MAX_EXPERTS = 256  # the Triton router's limit (kernels.routing.MAX_EXPERTS)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """Args from the command line; a bad value exits with a message naming it and what is allowed."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
+    choices = {"dtype": sorted(DTYPE_NAMES), "tune_space": sorted(tuning.SPACES)}
     for f in dataclasses.fields(Args):
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
             parser.add_argument(flag, action="store_true")
         elif f.type.startswith("tuple"):
-            parser.add_argument(flag, type=int, nargs="+", default=f.default)
+            parser.add_argument(flag, type=_positive_int, nargs="+", default=f.default)
+        elif f.type == "int":
+            parser.add_argument(flag, type=int if f.name == "seed" else _positive_int, default=f.default)
         else:
-            parser.add_argument(flag, type=int if f.type == "int" else str, default=f.default)
-    return Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args()).items()})
+            parser.add_argument(flag, choices=choices.get(f.name), default=f.default)
+    args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()})
+    if max(args.experts) > MAX_EXPERTS:
+        parser.error(f"--experts must be at most {MAX_EXPERTS}, got {max(args.experts)}")
+    return args
 
 
 def expert_widths(num_experts: int, base_width: int) -> tuple[int, ...]:
@@ -388,7 +409,7 @@ def cpu_reference_timings(gen: torch.Generator) -> list[dict]:
 
 if __name__ == "__main__":
     args = parse_args()
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
+    dtype = DTYPE_NAMES[args.dtype]
     torch.manual_seed(args.seed)
     on_gpu = torch.cuda.is_available()
     gen = torch.Generator("cuda" if on_gpu else "cpu").manual_seed(args.seed)
@@ -411,9 +432,6 @@ if __name__ == "__main__":
                   f"{r['median_ms']:.3f} ms (median)")  # fmt: skip
     elif args.tune:
         import triton
-
-        if args.tune_space not in tuning.SPACES:
-            raise SystemExit(f"--tune-space must be one of {sorted(tuning.SPACES)}, got {args.tune_space!r}")
 
         result.update(benchmark="moe_kernels_tune", driver=driver_version(), triton=triton.__version__)
         tune(args, dtype, gen, result, out)

@@ -3,7 +3,8 @@
 Three launches, no atomics, so the order is deterministic: within an expert, slots keep their flat order (a stable
 sort by expert), exactly as the PyTorch reference.
 
-1. `count_kernel`: each program histograms CHUNK flat slots -> chunk_counts[c, e].
+1. `count_kernel`: each program histograms CHUNK flat slots -> chunk_counts[c, e] (ids outside [0, E) are not
+   counted, and the scatter drops them, so a bad id cannot write outside the buffers).
 2. `scan_kernel` (one program): exclusive prefix of chunk_counts over chunks -> chunk_base[c, e]; per expert the
    count, the padded segment start and end; the total padded length.
 3. `scatter_kernel`: program p scatters chunk p's slots to `segment start + chunk_base + rank within chunk`, and
@@ -23,6 +24,7 @@ def count_kernel(
     topk_ids_ptr,  # [numel] expert of each flat slot (int32 or int64)
     chunk_counts_ptr,  # out int32 [num_chunks, BLOCK_E]
     numel,
+    NUM_EXPERTS: tl.constexpr,
     BLOCK_E: tl.constexpr,  # next power of two >= the number of experts
     CHUNK: tl.constexpr,  # flat slots per program
 ):
@@ -30,7 +32,8 @@ def count_kernel(
     offs = pid * CHUNK + tl.arange(0, CHUNK)
     ids = tl.load(topk_ids_ptr + offs, mask=offs < numel, other=-1)  # (CHUNK,), -1 past the end
     cols = tl.arange(0, BLOCK_E)
-    onehot = (ids[:, None] == cols[None, :]).to(tl.int32)  # (CHUNK, BLOCK_E)
+    # An id in [E, BLOCK_E) must not open a segment past the buffers' worst-case size: count only real experts.
+    onehot = ((ids[:, None] == cols[None, :]) & (cols < NUM_EXPERTS)[None, :]).to(tl.int32)  # (CHUNK, BLOCK_E)
     tl.store(chunk_counts_ptr + pid * BLOCK_E + cols, tl.sum(onehot, axis=0))
 
 
@@ -105,8 +108,10 @@ def scatter_kernel(
     if pid < num_chunks:
         offs = pid * CHUNK + tl.arange(0, CHUNK)
         ids = tl.load(topk_ids_ptr + offs, mask=offs < numel, other=-1)
-        onehot = ids[:, None] == cols[None, :]  # (CHUNK, BLOCK_E)
+        onehot = (ids[:, None] == cols[None, :]) & col_mask[None, :]  # (CHUNK, BLOCK_E)
         rank = tl.sum(tl.where(onehot, tl.cumsum(onehot.to(tl.int32), axis=0), 0), axis=1) - 1
         base = tl.load(chunk_base_ptr + pid * BLOCK_E + cols) + seg_start  # (BLOCK_E,)
         dest = tl.sum(tl.where(onehot, base[None, :], 0), axis=1) + rank
-        tl.store(sorted_ids_ptr + dest, offs.to(tl.int32), mask=offs < numel)
+        # A slot whose id is outside [0, E) has no segment (its rank is -1): drop it rather than write at dest -1.
+        valid = (offs < numel) & (ids >= 0) & (ids < NUM_EXPERTS)
+        tl.store(sorted_ids_ptr + dest, offs.to(tl.int32), mask=valid)

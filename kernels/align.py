@@ -82,7 +82,8 @@ def moe_align_block_size_reference(
     """PyTorch reference for the alignment (module docstring has a worked example).
 
     Args:
-        topk_ids: int [T, k] (or any shape; flattened) expert of each slot, each in [0, num_experts).
+        topk_ids: int [T, k] (or any shape; flattened) expert of each slot, each in [0, num_experts) (a ValueError
+            otherwise).
         block_size: GEMM block of positions (BLOCK_SIZE_M); a power of two.
         num_experts: E.
         out: optional preallocated `AlignResult` to write into.
@@ -94,6 +95,10 @@ def moe_align_block_size_reference(
     device = topk_ids.device
     flat = topk_ids.reshape(-1).long()  # (numel,)
     numel = flat.numel()
+    if numel:
+        lo, hi = (int(v) for v in torch.aminmax(flat))
+        if lo < 0 or hi >= num_experts:
+            raise ValueError(f"topk_ids must be expert ids in [0, {num_experts}), got values in [{lo}, {hi}]")
     counts = torch.bincount(flat, minlength=num_experts)  # (E,)
     padded = (counts + block_size - 1) // block_size * block_size
     seg_start = torch.cumsum(padded, 0) - padded
@@ -119,7 +124,9 @@ def moe_align_block_size_triton(
     """Triton alignment: the same contract as `moe_align_block_size_reference`, exactly equal results.
 
     Three launches (count per chunk, one-program scan, scatter + fill), no atomics, no device-to-host sync; every
-    element of the outputs is written. E <= 1024.
+    element of the outputs is written. E <= 1024. Expert ids are not range-checked (that would need a sync): a slot
+    whose id is outside [0, E) is dropped, placed nowhere and counted in no segment, and nothing outside the output
+    buffers is written.
 
     Raises:
         RuntimeError: Triton cannot run on this device (the message says why).
@@ -141,7 +148,9 @@ def moe_align_block_size_triton(
     chunk_counts = torch.empty(num_chunks, block_e, dtype=torch.int32, device=device)
     chunk_base = torch.empty_like(chunk_counts)
     segments = torch.empty(3, block_e, dtype=torch.int32, device=device)
-    _triton_align.count_kernel[(num_chunks,)](flat, chunk_counts, numel, BLOCK_E=block_e, CHUNK=chunk)
+    _triton_align.count_kernel[(num_chunks,)](
+        flat, chunk_counts, numel, NUM_EXPERTS=num_experts, BLOCK_E=block_e, CHUNK=chunk
+    )
     _triton_align.scan_kernel[(1,)](
         chunk_counts,
         chunk_base,

@@ -9,6 +9,7 @@ reduction; inference only) take the same arguments and return the same `RouteRes
 
 from __future__ import annotations
 
+import operator
 from typing import NamedTuple
 
 import torch
@@ -34,14 +35,20 @@ class RouteResult(NamedTuple):
     scores: torch.Tensor
 
 
-def _check_route_args(gate_logits: torch.Tensor, biases: torch.Tensor | None, top_k: int) -> None:
+def _check_route_args(gate_logits: torch.Tensor, biases: torch.Tensor | None, top_k: int) -> int:
+    """Raises on bad arguments; returns top_k as a Python int."""
     if gate_logits.dim() != 2:
         raise ValueError(f"gate_logits must be [tokens, experts], got shape {tuple(gate_logits.shape)}")
     num_experts = gate_logits.shape[-1]
+    try:
+        top_k = operator.index(top_k)
+    except TypeError:
+        raise TypeError(f"top_k must be an int, got {top_k!r}") from None
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"top_k must be in [1, {num_experts}], got {top_k}")
     if biases is not None and tuple(biases.shape) != (num_experts,):
         raise ValueError(f"biases must have shape ({num_experts},), got {tuple(biases.shape)}")
+    return top_k
 
 
 def _check_out(out: RouteResult, num_tokens: int, num_experts: int, top_k: int, device: torch.device) -> None:
@@ -74,7 +81,7 @@ def fused_route_reference(
     Returns:
         `RouteResult`. Differentiable through `topk_weights` and `scores` when `out` is None.
     """
-    _check_route_args(gate_logits, biases, top_k)
+    top_k = _check_route_args(gate_logits, biases, top_k)
     num_experts = gate_logits.shape[-1]
     scores = torch.softmax(gate_logits.float(), dim=-1)  # (T, E)
     select = scores if biases is None else scores + biases.to(scores.device, torch.float32)
@@ -113,7 +120,7 @@ def fused_route_triton(
         RuntimeError: Triton cannot run on this device (the message says why).
         ValueError: bad shapes, k out of range or E > 256.
     """
-    _check_route_args(gate_logits, biases, top_k)
+    top_k = _check_route_args(gate_logits, biases, top_k)
     num_tokens, num_experts = gate_logits.shape
     if num_experts > MAX_EXPERTS:
         raise ValueError(f"fused_route_triton supports up to {MAX_EXPERTS} experts, got {num_experts}")

@@ -92,7 +92,7 @@ def grouped_swiglu_reference(
 
     Args:
         x: [T, d] token activations.
-        topk_ids: int64 [T, k] chosen experts.
+        topk_ids: int64 [T, k] chosen experts, each in [0, E) (a ValueError otherwise).
         topk_weights: [T, k] combine weights.
         w_up: [d, sum 2 f_e] fused gate/up weights (layout in the module docstring).
         w_down: [sum f_e, d] down weights.
@@ -108,7 +108,12 @@ def grouped_swiglu_reference(
     flat_ids = topk_ids.reshape(-1)  # (T k,)
     order = torch.argsort(flat_ids, stable=True)
     token_idx = order // k  # (T k,) source token of each sorted slot
-    counts = torch.bincount(flat_ids, minlength=len(widths)).tolist()
+    num_experts = len(widths)
+    # Ids outside [0, E) land in the end bins, so the range check costs no device sync beyond the counts' own.
+    bins = torch.bincount(flat_ids.clamp(-1, num_experts) + 1, minlength=num_experts + 2).tolist()
+    if bins[0] or bins[-1]:
+        raise ValueError(f"topk_ids must be expert ids in [0, {num_experts}), got {bins[0] + bins[-1]} outside")
+    counts = bins[1:-1]
     xs = x[token_idx]  # (T k, d)
     ys = []
     start = 0
@@ -160,7 +165,9 @@ def grouped_swiglu_triton(
     `torch.backends.cuda.matmul.allow_tf32` is set.
 
     Args:
-        x, topk_ids, topk_weights, w_up, w_down, widths: as `grouped_swiglu_reference`; expert ids in [0, E).
+        x, topk_ids, topk_weights, w_up, w_down, widths: as `grouped_swiglu_reference`; expert ids in [0, E),
+            not checked (that would cost a device sync): a slot whose id is outside is dropped by the alignment
+            without any access outside the buffers, and its token's output row is undefined.
         out: optional [T, d] tensor of x's dtype, last dimension contiguous; every element is written.
 
     Returns:

@@ -79,7 +79,8 @@ def test_index_kernels_compile(device):
     )  # fmt: skip
     compile_kernel(_triton_route.reduce_counts_kernel, {"partial_counts_ptr": i32, "counts_ptr": "*i64"},
                    dict(NUM_EXPERTS=64, BLOCK_E=64, BLOCK_P=64), cap)  # fmt: skip
-    compile_kernel(_triton_align.count_kernel, {"chunk_counts_ptr": i32, **ids}, dict(BLOCK_E=64, CHUNK=64), cap)
+    compile_kernel(_triton_align.count_kernel, {"chunk_counts_ptr": i32, **ids},
+                   dict(NUM_EXPERTS=64, BLOCK_E=64, CHUNK=64), cap)  # fmt: skip
     compile_kernel(_triton_align.scan_kernel,
                    {"chunk_counts_ptr": i32, "chunk_base_ptr": i32, "seg_ptr": i32, "num_post_pad_ptr": i32},
                    dict(BLOCK_E=64, BLOCK_C=64, BLOCK_SIZE_M=64), cap)  # fmt: skip

@@ -70,6 +70,8 @@ def test_route_reference_out_and_errors(gen):
         fused_route_reference(logits, None, 5)
     with pytest.raises(ValueError, match="biases"):
         fused_route_reference(logits, torch.zeros(3), 2)
+    with pytest.raises(TypeError, match="top_k must be an int, got 2.0"):
+        fused_route_reference(logits, None, 2.0)
 
 
 @pytest.mark.parametrize(("num_tokens", "d_model", "widths", "top_k"), SWIGLU_CASES)
@@ -98,6 +100,20 @@ def test_swiglu_reference_rejects_bad_shapes(gen):
         grouped_swiglu_reference(x, ids, w, torch.zeros(8, 10), torch.zeros(4, 8), (4,))
     with pytest.raises(ValueError, match="w_down"):
         grouped_swiglu_reference(x, ids, w, torch.zeros(8, 8), torch.zeros(5, 8), (4,))
+
+
+@pytest.mark.parametrize("bad_id", [-1, 4, 1000])
+def test_references_reject_expert_ids_out_of_range(gen, bad_id):
+    x = torch.randn(5, 8, generator=gen)
+    ids = torch.randint(0, 4, (5, 2), generator=gen)
+    ids[3, 1] = bad_id
+    w = torch.full((5, 2), 0.5)
+    widths = (4, 8, 4, 4)
+    w_up, w_down = torch.randn(8, 40, generator=gen), torch.randn(20, 8, generator=gen)
+    with pytest.raises(ValueError, match=r"topk_ids must be expert ids in \[0, 4\), got 1 outside"):
+        grouped_swiglu_reference(x, ids, w, w_up, w_down, widths)
+    with pytest.raises(ValueError, match=rf"expert ids in \[0, 4\), got values in \[{min(bad_id, 0)}, "):
+        moe_align_block_size_reference(ids, 4, 4)
 
 
 def test_align_reference_worked_example():

@@ -133,3 +133,22 @@ def test_grid_case_records_its_tiles_and_where_they_came_from(monkeypatch, fake_
     assert row["config_source"] == "default"
     assert row["config"] == configs.default_config(4096, 8, 2, torch.float32, 232448).to_json()
     assert row["fraction_of_dense"] > 0 and "target" not in row  # 4k tokens over 8 experts: neither target
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dtype", "fp8"], "argument --dtype: invalid choice: 'fp8'"),
+        (["--experts", "8", "0"], "argument --experts: must be a positive integer, got '0'"),
+        (["--tokens", "2k"], "argument --tokens: must be a positive integer, got '2k'"),
+        (["--rep-ms", "-1"], "argument --rep-ms: must be a positive integer, got '-1'"),
+        (["--tune-space", "huge"], "argument --tune-space: invalid choice: 'huge'"),
+        (["--experts", "512"], "--experts must be at most 256, got 512"),
+    ],
+)
+def test_bad_arguments_name_the_value_and_what_is_allowed(capsys, argv, message):
+    mk = load_benchmark()
+    with pytest.raises(SystemExit) as stop:
+        mk.parse_args(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert mk.parse_args(["--experts", "16", "--seed", "-3"]) == mk.Args(experts=(16,), seed=-3)

@@ -70,3 +70,37 @@ def test_align_worked_example():
     assert got.sorted_token_ids.tolist() == [1, 6, 6, 6, 2, 5, 6, 6, 0, 3, 4, 6, 6, 6, 6, 6, 6, 6]
     assert got.expert_ids.tolist() == [0, 1, 2, -1, -1]
     assert got.num_tokens_post_padded.tolist() == [12]
+
+
+@pytest.mark.parametrize(("num_experts", "bad_ids"), [(6, (-1, 6, 7, 1000)), (8, (-5, 8, 2**31 - 1))])
+def test_align_drops_out_of_range_ids_without_writing_outside(gen, num_experts, bad_ids):
+    """Ids are not range-checked on the device: a bad slot is dropped, and nothing outside the buffers is written.
+
+    E = 6 pads the kernels' expert axis to 8, so ids 6 and 7 fall inside it; -1 and large ids fall outside.
+    """
+    block_size, guard = 16, 64
+    topk_ids = torch.randint(0, num_experts, (37, 2), generator=gen)
+    bad_slots = torch.randperm(topk_ids.numel(), generator=gen)[: len(bad_ids)]
+    topk_ids.view(-1)[bad_slots] = torch.tensor(bad_ids)
+    numel = topk_ids.numel()
+    max_padded, max_blocks = aligned_sizes(numel, block_size, num_experts)
+    # The outputs are views into larger poisoned buffers, so a write before or past either end shows.
+    ids_buf = torch.full((max_padded + 2 * guard,), -7, dtype=torch.int32)
+    blocks_buf = torch.full((max_blocks + 2 * guard,), -7, dtype=torch.int32)
+    out = AlignResult(ids_buf[guard:-guard], blocks_buf[guard:-guard], torch.full((1,), -7, dtype=torch.int32))
+    moe_align_block_size_triton(topk_ids, block_size, num_experts, out=out)
+    assert (ids_buf[:guard] == -7).all() and (ids_buf[-guard:] == -7).all()
+    assert (blocks_buf[:guard] == -7).all() and (blocks_buf[-guard:] == -7).all()
+
+    # Expected: the reference layout of the valid slots alone, bad slots placed nowhere.
+    flat = topk_ids.reshape(-1).tolist()
+    want_ids, want_blocks = [], []
+    for e in range(num_experts):
+        slots = [s for s, x in enumerate(flat) if x == e]
+        padded = -(-len(slots) // block_size) * block_size
+        want_ids += slots + [numel] * (padded - len(slots))
+        want_blocks += [e] * (padded // block_size)
+    used = len(want_ids)
+    assert out.num_tokens_post_padded.tolist() == [used]
+    assert out.sorted_token_ids.tolist() == want_ids + [numel] * (max_padded - used)
+    assert out.expert_ids.tolist() == want_blocks + [-1] * (max_blocks - len(want_blocks))

@@ -112,3 +112,23 @@ def test_route_then_swiglu_end_to_end(gen):
     q = fused_route_reference(x @ gate, biases, top_k)
     want = grouped_swiglu_reference(x, q.topk_ids, q.topk_weights, w_up, w_down, widths)
     torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_swiglu_bad_expert_ids_stay_inside_their_tokens(gen, top_k):
+    """An id outside [0, E) is not checked on the device: only its own token's row is undefined, and nothing
+    outside `out` is written."""
+    num_tokens, d_model, widths, guard = 21, 16, (16, 24, 8), 3
+    x = torch.randn(num_tokens, d_model, generator=gen)
+    topk_ids = torch.stack([torch.randperm(len(widths), generator=gen)[:top_k] for _ in range(num_tokens)])
+    bad_tokens = [2, 11, 20]
+    topk_ids[bad_tokens, top_k - 1] = torch.tensor([-1, 3, 1000])
+    weights = combine_weights(gen, num_tokens, top_k)
+    w_up, w_down = make_weights(gen, d_model, widths)
+    buf = torch.full((num_tokens + 2 * guard, d_model), float("nan"))
+    with force_config(MoeKernelConfig(16, 16, 16, 1, num_warps=4, num_stages=2)):
+        grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, out=buf[guard:-guard])
+    assert buf[:guard].isnan().all() and buf[-guard:].isnan().all()
+    good = [t for t in range(num_tokens) if t not in bad_tokens]
+    want = grouped_swiglu_reference(x[good], topk_ids[good], weights[good], w_up, w_down, widths)
+    torch.testing.assert_close(buf[guard:-guard][good], want, rtol=RTOL, atol=ATOL)
