@@ -30,7 +30,8 @@ def route_kernel(
     """Softmax, top-k on scores + bias by k rounds of arg-max, renormalised combine weights, per-expert counts.
 
     One program routes BLOCK_T tokens; every token's whole row of E logits sits in registers. Each round picks the
-    arg-max of the biased scores (ties to the lowest expert id), records its unbiased score and masks it out.
+    arg-max of the biased scores (ties to the lowest expert id; NaN ranks as -inf), records its unbiased score and
+    masks it out.
     """
     pid = tl.program_id(0)
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -53,6 +54,9 @@ def route_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         select = scores + bias[None, :]
+    # A NaN ranks with -inf, and both sit at -FLT_MAX, strictly above the -inf that marks padded and already chosen
+    # columns: an expert biased to -inf (masked out) is then chosen last, never twice.
+    select = tl.maximum(tl.where(select == select, select, float("-inf")), -3.4028234663852886e38)
     select = tl.where(col_mask[None, :], select, float("-inf"))
 
     ids = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.int32)

@@ -1,7 +1,9 @@
 """Routing: softmax scores, top-k selection on biased scores, renormalised combine weights, per-expert counts.
 
 The selection biases move which experts are *chosen*; the combine weights always come from the unbiased scores,
-renormalised over the chosen k (DeepSeek-V3's auxiliary-loss-free balancing).
+renormalised over the chosen k (DeepSeek-V3's auxiliary-loss-free balancing). Both paths choose alike on ties: the
+lower expert id first, a NaN biased score ranked as -inf, and a token never gets one expert twice, so a bias of -inf
+masks an expert out (chosen only when fewer than k others remain).
 
 `fused_route_reference` (PyTorch, differentiable) and `fused_route_triton` (one fused kernel plus a tiny count
 reduction; inference only) take the same arguments and return the same `RouteResult`.
@@ -23,7 +25,8 @@ class RouteResult(NamedTuple):
     """Output of routing `T` tokens over `E` experts with top-`k`.
 
     Attributes:
-        topk_ids: int64 [T, k], chosen experts per token, ordered by biased score (highest first).
+        topk_ids: int64 [T, k], distinct chosen experts per token, ordered by biased score (highest first; ties to
+            the lower id).
         topk_weights: float32 [T, k], unbiased softmax scores of the chosen experts, renormalised to sum to 1.
         expert_counts: int64 [E], slots routed to each expert (sums to T * k).
         scores: float32 [T, E], unbiased softmax scores (for the aux loss and router entropy).
@@ -85,7 +88,10 @@ def fused_route_reference(
     num_experts = gate_logits.shape[-1]
     scores = torch.softmax(gate_logits.float(), dim=-1)  # (T, E)
     select = scores if biases is None else scores + biases.to(scores.device, torch.float32)
-    topk_ids = torch.topk(select.detach(), top_k, dim=-1).indices  # (T, k)
+    # A stable sort, not topk, so that ties go to the lower expert id as in the Triton kernel (topk's tie order is
+    # unspecified, and ties are common in bf16 or at a zero-initialised router); NaN ranks as -inf.
+    key = select.detach().masked_fill(select.isnan(), float("-inf"))
+    topk_ids = torch.sort(key, dim=-1, descending=True, stable=True).indices[:, :top_k]  # (T, k)
     picked = torch.gather(scores, -1, topk_ids)  # (T, k)
     topk_weights = picked / picked.sum(dim=-1, keepdim=True).clamp_min(1e-20)
     counts = torch.bincount(topk_ids.reshape(-1), minlength=num_experts)

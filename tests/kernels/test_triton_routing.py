@@ -73,3 +73,29 @@ def test_route_strided_logits(gen):
     biases = 0.3 * torch.randn(10, generator=gen)
     got = fused_route_triton(logits, biases, 3, out=poisoned(21, 10, 3))
     assert_route_equal(got, fused_route_reference(logits, biases, 3))
+
+
+def test_route_ties_and_infinite_biases_agree_and_never_repeat_an_expert(gen):
+    """Exact ties (a zero router, logits rounded to a few bf16 values) go to the lower expert id on both paths; a
+    bias of -inf masks an expert (chosen last), +inf forces one, NaN ranks as -inf; no token gets an expert twice."""
+    num_tokens, num_experts, top_k = 23, 6, 4  # E = 6 pads the kernel's expert axis to 8
+    inf, nan = float("inf"), float("nan")
+    coarse = torch.randint(-1, 2, (num_tokens, num_experts), generator=gen).float()  # 3 values: ties in every row
+    cases = [
+        (torch.zeros(num_tokens, num_experts), None),
+        (coarse, torch.zeros(num_experts)),
+        (coarse, torch.tensor([0.0, -inf, 0.0, -inf, -inf, -inf])),  # 2 experts left for k = 4
+        (coarse, torch.tensor([-inf] * num_experts)),
+        (coarse, torch.tensor([0.0, inf, nan, 0.0, -inf, inf])),
+    ]
+    ids = []
+    for logits, biases in cases:
+        got = fused_route_triton(logits, biases, top_k, out=poisoned(num_tokens, num_experts, top_k))
+        assert_route_equal(got, fused_route_reference(logits, biases, top_k))
+        assert (got.topk_ids.sort(-1).values.diff(dim=-1) > 0).all(), "a token got one expert twice"
+        ids.append(got.topk_ids)
+    assert ids[0].tolist() == [[0, 1, 2, 3]] * num_tokens  # all tied: the lowest ids
+    assert ids[2][:, :2].sort(-1).values.tolist() == [[0, 2]] * num_tokens  # the unmasked experts first
+    assert ids[3].tolist() == [[0, 1, 2, 3]] * num_tokens  # all masked: ties again
+    assert ids[4][:, :2].tolist() == [[1, 5]] * num_tokens  # +inf first, the lower id first
+    assert ids[4][:, 2:].sort(-1).values.tolist() == [[0, 3]] * num_tokens  # then finite; NaN and -inf last
