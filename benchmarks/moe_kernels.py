@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from kernels import configs
 from kernels.configs import tuning
-from kernels.routing import fused_route_reference, fused_route_triton
+from kernels.routing import MAX_EXPERTS, fused_route_reference, fused_route_triton
 from kernels.swiglu import grouped_swiglu_reference, grouped_swiglu_triton, tokens_per_pass
 
 WIDTH_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.25, 1.5, 2.0)  # as moe_runtime.config.EXPERT_WIDTH_RATIOS
@@ -87,7 +87,6 @@ class Args:
 
 
 DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-MAX_EXPERTS = 256  # the Triton router's limit (kernels.routing.MAX_EXPERTS)
 
 
 def _positive_int(text: str) -> int:
