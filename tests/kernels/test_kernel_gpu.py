@@ -12,7 +12,7 @@ import torch
 
 from kernels import dispatch, swiglu
 from kernels._triton import interpreting, triton_available
-from kernels.align import moe_align_block_size_reference, moe_align_block_size_triton
+from kernels.align import AlignResult, aligned_sizes, moe_align_block_size_reference, moe_align_block_size_triton
 from kernels.configs import MoeKernelConfig, force_config
 from kernels.routing import fused_route_reference, fused_route_triton
 from kernels.swiglu import grouped_swiglu_reference, grouped_swiglu_triton
@@ -49,6 +49,35 @@ def test_route_compiled(request, num_tokens, num_experts, top_k):
     assert not (~same).any() or float(gap[~same].max()) < 1e-5
     torch.testing.assert_close(got.topk_weights[same], want.topk_weights[same], rtol=1e-5, atol=1e-6)
     assert int(got.expert_counts.sum()) == num_tokens * top_k
+
+
+def test_route_compiled_ties_and_infinite_biases(request):
+    """As the interpreter test: ties to the lower id, -inf masks, NaN ranks as -inf, no expert twice; compiled."""
+    g = cuda_gen(request)
+    num_tokens, num_experts, top_k = 1000, 12, 4
+    logits = torch.randint(-1, 2, (num_tokens, num_experts), device=CUDA, generator=g).to(torch.bfloat16)
+    inf, nan = float("inf"), float("nan")
+    biases = torch.tensor([0, -inf, inf, nan, -inf, 0, 0, -inf, -inf, 0, -inf, -inf], device=CUDA)
+    for b in (None, biases, torch.full((num_experts,), -inf, device=CUDA)):
+        got, want = fused_route_triton(logits, b, top_k), fused_route_reference(logits, b, top_k)
+        assert torch.equal(got.topk_ids, want.topk_ids) and torch.equal(got.expert_counts, want.expert_counts)
+        assert (got.topk_ids.sort(-1).values.diff(dim=-1) > 0).all()
+
+
+def test_align_compiled_drops_bad_ids_inside_its_buffers(request):
+    g = cuda_gen(request)
+    num_experts, block_size, guard = 6, 64, 256
+    topk_ids = torch.randint(0, num_experts, (3000, 2), device=CUDA, generator=g)
+    topk_ids[::7, 1] = torch.tensor([-1, 6, 7, 10**6], device=CUDA).repeat(429)[: len(topk_ids[::7])]
+    max_padded, max_blocks = aligned_sizes(topk_ids.numel(), block_size, num_experts)
+    ids_buf = torch.full((max_padded + 2 * guard,), -7, dtype=torch.int32, device=CUDA)
+    out = AlignResult(ids_buf[guard:-guard], torch.empty(max_blocks, dtype=torch.int32, device=CUDA),
+                      torch.empty(1, dtype=torch.int32, device=CUDA))  # fmt: skip
+    moe_align_block_size_triton(topk_ids, block_size, num_experts, out=out)
+    assert (ids_buf[:guard] == -7).all() and (ids_buf[-guard:] == -7).all()
+    valid = ((topk_ids >= 0) & (topk_ids < num_experts)).reshape(-1)
+    placed = out.sorted_token_ids[out.sorted_token_ids < topk_ids.numel()].long()
+    assert torch.equal(placed.sort().values, valid.nonzero().squeeze(1))
 
 
 @pytest.mark.parametrize(("num_tokens", "num_experts", "top_k", "block_size"),
