@@ -2,8 +2,8 @@
 
 The selection biases move which experts are *chosen*; the combine weights always come from the unbiased scores,
 renormalised over the chosen k (DeepSeek-V3's auxiliary-loss-free balancing). Both paths choose alike on ties: the
-lower expert id first, a NaN biased score ranked as -inf, and a token never gets one expert twice, so a bias of -inf
-masks an expert out (chosen only when fewer than k others remain).
+lower expert id first, a NaN or -inf biased score ranked as the lowest finite float (-FLT_MAX), and a token never gets
+one expert twice, so a bias of -inf masks an expert out (chosen only when fewer than k others remain).
 
 `fused_route_reference` (PyTorch, differentiable) and `fused_route_triton` (one fused kernel plus a tiny count
 reduction; inference only) take the same arguments and return the same `RouteResult`.
@@ -89,8 +89,9 @@ def fused_route_reference(
     scores = torch.softmax(gate_logits.float(), dim=-1)  # (T, E)
     select = scores if biases is None else scores + biases.to(scores.device, torch.float32)
     # A stable sort, not topk, so that ties go to the lower expert id as in the Triton kernel (topk's tie order is
-    # unspecified, and ties are common in bf16 or at a zero-initialised router); NaN ranks as -inf.
-    key = select.detach().masked_fill(select.isnan(), float("-inf"))
+    # unspecified, and ties are common in bf16 or at a zero-initialised router). NaN and -inf rank as -FLT_MAX, as
+    # in the kernel (which keeps -inf to mark chosen experts), so they tie with a biased score of exactly -FLT_MAX.
+    key = select.detach().masked_fill(select.isnan(), float("-inf")).clamp_min(torch.finfo(torch.float32).min)
     topk_ids = torch.sort(key, dim=-1, descending=True, stable=True).indices[:, :top_k]  # (T, k)
     picked = torch.gather(scores, -1, topk_ids)  # (T, k)
     topk_weights = picked / picked.sum(dim=-1, keepdim=True).clamp_min(1e-20)

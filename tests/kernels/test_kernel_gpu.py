@@ -52,12 +52,14 @@ def test_route_compiled(request, num_tokens, num_experts, top_k):
 
 
 def test_route_compiled_ties_and_infinite_biases(request):
-    """As the interpreter test: ties to the lower id, -inf masks, NaN ranks as -inf, no expert twice; compiled."""
+    """As the interpreter test: ties to the lower id, -inf masks, NaN and -inf tie with -FLT_MAX, no expert twice;
+    compiled."""
     g = cuda_gen(request)
     num_tokens, num_experts, top_k = 1000, 12, 4
     logits = torch.randint(-1, 2, (num_tokens, num_experts), device=CUDA, generator=g).to(torch.bfloat16)
     inf, nan = float("inf"), float("nan")
-    biases = torch.tensor([0, -inf, inf, nan, -inf, 0, 0, -inf, -inf, 0, -inf, -inf], device=CUDA)
+    fmax = torch.finfo(torch.float32).max  # ties with -inf and NaN on both paths
+    biases = torch.tensor([0, -inf, inf, nan, -inf, 0, 0, -fmax, -inf, 0, -inf, -fmax], device=CUDA)
     for b in (None, biases, torch.full((num_experts,), -inf, device=CUDA)):
         got, want = fused_route_triton(logits, b, top_k), fused_route_reference(logits, b, top_k)
         assert torch.equal(got.topk_ids, want.topk_ids) and torch.equal(got.expert_counts, want.expert_counts)

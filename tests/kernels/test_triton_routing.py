@@ -77,9 +77,10 @@ def test_route_strided_logits(gen):
 
 def test_route_ties_and_infinite_biases_agree_and_never_repeat_an_expert(gen):
     """Exact ties (a zero router, logits rounded to a few bf16 values) go to the lower expert id on both paths; a
-    bias of -inf masks an expert (chosen last), +inf forces one, NaN ranks as -inf; no token gets an expert twice."""
+    bias of -inf masks an expert (chosen last), +inf forces one, NaN ranks as -inf, both tie with -FLT_MAX; no token
+    gets an expert twice."""
     num_tokens, num_experts, top_k = 23, 6, 4  # E = 6 pads the kernel's expert axis to 8
-    inf, nan = float("inf"), float("nan")
+    inf, nan, fmax = float("inf"), float("nan"), torch.finfo(torch.float32).max
     coarse = torch.randint(-1, 2, (num_tokens, num_experts), generator=gen).float()  # 3 values: ties in every row
     cases = [
         (torch.zeros(num_tokens, num_experts), None),
@@ -87,6 +88,8 @@ def test_route_ties_and_infinite_biases_agree_and_never_repeat_an_expert(gen):
         (coarse, torch.tensor([0.0, -inf, 0.0, -inf, -inf, -inf])),  # 2 experts left for k = 4
         (coarse, torch.tensor([-inf] * num_experts)),
         (coarse, torch.tensor([0.0, inf, nan, 0.0, -inf, inf])),
+        # -FLT_MAX is where the kernel puts NaN and -inf: all three tie, so the lower id goes first
+        (torch.zeros(num_tokens, num_experts), torch.tensor([0.0, -inf, nan, -fmax, 0.0, -fmax])),
     ]
     ids = []
     for logits, biases in cases:
@@ -99,3 +102,4 @@ def test_route_ties_and_infinite_biases_agree_and_never_repeat_an_expert(gen):
     assert ids[3].tolist() == [[0, 1, 2, 3]] * num_tokens  # all masked: ties again
     assert ids[4][:, :2].tolist() == [[1, 5]] * num_tokens  # +inf first, the lower id first
     assert ids[4][:, 2:].sort(-1).values.tolist() == [[0, 3]] * num_tokens  # then finite; NaN and -inf last
+    assert ids[5].tolist() == [[0, 4, 1, 2]] * num_tokens  # after the two finite: -inf, NaN, -FLT_MAX by id
