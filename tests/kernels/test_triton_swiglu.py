@@ -1,7 +1,8 @@
-"""The Triton grouped SwiGLU against the PyTorch reference, fp32 under TRITON_INTERPRET=1 (marker `triton`).
+"""The Triton grouped SwiGLU against the PyTorch reference under TRITON_INTERPRET=1 (marker `triton`).
 
-fp32 only: Triton's interpreter returns wrong results for bf16 `tl.dot`; bf16 and fp16 are checked on a GPU
-(test_kernel_gpu.py). Tolerance: 1e-5 relative, 1e-5 absolute on outputs of order 1.
+fp32 at 1e-5 relative, 1e-5 absolute on outputs of order 1; one fp16 test for the conversions of the low-precision
+path (h, y and out stored in the input dtype, fp32 sums). No bf16: Triton's interpreter returns wrong results for
+bf16 `tl.dot` (off by ~1e10 here); bf16 is checked on a GPU (test_kernel_gpu.py).
 """
 
 from __future__ import annotations
@@ -57,6 +58,24 @@ def test_swiglu_matches_reference(gen, make_topk_ids, num_tokens, d_model, width
     want = grouped_swiglu_reference(x, topk_ids, weights, w_up, w_down, widths)
     assert got.data_ptr() == out.data_ptr()
     torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_swiglu_fp16_matches_upcast_reference(gen, make_topk_ids, top_k):
+    """fp16 inputs (the interpreter's fp16 `tl.dot` is right): against the reference on the same values in fp32, to
+    a few fp16 roundings of the output's scale (h, then y and out, are rounded to fp16; sums stay fp32)."""
+    widths, d_model, num_tokens = (16, 48, 24, 40), 32, 37
+    x = torch.randn(num_tokens, d_model, generator=gen).half()
+    topk_ids = make_topk_ids(num_tokens, len(widths), top_k, "skewed")
+    weights = combine_weights(gen, num_tokens, top_k).half()
+    w_up, w_down = (w.half() for w in make_weights(gen, d_model, widths))
+    out = torch.full((num_tokens, d_model), float("nan"), dtype=torch.float16)
+    with force_config(MoeKernelConfig(16, 16, 16, 2, num_warps=4, num_stages=2)):
+        got = grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, out=out)
+    want = grouped_swiglu_reference(x.float(), topk_ids, weights.float(), w_up.float(), w_down.float(), widths)
+    assert got.dtype == torch.float16
+    scale = float(want.abs().max())
+    torch.testing.assert_close(got.float(), want, rtol=4e-3, atol=4e-3 * scale)
 
 
 def test_swiglu_passes_and_strided_input(gen, make_topk_ids, monkeypatch):
