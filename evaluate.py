@@ -121,12 +121,41 @@ def parse_args(argv: list[str] | None = None) -> Args:
     suite = args.suite or ("" if args.policies else "main")
     seeds, intervals = SUITE_DEFAULTS[suite]
     args.seeds, args.episode_intervals = args.seeds or seeds, args.episode_intervals or intervals
+    parse_seeds(args.seeds)  # a bad --seeds fails here, not after the main suite's training run
     for name in ("episodes", "episode_intervals", "bootstrap_reps"):
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 0 < args.confidence < 1:
         raise UsageError(f"--confidence must be in (0, 1), got {args.confidence}")
+    for name in ("train_timesteps", "train_n_envs", "gpu_pretrain_steps", "main_budget_s"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("train_seconds", "max_wall_s", "pretrain_steps", "torch_threads"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (0: {ZERO_MEANS[name]}), got {getattr(args, name)}")
+    if not args.report_only:
+        check_env_settings(args)
     return args
+
+
+ZERO_MEANS = {"train_seconds": "no training run", "max_wall_s": "no limit", "pretrain_steps": "the preset's default",
+              "torch_threads": "the env's default"}
+
+
+def check_env_settings(args: Args) -> None:
+    """The env settings of the command line as `EnvConfig` checks them, and NVML where it is asked for: a UsageError
+    now rather than after the main suite's minutes of training."""
+    from envs import EnvConfig
+    from telemetry import nvml_available
+
+    if args.telemetry == "nvml" and not nvml_available():
+        raise UsageError("--telemetry nvml: NVML sees no GPU here (no driver or nvidia-ml-py); use simulated or auto")
+    try:
+        EnvConfig.from_kwargs(**env_kwargs(args))
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"the env settings: {exc}") from exc
 
 
 # ----- envs and controllers --------------------------------------------------------------------------------------

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from envs.actions import ActionConfig
 from envs.rewards import RewardConfig
 from envs.workload import Workload
 from kernels import DeploymentScale
 from moe_runtime import MoEConfig, PretrainConfig
+from telemetry import get_gpu_spec
 
 TELEMETRY_SOURCES = ("auto", "nvml", "simulated")
 SPLITS = ("train", "validation", "test")
@@ -115,6 +117,16 @@ class EnvConfig:
             )
         if self.noise_std < 0:
             raise ValueError(f"EnvConfig.noise_std must be >= 0, got {self.noise_std}")
+        # Checked here, not where the backend and model are built, so that a CLI fails before it starts workers
+        # or trains (train_agent.py and evaluate.py build an EnvConfig first).
+        get_gpu_spec(self.gpu)  # an unknown name is a ValueError listing the known ones
+        if self.checkpoint not in (None, "none") and not Path(self.checkpoint).exists():
+            raise ValueError(f"EnvConfig.checkpoint {self.checkpoint!r} does not exist (a model file, or 'none')")
+        if self.cost_table not in (None, "builtin") and not Path(self.cost_table).exists():
+            raise ValueError(
+                f"EnvConfig.cost_table {self.cost_table!r} does not exist (None, 'builtin' or a table from "
+                "python -m kernels.profile)"
+            )
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> EnvConfig:

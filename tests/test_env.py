@@ -1,6 +1,7 @@
 """MoERoutingEnv on the simulated backend with the tiny preset: interface, checkers, determinism, and that the
 controls move energy, loss, clocks and temperature the ways they should."""
 
+import re
 import warnings
 
 import gymnasium as gym
@@ -48,6 +49,20 @@ def mean_info(env, action, key, seed=0, steps=6, **reset):
 def test_bad_config_is_a_clear_error_at_construction(kwargs):
     with pytest.raises(ValueError):
         MoERoutingEnv(**{**TINY, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(gpu="H900"), "unknown GPU 'H900'"),
+        (dict(checkpoint="/no/such/model.pt"), "checkpoint '/no/such/model.pt' does not exist"),
+        (dict(cost_table="/no/such/table.json"), "cost_table '/no/such/table.json' does not exist"),
+    ],
+)
+def test_unknown_gpu_and_missing_files_fail_in_the_config(kwargs, message):
+    # the CLIs check an EnvConfig before they start workers or train: these must not wait for the env's backend
+    with pytest.raises(ValueError, match=re.escape(message)):
+        EnvConfig.from_kwargs(**TINY, **kwargs)
 
 
 def test_spaces_and_names(env):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,29 @@ def test_parse_seeds(text, expected):
 def test_bad_seeds(text):
     with pytest.raises(evaluate.UsageError):
         evaluate.parse_seeds(text)
+
+
+@pytest.mark.parametrize("suite", ["main", "routers"])
+def test_bad_seeds_fail_at_parsing(suite):
+    # the main suite trains PPO for minutes before its episodes: a bad --seeds must not wait for that
+    with pytest.raises(evaluate.UsageError, match="'4-2' is not N or N-M"):
+        evaluate.parse_args(["--suite", suite, "--seeds", "4-2"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--workload", "spiky"], "Workload.profile 'spiky'"),
+        (["--gpu", "H900"], "unknown GPU 'H900'"),
+        (["--checkpoint", "/no/such/model.pt"], "'/no/such/model.pt' does not exist"),
+        (["--split", "dev"], "split 'dev'"),
+        (["--train-seconds", "-5"], "--train-seconds must be >= 0"),
+        (["--max-wall-s", "-1"], "--max-wall-s must be >= 0"),
+    ],
+)
+def test_bad_env_and_run_settings_fail_at_parsing(argv, message):
+    with pytest.raises(evaluate.UsageError, match=re.escape(message)):
+        evaluate.parse_args(argv)
 
 
 def test_policy_grammar(tmp_path):
