@@ -124,6 +124,12 @@ class AgentRouter:
         )
         self.builder: ObservationBuilder = self.spec.builder
         self.controller = make_controller(controller, self.spec) if isinstance(controller, str) else controller
+        trained_on = getattr(getattr(self.controller, "model", None), "observation_space", None)  # an SB3 policy's
+        if trained_on is not None and tuple(trained_on.shape) != (self.builder.size,):
+            raise ValueError(
+                f"the controller was trained on observations of shape {tuple(trained_on.shape)}; this router's are "
+                f"({self.builder.size},) for {self.num_experts} experts (a policy of another preset or expert count?)"
+            )
         cost = np.asarray(self.kcm.expert_energy_per_token_j(self.deployment), dtype=np.float64)
         self.expert_cost_ratio = cost / cost.mean()
         self.reference_loss = dict(reference_loss) if reference_loss else None

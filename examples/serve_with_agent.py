@@ -16,7 +16,7 @@ import argparse
 
 import agents
 from moe_runtime import DomainSchedule, MoEConfig, MoERuntime, PretrainConfig, TTTConfig, TTTEngine, load_or_pretrain
-from telemetry import GpuSystemMonitor
+from telemetry import GpuSystemMonitor, nvml_available
 
 
 def main() -> None:
@@ -28,15 +28,30 @@ def main() -> None:
     parser.add_argument("--telemetry", default="simulated", choices=("simulated", "nvml", "auto"))
     parser.add_argument("--demand", type=float, default=0.6, help="token demand as a fraction of capacity")
     args = parser.parse_args()
+    # Bad input is a one-line error before the model is pretrained or loaded, not a traceback after.
+    if args.intervals < 1:
+        parser.error(f"--intervals must be >= 1, got {args.intervals}")
+    if not args.demand > 0:
+        parser.error(f"--demand must be a positive fraction of capacity, got {args.demand}")
+    if not args.policy and args.controller not in agents.CONTROLLERS:
+        parser.error(f"--controller {args.controller!r} is not one of {sorted(agents.CONTROLLERS)}")
+    if args.telemetry == "nvml" and not nvml_available():
+        parser.error("--telemetry nvml: NVML sees no GPU here (no driver or nvidia-ml-py); use simulated or auto")
+    try:
+        config = MoEConfig.preset(args.preset)
+        controller = agents.load_policy(args.policy) if args.policy else args.controller
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
 
-    config = MoEConfig.preset(args.preset)
     model = load_or_pretrain(config, PretrainConfig(steps=150 if args.preset == "tiny" else 1200))
     tokens = 128 if args.preset == "tiny" else 1024
     schedule = DomainSchedule.shift("prose", "code", tokens * args.intervals // 2)
     runtime = MoERuntime(config, model=model, schedule=schedule, ttt=TTTEngine(TTTConfig()))
     monitor = GpuSystemMonitor(device_id=0, source=args.telemetry)
-    controller = agents.load_policy(args.policy) if args.policy else args.controller
-    router = agents.AgentRouter(controller, runtime, monitor=monitor, demand=args.demand)
+    try:
+        router = agents.AgentRouter(controller, runtime, monitor=monitor, demand=args.demand)
+    except ValueError as exc:  # e.g. a policy trained for another expert count
+        parser.error(f"--policy {args.policy!r}: {exc}")
     name = args.policy or args.controller
     print(f"serving {args.preset} with {name} on {monitor.device} ({monitor.reason})")
     print(" int domain  loss    power   temp  mJ/tok   lat ms  | next: biases                   ttt")

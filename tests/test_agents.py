@@ -322,6 +322,14 @@ def test_agent_router_runs_a_loaded_policy(ppo_run):
     assert runtime.action == r.next_action
 
 
+def test_agent_router_refuses_a_policy_of_another_expert_count(ppo_run):
+    folder, _, _ = ppo_run
+    policy = load_policy(folder / "model.zip")  # trained on the tiny preset's 4 experts
+    runtime = MoERuntime(MoEConfig.preset("default"))  # 8 experts: a longer observation
+    with pytest.raises(ValueError, match=r"trained on observations of shape \(43,\); this router's are \(63,\)"):
+        AgentRouter(policy, runtime)
+
+
 def test_warm_start_fits_the_policy_to_its_teacher(env):
     venv = VecNormalize(DummyVecEnv([lambda: Monitor(env)]), norm_obs=False, norm_reward=True, gamma=0.98)
     model = PPO("MlpPolicy", venv, n_steps=64, batch_size=32, gamma=0.98, seed=0, device="cpu")
