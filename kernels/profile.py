@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 REFERENCE_DEVICE = {"name": "NVIDIA H100 80GB HBM3", "driver": "580.159.04", "kind": "cuda"}  # reference README
 REFERENCE_DATE = "2026-11-23"  # when shared/reference/h100-op-costs.csv was measured
+REFERENCE_COLUMNS = ("op", "tokens", "d_model", "d_ff", "experts", "busy_ms_per_op", "energy_j_per_op",
+                     "sm_clock_mhz", "flops", "bytes")  # fmt: skip
 HOLD_OUT_EVERY = 5  # the reference fit holds out every 5th grid shape (all its ops) and the middle attention/router row
 
 
@@ -65,28 +67,42 @@ def read_reference(path: str | Path) -> tuple[Rows, np.ndarray]:
     """Rows of `h100-op-costs.csv` (busy_ms_per_op, energy_j_per_op, sm_clock_mhz) and the held-out mask.
 
     Raises:
-        ValueError: a row whose FLOPs or bytes disagree with the work vocabulary's formulas (names the row).
+        ValueError: a file without the table's columns or rows, a row that does not parse, or whose FLOPs or bytes
+            disagree with the work vocabulary's formulas (names the row).
+        OSError: the file cannot be read.
     """
     cols = {k: [] for k in ("op", "tokens", "d_model", "d_ff", "seq_len", "experts", "s", "j", "mhz")}
     keys, held, shapes, csv_counts = [], [], {}, []
     with open(path, newline="") as fh:
-        for i, r in enumerate(csv.DictReader(fh)):
-            op = r["op"]
-            if op == "sdpa_causal":
-                tokens, d, seq = int(r["batch"]) * int(r["seq"]), int(r["heads"]) * int(r["head_dim"]), int(r["seq"])
-            else:
-                tokens, d, seq = int(r["tokens"]), int(r["d_model"]), 0
-            values = (OP_INDEX[op], tokens, d, int(r["d_ff"] or 0), seq, int(r["experts"] or 0))
-            values += (float(r["busy_ms_per_op"]) / 1e3, float(r["energy_j_per_op"]), float(r["sm_clock_mhz"]))
+        reader = csv.DictReader(fh)
+        missing = [c for c in REFERENCE_COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{path} is not an op-cost table like h100-op-costs.csv: no column(s) {missing}")
+        for i, r in enumerate(reader):
+            try:
+                op = r["op"]
+                if op not in OP_INDEX:
+                    raise ValueError(f"unknown op {op!r}; known: {sorted(OP_INDEX)}")
+                if op == "sdpa_causal":
+                    tokens, d, seq = int(r["batch"]) * int(r["seq"]), int(r["heads"]) * int(r["head_dim"]), int(r["seq"])
+                else:
+                    tokens, d, seq = int(r["tokens"]), int(r["d_model"]), 0
+                values = (OP_INDEX[op], tokens, d, int(r["d_ff"] or 0), seq, int(r["experts"] or 0))
+                values += (float(r["busy_ms_per_op"]) / 1e3, float(r["energy_j_per_op"]), float(r["sm_clock_mhz"]))
+                counts = (i, float(r["flops"]), float(r["bytes"]))
+            except (KeyError, TypeError, ValueError) as exc:  # TypeError: a short row reads None
+                raise ValueError(f"{path} row {i + 2}: cannot read it ({type(exc).__name__}: {exc})") from None
             for key, value in zip(cols, values):
                 cols[key].append(value)
             keys.append(f"{op}:T={tokens},d={d},f={r['d_ff'] or 0},S={seq},E={r['experts'] or 0}")
-            csv_counts.append((i, float(r["flops"]), float(r["bytes"])))
+            csv_counts.append(counts)
             if op in ("gemm_up", "gemm_down", "silu_mul"):
                 shape = shapes.setdefault((tokens, d, values[3]), len(shapes))
                 held.append(shape % HOLD_OUT_EVERY == 2)
             else:
                 held.append(sum(1 for k in keys if k.startswith(op)) == 2)
+    if not keys:
+        raise ValueError(f"{path} has no rows")
     work = make_arrays(cols["op"], cols["tokens"], cols["d_model"], cols["d_ff"], cols["seq_len"], cols["experts"])
     flops, bytes_, _ = call_flops_bytes(work, 2)
     for (i, f, b), f2, b2 in zip(csv_counts, flops, bytes_):
@@ -301,7 +317,17 @@ def main(argv: list[str] | None = None) -> None:
         else:
             parser.add_argument(flag, type=type(default), default=default)
     args = Args(**vars(parser.parse_args(argv)))
+    if not (args.fit_reference or args.validate or args.out):
+        parser.error("give --out, --validate or --fit-reference")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        _run(args)
+    except (ValueError, OSError) as exc:  # a missing or malformed file, a table for another device or GPU
+        parser.error(str(exc))
+
+
+def _run(args: Args) -> None:
+    """The mode `args` names (main has checked that one is given)."""
     if args.fit_reference:
         out = args.out or "cost_table.json"
         report = fit_reference(args.fit_reference, args.gpu_type, out)
@@ -318,8 +344,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.out} ({table.meta['device']['name']}); fit residuals (median % latency):")
         for op, fit in table.meta["op_fit"].items():
             print(f"  {op:<12} {fit['rows']:3d} rows  {fit['residual_latency']['median_pct']:6.1f} %")
-    else:
-        parser.error("give --out, --validate or --fit-reference")
 
 
 if __name__ == "__main__":

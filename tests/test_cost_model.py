@@ -284,6 +284,38 @@ def test_profile_cli_on_cpu(tmp_path, capsys):
         KernelCostModel("H100", data_path=table)
 
 
+HEADER = (
+    "op,tokens,d_model,d_ff,busy_ms_per_op,energy_j_per_op,sm_clock_mhz,flops,bytes,experts,batch,heads,seq,head_dim\n"
+)
+BAD_REFERENCES = [  # (CSV text, message fragment): each a usage error naming the file, not a traceback
+    ("{not a csv", "no column(s) ['op'"),
+    (HEADER, "has no rows"),
+    (HEADER + "gemm_sideways,64,1024,512,0.01,0.002,1980,1,1,,,,,\n", "row 2: cannot read it (ValueError: unknown op"),
+    (HEADER + "gemm_up,64,1024\n", "row 2: cannot read it (TypeError"),
+    (HEADER + "gemm_up,64,1024,512,fast,0.002,1980,1,1,,,,,\n", "row 2: cannot read it (ValueError"),
+    (HEADER + "gemm_up,64,1024,512,0.01,0.002,1980,1,1,,,,,\n", "differ from the work vocabulary"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_REFERENCES)
+def test_fit_reference_cli_rejects_bad_csvs(tmp_path, capsys, text, message):
+    csv_path, out = tmp_path / "ref.csv", tmp_path / "table.json"
+    csv_path.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        profile_main(["--fit-reference", str(csv_path), "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "ref.csv" in err, err
+    assert not out.exists()
+
+
+def test_profile_cli_names_a_missing_file_or_mode(capsys):
+    for argv, message in ((["--fit-reference", "/no/such.csv"], "/no/such.csv"), ([], "give --out, --validate")):
+        with pytest.raises(SystemExit) as exit_info:
+            profile_main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 # ----- steps -----
 def test_vectorised_counts_match_kernel_call():
     work = [KernelCall(op, 37, 96, d_ff=160, seq_len=64, experts=8, phase=p) for op in OPS for p in PHASES]
