@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from envs import MoERoutingEnv, Workload
-from moe_runtime import ControlAction
+from moe_runtime import ControlAction, MoEConfig
 
 
 def fixed_actions(env: MoERoutingEnv) -> dict[str, np.ndarray]:
@@ -73,6 +73,13 @@ def main() -> None:
     parser.add_argument("--grid-steps", type=int, default=24, help="steps per grid episode")
     parser.add_argument("--out", default="results/benchmarks/env_step.json")
     args = parser.parse_args()
+    if min(args.steps, args.episodes, args.grid_steps) < 1:
+        parser.error(f"--steps, --episodes and --grid-steps must be >= 1, got {args.steps}, {args.episodes}, "
+                     f"{args.grid_steps}")
+    try:
+        MoEConfig.preset(args.preset)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     env = MoERoutingEnv(preset=args.preset, telemetry="simulated")
     env.reset(seed=0)

@@ -50,7 +50,12 @@ def parse_args() -> Args:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for field in dataclasses.fields(Args):
         parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
-    return Args(**vars(parser.parse_args()))
+    args = Args(**vars(parser.parse_args()))
+    if args.source not in ("auto", "nvml", "simulated"):
+        parser.error(f"--source {args.source!r} is not auto, nvml or simulated")
+    if args.source == "nvml" and not nvml_available():
+        parser.error("--source nvml: NVML sees no GPU here (no driver or nvidia-ml-py); use simulated or auto")
+    return args
 
 
 def query_cost_us(source, field: str, repeats: int) -> float | None:

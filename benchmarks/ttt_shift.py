@@ -79,6 +79,10 @@ def parse_args() -> Args:
         else:
             parser.add_argument(flag, type={"int": int, "str": str}[f.type], default=f.default)
     args = Args(**vars(parser.parse_args()))
+    try:
+        mr.MoEConfig.preset(args.preset)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.adapt_tokens % args.eval_every_tokens or args.eval_every_tokens % args.interval_tokens:
         parser.error("adapt-tokens must be a multiple of eval-every-tokens, and that of interval-tokens")
     return args

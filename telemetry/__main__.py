@@ -34,7 +34,12 @@ def parse_args() -> Args:
     parser = argparse.ArgumentParser(prog="python -m telemetry", description=__doc__.split("\n")[0])
     for field in dataclasses.fields(Args):
         parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
-    return Args(**vars(parser.parse_args()))
+    args = Args(**vars(parser.parse_args()))
+    if args.source not in ("auto", "nvml", "simulated"):
+        parser.error(f"--source {args.source!r} is not auto, nvml or simulated")
+    if args.samples < 1 or not args.interval_s > 0:
+        parser.error(f"--samples must be >= 1 and --interval_s > 0, got {args.samples} and {args.interval_s}")
+    return args
 
 
 def _fmt(value: object, spec: str) -> str:
@@ -47,6 +52,8 @@ def main() -> None:
         monitor = GpuSystemMonitor(source=args.source, gpu=args.gpu, start_sampler=False)
     except NvmlUnavailableError as error:
         raise SystemExit(f"telemetry: NVML unavailable: {error}") from error
+    except ValueError as error:  # an unknown --gpu
+        raise SystemExit(f"telemetry: {error}") from error
     with monitor:
         source = monitor.source
         print(f"device: {monitor.device} (source: {monitor.source_kind}; {monitor.reason})")

@@ -77,6 +77,19 @@ def test_python_m_telemetry_prints_the_device_and_a_table():
     assert "sw_power_cap" in lines[-1]
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--samples", "0"], "--samples must be >= 1"),
+        (["--source", "dcgm"], "--source 'dcgm' is not auto, nvml or simulated"),
+        (["--source", "simulated", "--gpu", "H900"], "unknown GPU 'H900'"),
+    ],
+)
+def test_python_m_telemetry_names_bad_arguments(args, message):
+    result = run_script("-m", "telemetry", *args)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 @pytest.mark.skipif(find_reference_file() is None, reason="shared/reference not found")
 def test_sim_vs_h100_benchmark_ends_with_the_worst_error_line(tmp_path):
     png = tmp_path / "sim.png"
