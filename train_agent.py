@@ -68,7 +68,7 @@ from agents.sb3 import (
 )
 from agents.warm_start import warm_start
 from envs import EnvConfig
-from moe_runtime import ControlAction
+from moe_runtime import CheckpointError, ControlAction, read_checkpoint
 from telemetry import nvml_available
 
 
@@ -219,6 +219,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Args, dict[str, Any]]:
         env_kwargs = env_kwargs_from_pairs(args.env_kwargs, args.telemetry)
     except (ValueError, TypeError, FileNotFoundError, yaml.YAMLError) as exc:
         parser.error(str(exc))
+    if env_kwargs.get("checkpoint") not in (None, "none"):
+        try:  # a corrupt file fails here, once, not as a traceback from every env worker
+            read_checkpoint(env_kwargs["checkpoint"])
+        except CheckpointError as exc:
+            parser.error(str(exc))
     run_name = f"{args.env_id}__{args.algo}__{args.seed}__{int(time.time())}"
     run_dir = Path(args.out or Path("runs") / run_name)
     if args.resume and latest_checkpoint(run_dir / "checkpoints") is None:

@@ -406,8 +406,11 @@ def infer_algo(model_path: str | Path) -> str:
     config = _find_config(model_path)
     if config and config.get("args", {}).get("algo") in ALGOS:
         return config["args"]["algo"]
-    with zipfile.ZipFile(model_path) as z:
-        data = json.loads(z.read("data"))
+    try:
+        with zipfile.ZipFile(model_path) as z:
+            data = json.loads(z.read("data"))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{model_path} is not a saved stable-baselines3 model ({exc})") from None
     module = data.get("policy_class", {}).get("__module__", "")
     for name in ("sac", "td3"):
         if f".{name}." in module:
@@ -437,7 +440,7 @@ def load_policy(
         deterministic: mean actions (as `predict(..., deterministic=True)`).
 
     Raises:
-        FileNotFoundError: no model there. ValueError: unknown algo.
+        FileNotFoundError: no model there. ValueError: unknown algo, or a file that is not a saved SB3 model.
     """
     path = Path(path)
     if path.is_dir():
@@ -453,7 +456,10 @@ def load_policy(
     algo = algo or infer_algo(path)
     if algo not in ALGOS:
         raise ValueError(f"unknown algorithm {algo!r}; choose one of {sorted(ALGOS)}")
-    model = ALGOS[algo].load(str(path), device=device)
+    try:
+        model = ALGOS[algo].load(str(path), device=device)
+    except (zipfile.BadZipFile, KeyError, EOFError) as exc:  # SB3's own check raises ValueError, these get past it
+        raise ValueError(f"{path} is not a saved stable-baselines3 model ({type(exc).__name__}: {exc})") from None
     stats_path = vecnormalize_path_for(path)
     vec_normalize = None
     if stats_path.exists():

@@ -64,7 +64,11 @@ def read_checkpoint(path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a checkpoint: {exc}") from exc
+        # torch's own message runs to paragraphs of advice on weights_only; its first sentence says what went wrong
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or not a checkpoint ({type(exc).__name__}: {first})"
+        ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION or "model" not in ckpt:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a format-{FORMAT_VERSION} moe_runtime checkpoint")
     return ckpt

@@ -322,6 +322,15 @@ def test_agent_router_runs_a_loaded_policy(ppo_run):
     assert runtime.action == r.next_action
 
 
+@pytest.mark.parametrize("content", [b"not a zip", b"PK\x03\x04 truncated"])
+@pytest.mark.parametrize("algo", [None, "ppo"])
+def test_load_policy_of_a_file_that_is_not_a_model_is_a_value_error(tmp_path, content, algo):
+    path = tmp_path / "model.zip"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="model.zip"):
+        load_policy(path, algo=algo)
+
+
 def test_agent_router_refuses_a_policy_of_another_expert_count(ppo_run):
     folder, _, _ = ppo_run
     policy = load_policy(folder / "model.zip")  # trained on the tiny preset's 4 experts

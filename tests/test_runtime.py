@@ -198,8 +198,9 @@ def test_pretraining_lowers_loss_and_checkpoint_round_trips(tiny, tmp_path):
 def test_corrupt_or_mismatched_checkpoint_is_a_clear_error(tiny, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(mr.CheckpointError, match="bad.pt"):
+    with pytest.raises(mr.CheckpointError, match="bad.pt") as err:
         mr.load_model(bad, tiny)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 200, "one line, not torch's paragraphs"
     with pytest.raises(mr.CheckpointError, match="does not exist"):
         mr.load_model(tmp_path / "missing.pt", tiny)
     good = tmp_path / "good.pt"

@@ -53,6 +53,9 @@ BAD_FLAGS = [
     (["--hyperparams", "imitate:oracle"], "imitate: unknown controller 'oracle'"),
     (["--hyperparams", "imitate_steps:64"], "given without imitate:<controller>"),
     (["--hyperparams", "imitate:kcm_greedy", "imitate_epochs:0"], "imitate_epochs must be a positive integer"),
+    (["--env-kwargs", "gpu:H900"], "unknown GPU 'H900'"),
+    (["--env-kwargs", "checkpoint:/no/such/model.pt"], "'/no/such/model.pt' does not exist"),
+    (["--env-kwargs", f"checkpoint:{__file__}"], "is corrupt or not a checkpoint"),  # a file, not a checkpoint
 ]
 
 
