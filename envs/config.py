@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class EnvConfig:
         cost_table: the KCM's coefficients: None for the analytic roofline, "builtin" for the shipped calibrated
             table of `gpu` (H100), or the path of a table from `python -m kernels.profile`.
         deployment: the shape at which the simulated backend prices the runtime's decisions.
-        workload: token demand profile.
+        workload: token demand profile (a `Workload`, or a profile name for that profile at the default load).
         interval_s: wall time of one control interval, s.
         reference_tokens: tokens of each interval the uncontrolled base model also scores, for the paired loss
             reference (`RewardConfig.loss_reference`); None: half a sequence (`model.seq_len // 2`, 64 tokens on
@@ -81,6 +82,9 @@ class EnvConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.workload, str):  # a profile name is the Workload of that profile at the default load
+            self.workload = Workload(profile=self.workload)
+        self._check_types()
         if self.telemetry not in TELEMETRY_SOURCES:
             raise ValueError(f"EnvConfig.telemetry {self.telemetry!r} is not one of {TELEMETRY_SOURCES}")
         if self.model is None:
@@ -127,6 +131,22 @@ class EnvConfig:
                 f"EnvConfig.cost_table {self.cost_table!r} does not exist (None, 'builtin' or a table from "
                 "python -m kernels.profile)"
             )
+
+    def _check_types(self) -> None:
+        """A TypeError naming the field, its value and the type it needs (before a comparison fails obscurely)."""
+        counts = ("episode_intervals", "torch_threads", "runtime_tokens", "reference_tokens", "pretrain_steps", "seed")
+        for name in counts:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise TypeError(f"EnvConfig.{name} must be an integer, got {value!r}")
+        for name in ("interval_s", "noise_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"EnvConfig.{name} must be a number, got {value!r}")
+        for name, kind in (("workload", Workload), ("reward", RewardConfig), ("action", ActionConfig),
+                           ("deployment", DeploymentScale)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"EnvConfig.{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> EnvConfig:

@@ -62,7 +62,27 @@ def test_bad_config_is_a_clear_error_at_construction(kwargs):
 def test_unknown_gpu_and_missing_files_fail_in_the_config(kwargs, message):
     # the CLIs check an EnvConfig before they start workers or train: these must not wait for the env's backend
     with pytest.raises(ValueError, match=re.escape(message)):
-        EnvConfig.from_kwargs(**TINY, **kwargs)
+        EnvConfig.from_kwargs(**{**TINY, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(interval_s="1s"), "interval_s must be a number, got '1s'"),
+        (dict(episode_intervals=2.5), "episode_intervals must be an integer, got 2.5"),
+        (dict(torch_threads=True), "torch_threads must be an integer, got True"),
+        (dict(reward={"energy": 1.0}), "reward must be a RewardConfig"),
+    ],
+)
+def test_wrongly_typed_settings_are_type_errors_naming_the_field(kwargs, message):
+    with pytest.raises(TypeError, match=re.escape(message)):
+        EnvConfig.from_kwargs(**{**TINY, **kwargs})
+
+
+def test_a_workload_may_be_given_by_its_profile_name():
+    assert EnvConfig.from_kwargs(**TINY, workload="bursty").workload == Workload(profile="bursty")
+    with pytest.raises(ValueError, match="'spiky' is not one of"):
+        EnvConfig.from_kwargs(**TINY, workload="spiky")
 
 
 def test_spaces_and_names(env):
