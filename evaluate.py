@@ -143,13 +143,12 @@ ZERO_MEANS = {"train_seconds": "no training run", "max_wall_s": "no limit", "pre
 
 
 def check_env_settings(args: Args) -> None:
-    """The env settings of the command line as `EnvConfig` checks them, and NVML where it is asked for: a UsageError
-    now rather than after the main suite's minutes of training."""
-    from envs import EnvConfig
-    from telemetry import nvml_available
+    """The env settings of the command line as `EnvConfig` checks them, and CUDA and NVML where they are asked for:
+    a UsageError now rather than after the main suite's minutes of training."""
+    from envs import EnvConfig, measured_backend_unavailable
 
-    if args.telemetry == "nvml" and not nvml_available():
-        raise UsageError("--telemetry nvml: NVML sees no GPU here (no driver or nvidia-ml-py); use simulated or auto")
+    if args.telemetry == "nvml" and (reason := measured_backend_unavailable()):
+        raise UsageError(f"--telemetry nvml: {reason}")
     try:
         EnvConfig.from_kwargs(**env_kwargs(args))
     except UsageError:

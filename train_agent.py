@@ -67,9 +67,8 @@ from agents.sb3 import (
     set_initial_action,
 )
 from agents.warm_start import warm_start
-from envs import EnvConfig
+from envs import EnvConfig, measured_backend_unavailable
 from moe_runtime import CheckpointError, ControlAction, read_checkpoint
-from telemetry import nvml_available
 
 
 @dataclass
@@ -192,8 +191,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Args, dict[str, Any]]:
         parser.error(f"--vec must be subproc, dummy or auto, got {args.vec!r}")
     if args.telemetry not in ("simulated", "nvml", "auto"):
         parser.error(f"--telemetry must be simulated, nvml or auto, got {args.telemetry!r}")
-    if args.telemetry == "nvml" and not nvml_available():
-        parser.error("--telemetry nvml: NVML sees no GPU here (no driver or nvidia-ml-py); use --telemetry simulated")
+    if args.telemetry == "nvml" and (reason := measured_backend_unavailable()):
+        parser.error(f"--telemetry nvml: {reason}")
     for name in ("eval_freq", "checkpoint_freq"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")

@@ -11,6 +11,7 @@ from gymnasium.envs.registration import register, registry
 from envs.actions import ActionCodec, ActionConfig
 from envs.backends import deployment_memory_pressure, execute_interval, interval_latency_ms
 from envs.config import EnvConfig, deployment_for
+from envs.measured import measured_backend_unavailable
 from envs.moe_routing_env import MoERoutingEnv, MoERoutingMOEnv
 from envs.observation import ObservationBuilder
 from envs.rewards import OBJECTIVES, RewardConfig, RewardReference, reward, vector_reward
@@ -33,6 +34,7 @@ __all__ = [
     "deployment_memory_pressure",
     "execute_interval",
     "interval_latency_ms",
+    "measured_backend_unavailable",
     "reward",
     "vector_reward",
 ]

@@ -21,7 +21,7 @@ from envs.backends import IntervalResult, interval_latency_ms
 from envs.config import EnvConfig
 from kernels import KernelCostModel
 from moe_runtime import MoERuntime, StepReport
-from telemetry import GPU_SPECS, GpuSystemMonitor, get_gpu_spec
+from telemetry import GPU_SPECS, GpuSystemMonitor, get_gpu_spec, nvml_available
 
 
 def spec_name_for(device_name: str) -> str:
@@ -68,6 +68,23 @@ def merge_reports(reports: list[StepReport]) -> StepReport:
     )
 
 
+CUDA_MISSING = (
+    "telemetry='nvml' needs an NVIDIA GPU with CUDA, and torch.cuda.is_available() is False here; "
+    "use telemetry='simulated' (or 'auto') on this machine"
+)
+
+
+def measured_backend_unavailable() -> str | None:
+    """Why `telemetry='nvml'` cannot run on this machine (no CUDA, or no NVML), or None when it can: a cheap check
+    for a CLI to make before it starts work that an env built later would only then refuse."""
+    if not torch.cuda.is_available():
+        return CUDA_MISSING
+    if not nvml_available():
+        return ("telemetry='nvml' needs NVML (the NVIDIA driver and nvidia-ml-py), which this machine lacks; "
+                "use telemetry='simulated' (or 'auto')")
+    return None
+
+
 class MeasuredBackend:
     """Runs the runtime on the CUDA GPU and measures it through NVML.
 
@@ -80,10 +97,7 @@ class MeasuredBackend:
 
     def __init__(self, cfg: EnvConfig):
         if not torch.cuda.is_available():
-            raise RuntimeError(
-                "telemetry='nvml' needs an NVIDIA GPU with CUDA, and torch.cuda.is_available() is False here; "
-                "use telemetry='simulated' (or 'auto') on this machine"
-            )
+            raise RuntimeError(CUDA_MISSING)
         self.cfg = cfg
         self.monitor = GpuSystemMonitor(device_id=0, source="nvml")
         self.spec = get_gpu_spec(spec_name_for(self.monitor.device))
