@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
-# The MoE kernels' GPU work (issue 6), one device call per step, each under 10 minutes on one H100:
+# The MoE kernels' GPU work (issue 6), one device call per step, each under 10 minutes on one H100. In this order
+# (the tests first: they are the only check of the compiled bf16/fp16 paths, and tuning broken kernels wastes the
+# call; they also test the default tiles, which installed tables would replace):
+#   bash scripts/gpu_kernels.sh tests [OUT]  # the compiled-kernel tests: OUT/tests.log
 #   bash scripts/gpu_kernels.sh tune [OUT]   # block sizes for the benchmark grid's shapes (E 8/16/64, widths
 #                                            # 256-2048, each entry picked over top-k 1/2/8 and d_model 1024/4096):
-#                                            # tables to OUT/configs/ (copy them to kernels/configs/), report OUT/tune.json
+#                                            # the report OUT/tune.json, which lists every pick
+#   bash scripts/gpu_kernels.sh install OUT/tune.json ...   # here, not on the GPU: the tables, rebuilt from the
+#                                            # report(s), into kernels/configs/ (python -m kernels.configs.tuning)
 #   bash scripts/gpu_kernels.sh grid [OUT]   # the benchmark grid with the tables in kernels/configs/: OUT/grid.json
-#   bash scripts/gpu_kernels.sh tests [OUT]  # the compiled-kernel tests: OUT/tests.log
 # OUT defaults to $OUT (the device tool's folder) or results/gpu/kernels/<date>. Logs go to OUT/<step>.log. Arguments
 # after OUT go to the step's command (later flags win), e.g. `bash scripts/gpu_kernels.sh tune "$OUT" --experts 64`
-# to split the tuning over two calls.
+# to split the tuning over two calls. The device tool brings back at most 8 files a call, named in letters, digits,
+# '.', '_' and '-' alone: a step leaves at most 3 in OUT (<step>.device.txt, <step>.log, its JSON); the tuner writes
+# its tables (`E=8,N=2048,k=1,device_name=...json`) to the machine's /tmp instead, to be rebuilt here from the
+# report by `install`. The report is rewritten after each token count, so a call stopped at its limit keeps what it
+# tuned.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-. scripts/device_env.sh  # $PY, PYTHONPATH, wheels from .whl/ where packages are missing
 step=${1:-}
-case "$step" in tune | grid | tests) ;; *) echo "usage: bash scripts/gpu_kernels.sh tune|grid|tests [OUT]" >&2; exit 2 ;; esac
+if [ "$step" = install ]; then
+    PY=python3
+    [ -x .venv/bin/python ] && PY=.venv/bin/python
+    exec $PY -m kernels.configs.tuning "${@:2}"
+fi
+case "$step" in tune | grid | tests) ;; *) echo "usage: bash scripts/gpu_kernels.sh tests|tune|grid [OUT] | install REPORT..." >&2; exit 2 ;; esac
+. scripts/device_env.sh  # $PY, PYTHONPATH, wheels from .whl/ where packages are missing
 out=${2:-${OUT:-results/gpu/kernels/$(date +%F)}}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.sm,clocks.max.sm,temperature.gpu --format=csv 2>/dev/null \
@@ -26,7 +39,7 @@ case "$step" in
 tune)
     run $PY benchmarks/moe_kernels.py --tune --tune-space quick --experts 8 16 64 --top-k 1 2 8 --d-model 1024 4096 \
         --base-width 1024 --tune-tokens 1024 2048 8192 16384 32768 65536 --warmup-ms 5 --rep-ms 20 \
-        --tune-out "$out/configs" --out "$out/tune.json" "${@:3}"
+        --tune-out "${TMPDIR:-/tmp}/moe_tuned_configs" --out "$out/tune.json" "${@:3}"
     ;;
 grid) run $PY benchmarks/moe_kernels.py --warmup-ms 10 --rep-ms 40 --out "$out/grid.json" "${@:3}" ;;
 tests) run $PY -m pytest -q -m gpu tests/kernels "${@:3}" ;;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # All the GPU work in one call (< 10 minutes on one H100 from bare): `python evaluate.py --suite gpu` (compiled
 # kernel tests and a short benchmark, telemetry cost, KCM validation, brief pretraining of the gpu preset, a short
-# measured comparison), written to results/gpu/<date>__<gpu>/ (or $1). Environment: scripts/device_env.sh (.venv if
+# measured comparison), written to results/gpu/<date>__<gpu>/ (or $1; in a device call, also packed into
+# $OUT/<that folder's name>.tar, to unpack into results/gpu/). Environment: scripts/device_env.sh (.venv if
 # there is one; the wheels in .whl/ installed to /tmp/site first).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -11,3 +12,9 @@ out=${1:-results/gpu/$(date +%F)__${gpu:-unknown}}
 nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm,temperature.gpu --format=csv 2>/dev/null
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 $PY evaluate.py --suite gpu --out "$out" --overwrite "${@:2}"
+rc=$?
+# The device tool brings back at most 8 files from $OUT (the suite writes ~20, in folders): one archive of them.
+if [ -n "${OUT:-}" ] && [ -d "$out" ] && [ "$(cd "$out" && pwd)" != "$(cd "$OUT" && pwd)" ]; then
+    tar -C "$(dirname "$out")" -cf "$OUT/$(basename "$out").tar" "$(basename "$out")" && echo "packed $out into \$OUT"
+fi
+exit $rc

@@ -13,18 +13,21 @@ from which the timing process then loads each kernel in milliseconds.
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import itertools
+import json
 import logging
 import math
 import multiprocessing
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from kernels.configs import MoeKernelConfig, force_config
+from kernels.configs import CONFIG_DIR, MoeKernelConfig, config_file_name, force_config, write_configs
 
 logger = logging.getLogger(__name__)
 
@@ -257,4 +260,115 @@ def precompile(
     return {MoeKernelConfig.from_json(entry): err for entry, err, own in results if err is not None and own}
 
 
-__all__ = ["SPACES", "Pick", "Shape", "candidate_space", "eligible", "fits_registers", "pick_robust", "precompile"]
+_REPORT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def tables_from_report(report: Mapping) -> dict[str, dict[int, MoeKernelConfig]]:
+    """The tables a tuning run wrote, rebuilt from its report (`benchmarks/moe_kernels.py --tune --out`).
+
+    The report holds every pick (it is rewritten after each token count, so a run stopped at a time limit has what
+    it tuned), and it is one file with a plain name: the device tool brings back at most 8 files from a call, named
+    in letters, digits, '.', '_' and '-' alone, so the tables themselves (`E=8,N=2048,k=1,device_name=...json`) stay
+    on the GPU machine and are rebuilt here from the report.
+
+    Returns:
+        file name (`kernels.configs.config_file_name`) -> {token count: config}, for each table the run wrote.
+
+    Raises:
+        ValueError: not a tuning report, a report from the CPU, or one whose picks do not give the files it says it
+            wrote.
+    """
+    if not isinstance(report, Mapping) or report.get("benchmark") != "moe_kernels_tune":
+        found = report.get("benchmark") if isinstance(report, Mapping) else type(report).__name__
+        raise ValueError(f"not a tuning report (benchmark 'moe_kernels_tune'), got {found!r}")
+    device = report.get("device")
+    if not isinstance(device, str) or not device or device == "cpu":
+        raise ValueError(f"a tuning report names the GPU it ran on, got device {device!r}")
+    dtype_name = (report.get("args") or {}).get("dtype")
+    if dtype_name not in _REPORT_DTYPES:
+        raise ValueError(f"the report's args.dtype must be one of {sorted(_REPORT_DTYPES)}, got {dtype_name!r}")
+    out: dict[str, dict[int, MoeKernelConfig]] = {}
+    for entry in (report.get("tune") or {}).get("tables") or []:
+        try:
+            num_experts, max_width = int(entry["experts"]), max(int(w) for w in entry["widths"])
+            tables: dict[int | None, dict[int, MoeKernelConfig]] = {}
+            for pick in entry["picks"]:
+                if "config" in pick:  # the others are token counts no candidate ran on everywhere
+                    top_k = None if pick["top_k"] is None else int(pick["top_k"])
+                    tables.setdefault(top_k, {})[int(pick["tokens"])] = MoeKernelConfig.from_json(pick["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad table entry in the tuning report: {type(exc).__name__}: {exc}") from exc
+        names = {config_file_name(num_experts, max_width, device, _REPORT_DTYPES[dtype_name], k): t
+                 for k, t in tables.items()}  # fmt: skip
+        written = set(entry.get("written", names))
+        if set(names) != written:
+            raise ValueError(
+                f"the report's picks give the tables {sorted(names)}, but it says it wrote {sorted(written)}"
+            )
+        out.update(names)
+    return out
+
+
+def install_report(path: str | Path, config_dir: str | Path = CONFIG_DIR) -> list[Path]:
+    """Write the tables of the tuning report at `path` into `config_dir` (each atomically); the paths written."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read the tuning report {path}: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"the tuning report {path} is not JSON: {exc}") from exc
+    try:
+        tables = tables_from_report(report)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    if not tables:
+        raise ValueError(f"{path}: the tuning report has no tuned tables (no token count finished)")
+    config_dir = Path(config_dir)
+    config_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, table in sorted(tables.items()):
+        write_configs(config_dir / name, table)
+        written.append(config_dir / name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m kernels.configs.tuning REPORT...`: install the tables of tuning reports (see `install_report`)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m kernels.configs.tuning",
+        description="Install the tuned tables of `benchmarks/moe_kernels.py --tune` reports (their --out JSON) into "
+        "kernels/configs/, rebuilt from the picks they list."
+    )
+    parser.add_argument("reports", nargs="+", help="tuning report(s), e.g. the tune.json a device call brought back")
+    parser.add_argument(
+        "--config-dir", default=str(CONFIG_DIR), help="where to write the tables (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    for report in args.reports:
+        try:
+            written = install_report(report, args.config_dir)
+        except ValueError as exc:
+            parser.error(str(exc))
+        partial = json.loads(Path(report).read_text()).get("partial", False)
+        print(f"{report}{' (partial: the run was stopped before it finished)' if partial else ''}: wrote "
+              f"{len(written)} tables to {args.config_dir}")  # fmt: skip
+        for path in written:
+            print(f"  {path.name}")
+
+
+__all__ = [
+    "SPACES",
+    "Pick",
+    "Shape",
+    "candidate_space",
+    "eligible",
+    "fits_registers",
+    "install_report",
+    "pick_robust",
+    "precompile",
+    "tables_from_report",
+]
+
+if __name__ == "__main__":
+    main()

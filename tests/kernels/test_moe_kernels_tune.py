@@ -8,8 +8,10 @@ top-k), tables for every top-k and per top-k, a token count where no candidate r
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -119,6 +121,93 @@ def test_tune_keeps_the_token_counts_it_finished_when_stopped(tmp_path, monkeypa
         table = load_configs(8, 2048, "FAKE_GPU", torch.bfloat16, tmp_path / "configs", top_k)
         assert sorted(table) == [2048, 8192]
     assert not list((tmp_path / "configs").glob("*.tmp"))  # every write whole
+
+
+def _tuned_report(mk, monkeypatch, tmp_path, stop_at: int | None = None) -> Path:
+    """Run the tuning driver with made-up timings (top-1 favours 32-row tiles, top-2 64-row tiles), writing its
+    tables to tmp_path/device and its report, as `main` would, to tmp_path/tune.json; stopped at `stop_at` tokens."""
+    tokens_now = []
+    real_make_case = mk.make_case
+
+    def make_case(num_tokens, *rest):
+        tokens_now.append(num_tokens)
+        return real_make_case(num_tokens, *rest)
+
+    def fake_ms(args, cfg, inputs, widths):
+        if tokens_now[-1] == stop_at:
+            raise KeyboardInterrupt  # stands in for the kill at the time limit
+        top_k = inputs[1].shape[1]
+        return 1.0 + abs(cfg.block_size_m - (32 if top_k == 1 else 64)) / 64 + cfg.num_stages / 100
+
+    monkeypatch.setattr(mk, "make_case", make_case)
+    monkeypatch.setattr(mk.tuning, "precompile", lambda space, shapes, dtype, device, workers: {})
+    monkeypatch.setattr(mk, "time_config", fake_ms)
+    args = mk.Args(experts=(8, 16), top_k=(1, 2), d_model=(1024,), tune=True, tune_tokens=(2048, 8192, 32768),
+                   tune_out=str(tmp_path / "device"))  # fmt: skip
+    result = dict(benchmark="moe_kernels_tune", device="FAKE_GPU", args=dataclasses.asdict(args))
+    try:
+        mk.tune(args, torch.bfloat16, None, result, tmp_path / "tune.json")
+        mk.write_json(tmp_path / "tune.json", result)
+    except KeyboardInterrupt:
+        pass
+    return tmp_path / "tune.json"
+
+
+@pytest.mark.parametrize("stop_at", [None, 32768], ids=["finished", "stopped"])
+def test_tables_rebuilt_from_the_report_are_the_tables_the_tuner_wrote(tmp_path, monkeypatch, fake_gpu, stop_at):
+    """The device tool brings back the report but not the tables (their names hold '=' and ','): installing the
+    report here gives byte for byte the files the tuner wrote on the GPU, also for a run stopped at a time limit."""
+    from kernels.configs import tuning
+
+    mk, _ = fake_gpu
+    report = _tuned_report(mk, monkeypatch, tmp_path, stop_at)
+    written = tuning.install_report(report, tmp_path / "installed")
+    on_device = {p.name: p.read_bytes() for p in (tmp_path / "device").glob("*.json")}
+    assert {p.name: p.read_bytes() for p in written} == on_device
+    assert len(on_device) == (6 if stop_at is None else 3)  # E=8, 16 x (every k, k=1, k=2); stopped within E=8
+    configs.clear_cache()
+    keys = sorted(load_configs(8, 2048, "FAKE_GPU", torch.bfloat16, tmp_path / "installed", 1))
+    assert keys == ([2048, 8192, 32768] if stop_at is None else [2048, 8192])
+
+
+def test_install_report_refuses_what_is_not_a_tuning_report(tmp_path, monkeypatch, fake_gpu):
+    from kernels.configs import tuning
+
+    mk, _ = fake_gpu
+    report = json.loads(_tuned_report(mk, monkeypatch, tmp_path).read_text())
+    bad = tmp_path / "bad.json"
+    for change, message in [
+        (dict(benchmark="moe_kernels"), "not a tuning report (benchmark 'moe_kernels_tune'), got 'moe_kernels'"),
+        (dict(device="cpu"), "names the GPU it ran on, got device 'cpu'"),
+        (dict(args={"dtype": "int8"}), "args.dtype must be one of ['bfloat16', 'float16', 'float32'], got 'int8'"),
+    ]:
+        bad.write_text(json.dumps({**report, **change}))
+        with pytest.raises(ValueError, match=re.escape(message)):
+            tuning.install_report(bad, tmp_path / "out")
+    report["tune"]["tables"][0]["written"].pop()
+    bad.write_text(json.dumps(report))
+    with pytest.raises(ValueError, match="but it says it wrote"):
+        tuning.install_report(bad, tmp_path / "out")
+    report["tune"]["tables"][0]["picks"][0]["config"] = {"BLOCK_SIZE_M": 24}
+    bad.write_text(json.dumps(report))
+    with pytest.raises(ValueError, match="bad table entry in the tuning report"):
+        tuning.install_report(bad, tmp_path / "out")
+    bad.write_text('{"benchmark": "moe_kernels_tune", ')
+    with pytest.raises(ValueError, match="is not JSON"):
+        tuning.install_report(bad, tmp_path / "out")
+    with pytest.raises(ValueError, match="cannot read the tuning report .*missing.json"):
+        tuning.install_report(tmp_path / "missing.json", tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written from a bad report
+
+
+def test_install_command_exits_2_naming_the_bad_report(tmp_path, capsys):
+    from kernels.configs import tuning
+
+    (tmp_path / "grid.json").write_text(json.dumps({"benchmark": "moe_kernels", "cases": []}))
+    with pytest.raises(SystemExit) as stop:
+        tuning.main([str(tmp_path / "grid.json"), "--config-dir", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    assert "grid.json: not a tuning report" in capsys.readouterr().err
 
 
 def test_grid_case_records_its_tiles_and_where_they_came_from(monkeypatch, fake_gpu):
