@@ -309,8 +309,9 @@ def tables_from_report(report: Mapping) -> dict[str, dict[int, MoeKernelConfig]]
     return out
 
 
-def install_report(path: str | Path, config_dir: str | Path = CONFIG_DIR) -> list[Path]:
-    """Write the tables of the tuning report at `path` into `config_dir` (each atomically); the paths written."""
+def read_report(path: str | Path) -> tuple[dict, dict[str, dict[int, MoeKernelConfig]]]:
+    """(the tuning report at `path`, its tables as `tables_from_report` gives them); a `ValueError` naming the file
+    for one that cannot be read, is not JSON, is not a tuning report or has no table."""
     path = Path(path)
     try:
         report = json.loads(path.read_text())
@@ -324,37 +325,45 @@ def install_report(path: str | Path, config_dir: str | Path = CONFIG_DIR) -> lis
         raise ValueError(f"{path}: {exc}") from exc
     if not tables:
         raise ValueError(f"{path}: the tuning report has no tuned tables (no token count finished)")
-    config_dir = Path(config_dir)
+    return report, tables
+
+
+def install_report(path: str | Path, config_dir: str | Path = CONFIG_DIR) -> list[Path]:
+    """Write the tables of the tuning report at `path` into `config_dir` (each atomically); the paths written."""
+    _, tables = read_report(path)
+    return _write_tables(tables, Path(config_dir))
+
+
+def _write_tables(tables: dict[str, dict[int, MoeKernelConfig]], config_dir: Path) -> list[Path]:
     config_dir.mkdir(parents=True, exist_ok=True)
-    written = []
     for name, table in sorted(tables.items()):
         write_configs(config_dir / name, table)
-        written.append(config_dir / name)
-    return written
+    return [config_dir / name for name in sorted(tables)]
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m kernels.configs.tuning REPORT...`: install the tables of tuning reports (see `install_report`)."""
+    """`python -m kernels.configs.tuning REPORT...`: install the tables of tuning reports (see `install_report`);
+    every report is checked before any table is written."""
     parser = argparse.ArgumentParser(
         prog="python -m kernels.configs.tuning",
         description="Install the tuned tables of `benchmarks/moe_kernels.py --tune` reports (their --out JSON) into "
-        "kernels/configs/, rebuilt from the picks they list."
+        "kernels/configs/, rebuilt from the picks they list.",
     )
     parser.add_argument("reports", nargs="+", help="tuning report(s), e.g. the tune.json a device call brought back")
     parser.add_argument(
         "--config-dir", default=str(CONFIG_DIR), help="where to write the tables (default: %(default)s)"
     )
     args = parser.parse_args(argv)
-    for report in args.reports:
-        try:
-            written = install_report(report, args.config_dir)
-        except ValueError as exc:
-            parser.error(str(exc))
-        partial = json.loads(Path(report).read_text()).get("partial", False)
-        print(f"{report}{' (partial: the run was stopped before it finished)' if partial else ''}: wrote "
-              f"{len(written)} tables to {args.config_dir}")  # fmt: skip
-        for path in written:
-            print(f"  {path.name}")
+    try:
+        loaded = [(path, *read_report(path)) for path in args.reports]
+    except ValueError as exc:
+        parser.error(str(exc))
+    for path, report, tables in loaded:
+        written = _write_tables(tables, Path(args.config_dir))
+        partial = " (partial: the run stopped before it finished)" if report.get("partial") else ""
+        print(f"{path}{partial}: wrote {len(written)} tables to {args.config_dir}")
+        for table_path in written:
+            print(f"  {table_path.name}")
 
 
 __all__ = [
@@ -367,6 +376,7 @@ __all__ = [
     "install_report",
     "pick_robust",
     "precompile",
+    "read_report",
     "tables_from_report",
 ]
 

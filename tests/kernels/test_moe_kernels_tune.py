@@ -200,14 +200,20 @@ def test_install_report_refuses_what_is_not_a_tuning_report(tmp_path, monkeypatc
     assert not (tmp_path / "out").exists()  # nothing written from a bad report
 
 
-def test_install_command_exits_2_naming_the_bad_report(tmp_path, capsys):
+def test_install_command_checks_every_report_before_writing(tmp_path, monkeypatch, fake_gpu, capsys):
     from kernels.configs import tuning
 
+    mk, _ = fake_gpu
+    good = _tuned_report(mk, monkeypatch, tmp_path)
     (tmp_path / "grid.json").write_text(json.dumps({"benchmark": "moe_kernels", "cases": []}))
     with pytest.raises(SystemExit) as stop:
-        tuning.main([str(tmp_path / "grid.json"), "--config-dir", str(tmp_path / "out")])
+        tuning.main([str(good), str(tmp_path / "grid.json"), "--config-dir", str(tmp_path / "out")])
     assert stop.value.code == 2
     assert "grid.json: not a tuning report" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # the good report's tables wait for the bad one to be fixed
+    tuning.main([str(good), "--config-dir", str(tmp_path / "out")])
+    assert "wrote 6 tables" in capsys.readouterr().out
+    assert len(list((tmp_path / "out").glob("E=*.json"))) == 6
 
 
 def test_grid_case_records_its_tiles_and_where_they_came_from(monkeypatch, fake_gpu):
