@@ -11,10 +11,16 @@ gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | 
 out=${1:-results/gpu/$(date +%F)__${gpu:-unknown}}
 nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm,temperature.gpu --format=csv 2>/dev/null
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-$PY evaluate.py --suite gpu --out "$out" --overwrite "${@:2}"
+limit=()
+# In a device call (10 minutes at most, then everything is killed), stop the suite in time to pack what it wrote.
+[ -n "${OUT:-}" ] && limit=(timeout -k 10 "${GPU_SESSION_LIMIT_S:-560}")
+"${limit[@]}" $PY evaluate.py --suite gpu --out "$out" --overwrite "${@:2}"
 rc=$?
-# The device tool brings back at most 8 files from $OUT (the suite writes ~20, in folders): one archive of them.
+# The device tool brings back at most 8 files from $OUT, 16 MiB each (the suite writes ~20, in folders): one archive,
+# without cache/ (the gpu preset's pretrained checkpoint, ~1.8 GB).
 if [ -n "${OUT:-}" ] && [ -d "$out" ] && [ "$(cd "$out" && pwd)" != "$(cd "$OUT" && pwd)" ]; then
-    tar -C "$(dirname "$out")" -cf "$OUT/$(basename "$out").tar" "$(basename "$out")" && echo "packed $out into \$OUT"
+    tar="$OUT/$(basename "$out").tar"
+    tar --exclude="$(basename "$out")/cache" -C "$(dirname "$out")" -cf "$tar" "$(basename "$out")" \
+        && echo "packed $out into $tar ($(du -h "$tar" | cut -f1); the device tool returns files up to 16 MiB)"
 fi
 exit $rc
