@@ -86,9 +86,6 @@ class Args:
     """processes compiling the candidates before they are timed (1: compile in the timing process)"""
 
 
-DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -104,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    choices = {"dtype": sorted(DTYPE_NAMES), "tune_space": sorted(tuning.SPACES)}
+    choices = {"dtype": sorted(configs.DTYPES), "tune_space": sorted(tuning.SPACES)}
     for f in dataclasses.fields(Args):
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
@@ -408,7 +405,7 @@ def cpu_reference_timings(gen: torch.Generator) -> list[dict]:
 
 if __name__ == "__main__":
     args = parse_args()
-    dtype = DTYPE_NAMES[args.dtype]
+    dtype = configs.DTYPES[args.dtype]
     torch.manual_seed(args.seed)
     on_gpu = torch.cuda.is_available()
     gen = torch.Generator("cuda" if on_gpu else "cpu").manual_seed(args.seed)

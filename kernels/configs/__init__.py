@@ -31,6 +31,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent
+# The input dtypes the kernels and their tables serve, by name (the benchmark's --dtype, a tuning report's args).
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Shared memory one block may use when the device does not say (bytes); 99 KiB fits every GPU since Volta.
 _FALLBACK_SMEM_BYTES = 99 * 1024
 
@@ -288,6 +290,7 @@ def write_configs(path: Path, table: dict[int, MoeKernelConfig]) -> None:
 
 __all__ = [
     "CONFIG_DIR",
+    "DTYPES",
     "MoeKernelConfig",
     "clear_cache",
     "config_file_name",

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.configs import CONFIG_DIR, MoeKernelConfig, config_file_name, force_config, write_configs
+from kernels.configs import CONFIG_DIR, DTYPES, MoeKernelConfig, config_file_name, force_config, write_configs
 
 logger = logging.getLogger(__name__)
 
@@ -260,9 +260,6 @@ def precompile(
     return {MoeKernelConfig.from_json(entry): err for entry, err, own in results if err is not None and own}
 
 
-_REPORT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
 def tables_from_report(report: Mapping) -> dict[str, dict[int, MoeKernelConfig]]:
     """The tables a tuning run wrote, rebuilt from its report (`benchmarks/moe_kernels.py --tune --out`).
 
@@ -285,8 +282,8 @@ def tables_from_report(report: Mapping) -> dict[str, dict[int, MoeKernelConfig]]
     if not isinstance(device, str) or not device or device == "cpu":
         raise ValueError(f"a tuning report names the GPU it ran on, got device {device!r}")
     dtype_name = (report.get("args") or {}).get("dtype")
-    if dtype_name not in _REPORT_DTYPES:
-        raise ValueError(f"the report's args.dtype must be one of {sorted(_REPORT_DTYPES)}, got {dtype_name!r}")
+    if dtype_name not in DTYPES:
+        raise ValueError(f"the report's args.dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}")
     out: dict[str, dict[int, MoeKernelConfig]] = {}
     for entry in (report.get("tune") or {}).get("tables") or []:
         try:
@@ -298,7 +295,7 @@ def tables_from_report(report: Mapping) -> dict[str, dict[int, MoeKernelConfig]]
                     tables.setdefault(top_k, {})[int(pick["tokens"])] = MoeKernelConfig.from_json(pick["config"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad table entry in the tuning report: {type(exc).__name__}: {exc}") from exc
-        names = {config_file_name(num_experts, max_width, device, _REPORT_DTYPES[dtype_name], k): t
+        names = {config_file_name(num_experts, max_width, device, DTYPES[dtype_name], k): t
                  for k, t in tables.items()}  # fmt: skip
         written = set(entry.get("written", names))
         if set(names) != written:
