@@ -82,8 +82,12 @@ def fits_registers(block_m: int, block_n: int, num_warps: int) -> bool:
     operands in shared memory) or up to 64 and bm < 64 (mma.sync, operands in registers) compiled without spills, and
     every one above spilled (160-2736 bytes of stack: 32x256 and 64x256 on 4 warps, 128x128 on 4, 128x256 on 8); at 16
     warps the line is half the 128 (64x256 and 128x128 without spills, 128x256 and 256x128 spilled ~500 bytes).
-    Another Triton's compiler may draw the line elsewhere (the H100 machine had Triton 3.6); the test that checks the
-    line compiles with the installed one.
+    Triton 3.6 (the H100 machine's) draws the same line by what counts, spill traffic in the K loop, with one
+    exception: it parks 8 bytes on the stack in the wgmma tiles at 128 (64x256, 128x128 on 8 warps), stored before
+    the loop and read in the epilogue; the tiles above the line reload 20-640 values every K step; and 16x256 on 4
+    warps (mma.sync, 64 a thread), below the line, spills 64 bytes with 7 loads and stores in the loop (left in, for
+    the timing to judge). The test that checks the line (`tests/kernels/test_kernel_compile.py`) compiles with the
+    installed Triton and reads the loop from the SASS.
     """
     per_thread = 2 * block_m * block_n // (32 * num_warps)
     half_the_registers = 65536 // (32 * num_warps) // 2  # of an SM's 65536 shared by the block's threads
