@@ -38,11 +38,17 @@ _WINDOW = "agent_router_interval"
 
 @dataclass
 class IntervalRecord:
-    """What one interval did (units in the names)."""
+    """What one interval did (units in the names).
+
+    `tokens` is what the runtime really served (its loss and routing); `served_tokens` what the interval's energy
+    paid for: on the simulated source the deployment-scale tokens served (the demand less what is left as backlog),
+    on NVML the runtime's own.
+    """
 
     interval: int
     source: str
     tokens: int
+    served_tokens: float
     loss: float
     domain: str
     energy_j: float
@@ -54,6 +60,11 @@ class IntervalRecord:
     applied: ControlAction
     next_action: ControlAction
     observation: np.ndarray
+
+    @property
+    def energy_per_token_j(self) -> float:
+        """Energy per served token, J, as the env's `energy_per_token_j` (at least one token counted)."""
+        return self.energy_j / max(self.served_tokens, 1.0)
 
 
 class AgentRouter:
@@ -71,8 +82,11 @@ class AgentRouter:
         interval_s: control interval, s (the simulated GPU idles for what the work leaves of it).
         demand: token demand as a fraction of the deployment's capacity (simulated source).
         action_config: the env's `ActionConfig` (bias range, TTT ranges).
-        reference_loss: uncontrolled loss per domain, nats (the env's `reference.loss`), for `loss_gap`; None
-            measures the gap against a running mean of the loss.
+        reference_tokens: tokens at the start of each interval the runtime's uncontrolled base model also scores,
+            for the paired `loss_gap` (served minus base model on the same tokens) the env observes; None: half a
+            sequence, as the env's default, unless the runtime already keeps some. Set on the runtime.
+        reference_loss: with `reference_tokens=0` only: uncontrolled loss per domain, nats (the env's
+            `reference.loss`), for `loss_gap`; None measures the gap against a running mean of the loss.
         gpu: GPU model for the simulated source and the KCM.
 
     Raises:
@@ -90,11 +104,17 @@ class AgentRouter:
         interval_s: float = 1.0,
         demand: float = 0.6,
         action_config: ActionConfig | None = None,
+        reference_tokens: int | None = None,
         reference_loss: dict[str, float] | None = None,
         gpu: str = "H100",
     ):
         cfg = runtime.config
         self.runtime = runtime
+        if reference_tokens is None:
+            reference_tokens = runtime.reference_tokens or cfg.seq_len // 2
+        if isinstance(reference_tokens, bool) or not isinstance(reference_tokens, int) or reference_tokens < 0:
+            raise ValueError(f"reference_tokens must be an integer >= 0, got {reference_tokens!r}")
+        runtime.reference_tokens = reference_tokens
         self.num_experts = cfg.num_experts
         self.interval_tokens = int(interval_tokens or (128 if cfg.preset_name == "tiny" else 1024))
         if self.interval_tokens <= 0 or not interval_s > 0 or not demand > 0:
@@ -187,6 +207,7 @@ class AgentRouter:
             interval=self.interval - 1,
             source=m.source,
             tokens=report.tokens,
+            served_tokens=float(served),
             loss=float(report.loss),
             domain=report.domain,
             energy_j=float(m.energy_j),

@@ -26,8 +26,9 @@ Decision, each interval (units: biases in softmax-score units, temperatures C, p
              + s * fast_weights(features)_e
     adapt    = max(0.8 * adapt, min(1, max(0, loss_delta) / 0.1 + max(0, loss_gap) / 0.1))   # loss spike memory
     ttt      = clip((0.3 + 0.7 * adapt + gradient boost) / s - 0.5 * min(backlog, 1), 0, 1)
-    TTT off below 0.15; else frequency from the action's rarest (8192 tokens) to `ttt_update_frequency` and chunk
-    from the smallest size to `ttt_chunk_size`, log-linear in ttt, then the chunk is cut to the compute budget:
+    TTT off below 0.15; else frequency from the action's rarest (`ttt_frequency_range[1]`, 16384 tokens) to
+    `ttt_update_frequency` clamped to that range (1024 by default), and chunk from the smallest size to
+    `ttt_chunk_size`, log-linear in ttt, then the chunk is cut to the compute budget:
     budget   = R * max(0, 0.85 / utilisation - 1) / kappa      (trained tokens per interval that keep busy < 85%)
     with R the runtime tokens per interval and kappa the TTT cost ratio (busy time per trained token over busy time
     per served token, at deployment scale), learned from the KCM's prediction after each update (part 1); no TTT

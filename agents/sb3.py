@@ -448,7 +448,9 @@ def load_policy(
         if not candidate.exists():
             latest = latest_checkpoint(path / "checkpoints")
             if latest is None:
-                raise FileNotFoundError(f"no {MODEL_FILE} nor checkpoint in {path}")
+                others = sorted(p.name for p in path.glob("*.zip"))  # e.g. best_model.zip: which one is for the user
+                name_one = f"; it has {', '.join(others)}: name the file" if others else ""
+                raise FileNotFoundError(f"no {MODEL_FILE} nor checkpoint in {path}{name_one}")
             candidate = latest[1]["model"]
         path = candidate
     if not path.exists():

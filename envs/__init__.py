@@ -3,7 +3,8 @@
 `import envs` registers:
 - `MoERouting-v0`: scalar reward (simulated backend unless `telemetry="nvml"`, or `auto` finds a GPU);
 - `MoERoutingMO-v0`: the same with the unweighted objective vector as reward and a `reward_space`;
-- `MoERoutingMeasured-v0`: `telemetry="nvml"` and the `gpu` preset on CUDA, registered nondeterministic (real hardware).
+- `MoERoutingMeasured-v0`: `telemetry="nvml"` and the `gpu` preset on CUDA (both can be overridden as keywords of
+  `gymnasium.make`), registered nondeterministic (real hardware).
 """
 
 from gymnasium.envs.registration import register, registry
@@ -46,6 +47,6 @@ if "MoERouting-v0" not in registry:
     register(
         id="MoERoutingMeasured-v0",
         entry_point="envs.moe_routing_env:MoERoutingEnv",
-        kwargs={"telemetry": "nvml"},
+        kwargs={"telemetry": "nvml", "preset": "gpu"},  # the CPU-sized presets leave an H100 all but idle
         nondeterministic=True,
     )

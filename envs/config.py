@@ -32,7 +32,8 @@ class EnvConfig:
         gpu: GPU spec the simulated backend models (`H100`, `H200`, `A100`, `V100`, `L4`).
         cost_table: the KCM's coefficients: None for the analytic roofline, "builtin" for the shipped calibrated
             table of `gpu` (H100), or the path of a table from `python -m kernels.profile`.
-        deployment: the shape at which the simulated backend prices the runtime's decisions.
+        deployment: the shape at which the simulated backend prices the runtime's decisions; None:
+            `deployment_for(model)`, the default deployment with one expert per model expert in its width ratios.
         workload: token demand profile (a `Workload`, or a profile name for that profile at the default load).
         interval_s: wall time of one control interval, s.
         reference_tokens: tokens of each interval the uncontrolled base model also scores, for the paired loss
@@ -52,7 +53,9 @@ class EnvConfig:
         ttt: use a TTT engine (its knobs are in the action); False serves without TTT.
         torch_threads: torch CPU threads in this process (1 in vector-env workers).
         noise_std: simulated sensor noise (relative).
-        seed: default seed when `reset` gets none.
+        seed: seeds the simulated GPU built with the env, before its first `reset`. Episodes are seeded by
+            `reset(seed=...)`; as in Gymnasium, a first `reset()` without one draws its seed from the OS (so the
+            copies in an unseeded vector env differ).
     """
 
     preset: str = "default"
@@ -62,7 +65,7 @@ class EnvConfig:
     telemetry: str = "auto"
     gpu: str = "H100"
     cost_table: str | None = None
-    deployment: DeploymentScale = field(default_factory=DeploymentScale)
+    deployment: DeploymentScale | None = None
     workload: Workload = field(default_factory=Workload)
     interval_s: float = 1.0
     runtime_tokens: int | None = None
@@ -89,6 +92,10 @@ class EnvConfig:
             raise ValueError(f"EnvConfig.telemetry {self.telemetry!r} is not one of {TELEMETRY_SOURCES}")
         if self.model is None:
             self.model = MoEConfig.preset(self.preset)  # raises on an unknown preset
+        if self.deployment is None:
+            self.deployment = deployment_for(self.model)
+        elif not isinstance(self.deployment, DeploymentScale):
+            raise TypeError(f"EnvConfig.deployment must be a DeploymentScale or None, got {self.deployment!r}")
         if self.runtime_tokens is None:
             self.runtime_tokens = 128 if self.model.preset_name == "tiny" else 1024
         if self.reference_tokens is None:
@@ -143,24 +150,17 @@ class EnvConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"EnvConfig.{name} must be a number, got {value!r}")
-        for name, kind in (("workload", Workload), ("reward", RewardConfig), ("action", ActionConfig),
-                           ("deployment", DeploymentScale)):
+        for name, kind in (("workload", Workload), ("reward", RewardConfig), ("action", ActionConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"EnvConfig.{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> EnvConfig:
-        """An EnvConfig from flat keyword arguments (what `gymnasium.make` passes); unknown names are errors.
-
-        A `tiny` preset without an explicit deployment gets a 4-expert deployment with the tiny widths' ratios.
-        """
+        """An EnvConfig from flat keyword arguments (what `gymnasium.make` passes); unknown names are errors."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(kwargs) - known
         if unknown:
             raise ValueError(f"unknown MoERouting-v0 argument(s) {sorted(unknown)}; known: {sorted(known)}")
-        if "deployment" not in kwargs:
-            model = kwargs.get("model") or MoEConfig.preset(kwargs.get("preset", "default"))
-            kwargs["deployment"] = deployment_for(model)
         return cls(**kwargs)
 
 

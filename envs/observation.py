@@ -133,10 +133,12 @@ class ObservationBuilder:
         raw = np.nan_to_num(raw, nan=0.0, posinf=1e9, neginf=-1e9)
         return np.clip(raw / self.scale, self.low, self.high).astype(np.float32)
 
-    def raw(self, obs: np.ndarray, name: str) -> float:
-        """The entry `name` of `obs` in its own unit (clipping is not undone)."""
+    def raw(self, obs: np.ndarray, name: str) -> float | np.ndarray:
+        """The entry `name` of `obs` in its own unit (clipping is not undone): a float for one observation, [N] for
+        a batch [N, size]."""
         i = self.index[name]
-        return float(obs[..., i] * self.scale[i])
+        value = np.asarray(obs, dtype=np.float64)[..., i] * self.scale[i]
+        return float(value) if value.ndim == 0 else value
 
     def raw_experts(self, obs: np.ndarray, stem: str) -> np.ndarray:
         """The per-expert entries `stem_e0 ... stem_e{E-1}` of `obs` in their unit, [E]."""

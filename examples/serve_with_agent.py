@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 
 import agents
-from moe_runtime import DomainSchedule, MoEConfig, MoERuntime, PretrainConfig, TTTConfig, TTTEngine, load_or_pretrain
+from envs import EnvConfig
+from moe_runtime import DomainSchedule, MoERuntime, PretrainConfig, TTTConfig, TTTEngine, load_or_pretrain
 from telemetry import GpuSystemMonitor, nvml_available
 
 
@@ -38,18 +39,20 @@ def main() -> None:
     if args.telemetry == "nvml" and not nvml_available():
         parser.error("--telemetry nvml: NVML sees no GPU here (no driver or nvidia-ml-py); use simulated or auto")
     try:
-        config = MoEConfig.preset(args.preset)
+        env_config = EnvConfig(preset=args.preset, telemetry=args.telemetry)  # the model and sizes MoERouting-v0 uses
         controller = agents.load_policy(args.policy) if args.policy else args.controller
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
 
-    model = load_or_pretrain(config, PretrainConfig(steps=150 if args.preset == "tiny" else 1200))
-    tokens = 128 if args.preset == "tiny" else 1024
-    schedule = DomainSchedule.shift("prose", "code", tokens * args.intervals // 2)
+    config = env_config.model
+    model = load_or_pretrain(config, PretrainConfig(steps=env_config.pretrain_steps))  # the env's cached model
+    schedule = DomainSchedule.shift("prose", "code", env_config.runtime_tokens * args.intervals // 2)
     runtime = MoERuntime(config, model=model, schedule=schedule, ttt=TTTEngine(TTTConfig()))
     monitor = GpuSystemMonitor(device_id=0, source=args.telemetry)
     try:
-        router = agents.AgentRouter(controller, runtime, monitor=monitor, demand=args.demand)
+        router = agents.AgentRouter(
+            controller, runtime, monitor=monitor, interval_tokens=env_config.runtime_tokens, demand=args.demand
+        )
     except ValueError as exc:  # e.g. a policy trained for another expert count
         parser.error(f"--policy {args.policy!r}: {exc}")
     name = args.policy or args.controller
@@ -62,10 +65,9 @@ def main() -> None:
             if r.next_action.ttt_enabled
             else "off"
         )
-        per_token_mj = 1e3 * r.energy_j / max(router.demand * router.capacity_tokens_per_s * router.interval_s, 1.0)
         print(
             f"{r.interval:4d} {r.domain:<6} {r.loss:5.3f} {r.power_w:6.0f} W {r.temperature_c:5.1f} C "
-            f"{per_token_mj:6.3f} {r.latency_ms:8.1f}  | {biases}  {ttt}"
+            f"{1e3 * r.energy_per_token_j:6.3f} {r.latency_ms:8.1f}  | {biases}  {ttt}"
         )
     stats = getattr(router.controller, "get_statistics", None)
     if stats is not None:

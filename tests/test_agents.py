@@ -312,6 +312,32 @@ def test_agent_router_runs_the_heuristic_on_a_live_runtime(env):
     assert router.controller.get_statistics()["decisions"] == 4
 
 
+def test_agent_router_observes_the_paired_loss_gap_as_the_env_does():
+    """Without a TTT update or biases the served model is the base model: the paired gap is exactly 0, as in the env
+    (which scores half a sequence again by default); with `reference_tokens=0` it falls back to a running mean."""
+    runtime = MoERuntime(TINY)  # built without a reference, as a user would
+    router = AgentRouter("no_control", runtime, monitor=SimulatedGpu("H100", seed=1))
+    assert runtime.reference_tokens == TINY.seq_len // 2
+    gaps = [router.builder.raw(r.observation, "loss_gap") for r in router.run(3)]
+    assert gaps == [0.0, 0.0, 0.0]
+    unpaired = AgentRouter("no_control", MoERuntime(TINY), reference_tokens=0, monitor=SimulatedGpu("H100", seed=1))
+    assert unpaired.runtime.reference_tokens == 0
+    assert any(router.builder.raw(r.observation, "loss_gap") != 0.0 for r in unpaired.run(3))
+    with pytest.raises(ValueError, match="reference_tokens must be an integer >= 0, got -1"):
+        AgentRouter("no_control", MoERuntime(TINY), reference_tokens=-1)
+
+
+def test_agent_router_prices_energy_per_served_token():
+    """Demand over capacity leaves a backlog: energy per token counts the tokens served, not those demanded."""
+    router = AgentRouter("no_control", MoERuntime(TINY), monitor=SimulatedGpu("H100", seed=1), demand=2.5)
+    records = router.run(3)
+    assert records[-1].backlog_tokens > records[0].backlog_tokens > 0
+    for r in records:
+        demanded = router.demand * router.capacity_tokens_per_s * router.interval_s
+        assert 0 < r.served_tokens < demanded
+        assert r.energy_per_token_j == pytest.approx(r.energy_j / r.served_tokens)
+
+
 def test_agent_router_runs_a_loaded_policy(ppo_run):
     folder, _, _ = ppo_run
     policy = load_policy(folder / "model.zip")
@@ -329,6 +355,16 @@ def test_load_policy_of_a_file_that_is_not_a_model_is_a_value_error(tmp_path, co
     path.write_bytes(content)
     with pytest.raises(ValueError, match="model.zip"):
         load_policy(path, algo=algo)
+
+
+def test_load_policy_of_a_folder_without_model_zip_names_the_models_there(tmp_path):
+    (tmp_path / "best_model.zip").write_bytes(b"")
+    (tmp_path / "last_model.zip").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="it has best_model.zip, last_model.zip: name the file"):
+        load_policy(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no model.zip nor checkpoint in \S+empty$"):
+        load_policy(tmp_path / "empty")
 
 
 def test_agent_router_refuses_a_policy_of_another_expert_count(ppo_run):

@@ -264,3 +264,26 @@ def test_env_config_object_and_kwargs_agree():
     oa, _ = a.reset(seed=3)
     ob, _ = b.reset(seed=3)
     np.testing.assert_array_equal(oa, ob)
+
+
+def test_a_config_built_directly_fits_its_preset():
+    """`EnvConfig(preset="tiny")` gets the same 4-expert deployment as `gym.make` (not the 8-expert default)."""
+    direct = EnvConfig(preset="tiny")
+    assert direct.deployment == EnvConfig.from_kwargs(preset="tiny").deployment == envs.deployment_for(direct.model)
+    assert direct.deployment.num_experts == direct.model.num_experts == 4
+    assert EnvConfig().deployment == EnvConfig.from_kwargs().deployment
+    with pytest.raises(TypeError, match="deployment must be a DeploymentScale or None"):
+        EnvConfig(preset="tiny", deployment={"d_model": 1024})
+
+
+def test_the_measured_env_serves_the_gpu_preset():
+    assert gym.spec("MoERoutingMeasured-v0").kwargs == {"telemetry": "nvml", "preset": "gpu"}
+
+
+def test_raw_reads_one_observation_or_a_batch(env):
+    u = env.unwrapped
+    obs, _ = env.reset(seed=2)
+    builder, name = u.observation_builder, "temperature_c"
+    one = builder.raw(obs, name)
+    assert isinstance(one, float) and 20.0 < one < 100.0
+    np.testing.assert_allclose(builder.raw(np.stack([obs, obs]), name), [one, one])
