@@ -111,6 +111,11 @@ class ObservationBuilder:
         self.high = np.array(high, dtype=np.float32)
 
     @property
+    def observation_names(self) -> list[str]:
+        """The entries' names in order (`names`; the env's `observation_names`, as DESIGN.md calls them)."""
+        return self.names
+
+    @property
     def size(self) -> int:
         return len(self.names)
 

@@ -284,6 +284,7 @@ def test_raw_reads_one_observation_or_a_batch(env):
     u = env.unwrapped
     obs, _ = env.reset(seed=2)
     builder, name = u.observation_builder, "temperature_c"
+    assert builder.observation_names == builder.names == u.observation_names
     one = builder.raw(obs, name)
     assert isinstance(one, float) and 20.0 < one < 100.0
     np.testing.assert_allclose(builder.raw(np.stack([obs, obs]), name), [one, one])
