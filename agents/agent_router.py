@@ -117,9 +117,10 @@ class AgentRouter:
         runtime.reference_tokens = reference_tokens
         self.num_experts = cfg.num_experts
         self.interval_tokens = int(interval_tokens or (128 if cfg.preset_name == "tiny" else 1024))
-        if self.interval_tokens <= 0 or not interval_s > 0 or not demand > 0:
+        if self.interval_tokens <= 0 or not 0 < interval_s < math.inf or not 0 < demand < math.inf:
             raise ValueError(
-                f"need interval_tokens, interval_s and demand > 0, got {interval_tokens}, {interval_s}, {demand}"
+                f"need interval_tokens > 0 and interval_s, demand positive and finite, got {interval_tokens}, "
+                f"{interval_s}, {demand}"
             )
         self.interval_s, self.demand = float(interval_s), float(demand)
         if monitor is None:

@@ -55,7 +55,10 @@ def parse_args() -> Args:
             parser.add_argument(f"--{field.name}", action="store_true")
         else:
             parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
-    return Args(**vars(parser.parse_args()))
+    args = Args(**vars(parser.parse_args()))
+    if not 0.0 < args.period_s < math.inf:
+        parser.error(f"--period_s must be a positive, finite number of seconds, got {args.period_s}")
+    return args
 
 
 def rise_90_s(t_s: np.ndarray, temp_c: np.ndarray, step_s: float, settle_s: float) -> float:

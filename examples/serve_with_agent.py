@@ -13,6 +13,7 @@ applies the controller's routing biases and TTT schedule. The stream shifts from
 from __future__ import annotations
 
 import argparse
+import math
 
 import agents
 from envs import EnvConfig
@@ -32,8 +33,8 @@ def main() -> None:
     # Bad input is a one-line error before the model is pretrained or loaded, not a traceback after.
     if args.intervals < 1:
         parser.error(f"--intervals must be >= 1, got {args.intervals}")
-    if not args.demand > 0:
-        parser.error(f"--demand must be a positive fraction of capacity, got {args.demand}")
+    if not 0 < args.demand < math.inf:
+        parser.error(f"--demand must be a positive, finite fraction of capacity, got {args.demand}")
     if not args.policy and args.controller not in agents.CONTROLLERS:
         parser.error(f"--controller {args.controller!r} is not one of {sorted(agents.CONTROLLERS)}")
     if args.telemetry == "nvml" and not nvml_available():
@@ -43,6 +44,11 @@ def main() -> None:
         controller = agents.load_policy(args.policy) if args.policy else args.controller
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
+    if env_config.model.preset_name == "gpu" and env_config.model.resolved_device() == "cpu":
+        parser.error(
+            "--preset gpu is sized for a GPU (its pretraining would crawl on the CPU) and CUDA is not "
+            "available here; use default or tiny"
+        )
 
     config = env_config.model
     model = load_or_pretrain(config, PretrainConfig(steps=env_config.pretrain_steps))  # the env's cached model

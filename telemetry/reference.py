@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,12 @@ def replay_reference(gpu: SimulatedGpu, trace: ReferenceTrace, period_s: float =
     Returns:
         Arrays sampled on the simulator's own sub-steps: t_s, power_w (instant), power_avg_w, temp_c,
         sm_clock_mhz, power_capped (bool).
+
+    Raises:
+        ValueError: `period_s` not a positive finite number of seconds (the duty cycle would never advance).
     """
+    if not 0.0 < period_s < math.inf:
+        raise ValueError(f"period_s must be a positive, finite duty-cycle period in seconds, got {period_s!r}")
     spans = [span for span in trace.phase_spans() if span[0] in PHASE_DUTY]
     for phase, start_s, end_s in spans:
         duty = PHASE_DUTY[phase]

@@ -30,7 +30,8 @@ def test_serves_the_tiny_preset_with_the_heuristic():
     [
         (["--preset", "huge"], "unknown MoEConfig preset 'huge'"),
         (["--intervals", "0"], "--intervals must be >= 1, got 0"),
-        (["--demand", "-1"], "--demand must be a positive fraction of capacity"),
+        (["--demand", "-1"], "--demand must be a positive, finite fraction of capacity"),
+        (["--demand", "inf"], "--demand must be a positive, finite fraction of capacity, got inf"),
         (["--controller", "greedy"], "--controller 'greedy' is not one of"),
         (["--policy", "/no/such/model.zip"], "no saved model at /no/such/model.zip"),
         (["--preset", "tiny", "--policy", "results/ppo_kcm_warm/best_model.zip"], "a policy of another preset"),
@@ -40,3 +41,12 @@ def test_bad_input_is_a_one_line_error(args, message):
     result = run_example(*args)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_gpu_preset_without_cuda_is_a_one_line_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present: the gpu preset is served there")
+    result = run_example("--preset", "gpu")
+    assert result.returncode == 2 and "--preset gpu is sized for a GPU" in result.stderr, result.stderr
