@@ -283,8 +283,8 @@ def tables_from_report(report: Mapping) -> dict[str, dict[int, MoeKernelConfig]]
         found = report.get("benchmark") if isinstance(report, Mapping) else type(report).__name__
         raise ValueError(f"not a tuning report (benchmark 'moe_kernels_tune'), got {found!r}")
     device = report.get("device")
-    if not isinstance(device, str) or not device or device == "cpu":
-        raise ValueError(f"a tuning report names the GPU it ran on, got device {device!r}")
+    if not isinstance(device, str) or not device or device == "cpu" or any(c in device for c in "/\\"):
+        raise ValueError(f"a tuning report names the GPU it ran on (no path separators), got device {device!r}")
     dtype_name = (report.get("args") or {}).get("dtype")
     if dtype_name not in DTYPES:
         raise ValueError(f"the report's args.dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}")
@@ -292,11 +292,16 @@ def tables_from_report(report: Mapping) -> dict[str, dict[int, MoeKernelConfig]]
     for entry in (report.get("tune") or {}).get("tables") or []:
         try:
             num_experts, max_width = int(entry["experts"]), max(int(w) for w in entry["widths"])
+            if num_experts < 1 or max_width < 1:
+                raise ValueError(f"experts {num_experts} and widths up to {max_width} must be >= 1")
             tables: dict[int | None, dict[int, MoeKernelConfig]] = {}
             for pick in entry["picks"]:
                 if "config" in pick:  # the others are token counts no candidate ran on everywhere
                     top_k = None if pick["top_k"] is None else int(pick["top_k"])
-                    tables.setdefault(top_k, {})[int(pick["tokens"])] = MoeKernelConfig.from_json(pick["config"])
+                    tokens = int(pick["tokens"])
+                    if tokens < 1 or not (top_k is None or 1 <= top_k <= num_experts):
+                        raise ValueError(f"tokens {tokens} (>= 1) or top_k {top_k} (1..{num_experts} or null)")
+                    tables.setdefault(top_k, {})[tokens] = MoeKernelConfig.from_json(pick["config"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad table entry in the tuning report: {type(exc).__name__}: {exc}") from exc
         names = {config_file_name(num_experts, max_width, device, DTYPES[dtype_name], k): t
@@ -360,7 +365,10 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         parser.error(str(exc))
     for path, report, tables in loaded:
-        written = _write_tables(tables, Path(args.config_dir))
+        try:
+            written = _write_tables(tables, Path(args.config_dir))
+        except OSError as exc:  # e.g. --config-dir names a file; the tables of earlier reports stay written
+            parser.error(f"cannot write {path}'s tables into {args.config_dir}: {exc.strerror or exc}")
         partial = " (partial: the run stopped before it finished)" if report.get("partial") else ""
         print(f"{path}{partial}: wrote {len(written)} tables to {args.config_dir}")
         for table_path in written:

@@ -178,7 +178,8 @@ def test_install_report_refuses_what_is_not_a_tuning_report(tmp_path, monkeypatc
     bad = tmp_path / "bad.json"
     for change, message in [
         (dict(benchmark="moe_kernels"), "not a tuning report (benchmark 'moe_kernels_tune'), got 'moe_kernels'"),
-        (dict(device="cpu"), "names the GPU it ran on, got device 'cpu'"),
+        (dict(device="cpu"), "names the GPU it ran on (no path separators), got device 'cpu'"),
+        (dict(device="../NVIDIA_H100"), "got device '../NVIDIA_H100'"),
         (dict(args={"dtype": "int8"}), "args.dtype must be one of ['bfloat16', 'float16', 'float32'], got 'int8'"),
     ]:
         bad.write_text(json.dumps({**report, **change}))
@@ -188,6 +189,14 @@ def test_install_report_refuses_what_is_not_a_tuning_report(tmp_path, monkeypatc
     bad.write_text(json.dumps(report))
     with pytest.raises(ValueError, match="but it says it wrote"):
         tuning.install_report(bad, tmp_path / "out")
+    for field, value, message in [("experts", 0, "experts 0 and widths"), ("tokens", -5, "tokens -5 (>= 1)"),
+                                  ("top_k", -1, "top_k -1 (1..8 or null)"), ("top_k", 9, "top_k 9")]:  # fmt: skip
+        changed = json.loads(json.dumps(report))
+        entry = changed["tune"]["tables"][0]
+        (entry if field == "experts" else entry["picks"][0])[field] = value
+        bad.write_text(json.dumps(changed))
+        with pytest.raises(ValueError, match=re.escape(message)):
+            tuning.install_report(bad, tmp_path / "out")
     report["tune"]["tables"][0]["picks"][0]["config"] = {"BLOCK_SIZE_M": 24}
     bad.write_text(json.dumps(report))
     with pytest.raises(ValueError, match="bad table entry in the tuning report"):
@@ -211,6 +220,10 @@ def test_install_command_checks_every_report_before_writing(tmp_path, monkeypatc
     assert stop.value.code == 2
     assert "grid.json: not a tuning report" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # the good report's tables wait for the bad one to be fixed
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit) as stop:
+        tuning.main([str(good), "--config-dir", str(tmp_path / "a_file")])
+    assert stop.value.code == 2 and "tables into " in capsys.readouterr().err
     tuning.main([str(good), "--config-dir", str(tmp_path / "out")])
     assert "wrote 6 tables" in capsys.readouterr().out
     assert len(list((tmp_path / "out").glob("E=*.json"))) == 6
