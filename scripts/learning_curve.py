@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,17 @@ def baseline_returns(config: dict, controller: str, episodes: int) -> list[float
         venv.close()
 
 
+def read_run_config(path: Path) -> dict:
+    """A run's `config.yaml`, with the evaluation settings the curves need; a ValueError naming the file if not."""
+    try:
+        config = yaml.safe_load(path.read_text())
+        run_args = config["args"]
+        int(run_args["eval_episodes"]), int(run_args["eval_seed"]), str(run_args["env_id"])  # noqa: B018
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path} is not a train_agent.py run config ({type(exc).__name__}: {exc})") from None
+    return config
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="train_agent.py run folders (with config.yaml)")
@@ -70,14 +82,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baselines", default="no_control", help="comma-separated controller names, or ''")
     parser.add_argument("--out", type=Path, default=Path("results/learning_curve"), help="output path, no suffix")
     args = parser.parse_args(argv)
+    from agents import CONTROLLERS
+
     labels = args.labels.split(",") if args.labels else [r.name for r in args.runs]
     if len(labels) != len(args.runs):
         parser.error(f"--labels has {len(labels)} entries for {len(args.runs)} runs")
+    if len(set(labels)) != len(labels):  # one label per curve: a repeated one would keep only the last run's
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        parser.error(f"runs need distinct labels, {repeated} repeats: name them with --labels")
+    baselines = [name for name in args.baselines.split(",") if name]
+    unknown = [name for name in baselines if name not in CONTROLLERS]
+    if unknown:
+        parser.error(f"--baselines {unknown} not among the controllers {sorted(CONTROLLERS)}")
+    configs = []
     for run in args.runs:
         if not (run / "config.yaml").is_file():
             parser.error(f"{run} is not a train_agent.py run folder (no config.yaml)")
-    configs = [yaml.safe_load((run / "config.yaml").read_text()) for run in args.runs]
+        try:
+            configs.append(read_run_config(run / "config.yaml"))
+        except ValueError as exc:
+            parser.error(str(exc))
     eval_episodes = int(configs[0]["args"]["eval_episodes"])
+    stem = args.out.with_suffix("") if args.out.suffix in (".png", ".json") else args.out  # keep 'curve_v1.5'
+    png_path, json_path = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".json")
 
     data: dict = {
         "runs": {},
@@ -89,13 +116,16 @@ def main(argv: list[str] | None = None) -> None:
         steps, train = training_curve(run)
         entry: dict = {"folder": str(run), "train_steps": steps.tolist(), "train_return": train.tolist()}
         if (run / "evaluations.npz").exists():
-            with np.load(run / "evaluations.npz") as ev:
-                entry["eval_steps"] = ev["timesteps"].tolist()
-                entry["eval_returns"] = ev["results"].tolist()
+            try:
+                with np.load(run / "evaluations.npz") as ev:
+                    entry["eval_steps"] = ev["timesteps"].tolist()
+                    entry["eval_returns"] = ev["results"].tolist()
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+                parser.error(f"cannot read {run / 'evaluations.npz'} ({type(exc).__name__}: {exc})")
         if "warm_start" in config:
             entry["warm_start"] = config["warm_start"]
         data["runs"][label] = entry
-    for name in filter(None, args.baselines.split(",")):
+    for name in baselines:
         data["baselines"][name] = baseline_returns(configs[0], name, eval_episodes)
         print(f"{name}: held-out mean return {np.mean(data['baselines'][name]):.1f}")
 
@@ -118,17 +148,18 @@ def main(argv: list[str] | None = None) -> None:
     ax.set_xlabel("env steps")
     ax.set_ylabel("episode return [simulated]")
     ax.set_title(f"held-out evaluation (markers: mean ± sd of {eval_episodes} episodes); faint: training episodes")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a run with no evaluation yet and no baseline has nothing to name
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp.png")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stem.with_name(stem.name + ".tmp.png")
     fig.savefig(tmp, dpi=120)
-    os.replace(tmp, args.out.with_suffix(".png"))
-    tmp_json = args.out.with_name(args.out.name + ".tmp.json")
+    os.replace(tmp, png_path)
+    tmp_json = stem.with_name(stem.name + ".tmp.json")
     tmp_json.write_text(json.dumps(data, indent=1))
-    os.replace(tmp_json, args.out.with_suffix(".json"))
-    print(f"wrote {args.out.with_suffix('.png')} and {args.out.with_suffix('.json')}")
+    os.replace(tmp_json, json_path)
+    print(f"wrote {png_path} and {json_path}")
 
 
 if __name__ == "__main__":
