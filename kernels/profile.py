@@ -19,6 +19,7 @@ import argparse
 import csv
 import datetime as dt
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -319,6 +320,10 @@ def main(argv: list[str] | None = None) -> None:
     args = Args(**vars(parser.parse_args(argv)))
     if not (args.fit_reference or args.validate or args.out):
         parser.error("give --out, --validate or --fit-reference")
+    if not 0 < args.window_s < math.inf:
+        parser.error(f"--window-s must be a positive, finite number of seconds, got {args.window_s}")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         _run(args)

@@ -412,3 +412,18 @@ def test_prediction_agrees_with_the_simulated_gpu(models):
 def test_percent_errors():
     e = percent_errors([1.1, 0.8, 1.0], [1.0, 1.0, 1.0])
     assert e["median_pct"] == pytest.approx(10.0) and e["rows"] == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--window-s", "0"], "--window-s must be a positive, finite number of seconds, got 0.0"),
+        (["--window-s", "nan"], "--window-s must be a positive, finite number of seconds, got nan"),
+        (["--threads", "0"], "--threads must be >= 1, got 0"),
+    ],
+)
+def test_profile_cli_refuses_a_window_or_thread_count_that_cannot_measure(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        profile_main(["--out", str(tmp_path / "table.json"), *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "table.json").exists()
