@@ -28,7 +28,6 @@ model).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime as dt
 import json
@@ -45,6 +44,13 @@ import numpy as np
 
 import evaluate_report as report
 import evaluate_stats as stats
+from evaluate_rows import (  # noqa: F401  (part of evaluate's surface)
+    COLUMNS,
+    ID_COLUMNS,
+    append_row,
+    read_rows,
+    repair_rows,
+)
 from evaluate_specs import (  # noqa: F401  (part of evaluate's surface)
     SB3_PREFIXES,
     PolicySpec,
@@ -60,8 +66,6 @@ GPU_FULL_PARTS = ("bench", "calibrate", "compare")
 # (seeds, intervals per episode) when --seeds / --episode-intervals are not given; main fits 15 minutes on 2 cores
 SUITE_DEFAULTS = {"": ("0-4", 64), "main": ("0-4", 48), "routers": ("0-4", 64), "ttt-allocation": ("0-4", 64),
                   "single-gpu": ("0-4", 64), "gpu": ("0-2", 30), "gpu-full": ("0-4", 60)}
-ID_COLUMNS = ("label", "spec", "env", "seed", "episode", "episode_seed", "hardware_source", "wall_time_s")
-COLUMNS = ID_COLUMNS + tuple(m.name for m in stats.METRICS) + stats.EXTRA_COLUMNS
 
 
 @dataclass
@@ -249,17 +253,37 @@ def trace_path(out: Path, label: str, episode_seed: int) -> Path:
     return out / "traces" / f"{slug(label)}__{episode_seed}.json"
 
 
-def read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
-            raise UsageError(f"{path} has other columns than this evaluate.py writes; use a new --out")
-        rows = list(reader)
-    for r in rows:
-        r["episode_seed"] = int(r["episode_seed"])
-    return rows
+# The settings that define an episode (its env, served model, and the policies a suite adds): a --resume must give
+# the saved run's. Not among them: the policy and seed lists and --episodes (a resume may extend them), how long to
+# run (--max-wall-s, --main-budget-s, the short training run's flags: a resume reuses its model), where policies
+# and torch run (--policy-device, --torch-threads), --part, and the statistics and output flags.
+EPISODE_SETTINGS = ("suite_run", "preset", "telemetry", "gpu", "split", "episode_intervals", "interval_s", "workload",
+                    "load", "pretrain_steps", "checkpoint", "trained_policy", "gpu_pretrain_steps")
+
+
+def check_out(out: Path, args: Args, suite_run: str) -> None:
+    """Refuse, before anything is written there, an --out this run cannot use: a file, a folder holding another
+    run's episodes without --resume or --overwrite, or a --resume with other `EPISODE_SETTINGS` than the saved
+    args.json's."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; give a folder path")
+    csv_path = out / "episodes.csv"
+    if csv_path.exists() and not args.resume and not args.overwrite:
+        raise UsageError(f"{csv_path} exists: pass --resume to continue that run or --overwrite to start over")
+    saved_path = out / "args.json"
+    if not args.resume or not saved_path.exists():
+        return
+    try:
+        saved = json.loads(saved_path.read_text())
+    except ValueError as exc:
+        raise UsageError(f"--resume: cannot read {saved_path} ({exc}); start over with --overwrite or use a new "
+                         "--out") from exc
+    now = dataclasses.asdict(args) | {"suite_run": suite_run}
+    differ = [f"--{'suite' if k == 'suite_run' else k.replace('_', '-')} {saved[k]!r} (now {now[k]!r})"
+              for k in EPISODE_SETTINGS if k in saved and saved[k] != now[k]]
+    if differ:
+        raise UsageError(f"--resume: {out} holds episodes run with other settings: {', '.join(differ)}; resume "
+                         "with the saved ones, or start over with --overwrite or a new --out")
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool) -> list[dict]:
@@ -271,19 +295,7 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> list[dict]:
         csv_path.unlink()
         shutil.rmtree(out / "traces", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    return read_rows(csv_path) if resume else []
-
-
-def append_row(path: Path, row: dict) -> None:
-    """Append one row and make it durable (a crash afterwards keeps it)."""
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in COLUMNS})
-        f.flush()
-        os.fsync(f.fileno())
+    return repair_rows(csv_path) if resume else []
 
 
 def write_json(path: Path, data) -> None:
@@ -303,14 +315,7 @@ def run_policies(args: Args, specs: list[PolicySpec], env_configs: dict[str, dic
     done = {(r["label"], r["episode_seed"]) for r in prepare_out(out, args.resume, args.overwrite)}
     seeds = parse_seeds(args.seeds)
     jobs = [(s, e, p) for s in seeds for e in range(args.episodes) for p in specs]
-    if len({slug(p.label) for p in specs}) < len(specs):
-        raise UsageError(f"policy labels {[p.label for p in specs]} clash once made file names; rename one")
-    envs_, controllers, facts = {}, {}, {}
-    for spec in specs:  # build everything first: a bad spec fails before any episode runs
-        if spec.env not in envs_:
-            envs_[spec.env] = make_env(env_configs[spec.env])
-            facts[spec.env] = env_facts(envs_[spec.env])
-        controllers[spec.label] = make_controller(spec, envs_[spec.env], args.policy_device)
+    envs_, controllers, facts = build_policies(specs, env_configs, args.policy_device)
     # What a later --report-only needs and cannot rebuild on another machine.
     write_json(out / "run_facts.json", {"device": device_facts(), "envs": facts})
     (out / "traces").mkdir(exist_ok=True)
@@ -341,6 +346,32 @@ def run_policies(args: Args, specs: list[PolicySpec], env_configs: dict[str, dic
         env.close()
     wanted = {(p.label, 1000 * s + e) for s, e, p in jobs}  # a resumed folder may hold other seeds too
     return [r for r in read_rows(out / "episodes.csv") if (r["label"], r["episode_seed"]) in wanted], facts
+
+
+def build_policies(specs: list[PolicySpec], env_configs: dict[str, dict], device: str) -> tuple[dict, dict, dict]:
+    """Every spec's env and controller, built before any episode (or training run) so that a bad spec fails first:
+    ({env name: env}, {label: controller}, {env name: its facts})."""
+    if len({slug(p.label) for p in specs}) < len(specs):
+        raise UsageError(f"policy labels {[p.label for p in specs]} clash once made file names; rename one")
+    envs_, controllers, facts = {}, {}, {}
+    try:
+        for spec in specs:
+            if spec.env not in envs_:
+                envs_[spec.env] = make_env(env_configs[spec.env])
+                facts[spec.env] = env_facts(envs_[spec.env])
+            controllers[spec.label] = make_controller(spec, envs_[spec.env], device)
+    except BaseException:
+        for env in envs_.values():
+            env.close()
+        raise
+    return envs_, controllers, facts
+
+
+def check_policies(specs: list[PolicySpec], env_configs: dict[str, dict], device: str) -> None:
+    """UsageError now if a spec cannot run (a bad controller argument, a model trained for another env)."""
+    envs_, _, _ = build_policies(specs, env_configs, device)
+    for env in envs_.values():
+        env.close()
 
 
 def env_facts(env) -> dict:
@@ -471,8 +502,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.report_only:
             report_only(args, out)
             return 0
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "args.json", dataclasses.asdict(args) | {"suite_run": suite or "compare"})
+        # gpu-full's bench and calibrate parts run no episodes: they share a folder with its compare part
+        runs_episodes = not (suite == "gpu-full" and args.part in ("bench", "calibrate"))
+        if runs_episodes:
+            check_out(out, args, suite or "compare")  # before args.json: a refused run leaves the saved one as it was
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--out {out}: cannot create that folder ({exc.strerror or exc})") from exc
+        if runs_episodes or not (out / "episodes.csv").exists():  # args.json describes the episodes there
+            write_json(out / "args.json", dataclasses.asdict(args) | {"suite_run": suite or "compare"})
         if suite:
             SUITE_FUNCTIONS[suite](args, out)
         else:

@@ -25,6 +25,7 @@ from evaluate import (
     PolicySpec,
     UsageError,
     aggregate,
+    check_policies,
     config_facts,
     controller_names,
     device_facts,
@@ -103,6 +104,8 @@ def suite_main(args: Args, out: Path) -> dict:
     specs += [PolicySpec("heuristic", "heuristic", name="heuristic"),
               PolicySpec("no_control", "no_control", name="no_control")]
     specs += parse_policies(args.policies, controller_names()) if args.policies else []
+    if args.train_seconds > 0:  # a spec that cannot run here fails now, not after minutes of training
+        check_policies(specs, {"main": env_kwargs(args)}, args.policy_device)
     short = train_short_run(args, out / "ppo_short")
     if short:
         notes.append(f"`{short[0].label}` is a short training run ({args.train_seconds} s of PPO on this machine; "

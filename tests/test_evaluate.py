@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 import evaluate
 import evaluate_stats as stats
+import evaluate_suites
 
 ROOT = Path(__file__).resolve().parents[1]
 # one torch thread: two threads per process spin against each other when the 2 cores are shared (3x slower)
@@ -324,3 +326,117 @@ def test_main_suite_without_a_trained_policy_says_so(tmp_path):
     assert rc == 0
     text = (out / "report.md").read_text()
     assert "No committed trained policy" in text and "| heuristic |" in text and "| no_control |" in text
+
+
+# ----- reruns and resumes of a finished run ------------------------------------------------------------------------
+RUN = ["--policies", "no_control", "--seeds", "0-1", *TINY]  # two episodes
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert evaluate.main([*RUN, "--out", str(out)]) == 0
+    return out
+
+
+def copy_run(finished: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+def whole(row: dict) -> bool:
+    """Every column there and no more, the figures numbers."""
+    if None in row or any(row.get(k) in (None, "") for k in evaluate.COLUMNS):
+        return False
+    try:
+        return all(isinstance(float(row[m.name]), float) for m in stats.METRICS)
+    except ValueError:
+        return False
+
+
+def test_a_refused_rerun_leaves_the_saved_args(finished_run, tmp_path, capsys):
+    out = copy_run(finished_run, tmp_path)
+    saved = (out / "args.json").read_bytes()
+    assert evaluate.main(["--policies", "heuristic", "--seeds", "3", "--out", str(out), *TINY]) == 2
+    assert "episodes.csv exists: pass --resume" in capsys.readouterr().err
+    assert (out / "args.json").read_bytes() == saved
+    import torch
+
+    if not torch.cuda.is_available():  # gpu-full's bench part runs no episodes: not refused, args.json kept
+        assert evaluate.main(["--suite", "gpu-full", "--part", "bench", "--out", str(out)]) == 2
+        assert "needs an NVIDIA GPU" in capsys.readouterr().err
+        assert (out / "args.json").read_bytes() == saved
+    assert evaluate.main(["--out", str(out), "--report-only"]) == 0
+    assert json.loads((out / "summary.json").read_text())["seeds"] == [0, 1]
+
+
+def test_resume_with_other_episode_settings_is_refused(finished_run, tmp_path, capsys):
+    out = copy_run(finished_run, tmp_path)
+    before = {n: (out / n).read_bytes() for n in ("args.json", "episodes.csv")}
+    argv = [*RUN, "--out", str(out), "--resume", "--seeds", "0-2"]
+    assert evaluate.main([*argv, "--episode-intervals", "3", "--load", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume: ") and err.count("\n") == 1
+    assert "--episode-intervals 4 (now 3)" in err and "--load 0.6 (now 1.5)" in err and "--overwrite" in err
+    assert {n: (out / n).read_bytes() for n in before} == before
+    assert evaluate.main([*argv, "--suite", "routers"]) == 2
+    assert "--suite 'compare' (now 'routers')" in capsys.readouterr().err
+    # a resume may add seeds, and change the statistics and presentation
+    assert evaluate.main([*argv, "--bootstrap-reps", "50", "--progress"]) == 0
+    rows = read_csv(out / "episodes.csv")
+    assert [r["episode_seed"] for r in rows] == ["0", "1000", "2000"]
+    assert json.loads((out / "args.json").read_text())["seeds"] == "0-2"
+
+
+TORN = {
+    "cut after wall_time_s": lambda line: ",".join(line.split(",")[: evaluate.COLUMNS.index("wall_time_s") + 1]),
+    "a non-numeric figure": lambda line: (
+        ",".join("x" if i == len(evaluate.ID_COLUMNS) else v for i, v in enumerate(line.split(","))) + "\r\n"
+    ),
+    "no line end": lambda line: line,
+}
+
+
+@pytest.mark.parametrize("damage", list(TORN))
+def test_resume_runs_a_torn_last_row_again(finished_run, tmp_path, capsys, damage):
+    out = copy_run(finished_run, tmp_path)
+    csv_path = out / "episodes.csv"
+    lines = csv_path.read_bytes().decode().split("\r\n")
+    assert lines[-1] == "" and len(lines) == 4  # header, two rows
+    csv_path.write_bytes(("\r\n".join(lines[:2]) + "\r\n" + TORN[damage](lines[2])).encode())
+    capsys.readouterr()
+    assert evaluate.main([*RUN, "--out", str(out), "--resume"]) == 0
+    assert "1 incomplete row(s)" in capsys.readouterr().out
+    rows = read_csv(csv_path)
+    assert len(rows) == 2 and all(whole(r) for r in rows), rows
+    assert csv_path.read_bytes().decode().split("\r\n")[:2] == lines[:2]  # the whole row kept as it was
+    assert [r["episode_seed"] for r in rows] == ["0", "1000"] and csv_path.read_bytes().endswith(b"\r\n")
+    assert len(read_csv(out / "episodes.dropped.csv")) == 1  # the torn row is set aside, not lost
+    assert json.loads((out / "summary.json").read_text())["aggregates"]["no_control"]["mean_loss"]["n"] == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "was trained on observations of shape (63,); this env's are (43,)"),
+        (["--trained-policy", "none.zip", "--policies", "load_balance(stepp=1)"], "stepp"),
+    ],
+)
+def test_main_suite_checks_its_policies_before_training(tmp_path, monkeypatch, capsys, extra, message):
+    trained = []
+    monkeypatch.setattr(evaluate_suites, "train_short_run", lambda *a, **k: trained.append(a) or [])
+    committed = ROOT / "results" / "ppo_kcm_warm" / "best_model.zip"  # trained on the default preset
+    argv = ["--suite", "main", "--trained-policy", str(committed), "--seeds", "0", "--out", str(tmp_path / "m")]
+    assert evaluate.main([*argv, *TINY, *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not trained
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_out_that_is_a_file_is_a_usage_error(tmp_path, capsys, under):
+    path = tmp_path / "results.txt"
+    path.write_text("keep")
+    out = path / "run" if under else path
+    assert evaluate.main(["--policies", "no_control", "--seeds", "0", "--out", str(out), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {out}") and err.count("\n") == 1
+    assert path.read_text() == "keep"

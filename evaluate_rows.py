@@ -1,0 +1,110 @@
+"""episodes.csv, the rows `evaluate.py` writes one episode at a time: its columns, appending a row durably, and
+reading the rows back with those a crash cut short left out (or, for --resume, moved aside to run again)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import evaluate_stats as stats
+from evaluate_specs import UsageError
+
+ID_COLUMNS = ("label", "spec", "env", "seed", "episode", "episode_seed", "hardware_source", "wall_time_s")
+COLUMNS = ID_COLUMNS + tuple(m.name for m in stats.METRICS) + stats.EXTRA_COLUMNS
+TEXT_COLUMNS = ("label", "spec", "env", "hardware_source")
+INT_COLUMNS = ("seed", "episode", "episode_seed")
+
+
+def complete_row(row: dict) -> bool:
+    """Whether a row of episodes.csv is whole: every column and no more, its text columns not empty, the rest
+    numbers (NaN included)."""
+    if None in row or any(row.get(k) is None for k in COLUMNS):  # a field too many, or too few
+        return False
+    try:
+        for k in COLUMNS:
+            if k in INT_COLUMNS:
+                int(row[k])
+            elif k not in TEXT_COLUMNS:
+                float(row[k])
+    except ValueError:
+        return False
+    return all(row[k] for k in TEXT_COLUMNS)
+
+
+def split_rows(path: Path) -> tuple[list[dict], list[dict], bool]:
+    """(complete rows, incomplete rows, whether the file must be rewritten before a row is appended) of an
+    episodes.csv. A row a crash cut short is incomplete (`complete_row`); so is a last line without its line end,
+    whose last field may be cut short, and to which the next row would be glued."""
+    if not path.exists():
+        return [], [], False
+    with path.open(newline="") as f:
+        text = f.read()
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
+            raise UsageError(f"{path} has other columns than this evaluate.py writes; use a new --out")
+        rows, torn_end = list(reader), not text.endswith("\n")
+    except csv.Error as exc:
+        raise UsageError(f"{path} is not a CSV file evaluate.py can read ({exc}); use a new --out") from exc
+    good, bad = [], []
+    for i, r in enumerate(rows):
+        (good if complete_row(r) and not (torn_end and i == len(rows) - 1) else bad).append(r)
+    for r in good:
+        r["episode_seed"] = int(r["episode_seed"])
+    return good, bad, bool(bad) or torn_end
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The complete rows of an episodes.csv; incomplete ones (`split_rows`) are left out with a note."""
+    rows, dropped, _ = split_rows(path)
+    if dropped:
+        print(
+            f"note: left out {len(dropped)} incomplete row(s) of {path} (cut short by a crash?); "
+            "--resume runs their episodes again"
+        )
+    return rows
+
+
+def repair_rows(path: Path) -> list[dict]:
+    """The complete rows of an episodes.csv, rewritten (atomically) without its incomplete rows, which move to
+    episodes.dropped.csv beside it, so that --resume runs those episodes again and appends after a whole line."""
+    rows, dropped, repair = split_rows(path)
+    if not repair:
+        return rows
+    if dropped:
+        aside = path.with_name("episodes.dropped.csv")
+        new = not aside.exists()
+        with aside.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="", extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(dropped)
+            f.flush()
+            os.fsync(f.fileno())
+        print(
+            f"note: {len(dropped)} incomplete row(s) of {path} (cut short by a crash?) moved to {aside}; "
+            "their episodes run again"
+        )
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return rows
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one row and make it durable (a crash afterwards keeps it)."""
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in COLUMNS})
+        f.flush()
+        os.fsync(f.fileno())
