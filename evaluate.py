@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import platform
 import re
@@ -137,6 +138,20 @@ def parse_args(argv: list[str] | None = None) -> Args:
     for name in ("train_seconds", "max_wall_s", "pretrain_steps", "torch_threads"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (0: {ZERO_MEANS[name]}), got {getattr(args, name)}")
+    if args.episodes > 1000:  # episode seeds are 1000 x seed + episode: more would reuse another seed's
+        raise UsageError(f"--episodes must be <= 1000 (more would repeat another seed's episodes), got {args.episodes}")
+    if not 0 < args.interval_s < math.inf:
+        raise UsageError(f"--interval-s must be a positive, finite number of seconds, got {args.interval_s}")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite starts it over: give one")
+    if args.part and suite != "gpu-full":
+        raise UsageError(f"--part {args.part!r} is for --suite gpu-full only")
+    try:
+        import torch
+
+        torch.device(args.policy_device)
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(f"--policy-device {args.policy_device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from exc
     if not args.report_only:
         check_env_settings(args)
     return args

@@ -311,6 +311,14 @@ def suite_gpu_full(args: Args, out: Path) -> dict:
     return summary
 
 
+def read_json(path: Path) -> dict:
+    """A JSON file a run wrote; a UsageError naming it when it cannot be read back."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--report-only: cannot read {path} ({exc}); rerun the suite into a new --out") from exc
+
+
 def report_only(args: Args, out: Path) -> dict:
     """Rebuild summary.json, report.md and the plots of a finished (or interrupted) run from its episodes.csv and
     traces, with the run's own args.json and device facts: for a run whose aggregation failed, or another
@@ -322,7 +330,7 @@ def report_only(args: Args, out: Path) -> dict:
     rows = read_rows(out / "episodes.csv")
     if not rows:
         raise UsageError(f"--report-only: {out / 'episodes.csv'} has no finished episode")
-    saved = json.loads((out / "args.json").read_text()) if (out / "args.json").exists() else {}
+    saved = read_json(out / "args.json") if (out / "args.json").exists() else {}
     keep = {"bootstrap_reps", "confidence", "out"}
     run_args = dataclasses.replace(args, **{k: v for k, v in saved.items()
                                             if k in Args.__dataclass_fields__ and k not in keep | {"report_only"}})
@@ -336,11 +344,11 @@ def report_only(args: Args, out: Path) -> dict:
             seen.add(r["label"])
             specs.append(PolicySpec(r["label"], r["spec"], env=r["env"]))
     if (out / "run_facts.json").exists():
-        run = json.loads((out / "run_facts.json").read_text())
+        run = read_json(out / "run_facts.json")
         device, facts = run["device"], run["envs"]
     else:  # runs from before run_facts.json: the GPU suite's device facts, the env facts from its config
         gpu_summary = out / "gpu_summary.json"
-        device = json.loads(gpu_summary.read_text())["device"] if gpu_summary.exists() else {}
+        device = read_json(gpu_summary)["device"] if gpu_summary.exists() else {}
         device = {"date": "", "host": "", "cpu": "", "python": "", "torch": "", **device}
         cfg = envs.EnvConfig.from_kwargs(**env_kwargs(run_args))
         facts = {r["env"]: config_facts(cfg, r["hardware_source"], run_args.gpu, None) for r in rows}

@@ -86,6 +86,11 @@ def test_bad_seeds_fail_at_parsing(suite):
         (["--split", "dev"], "split 'dev'"),
         (["--train-seconds", "-5"], "--train-seconds must be >= 0"),
         (["--max-wall-s", "-1"], "--max-wall-s must be >= 0"),
+        (["--episodes", "1001"], "--episodes must be <= 1000"),
+        (["--interval-s", "inf"], "--interval-s must be a positive, finite number of seconds, got inf"),
+        (["--resume", "--overwrite"], "--resume continues the run in --out and --overwrite starts it over"),
+        (["--suite", "routers", "--part", "bench"], "--part 'bench' is for --suite gpu-full only"),
+        (["--policy-device", "bogus"], "--policy-device 'bogus' is not a torch device"),
     ],
 )
 def test_bad_env_and_run_settings_fail_at_parsing(argv, message):
@@ -429,6 +434,14 @@ def test_main_suite_checks_its_policies_before_training(tmp_path, monkeypatch, c
     assert evaluate.main([*argv, *TINY, *extra]) == 2
     assert message in capsys.readouterr().err
     assert not trained
+
+
+@pytest.mark.parametrize("damaged", ["args.json", "run_facts.json"])
+def test_report_only_names_a_damaged_file(finished_run, tmp_path, capsys, damaged):
+    out = copy_run(finished_run, tmp_path)
+    (out / damaged).write_text('{"seeds": ')
+    assert evaluate.main(["--out", str(out), "--report-only"]) == 2
+    assert f"cannot read {out / damaged}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("under", [False, True])
