@@ -4,6 +4,11 @@
     python train_agent.py --algo ppo --timesteps 256 --env-kwargs preset:tiny --hyperparams n_steps:64 batch_size:32
     python train_agent.py --out runs/ppo_s0 --timesteps 200000 --resume      # continue from the last checkpoint
 
+`--resume` continues with the run's own settings from its `config.yaml`: `--algo`, `--env-id`, `--env-kwargs`,
+`--telemetry`, `--hyperparams` and `--hyperparams-file` left out take the saved values; given, they must resolve to
+the saved ones (else an error names each setting that differs, saved vs now). Other flags (seed, evaluation,
+checkpoints, device, workers) apply to the new session. Without `--resume`, `--out` must not hold a run already.
+
 Hyperparameters come from `agents/hyperparams/<algo>.yml` (RL Baselines3 Zoo layout) with `--hyperparams key:value`
 overrides; `--env-kwargs key:value` sets any `EnvConfig` field (`preset:tiny`, `episode_intervals:32`, and nested
 fields with a dot: `workload.load:0.8`, `reward.w_loss:2`). Values are YAML scalars.
@@ -42,7 +47,7 @@ import numpy as np
 import stable_baselines3
 import torch
 import yaml
-from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
+from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
@@ -54,15 +59,18 @@ from agents.sb3 import (
     CONFIG_FILE,
     MODEL_FILE,
     VECNORMALIZE_FILE,
+    AtomicCheckpointCallback,
     EpisodeInfoCallback,
     HeldOutEvalCallback,
     SaveVecNormalizeCallback,
+    atomic_save,
     build_algo_kwargs,
     check_hyperparams,
     imitation_settings,
     latest_checkpoint,
     load_hyperparams,
     parse_key_values,
+    read_vecnormalize,
     save_checkpoint,
     set_initial_action,
 )
@@ -106,7 +114,7 @@ class Args:
     checkpoint_freq: int = 10_000
     """env steps between checkpoints (0: only on Ctrl-C)"""
     resume: bool = False
-    """continue the run in --out from its last checkpoint (same command, --timesteps may grow)"""
+    """continue the run in --out from its last readable checkpoint with its saved settings (--timesteps may grow)"""
     progress_bar: bool = True
     """show a progress bar (tqdm + rich)"""
     verbose: int = 1
@@ -123,12 +131,19 @@ def _field_docs(cls) -> dict[str, str]:
     return docs
 
 
-def _parser() -> argparse.ArgumentParser:
+RUN_SETTINGS = ("algo", "env_id", "env_kwargs", "telemetry", "hyperparams", "hyperparams_file")
+"""The flags that define a run: on --resume, one left out takes its value from the run's config.yaml."""
+
+
+def _parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The command line; with `suppress_defaults`, flags not given are left out of the namespace."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     docs = _field_docs(Args)
     for f in dataclasses.fields(Args):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if suppress_defaults:
+            default = argparse.SUPPRESS
         help_text = f"{docs.get(f.name, '')} (default: {default!r})"
         if f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
@@ -177,10 +192,84 @@ def env_kwargs_from_pairs(pairs: list[str], telemetry: str) -> dict[str, Any]:
     return kwargs
 
 
+def read_run_config(path: Path) -> dict[str, Any] | None:
+    """A run's config.yaml (as `run_config` wrote it), or None when there is none.
+
+    Raises:
+        ValueError: a file that is not readable YAML or lacks the `args`, `hyperparams` and `env_kwargs` mappings.
+    """
+    if not path.exists():
+        return None
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path} is corrupt ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+    missing = [k for k in ("args", "hyperparams", "env_kwargs") if not isinstance((config or {}).get(k), dict)]
+    if not isinstance(config, dict) or missing:
+        raise ValueError(f"{path} is corrupt or not a train_agent.py config (no {', '.join(missing)} mapping)")
+    return config
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "(unset)"
+
+
+UNSET = _Unset()
+
+
+def _changes(name: str, old: Any, new: Any) -> list[str]:
+    """`name: old (saved) vs new` for each leaf where two plain values differ (nested mappings key by key)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            c
+            for k in sorted(set(old) | set(new))
+            for c in _changes(f"{name}.{k}", old.get(k, UNSET), new.get(k, UNSET))
+        ]
+    return [] if old == new else [f"{name}: {old!r} (saved) vs {new!r}"]
+
+
+def run_setting_changes(saved: dict[str, Any], args: Args, derived: dict[str, Any]) -> list[str]:
+    """The run-defining settings (algo, env id, env kwargs, hyperparameters) in which `args`/`derived` differ from a
+    saved config.yaml; an env argument left out counts as its EnvConfig default on either side."""
+    changes = []
+    for name in ("algo", "env_id"):
+        if name in saved["args"]:
+            changes += _changes(f"--{name.replace('_', '-')}", saved["args"][name], getattr(args, name))
+    defaults = {
+        f.name: plain(f.default if f.default_factory is dataclasses.MISSING else f.default_factory())
+        for f in dataclasses.fields(EnvConfig)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+    old_env, new_env = saved["env_kwargs"], plain(derived["env_kwargs"])
+    for key in sorted(set(old_env) | set(new_env)):
+        unset = defaults.get(key, UNSET)
+        changes += _changes(f"env_kwargs.{key}", old_env.get(key, unset), new_env.get(key, unset))
+    changes += _changes("hyperparams", saved["hyperparams"], plain(derived["hyperparams"]))
+    return changes
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[Args, dict[str, Any]]:
-    """Args and the derived settings (hyperparameters, env kwargs, run folder); bad flags exit with a message."""
+    """Args and the derived settings (hyperparameters, env kwargs, run folder); bad flags exit with a message.
+
+    With --resume, the run-defining flags left out (`RUN_SETTINGS`) take the values in the run's config.yaml, and
+    those given must resolve to the saved settings."""
     parser = _parser()
     args = Args(**vars(parser.parse_args(argv)))
+    if args.resume and not args.out:
+        parser.error("--resume needs --out, the run folder to continue")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out!r} is a file; it must be a run folder (a new one, or a run's with --resume)")
+    saved, given = None, set()
+    if args.resume:
+        try:
+            saved = read_run_config(Path(args.out) / CONFIG_FILE)
+        except ValueError as exc:
+            parser.error(f"--resume: {exc}")
+        given = set(vars(_parser(suppress_defaults=True).parse_args(argv)))
+        for name in RUN_SETTINGS:
+            if saved is not None and name not in given and name in saved["args"]:
+                setattr(args, name, saved["args"][name])
     if args.algo not in ALGOS:
         parser.error(f"--algo {args.algo!r} is not one of {sorted(ALGOS)}")
     if args.timesteps <= 0:
@@ -198,25 +287,30 @@ def parse_args(argv: list[str] | None = None) -> tuple[Args, dict[str, Any]]:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.eval_episodes < 1:
         parser.error(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
+    if not 0 <= args.seed < 2**32:  # numpy's global seed takes [0, 2**32)
+        parser.error(f"--seed must be an integer in [0, 2**32), got {args.seed}")
+    if args.eval_seed < 0:
+        parser.error(f"--eval-seed must be >= 0, got {args.eval_seed}")
     try:
         torch.device(args.device)
     except RuntimeError as exc:
         parser.error(f"--device {args.device!r}: {exc}")
-    if args.resume and not args.out:
-        parser.error("--resume needs --out, the run folder to continue")
     missing = [m for m in ("tqdm", "rich") if args.progress_bar and importlib.util.find_spec(m) is None]
     if missing:
         # SB3 would raise this only after the envs are built and imitation is done; say it now and go on without
         print(f"the progress bar needs {' and '.join(missing)} (pip install {' '.join(missing)}); running without it")
         args.progress_bar = False
     try:
-        hyperparams = load_hyperparams(args.algo, args.env_id, args.hyperparams_file or None)
-        overrides = parse_key_values(args.hyperparams, "--hyperparams")
-        check_hyperparams(args.algo, overrides, "--hyperparams")
-        hyperparams.update(overrides)
+        if saved is not None and not given & {"hyperparams", "hyperparams_file"}:
+            hyperparams = dict(saved["hyperparams"])  # the run's own, even if the hyperparameter file changed since
+        else:
+            hyperparams = load_hyperparams(args.algo, args.env_id, args.hyperparams_file or None)
+            overrides = parse_key_values(args.hyperparams, "--hyperparams")
+            check_hyperparams(args.algo, overrides, "--hyperparams")
+            hyperparams.update(overrides)
         imitation = imitation_settings(hyperparams)
         env_kwargs = env_kwargs_from_pairs(args.env_kwargs, args.telemetry)
-    except (ValueError, TypeError, FileNotFoundError, yaml.YAMLError) as exc:
+    except (ValueError, TypeError, OSError, yaml.YAMLError) as exc:
         parser.error(str(exc))
     if env_kwargs.get("checkpoint") not in (None, "none"):
         try:  # a corrupt file fails here, once, not as a traceback from every env worker
@@ -225,10 +319,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[Args, dict[str, Any]]:
             parser.error(str(exc))
     run_name = f"{args.env_id}__{args.algo}__{args.seed}__{int(time.time())}"
     run_dir = Path(args.out or Path("runs") / run_name)
-    if args.resume and latest_checkpoint(run_dir / "checkpoints") is None:
-        parser.error(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-    if not args.resume and (run_dir / MODEL_FILE).exists():
-        parser.error(f"{run_dir} already holds a finished run; pick another --out or add --resume")
+    resume_from = None
+    if args.resume:
+        resume_from = latest_checkpoint(run_dir / "checkpoints")  # skips unreadable ones, with a warning
+        if resume_from is None:
+            parser.error(f"--resume: no readable checkpoint in {run_dir / 'checkpoints'}")
+        if resume_from[1]["vecnormalize"].exists():
+            try:
+                read_vecnormalize(resume_from[1]["vecnormalize"])
+            except ValueError as exc:
+                parser.error(f"--resume: {exc}")
+    else:
+        held = [name for name in (MODEL_FILE, CONFIG_FILE) if (run_dir / name).exists()]
+        checkpoints = run_dir / "checkpoints"
+        if checkpoints.is_dir() and any(f.is_file() for f in checkpoints.iterdir()):
+            held.append("checkpoints/")
+        if held:
+            parser.error(
+                f"{run_dir} already holds a run ({', '.join(held)}); continue it with --resume or pick another --out"
+            )
     derived = {
         "run_name": run_dir.name,
         "run_dir": run_dir,
@@ -238,7 +347,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[Args, dict[str, Any]]:
         "env_kwargs": env_kwargs,
         # held-out evaluation: its own seeds, on the validation split of the corpus
         "eval_env_kwargs": {"split": "validation", **env_kwargs},
+        "resume_from": resume_from,  # (steps, checkpoint paths) with --resume, else None
+        "saved_config": saved,  # the run's config.yaml with --resume (None when it has none)
     }
+    if saved is not None and (changes := run_setting_changes(saved, args, derived)):
+        parser.error(
+            f"--resume: {run_dir} was trained with other settings: {'; '.join(changes)}; leave those flags out to "
+            f"continue with the run's own settings (its {CONFIG_FILE}), or pick another --out"
+        )
     return args, derived
 
 
@@ -332,7 +448,7 @@ if __name__ == "__main__":
     eval_venv = make_vec_env(args.env_id, derived["eval_env_kwargs"], 1, args.eval_seed, "dummy") if evaluate else None
     if normalize is not None:
         normalize.setdefault("gamma", algo_kwargs.get("gamma", 0.99))  # return normalisation at the agent's gamma
-    resumed = latest_checkpoint(run_dir / "checkpoints") if args.resume else None
+    resumed = derived["resume_from"]
 
     # agent
     if resumed is None:
@@ -356,14 +472,10 @@ if __name__ == "__main__":
             print(f"warm start: imitating {im['controller']} for {im['steps']} steps, {im['epochs']} epochs")
             config["warm_start"] = warm_start(model, venv, im["controller"], im["steps"], im["epochs"], seed=args.seed)
             print(f"warm start: {config['warm_start']}")
-        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+        atomic_save(run_dir / CONFIG_FILE, lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
     else:
         steps, paths = resumed
-        saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).exists() else {}
-        if saved.get("args", {}).get("algo", args.algo) != args.algo:
-            sys.exit(
-                f"train_agent.py: error: --resume: {run_dir} was trained with {saved['args']['algo']}, not {args.algo}"
-            )
+        saved = derived["saved_config"] or {}  # read and checked against the flags by parse_args
         if normalize is not None:
             venv = (
                 VecNormalize.load(str(paths["vecnormalize"]), venv)
@@ -382,7 +494,7 @@ if __name__ == "__main__":
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             }
         )
-        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
+        atomic_save(run_dir / CONFIG_FILE, lambda tmp: Path(tmp).write_text(yaml.safe_dump(saved, sort_keys=False)))
         print(f"resuming {run_dir} from {paths['model'].name} ({steps} steps)")
     if eval_venv is not None and normalize is not None:
         eval_venv = VecNormalize(eval_venv, training=False, norm_obs=normalize.get("norm_obs", True), norm_reward=False)
@@ -391,7 +503,7 @@ if __name__ == "__main__":
     callbacks = [EpisodeInfoCallback()]
     if args.checkpoint_freq:
         callbacks.append(
-            CheckpointCallback(
+            AtomicCheckpointCallback(
                 save_freq=max(args.checkpoint_freq // args.n_envs, 1),
                 save_path=str(run_dir / "checkpoints"),
                 name_prefix=CHECKPOINT_PREFIX,
@@ -440,9 +552,9 @@ if __name__ == "__main__":
     # save
     if not interrupted:
         save_checkpoint(model, run_dir / "checkpoints")  # so --resume continues from the end (with the replay buffer)
-        model.save(str(run_dir / MODEL_FILE))
         if model.get_vec_normalize_env() is not None:
-            model.get_vec_normalize_env().save(str(run_dir / VECNORMALIZE_FILE))
+            atomic_save(run_dir / VECNORMALIZE_FILE, model.get_vec_normalize_env().save)
+        atomic_save(run_dir / MODEL_FILE, model.save)  # last: a model.zip means a finished run
     steps = model.num_timesteps - start_steps
     summary = {
         "steps": int(model.num_timesteps),

@@ -17,8 +17,8 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import pickle
 import re
+import warnings
 import zipfile
 from collections import defaultdict
 from pathlib import Path
@@ -33,7 +33,17 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
 
+from agents.checkpoints import (  # noqa: F401  (train_agent.py takes them from here)
+    CHECKPOINT_PREFIX,
+    AtomicCheckpointCallback,
+    atomic_save,
+    checkpoint_paths,
+    latest_checkpoint,
+    read_vecnormalize,
+    save_checkpoint,
+)
 from agents.controller import CONTROLLERS
+from agents.hyperparam_rules import INIT_ACTIONS, NORMALIZE_RULES, VALUE_RULES, ent_coef_ok, finite, net_arch_ok
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +69,6 @@ ACTIVATIONS = {
     "silu": nn.SiLU,
 }
 _NOT_HYPERPARAMS = {"self", "policy", "env", "tensorboard_log", "verbose", "seed", "device", "_init_setup_model"}
-INIT_ACTIONS = ("no_control", "zero")
-CHECKPOINT_PREFIX = "ckpt"
 MODEL_FILE = "model.zip"
 VECNORMALIZE_FILE = "vecnormalize.pkl"
 CONFIG_FILE = "config.yaml"
@@ -104,32 +112,71 @@ def valid_hyperparams(algo: str) -> list[str]:
 
 
 def check_hyperparams(algo: str, params: dict[str, Any], where: str) -> None:
-    """ValueError naming the unknown keys and the valid ones."""
+    """ValueError naming the unknown keys and the valid ones, or a value out of its range and the range
+    (`VALUE_RULES`: learning rates finite > 0 or `lin_<x>`, gamma in (0, 1], sizes positive integers, ...)."""
     if algo not in ALGOS:
         raise ValueError(f"unknown algorithm {algo!r}; choose one of {sorted(ALGOS)}")
     valid = valid_hyperparams(algo)
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise ValueError(f"unknown {algo} hyperparameter(s) {unknown} in {where}; valid: {', '.join(valid)}")
+
+    def bad(key: str, value: Any, allowed: str) -> ValueError:
+        return ValueError(f"{key}:{value!r} in {where} is not allowed: {key} must be {allowed}")
+
+    for key, value in params.items():
+        if key in VALUE_RULES and not VALUE_RULES[key][0](value):
+            raise bad(key, value, VALUE_RULES[key][1])
+    if "ent_coef" in params and not ent_coef_ok(algo, params["ent_coef"]):
+        allowed = "a finite number >= 0" + (", auto or auto_<initial value > 0>" if algo == "sac" else "")
+        raise bad("ent_coef", params["ent_coef"], allowed)
     if isinstance(params.get("normalize"), dict):
-        bad = sorted(set(params["normalize"]) - set(NORMALIZE_KEYS))
-        if bad:
-            raise ValueError(f"unknown normalize option(s) {bad} in {where}; valid: {', '.join(NORMALIZE_KEYS)}")
+        unknown = sorted(set(params["normalize"]) - set(NORMALIZE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown normalize option(s) {unknown} in {where}; valid: {', '.join(NORMALIZE_KEYS)}")
+        for key, value in params["normalize"].items():
+            if not NORMALIZE_RULES[key][0](value):
+                raise bad(f"normalize.{key}", value, NORMALIZE_RULES[key][1])
+    pk = params.get("policy_kwargs") or {}
+    if "net_arch" in pk and not net_arch_ok(pk["net_arch"]):
+        raise bad(
+            "policy_kwargs.net_arch",
+            pk["net_arch"],
+            "a list of positive integers (layer widths), or {pi: [...], vf: [...]} / {pi: [...], qf: [...]} of them",
+        )
+    activation = pk.get("activation_fn")
+    if isinstance(activation, str) and activation.lower().removeprefix("nn.") not in ACTIVATIONS:
+        raise bad("policy_kwargs.activation_fn", activation, f"one of {sorted(ACTIVATIONS)}")
+    if "log_std_init" in pk and not finite(pk["log_std_init"]):
+        raise bad("policy_kwargs.log_std_init", pk["log_std_init"], "a finite number")
 
 
 def load_hyperparams(algo: str, env_id: str = "MoERouting-v0", path: str | Path | None = None) -> dict[str, Any]:
     """The hyperparameters of `algo` for `env_id` from its YAML file (`default` section when the env id is absent).
 
     Raises:
-        ValueError: unknown algorithm, missing section, unknown keys. FileNotFoundError: no file.
+        ValueError: unknown algorithm, a directory or a file that is not a YAML mapping, missing section, unknown
+            keys, values out of range. FileNotFoundError: no file.
     """
     if algo not in ALGOS:
         raise ValueError(f"unknown algorithm {algo!r}; choose one of {sorted(ALGOS)}")
     path = Path(path) if path else HYPERPARAMS_DIR / f"{algo}.yml"
-    data = yaml.safe_load(path.read_text()) or {}
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a YAML file of hyperparameters")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path} is not a YAML file of hyperparameters ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a YAML {type(data).__name__}, not a mapping of env id -> hyperparameters")
     section = data.get(env_id, data.get("default"))
     if section is None:
         raise ValueError(f"{path} has no section for {env_id!r} (nor 'default'); sections: {sorted(data)}")
+    if not isinstance(section, dict):
+        name = env_id if env_id in data else "default"
+        raise ValueError(
+            f"{path}: section {name!r} is a YAML {type(section).__name__}, not a mapping of hyperparameters"
+        )
     params = dict(section)
     check_hyperparams(algo, params, str(path))
     return params
@@ -291,17 +338,26 @@ class SaveVecNormalizeCallback(BaseCallback):
         venv = self.model.get_vec_normalize_env()
         if venv is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            venv.save(str(self.path))
+            atomic_save(self.path, venv.save)
         return True
 
 
 class HeldOutEvalCallback(EvalCallback):
     """`EvalCallback` that reseeds its eval env with `eval_seed` before each evaluation, so every evaluation plays
     the same held-out episodes (seeds `eval_seed + i` for eval env i, and what those seeds draw next) and the best
-    model is chosen on a fixed set."""
+    model is chosen on a fixed set. The best model goes to `best_model_save_path/best_model.zip` atomically (a run
+    stopped mid-save keeps the previous best)."""
 
-    def __init__(self, eval_env, eval_seed: int, resume_steps: int | None = None, **kwargs):
-        super().__init__(eval_env, **kwargs)
+    def __init__(
+        self,
+        eval_env,
+        eval_seed: int,
+        resume_steps: int | None = None,
+        best_model_save_path: str | None = None,
+        **kwargs,
+    ):
+        super().__init__(eval_env, best_model_save_path=None, **kwargs)  # saved here, atomically
+        self.best_model_file = Path(best_model_save_path) / "best_model.zip" if best_model_save_path else None
         self.eval_seed = int(eval_seed)
         if resume_steps is not None:
             self.load_history(resume_steps)
@@ -323,42 +379,12 @@ class HeldOutEvalCallback(EvalCallback):
     def _on_step(self) -> bool:
         if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
             self.eval_env.seed(self.eval_seed)
-        return super()._on_step()
-
-
-# ----- checkpoints -------------------------------------------------------------------------------------------------
-def checkpoint_paths(folder: str | Path, steps: int, prefix: str = CHECKPOINT_PREFIX) -> dict[str, Path]:
-    """Where `CheckpointCallback(name_prefix=prefix)` puts a checkpoint's model, VecNormalize and replay buffer."""
-    folder = Path(folder)
-    return {
-        "model": folder / f"{prefix}_{steps}_steps.zip",
-        "vecnormalize": folder / f"{prefix}_vecnormalize_{steps}_steps.pkl",
-        "replay_buffer": folder / f"{prefix}_replay_buffer_{steps}_steps.pkl",
-    }
-
-
-def save_checkpoint(model: BaseAlgorithm, folder: str | Path, prefix: str = CHECKPOINT_PREFIX) -> Path:
-    """Save the model (with its VecNormalize statistics and replay buffer, if any) as a checkpoint now; returns the
-    model's path."""
-    paths = checkpoint_paths(folder, model.num_timesteps, prefix)
-    paths["model"].parent.mkdir(parents=True, exist_ok=True)
-    model.save(str(paths["model"]))
-    venv = model.get_vec_normalize_env()
-    if venv is not None:
-        venv.save(str(paths["vecnormalize"]))
-    if getattr(model, "replay_buffer", None) is not None:
-        model.save_replay_buffer(str(paths["replay_buffer"]))
-    return paths["model"]
-
-
-def latest_checkpoint(folder: str | Path, prefix: str = CHECKPOINT_PREFIX) -> tuple[int, dict[str, Path]] | None:
-    """(steps, paths) of the checkpoint with the most steps in `folder`, or None."""
-    pattern = re.compile(rf"^{re.escape(prefix)}_(\d+)_steps\.zip$")
-    found = [int(m.group(1)) for f in Path(folder).glob("*.zip") if (m := pattern.match(f.name))]
-    if not found:
-        return None
-    steps = max(found)
-    return steps, checkpoint_paths(folder, steps, prefix)
+        best_before = self.best_mean_reward
+        continue_training = super()._on_step()
+        if self.best_model_file is not None and self.best_mean_reward > best_before:
+            self.best_model_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save(self.best_model_file, self.model.save)
+        return continue_training
 
 
 # ----- policies as controllers -------------------------------------------------------------------------------------
@@ -439,8 +465,12 @@ def load_policy(
         device: torch device for the policy.
         deterministic: mean actions (as `predict(..., deterministic=True)`).
 
+    Warns (UserWarning) when the run's `config.yaml` (beside the model, or one folder up) says observations were
+    normalised but no statistics file lies beside the model: the policy then sees raw observations.
+
     Raises:
-        FileNotFoundError: no model there. ValueError: unknown algo, or a file that is not a saved SB3 model.
+        FileNotFoundError: no model there. ValueError: unknown algo, a file that is not a saved SB3 model, or
+            unreadable VecNormalize statistics beside it.
     """
     path = Path(path)
     if path.is_dir():
@@ -465,6 +495,15 @@ def load_policy(
     stats_path = vecnormalize_path_for(path)
     vec_normalize = None
     if stats_path.exists():
-        with open(stats_path, "rb") as f:
-            vec_normalize = pickle.load(f)  # a VecNormalize without its venv: normalize_obs works
+        vec_normalize = read_vecnormalize(stats_path)
+    else:
+        normalize = (_find_config(path) or {}).get("vec_normalize")
+        if isinstance(normalize, dict) and normalize.get("norm_obs", True):
+            warnings.warn(
+                f"{path} was trained on normalised observations (its run's {CONFIG_FILE}: vec_normalize "
+                f"{normalize}) but {stats_path} is missing: the policy will see raw observations; copy the "
+                f"statistics file beside the model",
+                UserWarning,
+                stacklevel=2,
+            )
     return PolicyController(model, vec_normalize, deterministic)

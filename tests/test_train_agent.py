@@ -4,10 +4,12 @@ on Ctrl-C with a checkpoint, resumes, evaluates, logs and saves a model that rel
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -59,6 +61,51 @@ BAD_FLAGS = [
 ]
 
 
+# values out of range: one-line errors before any env is built ({dir}, {list_yaml}: filled in by the test)
+BAD_VALUES = [
+    (
+        ["--hyperparams", "learning_rate:nan"],
+        "learning_rate:nan in --hyperparams is not allowed: learning_rate must be",
+    ),
+    (["--hyperparams", "learning_rate:lin_-1e-3"], "learning_rate:'lin_-1e-3' in --hyperparams is not allowed"),
+    (["--hyperparams", "n_steps:-1"], "n_steps:-1 in --hyperparams is not allowed: n_steps must be a positive integer"),
+    (["--hyperparams", "batch_size:0"], "batch_size:0 in --hyperparams is not allowed"),
+    (["--hyperparams", "n_epochs:2.5"], "n_epochs:2.5 in --hyperparams is not allowed"),
+    (["--hyperparams", "gamma:inf"], "gamma:inf in --hyperparams is not allowed: gamma must be a number in (0, 1]"),
+    (["--hyperparams", "gamma:1.5"], "gamma:1.5 in --hyperparams is not allowed"),
+    (["--hyperparams", "gae_lambda:-0.1"], "gae_lambda:-0.1 in --hyperparams is not allowed"),
+    (["--hyperparams", "ent_coef:-1"], "ent_coef:-1 in --hyperparams is not allowed"),
+    (["--hyperparams", "clip_range:0"], "clip_range:0 in --hyperparams is not allowed"),
+    (
+        ["--hyperparams", "policy_kwargs:{net_arch: [-4]}"],
+        "policy_kwargs.net_arch:[-4] in --hyperparams is not allowed",
+    ),
+    (["--hyperparams", "policy_kwargs:{net_arch: {pi: [64], vf: [0]}}"], "policy_kwargs.net_arch:{"),
+    (["--hyperparams", "normalize:{clip_reward: -1}"], "normalize.clip_reward:-1 in --hyperparams is not allowed"),
+    (["--algo", "sac", "--hyperparams", "buffer_size:0"], "buffer_size:0 in --hyperparams is not allowed"),
+    (["--algo", "sac", "--hyperparams", "ent_coef:auto_-1"], "ent_coef:'auto_-1' in --hyperparams is not allowed"),
+    (["--algo", "sac", "--hyperparams", "tau:0"], "tau:0 in --hyperparams is not allowed"),
+    (["--algo", "td3", "--hyperparams", "noise_type:gauss"], "noise_type:'gauss' in --hyperparams is not allowed"),
+    (["--seed", "-1"], "--seed must be an integer in [0, 2**32), got -1"),
+    (["--eval-seed", "-5"], "--eval-seed must be >= 0, got -5"),
+    (["--hyperparams-file", "{dir}"], "is a directory, not a YAML file of hyperparameters"),
+    (["--hyperparams-file", "{list_yaml}"], "holds a YAML list, not a mapping of env id -> hyperparameters"),
+    (["--out", __file__], "is a file; it must be a run folder"),
+]
+
+
+def exits_with(argv: list[str], capsys) -> str:
+    """parse_args(argv) exits with status 2 and a one-line message, no traceback; the message."""
+    with pytest.raises(SystemExit) as exit_info:
+        train_agent.parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    message = err.strip().splitlines()[-1]  # after argparse's usage lines: the one error line
+    assert ": error: " in message, err
+    return message
+
+
 @pytest.mark.parametrize("argv, message", BAD_FLAGS)
 def test_bad_flags_are_clear_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -66,6 +113,169 @@ def test_bad_flags_are_clear_errors(argv, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", BAD_VALUES)
+def test_bad_values_are_one_line_errors_before_any_env(argv, message, tmp_path, capsys):
+    (tmp_path / "list.yml").write_text("- n_steps: 64\n- batch_size: 32\n")
+    argv = [a.replace("{dir}", str(tmp_path)).replace("{list_yaml}", str(tmp_path / "list.yml")) for a in argv]
+    assert message in exits_with(argv, capsys)
+
+
+@pytest.mark.parametrize(
+    "algo, params",
+    [
+        ("ppo", {"learning_rate": "lin_3e-4", "clip_range": 0.2, "clip_range_vf": None, "target_kl": None}),
+        ("ppo", {"gamma": 1, "gae_lambda": 0, "ent_coef": 0, "policy_kwargs": {"net_arch": {"pi": [8], "vf": []}}}),
+        ("sac", {"ent_coef": "auto_0.1", "gradient_steps": -1, "train_freq": [1, "episode"], "learning_starts": 0}),
+        ("sac", {"ent_coef": "auto", "target_entropy": "auto", "policy_kwargs": {"net_arch": [64, 64]}}),
+        ("td3", {"noise_type": "ornstein-uhlenbeck", "noise_std": 0.2, "policy_delay": 2, "normalize": True}),
+        ("a2c", {"rms_prop_eps": 1e-5, "normalize": {"norm_obs": False, "clip_reward": 10.0, "gamma": 0.9}}),
+    ],
+)
+def test_values_in_range_pass_the_check(algo, params):
+    agents.sb3.check_hyperparams(algo, params, "test")
+
+
+# ----- the run folder: no run overwritten, --resume with the run's own settings and its last readable checkpoint -----
+RUN_FLAGS = ["--env-kwargs", "preset:tiny", "episode_intervals:8", "--hyperparams", "n_steps:32", "batch_size:32"]
+
+
+def write_model_zip(path: Path) -> None:
+    """A zip as far as `latest_checkpoint` reads it (a `data` entry that passes its CRC check)."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("data", "{}")
+
+
+def interrupted_run(folder: Path, steps=(32, 64)) -> Path:
+    """A run folder as an interrupted run of RUN_FLAGS leaves it: its config.yaml (as train_agent.py writes it) and
+    checkpoints, no model.zip."""
+    args, derived = train_agent.parse_args(["--out", str(folder), *RUN_FLAGS])
+    (folder / "checkpoints").mkdir(parents=True)
+    config = train_agent.run_config(args, derived, None)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for n in steps:
+        write_model_zip(folder / "checkpoints" / f"ckpt_{n}_steps.zip")
+    return folder
+
+
+@pytest.mark.parametrize("leave", ["config.yaml", "checkpoints/ckpt_32_steps.zip", "model.zip", "all"])
+def test_a_run_folder_is_not_reused_without_resume(leave, tmp_path, capsys):
+    run = interrupted_run(tmp_path / "run")
+    (run / "model.zip").write_bytes(b"")
+    for name in ("config.yaml", "model.zip", "checkpoints/ckpt_32_steps.zip", "checkpoints/ckpt_64_steps.zip"):
+        if leave not in (name, "all"):
+            (run / name).unlink()
+    message = exits_with(["--out", str(run), *RUN_FLAGS], capsys)
+    assert f"{run} already holds a run" in message and "--resume" in message and "another --out" in message
+    # an empty folder (or one a failed start left with an empty checkpoints/) is fine
+    (tmp_path / "fresh" / "checkpoints").mkdir(parents=True)
+    assert train_agent.parse_args(["--out", str(tmp_path / "fresh"), *RUN_FLAGS])[1]["run_dir"] == tmp_path / "fresh"
+
+
+def test_latest_checkpoint_skips_unreadable_ones_with_a_warning(tmp_path, caplog):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for n in (32, 64):
+        write_model_zip(folder / f"ckpt_{n}_steps.zip")
+    (folder / "ckpt_96_steps.zip").write_bytes(b"")  # empty
+    (folder / "ckpt_128_steps.zip").write_bytes((folder / "ckpt_64_steps.zip").read_bytes()[:40])  # truncated
+    with caplog.at_level(logging.WARNING, logger="agents.sb3"):
+        steps, paths = agents.sb3.latest_checkpoint(folder)
+    assert steps == 64 and paths["model"] == folder / "ckpt_64_steps.zip"
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "ckpt_96_steps.zip" in warned and "ckpt_128_steps.zip" in warned and "ckpt_64" not in warned
+    (folder / "ckpt_32_steps.zip").write_bytes(b"PK")
+    (folder / "ckpt_64_steps.zip").unlink()
+    assert agents.sb3.latest_checkpoint(folder) is None
+
+
+def test_resume_takes_the_newest_readable_checkpoint_and_names_corrupt_files(tmp_path, capsys):
+    run = interrupted_run(tmp_path / "run", steps=(32, 64, 96))
+    (run / "checkpoints" / "ckpt_96_steps.zip").write_bytes(b"")
+    resume = ["--out", str(run), "--resume", "--timesteps", "128"]
+    assert train_agent.parse_args(resume)[1]["resume_from"][0] == 64
+    stats = run / "checkpoints" / "ckpt_vecnormalize_64_steps.pkl"
+    stats.write_bytes(b"\x80\x04\x95 truncated")
+    assert f"--resume: {stats} is not readable VecNormalize statistics" in exits_with(resume, capsys)
+    stats.unlink()
+    config = run / "config.yaml"
+    config.write_text(config.read_text()[:200] + "\n  - [unclosed")
+    assert f"--resume: {config} is corrupt" in exits_with(resume, capsys)
+    config.write_text("args: {algo: ppo}\n")  # a truncation that is still YAML
+    assert f"--resume: {config} is corrupt or not a train_agent.py config" in exits_with(resume, capsys)
+
+
+@pytest.mark.parametrize(
+    "flags, changes",
+    [
+        (["--env-kwargs", "preset:default"], ["env_kwargs.preset: 'tiny' (saved) vs 'default'", "episode_intervals"]),
+        (["--env-kwargs", "preset:tiny", "episode_intervals:8", "workload.load:0.5"], ["env_kwargs.workload.load: "]),
+        (["--hyperparams", "n_steps:64", "batch_size:32"], ["hyperparams.n_steps: 32 (saved) vs 64"]),
+        (["--hyperparams", "n_steps:32", "batch_size:32", "gamma:0.9"], ["hyperparams.gamma: 0.98 (saved) vs 0.9"]),
+        (["--algo", "a2c"], ["--algo: 'ppo' (saved) vs 'a2c'"]),
+        (["--telemetry", "auto"], ["env_kwargs.telemetry: 'simulated' (saved) vs 'auto'"]),
+    ],
+)
+def test_resume_refuses_changed_settings_naming_each(flags, changes, tmp_path, capsys):
+    run = interrupted_run(tmp_path / "run")
+    message = exits_with(["--out", str(run), "--resume", *flags], capsys)
+    assert f"--resume: {run} was trained with other settings" in message
+    for change in changes:
+        assert change in message
+
+
+def test_resume_takes_the_settings_left_out_from_the_run(tmp_path):
+    run = interrupted_run(tmp_path / "run")
+    for argv in (
+        ["--resume"],
+        ["--resume", *RUN_FLAGS],
+        ["--resume", "--env-kwargs", "preset:tiny", "episode_intervals:8"],
+    ):
+        args, derived = train_agent.parse_args(["--out", str(run), "--timesteps", "128", *argv])
+        assert args.algo == "ppo" and derived["env_kwargs"]["preset"] == "tiny"
+        assert derived["env_kwargs"]["episode_intervals"] == 8
+        assert derived["hyperparams"]["n_steps"] == 32 and derived["resume_from"][0] == 64
+
+
+class _Model:
+    """Stands in for an SB3 model with VecNormalize statistics in save_checkpoint: each save writes part of its file,
+    then fails if told to."""
+
+    num_timesteps = 32
+
+    def __init__(self, fail: str):
+        self.fail = fail
+
+    def write(self, what: str, path: str) -> None:
+        Path(path).write_bytes(b"part of " + what.encode())
+        if self.fail == what:
+            raise KeyboardInterrupt
+
+    def save(self, path: str) -> None:
+        self.write("model", path)
+
+    def get_vec_normalize_env(self):
+        return type("Stats", (), {"save": lambda _, path: self.write("vecnormalize", path)})()
+
+
+@pytest.mark.parametrize("fail", ["model", "vecnormalize"])
+def test_checkpoints_are_written_atomically_model_last(fail, tmp_path):
+    model, folder = _Model(fail), tmp_path / "checkpoints"
+    with pytest.raises(KeyboardInterrupt):
+        agents.sb3.save_checkpoint(model, folder)
+    assert not (folder / "ckpt_32_steps.zip").exists()  # no truncated zip, nor one without its statistics
+    assert [p.name for p in folder.iterdir()] == (["ckpt_vecnormalize_32_steps.pkl"] if fail == "model" else [])
+    model.fail = ""
+    assert agents.sb3.save_checkpoint(model, folder) == folder / "ckpt_32_steps.zip"
+    assert sorted(p.name for p in folder.iterdir()) == ["ckpt_32_steps.zip", "ckpt_vecnormalize_32_steps.pkl"]
+    assert (folder / "ckpt_32_steps.zip").read_bytes() == b"part of model"
+    old = tmp_path / "config.yaml"  # a file written before keeps its content when a rewrite fails
+    old.write_text("old")
+    model.fail = "model"
+    with pytest.raises(KeyboardInterrupt):
+        agents.sb3.atomic_save(old, model.save)
+    assert old.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "config.yaml"]
 
 
 def test_flags_parse_into_configs():
@@ -108,7 +318,7 @@ def test_bad_algo_exits_without_traceback():
     assert "--algo 'dqn' is not one of" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_tiny_run_interrupts_with_a_checkpoint_and_resumes(tmp_path):
+def test_tiny_run_interrupts_with_a_checkpoint_and_resumes(tmp_path, capsys):
     run = tmp_path / "run"
     cmd = [sys.executable, "train_agent.py", "--out", str(run), *TINY_RUN]
     proc = subprocess.Popen(
@@ -129,10 +339,20 @@ def test_tiny_run_interrupts_with_a_checkpoint_and_resumes(tmp_path):
     assert (run / "checkpoints" / f"ckpt_vecnormalize_{steps}_steps.pkl").exists()
     assert not (run / "model.zip").exists()
 
+    # the interrupted run's folder is neither started over nor resumed with other settings (errors before any env)
+    message = exits_with(["--out", str(run), *TINY_RUN, "--timesteps", "64"], capsys)
+    assert "already holds a run (config.yaml, checkpoints/)" in message
+    message = exits_with(["--out", str(run), *TINY_RUN, "--resume", "--env-kwargs", "preset:default"], capsys)
+    assert "env_kwargs.preset: 'tiny' (saved) vs 'default'" in message
+    # a newer checkpoint cut short (a crash mid-save, a full disk): resuming skips it with a warning
+    (run / "checkpoints" / f"ckpt_{steps + 1024}_steps.zip").write_bytes(b"")
+
     result = subprocess.run(
         [*cmd, "--timesteps", str(steps + 64), "--resume"], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert f"skipping unreadable checkpoint {run / 'checkpoints' / f'ckpt_{steps + 1024}_steps.zip'}" in result.stderr
+    assert not list(run.rglob("*.tmp"))  # every atomic write replaced its file
     resumed_summary = json.loads((run / "train_summary.json").read_text())
     assert resumed_summary["steps"] >= steps + 64
     assert resumed_summary["wall_s_total"] > resumed_summary["wall_s"] >= 0  # both sessions counted

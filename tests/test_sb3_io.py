@@ -1,0 +1,94 @@
+"""load_policy and the files beside a model: observation statistics found, missing (a warning when the run's
+config.yaml says they were used) or corrupt (a ValueError naming the file), and a run folder whose newest checkpoint
+is unreadable."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import yaml
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from agents import load_policy
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """An untrained PPO on Pendulum (saving is all these tests need) and its VecNormalize statistics."""
+    folder = tmp_path_factory.mktemp("saved")
+    venv = VecNormalize(DummyVecEnv([lambda: gym.make("Pendulum-v1")]), norm_obs=True, norm_reward=True)
+    venv.obs_rms.mean[:] = 0.5  # statistics that change the action
+    model = PPO("MlpPolicy", venv, n_steps=64, batch_size=32, seed=0, device="cpu")
+    model.save(str(folder / "model.zip"))
+    venv.save(str(folder / "vecnormalize.pkl"))
+    venv.close()
+    return folder
+
+
+def run_folder(tmp_path, saved, norm_obs: bool | None, stats: bool) -> tuple:
+    """A run folder as train_agent.py leaves it (config.yaml with `vec_normalize`, unless `norm_obs` is None:
+    no config.yaml), with or without the statistics file."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(saved / "model.zip", run / "model.zip")
+    if stats:
+        shutil.copy(saved / "vecnormalize.pkl", run / "vecnormalize.pkl")
+    if norm_obs is not None:
+        config = {"args": {"algo": "ppo"}, "vec_normalize": {"norm_obs": norm_obs, "norm_reward": True, "gamma": 0.99}}
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    return run
+
+
+def test_statistics_beside_the_model_are_used_without_a_warning(tmp_path, saved):
+    run = run_folder(tmp_path, saved, norm_obs=True, stats=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy = load_policy(run / "model.zip")
+    assert policy.vec_normalize is not None
+
+
+def test_missing_statistics_of_a_normalised_run_warn(tmp_path, saved):
+    run = run_folder(tmp_path, saved, norm_obs=True, stats=False)
+    with pytest.warns(UserWarning, match=r"normalised observations .*/run/vecnormalize\.pkl is missing"):
+        policy = load_policy(run / "model.zip")
+    assert policy.vec_normalize is None
+    (run / "best").mkdir()  # best/best_model.zip: the run's config.yaml is one folder up
+    shutil.copy(run / "model.zip", run / "best" / "best_model.zip")
+    with pytest.warns(UserWarning, match=r"best/vecnormalize\.pkl is missing"):
+        load_policy(run / "best" / "best_model.zip")
+
+
+@pytest.mark.parametrize("norm_obs", [False, None])  # the run did not normalise observations / a bare zip
+def test_no_warning_when_nothing_says_the_statistics_are_needed(tmp_path, saved, norm_obs):
+    run = run_folder(tmp_path, saved, norm_obs=norm_obs, stats=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_policy(run / "model.zip").vec_normalize is None
+
+
+@pytest.mark.parametrize("cut", [0, 20, 200])
+def test_truncated_statistics_are_a_value_error_naming_the_file(tmp_path, saved, cut):
+    run = run_folder(tmp_path, saved, norm_obs=True, stats=True)
+    stats = run / "vecnormalize.pkl"
+    stats.write_bytes(stats.read_bytes()[:cut])
+    with pytest.raises(ValueError, match=f"{stats} is not readable VecNormalize statistics"):
+        load_policy(run / "model.zip")
+
+
+def test_a_run_folder_loads_its_newest_readable_checkpoint(tmp_path, saved, caplog):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(saved / "model.zip", run / "checkpoints" / "ckpt_64_steps.zip")
+    shutil.copy(saved / "vecnormalize.pkl", run / "checkpoints" / "ckpt_vecnormalize_64_steps.pkl")
+    (run / "checkpoints" / "ckpt_96_steps.zip").write_bytes((saved / "model.zip").read_bytes()[:100])  # truncated
+    with caplog.at_level(logging.WARNING, logger="agents.sb3"):
+        policy = load_policy(run)
+    assert "ckpt_96_steps.zip" in caplog.text and policy.vec_normalize is not None
+    obs = np.zeros(3, dtype=np.float32)
+    assert np.allclose(policy.act(obs), load_policy(run / "checkpoints" / "ckpt_64_steps.zip").act(obs))
