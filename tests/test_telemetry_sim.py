@@ -170,3 +170,12 @@ def test_initial_temperature_and_readings():
     assert gpu.temperature_c() == 70.0 and gpu.memory_temperature_c() < 70.0
     assert gpu.sample().temperature_c == 70.0 and gpu.power_limit_w() == 700.0
     assert gpu.idle(120.0).temperature_c < tel.steady_temperature_c(gpu.spec, gpu.spec.idle_w, 30.0) + 1.0
+
+
+@pytest.mark.parametrize("period_s", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_duty_period_that_never_advances_is_refused(period_s):
+    from telemetry.reference import replay_reference
+
+    # checked before the trace is read (an endless loop otherwise), so no measured trace is needed here
+    with pytest.raises(ValueError, match="period_s must be a positive, finite duty-cycle period"):
+        replay_reference(tel.SimulatedGpu("H100"), trace=None, period_s=period_s)
