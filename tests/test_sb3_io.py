@@ -87,7 +87,7 @@ def test_a_run_folder_loads_its_newest_readable_checkpoint(tmp_path, saved, capl
     shutil.copy(saved / "model.zip", run / "checkpoints" / "ckpt_64_steps.zip")
     shutil.copy(saved / "vecnormalize.pkl", run / "checkpoints" / "ckpt_vecnormalize_64_steps.pkl")
     (run / "checkpoints" / "ckpt_96_steps.zip").write_bytes((saved / "model.zip").read_bytes()[:100])  # truncated
-    with caplog.at_level(logging.WARNING, logger="agents.sb3"):
+    with caplog.at_level(logging.WARNING, logger="agents.checkpoints"):
         policy = load_policy(run)
     assert "ckpt_96_steps.zip" in caplog.text and policy.vec_normalize is not None
     obs = np.zeros(3, dtype=np.float32)

@@ -180,7 +180,7 @@ def test_latest_checkpoint_skips_unreadable_ones_with_a_warning(tmp_path, caplog
         write_model_zip(folder / f"ckpt_{n}_steps.zip")
     (folder / "ckpt_96_steps.zip").write_bytes(b"")  # empty
     (folder / "ckpt_128_steps.zip").write_bytes((folder / "ckpt_64_steps.zip").read_bytes()[:40])  # truncated
-    with caplog.at_level(logging.WARNING, logger="agents.sb3"):
+    with caplog.at_level(logging.WARNING, logger="agents.checkpoints"):
         steps, paths = agents.sb3.latest_checkpoint(folder)
     assert steps == 64 and paths["model"] == folder / "ckpt_64_steps.zip"
     warned = " ".join(r.getMessage() for r in caplog.records)
