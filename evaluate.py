@@ -35,7 +35,6 @@ import math
 import os
 import platform
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -49,6 +48,8 @@ from evaluate_rows import (  # noqa: F401  (part of evaluate's surface)
     COLUMNS,
     ID_COLUMNS,
     append_row,
+    check_out,
+    prepare_out,
     read_rows,
     repair_rows,
 )
@@ -266,51 +267,6 @@ def slug(label: str) -> str:
 
 def trace_path(out: Path, label: str, episode_seed: int) -> Path:
     return out / "traces" / f"{slug(label)}__{episode_seed}.json"
-
-
-# The settings that define an episode (its env, served model, and the policies a suite adds): a --resume must give
-# the saved run's. Not among them: the policy and seed lists and --episodes (a resume may extend them), how long to
-# run (--max-wall-s, --main-budget-s, the short training run's flags: a resume reuses its model), where policies
-# and torch run (--policy-device, --torch-threads), --part, and the statistics and output flags.
-EPISODE_SETTINGS = ("suite_run", "preset", "telemetry", "gpu", "split", "episode_intervals", "interval_s", "workload",
-                    "load", "pretrain_steps", "checkpoint", "trained_policy", "gpu_pretrain_steps")
-
-
-def check_out(out: Path, args: Args, suite_run: str) -> None:
-    """Refuse, before anything is written there, an --out this run cannot use: a file, a folder holding another
-    run's episodes without --resume or --overwrite, or a --resume with other `EPISODE_SETTINGS` than the saved
-    args.json's."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder; give a folder path")
-    csv_path = out / "episodes.csv"
-    if csv_path.exists() and not args.resume and not args.overwrite:
-        raise UsageError(f"{csv_path} exists: pass --resume to continue that run or --overwrite to start over")
-    saved_path = out / "args.json"
-    if not args.resume or not saved_path.exists():
-        return
-    try:
-        saved = json.loads(saved_path.read_text())
-    except ValueError as exc:
-        raise UsageError(f"--resume: cannot read {saved_path} ({exc}); start over with --overwrite or use a new "
-                         "--out") from exc
-    now = dataclasses.asdict(args) | {"suite_run": suite_run}
-    differ = [f"--{'suite' if k == 'suite_run' else k.replace('_', '-')} {saved[k]!r} (now {now[k]!r})"
-              for k in EPISODE_SETTINGS if k in saved and saved[k] != now[k]]
-    if differ:
-        raise UsageError(f"--resume: {out} holds episodes run with other settings: {', '.join(differ)}; resume "
-                         "with the saved ones, or start over with --overwrite or a new --out")
-
-
-def prepare_out(out: Path, resume: bool, overwrite: bool) -> list[dict]:
-    """Create --out; return the finished rows to keep (resume), or refuse to mix runs."""
-    csv_path = out / "episodes.csv"
-    if csv_path.exists() and not resume:
-        if not overwrite:
-            raise UsageError(f"{csv_path} exists: pass --resume to continue that run or --overwrite to start over")
-        csv_path.unlink()
-        shutil.rmtree(out / "traces", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return repair_rows(csv_path) if resume else []
 
 
 def write_json(path: Path, data) -> None:

@@ -1,12 +1,17 @@
-"""episodes.csv, the rows `evaluate.py` writes one episode at a time: its columns, appending a row durably, and
-reading the rows back with those a crash cut short left out (or, for --resume, moved aside to run again)."""
+"""The run folder of `evaluate.py` and its episodes.csv, written one episode at a time: whether a run may use the
+folder (`check_out`, `prepare_out`), the columns, appending a row durably, and reading the rows back with those a
+crash cut short left out (or, for --resume, moved aside to run again)."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import evaluate_stats as stats
 from evaluate_specs import UsageError
@@ -108,3 +113,67 @@ def append_row(path: Path, row: dict) -> None:
         writer.writerow({k: row.get(k, "") for k in COLUMNS})
         f.flush()
         os.fsync(f.fileno())
+
+
+# The settings that define an episode (its env, served model, and the policies a suite adds): a --resume must give
+# the saved run's. Not among them: the policy and seed lists and --episodes (a resume may extend them), how long to
+# run (--max-wall-s, --main-budget-s, the short training run's flags: a resume reuses its model), where policies
+# and torch run (--policy-device, --torch-threads), --part, and the statistics and output flags.
+EPISODE_SETTINGS = (
+    "suite_run",
+    "preset",
+    "telemetry",
+    "gpu",
+    "split",
+    "episode_intervals",
+    "interval_s",
+    "workload",
+    "load",
+    "pretrain_steps",
+    "checkpoint",
+    "trained_policy",
+    "gpu_pretrain_steps",
+)
+
+
+def check_out(out: Path, args: Any, suite_run: str) -> None:
+    """Refuse, before anything is written there, an --out this run cannot use: a file, a folder holding another
+    run's episodes without --resume or --overwrite, or a --resume with other `EPISODE_SETTINGS` than the saved
+    args.json's."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; give a folder path")
+    csv_path = out / "episodes.csv"
+    if csv_path.exists() and not args.resume and not args.overwrite:
+        raise UsageError(f"{csv_path} exists: pass --resume to continue that run or --overwrite to start over")
+    saved_path = out / "args.json"
+    if not args.resume or not saved_path.exists():
+        return
+    try:
+        saved = json.loads(saved_path.read_text())
+    except ValueError as exc:
+        raise UsageError(
+            f"--resume: cannot read {saved_path} ({exc}); start over with --overwrite or use a new --out"
+        ) from exc
+    now = dataclasses.asdict(args) | {"suite_run": suite_run}
+    differ = [
+        f"--{'suite' if k == 'suite_run' else k.replace('_', '-')} {saved[k]!r} (now {now[k]!r})"
+        for k in EPISODE_SETTINGS
+        if k in saved and saved[k] != now[k]
+    ]
+    if differ:
+        raise UsageError(
+            f"--resume: {out} holds episodes run with other settings: {', '.join(differ)}; resume "
+            "with the saved ones, or start over with --overwrite or a new --out"
+        )
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> list[dict]:
+    """Create --out; return the finished rows to keep (resume), or refuse to mix runs."""
+    csv_path = out / "episodes.csv"
+    if csv_path.exists() and not resume:
+        if not overwrite:
+            raise UsageError(f"{csv_path} exists: pass --resume to continue that run or --overwrite to start over")
+        csv_path.unlink()
+        shutil.rmtree(out / "traces", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return repair_rows(csv_path) if resume else []

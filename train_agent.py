@@ -33,7 +33,6 @@ import inspect
 import json
 import multiprocessing
 import os
-import platform
 import random
 import signal
 import sys
@@ -44,7 +43,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import stable_baselines3
 import torch
 import yaml
 from stable_baselines3.common.callbacks import CallbackList
@@ -77,6 +75,7 @@ from agents.sb3 import (
 from agents.warm_start import warm_start
 from envs import EnvConfig, measured_backend_unavailable
 from moe_runtime import CheckpointError, ControlAction, read_checkpoint
+from train_config import read_run_config, run_config, run_setting_changes
 
 
 @dataclass
@@ -190,63 +189,6 @@ def env_kwargs_from_pairs(pairs: list[str], telemetry: str) -> dict[str, Any]:
             raise ValueError(f"--env-kwargs {outer}: {exc}; fields: {known}") from exc
     EnvConfig.from_kwargs(**kwargs)  # check now: unknown names and bad values are errors before any env starts
     return kwargs
-
-
-def read_run_config(path: Path) -> dict[str, Any] | None:
-    """A run's config.yaml (as `run_config` wrote it), or None when there is none.
-
-    Raises:
-        ValueError: a file that is not readable YAML or lacks the `args`, `hyperparams` and `env_kwargs` mappings.
-    """
-    if not path.exists():
-        return None
-    try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path} is corrupt ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
-    missing = [k for k in ("args", "hyperparams", "env_kwargs") if not isinstance((config or {}).get(k), dict)]
-    if not isinstance(config, dict) or missing:
-        raise ValueError(f"{path} is corrupt or not a train_agent.py config (no {', '.join(missing)} mapping)")
-    return config
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "(unset)"
-
-
-UNSET = _Unset()
-
-
-def _changes(name: str, old: Any, new: Any) -> list[str]:
-    """`name: old (saved) vs new` for each leaf where two plain values differ (nested mappings key by key)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [
-            c
-            for k in sorted(set(old) | set(new))
-            for c in _changes(f"{name}.{k}", old.get(k, UNSET), new.get(k, UNSET))
-        ]
-    return [] if old == new else [f"{name}: {old!r} (saved) vs {new!r}"]
-
-
-def run_setting_changes(saved: dict[str, Any], args: Args, derived: dict[str, Any]) -> list[str]:
-    """The run-defining settings (algo, env id, env kwargs, hyperparameters) in which `args`/`derived` differ from a
-    saved config.yaml; an env argument left out counts as its EnvConfig default on either side."""
-    changes = []
-    for name in ("algo", "env_id"):
-        if name in saved["args"]:
-            changes += _changes(f"--{name.replace('_', '-')}", saved["args"][name], getattr(args, name))
-    defaults = {
-        f.name: plain(f.default if f.default_factory is dataclasses.MISSING else f.default_factory())
-        for f in dataclasses.fields(EnvConfig)
-        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-    }
-    old_env, new_env = saved["env_kwargs"], plain(derived["env_kwargs"])
-    for key in sorted(set(old_env) | set(new_env)):
-        unset = defaults.get(key, UNSET)
-        changes += _changes(f"env_kwargs.{key}", old_env.get(key, unset), new_env.get(key, unset))
-    changes += _changes("hyperparams", saved["hyperparams"], plain(derived["hyperparams"]))
-    return changes
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Args, dict[str, Any]]:
@@ -378,49 +320,6 @@ def make_vec_env(env_id: str, env_kwargs: dict[str, Any], n_envs: int, seed: int
     venv = SubprocVecEnv(thunks) if vec == "subproc" else DummyVecEnv(thunks)
     venv.seed(seed)  # worker i resets with seed + i
     return venv
-
-
-def plain(obj: Any) -> Any:
-    """Dataclasses, tuples, paths and numpy scalars as YAML-safe plain values."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return plain(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, str):
-        return str(obj)  # also str subclasses such as torch's TorchVersion
-    if obj is None or isinstance(obj, (bool, int, float)):
-        return obj
-    return repr(obj)
-
-
-def run_config(args: Args, derived: dict[str, Any], normalize: dict | None) -> dict[str, Any]:
-    return {
-        "run_name": derived["run_name"],
-        "command": " ".join(sys.argv),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "args": plain(args),
-        "hyperparams": plain(derived["hyperparams"]),
-        "vec_normalize": plain(normalize),
-        "env_kwargs": plain(derived["env_kwargs"]),
-        "env_config": plain(EnvConfig.from_kwargs(**derived["env_kwargs"])),
-        "eval_env_kwargs": plain(derived["eval_env_kwargs"]),
-        "versions": plain(
-            {
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "stable_baselines3": stable_baselines3.__version__,
-                "gymnasium": gym.__version__,
-                "numpy": np.__version__,
-            }
-        ),
-        "host": {"platform": platform.platform(), "processor": platform.processor(), "device": args.device},
-    }
 
 
 def _raise_keyboard_interrupt(signum, frame):
