@@ -55,6 +55,7 @@ from agents.sb3 import (
     ALGOS,
     CHECKPOINT_PREFIX,
     CONFIG_FILE,
+    EVALUATIONS_FILE,
     MODEL_FILE,
     VECNORMALIZE_FILE,
     AtomicCheckpointCallback,
@@ -67,7 +68,9 @@ from agents.sb3 import (
     imitation_settings,
     latest_checkpoint,
     load_hyperparams,
+    load_replay_buffer,
     parse_key_values,
+    read_eval_history,
     read_vecnormalize,
     save_checkpoint,
     set_initial_action,
@@ -266,11 +269,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Args, dict[str, Any]]:
         resume_from = latest_checkpoint(run_dir / "checkpoints")  # skips unreadable ones, with a warning
         if resume_from is None:
             parser.error(f"--resume: no readable checkpoint in {run_dir / 'checkpoints'}")
-        if resume_from[1]["vecnormalize"].exists():
-            try:
+        try:  # damaged files fail here, with their names, not as a traceback after the envs have started
+            if resume_from[1]["vecnormalize"].exists():
                 read_vecnormalize(resume_from[1]["vecnormalize"])
-            except ValueError as exc:
-                parser.error(f"--resume: {exc}")
+            if (run_dir / EVALUATIONS_FILE).exists():
+                read_eval_history(run_dir / EVALUATIONS_FILE)
+        except ValueError as exc:
+            parser.error(f"--resume: {exc}; move it aside to continue without it")
     else:
         held = [name for name in (MODEL_FILE, CONFIG_FILE) if (run_dir / name).exists()]
         checkpoints = run_dir / "checkpoints"
@@ -385,7 +390,10 @@ if __name__ == "__main__":
         venv.seed(args.seed + steps)  # fresh episodes, not a replay of the first ones
         model = algo_cls.load(str(paths["model"]), env=venv, device=args.device, tensorboard_log=str(run_dir / "tb"))
         if paths["replay_buffer"].exists():
-            model.load_replay_buffer(str(paths["replay_buffer"]))
+            try:  # read only here: a probe in parse_args would load a buffer of up to 1e6 transitions twice
+                load_replay_buffer(model, paths["replay_buffer"])
+            except ValueError as exc:
+                sys.exit(f"train_agent.py: error: --resume: {exc}; move it aside to continue with an empty buffer")
         saved.setdefault("resumed", []).append(
             {
                 "from_steps": steps,

@@ -109,3 +109,15 @@ def read_vecnormalize(path: str | Path) -> Any:
     if not hasattr(stats, "normalize_obs"):
         raise ValueError(f"{path} holds a {type(stats).__name__}, not VecNormalize statistics")
     return stats
+
+
+def load_replay_buffer(model: BaseAlgorithm, path: str | Path) -> None:
+    """Load an off-policy model's replay buffer saved by `save_checkpoint`.
+
+    Raises:
+        ValueError: a truncated or corrupt file, or one that holds something else, naming the file.
+    """
+    try:
+        model.load_replay_buffer(str(path))
+    except Exception as exc:  # a corrupt pickle can raise nearly anything (EOFError, UnpicklingError, ...)
+        raise ValueError(f"{path} is not a readable replay buffer ({type(exc).__name__}: {exc})") from None

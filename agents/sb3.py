@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import re
 import warnings
 import zipfile
@@ -39,6 +40,7 @@ from agents.checkpoints import (  # noqa: F401  (train_agent.py takes them from 
     atomic_save,
     checkpoint_paths,
     latest_checkpoint,
+    load_replay_buffer,
     read_vecnormalize,
     save_checkpoint,
 )
@@ -72,6 +74,7 @@ _NOT_HYPERPARAMS = {"self", "policy", "env", "tensorboard_log", "verbose", "seed
 MODEL_FILE = "model.zip"
 VECNORMALIZE_FILE = "vecnormalize.pkl"
 CONFIG_FILE = "config.yaml"
+EVALUATIONS_FILE = "evaluations.npz"  # EvalCallback(log_path=run folder) writes it
 
 
 # ----- hyperparameters -------------------------------------------------------------------------------------------
@@ -345,8 +348,8 @@ class SaveVecNormalizeCallback(BaseCallback):
 class HeldOutEvalCallback(EvalCallback):
     """`EvalCallback` that reseeds its eval env with `eval_seed` before each evaluation, so every evaluation plays
     the same held-out episodes (seeds `eval_seed + i` for eval env i, and what those seeds draw next) and the best
-    model is chosen on a fixed set. The best model goes to `best_model_save_path/best_model.zip` atomically (a run
-    stopped mid-save keeps the previous best)."""
+    model is chosen on a fixed set. The best model (`best_model_save_path/best_model.zip`) and the history
+    (`log_path/evaluations.npz`) are written atomically: a run stopped mid-save keeps the previous ones."""
 
     def __init__(
         self,
@@ -358,21 +361,27 @@ class HeldOutEvalCallback(EvalCallback):
     ):
         super().__init__(eval_env, best_model_save_path=None, **kwargs)  # saved here, atomically
         self.best_model_file = Path(best_model_save_path) / "best_model.zip" if best_model_save_path else None
+        self.history_file = Path(f"{self.log_path}.npz") if self.log_path else None
+        if self.history_file is not None:  # SB3 writes its np.savez here; `_on_step` renames it into place
+            self.log_path = str(self.history_file.with_name(f".{self.history_file.stem}.{os.getpid()}.tmp.npz"))
         self.eval_seed = int(eval_seed)
         if resume_steps is not None:
             self.load_history(resume_steps)
 
     def load_history(self, up_to_steps: int) -> None:
         """Continue a resumed run's evaluation history (`evaluations.npz`, entries up to `up_to_steps`) and its best
-        mean reward, so the file keeps every evaluation and `best_model` is replaced only by a better one."""
-        path = Path(f"{self.log_path}.npz") if self.log_path else None
-        if path is None or not path.exists():
+        mean reward, so the file keeps every evaluation and `best_model` is replaced only by a better one.
+
+        Raises:
+            ValueError: an `evaluations.npz` that is not a readable evaluation history, naming it.
+        """
+        if self.history_file is None or not self.history_file.exists():
             return
-        with np.load(path) as saved:
-            keep = saved["timesteps"] <= up_to_steps
-            self.evaluations_timesteps = saved["timesteps"][keep].tolist()
-            self.evaluations_results = [list(r) for r in saved["results"][keep]]
-            self.evaluations_length = [list(r) for r in saved["ep_lengths"][keep]]
+        saved = read_eval_history(self.history_file)
+        keep = saved["timesteps"] <= up_to_steps
+        self.evaluations_timesteps = saved["timesteps"][keep].tolist()
+        self.evaluations_results = [list(r) for r in saved["results"][keep]]
+        self.evaluations_length = [list(r) for r in saved["ep_lengths"][keep]]
         if self.evaluations_results:
             self.best_mean_reward = float(max(np.mean(r) for r in self.evaluations_results))
 
@@ -381,10 +390,28 @@ class HeldOutEvalCallback(EvalCallback):
             self.eval_env.seed(self.eval_seed)
         best_before = self.best_mean_reward
         continue_training = super()._on_step()
+        if self.history_file is not None and Path(self.log_path).exists():
+            os.replace(self.log_path, self.history_file)
         if self.best_model_file is not None and self.best_mean_reward > best_before:
             self.best_model_file.parent.mkdir(parents=True, exist_ok=True)
             atomic_save(self.best_model_file, self.model.save)
         return continue_training
+
+
+def read_eval_history(path: str | Path) -> dict[str, np.ndarray]:
+    """The `timesteps`, `results` and `ep_lengths` arrays of an `EvalCallback` history (`evaluations.npz`).
+
+    Raises:
+        ValueError: a truncated or corrupt file, or one without those arrays, naming the file.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            history = {k: saved[k] for k in ("timesteps", "results", "ep_lengths")}
+    except Exception as exc:  # zipfile, zlib, pickle and OS errors all mean unreadable
+        raise ValueError(f"{path} is not a readable evaluation history ({type(exc).__name__}: {exc})") from None
+    if not len(history["timesteps"]) == len(history["results"]) == len(history["ep_lengths"]):
+        raise ValueError(f"{path} is not a readable evaluation history (its arrays differ in length)")
+    return history
 
 
 # ----- policies as controllers -------------------------------------------------------------------------------------

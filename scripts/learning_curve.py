@@ -16,11 +16,9 @@ import argparse
 import json
 import os
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -64,14 +62,16 @@ def baseline_returns(config: dict, controller: str, episodes: int) -> list[float
         venv.close()
 
 
-def read_run_config(path: Path) -> dict:
-    """A run's `config.yaml`, with the evaluation settings the curves need; a ValueError naming the file if not."""
+def read_curve_config(path: Path) -> dict:
+    """A run's `config.yaml` (`train_config.read_run_config`), with the evaluation settings the curves need; a
+    ValueError naming the file if not."""
+    from train_config import read_run_config
+
+    config = read_run_config(path)  # None only when the file is missing, which main() has ruled out
     try:
-        config = yaml.safe_load(path.read_text())
-        run_args = config["args"]
-        int(run_args["eval_episodes"]), int(run_args["eval_seed"]), str(run_args["env_id"])  # noqa: B018
-    except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path} is not a train_agent.py run config ({type(exc).__name__}: {exc})") from None
+        int(config["args"]["eval_episodes"]), int(config["args"]["eval_seed"]), str(config["args"]["env_id"])  # noqa: B018
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path} lacks the evaluation settings ({type(exc).__name__}: {exc})") from None
     return config
 
 
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/learning_curve"), help="output path, no suffix")
     args = parser.parse_args(argv)
     from agents import CONTROLLERS
+    from agents.sb3 import EVALUATIONS_FILE, read_eval_history
 
     labels = args.labels.split(",") if args.labels else [r.name for r in args.runs]
     if len(labels) != len(args.runs):
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         if not (run / "config.yaml").is_file():
             parser.error(f"{run} is not a train_agent.py run folder (no config.yaml)")
         try:
-            configs.append(read_run_config(run / "config.yaml"))
+            configs.append(read_curve_config(run / "config.yaml"))
         except ValueError as exc:
             parser.error(str(exc))
     eval_episodes = int(configs[0]["args"]["eval_episodes"])
@@ -115,13 +116,12 @@ def main(argv: list[str] | None = None) -> None:
     for run, label, config in zip(args.runs, labels, configs):
         steps, train = training_curve(run)
         entry: dict = {"folder": str(run), "train_steps": steps.tolist(), "train_return": train.tolist()}
-        if (run / "evaluations.npz").exists():
+        if (run / EVALUATIONS_FILE).exists():
             try:
-                with np.load(run / "evaluations.npz") as ev:
-                    entry["eval_steps"] = ev["timesteps"].tolist()
-                    entry["eval_returns"] = ev["results"].tolist()
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-                parser.error(f"cannot read {run / 'evaluations.npz'} ({type(exc).__name__}: {exc})")
+                history = read_eval_history(run / EVALUATIONS_FILE)
+            except ValueError as exc:
+                parser.error(str(exc))
+            entry["eval_steps"], entry["eval_returns"] = history["timesteps"].tolist(), history["results"].tolist()
         if "warm_start" in config:
             entry["warm_start"] = config["warm_start"]
         data["runs"][label] = entry

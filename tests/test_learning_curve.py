@@ -18,7 +18,8 @@ _spec.loader.exec_module(learning_curve)
 def fake_run(folder: Path) -> Path:
     """A run folder with a config and no curves yet (a run that has not logged)."""
     folder.mkdir(parents=True)
-    config = {"args": {"env_id": "MoERouting-v0", "eval_episodes": 2, "eval_seed": 1000}, "env_kwargs": {}}
+    args = {"env_id": "MoERouting-v0", "eval_episodes": 2, "eval_seed": 1000}
+    config = {"args": args, "hyperparams": {}, "env_kwargs": {}}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     return folder
 
@@ -34,11 +35,16 @@ def test_bad_input_names_what_is_wrong(tmp_path, capsys):
     a, b = fake_run(tmp_path / "s0" / "ppo"), fake_run(tmp_path / "s1" / "ppo")
     assert "runs need distinct labels, ['ppo'] repeats" in error_of(capsys, [str(a), str(b), "--baselines", ""])
     assert "--baselines ['oracle'] not among the controllers" in error_of(capsys, [str(a), "--baselines", "oracle"])
-    for text in ("args: [unclosed", "", "args: {eval_episodes: two, eval_seed: 1, env_id: x}"):
+    for text in ("args: [unclosed", ""):
         (b / "config.yaml").write_text(text)
-        assert f"{b / 'config.yaml'} is not a train_agent.py run config" in error_of(capsys, [str(b)])
+        assert f"{b / 'config.yaml'} is corrupt" in error_of(capsys, [str(b)])
+    (b / "config.yaml").write_text(
+        "{args: {eval_episodes: two, eval_seed: 1, env_id: x}, hyperparams: {}, env_kwargs: {}}"
+    )
+    assert f"{b / 'config.yaml'} lacks the evaluation settings" in error_of(capsys, [str(b)])
     (a / "evaluations.npz").write_bytes(b"PK\x03\x04 torn")
-    assert f"cannot read {a / 'evaluations.npz'}" in error_of(capsys, [str(a), "--baselines", "", "--out", "x"])
+    message = error_of(capsys, [str(a), "--baselines", "", "--out", "x"])
+    assert f"{a / 'evaluations.npz'} is not a readable evaluation history" in message
 
 
 @pytest.mark.parametrize(("out", "stem"), [("curve_v1.5", "curve_v1.5"), ("curve.png", "curve")])

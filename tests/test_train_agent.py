@@ -204,6 +204,14 @@ def test_resume_takes_the_newest_readable_checkpoint_and_names_corrupt_files(tmp
     assert f"--resume: {config} is corrupt" in exits_with(resume, capsys)
     config.write_text("args: {algo: ppo}\n")  # a truncation that is still YAML
     assert f"--resume: {config} is corrupt or not a train_agent.py config" in exits_with(resume, capsys)
+    interrupted_run(tmp_path / "run2")
+    resume[1] = str(tmp_path / "run2")
+    history = tmp_path / "run2" / "evaluations.npz"
+    np.savez(history, timesteps=np.array([32]), results=np.array([[1.0]]), ep_lengths=np.array([[8]]))
+    assert train_agent.parse_args(resume)[1]["resume_from"][0] == 64  # a readable history passes
+    history.write_bytes(history.read_bytes()[:60])  # cut short
+    message = exits_with(resume, capsys)
+    assert f"--resume: {history} is not a readable evaluation history" in message and "move it aside" in message
 
 
 @pytest.mark.parametrize(
@@ -394,6 +402,44 @@ def test_eval_history_and_best_reward_carry_over_a_resume(tmp_path):
     assert resumed.best_mean_reward == -3.0
     fresh = HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=None, **kw)
     assert fresh.evaluations_timesteps == [] and fresh.best_mean_reward == -np.inf
+
+
+def test_eval_history_is_replaced_atomically(tmp_path, monkeypatch):
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import configure
+
+    from agents.sb3 import HeldOutEvalCallback, read_eval_history
+
+    model = PPO("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=16, seed=0, device="cpu")
+    model.set_logger(configure(None, []))
+    callback = HeldOutEvalCallback(
+        model.get_env(), eval_seed=0, log_path=str(tmp_path), eval_freq=1, n_eval_episodes=1, warn=False, verbose=0
+    )
+    callback.init_callback(model)
+    callback.on_step()
+    assert len(read_eval_history(tmp_path / "evaluations.npz")["timesteps"]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["evaluations.npz"]  # SB3's write went to a temporary file
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("agents.sb3.os.replace", crash)  # a crash between SB3's write and the rename
+    with pytest.raises(OSError, match="disk full"):
+        callback.on_step()
+    assert len(read_eval_history(tmp_path / "evaluations.npz")["timesteps"]) == 1  # the saved history is intact
+
+
+def test_a_corrupt_replay_buffer_is_named(tmp_path):
+    from stable_baselines3 import SAC
+
+    from agents.sb3 import load_replay_buffer
+
+    model = SAC("MlpPolicy", "Pendulum-v1", buffer_size=64, learning_starts=0, seed=0, device="cpu")
+    model.save_replay_buffer(tmp_path / "buffer.pkl")
+    load_replay_buffer(model, tmp_path / "buffer.pkl")  # a whole one loads
+    (tmp_path / "buffer.pkl").write_bytes((tmp_path / "buffer.pkl").read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"buffer\.pkl is not a readable replay buffer \("):
+        load_replay_buffer(model, tmp_path / "buffer.pkl")
 
 
 def test_warm_started_run_records_its_teacher(tmp_path):
