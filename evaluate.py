@@ -108,17 +108,36 @@ class Args:
 
 
 # ----- parsing ---------------------------------------------------------------------------------------------------
+def _field_comments(cls) -> dict[str, str]:
+    """The comment after each field of a dataclass (`name: type = default  # comment`), for --help."""
+    import inspect
+    import io
+    import tokenize
+
+    docs, name = {}, None
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and name is None:  # a field's name opens its line
+            name = tok.string
+        elif tok.type == tokenize.COMMENT and name is not None:
+            docs[name] = tok.string.lstrip("# ").strip()
+        elif tok.type == tokenize.NEWLINE:
+            name = None
+    return docs
+
+
 def parse_args(argv: list[str] | None = None) -> Args:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    docs = _field_comments(Args)
     for f in dataclasses.fields(Args):
         flag = "--" + f.name.replace("_", "-")
+        help_text = f"{docs.get(f.name, '')} (default: {f.default!r})".replace("%", "%%")  # argparse formats help
         if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
-            parser.add_argument(flag, type=type(f.default), default=f.default)
+            parser.add_argument(flag, type=type(f.default), default=f.default, help=help_text)
     args = Args(**vars(parser.parse_args(argv)))
     if args.suite and args.suite not in SUITES:
         raise UsageError(f"--suite {args.suite!r} is not one of {', '.join(SUITES)}")
@@ -283,7 +302,7 @@ def run_policies(args: Args, specs: list[PolicySpec], env_configs: dict[str, dic
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
-    done = {(r["label"], r["episode_seed"]) for r in prepare_out(out, args.resume, args.overwrite)}
+    done = {(r["label"], r["episode_seed"]) for r in prepare_out(out, args.resume, args.overwrite, specs)}
     seeds = parse_seeds(args.seeds)
     jobs = [(s, e, p) for s in seeds for e in range(args.episodes) for p in specs]
     envs_, controllers, facts = build_policies(specs, env_configs, args.policy_device)

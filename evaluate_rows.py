@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import evaluate_stats as stats
-from evaluate_specs import UsageError
+from evaluate_specs import PolicySpec, UsageError, split_label
 
 ID_COLUMNS = ("label", "spec", "env", "seed", "episode", "episode_seed", "hardware_source", "wall_time_s")
 COLUMNS = ID_COLUMNS + tuple(m.name for m in stats.METRICS) + stats.EXTRA_COLUMNS
@@ -167,8 +167,9 @@ def check_out(out: Path, args: Any, suite_run: str) -> None:
         )
 
 
-def prepare_out(out: Path, resume: bool, overwrite: bool) -> list[dict]:
-    """Create --out; return the finished rows to keep (resume), or refuse to mix runs."""
+def prepare_out(out: Path, resume: bool, overwrite: bool, specs: list[PolicySpec]) -> list[dict]:
+    """Create --out; return the finished rows to keep (resume), or refuse to mix runs: episodes there without
+    --resume or --overwrite, or a resume that gives a saved label to another policy."""
     csv_path = out / "episodes.csv"
     if csv_path.exists() and not resume:
         if not overwrite:
@@ -176,4 +177,14 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> list[dict]:
         csv_path.unlink()
         shutil.rmtree(out / "traces", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    return repair_rows(csv_path) if resume else []
+    if not resume:
+        return []
+    rows = repair_rows(csv_path)
+    saved_specs = {r["label"]: split_label(r["spec"])[1] for r in rows}  # what each label ran, whatever its name
+    pairs = [(p.label, saved_specs[p.label], split_label(p.text)[1]) for p in specs if p.label in saved_specs]
+    if clash := [f"{label}: {saved!r} (saved) vs {now!r}" for label, saved, now in pairs if saved != now]:
+        raise UsageError(  # its new episodes would be paired with the other policy's old ones
+            f"--resume: {out} holds episodes of other policies under these labels: {'; '.join(clash)}; "
+            "name them apart (LABEL=SPEC), or start over with --overwrite or a new --out"
+        )
+    return rows

@@ -56,12 +56,15 @@ def _value(text: str):
         return {"true": True, "false": False}.get(text.lower(), text)
 
 
+def split_label(text: str) -> tuple[str, str]:
+    """("LABEL", "SPEC") of "LABEL=SPEC", ("", "SPEC") of a spec without a label."""
+    m = re.match(r"^([^=():]+)=(.+)$", text.strip())
+    return (m.group(1).strip(), m.group(2).strip()) if m else ("", text.strip())
+
+
 def parse_policy(text: str, controllers: tuple[str, ...]) -> PolicySpec:
     """One policy spec (grammar in the module docstring). Raises UsageError with the fix."""
-    label, body = "", text.strip()
-    m = re.match(r"^([^=():]+)=(.+)$", body)
-    if m:
-        label, body = m.group(1).strip(), m.group(2).strip()
+    label, body = split_label(text)
     m = re.match(rf"^({'|'.join(SB3_PREFIXES)}):(.+)$", body)
     if m:
         algo, path = m.group(1), m.group(2).strip()

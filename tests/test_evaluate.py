@@ -6,6 +6,7 @@ Tiny preset, episodes of a few intervals, few bootstrap replications: the whole 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -96,6 +97,16 @@ def test_bad_seeds_fail_at_parsing(suite):
 def test_bad_env_and_run_settings_fail_at_parsing(argv, message):
     with pytest.raises(evaluate.UsageError, match=re.escape(message)):
         evaluate.parse_args(argv)
+
+
+def test_help_describes_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--help"])
+    help_text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
+    docs = evaluate._field_comments(evaluate.Args)
+    assert set(docs) == {f.name for f in dataclasses.fields(evaluate.Args)}  # a field without its comment fails
+    for name, doc in docs.items():
+        assert doc and "".join(f"{doc} (default: ".split()) in help_text, name
 
 
 def test_policy_grammar(tmp_path):
@@ -281,6 +292,10 @@ def test_interrupted_run_resumes_without_repeating_rows(tmp_path, monkeypatch, c
     assert len(rows) == 4 and rows[:2] == first  # finished rows kept as they were, only the rest ran
     assert len({(r["label"], r["episode_seed"]) for r in rows}) == 4
     assert json.loads((out / "summary.json").read_text())["aggregates"]["kcm_greedy"]["mean_loss"]["n"] == 2
+    # a resume that reuses a label for another policy would pair its new episodes with the old policy's
+    assert evaluate.main([*argv, "--resume", "--policies", "no_control,kcm_greedy=load_balance"]) == 2
+    assert "kcm_greedy: 'kcm_greedy' (saved) vs 'load_balance'" in capsys.readouterr().err
+    assert read_csv(out / "episodes.csv") == rows
 
     # The report can be rebuilt from the rows alone (as for a GPU run whose aggregation failed there).
     before = json.loads((out / "summary.json").read_text())
