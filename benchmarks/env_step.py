@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import pathlib
 import platform
-import tempfile
 
 import numpy as np
 import torch
+from _cli import check_out_file, write_json_atomic
 
 from envs import MoERoutingEnv, Workload
 from moe_runtime import ControlAction, MoEConfig
@@ -80,6 +79,7 @@ def main() -> None:
         MoEConfig.preset(args.preset)
     except ValueError as exc:
         parser.error(str(exc))
+    check_out_file(parser, "--out", args.out)
 
     env = MoERoutingEnv(preset=args.preset, telemetry="simulated")
     env.reset(seed=0)
@@ -123,7 +123,6 @@ def main() -> None:
     print(f"distinct best fixed actions across profiles: {len(best_set)} ({', '.join(sorted(best_set))})")
 
     out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "meta": dict(
             date=datetime.datetime.now().isoformat(timespec="seconds"),
@@ -139,9 +138,7 @@ def main() -> None:
         "overhead_share": overhead,
         "fixed_action_grid": grid,
     }
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False, suffix=".tmp") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(f.name, out)
+    write_json_atomic(out, payload)
     print(f"env: {steps_per_s:.1f} steps/s, overhead {100 * overhead:.1f} % of step time")
 
 

@@ -20,12 +20,12 @@ os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported: lets the wrap
 import argparse
 import datetime
 import functools
-import json
 import platform
 import timeit
 from pathlib import Path
 
 import torch
+from _cli import check_out_file, positive_int, write_json_atomic
 
 from kernels import _triton_align, _triton_route, _triton_swiglu
 from kernels.routing import fused_route_triton
@@ -57,10 +57,11 @@ def per_call_us(fn, number: int, repeat: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--number", type=int, default=500, help="calls per timing")
-    parser.add_argument("--repeat", type=int, default=5, help="timings per case (the fastest is kept)")
+    parser.add_argument("--number", type=positive_int, default=500, help="calls per timing")
+    parser.add_argument("--repeat", type=positive_int, default=5, help="timings per case (the fastest is kept)")
     parser.add_argument("--out", default="results/kernel_host_overhead.json")
     args = parser.parse_args()
+    check_out_file(parser, "--out", args.out)
     torch.set_num_threads(1)
     stub_kernels()
     rows = []
@@ -89,10 +90,7 @@ def main() -> None:
         cases=rows,
     )
     out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out_path)
+    write_json_atomic(out_path, result)
     print(f"wrote {out_path}")
 
 

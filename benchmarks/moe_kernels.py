@@ -115,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
     args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()})
     if max(args.experts) > MAX_EXPERTS:
         parser.error(f"--experts must be at most {MAX_EXPERTS}, got {max(args.experts)}")
+    if args.out and Path(args.out).is_dir():  # refused now, not after the run when the JSON is written
+        parser.error(f"--out {args.out} is a directory; give a .json file path")
     return args
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import pathlib
 import statistics
 import sys
 import time
 
 import torch
+from _cli import check_out_file, positive_int, write_json_atomic
 
 import moe_runtime as mr
 from kernels import KernelCostModel, dispatch
@@ -34,10 +34,11 @@ def launch_ms(rt: mr.MoERuntime, tokens: int, repeats: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=int, default=16384)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--tokens", type=positive_int, default=16384)
+    parser.add_argument("--repeats", type=positive_int, default=7)
     parser.add_argument("--out", default="results/gpu/runtime_profile.json")
     args = parser.parse_args()
+    check_out_file(parser, "--out", args.out)
     if not torch.cuda.is_available():
         print("runtime_profile: needs CUDA (it profiles the runtime's GPU path); nothing to do here")
         return 0
@@ -78,8 +79,7 @@ def main() -> int:
           f"({rows['with_reference_ms']:.1f} ms with the paired reference forward); KCM kernel time "
           f"{result['predicted_kernel_ms']:.1f} ms (predicted)")
     out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json_atomic(out, result)
     print(f"wrote {out}")
     return 0
 

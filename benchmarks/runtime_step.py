@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import pathlib
 import platform
-import tempfile
 import time
 
 import torch
+from _cli import check_out_file, positive_int, write_json_atomic
 
 import moe_runtime as mr
 
@@ -37,9 +36,10 @@ def tokens_per_s(cfg: mr.MoEConfig, interval_tokens: int, repeats: int) -> tuple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="results/benchmarks/runtime_step.json")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
+    parser.add_argument("--repeats", type=positive_int, default=7)
     args = parser.parse_args()
+    check_out_file(parser, "--out", args.out)
     torch.set_num_threads(args.threads)
     rows = []
 
@@ -69,7 +69,6 @@ def main() -> None:
         run("gpu preset (bf16)", mr.MoEConfig.preset("gpu"), 16384)
     run("default", mr.MoEConfig.preset("default"), 1024)
     out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"),
         machine=platform.machine(),
@@ -79,9 +78,7 @@ def main() -> None:
         gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         source="measured",
     )
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False, suffix=".tmp") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    os.replace(f.name, out)
+    write_json_atomic(out, {"meta": meta, "rows": rows})
     print(
         f"default preset: {rows[-1]['tokens_per_s']:.0f} tokens/s ({rows[-1]['ms_per_interval']:.1f} ms per "
         f"1,024-token interval, {args.threads} threads, {rows[-1]['device']})"

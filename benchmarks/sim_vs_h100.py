@@ -19,6 +19,7 @@ import pathlib
 from dataclasses import dataclass
 
 import numpy as np
+from _cli import check_out_file, write_atomic
 
 from telemetry import GpuSpec, SimulatedGpu, board_power_w, get_gpu_spec
 from telemetry.power_model import thermal_step
@@ -58,6 +59,7 @@ def parse_args() -> Args:
     args = Args(**vars(parser.parse_args()))
     if not 0.0 < args.period_s < math.inf:
         parser.error(f"--period_s must be a positive, finite number of seconds, got {args.period_s}")
+    check_out_file(parser, "--png", args.png, kind=".png")
     return args
 
 
@@ -186,8 +188,7 @@ def plot(trace: ReferenceTrace, sim: dict, path: pathlib.Path) -> None:
     axes[0].set_title("SimulatedGpu('H100') vs measured H100 80GB HBM3 (shared/reference/h100-step-response.csv);\n"
                       "simulation read at the measured sample times", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 

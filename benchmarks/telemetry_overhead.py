@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import pathlib
 import platform
 import statistics
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from _cli import check_out_file, positive_float, positive_int, write_json_atomic
 
 from telemetry import BackgroundSampler, GpuSystemMonitor, NvmlSource, SampleBuffer, nvml_available
 from telemetry.reference import find_reference_file
@@ -48,11 +50,20 @@ class Args:
 
 def parse_args() -> Args:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    types = {int: positive_int, float: positive_float}  # zero calls or seconds would time nothing (or divide by 0)
     for field in dataclasses.fields(Args):
-        parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
+        kind = type(field.default)
+        parser.add_argument(f"--{field.name}", type=types.get(kind, kind), default=field.default)
     args = Args(**vars(parser.parse_args()))
     if args.source not in ("auto", "nvml", "simulated"):
         parser.error(f"--source {args.source!r} is not auto, nvml or simulated")
+    try:
+        rates = [float(rate) for rate in args.rates_hz.split(",")]
+    except ValueError:
+        rates = []
+    if not rates or not all(0.0 < rate < math.inf for rate in rates):
+        parser.error(f"--rates_hz {args.rates_hz!r}: give positive rates in Hz, comma-separated (e.g. 10,100)")
+    check_out_file(parser, "--out", args.out)
     if args.source == "nvml" and not nvml_available():
         parser.error("--source nvml: NVML sees no GPU here (no driver or nvidia-ml-py); use simulated or auto")
     return args
@@ -164,7 +175,6 @@ if __name__ == "__main__":
     summary = {"device": monitor.device, "source": kind, "date": str(datetime.date.today()),
                "query_us": costs, "samplers": samplers, "loop": loop_what, "loop_slowdown_pct_at_100hz": slowdown_pct}
     out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out, summary)
     print(f"wrote {out}")
     print(f"busy-loop slowdown with the 100 Hz sampler ({kind} source; {loop_what}): {slowdown_pct:.2f} %")

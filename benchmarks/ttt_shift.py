@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import pathlib
 import platform
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from _cli import check_out_file, positive_int, write_atomic, write_json_atomic
 
 import moe_runtime as mr
 
@@ -76,15 +76,33 @@ def parse_args() -> Args:
         flag = f"--{f.name.replace('_', '-')}"
         if f.type == "bool":
             parser.add_argument(flag, action="store_true")
+        elif f.type == "int":
+            # Token counts, threads and rounds divide or are looped over: zero would divide by zero or time nothing.
+            parser.add_argument(flag, type=int if f.name == "seed" else positive_int, default=f.default)
         else:
-            parser.add_argument(flag, type={"int": int, "str": str}[f.type], default=f.default)
+            parser.add_argument(flag, choices=mr.TTT_METHODS if f.name == "method" else None, default=f.default)
     args = Args(**vars(parser.parse_args()))
     try:
-        mr.MoEConfig.preset(args.preset)
+        seq_len = mr.MoEConfig.preset(args.preset).seq_len
     except ValueError as exc:
         parser.error(str(exc))
+    if args.seed < 0:  # the token stream's numpy generator takes no negative seed
+        parser.error(f"--seed must be a non-negative integer, got {args.seed}")
+    for name in ("interval_tokens", "heldout_tokens"):  # both are cut into whole sequences
+        if getattr(args, name) < seq_len:
+            parser.error(
+                f"--{name.replace('_', '-')} must be at least the {args.preset} preset's sequence length "
+                f"({seq_len}), got {getattr(args, name)}"
+            )
     if args.adapt_tokens % args.eval_every_tokens or args.eval_every_tokens % args.interval_tokens:
-        parser.error("adapt-tokens must be a multiple of eval-every-tokens, and that of interval-tokens")
+        parser.error(
+            f"--adapt-tokens ({args.adapt_tokens}) must be a multiple of --eval-every-tokens "
+            f"({args.eval_every_tokens}), and that of --interval-tokens ({args.interval_tokens})"
+        )
+    check_out_file(parser, "--out", args.out)
+    png = pathlib.Path(args.out).with_suffix(".png")
+    if png.is_dir():
+        parser.error(f"--out {args.out}: the plot beside it, {png}, is a directory; give another .json file path")
     return args
 
 
@@ -262,7 +280,7 @@ def plot(results: dict, timing: dict, path: pathlib.Path, title: str) -> None:
     ax[1].set_title("cost per token trained (interleaved medians)")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -336,7 +354,6 @@ if __name__ == "__main__":
         f"({tt_large['run_s']:.2f} s in its run)"
     )
     out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(
         source="measured",
         date=datetime.datetime.now().isoformat(timespec="seconds"),
@@ -358,7 +375,7 @@ if __name__ == "__main__":
         timing=timing,
     )
     report = dict(args=dataclasses.asdict(args), meta=meta, summary=summary, settings=results)
-    out.write_text(json.dumps(report, indent=1))
+    write_json_atomic(out, report)
     plot(
         results,
         timing,

@@ -14,6 +14,7 @@ from moe_runtime.ttt_config import (
     TTTConfig,
     TTTUpdate,
 )
+from moe_runtime.ttt_config import METHODS as TTT_METHODS
 
 __all__ = [
     "DEFAULT_CHUNK_TOKENS",
@@ -33,6 +34,7 @@ __all__ = [
     "TTTConfig",
     "TTTEngine",
     "TTTUpdate",
+    "TTT_METHODS",
     "TokenStream",
     "checkpoint_path",
     "corpus_hash",

@@ -1,0 +1,68 @@
+"""Argument checks and the atomic JSON writer shared by the benchmark scripts.
+
+The scripts run as `python benchmarks/NAME.py`, which puts this folder first on sys.path: they import these as
+`from _cli import ...`. Bad input exits through `parser.error` (one line, exit code 2) before any work is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count that is divided by or looped over)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a duration or a rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text!r}")
+    return value
+
+
+def check_out_file(parser: argparse.ArgumentParser, flag: str, path: str, kind: str = ".json") -> None:
+    """Refuse an output path that cannot be a file, now rather than after the run: an existing directory, or one
+    below an existing file (its parent folder could not be made)."""
+    out = Path(path)
+    if out.is_dir():
+        parser.error(f"{flag} {path} is a directory; give a {kind} file path")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                parser.error(f"{flag} {path}: {parent} is a file, not a directory; give a {kind} file path")
+            break
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then rename it over `path`: a crash or Ctrl-C mid-write
+    leaves the file saved before, never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = str(path.with_name(f"{path.name}.{os.getpid()}.tmp"))  # not mkstemp: its 0600 would outlive the rename
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> None:
+    """`data` as indented JSON, written atomically (`write_atomic`)."""
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))

@@ -1,0 +1,122 @@
+"""Bad arguments to the benchmark scripts: exit code 2 and one line naming the flag and the value, before any work
+(no traceback, nothing written). The scripts run as subprocesses; ttt_shift's many checks also in-process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+# (script, arguments, what stderr's last line holds); each runs in a fresh folder holding `adir/` and the file `afile`.
+# One case per script and kind of check: the scripts that import torch take ~3 s each (ttt_shift's own checks are
+# run in-process below).
+CASES = [
+    ("kernel_host_overhead", ["--number", "0"], "argument --number: must be a positive integer, got '0'"),
+    ("runtime_step", ["--repeats", "-1"], "argument --repeats: must be a positive integer, got '-1'"),
+    ("runtime_profile", ["--tokens", "0"], "argument --tokens: must be a positive integer, got '0'"),
+    ("env_step", ["--out", "adir"], "--out adir is a directory; give a .json file path"),
+    ("ttt_shift", ["--eval-every-tokens", "0"], "argument --eval-every-tokens: must be a positive integer, got '0'"),
+    ("moe_kernels", ["--out", "adir"], "--out adir is a directory; give a .json file path"),
+    ("telemetry_overhead", ["--repeats", "0"], "argument --repeats: must be a positive integer, got '0'"),
+    ("telemetry_overhead", ["--sampler_s", "0"], "argument --sampler_s: must be a positive, finite number, got '0'"),
+    ("telemetry_overhead", ["--loop_s", "-1"], "argument --loop_s: must be a positive, finite number, got '-1'"),
+    ("telemetry_overhead", ["--rates_hz", "abc"], "--rates_hz 'abc': give positive rates in Hz, comma-separated"),
+    ("telemetry_overhead", ["--rates_hz", "10,0"], "--rates_hz '10,0': give positive rates in Hz, comma-separated"),
+    ("telemetry_overhead", ["--out", "afile/x.json"], "--out afile/x.json: afile is a file, not a directory"),
+    ("sim_vs_h100", ["--png", "adir"], "--png adir is a directory; give a .png file path"),
+]
+
+
+def run_script(script: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(BENCHMARKS / f"{script}.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def fresh_folder(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("run")
+    (cwd / "adir").mkdir()
+    (cwd / "afile").write_text("saved\n")
+    return cwd
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory) -> list[tuple[Path, subprocess.CompletedProcess]]:
+    """Every case run once, as many at a time as there are cores: most of each run is the import of torch."""
+    folders = [fresh_folder(tmp_path_factory) for _ in CASES]
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        runs = list(pool.map(run_script, [c[0] for c in CASES], [c[1] for c in CASES], folders))
+    return list(zip(folders, runs))
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{s} {' '.join(a)}" for s, a, _ in CASES])
+def test_bad_argument_is_one_line_naming_it(bad_runs, case):
+    *_, message = CASES[case]
+    cwd, proc = bad_runs[case]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert message in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    assert sorted(p.name for p in cwd.iterdir()) == ["adir", "afile"]  # refused before anything was written
+    assert (cwd / "afile").read_text() == "saved\n" and not any((cwd / "adir").iterdir())
+
+
+def test_a_good_run_replaces_the_saved_json_and_leaves_no_temporary_file(tmp_path_factory):
+    cwd = fresh_folder(tmp_path_factory)
+    out = cwd / "adir" / "overhead.json"
+    out.write_text("a previous run\n")
+    args = ["--source", "simulated", "--repeats", "5", "--sampler_s", "0.05", "--rates_hz", "100"]
+    proc = run_script("telemetry_overhead", [*args, "--loop_s", "0.02", "--out", str(out)], cwd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["source"] == "simulated"
+    assert [p.name for p in out.parent.iterdir()] == ["overhead.json"]
+
+
+@pytest.fixture
+def ttt_shift(monkeypatch, tmp_path):
+    """benchmarks/ttt_shift.py as a module, in a folder holding the directories `adir/` and `adir.png/`."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "adir.png").mkdir()
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run as a script: `from _cli import ...`
+    spec = importlib.util.spec_from_file_location("ttt_shift_bench", BENCHMARKS / "ttt_shift.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--interval-tokens", "0"], "argument --interval-tokens: must be a positive integer, got '0'"),
+        (["--lead-in-tokens", "-5"], "argument --lead-in-tokens: must be a positive integer, got '-5'"),
+        (["--timing-rounds", "0"], "argument --timing-rounds: must be a positive integer, got '0'"),
+        (["--threads", "0"], "argument --threads: must be a positive integer, got '0'"),
+        (
+            ["--heldout-tokens", "16"],
+            "--heldout-tokens must be at least the default preset's sequence length (128), got 16",
+        ),
+        (["--interval-tokens", "64"], "--interval-tokens must be at least the default preset's sequence length (128)"),
+        (["--seed", "-1"], "--seed must be a non-negative integer, got -1"),
+        (["--method", "sgd"], "argument --method: invalid choice: 'sgd'"),
+        (["--adapt-tokens", "3000"], "--adapt-tokens (3000) must be a multiple of --eval-every-tokens (2048)"),
+        (["--out", "adir"], "--out adir is a directory; give a .json file path"),
+        (["--out", "adir.json"], "--out adir.json: the plot beside it, adir.png, is a directory"),
+    ],
+)
+def test_ttt_shift_names_bad_arguments(ttt_shift, monkeypatch, capsys, args, message):
+    monkeypatch.setattr(sys, "argv", ["ttt_shift.py", *args])
+    with pytest.raises(SystemExit) as stop:
+        ttt_shift.parse_args()
+    assert stop.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_ttt_shift_takes_seed_0_and_a_preset_s_own_sequence_length(ttt_shift, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["ttt_shift.py", "--preset", "tiny", "--seed", "0", "--heldout-tokens", "32"])
+    assert ttt_shift.parse_args() == ttt_shift.Args(preset="tiny", seed=0, heldout_tokens=32)
