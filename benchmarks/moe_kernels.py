@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import datetime
 import itertools
-import json
 import math
 import statistics
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _cli import check_out_file, positive_int, write_json_atomic
 
 from kernels import configs
 from kernels.configs import tuning
@@ -86,16 +86,6 @@ class Args:
     """processes compiling the candidates before they are timed (1: compile in the timing process)"""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> Args:
     """Args from the command line; a bad value exits with a message naming it and what is allowed."""
     parser = argparse.ArgumentParser(
@@ -107,16 +97,16 @@ def parse_args(argv: list[str] | None = None) -> Args:
         if f.type == "bool":
             parser.add_argument(flag, action="store_true")
         elif f.type.startswith("tuple"):
-            parser.add_argument(flag, type=_positive_int, nargs="+", default=f.default)
+            parser.add_argument(flag, type=positive_int, nargs="+", default=f.default)
         elif f.type == "int":
-            parser.add_argument(flag, type=int if f.name == "seed" else _positive_int, default=f.default)
+            parser.add_argument(flag, type=int if f.name == "seed" else positive_int, default=f.default)
         else:
             parser.add_argument(flag, choices=choices.get(f.name), default=f.default)
     args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()})
     if max(args.experts) > MAX_EXPERTS:
         parser.error(f"--experts must be at most {MAX_EXPERTS}, got {max(args.experts)}")
-    if args.out and Path(args.out).is_dir():  # refused now, not after the run when the JSON is written
-        parser.error(f"--out {args.out} is a directory; give a .json file path")
+    if args.out:  # "" is the default path, made later
+        check_out_file(parser, "--out", args.out)  # now, not after the run when the JSON is written
     return args
 
 
@@ -193,14 +183,6 @@ def bench_ms(fn, args: Args) -> float:
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median"))
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write atomically (a temporary file, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def graph_ms(fn, args: Args) -> tuple[float | None, str]:
@@ -379,7 +361,7 @@ def tune(args: Args, dtype: torch.dtype, gen: torch.Generator, result: dict, out
                 configs.write_configs(files[k], tables[k])
                 if files[k].name not in entry["written"]:
                     entry["written"].append(files[k].name)
-            write_json(out, {**result, "partial": True})
+            write_json_atomic(out, {**result, "partial": True})
         entry["wall_s"] = time.perf_counter() - t_start
         print(f"wrote {', '.join(entry['written']) or 'no table'} to {config_dir} ({entry['wall_s']:.0f} s)")
 
@@ -448,7 +430,7 @@ if __name__ == "__main__":
                 continue
             row = run_case(args, num_tokens, num_experts, top_k, d_model, dtype, peaks, gen)
             rows.append(row)
-            write_json(out, {**result, "cases": rows, "partial": True})  # a run cut short keeps its cases
+            write_json_atomic(out, {**result, "cases": rows, "partial": True})  # a run cut short keeps its cases
             gm = row["grouped_mm_tflops"]
             gr = row["swiglu_triton_graph_ms"]
             print(f"E={num_experts:>2} k={top_k} d={d_model} T={num_tokens:>5}: triton {row['swiglu_triton_ms']:.3f} ms "
@@ -463,5 +445,5 @@ if __name__ == "__main__":
         result["targets_met"] = f"{sum(r['target_met'] for r in judged)}/{len(judged)}"
         print(f"targets met: {result['targets_met']}")
 
-    write_json(out, result)
+    write_json_atomic(out, result)
     print(f"wrote {out}")

@@ -27,6 +27,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "moe_kernels.py"
 
 
 def load_benchmark():
+    if str(SCRIPT.parent) not in sys.path:  # as when run as a script: `from _cli import ...`
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("moe_kernels_bench", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
@@ -147,7 +149,7 @@ def _tuned_report(mk, monkeypatch, tmp_path, stop_at: int | None = None) -> Path
     result = dict(benchmark="moe_kernels_tune", device="FAKE_GPU", args=dataclasses.asdict(args))
     try:
         mk.tune(args, torch.bfloat16, None, result, tmp_path / "tune.json")
-        mk.write_json(tmp_path / "tune.json", result)
+        mk.write_json_atomic(tmp_path / "tune.json", result)
     except KeyboardInterrupt:
         pass
     return tmp_path / "tune.json"
