@@ -481,7 +481,7 @@ def controller_names() -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from evaluate_suites import SUITE_FUNCTIONS, report_only  # the suites import this module
+    from evaluate_suites import SUITE_FUNCTIONS, report_only, require_cuda  # the suites import this module
 
     try:
         args = parse_args(argv)
@@ -494,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         # gpu-full's bench and calibrate parts run no episodes: they share a folder with its compare part
         runs_episodes = not (suite == "gpu-full" and args.part in ("bench", "calibrate"))
+        if suite in ("gpu", "gpu-full"):
+            require_cuda(suite)  # before anything in --out is written
         if runs_episodes:
             check_out(out, args, suite or "compare")  # before args.json: a refused run leaves the saved one as it was
         try:

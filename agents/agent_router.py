@@ -116,12 +116,15 @@ class AgentRouter:
             raise ValueError(f"reference_tokens must be an integer >= 0, got {reference_tokens!r}")
         runtime.reference_tokens = reference_tokens
         self.num_experts = cfg.num_experts
-        self.interval_tokens = int(interval_tokens or (128 if cfg.preset_name == "tiny" else 1024))
-        if self.interval_tokens <= 0 or not 0 < interval_s < math.inf or not 0 < demand < math.inf:
+        if interval_tokens is None:
+            interval_tokens = 128 if cfg.preset_name == "tiny" else 1024
+        whole = isinstance(interval_tokens, (int, np.integer)) and not isinstance(interval_tokens, bool)
+        if not whole or interval_tokens <= 0 or not 0 < interval_s < math.inf or not 0 < demand < math.inf:
             raise ValueError(
-                f"need interval_tokens > 0 and interval_s, demand positive and finite, got {interval_tokens}, "
-                f"{interval_s}, {demand}"
+                f"need interval_tokens a positive integer and interval_s, demand positive and finite, got "
+                f"{interval_tokens!r}, {interval_s}, {demand}"
             )
+        self.interval_tokens = int(interval_tokens)
         self.interval_s, self.demand = float(interval_s), float(demand)
         if monitor is None:
             monitor = SimulatedGpu(gpu)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from envs.actions import ActionConfig
 from envs.rewards import RewardConfig
@@ -107,6 +110,8 @@ class EnvConfig:
         for name in ("interval_s", "runtime_tokens", "episode_intervals", "torch_threads", "pretrain_steps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"EnvConfig.{name} must be positive, got {getattr(self, name)}")
+        if not self.interval_s <= 3600.0:  # the simulated GPU steps through each interval: a huge one never ends
+            raise ValueError(f"EnvConfig.interval_s must be at most 3600 s, got {self.interval_s}")
         lo, hi = self.shift_range
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"EnvConfig.shift_range must satisfy 0 <= low <= high <= 1, got {self.shift_range}")
@@ -120,24 +125,28 @@ class EnvConfig:
                 f"{self.model.num_experts}: give a DeploymentScale with one width per expert"
             )
         if (
-            not self.ambient_range_c[0] <= self.ambient_range_c[1]
+            not np.all(np.isfinite([*self.ambient_range_c, *self.cooling_range]))
+            or not self.ambient_range_c[0] <= self.ambient_range_c[1]
             or not 0 < self.cooling_range[0] <= self.cooling_range[1]
         ):
             raise ValueError(
-                f"EnvConfig ranges must be (low <= high): ambient {self.ambient_range_c}, cooling {self.cooling_range}"
+                f"EnvConfig ranges must be finite (low <= high): ambient {self.ambient_range_c}, cooling "
+                f"{self.cooling_range}"
             )
-        if self.noise_std < 0:
-            raise ValueError(f"EnvConfig.noise_std must be >= 0, got {self.noise_std}")
+        if not 0 <= self.noise_std < math.inf:
+            raise ValueError(f"EnvConfig.noise_std must be finite and >= 0, got {self.noise_std}")
         # Checked here, not where the backend and model are built, so that a CLI fails before it starts workers
         # or trains (train_agent.py and evaluate.py build an EnvConfig first).
         get_gpu_spec(self.gpu)  # an unknown name is a ValueError listing the known ones
-        if self.checkpoint not in (None, "none") and not Path(self.checkpoint).exists():
-            raise ValueError(f"EnvConfig.checkpoint {self.checkpoint!r} does not exist (a model file, or 'none')")
-        if self.cost_table not in (None, "builtin") and not Path(self.cost_table).exists():
-            raise ValueError(
-                f"EnvConfig.cost_table {self.cost_table!r} does not exist (None, 'builtin' or a table from "
-                "python -m kernels.profile)"
-            )
+        files = {
+            "checkpoint": (self.checkpoint not in (None, "none"), "a model file, or 'none'"),
+            "cost_table": (self.cost_table not in (None, "builtin"), "None, 'builtin' or a table from kernels.profile"),
+        }
+        for name, (is_path, allowed) in files.items():
+            path = Path(getattr(self, name)) if is_path else None
+            if path is not None and not path.is_file():
+                problem = "is a folder" if path.is_dir() else "does not exist"
+                raise ValueError(f"EnvConfig.{name} {getattr(self, name)!r} {problem} ({allowed})")
 
     def _check_types(self) -> None:
         """A TypeError naming the field, its value and the type it needs (before a comparison fails obscurely)."""

@@ -17,7 +17,15 @@ import math
 
 import agents
 from envs import EnvConfig
-from moe_runtime import DomainSchedule, MoERuntime, PretrainConfig, TTTConfig, TTTEngine, load_or_pretrain
+from moe_runtime import (
+    CheckpointError,
+    DomainSchedule,
+    MoERuntime,
+    PretrainConfig,
+    TTTConfig,
+    TTTEngine,
+    load_or_pretrain,
+)
 from telemetry import GpuSystemMonitor, nvml_available
 
 
@@ -51,7 +59,10 @@ def main() -> None:
         )
 
     config = env_config.model
-    model = load_or_pretrain(config, PretrainConfig(steps=env_config.pretrain_steps))  # the env's cached model
+    try:
+        model = load_or_pretrain(config, PretrainConfig(steps=env_config.pretrain_steps))  # the env's cached model
+    except CheckpointError as exc:  # a damaged cache: the message says how to rebuild it
+        parser.exit(1, f"{parser.prog}: error: {exc}\n")
     schedule = DomainSchedule.shift("prose", "code", env_config.runtime_tokens * args.intervals // 2)
     runtime = MoERuntime(config, model=model, schedule=schedule, ttt=TTTEngine(TTTConfig()))
     monitor = GpuSystemMonitor(device_id=0, source=args.telemetry)

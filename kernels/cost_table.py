@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,7 +250,12 @@ def save_table(table: CostTable, path: str | Path) -> None:
     doc = {"format": TABLE_FORMAT, "version": TABLE_VERSION, **meta, "ops": ops}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # the env reads this file: never leave half of one
+    try:
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_table(path: str | Path, fallback: CostTable) -> CostTable:
@@ -264,6 +270,8 @@ def load_table(path: str | Path, fallback: CostTable) -> CostTable:
         doc = json.loads(path.read_text())
     except FileNotFoundError as err:
         raise ValueError(f"cost table {path} does not exist") from err
+    except IsADirectoryError as err:
+        raise ValueError(f"cost table {path} is a folder; give the table's JSON file") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(
             f"cost table {path} is not valid JSON ({err}); regenerate it with python -m kernels.profile"

@@ -131,11 +131,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", default=None, help="'builtin' for the shipped calibrated table, or a table file")
     parser.add_argument("--out", default=DEFAULT_OUT, help="JSON output (kernel_cost_model_test_results.json)")
     args = parser.parse_args(argv)
-    report = build_report(KernelCostModel(args.gpu_type, data_path=args.table))
-    print_report(report)
     out = Path(args.out)
+    if out.is_dir() or any(parent.exists() and not parent.is_dir() for parent in out.parents):
+        parser.error(f"--out {args.out} is a folder or lies under a file; give a .json file path")
+    try:
+        model = KernelCostModel(args.gpu_type, data_path=args.table)
+    except (ValueError, KeyError) as exc:  # an unknown GPU, a missing or damaged table
+        parser.error(str(exc).strip("'\""))
+    report = build_report(model)
+    print_report(report)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(out)
     print(f"\nwrote {out}")
 
 

@@ -24,9 +24,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    for name in ("intervals", "interval_tokens", "threads"):  # before the model is loaded or pretrained
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be an integer >= 1, got {getattr(args, name)}")
+    if args.shift_tokens < 0 or args.seed < 0:
+        parser.error(f"--shift-tokens and --seed must be integers >= 0, got {args.shift_tokens}, {args.seed}")
+    try:
+        cfg = mr.MoEConfig.preset(args.preset, seed=args.seed)
+    except ValueError as exc:
+        parser.error(str(exc))
     torch.set_num_threads(args.threads)
-    cfg = mr.MoEConfig.preset(args.preset, seed=args.seed)
-    model = mr.load_or_pretrain(cfg)
+    try:
+        model = mr.load_or_pretrain(cfg)
+    except mr.CheckpointError as exc:
+        parser.exit(1, f"{parser.prog}: error: {exc}\n")
     schedule = mr.DomainSchedule.shift("prose", "code", args.shift_tokens)
     rt = mr.MoERuntime(cfg, model=model, schedule=schedule, split="test", seed=args.seed)
     print(

@@ -26,6 +26,7 @@ from moe_runtime.checkpoint import (
     atomic_save,
     default_cache_dir,
     load_model,
+    read_checkpoint,
     save_checkpoint,
 )
 from moe_runtime.config import MoEConfig
@@ -64,8 +65,19 @@ class PretrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.steps <= 0 or self.warmup_steps < 0 or self.lr <= 0 or self.eval_tokens <= 0:
-            raise ValueError(f"PretrainConfig has a non-positive size or rate: {self}")
+        rules = {  # field: (allowed, what is allowed)
+            "steps": (lambda v: v >= 1, "an integer >= 1"),
+            "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
+            "lr": (lambda v: 0 < v < math.inf, "a positive, finite rate"),
+            "weight_decay": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+            "eval_tokens": (lambda v: v >= 1, "an integer >= 1"),
+            "checkpoint_every": (lambda v: v >= 1, "an integer >= 1 (steps between saves)"),
+            "threads": (lambda v: v >= 0, "an integer >= 0 (0: torch's default)"),
+        }
+        for name, (allowed, what) in rules.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not allowed(value):
+                raise ValueError(f"PretrainConfig.{name} must be {what}, got {value!r}")
 
     def key(self) -> str:
         keep = {
@@ -209,7 +221,13 @@ def load_or_pretrain(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> MoET
     if not path.exists():
         log.info("no cached checkpoint at %s; pretraining %s", path, cfg.preset_name)
         pretrain(cfg, pcfg)
-    return load_model(path, cfg)
+    try:
+        return load_model(path, cfg)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{exc}; delete it to pretrain again (`python -m moe_runtime.pretrain --preset {cfg.preset_name} "
+            f"--steps {pcfg.steps} --force`)"
+        ) from exc
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -224,17 +242,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="retrain even if a cached checkpoint exists")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = MoEConfig.preset(args.preset)
-    pcfg = PretrainConfig(
-        **{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig) if f.name != "progress"}
-    )
-    path = checkpoint_path(cfg, pcfg)
-    if path.exists() and not args.force:
-        print(f"cached checkpoint exists: {path} (use --force to retrain)")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        result = {k: ckpt.get("pretrain", {}).get(k) for k in ("val_loss_prose", "val_loss_code", "unigram_loss_prose")}
-    else:
-        result = pretrain(cfg, pcfg)
+    try:  # bad values are one-line errors before any training
+        cfg = MoEConfig.preset(args.preset)
+        pcfg = PretrainConfig(
+            **{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig) if f.name != "progress"}
+        )
+        path = checkpoint_path(cfg, pcfg)
+    except (ValueError, FileNotFoundError) as exc:  # FileNotFoundError: a --corpus path that does not exist
+        parser.error(str(exc))
+    if path.parent.exists() and not path.parent.is_dir():
+        parser.error(f"--cache-dir {str(path.parent)!r} is a file, not a folder")
+    try:
+        if path.exists() and not args.force:
+            print(f"cached checkpoint exists: {path} (use --force to retrain)")
+            saved = read_checkpoint(path).get("pretrain", {})
+            result = {k: saved.get(k) for k in ("val_loss_prose", "val_loss_code", "unigram_loss_prose")}
+        else:
+            result = pretrain(cfg, pcfg)
+    except CheckpointError as exc:
+        parser.exit(1, f"{parser.prog}: error: {exc}{'' if args.force else '; --force retrains'}\n")
     print(json.dumps(result, indent=1))
 
 

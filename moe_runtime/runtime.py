@@ -45,6 +45,12 @@ class ControlAction:
         object.__setattr__(self, "routing_biases", tuple(float(b) for b in self.routing_biases))
         if not all(np.isfinite(self.routing_biases)):
             raise ValueError(f"ControlAction.routing_biases must be finite, got {self.routing_biases}")
+        for name in ("ttt_frequency_tokens", "ttt_chunk_tokens"):  # counts: 1024.0 is 1024; 2.5 or NaN is none
+            value = getattr(self, name)
+            whole = isinstance(value, (int, float, np.integer, np.floating)) and float(value).is_integer()
+            if isinstance(value, bool) or not whole:
+                raise ValueError(f"ControlAction.{name} must be a whole number of tokens, got {value!r}")
+            object.__setattr__(self, name, int(value))
         if self.ttt_frequency_tokens < 0:
             raise ValueError(
                 f"ControlAction.ttt_frequency_tokens must be >= 0 (0 = off), got {self.ttt_frequency_tokens}"
@@ -247,8 +253,8 @@ class MoERuntime:
         trains on them (the most recent `chunk_tokens` seen), and the tokens after it are predicted by the updated
         model; a sequence that spans an update point is cut there (the part after it starts a new context).
         """
-        if num_tokens <= 0:
-            raise ValueError(f"num_tokens must be positive, got {num_tokens}")
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, (int, np.integer)) or num_tokens <= 0:
+            raise ValueError(f"num_tokens must be a positive integer, got {num_tokens!r}")
         cfg = self.config
         start = time.perf_counter()
         tokens, domains = self.stream.next(num_tokens)

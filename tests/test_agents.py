@@ -325,6 +325,9 @@ def test_agent_router_observes_the_paired_loss_gap_as_the_env_does():
     assert any(router.builder.raw(r.observation, "loss_gap") != 0.0 for r in unpaired.run(3))
     with pytest.raises(ValueError, match="reference_tokens must be an integer >= 0, got -1"):
         AgentRouter("no_control", MoERuntime(TINY), reference_tokens=-1)
+    for bad in (0, 2.7, True):  # 0 became the default 128 and 2.7 became 2, silently
+        with pytest.raises(ValueError, match=f"need interval_tokens a positive integer .*got {bad!r}"):
+            AgentRouter("no_control", MoERuntime(TINY), interval_tokens=bad)
 
 
 def test_agent_router_prices_energy_per_served_token():

@@ -164,6 +164,20 @@ def test_thermal_safe_batch_size_and_breakdown(models):
     assert sum(p["energy_joules"] for p in parts) == pytest.approx(breakdown["total"]["energy_joules"])
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--gpu-type", "H900"], "unknown GPU 'H900'"),
+        (["--table", "/no/such/table.json"], "cost table /no/such/table.json does not exist"),
+        (["--out", "."], "--out . is a folder or lies under a file"),
+    ],
+)
+def test_report_bad_flags_are_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        report_main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_report_prints_and_writes_json(tmp_path, capsys):
     out = tmp_path / "kernel_cost_model_test_results.json"
     report_main(["--out", str(out)])
@@ -239,6 +253,7 @@ def test_table_json_round_trip(tmp_path):
 
 BAD_TABLES = [  # (file content or edit, message fragment)
     ("{not json", "not valid JSON"),
+    ("folder", "is a folder"),
     (lambda d: d.update(version=99), "version 99"),
     (lambda d: d.update(gpu_type="A100_SXM"), "not H100_SXM"),
     (lambda d: d.update(format="something"), "not a kernel cost table"),
@@ -250,7 +265,9 @@ BAD_TABLES = [  # (file content or edit, message fragment)
 @pytest.mark.parametrize("content, message", BAD_TABLES)
 def test_bad_tables_name_the_file(tmp_path, content, message):
     path = tmp_path / "bad_table.json"
-    if isinstance(content, str):
+    if content == "folder":
+        path.mkdir()
+    elif isinstance(content, str):
         path.write_text(content)
     else:
         doc = json.loads(BUILTIN_TABLES["H100_SXM"].read_text())

@@ -21,6 +21,9 @@ BAD_KWARGS = [
     dict(split="dev"),
     dict(preset="huge"),
     dict(not_a_field=1),
+    dict(interval_s=1e9),  # the simulated GPU stepped through it for hours
+    dict(noise_std=float("nan")),  # was accepted: NaN energy and rewards
+    dict(ambient_range_c=(20.0, float("inf"))),  # was numpy's OverflowError at reset
 ]
 
 
@@ -57,6 +60,8 @@ def test_bad_config_is_a_clear_error_at_construction(kwargs):
         (dict(gpu="H900"), "unknown GPU 'H900'"),
         (dict(checkpoint="/no/such/model.pt"), "checkpoint '/no/such/model.pt' does not exist"),
         (dict(cost_table="/no/such/table.json"), "cost_table '/no/such/table.json' does not exist"),
+        (dict(cost_table="/"), "cost_table '/' is a folder"),  # was IsADirectoryError from the KCM
+        (dict(checkpoint="/"), "checkpoint '/' is a folder"),
     ],
 )
 def test_unknown_gpu_and_missing_files_fail_in_the_config(kwargs, message):

@@ -145,6 +145,14 @@ def test_bad_controller_argument_and_gpu_suite_without_cuda(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert evaluate.main(["--suite", "gpu", "--out", str(tmp_path / "g")]) == 2
         assert "needs an NVIDIA GPU with CUDA" in capsys.readouterr().err
+        assert not (tmp_path / "g").exists()
+        (tmp_path / "g").mkdir()
+        (tmp_path / "g" / "args.json").write_text('{"suite_run": "gpu", "seeds": "0-2"}')  # a GPU run's, copied here
+        for part in ([], ["--part", "bench"]):
+            suite = "gpu-full" if part else "gpu"
+            assert evaluate.main(["--suite", suite, *part, "--out", str(tmp_path / "g"), "--overwrite"]) == 2
+        assert (tmp_path / "g" / "args.json").read_text() == '{"suite_run": "gpu", "seeds": "0-2"}'
+        assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["args.json"]
 
 
 # ----- paired seeding ----------------------------------------------------------------------------------------------

@@ -221,3 +221,69 @@ def test_control_action():
         mr.ControlAction(routing_biases=(float("nan"),))
     with pytest.raises(ValueError, match="experts"):
         mr.ControlAction(routing_biases=(0.0, 1.0)).biases(4)
+    assert mr.ControlAction(ttt_frequency_tokens=np.float32(1024.0)).ttt_frequency_tokens == 1024  # a decoded count
+    for bad in (float("nan"), 2.5, "8", True):  # NaN failed later, inside a TTT update; 2.5 was kept as 2.5
+        with pytest.raises(ValueError, match=r"ttt_frequency_tokens must be a whole number of tokens, got "):
+            mr.ControlAction(ttt_frequency_tokens=bad)
+
+
+@pytest.mark.parametrize("tokens", [0, -5, 2.5, float("nan"), "8", True])
+def test_step_takes_a_positive_whole_token_count(tiny, tokens):
+    with pytest.raises(ValueError, match=r"num_tokens must be a positive integer, got "):
+        mr.MoERuntime(tiny).step(tokens)
+
+
+PRETRAIN_BAD_FLAGS = [
+    (["--preset", "nope"], "unknown MoEConfig preset 'nope'"),
+    (["--steps", "0"], "PretrainConfig.steps must be an integer >= 1, got 0"),
+    (["--checkpoint-every", "0"], "PretrainConfig.checkpoint_every must be an integer >= 1"),  # was ZeroDivisionError
+    (["--threads", "-1"], "PretrainConfig.threads must be an integer >= 0"),
+    (["--lr", "nan"], "PretrainConfig.lr must be a positive, finite rate, got nan"),
+    (["--weight-decay", "-1"], "PretrainConfig.weight_decay must be a finite number >= 0"),
+    (["--corpus", "/no/such/corpus.txt"], "corpus '/no/such/corpus.txt' is neither"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), PRETRAIN_BAD_FLAGS)
+def test_pretrain_cli_bad_values_are_one_line_errors(argv, message, capsys):
+    from moe_runtime.pretrain import main as pretrain_main
+
+    with pytest.raises(SystemExit) as stop:
+        pretrain_main(["--preset", "tiny", *argv])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_corrupt_cached_model_says_how_to_rebuild_it(tiny, tmp_path, monkeypatch, capsys):
+    from moe_runtime.pretrain import main as pretrain_main
+
+    pcfg = mr.PretrainConfig(steps=5, cache_dir=str(tmp_path))
+    path = mr.checkpoint_path(tiny, pcfg)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(mr.CheckpointError, match=r"corrupt .*; delete it to pretrain again .*--steps 5 --force"):
+        mr.load_or_pretrain(tiny, pcfg)
+    with pytest.raises(SystemExit) as stop:  # was torch.load's traceback
+        pretrain_main(["--preset", "tiny", "--steps", "5", "--cache-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 1 and str(path) in err and "--force retrains" in err and "Traceback" not in err
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):
+        pretrain_main(["--preset", "tiny", "--cache-dir", str(tmp_path / "file")])
+    assert f"--cache-dir '{tmp_path / 'file'}' is a file, not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--intervals", "0"], "--intervals must be an integer >= 1, got 0"),
+        (["--interval-tokens", "-5"], "--interval-tokens must be an integer >= 1, got -5"),  # was a traceback
+        (["--threads", "0"], "--threads must be an integer >= 1, got 0"),  # after the model had loaded
+        (["--shift-tokens", "-1"], "--shift-tokens and --seed must be integers >= 0"),
+        (["--preset", "nope"], "unknown MoEConfig preset 'nope'"),
+    ],
+)
+def test_demo_cli_bad_values_are_one_line_errors(argv, message, capsys):
+    from moe_runtime.demo import main as demo_main
+
+    with pytest.raises(SystemExit) as stop:
+        demo_main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
