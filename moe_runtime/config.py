@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 
 # Expert widths as multiples of a base width: 0.25x to 2x, so that routing load to an expert changes both its cost
@@ -58,6 +60,8 @@ class MoEConfig:
     preset_name: str = "default"
 
     def __post_init__(self) -> None:
+        if any(isinstance(w, bool) or not isinstance(w, numbers.Integral) for w in self.expert_widths):
+            raise ValueError(f"MoEConfig.expert_widths must be integers, got {self.expert_widths!r}")
         self.expert_widths = tuple(int(w) for w in self.expert_widths)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "num_experts", "top_k", "seq_len", "batch_size"):
             value = getattr(self, name)
@@ -77,8 +81,10 @@ class MoEConfig:
             raise ValueError(f"MoEConfig.d_model must be even, got {self.d_model}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"MoEConfig.dropout must be in [0, 1), got {self.dropout}")
-        if self.aux_loss_coef < 0:
-            raise ValueError(f"MoEConfig.aux_loss_coef must be >= 0, got {self.aux_loss_coef}")
+        if not 0 <= self.aux_loss_coef < math.inf:  # NaN too: it would make every training loss NaN
+            raise ValueError(f"MoEConfig.aux_loss_coef must be finite and >= 0, got {self.aux_loss_coef}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:  # numpy takes no other
+            raise ValueError(f"MoEConfig.seed must be an integer >= 0, got {self.seed!r}")
         if self.dtype not in DTYPES + ("auto",):
             raise ValueError(f"MoEConfig.dtype {self.dtype!r} is not one of {DTYPES + ('auto',)}")
         if self.device not in DEVICES:

@@ -24,6 +24,7 @@ BAD_KWARGS = [
     dict(interval_s=1e9),  # the simulated GPU stepped through it for hours
     dict(noise_std=float("nan")),  # was accepted: NaN energy and rewards
     dict(ambient_range_c=(20.0, float("inf"))),  # was numpy's OverflowError at reset
+    dict(seed=-1),
 ]
 
 

@@ -17,6 +17,9 @@ BAD_CONFIGS = [
     dict(n_heads=3),
     dict(dtype="float8"),
     dict(device="tpu"),
+    dict(aux_loss_coef=float("nan")),  # was accepted: every training loss NaN
+    dict(expert_widths=(16.7, 32, 48, 64)),  # was truncated to 16
+    dict(seed=-1),  # was numpy's message, naming no seed
 ]
 
 
