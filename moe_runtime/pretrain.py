@@ -224,10 +224,7 @@ def load_or_pretrain(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> MoET
     try:
         return load_model(path, cfg)
     except CheckpointError as exc:
-        raise CheckpointError(
-            f"{exc}; delete it to pretrain again (`python -m moe_runtime.pretrain --preset {cfg.preset_name} "
-            f"--steps {pcfg.steps} --force`)"
-        ) from exc
+        raise CheckpointError(f"{exc}; delete it, and the next run pretrains the model again") from exc
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -262,7 +262,7 @@ def test_a_corrupt_cached_model_says_how_to_rebuild_it(tiny, tmp_path, monkeypat
     pcfg = mr.PretrainConfig(steps=5, cache_dir=str(tmp_path))
     path = mr.checkpoint_path(tiny, pcfg)
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(mr.CheckpointError, match=r"corrupt .*; delete it to pretrain again .*--steps 5 --force"):
+    with pytest.raises(mr.CheckpointError, match=r"corrupt .*; delete it, and the next run pretrains the model again"):
         mr.load_or_pretrain(tiny, pcfg)
     with pytest.raises(SystemExit) as stop:  # was torch.load's traceback
         pretrain_main(["--preset", "tiny", "--steps", "5", "--cache-dir", str(tmp_path)])
