@@ -105,7 +105,7 @@ class EnvConfig:
             self.reference_tokens = self.model.seq_len // 2 if self.reward.loss_reference == "paired" else 0
         if self.reference_tokens < 0:
             raise ValueError(f"EnvConfig.reference_tokens must be >= 0, got {self.reference_tokens}")
-        if self.seed < 0:  # numpy's generators take no negative seed
+        if self.seed is not None and self.seed < 0:  # numpy's generators take no negative seed
             raise ValueError(f"EnvConfig.seed must be >= 0, got {self.seed}")
         if self.pretrain_steps is None:
             self.pretrain_steps = 150 if self.model.preset_name == "tiny" else PretrainConfig().steps
