@@ -26,15 +26,14 @@ from evaluate import (
     UsageError,
     aggregate,
     check_policies,
-    config_facts,
     controller_names,
-    device_facts,
     env_kwargs,
     evaluate,
     parse_policies,
     read_rows,
     write_json,
 )
+from evaluate_facts import config_facts, device_facts
 
 
 def committed_policy(args: Args, label: str = "ppo_committed") -> list[PolicySpec]:

@@ -1,5 +1,5 @@
 """Thin helpers around stable-baselines3: algorithms and their hyperparameter files (RL Baselines3 Zoo style),
-callbacks for `train_agent.py`, and `load_policy`, which turns a saved model into a `Controller`.
+callbacks for `train_agent.py` (from `agents.callbacks`), and `load_policy`, which turns a saved model into a `Controller`.
 
 Hyperparameter files: `agents/hyperparams/<algo>.yml`, keyed by env id as in the Zoo. Besides the algorithm's own
 constructor arguments they may hold `policy` (default `MlpPolicy`), `normalize` (false, true, or VecNormalize
@@ -17,11 +17,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
 import re
 import warnings
 import zipfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +29,15 @@ import torch.nn as nn
 import yaml
 from stable_baselines3 import A2C, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
 
+from agents.callbacks import (  # noqa: F401  (train_agent.py takes them from here)
+    EVALUATIONS_FILE,
+    EpisodeInfoCallback,
+    HeldOutEvalCallback,
+    SaveVecNormalizeCallback,
+    read_eval_history,
+)
 from agents.checkpoints import (  # noqa: F401  (train_agent.py takes them from here)
     CHECKPOINT_PREFIX,
     AtomicCheckpointCallback,
@@ -74,7 +78,6 @@ _NOT_HYPERPARAMS = {"self", "policy", "env", "tensorboard_log", "verbose", "seed
 MODEL_FILE = "model.zip"
 VECNORMALIZE_FILE = "vecnormalize.pkl"
 CONFIG_FILE = "config.yaml"
-EVALUATIONS_FILE = "evaluations.npz"  # EvalCallback(log_path=run folder) writes it
 
 
 # ----- hyperparameters -------------------------------------------------------------------------------------------
@@ -275,143 +278,6 @@ def set_initial_action(model: BaseAlgorithm, action: np.ndarray) -> None:
         layer.weight.mul_(0.01)
         if getattr(policy, "actor_target", None) is not None:
             policy.actor_target.load_state_dict(policy.actor.state_dict())
-
-
-# ----- callbacks ---------------------------------------------------------------------------------------------------
-class EpisodeInfoCallback(BaseCallback):
-    """Logs the env's `info` per episode (means over the episodes finished since the last dump).
-
-    `env/reward_<term>`: each weighted reward term summed over the episode; `env/energy_j` (episode total),
-    `env/energy_per_token_j`, `env/latency_ms` (mean), `env/loss` (mean, nats), `env/slo_violations` (intervals),
-    `env/ttt_updates`; `telemetry/temperature_c` (mean), `telemetry/peak_temperature_c`, `telemetry/power_w` (mean).
-    """
-
-    def _on_training_start(self) -> None:
-        self._episodes: list[dict[str, float]] = [defaultdict(float) for _ in range(self.training_env.num_envs)]
-
-    def _on_step(self) -> bool:
-        for i, (info, done) in enumerate(zip(self.locals["infos"], self.locals["dones"])):
-            if "energy_j" not in info:
-                continue
-            a = self._episodes[i]
-            a["steps"] += 1
-            for term, value in info.get("reward_terms", {}).items():
-                a[f"reward_{term}"] += value
-            a["energy_j"] += info["energy_j"]
-            a["tokens"] += info["tokens"]
-            a["latency_ms"] += info["latency_ms"]
-            a["loss"] += info["loss"]
-            a["slo_violations"] += float(info["slo_violated"])
-            a["ttt_updates"] += info["ttt_updates"]
-            a["temperature_c"] += info["temperature_c"]
-            a["power_w"] += info["power_w"]
-            a["peak_temperature_c"] = max(
-                a["peak_temperature_c"], info.get("peak_temperature_c", info["temperature_c"])
-            )
-            if done:
-                self._log_episode(a)
-                self._episodes[i] = defaultdict(float)
-        return True
-
-    def _log_episode(self, a: dict[str, float]) -> None:
-        n = max(a["steps"], 1.0)
-        for key, value in a.items():
-            if key.startswith("reward_"):
-                self.logger.record_mean(f"env/{key}", value)
-        self.logger.record_mean("env/energy_j", a["energy_j"])
-        self.logger.record_mean("env/energy_per_token_j", a["energy_j"] / max(a["tokens"], 1.0))
-        self.logger.record_mean("env/latency_ms", a["latency_ms"] / n)
-        self.logger.record_mean("env/loss", a["loss"] / n)
-        self.logger.record_mean("env/slo_violations", a["slo_violations"])
-        self.logger.record_mean("env/ttt_updates", a["ttt_updates"])
-        self.logger.record_mean("telemetry/temperature_c", a["temperature_c"] / n)
-        self.logger.record_mean("telemetry/peak_temperature_c", a["peak_temperature_c"])
-        self.logger.record_mean("telemetry/power_w", a["power_w"] / n)
-
-
-class SaveVecNormalizeCallback(BaseCallback):
-    """Saves the training env's VecNormalize statistics to `path` (use as EvalCallback's `callback_on_new_best`,
-    so the best model's statistics lie beside it)."""
-
-    def __init__(self, path: str | Path, verbose: int = 0):
-        super().__init__(verbose)
-        self.path = Path(path)
-
-    def _on_step(self) -> bool:
-        venv = self.model.get_vec_normalize_env()
-        if venv is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_save(self.path, venv.save)
-        return True
-
-
-class HeldOutEvalCallback(EvalCallback):
-    """`EvalCallback` that reseeds its eval env with `eval_seed` before each evaluation, so every evaluation plays
-    the same held-out episodes (seeds `eval_seed + i` for eval env i, and what those seeds draw next) and the best
-    model is chosen on a fixed set. The best model (`best_model_save_path/best_model.zip`) and the history
-    (`log_path/evaluations.npz`) are written atomically: a run stopped mid-save keeps the previous ones."""
-
-    def __init__(
-        self,
-        eval_env,
-        eval_seed: int,
-        resume_steps: int | None = None,
-        best_model_save_path: str | None = None,
-        **kwargs,
-    ):
-        super().__init__(eval_env, best_model_save_path=None, **kwargs)  # saved here, atomically
-        self.best_model_file = Path(best_model_save_path) / "best_model.zip" if best_model_save_path else None
-        self.history_file = Path(f"{self.log_path}.npz") if self.log_path else None
-        if self.history_file is not None:  # SB3 writes its np.savez here; `_on_step` renames it into place
-            self.log_path = str(self.history_file.with_name(f".{self.history_file.stem}.{os.getpid()}.tmp.npz"))
-        self.eval_seed = int(eval_seed)
-        if resume_steps is not None:
-            self.load_history(resume_steps)
-
-    def load_history(self, up_to_steps: int) -> None:
-        """Continue a resumed run's evaluation history (`evaluations.npz`, entries up to `up_to_steps`) and its best
-        mean reward, so the file keeps every evaluation and `best_model` is replaced only by a better one.
-
-        Raises:
-            ValueError: an `evaluations.npz` that is not a readable evaluation history, naming it.
-        """
-        if self.history_file is None or not self.history_file.exists():
-            return
-        saved = read_eval_history(self.history_file)
-        keep = saved["timesteps"] <= up_to_steps
-        self.evaluations_timesteps = saved["timesteps"][keep].tolist()
-        self.evaluations_results = [list(r) for r in saved["results"][keep]]
-        self.evaluations_length = [list(r) for r in saved["ep_lengths"][keep]]
-        if self.evaluations_results:
-            self.best_mean_reward = float(max(np.mean(r) for r in self.evaluations_results))
-
-    def _on_step(self) -> bool:
-        if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
-            self.eval_env.seed(self.eval_seed)
-        best_before = self.best_mean_reward
-        continue_training = super()._on_step()
-        if self.history_file is not None and Path(self.log_path).exists():
-            os.replace(self.log_path, self.history_file)
-        if self.best_model_file is not None and self.best_mean_reward > best_before:
-            self.best_model_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_save(self.best_model_file, self.model.save)
-        return continue_training
-
-
-def read_eval_history(path: str | Path) -> dict[str, np.ndarray]:
-    """The `timesteps`, `results` and `ep_lengths` arrays of an `EvalCallback` history (`evaluations.npz`).
-
-    Raises:
-        ValueError: a truncated or corrupt file, or one without those arrays, naming the file.
-    """
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            history = {k: saved[k] for k in ("timesteps", "results", "ep_lengths")}
-    except Exception as exc:  # zipfile, zlib, pickle and OS errors all mean unreadable
-        raise ValueError(f"{path} is not a readable evaluation history ({type(exc).__name__}: {exc})") from None
-    if not len(history["timesteps"]) == len(history["results"]) == len(history["ep_lengths"]):
-        raise ValueError(f"{path} is not a readable evaluation history (its arrays differ in length)")
-    return history
 
 
 # ----- policies as controllers -------------------------------------------------------------------------------------

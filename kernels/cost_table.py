@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from kernels._files import write_text_atomic
 from kernels.work import OPS
 
 TABLE_FORMAT = "moe-energy-rl/kcm-cost-table"
@@ -248,14 +248,7 @@ def save_table(table: CostTable, path: str | Path) -> None:
         ops[op] = entry
     meta = {k: v for k, v in table.meta.items() if k not in ("op_fit", "path")}
     doc = {"format": TABLE_FORMAT, "version": TABLE_VERSION, **meta, "ops": ops}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # the env reads this file: never leave half of one
-    try:
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(path, json.dumps(doc, indent=1, sort_keys=False) + "\n")  # the env reads it: never half of one
 
 
 def load_table(path: str | Path, fallback: CostTable) -> CostTable:

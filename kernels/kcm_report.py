@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from kernels._files import write_text_atomic
+
 TEST_OPS = (
     "ffn_gate",
     "ffn_up",
@@ -140,10 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(exc).strip("'\""))
     report = build_report(model)
     print_report(report)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(out)
+    write_text_atomic(out, json.dumps(report, indent=1) + "\n")
     print(f"\nwrote {out}")
 
 

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/learning_curve"), help="output path, no suffix")
     args = parser.parse_args(argv)
     from agents import CONTROLLERS
-    from agents.sb3 import EVALUATIONS_FILE, read_eval_history
+    from agents.callbacks import EVALUATIONS_FILE, read_eval_history
 
     labels = args.labels.split(",") if args.labels else [r.name for r in args.runs]
     if len(labels) != len(args.runs):

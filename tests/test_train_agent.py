@@ -423,7 +423,7 @@ def test_eval_history_is_replaced_atomically(tmp_path, monkeypatch):
     def crash(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr("agents.sb3.os.replace", crash)  # a crash between SB3's write and the rename
+    monkeypatch.setattr("agents.callbacks.os.replace", crash)  # a crash between SB3's write and the rename
     with pytest.raises(OSError, match="disk full"):
         callback.on_step()
     assert len(read_eval_history(tmp_path / "evaluations.npz")["timesteps"]) == 1  # the saved history is intact

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from kernels._files import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -281,10 +283,7 @@ def write_configs(path: Path, table: dict[int, MoeKernelConfig]) -> None:
     """Write a tuned table in the file format `load_configs` reads (sorted by token count), atomically (a temporary
     file, then a rename), so a run cut short leaves the previous table whole."""
     body = {str(m): table[m].to_json() for m in sorted(table)}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(body, indent=4) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(body, indent=4) + "\n")
     clear_cache()  # a table read before this write is stale
 
 
