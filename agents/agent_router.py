@@ -67,6 +67,46 @@ class IntervalRecord:
         return self.energy_j / max(self.served_tokens, 1.0)
 
 
+def _check_types(controller, runtime, monitor, kernel_cost_model, deployment, action_config) -> None:
+    """A wrong object would otherwise fail as an AttributeError somewhere in the first `step`."""
+    if not isinstance(runtime, MoERuntime):
+        raise TypeError(f"runtime must be a moe_runtime.MoERuntime, got {type(runtime).__name__}")
+    if not isinstance(controller, str) and not (
+        callable(getattr(controller, "act", None)) and callable(getattr(controller, "reset", None))
+    ):
+        raise TypeError(
+            f"controller must be a controller name or have act() and reset(), got {type(controller).__name__}"
+        )
+    expected = (
+        ("kernel_cost_model", kernel_cost_model, KernelCostModel),
+        ("deployment", deployment, DeploymentScale),
+        ("action_config", action_config, ActionConfig),
+    )
+    for name, value, kind in expected:
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"{name} must be None or a {kind.__name__}, got {type(value).__name__}")
+    if (
+        monitor is not None
+        and not isinstance(monitor, GpuSystemMonitor)
+        and not callable(getattr(monitor, "sample", None))
+    ):
+        raise TypeError(
+            f"monitor must be None, a GpuSystemMonitor or a GPU source (SimulatedGpu, NvmlSource), got "
+            f"{type(monitor).__name__}"
+        )
+
+
+def _checked_reference_loss(reference_loss: dict[str, float] | None) -> dict[str, float] | None:
+    if not reference_loss:
+        return None
+    if not isinstance(reference_loss, dict):
+        raise TypeError(f"reference_loss must be None or a dict of domain -> loss, got {type(reference_loss).__name__}")
+    bad = {k: v for k, v in reference_loss.items() if not isinstance(v, (int, float)) or not math.isfinite(v)}
+    if bad:
+        raise ValueError(f"reference_loss must map each domain to a finite loss in nats, got {bad}")
+    return {str(k): float(v) for k, v in reference_loss.items()}
+
+
 class AgentRouter:
     """Drives a live `MoERuntime` with a controller, one control interval per `step()`.
 
@@ -108,6 +148,7 @@ class AgentRouter:
         reference_loss: dict[str, float] | None = None,
         gpu: str = "H100",
     ):
+        _check_types(controller, runtime, monitor, kernel_cost_model, deployment, action_config)
         cfg = runtime.config
         self.runtime = runtime
         if reference_tokens is None:
@@ -156,7 +197,7 @@ class AgentRouter:
             )
         cost = np.asarray(self.kcm.expert_energy_per_token_j(self.deployment), dtype=np.float64)
         self.expert_cost_ratio = cost / cost.mean()
-        self.reference_loss = dict(reference_loss) if reference_loss else None
+        self.reference_loss = _checked_reference_loss(reference_loss)
         self.capacity_tokens_per_s: float | None = None
         self.reset()
 

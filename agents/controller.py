@@ -135,13 +135,20 @@ class ControlSpec:
         return self.codec.encode(control)
 
     def check_observation(self, obs: np.ndarray) -> np.ndarray:
-        """obs as float32 [obs_dim]; ValueError on another shape."""
+        """obs as float32 [obs_dim]; ValueError on another shape or on a NaN or infinite entry (the env's
+        observations are always finite: a non-finite one comes from elsewhere and would only surface later as a
+        NaN action)."""
         obs = np.asarray(obs, dtype=np.float32)
         if obs.shape != (self.builder.size,):
             raise ValueError(
                 f"a controller takes one observation of shape ({self.builder.size},), got {obs.shape}; "
                 "step vector envs one observation at a time"
             )
+        bad = np.flatnonzero(~np.isfinite(obs))
+        if bad.size:
+            names = [self.builder.names[i] for i in bad[:5]]
+            more = f" and {bad.size - 5} more" if bad.size > 5 else ""
+            raise ValueError(f"the observation has NaN or infinite entries: {', '.join(names)}{more}")
         return obs
 
 
@@ -246,7 +253,9 @@ class KcmGreedy:
 class RandomController:
     """Uniform random actions in [-1, 1]^(E + 2) from a seeded generator (`reset` does not reseed)."""
 
-    def __init__(self, spec: ControlSpec, seed: int = 0):
+    def __init__(self, spec: ControlSpec, seed: int | None = 0):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"random controller: seed must be None or a non-negative integer, got {seed!r}")
         self.spec = spec
         self.rng = np.random.default_rng(seed)
 

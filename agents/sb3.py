@@ -301,6 +301,9 @@ class PolicyController:
     def act(self, observation: np.ndarray) -> np.ndarray:
         """Action [E + 2] for an observation [obs_dim] (or [N, E + 2] for a batch [N, obs_dim])."""
         obs = np.asarray(observation, dtype=np.float32)
+        if not np.isfinite(obs).all():
+            bad = np.argwhere(~np.isfinite(obs))[:5].tolist()
+            raise ValueError(f"the observation has NaN or infinite entries (at {bad}); a policy acts on finite ones")
         if self.vec_normalize is not None:
             obs = self.vec_normalize.normalize_obs(obs).astype(np.float32)
         action, _ = self.model.predict(obs, deterministic=self.deterministic)

@@ -41,8 +41,9 @@ class Workload:
             raise ValueError(f"Workload.load must be in (0, 3] (a fraction of capacity), got {self.load}")
         if not 0.0 <= self.amplitude < 1.0:
             raise ValueError(f"Workload.amplitude must be in [0, 1), got {self.amplitude}")
-        if self.period_intervals < 2:
-            raise ValueError(f"Workload.period_intervals must be >= 2, got {self.period_intervals}")
+        period = self.period_intervals
+        if isinstance(period, bool) or not isinstance(period, (int, np.integer)) or period < 2:
+            raise ValueError(f"Workload.period_intervals must be a whole number >= 2, got {period!r}")
         if not 0.0 <= self.burst_prob <= 1.0:
             raise ValueError(f"Workload.burst_prob must be in [0, 1], got {self.burst_prob}")
 

@@ -390,10 +390,14 @@ class KernelCostModel:
         """
         if scale is None and deploy_tokens is not None:
             raise ValueError("deploy_tokens needs a DeploymentScale (scale=...)")
+        if deploy_tokens is not None and not 0 <= deploy_tokens < math.inf:
+            raise ValueError(f"deploy_tokens must be a finite number >= 0, got {deploy_tokens}")
+        if clock_mhz is not None and not 0 < clock_mhz < math.inf:
+            raise ValueError(f"clock_mhz must be a finite number > 0 MHz, got {clock_mhz}")
+        if temp_c is not None and not -273.15 < temp_c < math.inf:
+            raise ValueError(f"temp_c must be None or a finite temperature in C, got {temp_c}")
         _, tokens, parts, groups = self._priced_work(work, scale, deploy_tokens)
         if clock_mhz is not None:
-            if not clock_mhz > 0:
-                raise ValueError(f"clock_mhz must be positive, got {clock_mhz}")
             clock, timed = float(clock_mhz), self._at_clock(parts, float(clock_mhz))
         elif temp_c is not None:
             clock, timed = self._steady_clock(parts, temp_c)
@@ -442,8 +446,11 @@ class KernelCostModel:
     ) -> StepCost:
         """The env's helper: one control interval's work served at `demand_tokens_per_s` for `interval_s` seconds
         at deployment scale (`predict_step` with deploy_tokens = demand x interval)."""
-        if not (demand_tokens_per_s >= 0 and interval_s > 0):
-            raise ValueError(f"need demand >= 0 tokens/s and interval > 0 s, got {demand_tokens_per_s}, {interval_s}")
+        if not (0 <= demand_tokens_per_s < math.inf and 0 < interval_s < math.inf):
+            raise ValueError(
+                f"need a finite demand >= 0 tokens/s and a finite interval > 0 s, "
+                f"got {demand_tokens_per_s}, {interval_s}"
+            )
         return self.predict_step(work, scale, clock_mhz, temp_c, deploy_tokens=demand_tokens_per_s * interval_s)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import io
 import logging
 import math
 from dataclasses import dataclass
@@ -74,8 +75,12 @@ def read_reference(path: str | Path) -> tuple[Rows, np.ndarray]:
     """
     cols = {k: [] for k in ("op", "tokens", "d_model", "d_ff", "seq_len", "experts", "s", "j", "mhz")}
     keys, held, shapes, csv_counts = [], [], {}, []
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a text CSV table (not UTF-8: {exc.reason} at byte {exc.start})") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = [c for c in REFERENCE_COLUMNS if c not in (reader.fieldnames or ())]
         if missing:
             raise ValueError(f"{path} is not an op-cost table like h100-op-costs.csv: no column(s) {missing}")
@@ -102,6 +107,8 @@ def read_reference(path: str | Path) -> tuple[Rows, np.ndarray]:
                 held.append(shape % HOLD_OUT_EVERY == 2)
             else:
                 held.append(sum(1 for k in keys if k.startswith(op)) == 2)
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a CSV table ({exc})") from None
     if not keys:
         raise ValueError(f"{path} has no rows")
     work = make_arrays(cols["op"], cols["tokens"], cols["d_model"], cols["d_ff"], cols["seq_len"], cols["experts"])

@@ -51,6 +51,9 @@ def _check_route_args(gate_logits: torch.Tensor, biases: torch.Tensor | None, to
         raise ValueError(f"top_k must be in [1, {num_experts}], got {top_k}")
     if biases is not None and tuple(biases.shape) != (num_experts,):
         raise ValueError(f"biases must have shape ({num_experts},), got {tuple(biases.shape)}")
+    for name, t in (("gate_logits", gate_logits), ("biases", biases)):
+        if t is not None and not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
     return top_k
 
 

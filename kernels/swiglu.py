@@ -65,6 +65,15 @@ def _check_swiglu_args(x, topk_ids, topk_weights, w_up, w_down, widths) -> None:
         raise ValueError(f"topk_ids must be [{num_tokens}, k], got shape {tuple(topk_ids.shape)}")
     if topk_weights.shape != topk_ids.shape:
         raise ValueError(f"topk_weights must match topk_ids {tuple(topk_ids.shape)}, got {tuple(topk_weights.shape)}")
+    if topk_ids.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"topk_ids must be int32 or int64 expert ids, got {topk_ids.dtype}")
+    for name, t in (("x", x), ("topk_weights", topk_weights), ("w_up", w_up), ("w_down", w_down)):
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    # Under autocast (bf16 pretraining on CUDA) the matmuls cast for themselves; elsewhere mixed dtypes would fail
+    # deep inside the first matmul.
+    if not torch.is_autocast_enabled(x.device.type) and not x.dtype == w_up.dtype == w_down.dtype:
+        raise TypeError(f"x, w_up and w_down must share one dtype, got {x.dtype}, {w_up.dtype}, {w_down.dtype}")
     try:
         total = _width_facts(widths if isinstance(widths, tuple) else tuple(widths))[1]
     except TypeError:  # unhashable entries: not widths

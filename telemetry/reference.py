@@ -88,21 +88,29 @@ def load_reference_trace(path: str | Path | None = None) -> ReferenceTrace:
     """Read h100-step-response.csv.
 
     Raises:
-        FileNotFoundError: no path given and no copy found (see `find_reference_file`).
+        FileNotFoundError: no path given and no copy found (see `find_reference_file`), or no file at `path`.
+        ValueError: a file that is not such a trace (a missing column, a value that does not parse); names the file.
     """
     path = Path(path) if path is not None else find_reference_file()
     if path is None:
         raise FileNotFoundError(f"{STEP_RESPONSE_CSV} not found; set MOE_REFERENCE_DIR to shared/reference")
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    column = lambda name, dtype=float: np.array([row[name] for row in rows], dtype=dtype)  # noqa: E731
-    return ReferenceTrace(
-        t_s=column("t_s"), phase=column("phase", str), power_avg_w=column("power_avg_w"),
-        power_instant_w=column("power_instant_w"), energy_counter_j=column("energy_counter_j"),
-        temp_c=column("temp_c"), sm_clock_mhz=column("sm_clock_mhz"),
-        clock_event_reasons=column("clock_event_reasons", int), util_gpu_pct=column("util_gpu_pct"),
-        util_mem_pct=column("util_mem_pct"),
-    )
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        column = lambda name, dtype=float: np.array([row[name] for row in rows], dtype=dtype)  # noqa: E731
+        trace = ReferenceTrace(
+            t_s=column("t_s"), phase=column("phase", str), power_avg_w=column("power_avg_w"),
+            power_instant_w=column("power_instant_w"), energy_counter_j=column("energy_counter_j"),
+            temp_c=column("temp_c"), sm_clock_mhz=column("sm_clock_mhz"),
+            clock_event_reasons=column("clock_event_reasons", int), util_gpu_pct=column("util_gpu_pct"),
+            util_mem_pct=column("util_mem_pct"),
+        )
+    except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as exc:  # TypeError: a short row's None
+        kind = f"a step-response trace like {STEP_RESPONSE_CSV}"
+        raise ValueError(f"{path} is not {kind} ({type(exc).__name__}: {exc})") from None
+    if len(trace.t_s) < 2:
+        raise ValueError(f"{path} has {len(trace.t_s)} rows; a step-response trace needs at least 2")
+    return trace
 
 
 def _run_busy(gpu: SimulatedGpu, wall_s: float) -> None:

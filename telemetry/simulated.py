@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from numbers import Real
 
 import numpy as np
 
@@ -71,6 +72,30 @@ class _Tally:
     reasons: set[str] = field(default_factory=set)
 
 
+def _check_args(
+    seed: int | None,
+    ambient_c: float | None,
+    cooling: float,
+    noise_std: float,
+    initial_temp_c: float | None,
+    step_s: float,
+) -> None:
+    # NaN fails every comparison, so each check is written to let only the allowed values through.
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
+    if not (isinstance(cooling, Real) and 0.0 < cooling < math.inf):
+        raise ValueError(f"cooling must be a finite number > 0 (a thermal-resistance multiplier), got {cooling!r}")
+    if not (isinstance(step_s, Real) and 0.0 < step_s <= _MAX_STEP_S):
+        raise ValueError(
+            f"step_s must be in (0, {_MAX_STEP_S}] s (the power-cap loop needs short steps), got {step_s!r}"
+        )
+    if not (isinstance(noise_std, Real) and 0.0 <= noise_std < math.inf):
+        raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+    for name, value in (("ambient_c", ambient_c), ("initial_temp_c", initial_temp_c)):
+        if value is not None and not (isinstance(value, Real) and -273.15 < value < 1000.0):
+            raise ValueError(f"{name} must be None or a temperature in (-273.15, 1000) C, got {value!r}")
+
+
 class SimulatedGpu:
     """A GPU that executes work priced at full clock and reports what NVML would.
 
@@ -88,7 +113,7 @@ class SimulatedGpu:
 
     Args:
         spec_or_name: a `GpuSpec` or a name for `get_gpu_spec` ("H100", "L4", ...).
-        seed: seeds the sensor noise; with noise_std = 0 the GPU is deterministic anyway.
+        seed: seeds the sensor noise (None: unseeded); with noise_std = 0 the GPU is deterministic anyway.
         ambient_c: coolant / inlet temperature, C (domain randomisation); `spec.ambient_c` when None.
         cooling: heatsink thermal-resistance multiplier (1 = as fitted; 2 = poorly cooled: hotter, slower).
         noise_std: relative std of Gaussian sensor noise on reported power, energy and temperature rise.
@@ -96,7 +121,8 @@ class SimulatedGpu:
         step_s: sub-step, s (10 ms: the reference's sampling period; at most 50 ms).
 
     Raises:
-        ValueError: cooling not positive, step_s outside (0, 0.05], noise_std negative.
+        ValueError: a negative or non-integer seed; cooling not finite and positive; step_s outside (0, 0.05];
+            noise_std negative or not finite; a NaN or impossible ambient or initial temperature.
     """
 
     source = "simulated"
@@ -104,7 +130,7 @@ class SimulatedGpu:
     def __init__(
         self,
         spec_or_name: GpuSpec | str,
-        seed: int = 0,
+        seed: int | None = 0,
         ambient_c: float | None = None,
         cooling: float = 1.0,
         noise_std: float = 0.0,
@@ -113,12 +139,7 @@ class SimulatedGpu:
         buffer_capacity: int = 100_000,
     ) -> None:
         self.spec = spec_or_name if isinstance(spec_or_name, GpuSpec) else get_gpu_spec(spec_or_name)
-        if not cooling > 0.0:
-            raise ValueError(f"cooling must be > 0 (a thermal-resistance multiplier), got {cooling}")
-        if not 0.0 < step_s <= _MAX_STEP_S:
-            raise ValueError(f"step_s must be in (0, {_MAX_STEP_S}] s (the power-cap loop needs short steps), got {step_s}")
-        if noise_std < 0.0:
-            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        _check_args(seed, ambient_c, cooling, noise_std, initial_temp_c, step_s)
         self.ambient_c = self.spec.ambient_c if ambient_c is None else float(ambient_c)
         self.cooling = float(cooling)
         self.noise_std = float(noise_std)

@@ -282,6 +282,19 @@ def test_make_controller_errors():
         make_controller("no_control", object())
     with pytest.raises(ValueError, match="shape"):
         make_controller("no_control", SPEC).act(np.zeros(3))
+    with pytest.raises(ValueError, match="seed must be None or a non-negative integer, got -1"):
+        make_controller("random", SPEC, seed=-1)  # was numpy's "expected non-negative integer"
+
+
+@pytest.mark.parametrize("name", CONTROLLER_NAMES)
+def test_a_non_finite_observation_is_named_not_turned_into_a_nan_action(env, name):
+    """The env never emits NaN; one from elsewhere failed later as a NaN action blamed on the biases."""
+    controller = make_controller(name, env)
+    obs, _ = env.reset(seed=0)
+    obs = obs.copy()
+    obs[SPEC.builder.index["temperature_c"]] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite entries: temperature_c"):
+        controller.act(obs)
 
 
 # ----- SB3 policies -----------------------------------------------------------------------------------------------
@@ -295,6 +308,8 @@ def test_ppo_policy_reloads_to_the_same_actions(env, ppo_run):
         np.testing.assert_allclose(policy.act(obs), expected, atol=1e-6)
         obs, *_ = env.step(policy.act(obs))
     assert np.allclose(load_policy(folder).act(obs), policy.act(obs))  # a run folder works too
+    with pytest.raises(ValueError, match="NaN or infinite entries"):
+        policy.act(np.full_like(obs, np.inf))  # VecNormalize clipped it into an ordinary-looking action
 
 
 # ----- AgentRouter ------------------------------------------------------------------------------------------------
@@ -328,6 +343,22 @@ def test_agent_router_observes_the_paired_loss_gap_as_the_env_does():
     for bad in (0, 2.7, True):  # 0 became the default 128 and 2.7 became 2, silently
         with pytest.raises(ValueError, match=f"need interval_tokens a positive integer .*got {bad!r}"):
             AgentRouter("no_control", MoERuntime(TINY), interval_tokens=bad)
+
+
+def test_agent_router_names_a_wrong_argument_before_the_first_step():
+    runtime = MoERuntime(TINY)
+    with pytest.raises(ValueError, match="reference_loss must map each domain to a finite loss"):
+        AgentRouter("no_control", runtime, reference_tokens=0, reference_loss={"code": float("nan")})
+    wrong = [  # each was an AttributeError from inside the constructor or the first step
+        (dict(runtime=TINY), "runtime must be a moe_runtime.MoERuntime, got MoEConfig"),
+        (dict(controller=object()), "controller must be a controller name or have act"),
+        (dict(monitor="nvml"), "monitor must be None, a GpuSystemMonitor or a GPU source"),
+        (dict(kernel_cost_model="H100"), "kernel_cost_model must be None or a KernelCostModel"),
+        (dict(action_config={}), "action_config must be None or a ActionConfig"),
+    ]
+    for kwargs, message in wrong:
+        with pytest.raises(TypeError, match=message):
+            AgentRouter(**{"controller": "no_control", "runtime": runtime, **kwargs})
 
 
 def test_agent_router_prices_energy_per_served_token():

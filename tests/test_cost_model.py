@@ -326,6 +326,13 @@ def test_fit_reference_cli_rejects_bad_csvs(tmp_path, capsys, text, message):
     assert not out.exists()
 
 
+def test_a_reference_table_that_is_not_text_names_the_file(tmp_path):
+    csv_path = tmp_path / "ref.csv"
+    csv_path.write_bytes(HEADER.encode() + b"gemm_up,\xff\xfe,1024\n")
+    with pytest.raises(ValueError, match=r"ref.csv is not a text CSV table \(not UTF-8"):
+        read_reference(csv_path)
+
+
 def test_profile_cli_names_a_missing_file_or_mode(capsys):
     for argv, message in ((["--fit-reference", "/no/such.csv"], "/no/such.csv"), ([], "give --out, --validate")):
         with pytest.raises(SystemExit) as exit_info:
@@ -366,6 +373,25 @@ def test_predict_step_clock_and_temperature(models):
     assert slow.latency_s >= full.compute_s * 2 + full.memory_s  # compute-bound time doubles at half clock
     assert hot.clock_mhz < full.clock_mhz and hot.latency_s > full.latency_s
     assert kcm.interval_cost(work, scale, 5e4, 2.0).latency_s == pytest.approx(full.latency_s)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(deploy_tokens=math.inf), "deploy_tokens must be a finite number >= 0"),  # priced as 0 J before
+        (dict(deploy_tokens=-1.0), "deploy_tokens must be a finite number >= 0"),
+        (dict(clock_mhz=math.inf), "clock_mhz must be a finite number > 0"),
+        (dict(clock_mhz=math.nan), "clock_mhz must be a finite number > 0"),
+        (dict(temp_c=math.nan), "temp_c must be None or a finite temperature"),  # NaN energy before
+    ],
+)
+def test_predict_step_refuses_non_finite_figures(models, kwargs, message):
+    kcm, work = models["calibrated"], _runtime_work()
+    with pytest.raises(ValueError, match=message):
+        kcm.predict_step(work, DeploymentScale(), **{"deploy_tokens": 1e5, **kwargs})
+    for demand, interval in ((math.inf, 1.0), (math.nan, 1.0), (1e4, math.inf)):
+        with pytest.raises(ValueError, match="need a finite demand >= 0 tokens/s and a finite interval > 0 s"):
+            kcm.interval_cost(work, DeploymentScale(), demand, interval)
 
 
 def test_repricing_the_same_work_is_cached_but_never_stale():

@@ -89,6 +89,9 @@ def test_a_workload_may_be_given_by_its_profile_name():
     assert EnvConfig.from_kwargs(**TINY, workload="bursty").workload == Workload(profile="bursty")
     with pytest.raises(ValueError, match="'spiky' is not one of"):
         EnvConfig.from_kwargs(**TINY, workload="spiky")
+    for bad in (float("nan"), 2.5, 1):  # NaN was accepted and made every interval's demand NaN
+        with pytest.raises(ValueError, match=f"period_intervals must be a whole number >= 2, got {bad!r}"):
+            Workload(period_intervals=bad)
 
 
 def test_spaces_and_names(env):

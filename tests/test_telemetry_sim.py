@@ -147,6 +147,12 @@ def test_every_gpu_runs_within_its_limits(name):
     assert 0.99 < record.utilization <= 1.0 and gpu.idle(1.0).utilization == 0.0
 
 
+REFERENCE_HEADER = (
+    b"t_s,phase,power_avg_w,power_instant_w,energy_counter_j,temp_c,sm_clock_mhz,clock_event_reasons,"
+    b"util_gpu_pct,util_mem_pct\n"
+)
+
+
 def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="cooling"):
         tel.SimulatedGpu("H100", cooling=0.0)
@@ -156,6 +162,18 @@ def test_bad_arguments_are_rejected():
         tel.SimulatedGpu("H100", noise_std=-1.0)
     with pytest.raises(ValueError, match="unknown GPU"):
         tel.SimulatedGpu("B300")
+    bad_kwargs = [  # NaN passed every `<` check: NaN energy and temperatures, or numpy's own error for the seed
+        (dict(noise_std=math.nan), "noise_std must be a finite number >= 0"),
+        (dict(ambient_c=math.nan), "ambient_c must be None or a temperature"),
+        (dict(initial_temp_c=math.nan), "initial_temp_c must be None or a temperature"),
+        (dict(cooling=math.inf), "cooling must be a finite number > 0"),
+        (dict(seed=-1), "seed must be None or a non-negative integer, got -1"),
+        (dict(seed=0.5), "seed must be None or a non-negative integer, got 0.5"),
+    ]
+    for kwargs, message in bad_kwargs:
+        with pytest.raises(ValueError, match=message):
+            tel.SimulatedGpu("H100", **kwargs)
+    assert tel.SimulatedGpu("H100", seed=None).temperature_c() > 0  # unseeded, as the env's seed=None
     gpu = tel.SimulatedGpu("H100")
     for bad in (-1.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="compute_s"):
@@ -170,6 +188,25 @@ def test_initial_temperature_and_readings():
     assert gpu.temperature_c() == 70.0 and gpu.memory_temperature_c() < 70.0
     assert gpu.sample().temperature_c == 70.0 and gpu.power_limit_w() == 700.0
     assert gpu.idle(120.0).temperature_c < tel.steady_temperature_c(gpu.spec, gpu.spec.idle_w, 30.0) + 1.0
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"t_s,phase\n0.0,idle\n", "KeyError: 'power_avg_w'"),
+        (b"\xff\xfe not text", "UnicodeDecodeError"),
+        (REFERENCE_HEADER + b"0.0,idle,1,1,1,1,1,0,0,0\n", "has 1 rows"),
+        (REFERENCE_HEADER + b"0.0,idle,hot,1,1,1,1,0,0,0\n0.1,idle,1,1,1,1,1,0,0,0\n", "ValueError"),
+    ],
+)
+def test_a_damaged_step_response_trace_names_the_file(tmp_path, content, message):
+    from telemetry.reference import load_reference_trace
+
+    path = tmp_path / "trace.csv"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="trace.csv is not a step-response trace|trace.csv has 1 rows") as err:
+        load_reference_trace(path)
+    assert message in str(err.value)
 
 
 @pytest.mark.parametrize("period_s", [0.0, -1.0, float("nan"), float("inf")])

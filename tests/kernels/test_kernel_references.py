@@ -102,6 +102,25 @@ def test_swiglu_reference_rejects_bad_shapes(gen):
         grouped_swiglu_reference(x, ids, w, torch.zeros(8, 8), torch.zeros(5, 8), (4,))
 
 
+def test_references_name_a_wrong_dtype(gen):
+    """Each was torch's own error from inside the first matmul, argsort or softmax."""
+    x = torch.randn(4, 8, generator=gen)
+    ids = torch.zeros(4, 1, dtype=torch.int64)
+    w, w_up, w_down = torch.ones(4, 1), torch.randn(8, 8, generator=gen), torch.randn(4, 8, generator=gen)
+    with pytest.raises(TypeError, match="topk_ids must be int32 or int64 expert ids, got torch.float32"):
+        grouped_swiglu_reference(x, ids.float(), w, w_up, w_down, (4,))
+    with pytest.raises(TypeError, match="x, w_up and w_down must share one dtype, got torch.float64, torch.float32"):
+        grouped_swiglu_reference(x.double(), ids, w, w_up, w_down, (4,))
+    with pytest.raises(TypeError, match="topk_weights must be a floating-point tensor, got torch.int64"):
+        grouped_swiglu_reference(x, ids, w.long(), w_up, w_down, (4,))
+    with pytest.raises(TypeError, match="gate_logits must be a floating-point tensor, got torch.int64"):
+        fused_route_reference(torch.zeros(4, 3, dtype=torch.int64), None, 1)
+    with pytest.raises(TypeError, match="biases must be a floating-point tensor, got torch.int32"):
+        fused_route_reference(torch.zeros(4, 3), torch.zeros(3, dtype=torch.int32), 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # pretraining's mixed dtypes stay allowed under autocast
+        assert grouped_swiglu_reference(x.bfloat16(), ids, w, w_up, w_down, (4,)).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("bad_id", [-1, 4, 1000])
 def test_references_reject_expert_ids_out_of_range(gen, bad_id):
     x = torch.randn(5, 8, generator=gen)
