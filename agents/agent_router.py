@@ -9,7 +9,10 @@ GPU sources:
 - simulated (a `SimulatedGpu`, or a monitor over one): the runtime's work is priced at the `DeploymentScale` for the
   interval's demand and executed on the simulated GPU, in slices until the interval is used up (what does not fit
   is backlog), as the env's simulated backend does, so a policy trained in the env sees the same figures here;
-- NVML: the runtime runs on the GPU; the window measures it, and the KCM prices the runtime's own work.
+- NVML: the runtime serves the demand on the GPU itself, as the measured env's backend does (`envs.serve_interval`):
+  launches of `interval_tokens` back to back until the demand is served or the interval is used up, then idle for
+  the rest of it; the window measures the whole interval, and the KCM prices the runtime's own work. A policy
+  trained on `MoERoutingMeasured-v0` therefore sees its energy, power and utilisation on the same scale here.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from envs import (
     deployment_memory_pressure,
     execute_interval,
     interval_latency_ms,
+    merge_reports,
+    serve_interval,
 )
 from kernels import DeploymentScale, KernelCostModel
-from moe_runtime import ControlAction, MoERuntime
+from moe_runtime import ControlAction, MoERuntime, forward_work
 from telemetry import GpuSystemMonitor, SimulatedGpu, get_gpu_spec
 
 _WINDOW = "agent_router_interval"
@@ -41,12 +46,12 @@ class IntervalRecord:
     """What one interval did (units in the names).
 
     `tokens` is what the runtime really served (its loss and routing); `served_tokens` what the interval's energy
-    paid for: on the simulated source the deployment-scale tokens served (the demand less what is left as backlog),
-    on NVML the runtime's own.
+    paid for, the demand less what is left as backlog: deployment-scale tokens on the simulated source, the
+    runtime's own on NVML.
     """
 
     interval: int
-    source: str
+    source: str  # "simulated" or "measured" (NVML), as the env's `info["source"]`
     tokens: int
     served_tokens: float
     loss: float
@@ -118,9 +123,11 @@ class AgentRouter:
         kernel_cost_model: the KCM; None builds one for `gpu`.
         deployment: the shape the simulated GPU prices decisions at; None: `envs.deployment_for(runtime.config)`,
             what the env uses.
-        interval_tokens: runtime tokens per interval; None: 128 for the tiny preset, else 1024 (as the env).
-        interval_s: control interval, s (the simulated GPU idles for what the work leaves of it).
-        demand: token demand as a fraction of the deployment's capacity (simulated source).
+        interval_tokens: simulated source: runtime tokens per interval; None: 128 for the tiny preset, else 1024
+            (as the env). NVML: tokens per launch; None: seq_len x batch_size (as the measured env).
+        interval_s: control interval, s (the GPU idles for what the work leaves of it).
+        demand: token demand as a fraction of capacity: the deployment's at full clock (simulated source), the
+            runtime's own at full clock as the KCM predicts it (NVML).
         action_config: the env's `ActionConfig` (bias range, TTT ranges).
         reference_tokens: tokens at the start of each interval the runtime's uncontrolled base model also scores,
             for the paired `loss_gap` (served minus base model on the same tokens) the env observes; None: half a
@@ -157,7 +164,14 @@ class AgentRouter:
             raise ValueError(f"reference_tokens must be an integer >= 0, got {reference_tokens!r}")
         runtime.reference_tokens = reference_tokens
         self.num_experts = cfg.num_experts
-        if interval_tokens is None:
+        if monitor is None:
+            monitor = SimulatedGpu(gpu)
+        self.monitor = monitor if isinstance(monitor, GpuSystemMonitor) else GpuSystemMonitor(source=monitor)
+        # A source that executes priced work is simulated; any other (NVML) measures the runtime running itself.
+        self.gpu = self.monitor.source if callable(getattr(self.monitor.source, "execute", None)) else None
+        if interval_tokens is None and self.gpu is None:
+            interval_tokens = cfg.seq_len * cfg.batch_size
+        elif interval_tokens is None:
             interval_tokens = 128 if cfg.preset_name == "tiny" else 1024
         whole = isinstance(interval_tokens, (int, np.integer)) and not isinstance(interval_tokens, bool)
         if not whole or interval_tokens <= 0 or not 0 < interval_s < math.inf or not 0 < demand < math.inf:
@@ -167,10 +181,6 @@ class AgentRouter:
             )
         self.interval_tokens = int(interval_tokens)
         self.interval_s, self.demand = float(interval_s), float(demand)
-        if monitor is None:
-            monitor = SimulatedGpu(gpu)
-        self.monitor = monitor if isinstance(monitor, GpuSystemMonitor) else GpuSystemMonitor(source=monitor)
-        self.gpu = self.monitor.source if callable(getattr(self.monitor.source, "execute", None)) else None
         self.gpu_spec = getattr(self.monitor.source, "spec", None) or get_gpu_spec(gpu)
         self.kcm = kernel_cost_model or KernelCostModel(gpu_type=gpu)
         self.deployment = deployment or deployment_for(cfg)
@@ -198,7 +208,7 @@ class AgentRouter:
         cost = np.asarray(self.kcm.expert_energy_per_token_j(self.deployment), dtype=np.float64)
         self.expert_cost_ratio = cost / cost.mean()
         self.reference_loss = _checked_reference_loss(reference_loss)
-        self.capacity_tokens_per_s: float | None = None
+        self.capacity_tokens_per_s: float | None = None if self.gpu is not None else self._runtime_capacity()
         self.reset()
 
     def reset(self) -> None:
@@ -218,31 +228,31 @@ class AgentRouter:
         """Serve one interval with the present action, observe it, and apply the controller's next action."""
         runtime, applied = self.runtime, self.runtime.action
         self.monitor.begin_window(_WINDOW)
-        report = runtime.step(self.interval_tokens)
-        if self.capacity_tokens_per_s is None:
-            forward = [c for c in report.work if c.phase == "forward"]
-            tokens = float(self.deployment.batch_tokens)
-            cost = self.kcm.predict_step(forward, scale=self.deployment, deploy_tokens=tokens)
-            self.capacity_tokens_per_s = tokens / cost.total.latency_s
-        due = self.demand * self.capacity_tokens_per_s * self.interval_s + self.backlog_tokens
         if self.gpu is not None:
+            report = runtime.step(self.interval_tokens)
+            due = self._due_tokens(report)
             busy_s, served = self._execute_simulated(report, due)
-        else:  # the runtime ran on the measured GPU itself
-            busy_s, served = None, float(report.tokens)
+            launch_s, launches = busy_s, max(1, math.ceil(served / self.deployment.batch_tokens))
+        else:  # the runtime serves the demand on the measured GPU itself
+            due = self._due_tokens(None)
+            out = serve_interval(runtime, self.interval_tokens, due, self.interval_s)
+            report, busy_s, served = merge_reports(out.reports), out.busy_s, out.served_tokens(due)
+            launch_s, launches = sum(out.launch_ms) / 1000.0, len(out.reports)
         m = self.monitor.end_window(_WINDOW)
         stats = self.monitor.get_current_stats()
-        if self.gpu is not None:
-            self.backlog_tokens = due - served
-            launches = max(1, math.ceil(served / self.deployment.batch_tokens))
-            latency_ms = interval_latency_ms(busy_s, launches, served, self.backlog_tokens)
-            scale, deploy_tokens = self.deployment, max(due, 1.0)
-        else:
-            latency_ms = 1000.0 * m.duration_s
-            scale, deploy_tokens = None, None
+        self.backlog_tokens = max(0.0, due - served)
+        latency_ms = interval_latency_ms(launch_s, launches, served, self.backlog_tokens)
         clock = stats.get("sm_clock_mhz") or None
-        nxt = self.kcm.predict_step(report.work, scale=scale, clock_mhz=clock, deploy_tokens=deploy_tokens)
+        if self.gpu is not None:
+            nxt = self.kcm.predict_step(
+                report.work, scale=self.deployment, clock_mhz=clock, deploy_tokens=max(due, 1.0)
+            )
+            next_launches = 1
+        else:  # one launch at the runtime's own shape, as many times as this interval's demand needed
+            nxt = self.kcm.predict_step(out.reports[-1].work, clock_mhz=clock)
+            next_launches = math.ceil(max(due, 1.0) / self.interval_tokens)
         self._tokens_since_ttt = 0 if report.ttt_updates else self._tokens_since_ttt + report.tokens
-        obs = self._observation(report, m, stats, nxt, busy_s)
+        obs = self._observation(report, m, stats, nxt, busy_s, next_launches)
         action = self.controller.act(obs)
         control = self.spec.codec.decode(action)
         runtime.apply(control)
@@ -250,7 +260,7 @@ class AgentRouter:
         self.interval += 1
         return IntervalRecord(
             interval=self.interval - 1,
-            source=m.source,
+            source="simulated" if self.gpu is not None else "measured",
             tokens=report.tokens,
             served_tokens=float(served),
             loss=float(report.loss),
@@ -266,6 +276,25 @@ class AgentRouter:
             observation=obs,
         )
 
+    def _runtime_capacity(self) -> float:
+        """Runtime tokens/s at full clock for one launch with evenly routed tokens (NVML source), KCM-predicted."""
+        cfg = self.runtime.config
+        seq = min(cfg.seq_len, self.interval_tokens)
+        batch = max(1, self.interval_tokens // seq)
+        even = np.full((cfg.n_layers, cfg.num_experts), batch * seq * cfg.top_k / cfg.num_experts)
+        cost = self.kcm.predict_step(forward_work(cfg, batch, seq, np.ceil(even)))
+        return cost.tokens / cost.total.latency_s
+
+    def _due_tokens(self, report) -> float:
+        """This interval's demand plus the backlog; the simulated source's capacity is priced from the first report
+        at deployment scale."""
+        if self.capacity_tokens_per_s is None:
+            forward = [c for c in report.work if c.phase == "forward"]
+            tokens = float(self.deployment.batch_tokens)
+            cost = self.kcm.predict_step(forward, scale=self.deployment, deploy_tokens=tokens)
+            self.capacity_tokens_per_s = tokens / cost.total.latency_s
+        return self.demand * self.capacity_tokens_per_s * self.interval_s + self.backlog_tokens
+
     def _execute_simulated(self, report, due_tokens: float) -> tuple[float, float]:
         """Run the interval's deployment-scale work on the simulated GPU; (busy s, tokens served)."""
         gpu = self.gpu
@@ -275,7 +304,7 @@ class AgentRouter:
             gpu.idle(self.interval_s - elapsed)
         return elapsed, due_tokens * share
 
-    def _observation(self, report, m, stats: dict[str, Any], nxt, busy_s: float | None) -> np.ndarray:
+    def _observation(self, report, m, stats: dict[str, Any], nxt, busy_s: float, next_launches: int) -> np.ndarray:
         counts = np.asarray(report.expert_token_counts, dtype=np.float64).sum(0)
         control = self.runtime.action
         loss = float(report.loss)
@@ -287,7 +316,7 @@ class AgentRouter:
         prev = self._prev_loss if self._prev_loss is not None else reference
         freq = control.ttt_frequency_tokens
         duration = max(m.duration_s, 1e-9)
-        utilization = busy_s / duration if busy_s is not None else (stats.get("gpu_utilization_percent") or 0.0) / 100.0
+        utilization = busy_s / duration
         figures = {
             "power_w": m.power_w,
             "interval_energy_j": m.energy_j,
@@ -299,8 +328,8 @@ class AgentRouter:
             "pred_energy_j_e": np.asarray(nxt.experts.energy_j, dtype=np.float64),
             "pred_latency_ms_e": 1000.0 * np.asarray(nxt.experts.latency_s, dtype=np.float64),
             "expert_cost_ratio_e": self.expert_cost_ratio,
-            "pred_total_energy_j": nxt.total.energy_j,
-            "pred_total_latency_ms": 1000.0 * nxt.total.latency_s,
+            "pred_total_energy_j": nxt.total.energy_j * next_launches,
+            "pred_total_latency_ms": 1000.0 * nxt.total.latency_s * next_launches,
             "load_fraction_e": counts / max(1.0, counts.sum()),
             "loss": loss,
             "loss_delta": loss - prev,
@@ -325,4 +354,8 @@ class AgentRouter:
         return self.builder.build(figures)
 
     def _memory_pressure(self) -> float:
-        return deployment_memory_pressure(self.deployment, self.gpu_spec.memory_gb)
+        if self.gpu is not None:
+            return deployment_memory_pressure(self.deployment, self.gpu_spec.memory_gb)
+        source = self.monitor.source  # the measured GPU's own memory, as the measured env observes it
+        used, total = source.memory_used_mb(), source.memory_total_mb()
+        return float(used / total) if used is not None and total else 0.0

@@ -12,7 +12,7 @@ from gymnasium.envs.registration import register, registry
 from envs.actions import ActionCodec, ActionConfig
 from envs.backends import deployment_memory_pressure, execute_interval, interval_latency_ms
 from envs.config import EnvConfig, deployment_for
-from envs.measured import measured_backend_unavailable
+from envs.measured import ServedInterval, measured_backend_unavailable, merge_reports, serve_interval
 from envs.moe_routing_env import MoERoutingEnv, MoERoutingMOEnv
 from envs.observation import ObservationBuilder
 from envs.rewards import OBJECTIVES, RewardConfig, RewardReference, reward, vector_reward
@@ -30,13 +30,16 @@ __all__ = [
     "ObservationBuilder",
     "RewardConfig",
     "RewardReference",
+    "ServedInterval",
     "Workload",
     "deployment_for",
     "deployment_memory_pressure",
     "execute_interval",
     "interval_latency_ms",
     "measured_backend_unavailable",
+    "merge_reports",
     "reward",
+    "serve_interval",
     "vector_reward",
 ]
 

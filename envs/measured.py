@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -66,6 +67,52 @@ def merge_reports(reports: list[StepReport]) -> StepReport:
         ttt_grad_norms=list(last_ttt.ttt_grad_norms),
         ttt_activation_energy=list(last_ttt.ttt_activation_energy),
     )
+
+
+@dataclass
+class ServedInterval:
+    """What `serve_interval` did: the runtime's reports and the time its launches took."""
+
+    reports: list[StepReport]  # one per launch, at least one
+    launch_ms: list[float]  # each launch's time: CUDA events on CUDA, the wall clock elsewhere
+    busy_s: float  # wall time from the first launch to the end of the last
+    launched_tokens: float  # launches x launch_tokens (the last launch may go past the demand)
+
+    def served_tokens(self, due_tokens: float) -> float:
+        """Tokens that count as served: the demand at most (all launched tokens when nothing was due)."""
+        return min(self.launched_tokens, due_tokens) if due_tokens > 0 else self.launched_tokens
+
+
+def serve_interval(runtime: MoERuntime, launch_tokens: int, due_tokens: float, interval_s: float) -> ServedInterval:
+    """Serve one control interval on the runtime's own device, as a deployment would.
+
+    Launches of `launch_tokens` run back to back until `due_tokens` are served or `interval_s` is used up (at least
+    one launch, so every interval observes the model); then the host sleeps for the rest of the interval, so the
+    GPU idles and its power and temperature fall as they would between requests. Call it inside an energy window.
+    """
+    reports, launch_ms = [], []
+    cuda = runtime.device.type == "cuda"
+    t0 = time.perf_counter()
+    launched = 0.0
+    while launched < due_tokens or not reports:
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            reports.append(runtime.step(launch_tokens))
+            end.record()
+            end.synchronize()
+            launch_ms.append(start.elapsed_time(end))
+        else:
+            launch_t0 = time.perf_counter()
+            reports.append(runtime.step(launch_tokens))
+            launch_ms.append(1000.0 * (time.perf_counter() - launch_t0))
+        launched += launch_tokens
+        if time.perf_counter() - t0 >= interval_s:
+            break
+    busy_s = time.perf_counter() - t0
+    if busy_s < interval_s:
+        time.sleep(interval_s - busy_s)
+    return ServedInterval(reports, launch_ms, busy_s, launched)
 
 
 CUDA_MISSING = (
@@ -128,31 +175,15 @@ class MeasuredBackend:
         cfg, mon = self.cfg, self.monitor
         due = demand_tokens + backlog_tokens
         start_stats = mon.get_current_stats()
-        predicted = None
-        reports, launch_ms = [], []
         mon.begin_window("interval")
-        t0 = time.perf_counter()
-        served = 0.0
-        while served < due or not reports:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            reports.append(runtime.step(self.launch_tokens))
-            end.record()
-            end.synchronize()
-            launch_ms.append(start.elapsed_time(end))
-            served += self.launch_tokens
-            if predicted is None:
-                predicted = self.kcm.predict_step(reports[0].work, temp_c=start_stats.get("temperature"))
-            if time.perf_counter() - t0 >= cfg.interval_s:
-                break
-        busy_s = time.perf_counter() - t0
-        if busy_s < cfg.interval_s:
-            time.sleep(cfg.interval_s - busy_s)
+        out = serve_interval(runtime, self.launch_tokens, due, cfg.interval_s)
         m = mon.end_window("interval")
-        served = min(served, due) if due > 0 else served
+        reports, launch_ms, busy_s = out.reports, out.launch_ms, out.busy_s
+        served = out.served_tokens(due)
         backlog = max(0.0, due - served)
         report = merge_reports(reports)
         stats = mon.get_current_stats()
+        predicted = self.kcm.predict_step(reports[0].work, temp_c=start_stats.get("temperature"))
         nxt = self.kcm.predict_step(reports[-1].work, clock_mhz=m.sm_clock_mhz or None, temp_c=stats.get("temperature"))
         launches = len(reports)
         return IntervalResult(

@@ -345,6 +345,34 @@ def test_agent_router_observes_the_paired_loss_gap_as_the_env_does():
             AgentRouter("no_control", MoERuntime(TINY), interval_tokens=bad)
 
 
+@pytest.mark.parametrize("demand", [1e-9, 10.0])
+def test_agent_router_on_nvml_serves_the_demand_then_idles_out_the_interval(demand):
+    """On an NVML source the runtime itself serves launches until the demand is met or the interval is used up, then
+    the GPU idles for the rest of it, as `MoERoutingMeasured-v0` does; it used to run one launch and measure only
+    that, so a policy trained on the measured env saw energy and power on another scale."""
+    from telemetry_fakes import FakeNvml, reference_rows
+
+    from telemetry import NvmlSource
+
+    fake = FakeNvml(reference_rows(), start_s=80.0, follow_wall_clock=True)
+    router = AgentRouter("no_control", MoERuntime(TINY), monitor=NvmlSource(0, nvml=fake, clock=fake.clock),
+                         interval_s=0.25, demand=demand)
+    launch = TINY.seq_len * TINY.batch_size
+    assert router.interval_tokens == launch  # one launch of the runtime's batch, as the measured env's
+    due = demand * router.capacity_tokens_per_s * 0.25
+    for record in router.run(2):
+        assert record.source == "measured" and record.tokens % launch == 0
+        observed = router.builder.raw(record.observation, "gpu_utilization")
+        if demand < 1:  # one launch serves it; the window still spans the interval, mostly idle
+            assert record.tokens == launch and record.served_tokens == pytest.approx(due)
+            assert record.backlog_tokens == 0.0 and observed < 0.9
+        else:  # more than the CPU runtime can serve: launches until the interval is used up, the rest is backlog
+            assert record.tokens > launch and record.backlog_tokens > 0.0 and observed > 0.5
+            assert record.served_tokens == record.tokens
+        assert record.latency_ms > 0.0
+        assert record.energy_j / record.power_w >= 0.24  # the window spans the interval, not only the launches
+
+
 def test_agent_router_names_a_wrong_argument_before_the_first_step():
     runtime = MoERuntime(TINY)
     with pytest.raises(ValueError, match="reference_loss must map each domain to a finite loss"):
