@@ -18,7 +18,9 @@ GPU sources:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ from envs import (
     interval_latency_ms,
     merge_reports,
     serve_interval,
+    spec_name_for,
 )
 from kernels import DeploymentScale, KernelCostModel
 from moe_runtime import ControlAction, MoERuntime, forward_work
@@ -90,23 +93,20 @@ def _check_types(controller, runtime, monitor, kernel_cost_model, deployment, ac
     for name, value, kind in expected:
         if value is not None and not isinstance(value, kind):
             raise TypeError(f"{name} must be None or a {kind.__name__}, got {type(value).__name__}")
-    if (
-        monitor is not None
-        and not isinstance(monitor, GpuSystemMonitor)
-        and not callable(getattr(monitor, "sample", None))
-    ):
-        raise TypeError(
-            f"monitor must be None, a GpuSystemMonitor or a GPU source (SimulatedGpu, NvmlSource), got "
-            f"{type(monitor).__name__}"
-        )
+    if monitor is None or isinstance(monitor, (str, GpuSystemMonitor)) or callable(getattr(monitor, "sample", None)):
+        return
+    raise TypeError(
+        f"monitor must be None, a GpuSystemMonitor, a GPU source (SimulatedGpu, NvmlSource) or a source name "
+        f"('simulated', 'nvml', 'auto'), got {type(monitor).__name__}"
+    )
 
 
-def _checked_reference_loss(reference_loss: dict[str, float] | None) -> dict[str, float] | None:
+def _checked_reference_loss(reference_loss: Mapping[str, float] | None) -> dict[str, float] | None:
     if not reference_loss:
         return None
-    if not isinstance(reference_loss, dict):
-        raise TypeError(f"reference_loss must be None or a dict of domain -> loss, got {type(reference_loss).__name__}")
-    bad = {k: v for k, v in reference_loss.items() if not isinstance(v, (int, float)) or not math.isfinite(v)}
+    if not isinstance(reference_loss, Mapping):
+        raise TypeError(f"reference_loss must be None or a mapping domain -> loss, got {type(reference_loss).__name__}")
+    bad = {k: v for k, v in reference_loss.items() if not isinstance(v, Real) or not math.isfinite(v)}
     if bad:
         raise ValueError(f"reference_loss must map each domain to a finite loss in nats, got {bad}")
     return {str(k): float(v) for k, v in reference_loss.items()}
@@ -119,22 +119,25 @@ class AgentRouter:
         controller: a `Controller` reading `MoERouting-v0` observations, or a `make_controller` name (built on
             this router's `spec`).
         runtime: the live runtime (with a TTT engine if the controller schedules TTT).
-        monitor: a `GpuSystemMonitor`, or a `SimulatedGpu` (read through a monitor); None simulates `gpu`.
-        kernel_cost_model: the KCM; None builds one for `gpu`.
-        deployment: the shape the simulated GPU prices decisions at; None: `envs.deployment_for(runtime.config)`,
-            what the env uses.
-        interval_tokens: simulated source: runtime tokens per interval; None: 128 for the tiny preset, else 1024
-            (as the env). NVML: tokens per launch; None: seq_len x batch_size (as the measured env).
+        monitor: a `GpuSystemMonitor`, a GPU source (`SimulatedGpu`, `NvmlSource`; read through a monitor) or a
+            source name for `GpuSystemMonitor`; None simulates `gpu`.
+        kernel_cost_model: the KCM; None builds one for the GPU.
+        deployment: the shape the simulated GPU prices decisions at; None: what the env uses,
+            `envs.deployment_for(runtime.config)` (on NVML at the runtime's own d_model, for the experts' cost ratio).
+        interval_tokens: runtime tokens per interval as the env's `runtime_tokens` (the controller counts tokens
+            with it); None: 128 for the tiny preset, else 1024. On NVML it sizes the capacity the demand is a
+            fraction of, as the measured env's calibration does.
+        launch_tokens: NVML only: tokens per launch; None: seq_len x batch_size, as the measured env's.
         interval_s: control interval, s (the GPU idles for what the work leaves of it).
-        demand: token demand as a fraction of capacity: the deployment's at full clock (simulated source), the
-            runtime's own at full clock as the KCM predicts it (NVML).
+        demand: token demand as a fraction of capacity at full clock: the deployment's (simulated source), the
+            runtime's own for an `interval_tokens` step with even routing, as the KCM predicts it (NVML).
         action_config: the env's `ActionConfig` (bias range, TTT ranges).
         reference_tokens: tokens at the start of each interval the runtime's uncontrolled base model also scores,
             for the paired `loss_gap` (served minus base model on the same tokens) the env observes; None: half a
             sequence, as the env's default, unless the runtime already keeps some. Set on the runtime.
         reference_loss: with `reference_tokens=0` only: uncontrolled loss per domain, nats (the env's
             `reference.loss`), for `loss_gap`; None measures the gap against a running mean of the loss.
-        gpu: GPU model for the simulated source and the KCM.
+        gpu: GPU model for the simulated source and the KCM; None: "H100" simulated, the measured GPU's on NVML.
 
     Raises:
         ValueError: bad sizes; a controller whose observation size differs from this router's.
@@ -148,12 +151,13 @@ class AgentRouter:
         kernel_cost_model: KernelCostModel | None = None,
         deployment: DeploymentScale | None = None,
         interval_tokens: int | None = None,
+        launch_tokens: int | None = None,
         interval_s: float = 1.0,
         demand: float = 0.6,
         action_config: ActionConfig | None = None,
         reference_tokens: int | None = None,
-        reference_loss: dict[str, float] | None = None,
-        gpu: str = "H100",
+        reference_loss: Mapping[str, float] | None = None,
+        gpu: str | None = None,
     ):
         _check_types(controller, runtime, monitor, kernel_cost_model, deployment, action_config)
         cfg = runtime.config
@@ -164,26 +168,29 @@ class AgentRouter:
             raise ValueError(f"reference_tokens must be an integer >= 0, got {reference_tokens!r}")
         runtime.reference_tokens = reference_tokens
         self.num_experts = cfg.num_experts
+        if interval_tokens is None:
+            interval_tokens = 128 if cfg.preset_name == "tiny" else 1024
+        if launch_tokens is None:
+            launch_tokens = cfg.seq_len * cfg.batch_size
+        for name, value in (("interval_tokens", interval_tokens), ("launch_tokens", launch_tokens)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"need {name} a positive integer, got {value!r}")
+        if not 0 < interval_s < math.inf or not 0 < demand < math.inf:
+            raise ValueError(f"need interval_s and demand positive and finite, got {interval_s}, {demand}")
+        self.interval_tokens, self.launch_tokens = int(interval_tokens), int(launch_tokens)
+        self.interval_s, self.demand = float(interval_s), float(demand)
         if monitor is None:
-            monitor = SimulatedGpu(gpu)
+            monitor = SimulatedGpu(gpu or "H100")
         self.monitor = monitor if isinstance(monitor, GpuSystemMonitor) else GpuSystemMonitor(source=monitor)
         # A source that executes priced work is simulated; any other (NVML) measures the runtime running itself.
         self.gpu = self.monitor.source if callable(getattr(self.monitor.source, "execute", None)) else None
-        if interval_tokens is None and self.gpu is None:
-            interval_tokens = cfg.seq_len * cfg.batch_size
-        elif interval_tokens is None:
-            interval_tokens = 128 if cfg.preset_name == "tiny" else 1024
-        whole = isinstance(interval_tokens, (int, np.integer)) and not isinstance(interval_tokens, bool)
-        if not whole or interval_tokens <= 0 or not 0 < interval_s < math.inf or not 0 < demand < math.inf:
-            raise ValueError(
-                f"need interval_tokens a positive integer and interval_s, demand positive and finite, got "
-                f"{interval_tokens!r}, {interval_s}, {demand}"
-            )
-        self.interval_tokens = int(interval_tokens)
-        self.interval_s, self.demand = float(interval_s), float(demand)
+        gpu = gpu or ("H100" if self.gpu is not None else spec_name_for(self.monitor.device))
         self.gpu_spec = getattr(self.monitor.source, "spec", None) or get_gpu_spec(gpu)
         self.kcm = kernel_cost_model or KernelCostModel(gpu_type=gpu)
-        self.deployment = deployment or deployment_for(cfg)
+        # On NVML the deployment shape only weighs the experts' costs, at the runtime's d_model as the measured env.
+        self.deployment = deployment or deployment_for(
+            cfg, **({} if self.gpu is not None else {"d_model": cfg.d_model})
+        )
         if self.deployment.num_experts != self.num_experts:
             raise ValueError(
                 f"deployment has {self.deployment.num_experts} experts; the runtime has {self.num_experts}"
@@ -235,22 +242,23 @@ class AgentRouter:
             launch_s, launches = busy_s, max(1, math.ceil(served / self.deployment.batch_tokens))
         else:  # the runtime serves the demand on the measured GPU itself
             due = self._due_tokens(None)
-            out = serve_interval(runtime, self.interval_tokens, due, self.interval_s)
+            out = serve_interval(runtime, self.launch_tokens, due, self.interval_s)
             report, busy_s, served = merge_reports(out.reports), out.busy_s, out.served_tokens(due)
             launch_s, launches = sum(out.launch_ms) / 1000.0, len(out.reports)
         m = self.monitor.end_window(_WINDOW)
         stats = self.monitor.get_current_stats()
         self.backlog_tokens = max(0.0, due - served)
         latency_ms = interval_latency_ms(launch_s, launches, served, self.backlog_tokens)
-        clock = stats.get("sm_clock_mhz") or None
         if self.gpu is not None:
+            clock = stats.get("sm_clock_mhz") or None
             nxt = self.kcm.predict_step(
                 report.work, scale=self.deployment, clock_mhz=clock, deploy_tokens=max(due, 1.0)
             )
             next_launches = 1
-        else:  # one launch at the runtime's own shape, as many times as this interval's demand needed
-            nxt = self.kcm.predict_step(out.reports[-1].work, clock_mhz=clock)
-            next_launches = math.ceil(max(due, 1.0) / self.interval_tokens)
+        else:  # as the measured env: one launch at the window's mean clock, times the launches the demand needed
+            clock, temp_c = m.sm_clock_mhz or None, stats.get("temperature")
+            nxt = self.kcm.predict_step(out.reports[-1].work, clock_mhz=clock, temp_c=temp_c)
+            next_launches = math.ceil(max(due, 1.0) / self.launch_tokens)
         self._tokens_since_ttt = 0 if report.ttt_updates else self._tokens_since_ttt + report.tokens
         obs = self._observation(report, m, stats, nxt, busy_s, next_launches)
         action = self.controller.act(obs)
@@ -277,7 +285,8 @@ class AgentRouter:
         )
 
     def _runtime_capacity(self) -> float:
-        """Runtime tokens/s at full clock for one launch with evenly routed tokens (NVML source), KCM-predicted."""
+        """Runtime tokens/s at full clock (NVML source), KCM-predicted for one `interval_tokens` step with evenly
+        routed tokens, as the measured env's calibration prices one `runtime_tokens` step."""
         cfg = self.runtime.config
         seq = min(cfg.seq_len, self.interval_tokens)
         batch = max(1, self.interval_tokens // seq)
@@ -357,5 +366,5 @@ class AgentRouter:
         if self.gpu is not None:
             return deployment_memory_pressure(self.deployment, self.gpu_spec.memory_gb)
         source = self.monitor.source  # the measured GPU's own memory, as the measured env observes it
-        used, total = source.memory_used_mb(), source.memory_total_mb()
+        used, total = (getattr(source, name, lambda: None)() for name in ("memory_used_mb", "memory_total_mb"))
         return float(used / total) if used is not None and total else 0.0

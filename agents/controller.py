@@ -254,7 +254,8 @@ class RandomController:
     """Uniform random actions in [-1, 1]^(E + 2) from a seeded generator (`reset` does not reseed)."""
 
     def __init__(self, spec: ControlSpec, seed: int | None = 0):
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        bad_int = isinstance(seed, (int, np.integer)) and (isinstance(seed, bool) or seed < 0)
+        if bad_int or isinstance(seed, float):  # a Generator or SeedSequence passes through to default_rng
             raise ValueError(f"random controller: seed must be None or a non-negative integer, got {seed!r}")
         self.spec = spec
         self.rng = np.random.default_rng(seed)

@@ -12,7 +12,13 @@ from gymnasium.envs.registration import register, registry
 from envs.actions import ActionCodec, ActionConfig
 from envs.backends import deployment_memory_pressure, execute_interval, interval_latency_ms
 from envs.config import EnvConfig, deployment_for
-from envs.measured import ServedInterval, measured_backend_unavailable, merge_reports, serve_interval
+from envs.measured import (
+    ServedInterval,
+    measured_backend_unavailable,
+    merge_reports,
+    serve_interval,
+    spec_name_for,
+)
 from envs.moe_routing_env import MoERoutingEnv, MoERoutingMOEnv
 from envs.observation import ObservationBuilder
 from envs.rewards import OBJECTIVES, RewardConfig, RewardReference, reward, vector_reward
@@ -40,6 +46,7 @@ __all__ = [
     "merge_reports",
     "reward",
     "serve_interval",
+    "spec_name_for",
     "vector_reward",
 ]
 

@@ -35,7 +35,8 @@ def spec_name_for(device_name: str) -> str:
 
 
 def merge_reports(reports: list[StepReport]) -> StepReport:
-    """One `StepReport` for several runtime steps (token-weighted loss and entropy, summed counts and work)."""
+    """One `StepReport` for several runtime steps (token-weighted loss and entropy, summed counts and work, the mean
+    paired reference losses)."""
     if len(reports) == 1:
         return reports[0]
     tokens = sum(r.tokens for r in reports)
@@ -66,7 +67,15 @@ def merge_reports(reports: list[StepReport]) -> StepReport:
         ttt_loss_after=last_ttt.ttt_loss_after,
         ttt_grad_norms=list(last_ttt.ttt_grad_norms),
         ttt_activation_energy=list(last_ttt.ttt_activation_energy),
+        # Each launch scores its first reference_tokens with the base model too: the mean over the launches that did.
+        reference_loss=_mean_finite([r.reference_loss for r in reports]),
+        served_reference_loss=_mean_finite([r.served_reference_loss for r in reports]),
     )
+
+
+def _mean_finite(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 @dataclass

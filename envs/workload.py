@@ -42,8 +42,10 @@ class Workload:
         if not 0.0 <= self.amplitude < 1.0:
             raise ValueError(f"Workload.amplitude must be in [0, 1), got {self.amplitude}")
         period = self.period_intervals
-        if isinstance(period, bool) or not isinstance(period, (int, np.integer)) or period < 2:
+        whole = isinstance(period, (int, np.integer)) or (isinstance(period, float) and period.is_integer())
+        if isinstance(period, bool) or not whole or period < 2:
             raise ValueError(f"Workload.period_intervals must be a whole number >= 2, got {period!r}")
+        object.__setattr__(self, "period_intervals", int(period))  # 32.0 from a YAML or --env-kwargs file is 32
         if not 0.0 <= self.burst_prob <= 1.0:
             raise ValueError(f"Workload.burst_prob must be in [0, 1], got {self.burst_prob}")
 

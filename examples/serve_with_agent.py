@@ -66,14 +66,16 @@ def main() -> None:
     schedule = DomainSchedule.shift("prose", "code", env_config.runtime_tokens * args.intervals // 2)
     runtime = MoERuntime(config, model=model, schedule=schedule, ttt=TTTEngine(TTTConfig()))
     monitor = GpuSystemMonitor(device_id=0, source=args.telemetry)
-    # Simulated: the env's runtime tokens per interval; NVML: AgentRouter's default launch, as the measured env's.
-    interval_tokens = None if monitor.source_kind == "nvml" else env_config.runtime_tokens
     try:
         router = agents.AgentRouter(
-            controller, runtime, monitor=monitor, interval_tokens=interval_tokens, demand=args.demand
+            controller, runtime, monitor=monitor, interval_tokens=env_config.runtime_tokens, demand=args.demand
         )
     except ValueError as exc:  # e.g. a policy trained for another expert count
         parser.error(f"--policy {args.policy!r}: {exc}")
+    if router.gpu is None:  # on NVML the runtime serves the whole demand: whole launches until it is met
+        launches = math.ceil(args.demand * router.capacity_tokens_per_s * router.interval_s / router.launch_tokens)
+        shift_tokens = launches * router.launch_tokens * args.intervals // 2
+        runtime.reset_stream(DomainSchedule.shift("prose", "code", shift_tokens), seed=config.seed)
     name = args.policy or args.controller
     print(f"serving {args.preset} with {name} on {monitor.device} ({monitor.reason})")
     print(" int domain  loss    power   temp  mJ/tok   lat ms  | next: biases                   ttt")

@@ -284,6 +284,7 @@ def test_make_controller_errors():
         make_controller("no_control", SPEC).act(np.zeros(3))
     with pytest.raises(ValueError, match="seed must be None or a non-negative integer, got -1"):
         make_controller("random", SPEC, seed=-1)  # was numpy's "expected non-negative integer"
+    assert make_controller("random", SPEC, seed=np.random.default_rng(3)).act(observe()).shape == (SPEC.codec.size,)
 
 
 @pytest.mark.parametrize("name", CONTROLLER_NAMES)
@@ -341,24 +342,33 @@ def test_agent_router_observes_the_paired_loss_gap_as_the_env_does():
     with pytest.raises(ValueError, match="reference_tokens must be an integer >= 0, got -1"):
         AgentRouter("no_control", MoERuntime(TINY), reference_tokens=-1)
     for bad in (0, 2.7, True):  # 0 became the default 128 and 2.7 became 2, silently
-        with pytest.raises(ValueError, match=f"need interval_tokens a positive integer .*got {bad!r}"):
+        with pytest.raises(ValueError, match=f"need interval_tokens a positive integer, got {bad!r}"):
             AgentRouter("no_control", MoERuntime(TINY), interval_tokens=bad)
+        with pytest.raises(ValueError, match=f"need launch_tokens a positive integer, got {bad!r}"):
+            AgentRouter("no_control", MoERuntime(TINY), launch_tokens=bad)
 
 
 @pytest.mark.parametrize("demand", [1e-9, 10.0])
 def test_agent_router_on_nvml_serves_the_demand_then_idles_out_the_interval(demand):
     """On an NVML source the runtime itself serves launches until the demand is met or the interval is used up, then
-    the GPU idles for the rest of it, as `MoERoutingMeasured-v0` does; it used to run one launch and measure only
+    the GPU idles for the rest of it, as `MoERoutingMeasured-v0` does; it used to run one step and measure only
     that, so a policy trained on the measured env saw energy and power on another scale."""
     from telemetry_fakes import FakeNvml, reference_rows
 
+    from envs import EnvConfig
     from telemetry import NvmlSource
 
     fake = FakeNvml(reference_rows(), start_s=80.0, follow_wall_clock=True)
-    router = AgentRouter("no_control", MoERuntime(TINY), monitor=NvmlSource(0, nvml=fake, clock=fake.clock),
-                         interval_s=0.25, demand=demand)
+    runtime = MoERuntime(TINY)
+    router = AgentRouter("no_control", runtime, monitor=NvmlSource(0, nvml=fake, clock=fake.clock), interval_s=0.25,
+                         demand=demand)
     launch = TINY.seq_len * TINY.batch_size
-    assert router.interval_tokens == launch  # one launch of the runtime's batch, as the measured env's
+    assert router.launch_tokens == launch and router.interval_tokens == EnvConfig(preset="tiny").runtime_tokens
+    assert router.spec.runtime_tokens == router.interval_tokens  # the controller counts the env's tokens
+    # The measured env's calibration prices one runtime_tokens step of the real runtime (MeasuredBackend)
+    probe = [c for c in MoERuntime(TINY).step(router.interval_tokens).work if c.phase == "forward"]
+    cost = router.kcm.predict_step(probe)
+    assert router.capacity_tokens_per_s == pytest.approx(cost.tokens / cost.total.latency_s, rel=0.02)
     due = demand * router.capacity_tokens_per_s * 0.25
     for record in router.run(2):
         assert record.source == "measured" and record.tokens % launch == 0
@@ -369,6 +379,8 @@ def test_agent_router_on_nvml_serves_the_demand_then_idles_out_the_interval(dema
         else:  # more than the CPU runtime can serve: launches until the interval is used up, the rest is backlog
             assert record.tokens > launch and record.backlog_tokens > 0.0 and observed > 0.5
             assert record.served_tokens == record.tokens
+            # several launches, each scoring its first tokens with the base model: still the paired gap (0 here)
+            assert router.builder.raw(record.observation, "loss_gap") == 0.0
         assert record.latency_ms > 0.0
         assert record.energy_j / record.power_w >= 0.24  # the window spans the interval, not only the launches
 
@@ -377,10 +389,13 @@ def test_agent_router_names_a_wrong_argument_before_the_first_step():
     runtime = MoERuntime(TINY)
     with pytest.raises(ValueError, match="reference_loss must map each domain to a finite loss"):
         AgentRouter("no_control", runtime, reference_tokens=0, reference_loss={"code": float("nan")})
+    loss = np.float32(5.5)  # a numpy loss, as a mean of losses is, is a loss
+    assert AgentRouter("no_control", runtime, reference_tokens=0, reference_loss={"code": loss}).reference_loss
+    assert AgentRouter("no_control", runtime, monitor="simulated").gpu is not None  # a source name, as the monitor's
     wrong = [  # each was an AttributeError from inside the constructor or the first step
         (dict(runtime=TINY), "runtime must be a moe_runtime.MoERuntime, got MoEConfig"),
         (dict(controller=object()), "controller must be a controller name or have act"),
-        (dict(monitor="nvml"), "monitor must be None, a GpuSystemMonitor or a GPU source"),
+        (dict(monitor=42), "monitor must be None, a GpuSystemMonitor, a GPU source"),
         (dict(kernel_cost_model="H100"), "kernel_cost_model must be None or a KernelCostModel"),
         (dict(action_config={}), "action_config must be None or a ActionConfig"),
     ]

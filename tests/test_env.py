@@ -92,6 +92,7 @@ def test_a_workload_may_be_given_by_its_profile_name():
     for bad in (float("nan"), 2.5, 1):  # NaN was accepted and made every interval's demand NaN
         with pytest.raises(ValueError, match=f"period_intervals must be a whole number >= 2, got {bad!r}"):
             Workload(period_intervals=bad)
+    assert Workload(period_intervals=32.0).period_intervals == 32  # as a YAML file or --env-kwargs may write it
 
 
 def test_spaces_and_names(env):
