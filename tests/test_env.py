@@ -298,3 +298,18 @@ def test_raw_reads_one_observation_or_a_batch(env):
     one = builder.raw(obs, name)
     assert isinstance(one, float) and 20.0 < one < 100.0
     np.testing.assert_allclose(builder.raw(np.stack([obs, obs]), name), [one, one])
+
+
+def test_merged_launches_keep_the_paired_reference_losses():
+    """The measured backend merges an interval's launches; the merge dropped the base model's paired losses, so a
+    multi-launch interval observed loss_gap against the calibrated mean instead of the paired difference."""
+    from moe_runtime import MoEConfig, MoERuntime
+
+    runtime = MoERuntime(MoEConfig.preset("tiny"), reference_tokens=16)
+    reports = [runtime.step(64) for _ in range(3)]
+    merged = envs.merge_reports(reports)
+    assert merged.tokens == 192 and np.isfinite(merged.reference_loss)
+    assert merged.reference_loss == pytest.approx(np.mean([r.reference_loss for r in reports]))
+    assert merged.served_reference_loss == pytest.approx(np.mean([r.served_reference_loss for r in reports]))
+    unpaired = MoERuntime(MoEConfig.preset("tiny"), reference_tokens=0)
+    assert np.isnan(envs.merge_reports([unpaired.step(64), unpaired.step(64)]).reference_loss)
