@@ -35,6 +35,7 @@ from envs import (
     interval_latency_ms,
     merge_reports,
     serve_interval,
+    source_memory_pressure,
     spec_name_for,
 )
 from kernels import DeploymentScale, KernelCostModel
@@ -365,6 +366,4 @@ class AgentRouter:
     def _memory_pressure(self) -> float:
         if self.gpu is not None:
             return deployment_memory_pressure(self.deployment, self.gpu_spec.memory_gb)
-        source = self.monitor.source  # the measured GPU's own memory, as the measured env observes it
-        used, total = (getattr(source, name, lambda: None)() for name in ("memory_used_mb", "memory_total_mb"))
-        return float(used / total) if used is not None and total else 0.0
+        return source_memory_pressure(self.monitor.source)  # the measured GPU's own memory, as the measured env

@@ -17,6 +17,7 @@ from envs.measured import (
     measured_backend_unavailable,
     merge_reports,
     serve_interval,
+    source_memory_pressure,
     spec_name_for,
 )
 from envs.moe_routing_env import MoERoutingEnv, MoERoutingMOEnv
@@ -46,6 +47,7 @@ __all__ = [
     "merge_reports",
     "reward",
     "serve_interval",
+    "source_memory_pressure",
     "spec_name_for",
     "vector_reward",
 ]

@@ -124,6 +124,12 @@ def serve_interval(runtime: MoERuntime, launch_tokens: int, due_tokens: float, i
     return ServedInterval(reports, launch_ms, busy_s, launched)
 
 
+def source_memory_pressure(source) -> float:
+    """Used over total device memory of a measured GPU source; 0 where it cannot say (no such readings)."""
+    used, total = (getattr(source, name, lambda: None)() for name in ("memory_used_mb", "memory_total_mb"))
+    return float(used / total) if used is not None and total else 0.0
+
+
 CUDA_MISSING = (
     "telemetry='nvml' needs an NVIDIA GPU with CUDA, and torch.cuda.is_available() is False here; "
     "use telemetry='simulated' (or 'auto') on this machine"
@@ -210,7 +216,7 @@ class MeasuredBackend:
             sm_clock_mhz=float(m.sm_clock_mhz or 0.0),
             busy_sm_clock_mhz=float(m.sm_clock_mhz or 0.0),
             gpu_utilization=min(1.0, busy_s / cfg.interval_s),
-            memory_pressure=self._memory_pressure(),
+            memory_pressure=source_memory_pressure(self.monitor.source),
             throttled=bool((m.throttled_share or 0.0) > 0.05),
             throttle_reasons=tuple(stats.get("clock_event_reasons") or ()),
             throttled_share=float(m.throttled_share or 0.0),
@@ -228,10 +234,6 @@ class MeasuredBackend:
             energy_from_counter=m.energy_source == "energy_counter",
             sample_staleness_s=0.0,
         )
-
-    def _memory_pressure(self) -> float:
-        used, total = self.monitor.source.memory_used_mb(), self.monitor.source.memory_total_mb()
-        return float(used / total) if used is not None and total else 0.0
 
     def close(self) -> None:
         self.monitor.close()
