@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "moe_kernels.py"
@@ -38,3 +40,76 @@ def test_host_overhead_benchmark_runs_without_a_gpu(tmp_path):
     result = json.loads(out.read_text())
     assert result["figures"].startswith("measured") and len(result["cases"]) == 4
     assert all(c["swiglu_host_us"] > 0 and c["route_host_us"] > 0 for c in result["cases"])
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """benchmarks/moe_kernels.py as a module (as when run as a script: `from _cli import ...` resolves)."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("moe_kernels_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def grid_row(tokens, experts, fraction, graph_ms, floor_ms, *, triton_ms=1.0, speedup=2.0):
+    """A grid row as the benchmark writes it: dense_ms from the fraction of dense at `triton_ms`."""
+    return dict(tokens=tokens, experts=experts, top_k=2, d_model=1024, swiglu_triton_ms=triton_ms,
+                swiglu_triton_graph_ms=graph_ms, dense_ms=fraction * triton_ms, fraction_of_dense=fraction,
+                speedup_vs_loop=speedup, floor_ms=floor_ms)  # fmt: skip
+
+
+def test_judge_names_why_a_dense_target_was_missed(bench):
+    met = grid_row(8192, 8, 0.7, 0.95, 0.3)
+    # Ceiling = dense / floor = 0.45 ms / 1.0 ms: no kernel could reach 60% of dense at the datasheet peaks.
+    roofline = grid_row(8192, 64, 0.45, 0.98, 1.0)
+    launch = grid_row(16384, 16, 0.45, 0.7, 0.2)  # replayed from a graph: 0.45 / 0.7 = 64% of dense
+    kernel = grid_row(8192, 16, 0.45, 0.9, 0.2)  # 50% even replayed, ceiling 225%
+    small = grid_row(2048, 16, 0.1, 0.5, 0.1, speedup=1.2)
+    no_graph = grid_row(8192, 16, 0.45, None, 0.2)
+    rows = [met, roofline, launch, kernel, small, no_graph]
+    for row in rows:
+        bench.judge(row)
+    assert met["target_met"] and "miss_cause" not in met
+    assert roofline["miss_cause"] == "roofline" and roofline["dense_ceiling"] == pytest.approx(0.45)
+    assert roofline["floor_fraction_needed"] == pytest.approx(0.6 / 0.45)
+    assert launch["miss_cause"] == "launch" and launch["graph_fraction_of_dense"] == pytest.approx(0.45 / 0.7)
+    assert kernel["miss_cause"] == "kernel" and no_graph["miss_cause"] == "kernel"
+    assert small["target"] == "speedup_vs_loop >= 1.5" and not small["target_met"] and "miss_cause" not in small
+    summary = bench.summarise(rows)
+    assert summary == {"targets_met": "1/6", "dense_misses": {"roofline": 1, "launch": 1, "kernel": 2}}
+
+
+def test_summarise_rejudges_a_saved_grid_without_a_gpu(tmp_path):
+    rows = [grid_row(8192, 64, 0.45, 0.98, 1.0), grid_row(8192, 8, 0.7, 0.95, 0.3)]
+    rows[0].update(target_met=True, miss_cause="stale")  # an older judgement is replaced, not kept
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"device": "NVIDIA H100 80GB HBM3", "cases": rows}))
+    out = tmp_path / "rejudged.json"
+    cmd = [sys.executable, str(SCRIPT), "--summarise", str(grid), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "targets met: 1/2" in proc.stdout and "-> roofline" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["dense_misses"] == {"roofline": 1, "launch": 0, "kernel": 0}
+    assert result["cases"][0]["miss_cause"] == "roofline" and not result["cases"][0]["target_met"]
+    assert result["rejudged"]["source"] == str(grid)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read it"),
+        ("{not json", "not a JSON file"),
+        ('{"cases": [{"tokens": 8192}]}', "not a grid of benchmarks/moe_kernels.py"),
+    ],
+)
+def test_summarise_names_a_bad_file(tmp_path, content, message):
+    grid = tmp_path / "grid.json"
+    if content is not None:
+        grid.write_text(content)
+    cmd = [sys.executable, str(SCRIPT), "--summarise", str(grid)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"--summarise {grid}: {message}" in proc.stderr.strip().splitlines()[-1]
