@@ -92,6 +92,9 @@ class Args:
     """directory of the tuned tables; default kernels/configs/"""
     compile_workers: int = 8
     """processes compiling the candidates before they are timed (1: compile in the timing process)"""
+    segment_order: str = "widest-first"
+    """order of the experts' aligned segments, so of their GEMM programs, on the Triton path: widest-first (the
+    default of kernels.swiglu.grouped_swiglu_triton) or expert (0, 1, ..., E - 1), to time what the order buys"""
     summarise: str = ""
     """a grid JSON written earlier: re-judge its cases (targets, and why each missed dense target missed), print the
     summary and, with --out, write the re-judged JSON; times nothing, needs no GPU"""
@@ -102,7 +105,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    choices = {"dtype": sorted(configs.DTYPES), "tune_space": sorted(tuning.SPACES)}
+    choices = {"dtype": sorted(configs.DTYPES), "tune_space": sorted(tuning.SPACES),
+               "segment_order": ["expert", "widest-first"]}  # fmt: skip
     for f in dataclasses.fields(Args):
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
@@ -244,11 +248,17 @@ def dense_gemm_ms(args: Args, rows: int, d_model: int, flops: float, dtype) -> t
     return [rows, d_model, n], bench_ms(lambda: a @ b, args)
 
 
+def segment_order(args: Args, num_experts: int) -> tuple[int, ...] | None:
+    """The Triton path's `segment_order` for --segment-order: None (its widest-first default) or expert order."""
+    return None if args.segment_order == "widest-first" else tuple(range(num_experts))
+
+
 def time_config(args: Args, cfg: configs.MoeKernelConfig, inputs: tuple, widths: tuple[int, ...]) -> float | None:
     """Milliseconds of the Triton expert path with `cfg` forced, from CUDA-graph replays (the kernels' time without
     launch gaps, as vLLM's tuner times), or None (reason printed) if it cannot launch or be captured."""
     x, ids, w, w_up, w_down = inputs
-    fn = lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths)  # noqa: E731
+    order = segment_order(args, len(widths))
+    fn = lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths, segment_order=order)  # noqa: E731
     with configs.force_config(cfg), torch.inference_mode():
         try:
             ms, err = graph_ms(fn, args)
@@ -277,13 +287,15 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
     )
     row["config"] = cfg.to_json()
 
+    row["segment_order"] = args.segment_order
+    order = segment_order(args, num_experts)
+    triton_fn = lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths, segment_order=order)  # noqa: E731
+
     with torch.inference_mode():
-        row["swiglu_triton_ms"] = bench_ms(lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths), args)
+        row["swiglu_triton_ms"] = bench_ms(triton_fn, args)
         row["swiglu_loop_ms"] = bench_ms(lambda: grouped_swiglu_reference(x, ids, w, w_up, w_down, widths), args)
         # Launch overhead shows at small batches; serving engines replay CUDA graphs there.
-        row["swiglu_triton_graph_ms"], err = graph_ms(
-            lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths), args
-        )
+        row["swiglu_triton_graph_ms"], err = graph_ms(triton_fn, args)
         if err:
             row["graph_error"] = err
         if hasattr(torch, "_grouped_mm") and dtype == torch.bfloat16:

@@ -6,7 +6,7 @@ sort by expert), exactly as the PyTorch reference.
 1. `count_kernel`: each program histograms CHUNK flat slots -> chunk_counts[c, e] (ids outside [0, E) are not
    counted, and the scatter drops them, so a bad id cannot write outside the buffers).
 2. `scan_kernel` (one program): exclusive prefix of chunk_counts over chunks -> chunk_base[c, e]; per expert the
-   count, the padded segment start and end; the total padded length.
+   count, the padded segment start and end, the segments laid out in `segment_order`; the total padded length.
 3. `scatter_kernel`: program p scatters chunk p's slots to `segment start + chunk_base + rank within chunk`, and
    fills positions [p * CHUNK, (p + 1) * CHUNK) that hold no slot with the sentinel, and their blocks' expert ids.
 
@@ -43,25 +43,28 @@ def scan_kernel(
     chunk_base_ptr,  # out int32 [num_chunks, BLOCK_E] slots of expert e in chunks before c
     seg_ptr,  # out int32 [3, BLOCK_E]: count, padded start, padded end of each expert's segment
     num_post_pad_ptr,  # out int32 [1] total padded length
+    order_ptr,  # int32 [BLOCK_E] expert of the r-th segment (a permutation of 0..BLOCK_E-1, identity past E)
     num_chunks,
     BLOCK_E: tl.constexpr,
     BLOCK_C: tl.constexpr,  # chunks per step
     BLOCK_SIZE_M: tl.constexpr,  # alignment block
 ):
-    cols = tl.arange(0, BLOCK_E)
+    # Column r of the scan is expert order[r]: the prefix over segments runs in layout order, and every value is
+    # read from and stored to its expert's own column.
+    experts = tl.load(order_ptr + tl.arange(0, BLOCK_E))
     carry = tl.zeros([BLOCK_E], dtype=tl.int32)
     for c0 in range(0, num_chunks, BLOCK_C):
         rows = c0 + tl.arange(0, BLOCK_C)
         mask = (rows < num_chunks)[:, None]
-        offs = rows[:, None] * BLOCK_E + cols[None, :]
+        offs = rows[:, None] * BLOCK_E + experts[None, :]
         tile = tl.load(chunk_counts_ptr + offs, mask=mask, other=0)  # (BLOCK_C, BLOCK_E)
         tl.store(chunk_base_ptr + offs, tl.cumsum(tile, axis=0) - tile + carry[None, :], mask=mask)
         carry += tl.sum(tile, axis=0)
     padded = (carry + BLOCK_SIZE_M - 1) // BLOCK_SIZE_M * BLOCK_SIZE_M  # (BLOCK_E,), 0 for empty experts
     seg_end = tl.cumsum(padded, axis=0)
-    tl.store(seg_ptr + cols, carry)
-    tl.store(seg_ptr + BLOCK_E + cols, seg_end - padded)
-    tl.store(seg_ptr + 2 * BLOCK_E + cols, seg_end)
+    tl.store(seg_ptr + experts, carry)
+    tl.store(seg_ptr + BLOCK_E + experts, seg_end - padded)
+    tl.store(seg_ptr + 2 * BLOCK_E + experts, seg_end)
     tl.store(num_post_pad_ptr, tl.sum(padded, axis=0))
 
 
@@ -88,20 +91,19 @@ def scatter_kernel(
     seg_start = tl.load(seg_ptr + BLOCK_E + cols)
     seg_end = tl.load(seg_ptr + 2 * BLOCK_E + cols)
 
-    # Fill: position p belongs to the expert whose padded segment contains it, i.e. the number of segments that
-    # end at or before p (empty segments included); NUM_EXPERTS past the last one.
+    # Fill: position p belongs to the expert whose padded segment [start, end) contains it (segments do not overlap,
+    # whatever order they are laid out in; an empty one contains nothing), to none past the last one.
     pos = pid * CHUNK + tl.arange(0, CHUNK)
-    owner = tl.sum(((seg_end[None, :] <= pos[:, None]) & col_mask[None, :]).to(tl.int32), axis=1)  # (CHUNK,)
-    is_owner = cols[None, :] == owner[:, None]
-    start = tl.sum(tl.where(is_owner, seg_start[None, :], 0), axis=1)
-    count = tl.sum(tl.where(is_owner, seg_count[None, :], 0), axis=1)
-    holds_slot = (owner < NUM_EXPERTS) & (pos - start < count)
+    is_owner = (seg_start[None, :] <= pos[:, None]) & (pos[:, None] < seg_end[None, :]) & col_mask[None, :]
+    start = tl.sum(tl.where(is_owner, seg_start[None, :], 0), axis=1)  # (CHUNK,)
+    count = tl.sum(tl.where(is_owner, seg_count[None, :], 0), axis=1)  # 0 where no segment holds p
+    holds_slot = pos - start < count
     tl.store(sorted_ids_ptr + pos, tl.zeros([CHUNK], dtype=tl.int32) + numel, mask=(pos < max_padded) & ~holds_slot)
 
     blocks = pid * (CHUNK // BLOCK_SIZE_M) + tl.arange(0, CHUNK // BLOCK_SIZE_M)
     block_pos = blocks * BLOCK_SIZE_M
-    block_owner = tl.sum(((seg_end[None, :] <= block_pos[:, None]) & col_mask[None, :]).to(tl.int32), axis=1)
-    block_owner = tl.where(block_owner < NUM_EXPERTS, block_owner, -1)
+    owns = (seg_start[None, :] <= block_pos[:, None]) & (block_pos[:, None] < seg_end[None, :]) & col_mask[None, :]
+    block_owner = tl.sum(tl.where(owns, cols[None, :] + 1, 0), axis=1) - 1  # -1 where no segment holds the block
     tl.store(expert_ids_ptr + blocks, block_owner, mask=blocks < max_blocks)
 
     # Scatter this program's chunk of flat slots, keeping their order within each expert.

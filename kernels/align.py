@@ -14,11 +14,18 @@ Worked example: topk_ids = [[2, 0], [1, 2], [2, 1]] (T = 3, k = 2), num_experts 
 Within an expert, slots keep their flat order (a stable sort), so the Triton kernel and the reference agree exactly.
 Unlike vLLM (which leaves unused blocks at expert 0), unused blocks say -1; the GEMMs stop at
 `num_tokens_post_padded` and never read them.
+
+Segments are laid out in expert order unless `segment_order` says otherwise: with segment_order = (2, 0, 1, 3) the
+example's segments start at 4, 8, 0, 12 (expert 2's first), sorted_token_ids = [0, 3, 4, 6,  1, 6, 6, 6,  2, 5, 6, 6,
+6, ...] and expert_ids = [2, 0, 1, -1, -1]. The grouped GEMM launches its programs in block order, so this decides
+which experts' programs start first (`kernels.swiglu` puts the widest first).
 """
 
 from __future__ import annotations
 
 import functools
+import operator
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -56,6 +63,33 @@ def _check_align_args(topk_ids: torch.Tensor, block_size: int, num_experts: int)
         raise ValueError(f"num_experts must be >= 1, got {num_experts}")
 
 
+def _segment_order(segment_order: Sequence[int] | None, num_experts: int) -> tuple[int, ...] | None:
+    """None for expert order, else `segment_order` as ints; a ValueError unless it is a permutation of range(E)."""
+    if segment_order is None:
+        return None
+    try:
+        return _checked_order(tuple(segment_order), num_experts)
+    except TypeError:  # not iterable, or unhashable or non-integer entries
+        pass
+    raise ValueError(f"segment_order must be a permutation of range({num_experts}), got {segment_order!r}")
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_order(segment_order: tuple, num_experts: int) -> tuple[int, ...]:
+    """Once per (order, E): the ints of a permutation of range(E); a TypeError for anything else."""
+    order = tuple(operator.index(e) for e in segment_order)
+    if sorted(order) != list(range(num_experts)):
+        raise TypeError("not a permutation")
+    return order
+
+
+@functools.lru_cache(maxsize=64)
+def _order_table(order: tuple[int, ...] | None, num_experts: int, block_e: int, device: torch.device) -> torch.Tensor:
+    """int32 [block_e] on `device`: the expert of each segment position, padded with the identity past E."""
+    order = tuple(range(num_experts)) if order is None else order
+    return torch.tensor(order + tuple(range(num_experts, block_e)), dtype=torch.int32, device=device)
+
+
 def _check_out(out: AlignResult, numel: int, block_size: int, num_experts: int, device: torch.device) -> None:
     max_padded, max_blocks = aligned_sizes(numel, block_size, num_experts)
     for name, n in (("sorted_token_ids", max_padded), ("expert_ids", max_blocks), ("num_tokens_post_padded", 1)):
@@ -77,7 +111,12 @@ def _allocate(numel: int, block_size: int, num_experts: int, device: torch.devic
 
 
 def moe_align_block_size_reference(
-    topk_ids: torch.Tensor, block_size: int, num_experts: int, *, out: AlignResult | None = None
+    topk_ids: torch.Tensor,
+    block_size: int,
+    num_experts: int,
+    *,
+    segment_order: Sequence[int] | None = None,
+    out: AlignResult | None = None,
 ) -> AlignResult:
     """PyTorch reference for the alignment (module docstring has a worked example).
 
@@ -86,12 +125,15 @@ def moe_align_block_size_reference(
             otherwise).
         block_size: GEMM block of positions (BLOCK_SIZE_M); a power of two.
         num_experts: E.
+        segment_order: the experts in the order their segments are laid out, a permutation of range(E); None
+            (default) for 0, 1, ..., E - 1.
         out: optional preallocated `AlignResult` to write into.
 
     Returns:
         `AlignResult`.
     """
     _check_align_args(topk_ids, block_size, num_experts)
+    order = _segment_order(segment_order, num_experts)
     device = topk_ids.device
     flat = topk_ids.reshape(-1).long()  # (numel,)
     numel = flat.numel()
@@ -101,7 +143,9 @@ def moe_align_block_size_reference(
             raise ValueError(f"topk_ids must be expert ids in [0, {num_experts}), got values in [{lo}, {hi}]")
     counts = torch.bincount(flat, minlength=num_experts)  # (E,)
     padded = (counts + block_size - 1) // block_size * block_size
-    seg_start = torch.cumsum(padded, 0) - padded
+    layout = torch.arange(num_experts, device=device) if order is None else torch.tensor(order, device=device)
+    seg_start = torch.empty_like(padded)
+    seg_start[layout] = torch.cumsum(padded[layout], 0) - padded[layout]  # segments in layout order
     first_slot = torch.cumsum(counts, 0) - counts  # rank of each expert's first slot in the sorted order
     order = torch.argsort(flat, stable=True)  # flat slots grouped by expert, in flat order within one
     experts = flat[order]
@@ -111,7 +155,7 @@ def moe_align_block_size_reference(
         _check_out(out, numel, block_size, num_experts, device)
     res.sorted_token_ids.fill_(numel)
     res.sorted_token_ids[positions] = order.to(torch.int32)
-    blocks = torch.repeat_interleave(torch.arange(num_experts, device=device), padded // block_size)
+    blocks = torch.repeat_interleave(layout, padded[layout] // block_size)
     res.expert_ids.fill_(-1)
     res.expert_ids[: blocks.numel()] = blocks.to(torch.int32)
     res.num_tokens_post_padded.fill_(int(padded.sum()))
@@ -119,7 +163,12 @@ def moe_align_block_size_reference(
 
 
 def moe_align_block_size_triton(
-    topk_ids: torch.Tensor, block_size: int, num_experts: int, *, out: AlignResult | None = None
+    topk_ids: torch.Tensor,
+    block_size: int,
+    num_experts: int,
+    *,
+    segment_order: Sequence[int] | None = None,
+    out: AlignResult | None = None,
 ) -> AlignResult:
     """Triton alignment: the same contract as `moe_align_block_size_reference`, exactly equal results.
 
@@ -132,6 +181,7 @@ def moe_align_block_size_triton(
         RuntimeError: Triton cannot run on this device (the message says why).
     """
     _check_align_args(topk_ids, block_size, num_experts)
+    order = _segment_order(segment_order, num_experts)
     if num_experts > 1024:
         raise ValueError(f"moe_align_block_size_triton supports up to 1024 experts, got {num_experts}")
     device = topk_ids.device
@@ -156,6 +206,7 @@ def moe_align_block_size_triton(
         chunk_base,
         segments,
         out.num_tokens_post_padded,
+        _order_table(order, num_experts, block_e, device),
         num_chunks,
         BLOCK_E=block_e,
         BLOCK_C=max(1, 4096 // block_e),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -143,6 +144,12 @@ def grouped_swiglu_reference(
     return out.copy_(result.detach())
 
 
+def widest_first(widths: Sequence[int]) -> tuple[int, ...]:
+    """The experts by width, widest first, ties in expert order: the longest-first order of their down-GEMM programs
+    (each one's reduction runs over its expert's width). Expert order when every width is the same."""
+    return tuple(sorted(range(len(widths)), key=lambda e: -int(widths[e])))
+
+
 @functools.lru_cache(maxsize=32)
 def _expert_tables(widths: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(int32 [E] widths, int64 [E] prefix offsets F_e) on `device`, built once per (widths, device)."""
@@ -161,6 +168,7 @@ def grouped_swiglu_triton(
     w_down: torch.Tensor,
     widths: tuple[int, ...],
     *,
+    segment_order: Sequence[int] | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Triton grouped SwiGLU: the same contract as `grouped_swiglu_reference`, without autograd.
@@ -177,6 +185,9 @@ def grouped_swiglu_triton(
         x, topk_ids, topk_weights, w_up, w_down, widths: as `grouped_swiglu_reference`; expert ids in [0, E),
             not checked (that would cost a device sync): a slot whose id is outside is dropped by the alignment
             without any access outside the buffers, and its token's output row is undefined.
+        segment_order: the order of the experts' aligned segments, so of their programs in both launches (a
+            permutation of range(E)); default `widest_first(widths)`. A down-GEMM program's time grows with its
+            expert's width, so starting the widest first keeps a launch from ending on a tail of them.
         out: optional [T, d] tensor of x's dtype, last dimension contiguous; every element is written.
 
     Returns:
@@ -185,6 +196,7 @@ def grouped_swiglu_triton(
     Raises:
         RuntimeError: Triton cannot run on this device (the message says why).
         TypeError: unsupported or mixed dtypes.
+        ValueError: a bad shape, `out` or `segment_order`.
     """
     _check_swiglu_args(x, topk_ids, topk_weights, w_up, w_down, widths)
     if x.dtype not in DTYPES or w_up.dtype != x.dtype or w_down.dtype != x.dtype:
@@ -223,7 +235,10 @@ def grouped_swiglu_triton(
         xs, ids, wts, outs = (x, topk_ids, topk_weights, out) if whole else (
             x[t0:t1], topk_ids[t0:t1], topk_weights[t0:t1], out[t0:t1]
         )  # fmt: skip
-        aligned = moe_align_block_size_triton(ids, cfg.block_size_m, plan.num_experts)
+        aligned = moe_align_block_size_triton(
+            ids, cfg.block_size_m, plan.num_experts,
+            segment_order=plan.widest_first if segment_order is None else segment_order,
+        )  # fmt: skip
         num_pid_m = aligned.expert_ids.numel()
         ys = outs if y is None else (y if numel == y.shape[0] else y[:numel])  # k = 1: slot s is token s
         _triton_swiglu.up_kernel[(num_pid_m * plan.n_up,)](
@@ -250,6 +265,7 @@ class _LaunchPlan(NamedTuple):
     """What a launch derives from its shape and config alone, not from its token count (`_launch_plan`)."""
 
     num_experts: int
+    widest_first: tuple[int, ...]  # the default segment order
     max_width: int
     h_pitch: int  # row pitch of h (elements): max f_e rounded up to 64
     widths_t: torch.Tensor  # int32 [E] f_e on the device
@@ -282,7 +298,7 @@ def _launch_plan(
     )
     block_t, block_d = 16, min(256, max(16, 1 << (d_model - 1).bit_length()))
     return _LaunchPlan(
-        num_experts=len(widths), max_width=max_width, h_pitch=cdiv(max_width, 64) * 64,
+        num_experts=len(widths), widest_first=widest_first(widths), max_width=max_width, h_pitch=cdiv(max_width, 64) * 64,
         widths_t=widths_t, offsets_t=offsets_t, n_up=cdiv(max_width, cfg.block_size_n),
         n_down=cdiv(d_model, cfg.down_block_size_n), meta_up=dict(meta, BLOCK_SIZE_N=cfg.block_size_n),
         meta_down=dict(meta, BLOCK_SIZE_N=cfg.down_block_size_n), block_t=block_t, block_d=block_d,

@@ -107,7 +107,8 @@ def test_index_kernels_compile(device):
     compile_kernel(_triton_align.count_kernel, {"chunk_counts_ptr": i32, **ids},
                    dict(NUM_EXPERTS=64, BLOCK_E=64, CHUNK=64), cap)  # fmt: skip
     compile_kernel(_triton_align.scan_kernel,
-                   {"chunk_counts_ptr": i32, "chunk_base_ptr": i32, "seg_ptr": i32, "num_post_pad_ptr": i32},
+                   {"chunk_counts_ptr": i32, "chunk_base_ptr": i32, "seg_ptr": i32, "num_post_pad_ptr": i32,
+                    "order_ptr": i32},
                    dict(BLOCK_E=64, BLOCK_C=64, BLOCK_SIZE_M=64), cap)  # fmt: skip
     compile_kernel(_triton_align.scatter_kernel,
                    {"chunk_base_ptr": i32, "seg_ptr": i32, "sorted_ids_ptr": i32, "expert_ids_ptr": i32, **ids},

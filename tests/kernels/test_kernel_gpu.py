@@ -84,13 +84,15 @@ def test_align_compiled_drops_bad_ids_inside_its_buffers(request):
 
 @pytest.mark.parametrize(("num_tokens", "num_experts", "top_k", "block_size"),
                          [(16384, 64, 8, 64), (2000, 8, 2, 16), (513, 16, 4, 128)])  # fmt: skip
-def test_align_compiled_exact(request, num_tokens, num_experts, top_k, block_size):
+@pytest.mark.parametrize("shuffled", [False, True], ids=["expert_order", "shuffled_segments"])
+def test_align_compiled_exact(request, num_tokens, num_experts, top_k, block_size, shuffled):
     g = cuda_gen(request)
     probs = torch.rand(num_experts, device=CUDA, generator=g) ** 4 + 1e-3
     probs[1] = 0.0  # an empty expert
     topk_ids = torch.multinomial(probs.expand(num_tokens, -1), top_k, generator=g)
-    got = moe_align_block_size_triton(topk_ids, block_size, num_experts)
-    want = moe_align_block_size_reference(topk_ids, block_size, num_experts)
+    order = torch.randperm(num_experts, device=CUDA, generator=g).tolist() if shuffled else None
+    got = moe_align_block_size_triton(topk_ids, block_size, num_experts, segment_order=order)
+    want = moe_align_block_size_reference(topk_ids, block_size, num_experts, segment_order=order)
     for g_, w_ in zip(got, want):
         assert torch.equal(g_, w_)
 

@@ -73,11 +73,13 @@ def test_align_worked_example():
 
 
 @pytest.mark.parametrize(("num_experts", "bad_ids"), [(6, (-1, 6, 7, 1000)), (8, (-5, 8, 2**31 - 1))])
-def test_align_drops_out_of_range_ids_without_writing_outside(gen, num_experts, bad_ids):
+@pytest.mark.parametrize("reverse", [False, True], ids=["expert_order", "reversed_segments"])
+def test_align_drops_out_of_range_ids_without_writing_outside(gen, num_experts, bad_ids, reverse):
     """Ids are not range-checked on the device: a bad slot is dropped, and nothing outside the buffers is written.
 
     E = 6 pads the kernels' expert axis to 8, so ids 6 and 7 fall inside it; -1 and large ids fall outside.
     """
+    segment_order = list(range(num_experts))[::-1] if reverse else None
     block_size, guard = 16, 64
     topk_ids = torch.randint(0, num_experts, (37, 2), generator=gen)
     bad_slots = torch.randperm(topk_ids.numel(), generator=gen)[: len(bad_ids)]
@@ -88,14 +90,14 @@ def test_align_drops_out_of_range_ids_without_writing_outside(gen, num_experts, 
     ids_buf = torch.full((max_padded + 2 * guard,), -7, dtype=torch.int32)
     blocks_buf = torch.full((max_blocks + 2 * guard,), -7, dtype=torch.int32)
     out = AlignResult(ids_buf[guard:-guard], blocks_buf[guard:-guard], torch.full((1,), -7, dtype=torch.int32))
-    moe_align_block_size_triton(topk_ids, block_size, num_experts, out=out)
+    moe_align_block_size_triton(topk_ids, block_size, num_experts, segment_order=segment_order, out=out)
     assert (ids_buf[:guard] == -7).all() and (ids_buf[-guard:] == -7).all()
     assert (blocks_buf[:guard] == -7).all() and (blocks_buf[-guard:] == -7).all()
 
     # Expected: the reference layout of the valid slots alone, bad slots placed nowhere.
     flat = topk_ids.reshape(-1).tolist()
     want_ids, want_blocks = [], []
-    for e in range(num_experts):
+    for e in segment_order or range(num_experts):
         slots = [s for s, x in enumerate(flat) if x == e]
         padded = -(-len(slots) // block_size) * block_size
         want_ids += slots + [numel] * (padded - len(slots))
@@ -104,3 +106,56 @@ def test_align_drops_out_of_range_ids_without_writing_outside(gen, num_experts, 
     assert out.num_tokens_post_padded.tolist() == [used]
     assert out.sorted_token_ids.tolist() == want_ids + [numel] * (max_padded - used)
     assert out.expert_ids.tolist() == want_blocks + [-1] * (max_blocks - len(want_blocks))
+
+
+ORDER_CASES = [("skewed_two_chunks", 64, 16, 8, 16, "skewed"), ("empty_expert", 40, 8, 2, 32, "empty"),
+               ("E64_eight_chunks", 64, 64, 8, 16, "skewed"), ("all_on_one_expert", 50, 4, 1, 16, "one")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("num_tokens", "num_experts", "top_k", "block_size", "load"),
+                         [c[1:] for c in ORDER_CASES], ids=[c[0] for c in ORDER_CASES])  # fmt: skip
+@pytest.mark.parametrize("order", ["reversed", "random"])
+def test_align_lays_segments_out_in_the_given_order(gen, make_topk_ids, num_tokens, num_experts, top_k, block_size,
+                                                    load, order):  # fmt: skip
+    topk_ids = make_topk_ids(num_tokens, num_experts, top_k, load)
+    perm = torch.randperm(num_experts, generator=gen) if order == "random" else torch.arange(num_experts).flip(0)
+    segment_order = perm.tolist()
+    got = moe_align_block_size_triton(topk_ids, block_size, num_experts, segment_order=segment_order,
+                                      out=poisoned(topk_ids.numel(), block_size, num_experts))  # fmt: skip
+    want = moe_align_block_size_reference(topk_ids, block_size, num_experts, segment_order=segment_order)
+    for name, g, w in zip(AlignResult._fields, got, want):
+        assert torch.equal(g, w), f"{name} differs:\n{g.tolist()}\n{w.tolist()}"
+    check_invariants(got, topk_ids, block_size)
+    # The blocks' experts run through the used experts in the given order, each once, contiguously.
+    used_blocks = got.expert_ids[: int(got.num_tokens_post_padded) // block_size].tolist()
+    present = set(topk_ids.reshape(-1).tolist())
+    assert list(dict.fromkeys(used_blocks)) == [e for e in segment_order if e in present]
+    assert sum(a != b for a, b in zip(used_blocks, used_blocks[1:])) == len(present) - 1
+    # Only the segments moved: each expert holds the same slots, in the same order, as in expert order.
+    plain = moe_align_block_size_reference(topk_ids, block_size, num_experts)
+    numel = topk_ids.numel()
+    for e in present:
+        assert expert_slots(got, e, block_size, numel) == expert_slots(plain, e, block_size, numel)
+
+
+def expert_slots(res: AlignResult, expert: int, block_size: int, numel: int) -> list[int]:
+    """The slots in `expert`'s blocks, in position order, without the padding (the sentinel `numel`)."""
+    used = int(res.num_tokens_post_padded)
+    blocks = res.sorted_token_ids[:used].view(-1, block_size)[res.expert_ids[: used // block_size] == expert]
+    return [s for s in blocks.reshape(-1).tolist() if s < numel]
+
+
+def test_align_worked_example_in_another_segment_order():
+    """The second example in `kernels.align`'s docstring."""
+    topk_ids = torch.tensor([[2, 0], [1, 2], [2, 1]])
+    got = moe_align_block_size_triton(topk_ids, 4, 4, segment_order=(2, 0, 1, 3), out=poisoned(6, 4, 4))
+    assert got.sorted_token_ids.tolist() == [0, 3, 4, 6, 1, 6, 6, 6, 2, 5, 6, 6, 6, 6, 6, 6, 6, 6]
+    assert got.expert_ids.tolist() == [2, 0, 1, -1, -1]
+    assert got.num_tokens_post_padded.tolist() == [12]
+
+
+@pytest.mark.parametrize("bad", [(0, 1, 2), (0, 0, 1, 2), (0, 1, 2, 4), (0.0, 1, 2, 3), 3, "0123"])
+@pytest.mark.parametrize("align", [moe_align_block_size_reference, moe_align_block_size_triton])
+def test_align_refuses_a_segment_order_that_is_not_a_permutation(align, bad):
+    with pytest.raises(ValueError, match=r"segment_order must be a permutation of range\(4\), got"):
+        align(torch.tensor([[2, 0], [1, 2]]), 4, 4, segment_order=bad)

@@ -103,7 +103,7 @@ def test_swiglu_passes_are_bounded_in_slots(gen, make_topk_ids, monkeypatch, top
     aligned_slots, lookups = [], []
     real_align, real_get_config = kernels.align.moe_align_block_size_triton, swiglu.get_config
     monkeypatch.setattr(kernels.align, "moe_align_block_size_triton",
-                        lambda ids, *a: aligned_slots.append(ids.numel()) or real_align(ids, *a))  # fmt: skip
+                        lambda ids, *a, **kw: aligned_slots.append(ids.numel()) or real_align(ids, *a, **kw))  # fmt: skip
     monkeypatch.setattr(swiglu, "get_config", lambda t, *a: lookups.append(t) or real_get_config(t, *a))
     widths, d_model, num_tokens = (16, 24, 32, 8), 16, 30
     x = torch.randn(num_tokens, d_model, generator=gen)
@@ -116,6 +116,32 @@ def test_swiglu_passes_are_bounded_in_slots(gen, make_topk_ids, monkeypatch, top
     assert lookups == [passes[0]]
     torch.testing.assert_close(got, grouped_swiglu_reference(x, topk_ids, weights, w_up, w_down, widths),
                                rtol=RTOL, atol=ATOL)  # fmt: skip
+
+
+def test_swiglu_starts_the_widest_experts_first_and_any_order_gives_the_same_result(gen, make_topk_ids, monkeypatch):
+    """The default segment order is widest first (ties in expert order); the order moves programs, not results."""
+    import kernels.align
+
+    orders = []
+    real_align = kernels.align.moe_align_block_size_triton
+    monkeypatch.setattr(kernels.align, "moe_align_block_size_triton",
+                        lambda *a, segment_order, **kw: orders.append(segment_order) or real_align(
+                            *a, segment_order=segment_order, **kw))  # fmt: skip
+    widths, d_model, num_tokens, top_k = (16, 48, 24, 48, 8), 16, 33, 2
+    x = torch.randn(num_tokens, d_model, generator=gen)
+    topk_ids = make_topk_ids(num_tokens, len(widths), top_k, "skewed")
+    weights = combine_weights(gen, num_tokens, top_k)
+    w_up, w_down = make_weights(gen, d_model, widths)
+    want = grouped_swiglu_reference(x, topk_ids, weights, w_up, w_down, widths)
+    with force_config(MoeKernelConfig(16, 16, 16, 2, num_warps=4, num_stages=2)):
+        for order in (None, (0, 1, 2, 3, 4), (4, 0, 3, 1, 2)):
+            got = grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, segment_order=order,
+                                        out=torch.full_like(x, float("nan")))  # fmt: skip
+            torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+        with pytest.raises(ValueError, match="segment_order must be a permutation of range"):
+            grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, segment_order=(0, 1, 2))
+    assert orders[:3] == [(1, 3, 2, 0, 4), (0, 1, 2, 3, 4), (4, 0, 3, 1, 2)]
+    assert swiglu.widest_first((32, 32, 32)) == (0, 1, 2)
 
 
 def test_route_then_swiglu_end_to_end(gen):
