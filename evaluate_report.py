@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 import evaluate_stats as stats
+from evaluate_rows import atomic_open
 
 HARDWARE_TABLE = ("energy_per_token_mj", "mean_power_w", "peak_power_w", "peak_temperature_c", "temperature_rise_c",
                   "time_throttled_s", "latency_per_token_ms", "latency_p50_ms", "latency_p95_ms",
@@ -147,7 +148,8 @@ def write_report(out: Path, summary: dict) -> str:
     plots = sorted(p.name for p in out.glob("*.png"))
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     text = "\n".join(lines)
-    (out / "report.md").write_text(text)
+    with atomic_open(out / "report.md") as f:
+        f.write(text)
     return text
 
 
@@ -177,6 +179,12 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_png(fig, path: Path, **kwargs) -> None:
+    """fig as a PNG at 120 dpi, written atomically (`atomic_open`)."""
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120, **kwargs)
 
 
 def write_plots(out: Path, summary: dict, traces: dict[str, list[dict]]) -> None:
@@ -225,7 +233,7 @@ def pareto_plot(plt, path: Path, summary: dict, x_name: str = "mean_loss", y_nam
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path)
     plt.close(fig)
 
 
@@ -251,7 +259,7 @@ def trace_plot(plt, path: Path, first: dict[str, dict], summary: dict) -> None:
     axes[0].set_title(f"Temperature, power and clock over episode seed {next(iter(first.values()))['episode_seed']} "
                       f"[{source}]", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path)
     plt.close(fig)
 
 
@@ -271,7 +279,7 @@ def ttt_plot(plt, path: Path, first: dict[str, dict]) -> None:
     axes[0].legend(fontsize=8, ncol=2)
     axes[0].set_title("Test-time training activity and loss [measured]", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path)
     plt.close(fig)
 
 
@@ -299,7 +307,7 @@ def expert_load_plot(plt, path: Path, traces: dict[str, list[dict]]) -> None:
                     ax.text(c, r, f"{mats[half, r, c]:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if mats[half, r, c] < 0.6 * vmax else "black")
     fig.colorbar(im, ax=axes[0].tolist(), label="share of routed slots [measured]")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_png(fig, path, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -358,7 +366,7 @@ def ttt_allocation(out: Path, summary: dict, rows: list[dict], base: str, reps: 
         table.append([lab] + [cell(e.to_dict()) for e in est])
     header = ["policy", f"TTT compute ({scale})", "loss after shift (nats) [measured]", "loss (nats) [measured]",
               f"energy/token (mJ) [{summary['sources']['energy_per_token_mj']}]"]
-    with (out / "ttt_allocation.csv").open("w", newline="") as f:
+    with atomic_open(out / "ttt_allocation.csv", newline="") as f:
         w = csv.writer(f)
         w.writerow(["policy"] + [f"{c}_{k}" for c in ("compute_x",) + names for k in ("iqm", "low", "high")] + ["n"])
         for lab, est in points.items():
@@ -383,7 +391,7 @@ def ttt_allocation(out: Path, summary: dict, rows: list[dict], base: str, reps: 
     axes[0].legend(fontsize=8)
     fig.suptitle("TTT allocation: fixed 1x/2x/4x schedules vs adaptive (IQM with bootstrap intervals)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "ttt_allocation.png", dpi=120)
+    save_png(fig, out / "ttt_allocation.png")
     plt.close(fig)
     rel = (f"relative to `{base}` ({unit:.3f} tokens per token)" if scale.startswith("x") else
            f"absolute (`{base}` trained nothing: episodes shorter than its update interval)")
@@ -422,7 +430,7 @@ def single_gpu_outputs(out: Path, summary: dict, rows: list[dict], params: dict,
         figures["deployment_weights_gb"] = {"value": env["deployment_weights_gb"], "source": "predicted"}
         detail[lab] = {"spec": summary["policies"][lab]["spec"], "model": env["model"],
                        "deployment": env["deployment"], "metrics": figures}
-    with (out / "comparison_results.csv").open("w", newline="") as f:
+    with atomic_open(out / "comparison_results.csv", newline="") as f:
         w = csv.writer(f)
         names = [m.name for m in stats.METRICS]
         w.writerow(["system", "hardware_source", "runtime_memory_gb", "deployment_weights_gb"]
@@ -432,7 +440,8 @@ def single_gpu_outputs(out: Path, summary: dict, rows: list[dict], params: dict,
             w.writerow([lab, summary["sources"]["energy_per_token_mj"], met["runtime_memory_gb"]["value"],
                         met["deployment_weights_gb"]["value"]]
                        + [met[n][k] for n in names for k in ("iqm", "low", "high", "mean", "std")])
-    (out / "hpc_results.json").write_text(json.dumps(detail, indent=1) + "\n")
+    with atomic_open(out / "hpc_results.json") as f:
+        f.write(json.dumps(detail, indent=1) + "\n")
     base = systems[0]
     imp = summary["improvements"].get(base, {})
     kcm_file = out / "kernel_cost_model_test_results.json"
@@ -448,7 +457,8 @@ def single_gpu_outputs(out: Path, summary: dict, rows: list[dict], params: dict,
                                                               for lab in systems}},
         "statistic": summary["statistic"],
     }
-    (out / "hpc_summary.json").write_text(json.dumps(hpc, indent=1, default=str) + "\n")
+    with atomic_open(out / "hpc_summary.json") as f:
+        f.write(json.dumps(hpc, indent=1, default=str) + "\n")
     plt = _plt()
     fig, axes = plt.subplots(2, 3, figsize=(12, 7))
     for ax, (name, title) in zip(axes.flat, SINGLE_GPU_METRICS):
@@ -463,7 +473,7 @@ def single_gpu_outputs(out: Path, summary: dict, rows: list[dict], params: dict,
             ax.set_yscale("log")
     fig.suptitle("Single-GPU comparison (IQM with bootstrap intervals)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(out / "comparison_plot.png", dpi=120)
+    save_png(fig, out / "comparison_plot.png")
     plt.close(fig)
     lines = ["", "=" * 60, "RESULTS COMPARISON", "=" * 60]
     for lab in systems:

@@ -1,17 +1,19 @@
 """The run folder of `evaluate.py` and its episodes.csv, written one episode at a time: whether a run may use the
 folder (`check_out`, `prepare_out`), the columns, appending a row durably, and reading the rows back with those a
-crash cut short left out (or, for --resume, moved aside to run again)."""
+crash cut short left out (or, for --resume, moved aside to run again); `atomic_open` for every other file it writes."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import evaluate_stats as stats
 from evaluate_specs import PolicySpec, UsageError, split_label
@@ -20,6 +22,23 @@ ID_COLUMNS = ("label", "spec", "env", "seed", "episode", "episode_seed", "hardwa
 COLUMNS = ID_COLUMNS + tuple(m.name for m in stats.METRICS) + stats.EXTRA_COLUMNS
 TEXT_COLUMNS = ("label", "spec", "env", "hardware_source")
 INT_COLUMNS = ("seed", "episode", "episode_seed")
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "w", **kwargs) -> Iterator[IO]:
+    """Open a temporary file beside `path` for writing; when the block ends without an error it replaces `path`.
+
+    A crash, Ctrl-C or error mid-write leaves the file saved before (or none), never a half-written one, and no
+    temporary file. `mode` is "w" or "wb"; `kwargs` go to `open` (newline="" for csv).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open(mode, **kwargs) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def complete_row(row: dict) -> bool:

@@ -34,6 +34,7 @@ from evaluate import (
     write_json,
 )
 from evaluate_facts import config_facts, device_facts
+from evaluate_rows import atomic_open
 
 
 def committed_policy(args: Args, label: str = "ppo_committed") -> list[PolicySpec]:
@@ -128,7 +129,8 @@ def suite_routers(args: Args, out: Path) -> dict:
     summary = evaluate(args, specs, {"main": env_kwargs(args)}, out, "Router comparison",
                        baselines=("baseline", "EnergyAwareTTTRouter"))
     text = report.router_tables(summary, "baseline")
-    (out / "router_comparison.md").write_text(text)
+    with atomic_open(out / "router_comparison.md") as f:
+        f.write(text)
     report.append_section(out, text)
     print("\n" + text)
     return summary

@@ -476,3 +476,23 @@ def test_out_that_is_a_file_is_a_usage_error(tmp_path, capsys, under):
     err = capsys.readouterr().err
     assert err.startswith(f"error: --out {out}") and err.count("\n") == 1
     assert path.read_text() == "keep"
+
+
+def test_report_only_that_fails_mid_plot_keeps_the_saved_report(finished_run, tmp_path, monkeypatch):
+    """Report files are written atomically: a failure while a plot is saved (here a full disk) leaves every file saved
+    before whole (the half-written PNG never replaces the old one) and no temporary file beside them."""
+    import matplotlib.figure
+
+    out = copy_run(finished_run, tmp_path)
+    saved = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".png", ".md")}
+    assert "traces.png" in saved and "report.md" in saved
+
+    def crash_mid_write(fig, f, **kwargs):
+        f.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", crash_mid_write)
+    with pytest.raises(OSError, match="No space left"):
+        evaluate.main(["--out", str(out), "--report-only"])
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".png", ".md")} == saved
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
