@@ -95,7 +95,8 @@ def fused_route_reference(
     # unspecified, and ties are common in bf16 or at a zero-initialised router). NaN and -inf rank as -FLT_MAX, as
     # in the kernel (which keeps -inf to mark chosen experts), so they tie with a biased score of exactly -FLT_MAX.
     key = select.detach().masked_fill(select.isnan(), float("-inf")).clamp_min(torch.finfo(torch.float32).min)
-    topk_ids = torch.sort(key, dim=-1, descending=True, stable=True).indices[:, :top_k]  # (T, k)
+    # Contiguous, as the Triton kernel's: the grouped SwiGLU would otherwise copy the slice on every call.
+    topk_ids = torch.sort(key, dim=-1, descending=True, stable=True).indices[:, :top_k].contiguous()  # (T, k)
     picked = torch.gather(scores, -1, topk_ids)  # (T, k)
     topk_weights = picked / picked.sum(dim=-1, keepdim=True).clamp_min(1e-20)
     counts = torch.bincount(topk_ids.reshape(-1), minlength=num_experts)

@@ -54,6 +54,7 @@ def test_route_reference_matches_loop(gen, num_tokens, num_experts, top_k, bias_
     biases = None if bias_scale is None else bias_scale * torch.randn(num_experts, generator=gen)
     got, want = fused_route_reference(logits, biases, top_k), route_loop(logits, biases, top_k)
     assert torch.equal(got.topk_ids, want.topk_ids)
+    assert got.topk_ids.is_contiguous()  # as the Triton kernel's; the grouped SwiGLU would copy a strided slice
     assert torch.equal(got.expert_counts, want.expert_counts)
     torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got.scores, want.scores, rtol=1e-5, atol=1e-7)
