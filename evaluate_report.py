@@ -342,9 +342,11 @@ def router_tables(summary: dict, baseline: str) -> str:
 
 
 def append_section(out: Path, text: str) -> None:
-    """Append a section to report.md."""
-    with (out / "report.md").open("a") as f:
-        f.write("\n" + text.rstrip() + "\n")
+    """Add a section at the end of report.md, rewriting it atomically (`atomic_open`)."""
+    path = out / "report.md"
+    saved = path.read_text() if path.exists() else ""
+    with atomic_open(path) as f:
+        f.write(saved + "\n" + text.rstrip() + "\n")
 
 
 def ttt_allocation(out: Path, summary: dict, rows: list[dict], base: str, reps: int, confidence: float) -> str:

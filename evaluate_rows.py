@@ -26,15 +26,19 @@ INT_COLUMNS = ("seed", "episode", "episode_seed")
 
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "w", **kwargs) -> Iterator[IO]:
-    """Open a temporary file beside `path` for writing; when the block ends without an error it replaces `path`.
+    """Open a temporary file beside `path` for writing; when the block ends without an error it is flushed to disk
+    and replaces `path`.
 
-    A crash, Ctrl-C or error mid-write leaves the file saved before (or none), never a half-written one, and no
-    temporary file. `mode` is "w" or "wb"; `kwargs` go to `open` (newline="" for csv).
+    An error or Ctrl-C mid-write leaves the file saved before (or none), never a half-written one, and removes the
+    temporary file; so does a crash of the machine. A killed process (SIGKILL) may leave `.<name>.<pid>.tmp` behind.
+    `mode` is "w" or "wb"; `kwargs` go to `open` (newline="" for csv).
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open(mode, **kwargs) as f:
             yield f
+            f.flush()
+            os.fsync(f.fileno())  # the data on disk before the rename points the name at it
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -51,7 +51,8 @@ def scan_kernel(
 ):
     # Column r of the scan is expert order[r]: the prefix over segments runs in layout order, and every value is
     # read from and stored to its expert's own column.
-    experts = tl.load(order_ptr + tl.arange(0, BLOCK_E))
+    # Masked to the expert axis so that no table, however damaged, moves a store outside the buffers.
+    experts = tl.load(order_ptr + tl.arange(0, BLOCK_E)) & (BLOCK_E - 1)
     carry = tl.zeros([BLOCK_E], dtype=tl.int32)
     for c0 in range(0, num_chunks, BLOCK_C):
         rows = c0 + tl.arange(0, BLOCK_C)

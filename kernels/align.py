@@ -63,10 +63,13 @@ def _check_align_args(topk_ids: torch.Tensor, block_size: int, num_experts: int)
         raise ValueError(f"num_experts must be >= 1, got {num_experts}")
 
 
-def _segment_order(segment_order: Sequence[int] | None, num_experts: int) -> tuple[int, ...] | None:
-    """None for expert order, else `segment_order` as ints; a ValueError unless it is a permutation of range(E)."""
+def segment_order_of(segment_order: Sequence[int] | None, num_experts: int) -> tuple[int, ...] | None:
+    """None for expert order, else `segment_order` (a sequence of ints or a 1-D tensor) as a tuple of ints; a
+    ValueError unless it is a permutation of range(E)."""
     if segment_order is None:
         return None
+    if isinstance(segment_order, torch.Tensor):  # as ints: 0-d tensors would key the cache by identity
+        segment_order = segment_order.tolist()
     try:
         return _checked_order(tuple(segment_order), num_experts)
     except TypeError:  # not iterable, or unhashable or non-integer entries
@@ -133,7 +136,7 @@ def moe_align_block_size_reference(
         `AlignResult`.
     """
     _check_align_args(topk_ids, block_size, num_experts)
-    order = _segment_order(segment_order, num_experts)
+    order = segment_order_of(segment_order, num_experts)
     device = topk_ids.device
     flat = topk_ids.reshape(-1).long()  # (numel,)
     numel = flat.numel()
@@ -181,7 +184,7 @@ def moe_align_block_size_triton(
         RuntimeError: Triton cannot run on this device (the message says why).
     """
     _check_align_args(topk_ids, block_size, num_experts)
-    order = _segment_order(segment_order, num_experts)
+    order = segment_order_of(segment_order, num_experts)
     if num_experts > 1024:
         raise ValueError(f"moe_align_block_size_triton supports up to 1024 experts, got {num_experts}")
     device = topk_ids.device

@@ -207,7 +207,7 @@ def grouped_swiglu_triton(
     device = x.device
     require_triton(device, "grouped_swiglu_triton")
     from kernels import _triton_swiglu
-    from kernels.align import moe_align_block_size_triton
+    from kernels.align import moe_align_block_size_triton, segment_order_of
 
     num_tokens, d_model = x.shape
     top_k = topk_ids.shape[1]
@@ -217,12 +217,15 @@ def grouped_swiglu_triton(
         raise ValueError(
             f"out must be a {x.dtype} [{num_tokens}, {d_model}] tensor on {device} with unit column stride"
         )
+    widths = widths if isinstance(widths, tuple) else tuple(widths)
+    # Checked once, before any pass (an iterator would be used up by the first) and before an empty batch returns.
+    order = None if segment_order is None else segment_order_of(segment_order, len(widths))
     if num_tokens == 0:
         return out
-    widths = widths if isinstance(widths, tuple) else tuple(widths)
     pass_tokens = tokens_per_pass(num_tokens, top_k)
     cfg = get_config(pass_tokens, len(widths), top_k, _width_facts(widths)[2], x.dtype, device)
     plan = _launch_plan(cfg, d_model, widths, x.dtype, device, torch.backends.cuda.matmul.allow_tf32)
+    order = plan.widest_first if order is None else order
     topk_ids = topk_ids.contiguous()
     topk_weights = topk_weights.contiguous()
     # Rows of h start 128-byte aligned whatever max f_e is, so the down GEMM's loads vectorise.
@@ -237,7 +240,7 @@ def grouped_swiglu_triton(
         )  # fmt: skip
         aligned = moe_align_block_size_triton(
             ids, cfg.block_size_m, plan.num_experts,
-            segment_order=plan.widest_first if segment_order is None else segment_order,
+            segment_order=order,
         )  # fmt: skip
         num_pid_m = aligned.expert_ids.numel()
         ys = outs if y is None else (y if numel == y.shape[0] else y[:numel])  # k = 1: slot s is token s

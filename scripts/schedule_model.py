@@ -3,8 +3,9 @@ balanced launch, with the experts' segments in expert order or widest first (`ke
 
     python scripts/schedule_model.py results/gpu/kernels/2026-11-24/grid.json   # table, JSON beside it
 
-For each case of a benchmark grid at 8k tokens or more (its shapes, and the tiles it ran with), the routing is made
-again as the benchmark makes it, the slots aligned with both segment orders, and every program of both launches
+For each case of a benchmark grid at 8k tokens or more (its shapes, and the tiles it ran with), a routing of the
+benchmark's kind is drawn (random logits, no biases: alike in distribution, not the benchmark's own draw), the slots
+of one pass aligned with both segment orders, and every program of both launches
 listed in launch order (the kernels' grouped order, `_tile_ids`) with a cost of BLOCK_M x BLOCK_N x (its reduction
 length + 2 K steps for the prologue and epilogue); programs past their expert's width (gate/up) cost nothing. The
 programs go, in order, to whichever SM frees first, as many at a time on an SM as the shared memory of their pipeline

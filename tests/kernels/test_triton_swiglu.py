@@ -140,7 +140,13 @@ def test_swiglu_starts_the_widest_experts_first_and_any_order_gives_the_same_res
             torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
         with pytest.raises(ValueError, match="segment_order must be a permutation of range"):
             grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, segment_order=(0, 1, 2))
-    assert orders[:3] == [(1, 3, 2, 0, 4), (0, 1, 2, 3, 4), (4, 0, 3, 1, 2)]
+        with pytest.raises(ValueError, match="segment_order must be a permutation of range"):  # checked if T = 0 too
+            grouped_swiglu_triton(x[:0], topk_ids[:0], weights[:0], w_up, w_down, widths, segment_order=(0, 0))
+        # Checked once for every pass: an iterator serves all three passes of 16 tokens.
+        monkeypatch.setattr(swiglu, "SLOTS_PER_PASS", 32)
+        got = grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, segment_order=iter((4, 0, 3, 1, 2)))
+        torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+    assert orders == [(1, 3, 2, 0, 4), (0, 1, 2, 3, 4), (4, 0, 3, 1, 2)] + [(4, 0, 3, 1, 2)] * 3
     assert swiglu.widest_first((32, 32, 32)) == (0, 1, 2)
 
 
