@@ -7,7 +7,9 @@
 #                                            # 256-2048, each entry picked over top-k 1/2/8 and d_model 1024/4096):
 #                                            # the report OUT/tune.json, which lists every pick
 #   bash scripts/gpu_kernels.sh install OUT/tune.json ...   # here, not on the GPU: the tables, rebuilt from the
-#                                            # report(s), into kernels/configs/ (python -m kernels.configs.tuning)
+#                                            # report(s), into kernels/configs/ (python -m kernels.configs.tuning);
+#                                            # give a full run's reports first and a retune of a few token counts
+#                                            # after them: its entries replace theirs, the rest stay
 #   bash scripts/gpu_kernels.sh grid [OUT]   # the benchmark grid with the tables in kernels/configs/: OUT/grid.json
 # OUT defaults to $OUT (the device tool's folder) or results/gpu/kernels/<date>. Logs go to OUT/<step>.log. Arguments
 # after OUT go to the step's command (later flags win), e.g. `bash scripts/gpu_kernels.sh tune "$OUT" --experts 64`

@@ -349,7 +349,8 @@ def _write_tables(tables: dict[str, dict[int, MoeKernelConfig]], config_dir: Pat
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m kernels.configs.tuning REPORT...`: install the tables of tuning reports (see `install_report`);
-    every report is checked before any table is written."""
+    every report is checked before any table is written, and a table named by several reports holds the entries of
+    all of them (the later report's where both tuned a token count)."""
     parser = argparse.ArgumentParser(
         prog="python -m kernels.configs.tuning",
         description="Install the tuned tables of `benchmarks/moe_kernels.py --tune` reports (their --out JSON) into "
@@ -364,15 +365,21 @@ def main(argv: list[str] | None = None) -> None:
         loaded = [(path, *read_report(path)) for path in args.reports]
     except ValueError as exc:
         parser.error(str(exc))
+    # One table file may come from several reports (a retune of a few token counts after a full run): merged entry
+    # by entry, a later report's pick replacing an earlier one's at the same token count.
+    merged: dict[str, dict[int, MoeKernelConfig]] = {}
     for path, report, tables in loaded:
-        try:
-            written = _write_tables(tables, Path(args.config_dir))
-        except OSError as exc:  # e.g. --config-dir names a file; the tables of earlier reports stay written
-            parser.error(f"cannot write {path}'s tables into {args.config_dir}: {exc.strerror or exc}")
         partial = " (partial: the run stopped before it finished)" if report.get("partial") else ""
-        print(f"{path}{partial}: wrote {len(written)} tables to {args.config_dir}")
-        for table_path in written:
-            print(f"  {table_path.name}")
+        print(f"{path}{partial}: {len(tables)} tables")
+        for name, table in tables.items():
+            merged.setdefault(name, {}).update(table)
+    try:
+        written = _write_tables(merged, Path(args.config_dir))
+    except OSError as exc:  # e.g. --config-dir names a file
+        parser.error(f"cannot write the tables into {args.config_dir}: {exc.strerror or exc}")
+    print(f"wrote {len(written)} tables to {args.config_dir}")
+    for table_path in written:
+        print(f"  {table_path.name}: token counts {sorted(merged[table_path.name])}")
 
 
 __all__ = [

@@ -21,7 +21,7 @@ import torch
 
 from kernels import configs
 from kernels import swiglu as mk_swiglu
-from kernels.configs import load_configs
+from kernels.configs import MoeKernelConfig, load_configs
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "moe_kernels.py"
 
@@ -229,6 +229,28 @@ def test_install_command_checks_every_report_before_writing(tmp_path, monkeypatc
     tuning.main([str(good), "--config-dir", str(tmp_path / "out")])
     assert "wrote 6 tables" in capsys.readouterr().out
     assert len(list((tmp_path / "out").glob("E=*.json"))) == 6
+
+
+def test_install_merges_a_retune_of_some_token_counts_into_the_full_tables(tmp_path, monkeypatch, fake_gpu, capsys):
+    """A later report that retuned one token count replaces that entry and keeps the others of the earlier one."""
+    from kernels.configs import tuning
+
+    mk, _ = fake_gpu
+    full = _tuned_report(mk, monkeypatch, tmp_path)
+    report = json.loads(full.read_text())
+    retuned = MoeKernelConfig(16, 32, 64, 1, num_warps=4, num_stages=3)
+    e8 = next(t for t in report["tune"]["tables"] if t["experts"] == 8)
+    e8["picks"] = [dict(p, config=retuned.to_json()) for p in e8["picks"] if p["tokens"] == 8192]
+    report["tune"]["tables"] = [e8]
+    (tmp_path / "retune.json").write_text(json.dumps(report))
+    tuning.main([str(full), str(tmp_path / "retune.json"), "--config-dir", str(tmp_path / "out")])
+    assert "wrote 6 tables" in capsys.readouterr().out
+    configs.clear_cache()
+    for top_k in (None, 1, 2):
+        table = load_configs(8, 2048, "FAKE_GPU", torch.bfloat16, tmp_path / "out", top_k)
+        assert sorted(table) == [2048, 8192, 32768] and table[8192] == retuned
+        assert table[2048] != retuned and table[32768] != retuned
+    assert sorted(load_configs(16, 2048, "FAKE_GPU", torch.bfloat16, tmp_path / "out", 1)) == [2048, 8192, 32768]
 
 
 def test_grid_case_records_its_tiles_and_where_they_came_from(monkeypatch, fake_gpu):
