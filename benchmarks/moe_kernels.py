@@ -386,11 +386,11 @@ def print_summary(rows: list[dict], summary: dict) -> None:
     print("missed dense targets (ceiling: the most any kernel could reach at the datasheet peaks; needs: the share of "
           "that floor the target asks for):")  # fmt: skip
     for r in misses:
-        gf, ceiling = r.get("graph_fraction_of_dense"), r.get("dense_ceiling")
+        gf, ceiling, needs = (r.get(k) for k in ("graph_fraction_of_dense", "dense_ceiling", "floor_fraction_needed"))
+        pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
         print(f"  E={r['experts']:>2} k={r['top_k']} d={r['d_model']} T={r['tokens']:>5}: "
-              f"{r['fraction_of_dense']:.0%} of dense, graph {'-' if gf is None else f'{gf:.0%}'}, ceiling "
-              f"{'-' if ceiling is None else f'{ceiling:.0%}'}, needs "
-              f"{'-' if ceiling is None else format(r['floor_fraction_needed'], '.0%')} of the floor -> {r['miss_cause']}")  # fmt: skip
+              f"{r['fraction_of_dense']:.0%} of dense, graph {pct(gf)}, ceiling {pct(ceiling)}, needs {pct(needs)} "
+              f"of the floor -> {r['miss_cause']}")  # fmt: skip
     print("  by cause: " + ", ".join(f"{c} {n}" for c, n in summary["dense_misses"].items()))
 
 

@@ -136,7 +136,7 @@ def moe_align_block_size_reference(
         `AlignResult`.
     """
     _check_align_args(topk_ids, block_size, num_experts)
-    order = segment_order_of(segment_order, num_experts)
+    seg_order = segment_order_of(segment_order, num_experts)
     device = topk_ids.device
     flat = topk_ids.reshape(-1).long()  # (numel,)
     numel = flat.numel()
@@ -146,7 +146,7 @@ def moe_align_block_size_reference(
             raise ValueError(f"topk_ids must be expert ids in [0, {num_experts}), got values in [{lo}, {hi}]")
     counts = torch.bincount(flat, minlength=num_experts)  # (E,)
     padded = (counts + block_size - 1) // block_size * block_size
-    layout = torch.arange(num_experts, device=device) if order is None else torch.tensor(order, device=device)
+    layout = torch.arange(num_experts, device=device) if seg_order is None else torch.tensor(seg_order, device=device)
     seg_start = torch.empty_like(padded)
     seg_start[layout] = torch.cumsum(padded[layout], 0) - padded[layout]  # segments in layout order
     first_slot = torch.cumsum(counts, 0) - counts  # rank of each expert's first slot in the sorted order

@@ -238,10 +238,7 @@ def grouped_swiglu_triton(
         xs, ids, wts, outs = (x, topk_ids, topk_weights, out) if whole else (
             x[t0:t1], topk_ids[t0:t1], topk_weights[t0:t1], out[t0:t1]
         )  # fmt: skip
-        aligned = moe_align_block_size_triton(
-            ids, cfg.block_size_m, plan.num_experts,
-            segment_order=order,
-        )  # fmt: skip
+        aligned = moe_align_block_size_triton(ids, cfg.block_size_m, plan.num_experts, segment_order=order)
         num_pid_m = aligned.expert_ids.numel()
         ys = outs if y is None else (y if numel == y.shape[0] else y[:numel])  # k = 1: slot s is token s
         _triton_swiglu.up_kernel[(num_pid_m * plan.n_up,)](
@@ -301,8 +298,9 @@ def _launch_plan(
     )
     block_t, block_d = 16, min(256, max(16, 1 << (d_model - 1).bit_length()))
     return _LaunchPlan(
-        num_experts=len(widths), widest_first=widest_first(widths), max_width=max_width, h_pitch=cdiv(max_width, 64) * 64,
-        widths_t=widths_t, offsets_t=offsets_t, n_up=cdiv(max_width, cfg.block_size_n),
+        num_experts=len(widths), widest_first=widest_first(widths), max_width=max_width,
+        h_pitch=cdiv(max_width, 64) * 64, widths_t=widths_t, offsets_t=offsets_t,
+        n_up=cdiv(max_width, cfg.block_size_n),
         n_down=cdiv(d_model, cfg.down_block_size_n), meta_up=dict(meta, BLOCK_SIZE_N=cfg.block_size_n),
         meta_down=dict(meta, BLOCK_SIZE_N=cfg.down_block_size_n), block_t=block_t, block_d=block_d,
         combine_cols=cdiv(d_model, block_d),
