@@ -166,6 +166,9 @@ def parse_args(argv: list[str] | None = None) -> Args:
         raise UsageError("--resume continues the run in --out and --overwrite starts it over: give one")
     if args.part and suite != "gpu-full":
         raise UsageError(f"--part {args.part!r} is for --suite gpu-full only")
+    if suite == "gpu-full" and args.part not in GPU_FULL_PARTS:  # at parsing, not after the CUDA check
+        raise UsageError(f"--suite gpu-full needs --part, one of {', '.join(GPU_FULL_PARTS)} (each fits 10 minutes), "
+                         f"got {args.part!r}")  # fmt: skip
     try:
         import torch
 

@@ -237,9 +237,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Args, dict[str, Any]]:
     if args.eval_seed < 0:
         parser.error(f"--eval-seed must be >= 0, got {args.eval_seed}")
     try:
-        torch.device(args.device)
+        device = torch.device(args.device)
     except RuntimeError as exc:
         parser.error(f"--device {args.device!r}: {exc}")
+    if device.type == "cuda" and not torch.cuda.is_available():  # SB3 would fall back to the CPU without a word
+        parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu (the fastest for MLP "
+                     "policies) or auto")  # fmt: skip
     missing = [m for m in ("tqdm", "rich") if args.progress_bar and importlib.util.find_spec(m) is None]
     if missing:
         # SB3 would raise this only after the envs are built and imitation is done; say it now and go on without

@@ -18,6 +18,8 @@ the same controller drives the env, a vector env's worker, the evaluator and a l
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -179,6 +181,7 @@ class LoadBalance:
     """
 
     def __init__(self, spec: ControlSpec, step: float = 0.01):
+        require_finite_numbers("LoadBalance", step=step)
         if not step > 0:
             raise ValueError(f"LoadBalance step must be positive, got {step}")
         self.spec = spec
@@ -207,6 +210,7 @@ class FixedTTT:
     """
 
     def __init__(self, spec: ControlSpec, frequency_tokens: int = 2048, chunk_tokens: int = 512):
+        require_finite_numbers("FixedTTT", frequency_tokens=frequency_tokens, chunk_tokens=chunk_tokens)
         if frequency_tokens <= 0 or chunk_tokens <= 0:
             raise ValueError(
                 f"FixedTTT needs positive frequency_tokens and chunk_tokens, got {frequency_tokens}, {chunk_tokens}"
@@ -233,6 +237,7 @@ class KcmGreedy:
     """
 
     def __init__(self, spec: ControlSpec, strength: float = 0.5):
+        require_finite_numbers("KcmGreedy", strength=strength)
         if not 0 < strength <= 1:
             raise ValueError(f"KcmGreedy strength must be in (0, 1], got {strength}")
         self.spec = spec
@@ -250,12 +255,25 @@ class KcmGreedy:
         return spec.encode(ControlAction(tuple(bias), ttt_frequency_tokens=0))
 
 
+def require_finite_numbers(owner: str, **values: Any) -> None:
+    """A TypeError naming every argument that is not a finite real number (a string from a policy spec such as
+    `strength=abc`, a bool, NaN, inf), before a range check would fail on it with a message about types."""
+    bad = [
+        f"{name} must be a finite number, got {value!r}"
+        for name, value in values.items()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+    ]
+    if bad:
+        raise TypeError(f"{owner}: " + "; ".join(bad))
+
+
 class RandomController:
     """Uniform random actions in [-1, 1]^(E + 2) from a seeded generator (`reset` does not reseed)."""
 
     def __init__(self, spec: ControlSpec, seed: int | None = 0):
         bad_int = isinstance(seed, (int, np.integer)) and (isinstance(seed, bool) or seed < 0)
-        if bad_int or isinstance(seed, float):  # a Generator or SeedSequence passes through to default_rng
+        rng_like = (int, np.integer, np.random.Generator, np.random.SeedSequence, np.random.BitGenerator)
+        if bad_int or not (seed is None or isinstance(seed, rng_like)):  # a Generator or SeedSequence passes through
             raise ValueError(f"random controller: seed must be None or a non-negative integer, got {seed!r}")
         self.spec = spec
         self.rng = np.random.default_rng(seed)

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from agents.controller import ControlSpec
+from agents.controller import ControlSpec, require_finite_numbers
 from agents.heuristic_module import RouterModuleFace
 from agents.heuristic_parts import (
     SURROGATE_TEMP,
@@ -133,6 +133,9 @@ class EnergyAwareTTTRouter(RouterModuleFace, nn.Module):
         ttt_cost_ratio: float = TTT_COST_PRIOR,
     ):
         super().__init__()
+        require_finite_numbers("EnergyAwareTTTRouter", ttt_chunk_size=ttt_chunk_size,
+                               ttt_update_frequency=ttt_update_frequency, energy_aware_lr=energy_aware_lr,
+                               hidden=hidden, ttt_cost_ratio=ttt_cost_ratio)  # fmt: skip
         if ttt_chunk_size <= 0 or ttt_update_frequency <= 0 or not energy_aware_lr > 0 or hidden <= 0:
             raise ValueError(
                 "ttt_chunk_size, ttt_update_frequency, energy_aware_lr and hidden must be positive, got "

@@ -25,8 +25,10 @@ from telemetry import GpuSpec, SimulatedGpu, board_power_w, get_gpu_spec
 from telemetry.power_model import thermal_step
 from telemetry.reference import (
     DUTY_PERIOD_S,
+    STEP_RESPONSE_CSV,
     ReferenceTrace,
     compare_phases,
+    find_reference_file,
     load_reference_trace,
     replay_reference,
     step_response_shares,
@@ -60,6 +62,9 @@ def parse_args() -> Args:
     if not 0.0 < args.period_s < math.inf:
         parser.error(f"--period_s must be a positive, finite number of seconds, got {args.period_s}")
     check_out_file(parser, "--png", args.png, kind=".png")
+    if find_reference_file() is None:
+        parser.error(f"the measured trace {STEP_RESPONSE_CSV} was not found: set MOE_REFERENCE_DIR to the folder that "
+                     "holds it (shared/reference; ../shared/reference beside the repository is found without it)")  # fmt: skip
     return args
 
 

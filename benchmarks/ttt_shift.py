@@ -71,7 +71,7 @@ SETTINGS = {
 
 
 def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for f in dataclasses.fields(Args):
         flag = f"--{f.name.replace('_', '-')}"
         if f.type == "bool":

@@ -34,4 +34,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.parse_args()  # --help; nothing else to set
+    if not torch.cuda.is_available():
+        parser.error("this script measures a GPU: it needs CUDA and NVML (an NVIDIA GPU), and torch.cuda.is_available() is False here")
     main()

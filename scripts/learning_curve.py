@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="train_agent.py run folders (with config.yaml)")
     parser.add_argument("--labels", default="", help="comma-separated labels, one per run (default: folder names)")
     parser.add_argument("--baselines", default="no_control", help="comma-separated controller names, or ''")
-    parser.add_argument("--out", type=Path, default=Path("results/learning_curve"), help="output path, no suffix")
+    parser.add_argument("--out", type=Path, default=Path("results/learning_curve"),
+                        help="output path without suffix: PATH.json and PATH.png (default: %(default)s, the committed "
+                        "figure)")  # fmt: skip
     args = parser.parse_args(argv)
     from agents import CONTROLLERS
     from agents.callbacks import EVALUATIONS_FILE, read_eval_history

@@ -3,6 +3,8 @@ router, a PPO policy reloads as a Controller, and AgentRouter drives a live runt
 
 from __future__ import annotations
 
+import re
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -285,6 +287,23 @@ def test_make_controller_errors():
     with pytest.raises(ValueError, match="seed must be None or a non-negative integer, got -1"):
         make_controller("random", SPEC, seed=-1)  # was numpy's "expected non-negative integer"
     assert make_controller("random", SPEC, seed=np.random.default_rng(3)).act(observe()).shape == (SPEC.codec.size,)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "message"),
+    [  # as a policy spec on evaluate's command line hands them over: unparsed words stay strings
+        ("kcm_greedy", {"strength": "nan"}, "KcmGreedy: strength must be a finite number, got 'nan'"),
+        ("kcm_greedy", {"strength": float("nan")}, "KcmGreedy: strength must be a finite number, got nan"),
+        ("load_balance", {"step": float("inf")}, "LoadBalance: step must be a finite number, got inf"),
+        ("fixed_ttt", {"frequency_tokens": "abc"}, "FixedTTT: frequency_tokens must be a finite number, got 'abc'"),
+        ("heuristic", {"ttt_update_frequency": True}, "ttt_update_frequency must be a finite number, got True"),
+        ("random", {"seed": "nan"}, "seed must be None or a non-negative integer, got 'nan'"),
+    ],
+)
+def test_controller_arguments_that_are_not_numbers_are_named(name, kwargs, message):
+    """Was "'<' not supported between instances of 'int' and 'str'" (or numpy's SeedSequence error)."""
+    with pytest.raises((TypeError, ValueError), match=re.escape(message)):
+        make_controller(name, SPEC, **kwargs)
 
 
 @pytest.mark.parametrize("name", CONTROLLER_NAMES)

@@ -120,3 +120,19 @@ def test_ttt_shift_names_bad_arguments(ttt_shift, monkeypatch, capsys, args, mes
 def test_ttt_shift_takes_seed_0_and_a_preset_s_own_sequence_length(ttt_shift, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["ttt_shift.py", "--preset", "tiny", "--seed", "0", "--heldout-tokens", "32"])
     assert ttt_shift.parse_args() == ttt_shift.Args(preset="tiny", seed=0, heldout_tokens=32)
+
+
+def test_sim_vs_h100_without_the_measured_trace_says_where_to_point(monkeypatch, capsys, tmp_path):
+    """A clone without ../shared/reference: one line naming the file and MOE_REFERENCE_DIR, not a traceback."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("sim_vs_h100_bench", BENCHMARKS / "sim_vs_h100.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "find_reference_file", lambda *a: None)
+    monkeypatch.setattr(sys, "argv", ["sim_vs_h100.py"])
+    with pytest.raises(SystemExit) as stop:
+        module.parse_args()
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and "h100-step-response.csv was not found: set MOE_REFERENCE_DIR" in last

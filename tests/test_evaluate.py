@@ -91,6 +91,8 @@ def test_bad_seeds_fail_at_parsing(suite):
         (["--interval-s", "inf"], "--interval-s must be a positive, finite number of seconds, got inf"),
         (["--resume", "--overwrite"], "--resume continues the run in --out and --overwrite starts it over"),
         (["--suite", "routers", "--part", "bench"], "--part 'bench' is for --suite gpu-full only"),
+        (["--suite", "gpu-full", "--part", "nope"], "needs --part, one of bench, calibrate, compare (each fits 10 "
+                                                    "minutes), got 'nope'"),  # before the CUDA check
         (["--policy-device", "bogus"], "--policy-device 'bogus' is not a torch device"),
     ],
 )

@@ -15,6 +15,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import agents
@@ -91,6 +92,7 @@ BAD_VALUES = [
     (["--hyperparams-file", "{dir}"], "is a directory, not a YAML file of hyperparameters"),
     (["--hyperparams-file", "{list_yaml}"], "holds a YAML list, not a mapping of env id -> hyperparameters"),
     (["--out", __file__], "is a file; it must be a run folder"),
+    *([(["--device", "cuda"], "--device cuda: CUDA is not available here")] if not torch.cuda.is_available() else []),
 ]
 
 
