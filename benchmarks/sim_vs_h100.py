@@ -63,8 +63,9 @@ def parse_args() -> Args:
         parser.error(f"--period_s must be a positive, finite number of seconds, got {args.period_s}")
     check_out_file(parser, "--png", args.png, kind=".png")
     if find_reference_file() is None:
-        parser.error(f"the measured trace {STEP_RESPONSE_CSV} was not found: set MOE_REFERENCE_DIR to the folder that "
-                     "holds it (shared/reference; ../shared/reference beside the repository is found without it)")  # fmt: skip
+        parser.error(f"the measured trace {STEP_RESPONSE_CSV} was not found: set MOE_REFERENCE_DIR to the folder "
+                     "that holds it (shared/reference; ../shared/reference beside the repository is found without "
+                     "it)")  # fmt: skip
     return args
 
 
