@@ -34,7 +34,6 @@ import argparse
 import dataclasses
 import datetime
 import itertools
-import json
 import math
 import statistics
 import time
@@ -44,16 +43,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from _cli import check_out_file, positive_int, write_json_atomic
+from _moe_targets import judge, print_summary, read_grid, summarise
 
 from kernels import configs
 from kernels.configs import tuning
 from kernels.routing import MAX_EXPERTS, fused_route_reference, fused_route_triton
 from kernels.swiglu import grouped_swiglu_reference, grouped_swiglu_triton, tokens_per_pass
 
-DENSE_TARGET = 0.6  # fraction of dense-GEMM TFLOP/s at >= 8k tokens (issue 6)
-LOOP_TARGET = 1.5  # speedup over the per-expert loop at <= 2k tokens with >= 16 experts
-MISS_CAUSES = ("roofline", "launch", "kernel")
-LAUNCH_MARGIN = 0.05  # a miss is host-bound only where the eager call is this much slower than its graph replay
 WIDTH_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.25, 1.5, 2.0)  # as moe_runtime.config.EXPERT_WIDTH_RATIOS
 
 
@@ -130,22 +126,6 @@ def parse_args(argv: list[str] | None = None) -> Args:
         except ValueError as exc:
             parser.error(f"--summarise {args.summarise}: {exc}")
     return args
-
-
-def read_grid(path: str) -> dict:
-    """A grid JSON of this benchmark; a ValueError saying what is wrong with it."""
-    try:
-        result = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"cannot read it ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not a JSON file ({exc})") from None
-    needed = {"tokens", "experts", "top_k", "d_model", "fraction_of_dense", "speedup_vs_loop", "dense_ms",
-              "swiglu_triton_ms"}  # fmt: skip
-    cases = result.get("cases") if isinstance(result, dict) else None
-    if not isinstance(cases, list) or not all(isinstance(c, dict) and needed <= c.keys() for c in cases):
-        raise ValueError(f"not a grid of benchmarks/moe_kernels.py: give a JSON whose 'cases' have {sorted(needed)}")
-    return result
 
 
 def expert_widths(num_experts: int, base_width: int) -> tuple[int, ...]:
@@ -329,69 +309,6 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
         row["fraction_of_floor"] = row["floor_ms"] / row["swiglu_triton_ms"]
     judge(row)
     return row
-
-
-def judge(row: dict) -> None:
-    """Set the row's target and whether it is met and, for a missed dense target, why (`miss_cause`).
-
-    The dense GEMM of equal FLOPs reads one [d, n] weight; the experts' GEMMs read every used expert's weights, so
-    with few slots per expert they are memory-bound where the dense GEMM is not. `dense_ceiling` (the experts'
-    TFLOP/s at the floor over the dense GEMM's) is the largest fraction of dense that any implementation could reach
-    at the datasheet peaks (the floor is a lower bound on its time), and `floor_fraction_needed` what share of that
-    floor the target asks for. A miss is `roofline` where the ceiling is under the target, `launch` where the
-    CUDA-graph replay of the same call meets it and the eager call is at least `LAUNCH_MARGIN` slower (host time,
-    not run-to-run noise), and `kernel` otherwise.
-    """
-    for key in ("target", "target_met", "miss_cause", "dense_ceiling", "floor_fraction_needed"):  # a re-judged row
-        row.pop(key, None)
-    graph_ms = row.get("swiglu_triton_graph_ms")
-    # The same FLOPs in less time: the fraction scales with the inverse of the time.
-    graph_fraction = None if not graph_ms else row["fraction_of_dense"] * row["swiglu_triton_ms"] / graph_ms
-    row["graph_fraction_of_dense"] = graph_fraction
-    host_bound = bool(graph_ms) and row["swiglu_triton_ms"] >= (1 + LAUNCH_MARGIN) * graph_ms
-    if row.get("floor_ms") and row.get("flops"):
-        # The dense GEMM's n is rounded to 64 columns, so its FLOPs differ from the experts' by up to ~1%.
-        row["dense_ceiling"] = row["flops"] / row["floor_ms"] / 1e9 / row["dense_tflops"]
-        row["floor_fraction_needed"] = DENSE_TARGET / row["dense_ceiling"]
-    if row["tokens"] >= 8192:
-        row["target"] = f"fraction_of_dense >= {DENSE_TARGET}"
-        row["target_met"] = row["fraction_of_dense"] >= DENSE_TARGET
-        if not row["target_met"]:
-            if row.get("dense_ceiling", math.inf) < DENSE_TARGET:
-                row["miss_cause"] = "roofline"
-            elif graph_fraction is not None and graph_fraction >= DENSE_TARGET and host_bound:
-                row["miss_cause"] = "launch"
-            else:
-                row["miss_cause"] = "kernel"
-    elif row["tokens"] <= 2048 and row["experts"] >= 16:
-        row["target"] = f"speedup_vs_loop >= {LOOP_TARGET}"
-        row["target_met"] = row["speedup_vs_loop"] >= LOOP_TARGET
-
-
-def summarise(rows: list[dict]) -> dict:
-    """Targets met over the judged rows, and the missed dense targets counted by cause (`judge`)."""
-    judged = [r for r in rows if "target" in r]
-    causes = [r["miss_cause"] for r in judged if "miss_cause" in r]
-    return dict(
-        targets_met=f"{sum(r['target_met'] for r in judged)}/{len(judged)}",
-        dense_misses={cause: causes.count(cause) for cause in MISS_CAUSES},
-    )
-
-
-def print_summary(rows: list[dict], summary: dict) -> None:
-    print(f"targets met: {summary['targets_met']}")
-    misses = [r for r in rows if "miss_cause" in r]
-    if not misses:
-        return
-    print("missed dense targets (ceiling: the most any kernel could reach at the datasheet peaks; needs: the share of "
-          "that floor the target asks for):")  # fmt: skip
-    for r in misses:
-        gf, ceiling, needs = (r.get(k) for k in ("graph_fraction_of_dense", "dense_ceiling", "floor_fraction_needed"))
-        pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
-        print(f"  E={r['experts']:>2} k={r['top_k']} d={r['d_model']} T={r['tokens']:>5}: "
-              f"{r['fraction_of_dense']:.0%} of dense, graph {pct(gf)}, ceiling {pct(ceiling)}, needs {pct(needs)} "
-              f"of the floor -> {r['miss_cause']}")  # fmt: skip
-    print("  by cause: " + ", ".join(f"{c} {n}" for c, n in summary["dense_misses"].items()))
 
 
 def tune(args: Args, dtype: torch.dtype, gen: torch.Generator, result: dict, out: Path) -> None:
