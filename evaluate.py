@@ -32,7 +32,6 @@ import dataclasses
 import datetime as dt
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -48,6 +47,7 @@ from evaluate_rows import (  # noqa: F401  (part of evaluate's surface)
     COLUMNS,
     ID_COLUMNS,
     append_row,
+    atomic_open,
     check_out,
     prepare_out,
     read_rows,
@@ -292,9 +292,8 @@ def trace_path(out: Path, label: str, episode_seed: int) -> Path:
 
 
 def write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=_plain) + "\n")
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        f.write(json.dumps(data, indent=1, default=_plain) + "\n")
 
 
 def run_policies(args: Args, specs: list[PolicySpec], env_configs: dict[str, dict], out: Path) -> tuple[list, dict]:

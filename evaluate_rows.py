@@ -115,14 +115,10 @@ def repair_rows(path: Path) -> list[dict]:
             f"note: {len(dropped)} incomplete row(s) of {path} (cut short by a crash?) moved to {aside}; "
             "their episodes run again"
         )
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_open(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return rows
 
 
