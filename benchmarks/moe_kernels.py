@@ -11,9 +11,10 @@ from the GPU's peak FLOP/s and memory bandwidth.
 Grid: experts E in {8, 16, 64}, top-k in {1, 2, 8}, tokens 1k-64k, d_model {1024, 4096}, bf16; expert widths are
 `base_width` times the runtime's ratios (0.25x-2x), tiled to E experts. Each case times, by CUDA events with
 warm-up and the median of many repeats (`triton.testing.do_bench`): the expert computation (`expert_swiglu`)
-on the Triton path, the reference per-expert loop and `torch._grouped_mm` (weights zero-padded to the widest
-expert), routing on both paths, and the dense GEMM. FLOPs count 6 d f per slot on expert e (gate, up, down); the
-floor is max(FLOPs / peak FLOP/s, bytes / bandwidth) with bytes = x, the used experts' weights and the output once.
+on the Triton path (and the host's time to enqueue it, `swiglu_triton_host_ms`), the reference per-expert loop and
+`torch._grouped_mm` (weights zero-padded to the widest expert), routing on both paths, and the dense GEMM. FLOPs
+count 6 d f per slot on expert e (gate, up, down); the floor is max(FLOPs / peak FLOP/s, bytes / bandwidth) with
+bytes = x, the used experts' weights and the output once.
 Each row records the block sizes the Triton path ran with (`config`) and where they came from (`config_source`: a
 tuned table and its entry, or `default`).
 
@@ -203,6 +204,20 @@ def bench_ms(fn, args: Args) -> float:
     return float(triton.testing.do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median"))
 
 
+def host_ms(fn, repeats: int = 200) -> float:
+    """Median milliseconds the host takes to enqueue `fn` (Python, allocations, launches), the GPU idle before each
+    call so that no launch waits on a full queue. Where this exceeds the GPU time of a call plus do_bench's L2 flush
+    before it, the eager timing is host-bound."""
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    torch.cuda.synchronize()
+    return statistics.median(times) * 1e3
+
+
 def graph_ms(fn, args: Args) -> tuple[float | None, str]:
     """Median milliseconds of `fn` replayed from a captured CUDA graph (no Python or launch overhead), or None and
     why it could not be captured."""
@@ -275,6 +290,7 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
 
     with torch.inference_mode():
         row["swiglu_triton_ms"] = bench_ms(triton_fn, args)
+        row["swiglu_triton_host_ms"] = host_ms(triton_fn)
         row["swiglu_loop_ms"] = bench_ms(lambda: grouped_swiglu_reference(x, ids, w, w_up, w_down, widths), args)
         # Launch overhead shows at small batches; serving engines replay CUDA graphs there.
         row["swiglu_triton_graph_ms"], err = graph_ms(triton_fn, args)
@@ -466,7 +482,7 @@ if __name__ == "__main__":
             gm = row["grouped_mm_tflops"]
             gr = row["swiglu_triton_graph_ms"]
             print(f"E={num_experts:>2} k={top_k} d={d_model} T={num_tokens:>5}: triton {row['swiglu_triton_ms']:.3f} ms "
-                  f"(graph {'-' if gr is None else f'{gr:.3f} ms'}) "
+                  f"(graph {'-' if gr is None else f'{gr:.3f} ms'}, host {row['swiglu_triton_host_ms']:.3f} ms) "
                   f"{row['triton_tflops']:.0f} TF/s ({row['fraction_of_dense']:.0%} of dense "
                   f"{row['dense_tflops']:.0f}), loop {row['swiglu_loop_ms']:.3f} ms (x{row['speedup_vs_loop']:.2f}), "
                   f"grouped_mm {'-' if gm is None else f'{gm:.0f} TF/s'}, route {row['route_triton_ms']:.3f} vs "

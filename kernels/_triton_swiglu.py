@@ -1,10 +1,17 @@
 """Triton kernels of the grouped SwiGLU (imported only by `kernels.swiglu.grouped_swiglu_triton`; needs Triton).
 
-Both GEMMs run over the aligned index arrays of `kernels.align`: program (pid_m, pid_n) takes block pid_m of
-`sorted_token_ids` (BLOCK_SIZE_M slots, one expert) and one BLOCK_SIZE_N tile of that expert's output columns.
-Experts have different widths f_e, so the grids are sized for the widest expert and programs past an expert's
-width return at once. Programs whose block starts past `num_tokens_post_padded` return too, so the grid (sized
-from the worst case) needs no device-to-host sync. Products accumulate in fp32.
+Both GEMMs run over the aligned index arrays of `kernels.align`: a program takes one block of `sorted_token_ids`
+(BLOCK_SIZE_M slots, one expert) and one BLOCK_SIZE_N tile of that expert's output columns. Products accumulate
+in fp32. Neither grid needs a device-to-host sync: both are sized for the worst case, and programs past the work
+return at once.
+- down: program (pid_m, pid_n) for every block and every column tile of d_model (the same for all experts); the
+  programs whose block starts past `num_tokens_post_padded` return.
+- gate/up: experts have different widths f_e, so expert e has ceil(f_e / BLOCK_SIZE_N) column tiles of its own.
+  Program t takes the t-th live tile (`_live_tile`): tiles are counted segment by segment in the alignment's
+  layout order, so the programs that return at once (past the last live tile) all come at the end of the launch,
+  where they take SMs the last live tiles leave idle. With a grid of every block times the widest expert's tiles,
+  those with a narrower expert (about half of them, at widths from 0.25x to 2x) were spread through the launch,
+  each taking an SM for its few loads.
 
 Sizes that change with the batch (`numel`, `num_pid_m`, the combine's `num_tokens`) are not specialised on
 (`do_not_specialize`): Triton would otherwise compile a variant for each pattern of int arguments equal to 1 or
@@ -29,20 +36,49 @@ def _tile_ids(pid, num_pid_m, num_pid_n, GROUP_SIZE_M: tl.constexpr):
     return pid_m, pid_n
 
 
-@triton.jit(do_not_specialize=["numel", "num_pid_m"])
+@triton.jit
+def _live_tile(
+    tile, seg_ptr, order_ptr, widths_ptr,
+    NUM_EXPERTS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr,
+    GROUP_SIZE_M: tl.constexpr,
+):  # fmt: skip
+    """The `tile`-th live (block, column tile) of the gate/up GEMM: (pid_m, pid_n, expert, width, live tiles).
+
+    Segment r of the layout is expert order[r], with blocks_r = (end - start) / BLOCK_SIZE_M blocks and
+    n_r = ceil(f / BLOCK_SIZE_N) column tiles; its blocks_r * n_r tiles follow those of segments 0..r-1, in the
+    grouped order of `_tile_ids` within the segment. Past the last live tile the first four mean nothing.
+    """
+    ranks = tl.arange(0, BLOCK_E)
+    in_range = ranks < NUM_EXPERTS
+    experts = tl.load(order_ptr + ranks) & (BLOCK_E - 1)  # (BLOCK_E,) expert of each segment, as the alignment reads it
+    starts = tl.load(seg_ptr + BLOCK_E + experts)
+    blocks = (tl.load(seg_ptr + 2 * BLOCK_E + experts) - starts) // BLOCK_SIZE_M
+    widths = tl.load(widths_ptr + experts, mask=in_range, other=0)
+    tiles = tl.where(in_range, blocks * ((widths + BLOCK_SIZE_N - 1) // BLOCK_SIZE_N), 0)
+    ends = tl.cumsum(tiles, axis=0)
+    holds = (ends - tiles <= tile) & (tile < ends)  # one segment holds a live tile, none holds one past the last
+    local = tile - tl.sum(tl.where(holds, ends - tiles, 0))
+    num_blocks = tl.maximum(tl.sum(tl.where(holds, blocks, 0)), 1)
+    num_cols = tl.maximum(tl.sum(tl.where(holds, tiles, 0)) // num_blocks, 1)
+    pid_m, pid_n = _tile_ids(local, num_blocks, num_cols, GROUP_SIZE_M)
+    first_block = tl.sum(tl.where(holds, starts, 0)) // BLOCK_SIZE_M
+    expert = tl.sum(tl.where(holds, experts, 0))
+    width = tl.sum(tl.where(holds, widths, 0))
+    return first_block + pid_m, pid_n, expert, width, tl.sum(tiles, axis=0)
+
+
+@triton.jit(do_not_specialize=["numel"])
 def up_kernel(
     x_ptr,  # [T, d] token activations
     w_up_ptr,  # [d, sum 2 f_e] gate|up columns per expert
     h_ptr,  # out [T * k, f_max] silu(gate) * up per flat slot; columns >= f_e of a slot are not written
     sorted_ids_ptr,  # int32 [max_padded] flat slot per position (numel = padding)
-    expert_ids_ptr,  # int32 [num_pid_m] expert per block
-    num_post_pad_ptr,  # int32 [1] positions in use
+    seg_ptr,  # int32 [3, BLOCK_E] count, padded start, padded end of each expert's segment (kernels.align)
+    order_ptr,  # int32 [BLOCK_E] expert of the r-th segment (identity past E)
     widths_ptr,  # int32 [E] f_e
     col_starts_ptr,  # int64 [E] F_e = f_0 + ... + f_{e-1}; expert e's gate columns start at 2 F_e
     numel,  # T * k valid flat slots
     d_model,
-    num_pid_m,
-    num_pid_n,
     stride_xt,
     stride_xd,
     stride_wk,
@@ -50,6 +86,8 @@ def up_kernel(
     stride_hm,
     stride_hn,
     TOP_K: tl.constexpr,
+    NUM_EXPERTS: tl.constexpr,
+    BLOCK_E: tl.constexpr,  # next power of two >= the number of experts (the alignment's)
     WIDTH_ALIGN: tl.constexpr,  # a power of two dividing every f_e (so every F_e): lets loads vectorise
     DOT_PRECISION: tl.constexpr,
     BLOCK_SIZE_M: tl.constexpr,
@@ -58,13 +96,13 @@ def up_kernel(
     GROUP_SIZE_M: tl.constexpr,
 ):
     """h[s, n] = silu(x[s // k] @ W_gate_e[:, n]) * (x[s // k] @ W_up_e[:, n]) for the slots s of one block."""
-    pid_m, pid_n = _tile_ids(tl.program_id(0), num_pid_m, num_pid_n, GROUP_SIZE_M)
-    if pid_m * BLOCK_SIZE_M >= tl.load(num_post_pad_ptr):
+    tile = tl.program_id(0)
+    pid_m, pid_n, expert, width, num_live = _live_tile(
+        tile, seg_ptr, order_ptr, widths_ptr, NUM_EXPERTS, BLOCK_E, BLOCK_SIZE_M, BLOCK_SIZE_N, GROUP_SIZE_M
+    )
+    if tile >= num_live:
         return
-    expert = tl.load(expert_ids_ptr + pid_m)
-    width = tl.multiple_of(tl.load(widths_ptr + expert), WIDTH_ALIGN)
-    if pid_n * BLOCK_SIZE_N >= width:
-        return
+    width = tl.multiple_of(width, WIDTH_ALIGN)
     gate_col0 = tl.multiple_of(2 * tl.load(col_starts_ptr + expert), WIDTH_ALIGN)  # int64
     up_col0 = tl.multiple_of(gate_col0 + width, WIDTH_ALIGN)  # the up columns follow the f_e gate columns
 

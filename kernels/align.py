@@ -185,6 +185,30 @@ def moe_align_block_size_triton(
     """
     _check_align_args(topk_ids, block_size, num_experts)
     order = segment_order_of(segment_order, num_experts)
+    return align_triton_segments(topk_ids, block_size, num_experts, order, out)[0]
+
+
+class Segments(NamedTuple):
+    """What the Triton alignment knows beside `AlignResult`, for kernels that read the segments directly."""
+
+    table: torch.Tensor  # int32 [3, block_e]: count, padded start, padded end of each expert's segment (0 past E)
+    order: torch.Tensor  # int32 [block_e]: the expert of the r-th segment, the identity past E
+    block_e: int  # next power of two >= E: the kernels' expert axis
+
+
+def align_triton_segments(
+    topk_ids: torch.Tensor,
+    block_size: int,
+    num_experts: int,
+    order: tuple[int, ...] | None,
+    out: AlignResult | None = None,
+) -> tuple[AlignResult, Segments]:
+    """`moe_align_block_size_triton` with its arguments already checked (`order` as `segment_order_of` returns it),
+    and the segments beside the result (`kernels.swiglu` maps the gate/up GEMM's programs with them).
+
+    The outputs and the scratch of the three launches are views of one allocation (or, given `out`, the scratch
+    alone): every allocation is host time on each call.
+    """
     if num_experts > 1024:
         raise ValueError(f"moe_align_block_size_triton supports up to 1024 experts, got {num_experts}")
     device = topk_ids.device
@@ -193,51 +217,52 @@ def moe_align_block_size_triton(
 
     flat = topk_ids.reshape(-1).contiguous()
     numel = flat.numel()
+    sizes = _launch_sizes(numel, block_size, num_experts)
     if out is None:
-        out = _allocate(numel, block_size, num_experts, device)
+        buf = torch.empty(sizes.max_padded + sizes.max_blocks + 1 + sizes.scratch, dtype=torch.int32, device=device)
+        sorted_ids, expert_ids, num_post_pad, chunk_counts, chunk_base, table = buf.split_with_sizes(sizes.all_parts)
+        out = AlignResult(sorted_ids, expert_ids, num_post_pad)
     else:
         _check_out(out, numel, block_size, num_experts, device)
-    max_padded, max_blocks, block_e, chunk, num_chunks, scatter_programs = _launch_sizes(numel, block_size, num_experts)
-    chunk_counts = torch.empty(num_chunks, block_e, dtype=torch.int32, device=device)
-    chunk_base = torch.empty_like(chunk_counts)
-    segments = torch.empty(3, block_e, dtype=torch.int32, device=device)
+        scratch = torch.empty(sizes.scratch, dtype=torch.int32, device=device)
+        chunk_counts, chunk_base, table = scratch.split_with_sizes(sizes.scratch_parts)
+    block_e, chunk, num_chunks = sizes.block_e, sizes.chunk, sizes.num_chunks
+    order_table = _order_table(order, num_experts, block_e, device)
     _triton_align.count_kernel[(num_chunks,)](
         flat, chunk_counts, numel, NUM_EXPERTS=num_experts, BLOCK_E=block_e, CHUNK=chunk
     )
     _triton_align.scan_kernel[(1,)](
-        chunk_counts,
-        chunk_base,
-        segments,
-        out.num_tokens_post_padded,
-        _order_table(order, num_experts, block_e, device),
-        num_chunks,
-        BLOCK_E=block_e,
-        BLOCK_C=max(1, 4096 // block_e),
-        BLOCK_SIZE_M=block_size,
-    )
-    _triton_align.scatter_kernel[(scatter_programs,)](
-        flat,
-        chunk_base,
-        segments,
-        out.sorted_token_ids,
-        out.expert_ids,
-        numel,
-        num_chunks,
-        max_padded,
-        max_blocks,
-        NUM_EXPERTS=num_experts,
-        BLOCK_E=block_e,
-        CHUNK=chunk,
-        BLOCK_SIZE_M=block_size,
-    )
-    return out
+        chunk_counts, chunk_base, table, out.num_tokens_post_padded, order_table, num_chunks,
+        BLOCK_E=block_e, BLOCK_C=max(1, 4096 // block_e), BLOCK_SIZE_M=block_size,
+    )  # fmt: skip
+    _triton_align.scatter_kernel[(sizes.scatter_programs,)](
+        flat, chunk_base, table, out.sorted_token_ids, out.expert_ids, numel, num_chunks, sizes.max_padded,
+        sizes.max_blocks, NUM_EXPERTS=num_experts, BLOCK_E=block_e, CHUNK=chunk, BLOCK_SIZE_M=block_size,
+    )  # fmt: skip
+    return out, Segments(table, order_table, block_e)
+
+
+class _Sizes(NamedTuple):
+    max_padded: int
+    max_blocks: int
+    block_e: int
+    chunk: int  # flat slots per count/scatter program
+    num_chunks: int
+    scatter_programs: int
+    scratch: int  # int32 elements of chunk counts, chunk bases and the segment table
+    scratch_parts: tuple[int, int, int]
+    all_parts: tuple[int, ...]  # outputs then scratch, as one allocation splits
 
 
 @functools.lru_cache(maxsize=1024)
-def _launch_sizes(numel: int, block_size: int, num_experts: int) -> tuple[int, int, int, int, int, int]:
-    """(max_padded, max_blocks, BLOCK_E, CHUNK, chunks, scatter programs), once per shape: on every launch's path."""
+def _launch_sizes(numel: int, block_size: int, num_experts: int) -> _Sizes:
+    """Buffer and launch sizes, once per shape: on every launch's path."""
     max_padded, max_blocks = aligned_sizes(numel, block_size, num_experts)
     block_e = next_power_of_2(num_experts)
     chunk = max(block_size, 4096 // block_e)  # both powers of two, so a chunk is a whole number of blocks
     num_chunks = max(1, cdiv(numel, chunk))
-    return max_padded, max_blocks, block_e, chunk, num_chunks, max(num_chunks, cdiv(max_padded, chunk))
+    scratch_parts = (num_chunks * block_e, num_chunks * block_e, 3 * block_e)
+    return _Sizes(
+        max_padded, max_blocks, block_e, chunk, num_chunks, max(num_chunks, cdiv(max_padded, chunk)),
+        sum(scratch_parts), scratch_parts, (max_padded, max_blocks, 1, *scratch_parts),
+    )  # fmt: skip

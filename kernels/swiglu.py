@@ -19,7 +19,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from kernels._triton import cdiv, dot_precision, require_triton
+from kernels._triton import cdiv, dot_precision, next_power_of_2, require_triton
+from kernels.align import align_triton_segments, segment_order_of
 from kernels.configs import MoeKernelConfig, get_config
 
 # Token-expert slots (tokens x k) per pass of the Triton path: bounds the intermediates (slots x (max f_e + d)
@@ -207,7 +208,6 @@ def grouped_swiglu_triton(
     device = x.device
     require_triton(device, "grouped_swiglu_triton")
     from kernels import _triton_swiglu
-    from kernels.align import moe_align_block_size_triton, segment_order_of
 
     num_tokens, d_model = x.shape
     top_k = topk_ids.shape[1]
@@ -238,13 +238,12 @@ def grouped_swiglu_triton(
         xs, ids, wts, outs = (x, topk_ids, topk_weights, out) if whole else (
             x[t0:t1], topk_ids[t0:t1], topk_weights[t0:t1], out[t0:t1]
         )  # fmt: skip
-        aligned = moe_align_block_size_triton(ids, cfg.block_size_m, plan.num_experts, segment_order=order)
+        aligned, segments = align_triton_segments(ids, cfg.block_size_m, plan.num_experts, order)
         num_pid_m = aligned.expert_ids.numel()
         ys = outs if y is None else (y if numel == y.shape[0] else y[:numel])  # k = 1: slot s is token s
-        _triton_swiglu.up_kernel[(num_pid_m * plan.n_up,)](
-            xs, w_up, h, aligned.sorted_token_ids, aligned.expert_ids, aligned.num_tokens_post_padded,
-            plan.widths_t, plan.offsets_t, numel, d_model, num_pid_m, plan.n_up,
-            xs.stride(0), xs.stride(1), w_up.stride(0), w_up.stride(1), h.stride(0), h.stride(1),
+        _triton_swiglu.up_kernel[(plan.up_programs(numel),)](
+            xs, w_up, h, aligned.sorted_token_ids, segments.table, segments.order, plan.widths_t, plan.offsets_t,
+            numel, d_model, xs.stride(0), xs.stride(1), w_up.stride(0), w_up.stride(1), h.stride(0), h.stride(1),
             TOP_K=top_k, **plan.meta_up,
         )  # fmt: skip
         _triton_swiglu.down_kernel[(num_pid_m * plan.n_down,)](
@@ -270,13 +269,21 @@ class _LaunchPlan(NamedTuple):
     h_pitch: int  # row pitch of h (elements): max f_e rounded up to 64
     widths_t: torch.Tensor  # int32 [E] f_e on the device
     offsets_t: torch.Tensor  # int64 [E] F_e on the device
-    n_up: int  # column tiles of the gate/up grid (widest expert)
+    block_m: int  # BLOCK_SIZE_M: rows of a block, as aligned
+    n_up: int  # column tiles of the widest expert's gate/up
+    up_tiles_per_block_sum: int  # sum over experts of their gate/up column tiles
     n_down: int  # column tiles of the down grid (d_model)
     meta_up: dict  # constexprs and launch options of the gate/up GEMM
     meta_down: dict  # the same for the down GEMM (its column tile may differ)
     block_t: int  # combine tile
     block_d: int
     combine_cols: int
+
+    def up_programs(self, numel: int) -> int:
+        """Programs of the gate/up launch for `numel` slots: the most live tiles they can make, sum over experts of
+        ceil(c_e / BLOCK_SIZE_M) blocks x n_e column tiles, bounded without the counts c_e (no device sync):
+        n_max tiles for every whole block of slots, and each expert's own tiles once more for its last block."""
+        return self.n_up * (numel // self.block_m) + self.up_tiles_per_block_sum
 
 
 @functools.lru_cache(maxsize=256)
@@ -300,8 +307,11 @@ def _launch_plan(
     return _LaunchPlan(
         num_experts=len(widths), widest_first=widest_first(widths), max_width=max_width,
         h_pitch=cdiv(max_width, 64) * 64, widths_t=widths_t, offsets_t=offsets_t,
-        n_up=cdiv(max_width, cfg.block_size_n),
-        n_down=cdiv(d_model, cfg.down_block_size_n), meta_up=dict(meta, BLOCK_SIZE_N=cfg.block_size_n),
+        block_m=cfg.block_size_m, n_up=cdiv(max_width, cfg.block_size_n),
+        up_tiles_per_block_sum=sum(cdiv(f, cfg.block_size_n) for f in widths),
+        n_down=cdiv(d_model, cfg.down_block_size_n),
+        meta_up=dict(meta, BLOCK_SIZE_N=cfg.block_size_n, NUM_EXPERTS=len(widths),
+                     BLOCK_E=next_power_of_2(len(widths))),
         meta_down=dict(meta, BLOCK_SIZE_N=cfg.down_block_size_n), block_t=block_t, block_d=block_d,
         combine_cols=cdiv(d_model, block_d),
     )  # fmt: skip

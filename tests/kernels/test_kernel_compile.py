@@ -125,7 +125,7 @@ GEMM_CASES = [("sm90", torch.bfloat16, 16384), ("sm90", torch.bfloat16, 256), ("
 def compile_gemms(cfg, dtype: torch.dtype, cap: int):
     """(gate/up kernel, down kernel) compiled for `cuda:cap` with the tiles of `cfg`, specialised as a launch."""
     t = TL_TYPES[dtype]
-    index = {"sorted_ids_ptr": "*i32", "expert_ids_ptr": "*i32", "num_post_pad_ptr": "*i32", "widths_ptr": "*i32"}
+    index = {"sorted_ids_ptr": "*i32", "widths_ptr": "*i32"}
     meta = dict(
         DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
         BLOCK_SIZE_M=cfg.block_size_m,
@@ -134,14 +134,16 @@ def compile_gemms(cfg, dtype: torch.dtype, cap: int):
     )
     up = compile_kernel(
         _triton_swiglu.up_kernel,
-        {"x_ptr": f"*{t}", "w_up_ptr": f"*{t}", "h_ptr": f"*{t}", "col_starts_ptr": "*i64", **index},
-        dict(TOP_K=2, WIDTH_ALIGN=16, stride_xd=1, stride_wn=1, stride_hn=1, BLOCK_SIZE_N=cfg.block_size_n, **meta),
+        {"x_ptr": f"*{t}", "w_up_ptr": f"*{t}", "h_ptr": f"*{t}", "col_starts_ptr": "*i64", "seg_ptr": "*i32",
+         "order_ptr": "*i32", **index},
+        dict(TOP_K=2, NUM_EXPERTS=8, BLOCK_E=8, WIDTH_ALIGN=16, stride_xd=1, stride_wn=1, stride_hn=1,
+             BLOCK_SIZE_N=cfg.block_size_n, **meta),
         cap, cfg.num_warps, cfg.num_stages,
     )  # fmt: skip
     down = compile_kernel(
         _triton_swiglu.down_kernel,
         {"h_ptr": f"*{t}", "w_down_ptr": f"*{t}", "y_ptr": f"*{t}", "topk_weights_ptr": f"*{t}",
-         "row_starts_ptr": "*i64", **index},
+         "row_starts_ptr": "*i64", "expert_ids_ptr": "*i32", "num_post_pad_ptr": "*i32", **index},
         dict(WIDTH_ALIGN=16, stride_hk=1, stride_wn=1, stride_yn=1, BLOCK_SIZE_N=cfg.down_block_size_n, **meta),
         cap, cfg.num_warps, cfg.num_stages,
     )  # fmt: skip
@@ -224,9 +226,10 @@ def test_batch_sizes_share_one_compiled_variant():
             seen.add(tuple(map(str, spec)))
         return seen
 
-    up_args = lambda numel, pid_m: [bf16, bf16, bf16, i32, i32, i32, i32, i64, numel, 1024, pid_m, 16,  # noqa: E731
+    up_args = lambda numel, pid_m: [bf16, bf16, bf16, i32, i32, i32, i32, i64, numel, 1024,  # noqa: E731
                                     1024, 1, 4096, 1, 2048, 1]  # fmt: skip
     down_args = lambda numel, pid_m: [bf16, bf16, bf16, bf16, i32, i32, i32, i32, i64, numel, 1024, pid_m, 8,  # noqa: E731
                                       2048, 1, 1024, 1, 1024, 1]  # fmt: skip
-    assert len(variants(_triton_swiglu.up_kernel, up_args, dict(TOP_K=2, WIDTH_ALIGN=16, **meta))) == 1
+    up_meta = dict(TOP_K=2, NUM_EXPERTS=8, BLOCK_E=8, WIDTH_ALIGN=16, **meta)
+    assert len(variants(_triton_swiglu.up_kernel, up_args, up_meta)) == 1
     assert len(variants(_triton_swiglu.down_kernel, down_args, dict(WIDTH_ALIGN=16, **meta))) == 1

@@ -259,9 +259,11 @@ def test_grid_case_records_its_tiles_and_where_they_came_from(monkeypatch, fake_
     mk, _ = fake_gpu
     monkeypatch.setattr(mk, "bench_ms", lambda fn, args: 1.0)
     monkeypatch.setattr(mk, "graph_ms", lambda fn, args: (0.5, ""))
+    monkeypatch.setattr(mk, "host_ms", lambda fn: 0.25)
     monkeypatch.setattr(mk, "dense_gemm_ms", lambda args, rows, d, flops, dtype: ([rows, d, 64], 0.5))
     configs.clear_cache()
     row = mk.run_case(mk.Args(), 4096, 8, 2, 64, torch.float32, None, None)
+    assert row["swiglu_triton_host_ms"] == 0.25
     assert row["config_source"] == "default"
     assert row["config"] == configs.default_config(4096, 8, 2, torch.float32, 232448).to_json()
     assert row["fraction_of_dense"] > 0 and "target" not in row  # 4k tokens over 8 experts: neither target

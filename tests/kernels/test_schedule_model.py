@@ -49,7 +49,22 @@ def test_widest_first_shortens_a_ragged_down_launch(tmp_path):
     before, after = row["expert"], row["widest_first"]
     assert after["down_over_balanced"] < before["down_over_balanced"] - 0.1
     assert after["up_over_balanced"] == pytest.approx(before["up_over_balanced"], rel=0.05)
-    assert 0.8 < row["call_time_ratio"] < 1.0
+    assert 0.8 < row["call_time_ratio"] <= row["call_time_ratio_widest_first"] < 1.0
+
+
+def test_live_tiles_only_take_the_idle_programs_out_of_the_gate_up_launch(model):
+    from kernels.configs import MoeKernelConfig
+
+    widths = [256, 2048] * 4  # half the experts a quarter as wide as the widest: most of their column tiles idle
+    cfg = MoeKernelConfig(64, 128, 64, 4, num_warps=4, num_stages=3)
+    blocks = [e for e in model.widest_first(widths) for _ in range(3)]  # 3 blocks an expert, widest first
+    order = model.compact_order(blocks, widths, 128, 4)
+    assert len(order) == len(set(order)) == 3 * (2 + 16) * 4  # every live tile once
+    assert [blocks[m] for m, _ in order] == sorted((blocks[m] for m, _ in order), key=blocks.index)  # by segment
+    free = [model.launch_ratios(blocks, widths, 1024, cfg, compact, 0.0)["up"] for compact in (False, True)]
+    costly = [model.launch_ratios(blocks, widths, 1024, cfg, compact, 4.0)["up"] for compact in (False, True)]
+    assert free[0] == pytest.approx(free[1], rel=0.02)  # idle programs that cost nothing: the same launch
+    assert costly[1] < costly[0] - 0.05
 
 
 def test_a_bad_grid_is_named(tmp_path):

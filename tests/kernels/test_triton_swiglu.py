@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from kernels import swiglu
+from kernels._triton_swiglu import _live_tile
+from kernels.align import align_triton_segments
 from kernels.configs import MoeKernelConfig, force_config
 from kernels.routing import fused_route_reference, fused_route_triton
 from kernels.swiglu import grouped_swiglu_reference, grouped_swiglu_triton
@@ -97,12 +101,10 @@ def test_swiglu_passes_and_strided_input(gen, make_topk_ids, monkeypatch):
 def test_swiglu_passes_are_bounded_in_slots(gen, make_topk_ids, monkeypatch, top_k, passes):
     """A pass holds SLOTS_PER_PASS token-expert slots whatever k is (top-1 runs as one pass where top-4 needs four),
     and each pass looks its block sizes up by its own token count."""
-    import kernels.align
-
     monkeypatch.setattr(swiglu, "SLOTS_PER_PASS", 32)
     aligned_slots, lookups = [], []
-    real_align, real_get_config = kernels.align.moe_align_block_size_triton, swiglu.get_config
-    monkeypatch.setattr(kernels.align, "moe_align_block_size_triton",
+    real_align, real_get_config = swiglu.align_triton_segments, swiglu.get_config
+    monkeypatch.setattr(swiglu, "align_triton_segments",
                         lambda ids, *a, **kw: aligned_slots.append(ids.numel()) or real_align(ids, *a, **kw))  # fmt: skip
     monkeypatch.setattr(swiglu, "get_config", lambda t, *a: lookups.append(t) or real_get_config(t, *a))
     widths, d_model, num_tokens = (16, 24, 32, 8), 16, 30
@@ -120,13 +122,11 @@ def test_swiglu_passes_are_bounded_in_slots(gen, make_topk_ids, monkeypatch, top
 
 def test_swiglu_starts_the_widest_experts_first_and_any_order_gives_the_same_result(gen, make_topk_ids, monkeypatch):
     """The default segment order is widest first (ties in expert order); the order moves programs, not results."""
-    import kernels.align
-
     orders = []
-    real_align = kernels.align.moe_align_block_size_triton
-    monkeypatch.setattr(kernels.align, "moe_align_block_size_triton",
-                        lambda *a, segment_order, **kw: orders.append(segment_order) or real_align(
-                            *a, segment_order=segment_order, **kw))  # fmt: skip
+    real_align = swiglu.align_triton_segments
+    monkeypatch.setattr(swiglu, "align_triton_segments",
+                        lambda ids, block_size, num_experts, order: orders.append(order) or real_align(
+                            ids, block_size, num_experts, order))  # fmt: skip
     widths, d_model, num_tokens, top_k = (16, 48, 24, 48, 8), 16, 33, 2
     x = torch.randn(num_tokens, d_model, generator=gen)
     topk_ids = make_topk_ids(num_tokens, len(widths), top_k, "skewed")
@@ -183,3 +183,62 @@ def test_swiglu_bad_expert_ids_stay_inside_their_tokens(gen, top_k):
     good = [t for t in range(num_tokens) if t not in bad_tokens]
     want = grouped_swiglu_reference(x[good], topk_ids[good], weights[good], w_up, w_down, widths)
     torch.testing.assert_close(buf[guard:-guard][good], want, rtol=RTOL, atol=ATOL)
+
+
+
+@triton.jit
+def map_live_tiles(seg_ptr, order_ptr, widths_ptr, out_ptr, NUM_EXPERTS: tl.constexpr, BLOCK_E: tl.constexpr,
+                   BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, GROUP_SIZE_M: tl.constexpr):  # fmt: skip
+    """out[t] = (pid_m, pid_n, expert, width, live tiles) of program t of the gate/up launch."""
+    tile = tl.program_id(0)
+    pid_m, pid_n, expert, width, num_live = _live_tile(
+        tile, seg_ptr, order_ptr, widths_ptr, NUM_EXPERTS, BLOCK_E, BLOCK_SIZE_M, BLOCK_SIZE_N, GROUP_SIZE_M
+    )
+    tl.store(out_ptr + tile * 5 + 0, pid_m)
+    tl.store(out_ptr + tile * 5 + 1, pid_n)
+    tl.store(out_ptr + tile * 5 + 2, expert)
+    tl.store(out_ptr + tile * 5 + 3, width)
+    tl.store(out_ptr + tile * 5 + 4, num_live)
+
+
+# (id, tokens, expert widths, top_k, load, BLOCK_SIZE_M, BLOCK_SIZE_N, GROUP_SIZE_M)
+LIVE_TILE_CASES = [
+    ("ragged_64_experts", 300, tuple(16 * (1 + e % 8) for e in range(64)), 2, "skewed", 16, 32, 4),
+    ("empty_expert", 90, (48, 16, 80, 32, 64), 2, "empty", 16, 16, 2),
+    ("all_on_one_expert", 70, (32, 96, 16), 1, "one", 16, 32, 8),
+    ("one_column_tile_each", 40, (16, 16, 16), 3, "uniform", 32, 64, 1),
+    ("non_power_of_two_experts", 123, (40, 24, 8, 56, 16, 48, 32), 3, "uniform", 16, 16, 4),
+]
+
+
+@pytest.mark.parametrize(("num_tokens", "widths", "top_k", "load", "block_m", "block_n", "group_m"),
+                         [c[1:] for c in LIVE_TILE_CASES], ids=[c[0] for c in LIVE_TILE_CASES])  # fmt: skip
+def test_gate_up_programs_take_every_live_tile_once_in_segment_order(
+    gen, make_topk_ids, num_tokens, widths, top_k, load, block_m, block_n, group_m
+):
+    """The gate/up launch's program -> tile map (`_live_tile`): every (block, column tile) of an expert's width taken
+    by exactly one program, the programs in the alignment's segment order, none past the last live tile, and the
+    launch (`up_programs`, sized without the counts) large enough for all of them."""
+    num_experts = len(widths)
+    topk_ids = make_topk_ids(num_tokens, num_experts, top_k, load)
+    order = swiglu.widest_first(widths)
+    aligned, segments = align_triton_segments(topk_ids, block_m, num_experts, order)
+    plan = swiglu._launch_plan(MoeKernelConfig(block_m, block_n, 16, group_m, num_warps=4, num_stages=2), 16, widths,
+                               torch.float32, torch.device("cpu"), False)  # fmt: skip
+    programs = plan.up_programs(topk_ids.numel())
+    got = torch.full((programs, 5), -7, dtype=torch.int32)
+    map_live_tiles[(programs,)](segments.table, segments.order, plan.widths_t, got, NUM_EXPERTS=num_experts,
+                                BLOCK_E=segments.block_e, BLOCK_SIZE_M=block_m, BLOCK_SIZE_N=block_n,
+                                GROUP_SIZE_M=group_m)  # fmt: skip
+
+    used_blocks = int(aligned.num_tokens_post_padded) // block_m
+    block_experts = aligned.expert_ids[:used_blocks].tolist()
+    want = {(b, n) for b, e in enumerate(block_experts) for n in range(-(-widths[e] // block_n))}
+    num_live = int(got[0, 4])
+    assert num_live == len(want) <= programs
+    assert (got[:, 4] == num_live).all()
+    live = got[:num_live].tolist()
+    assert sorted((m, n) for m, n, *_ in live) == sorted(want)  # each tile once
+    assert all(e == block_experts[m] and w == widths[e] for m, _, e, w, _ in live)
+    rank = {e: r for r, e in enumerate(order)}
+    assert [rank[e] for _, _, e, _, _ in live] == sorted(rank[e] for _, _, e, _, _ in live)  # segment by segment
