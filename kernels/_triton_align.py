@@ -1,4 +1,4 @@
-"""Triton kernels of the token alignment (imported only by `kernels.align.moe_align_block_size_triton`).
+"""Triton kernels of the token alignment (imported only by `kernels.align.align_triton_segments`).
 
 Three launches, no atomics, so the order is deterministic: within an expert, slots keep their flat order (a stable
 sort by expert), exactly as the PyTorch reference.
