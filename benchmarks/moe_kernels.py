@@ -433,8 +433,11 @@ if __name__ == "__main__":
     device = configs.device_name("cuda" if on_gpu else "cpu")
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     out = Path(args.out or f"results/moe_kernels/{device}__{date[:10]}{'__tune' if args.tune else ''}.json")
+    # Which kernels were timed: scripts/gpu_kernels.sh can put an earlier version first on the path (KERNELS_FROM).
+    kernels_dir = Path(configs.__file__).resolve().parents[1]
     result = dict(benchmark="moe_kernels", date=date, device=device, figures="measured", torch=torch.__version__,
-                  args=dataclasses.asdict(args))  # fmt: skip
+                  kernels=str(kernels_dir.relative_to(Path.cwd().resolve()) if kernels_dir.is_relative_to(
+                      Path.cwd().resolve()) else kernels_dir), args=dataclasses.asdict(args))  # fmt: skip
 
     if args.summarise:
         result = read_grid(args.summarise)

@@ -2,10 +2,13 @@
 # Python if there is one), and the wheels in .whl/ installed to /tmp/site where the packages they hold are missing
 # (the device tool's machines have no package index: gymnasium, farama-notifications, stable-baselines3, arch,
 # pandas<3 with pytz and tzdata, and rliable travel as wheels; name .whl in the call's `carry`).
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# KERNELS_FROM=DIR (relative to the repository) imports `kernels` from DIR before the repository's: an earlier version
+# unpacked there (`git archive COMMIT kernels | tar -x -C DIR`, untracked, so the device tool carries it) is timed
+# beside this one in the same call, on the same card.
+export PYTHONUNBUFFERED=1 PYTHONPATH="${KERNELS_FROM:+$PWD/$KERNELS_FROM:}$PWD${PYTHONPATH:+:$PYTHONPATH}"
 unset TRITON_INTERPRET
 PY=python3
-[ -x .venv/bin/python ] && PY=.venv/bin/python
+[ -x .venv/bin/python ] && PY=$PWD/.venv/bin/python
 if [ -d .whl ] && ! $PY -c "import gymnasium, stable_baselines3; from rliable import library" 2>/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1

@@ -13,7 +13,8 @@
 #   bash scripts/gpu_kernels.sh grid [OUT]   # the benchmark grid with the tables in kernels/configs/: OUT/grid.json
 # OUT defaults to $OUT (the device tool's folder) or results/gpu/kernels/<date>. Logs go to OUT/<step>.log. Arguments
 # after OUT go to the step's command (later flags win), e.g. `bash scripts/gpu_kernels.sh tune "$OUT" --experts 64`
-# to split the tuning over two calls. The device tool brings back at most 8 files a call, named in letters, digits,
+# to split the tuning over two calls. `KERNELS_FROM=DIR bash scripts/gpu_kernels.sh grid OUT2` times the kernels
+# unpacked in DIR instead (scripts/device_env.sh): an A/B of two versions in one call. The device tool brings back at most 8 files a call, named in letters, digits,
 # '.', '_' and '-' alone: a step leaves at most 3 in OUT (<step>.device.txt, <step>.log, its JSON); the tuner writes
 # its tables (`E=8,N=2048,k=1,device_name=...json`) to the machine's /tmp instead, to be rebuilt here from the
 # report by `install`. The report is rewritten after each token count, so a call stopped at its limit keeps what it
@@ -32,7 +33,8 @@ out=${2:-${OUT:-results/gpu/kernels/$(date +%F)}}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.sm,clocks.max.sm,temperature.gpu --format=csv 2>/dev/null \
     | tee "$out/$step.device.txt"
-$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/$step.device.txt"
+(cd / && $PY -c "import kernels, torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'kernels', \
+    kernels.__file__)") | tee -a "$out/$step.device.txt"  # from /: the kernels PYTHONPATH gives, not the working dir's
 run() {  # run a command, its output to the screen and OUT/<step>.log; its exit status
     "$@" 2>&1 | tee "$out/$step.log"
     return "${PIPESTATUS[0]}"
