@@ -12,8 +12,8 @@ Worked example: topk_ids = [[2, 0], [1, 2], [2, 1]] (T = 3, k = 2), num_experts 
     expert_ids = [0, 1, 2, -1, -1]
     num_tokens_post_padded = [12]
 Within an expert, slots keep their flat order (a stable sort), so the Triton kernel and the reference agree exactly.
-Unlike vLLM (which leaves unused blocks at expert 0), unused blocks say -1; the GEMMs stop at
-`num_tokens_post_padded` and never read them.
+Unlike vLLM (which leaves unused blocks at expert 0), unused blocks say -1; the GEMMs never read them (the down GEMM
+stops at `num_tokens_post_padded`, the gate/up GEMM at the last segment of `align_triton_segments`' table).
 
 Segments are laid out in expert order unless `segment_order` says otherwise: with segment_order = (2, 0, 1, 3) the
 example's segments start at 4, 8, 0, 12 (expert 2's first), sorted_token_ids = [0, 3, 4, 6,  1, 6, 6, 6,  2, 5, 6, 6,
@@ -191,7 +191,7 @@ def moe_align_block_size_triton(
 class Segments(NamedTuple):
     """What the Triton alignment knows beside `AlignResult`, for kernels that read the segments directly."""
 
-    table: torch.Tensor  # int32 [3, block_e]: count, padded start, padded end of each expert's segment (0 past E)
+    table: torch.Tensor  # int32, flat [3 * block_e] and up: count, padded start, padded end of each expert's segment
     order: torch.Tensor  # int32 [block_e]: the expert of the r-th segment, the identity past E
     block_e: int  # next power of two >= E: the kernels' expert axis
 
@@ -207,7 +207,9 @@ def align_triton_segments(
     and the segments beside the result (`kernels.swiglu` maps the gate/up GEMM's programs with them).
 
     The outputs and the scratch of the three launches are views of one allocation (or, given `out`, the scratch
-    alone): every allocation is host time on each call.
+    alone): every allocation is host time on each call. Each view starts on a 16-byte boundary, as a buffer of its
+    own would: Triton specialises a pointer argument on that, and an offset that moved with the batch size would
+    compile another variant of every kernel reading it.
     """
     if num_experts > 1024:
         raise ValueError(f"moe_align_block_size_triton supports up to 1024 experts, got {num_experts}")
@@ -219,12 +221,14 @@ def align_triton_segments(
     numel = flat.numel()
     sizes = _launch_sizes(numel, block_size, num_experts)
     if out is None:
-        buf = torch.empty(sizes.max_padded + sizes.max_blocks + 1 + sizes.scratch, dtype=torch.int32, device=device)
-        sorted_ids, expert_ids, num_post_pad, chunk_counts, chunk_base, table = buf.split_with_sizes(sizes.all_parts)
+        buf = torch.empty(sum(sizes.all_parts), dtype=torch.int32, device=device)
+        sorted_ids, _, expert_ids, _, num_post_pad, _, chunk_counts, chunk_base, table = buf.split_with_sizes(
+            sizes.all_parts
+        )
         out = AlignResult(sorted_ids, expert_ids, num_post_pad)
     else:
         _check_out(out, numel, block_size, num_experts, device)
-        scratch = torch.empty(sizes.scratch, dtype=torch.int32, device=device)
+        scratch = torch.empty(sum(sizes.scratch_parts), dtype=torch.int32, device=device)
         chunk_counts, chunk_base, table = scratch.split_with_sizes(sizes.scratch_parts)
     block_e, chunk, num_chunks = sizes.block_e, sizes.chunk, sizes.num_chunks
     order_table = _order_table(order, num_experts, block_e, device)
@@ -249,9 +253,8 @@ class _Sizes(NamedTuple):
     chunk: int  # flat slots per count/scatter program
     num_chunks: int
     scatter_programs: int
-    scratch: int  # int32 elements of chunk counts, chunk bases and the segment table
-    scratch_parts: tuple[int, int, int]
-    all_parts: tuple[int, ...]  # outputs then scratch, as one allocation splits
+    scratch_parts: tuple[int, int, int]  # chunk counts, chunk bases, segment table: int32 elements, 16-byte multiples
+    all_parts: tuple[int, ...]  # each output and the gap to the next 16 bytes, then the scratch: one allocation
 
 
 @functools.lru_cache(maxsize=1024)
@@ -261,8 +264,9 @@ def _launch_sizes(numel: int, block_size: int, num_experts: int) -> _Sizes:
     block_e = next_power_of_2(num_experts)
     chunk = max(block_size, 4096 // block_e)  # both powers of two, so a chunk is a whole number of blocks
     num_chunks = max(1, cdiv(numel, chunk))
-    scratch_parts = (num_chunks * block_e, num_chunks * block_e, 3 * block_e)
+    scratch_parts = tuple(cdiv(n, 4) * 4 for n in (num_chunks * block_e, num_chunks * block_e, 3 * block_e))
+    outputs = tuple(part for n in (max_padded, max_blocks, 1) for part in (n, cdiv(n, 4) * 4 - n))
     return _Sizes(
-        max_padded, max_blocks, block_e, chunk, num_chunks, max(num_chunks, cdiv(max_padded, chunk)),
-        sum(scratch_parts), scratch_parts, (max_padded, max_blocks, 1, *scratch_parts),
+        max_padded, max_blocks, block_e, chunk, num_chunks, max(num_chunks, cdiv(max_padded, chunk)), scratch_parts,
+        outputs + scratch_parts,
     )  # fmt: skip

@@ -78,9 +78,16 @@ def compact_order(block_experts: list[int], widths: list[int], block_n: int, gro
 
 
 def launch_ratios(
-    block_experts: list[int], widths: list[int], d_model: int, cfg: MoeKernelConfig, compact: bool, idle_k_steps: float
+    block_experts: list[int],
+    widths: list[int],
+    d_model: int,
+    cfg: MoeKernelConfig,
+    compact: bool,
+    idle_k_steps: float,
+    num_slots: int,
 ) -> dict:
-    """Each launch's makespan over its balanced time (live work / places), for blocks owned by `block_experts`."""
+    """Each launch's makespan over its balanced time (live work / places), for blocks owned by `block_experts`
+    aligned from `num_slots` token-expert slots (the compact launch's size depends on it)."""
     bm, bk = cfg.block_size_m, cfg.block_size_k
     out = {}
     for name, bn, num_pid_n in (
@@ -93,7 +100,9 @@ def launch_ratios(
         live_cost = [bm * bn * ((2 * d_model if name == "up" else f) + OVERHEAD_K_STEPS * bk) / 1e9 for f in widths]
         if name == "up" and compact:
             live = [live_cost[block_experts[m]] for m, _ in compact_order(block_experts, widths, bn, cfg.group_size_m)]
-            num_idle = len(block_experts) * num_pid_n - len(live)  # the launch is sized as the full grid or more
+            # The launch's size, as `kernels.swiglu` sizes it without the counts (`_LaunchPlan.up_programs`).
+            num_programs = num_pid_n * (num_slots // bm) + sum(math.ceil(f / bn) for f in widths)
+            num_idle = num_programs - len(live)
         else:
             live, num_idle = [], 0
         costs = list(live)
@@ -126,7 +135,8 @@ def model_case(case: dict, seed: int, idle_k_steps: float) -> dict:
         order = widest_first(widths) if widest else None
         aligned = moe_align_block_size_reference(ids, cfg.block_size_m, experts, segment_order=order)
         used = int(aligned.num_tokens_post_padded) // cfg.block_size_m
-        ratios = launch_ratios(aligned.expert_ids[:used].tolist(), widths, d_model, cfg, compact, idle_k_steps)
+        ratios = launch_ratios(aligned.expert_ids[:used].tolist(), widths, d_model, cfg, compact, idle_k_steps,
+                               ids.numel())  # fmt: skip
         row[name] = {f"{k}_over_balanced": v for k, v in ratios.items()}
     # Down is a third of the FLOPs (2 d f of the 6 d f per slot): the whole call's predicted change if each launch
     # takes time in proportion to its makespan.

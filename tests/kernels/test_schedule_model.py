@@ -61,8 +61,10 @@ def test_live_tiles_only_take_the_idle_programs_out_of_the_gate_up_launch(model)
     order = model.compact_order(blocks, widths, 128, 4)
     assert len(order) == len(set(order)) == 3 * (2 + 16) * 4  # every live tile once
     assert [blocks[m] for m, _ in order] == sorted((blocks[m] for m, _ in order), key=blocks.index)  # by segment
-    free = [model.launch_ratios(blocks, widths, 1024, cfg, compact, 0.0)["up"] for compact in (False, True)]
-    costly = [model.launch_ratios(blocks, widths, 1024, cfg, compact, 4.0)["up"] for compact in (False, True)]
+    free = [model.launch_ratios(blocks, widths, 1024, cfg, compact, 0.0, 3 * 64 * 8)["up"] for compact in (False, True)]
+    costly = [
+        model.launch_ratios(blocks, widths, 1024, cfg, compact, 4.0, 3 * 64 * 8)["up"] for compact in (False, True)
+    ]
     assert free[0] == pytest.approx(free[1], rel=0.02)  # idle programs that cost nothing: the same launch
     assert costly[1] < costly[0] - 0.05
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.align import AlignResult, aligned_sizes, moe_align_block_size_reference, moe_align_block_size_triton
+from kernels.align import (
+    AlignResult,
+    align_triton_segments,
+    aligned_sizes,
+    moe_align_block_size_reference,
+    moe_align_block_size_triton,
+)
 
 pytestmark = pytest.mark.triton
 
@@ -159,3 +165,17 @@ def test_align_worked_example_in_another_segment_order():
 def test_align_refuses_a_segment_order_that_is_not_a_permutation(align, bad):
     with pytest.raises(ValueError, match=r"segment_order must be a permutation of range\(4\), got"):
         align(torch.tensor([[2, 0], [1, 2]]), 4, 4, segment_order=bad)
+
+
+@pytest.mark.parametrize("num_experts", [3, 8, 64])
+def test_align_buffers_start_16_byte_aligned_at_every_batch_size(make_topk_ids, num_experts):
+    """The outputs and scratch share one allocation; each view starts on 16 bytes whatever the batch size, as Triton
+    specialises pointers on that (an offset that moved with the batch would compile new kernel variants)."""
+    for num_tokens in range(1, 9):
+        topk_ids = make_topk_ids(num_tokens, num_experts, 1, "uniform")
+        aligned, segments = align_triton_segments(topk_ids, 16, num_experts, None)
+        views = {**aligned._asdict(), "table": segments.table}
+        assert {name: t.data_ptr() % 16 for name, t in views.items()} == dict.fromkeys(views, 0), num_tokens
+        sizes = (aligned.sorted_token_ids.numel(), aligned.expert_ids.numel())
+        assert sizes == aligned_sizes(num_tokens, 16, num_experts)
+        assert segments.table.numel() >= 3 * segments.block_e

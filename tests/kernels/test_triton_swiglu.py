@@ -192,7 +192,7 @@ def map_live_tiles(seg_ptr, order_ptr, widths_ptr, out_ptr, NUM_EXPERTS: tl.cons
     """out[t] = (pid_m, pid_n, expert, width, live tiles) of program t of the gate/up launch."""
     tile = tl.program_id(0)
     pid_m, pid_n, expert, width, num_live = _live_tile(
-        tile, seg_ptr, order_ptr, widths_ptr, NUM_EXPERTS, BLOCK_E, BLOCK_SIZE_M, BLOCK_SIZE_N, GROUP_SIZE_M
+        tile, seg_ptr, order_ptr, widths_ptr, NUM_EXPERTS, BLOCK_E, 8, BLOCK_SIZE_M, BLOCK_SIZE_N, GROUP_SIZE_M
     )
     tl.store(out_ptr + tile * 5 + 0, pid_m)
     tl.store(out_ptr + tile * 5 + 1, pid_n)
