@@ -14,11 +14,11 @@
 # OUT defaults to $OUT (the device tool's folder) or results/gpu/kernels/<date>. Logs go to OUT/<step>.log. Arguments
 # after OUT go to the step's command (later flags win), e.g. `bash scripts/gpu_kernels.sh tune "$OUT" --experts 64`
 # to split the tuning over two calls. `KERNELS_FROM=DIR bash scripts/gpu_kernels.sh grid OUT2` times the kernels
-# unpacked in DIR instead (scripts/device_env.sh): an A/B of two versions in one call. The device tool brings back at most 8 files a call, named in letters, digits,
-# '.', '_' and '-' alone: a step leaves at most 3 in OUT (<step>.device.txt, <step>.log, its JSON); the tuner writes
-# its tables (`E=8,N=2048,k=1,device_name=...json`) to the machine's /tmp instead, to be rebuilt here from the
-# report by `install`. The report is rewritten after each token count, so a call stopped at its limit keeps what it
-# tuned.
+# unpacked in DIR instead (scripts/device_env.sh): an A/B of two versions in one call. The device tool brings back at
+# most 8 files a call, named in letters, digits, '.', '_' and '-' alone: a step leaves at most 3 in OUT
+# (<step>.device.txt, <step>.log, its JSON); the tuner writes its tables (`E=8,N=2048,k=1,device_name=...json`) to
+# the machine's /tmp instead, to be rebuilt here from the report by `install`. The report is rewritten after each
+# token count, so a call stopped at its limit keeps what it tuned.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 step=${1:-}

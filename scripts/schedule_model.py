@@ -98,24 +98,21 @@ def launch_ratios(
         per_sm = max(1, SMEM_BYTES // (cfg.num_stages * stage_bytes))
         # Live programs' costs by expert (the gate/up reduction runs over d for both halves, down's over f_e).
         live_cost = [bm * bn * ((2 * d_model if name == "up" else f) + OVERHEAD_K_STEPS * bk) / 1e9 for f in widths]
+        idle = bm * bn * idle_k_steps * bk / 1e9
         if name == "up" and compact:
             live = [live_cost[block_experts[m]] for m, _ in compact_order(block_experts, widths, bn, cfg.group_size_m)]
             # The launch's size, as `kernels.swiglu` sizes it without the counts (`_LaunchPlan.up_programs`).
             num_programs = num_pid_n * (num_slots // bm) + sum(math.ceil(f / bn) for f in widths)
-            num_idle = num_programs - len(live)
+            costs = live + [idle] * (num_programs - len(live))
         else:
-            live, num_idle = [], 0
-        costs = list(live)
-        if not costs:
+            live, costs = [], []
             for pid_m, pid_n in tile_order(len(block_experts), num_pid_n, cfg.group_size_m):
                 e = block_experts[pid_m]
                 if name == "down" or pid_n * bn < widths[e]:
                     live.append(live_cost[e])
                     costs.append(live_cost[e])
                 else:
-                    costs.append(None)  # an idle program, in place
-        idle = bm * bn * idle_k_steps * bk / 1e9
-        costs = [idle if c is None else c for c in costs] + [idle] * num_idle
+                    costs.append(idle)  # an idle program, in place
         balanced = sum(live) / (NUM_SMS * per_sm)
         out[name] = makespan(costs, NUM_SMS * per_sm) / balanced
     return out
