@@ -15,6 +15,13 @@ time on an SM as the shared memory of their pipeline stages allows (132 SMs of 2
 are `predicted`: the model knows no memory traffic, no L2, no clock, only the order and sizes of the programs; a GPU
 run (`benchmarks/moe_kernels.py`, and `--segment-order expert`) measures what they buy.
 
+Beside the model, each case's operand traffic: the bytes every program of both launches loads into its SM (its A
+and B tiles over the whole reduction; `tile_bytes`, one call), whatever the order, and that over the grid's
+CUDA-graph time (`tile_bytes_per_s`: modelled bytes over a measured time). On the 2026-11-24 grid it is 5.2-7.1 TB/s
+where the kernels meet their dense targets and 3.8-6.5 TB/s where they miss, about twice the HBM bandwidth for
+2-124x the bytes the call needs from HBM: the tiles come mostly from L2, and at these tile shapes that traffic looks
+to be what bounds the kernels, not HBM or the tensor cores.
+
 Variants, each launch's makespan over its balanced time: `expert` (expert order, full grid: the kernels timed on the
 H100 on 2026-11-24), `widest_first` (widest first, full grid), `widest_first_compact` (widest first, live tiles: the
 kernels now); `call_time_ratio` is the last over the first for the whole call.
@@ -118,6 +125,16 @@ def launch_ratios(
     return out
 
 
+def tile_bytes(block_experts: list[int], widths: list[int], d_model: int, cfg: MoeKernelConfig) -> int:
+    """Bytes of A and B tiles the programs of both launches load for blocks owned by `block_experts`: a gate/up
+    program loads a [BLOCK_M, d] slab of x and two [d, BLOCK_N] slabs of W (gate and up), a down program a
+    [BLOCK_M, f_e] slab of h and a [f_e, BLOCK_N_DOWN] slab of W_down."""
+    bm, bn, bn_down = cfg.block_size_m, cfg.block_size_n, cfg.down_block_size_n
+    up = sum(math.ceil(widths[e] / bn) * (bm * d_model + 2 * d_model * bn) for e in block_experts)
+    down = sum(math.ceil(d_model / bn_down) * (bm * widths[e] + widths[e] * bn_down) for e in block_experts)
+    return (up + down) * ITEMSIZE
+
+
 VARIANTS = (("expert", False, False), ("widest_first", True, False), ("widest_first_compact", True, True))
 
 
@@ -128,6 +145,11 @@ def model_case(case: dict, seed: int, idle_k_steps: float) -> dict:
     logits = torch.randn(tokens_per_pass(tokens, top_k), experts, generator=gen)
     ids = fused_route_reference(logits, None, top_k).topk_ids
     row = dict(tokens=tokens, experts=experts, top_k=top_k, d_model=d_model, config=case["config"])
+    aligned = moe_align_block_size_reference(ids, cfg.block_size_m, experts)
+    blocks = aligned.expert_ids[: int(aligned.num_tokens_post_padded) // cfg.block_size_m].tolist()
+    row["tile_bytes"] = tile_bytes(blocks, widths, d_model, cfg) * math.ceil(tokens / tokens_per_pass(tokens, top_k))
+    if case.get("swiglu_triton_graph_ms"):
+        row["tile_bytes_per_s"] = row["tile_bytes"] / (case["swiglu_triton_graph_ms"] / 1e3)
     for name, widest, compact in VARIANTS:
         order = widest_first(widths) if widest else None
         aligned = moe_align_block_size_reference(ids, cfg.block_size_m, experts, segment_order=order)
@@ -160,15 +182,17 @@ def main() -> None:
         parser.error(f"{args.grid}: not a readable grid JSON of benchmarks/moe_kernels.py ({exc})")
     rows = [model_case(c, args.seed, args.idle_k_steps) for c in cases if c["tokens"] >= 8192]
     print(f"{'E':>3} {'k':>2} {'d':>5} {'T':>6}  {'up':>5} {'down':>5}  {'up*':>5} {'down*':>6}  {'up**':>5}  "
-          f"call time */before  **/before")  # fmt: skip
+          f"call time */before  **/before  tile GB  TB/s")  # fmt: skip
     for r in rows:
         a, b, c = r["expert"], r["widest_first"], r["widest_first_compact"]
         print(f"{r['experts']:>3} {r['top_k']:>2} {r['d_model']:>5} {r['tokens']:>6}  {a['up_over_balanced']:5.2f} "
               f"{a['down_over_balanced']:5.2f}  {b['up_over_balanced']:5.2f} {b['down_over_balanced']:6.2f}  "
               f"{c['up_over_balanced']:5.2f}  {r['call_time_ratio_widest_first']:18.3f}  "
-              f"{r['call_time_ratio']:9.3f}")  # fmt: skip
+              f"{r['call_time_ratio']:9.3f}  {r['tile_bytes'] / 1e9:7.2f}  "
+              f"{r.get('tile_bytes_per_s', math.nan) / 1e12:4.1f}")  # fmt: skip
     print(f"(makespan over a balanced launch; * widest first; ** widest first, live tiles only; a program with no work "
-          f"costs {args.idle_k_steps:g} K steps)")  # fmt: skip
+          f"costs {args.idle_k_steps:g} K steps; tile GB: the operand bytes a call's programs load, TB/s: that over "
+          f"the grid's graph time)")  # fmt: skip
     out = args.out or str(Path(args.grid).with_suffix(".schedule_model.json"))
     write_json_atomic(out, dict(model="scripts/schedule_model.py", figures="predicted", grid=args.grid,
                                 num_sms=NUM_SMS, smem_bytes=SMEM_BYTES, idle_k_steps=args.idle_k_steps,

@@ -50,6 +50,7 @@ def test_widest_first_shortens_a_ragged_down_launch(tmp_path):
     assert after["down_over_balanced"] < before["down_over_balanced"] - 0.1
     assert after["up_over_balanced"] == pytest.approx(before["up_over_balanced"], rel=0.05)
     assert 0.8 < row["call_time_ratio"] <= row["call_time_ratio_widest_first"] < 1.0
+    assert row["tile_bytes"] > 0 and "tile_bytes_per_s" not in row  # no measured time in this grid
 
 
 def test_live_tiles_only_take_the_idle_programs_out_of_the_gate_up_launch(model):
@@ -67,6 +68,17 @@ def test_live_tiles_only_take_the_idle_programs_out_of_the_gate_up_launch(model)
     ]
     assert free[0] == pytest.approx(free[1], rel=0.02)  # idle programs that cost nothing: the same launch
     assert costly[1] < costly[0] - 0.05
+
+
+def test_tile_bytes_count_each_programs_operands(model):
+    from kernels.configs import MoeKernelConfig
+
+    cfg = MoeKernelConfig(16, 64, 16, 1, num_warps=4, num_stages=2, block_size_n_down=32)
+    # gate/up: expert 0 (f 64) one column tile a block, expert 1 (f 128) two, each x [16, 32] + W [32, 2 x 64];
+    # down: one column tile (d 32), h [16, f] + W_down [f, 32]. In bf16.
+    up = 2 * 1 * (16 * 32 + 2 * 32 * 64) + 1 * 2 * (16 * 32 + 2 * 32 * 64)
+    down = 2 * (16 * 64 + 64 * 32) + (16 * 128 + 128 * 32)
+    assert model.tile_bytes([0, 0, 1], [64, 128], 32, cfg) == 2 * (up + down)
 
 
 def test_a_bad_grid_is_named(tmp_path):
