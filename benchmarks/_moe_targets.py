@@ -13,6 +13,18 @@ MISS_CAUSES = ("roofline", "launch", "kernel")
 LAUNCH_MARGIN = 0.05  # a miss is host-bound only where the eager call is this much slower than its graph replay
 
 
+def operand_bytes(expert_blocks: list[int], widths: list[int], d_model: int, config: dict, itemsize: int) -> int:
+    """Bytes of A and B tiles that the programs of both GEMM launches load into their SMs for one pass, expert e
+    owning `expert_blocks[e]` aligned blocks; `config` is a row's `config` (block sizes). A gate/up program loads a
+    [BLOCK_M, d] slab of x and two [d, BLOCK_N] slabs of W (gate and up), a down program a [BLOCK_M, f_e] slab of h
+    and a [f_e, BLOCK_N_DOWN] slab of W_down: traffic from L2 (mostly) whatever the launch order."""
+    bm, bn = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"]
+    bn_down = config.get("BLOCK_SIZE_N_DOWN") or bn
+    up = sum(n * math.ceil(f / bn) * (bm * d_model + 2 * d_model * bn) for n, f in zip(expert_blocks, widths))
+    down = sum(n * math.ceil(d_model / bn_down) * (bm * f + f * bn_down) for n, f in zip(expert_blocks, widths))
+    return (up + down) * itemsize
+
+
 def read_grid(path: str) -> dict:
     """A grid JSON of this benchmark; a ValueError saying what is wrong with it."""
     try:

@@ -9,14 +9,15 @@ from the GPU's peak FLOP/s and memory bandwidth.
                                                             # (and E=8,N=4096,k=2,...json)
 
 Grid: experts E in {8, 16, 64}, top-k in {1, 2, 8}, tokens 1k-64k, d_model {1024, 4096}, bf16; expert widths are
-`base_width` times the runtime's ratios (0.25x-2x), tiled to E experts. Each case times, by CUDA events with
-warm-up and the median of many repeats (`triton.testing.do_bench`): the expert computation (`expert_swiglu`)
-on the Triton path (and the host's time to enqueue it, `swiglu_triton_host_ms`), the reference per-expert loop and
-`torch._grouped_mm` (weights zero-padded to the widest expert), routing on both paths, and the dense GEMM. FLOPs
-count 6 d f per slot on expert e (gate, up, down); the floor is max(FLOPs / peak FLOP/s, bytes / bandwidth) with
-bytes = x, the used experts' weights and the output once.
-Each row records the block sizes the Triton path ran with (`config`) and where they came from (`config_source`: a
-tuned table and its entry, or `default`).
+`base_width` times the runtime's ratios (0.25x-2x), tiled to E experts. Each case times, by CUDA events with warm-up
+and the median of many repeats (`triton.testing.do_bench`): the expert computation (`expert_swiglu`) on the Triton
+path (and the host's time to enqueue it, `swiglu_triton_host_ms`, and the rate at which its programs load their
+tiles, `operand_bytes_per_s_graph`, against the L2 read rate `benchmarks/_l2_probe.py` measures once a run), the
+reference per-expert loop and `torch._grouped_mm` (weights zero-padded to the widest expert), routing on both paths,
+and the dense GEMM. FLOPs count 6 d f per slot on expert e (gate, up, down); the floor is max(FLOPs / peak FLOP/s,
+bytes / bandwidth) with bytes = x, the used experts' weights and the output once. Each row records the block sizes
+the Triton path ran with (`config`) and where they came from (`config_source`: a tuned table and its entry, or
+`default`).
 
 Targets (issue 6): the Triton path reaches >= 60% of the dense GEMM's TFLOP/s at 8k tokens and more, and is
 >= 1.5x faster than the per-expert loop at 2k tokens or fewer with 16 experts or more. Each missed dense target
@@ -44,7 +45,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from _cli import check_out_file, positive_int, write_json_atomic
-from _moe_targets import judge, print_summary, read_grid, summarise
+from _moe_targets import judge, operand_bytes, print_summary, read_grid, summarise
+from _timing import bench_ms, graph_ms, host_ms
 
 from kernels import configs
 from kernels.configs import tuning
@@ -197,46 +199,6 @@ def grouped_mm_swiglu(x, topk_ids, topk_weights, up3, down3) -> torch.Tensor:
     return torch.zeros_like(x).index_add_(0, token_idx, y)
 
 
-def bench_ms(fn, args: Args) -> float:
-    """Median milliseconds of `fn` by CUDA events (triton.testing.do_bench: warm-up, many repeats, L2 flushed)."""
-    import triton.testing
-
-    return float(triton.testing.do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median"))
-
-
-def host_ms(fn, repeats: int = 200) -> float:
-    """Median milliseconds the host takes to enqueue `fn` (Python, allocations, launches), the GPU idle before each
-    call so that no launch waits on a full queue. Where this exceeds the GPU time of a call plus do_bench's L2 flush
-    before it, the eager timing is host-bound."""
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    torch.cuda.synchronize()
-    return statistics.median(times) * 1e3
-
-
-def graph_ms(fn, args: Args) -> tuple[float | None, str]:
-    """Median milliseconds of `fn` replayed from a captured CUDA graph (no Python or launch overhead), or None and
-    why it could not be captured."""
-    try:
-        fn()  # compile and allocate outside the capture
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        return bench_ms(graph.replay, args), ""
-    except Exception as exc:  # recorded in the row: not every path can be captured
-        torch.cuda.synchronize()
-        return None, f"{type(exc).__name__}: {exc}"[:300]
-
-
 def dense_gemm_ms(args: Args, rows: int, d_model: int, flops: float, dtype) -> tuple[list[int], float]:
     """A dense [rows, d] @ [d, n] GEMM with n chosen (a multiple of 64) so it does about `flops`: (shape, ms)."""
     n = max(64, round(flops / (2.0 * rows * d_model) / 64) * 64)
@@ -315,6 +277,15 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
     tflops = lambda ms: None if ms is None else flops / ms / 1e9  # noqa: E731
     row["triton_tflops"] = tflops(row["swiglu_triton_ms"])
     row["triton_graph_tflops"] = tflops(row["swiglu_triton_graph_ms"])
+    # What the programs' tiles load (mostly from L2), pass by pass as the Triton path aligns them, and at what rate.
+    pass_tokens = tokens_per_pass(num_tokens, top_k)
+    row["operand_bytes"] = sum(
+        operand_bytes([math.ceil(c / cfg.block_size_m) for c in torch.bincount(ids[t0 : t0 + pass_tokens].reshape(-1),
+                       minlength=num_experts).tolist()], list(widths), d_model, row["config"], itemsize)
+        for t0 in range(0, num_tokens, pass_tokens)
+    )  # fmt: skip
+    graph = row["swiglu_triton_graph_ms"]
+    row["operand_bytes_per_s_graph"] = None if graph is None else row["operand_bytes"] / (graph / 1e3)
     row["loop_tflops"] = tflops(row["swiglu_loop_ms"])
     row["grouped_mm_tflops"] = tflops(row["swiglu_grouped_mm_ms"])
     row["dense_tflops"] = dense_tflops
@@ -474,6 +445,13 @@ if __name__ == "__main__":
         result.update(driver=driver_version(), triton=triton.__version__,
                       peak=None if spec is None else dict(spec=spec[0], flops_per_s=spec[1], bytes_per_s=spec[2],
                                                           source="telemetry.get_gpu_spec (datasheet)"))  # fmt: skip
+        try:  # the roof of the kernels' operand traffic (`operand_bytes_per_s_graph` of each row)
+            from _l2_probe import l2_read_bytes_per_s
+
+            result["l2_read_bytes_per_s"] = l2_read_bytes_per_s()
+            print(f"L2 read rate: {result['l2_read_bytes_per_s'] / 1e12:.2f} TB/s (benchmarks/_l2_probe.py)")
+        except Exception as exc:  # recorded, not fatal: the grid is what this run is for
+            result["l2_read_bytes_per_s"], result["l2_probe_error"] = None, f"{type(exc).__name__}: {exc}"[:300]
         rows = []
         for num_experts, top_k, d_model, num_tokens in itertools.product(args.experts, args.top_k, args.d_model,
                                                                           args.tokens):  # fmt: skip
@@ -485,7 +463,8 @@ if __name__ == "__main__":
             gm = row["grouped_mm_tflops"]
             gr = row["swiglu_triton_graph_ms"]
             print(f"E={num_experts:>2} k={top_k} d={d_model} T={num_tokens:>5}: triton {row['swiglu_triton_ms']:.3f} ms "
-                  f"(graph {'-' if gr is None else f'{gr:.3f} ms'}, host {row['swiglu_triton_host_ms']:.3f} ms) "
+                  f"(graph {'-' if gr is None else f'{gr:.3f} ms'}, host {row['swiglu_triton_host_ms']:.3f} ms, operands "
+                  f"{(row['operand_bytes_per_s_graph'] or 0) / 1e12:.1f} TB/s) "
                   f"{row['triton_tflops']:.0f} TF/s ({row['fraction_of_dense']:.0%} of dense "
                   f"{row['dense_tflops']:.0f}), loop {row['swiglu_loop_ms']:.3f} ms (x{row['speedup_vs_loop']:.2f}), "
                   f"grouped_mm {'-' if gm is None else f'{gm:.0f} TF/s'}, route {row['route_triton_ms']:.3f} vs "

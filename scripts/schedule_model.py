@@ -15,12 +15,12 @@ time on an SM as the shared memory of their pipeline stages allows (132 SMs of 2
 are `predicted`: the model knows no memory traffic, no L2, no clock, only the order and sizes of the programs; a GPU
 run (`benchmarks/moe_kernels.py`, and `--segment-order expert`) measures what they buy.
 
-Beside the model, each case's operand traffic: the bytes every program of both launches loads into its SM (its A
-and B tiles over the whole reduction; `tile_bytes`, one call), whatever the order, and that over the grid's
-CUDA-graph time (`tile_bytes_per_s`: modelled bytes over a measured time). On the 2026-11-24 grid it is 5.2-7.1 TB/s
-where the kernels meet their dense targets and 3.8-6.5 TB/s where they miss, about twice the HBM bandwidth for
-2-124x the bytes the call needs from HBM: the tiles come mostly from L2, and at these tile shapes that traffic looks
-to be what bounds the kernels, not HBM or the tensor cores.
+Beside the model, each case's operand traffic: the bytes every program of both launches loads into its SM (its A and
+B tiles over the whole reduction; `tile_bytes`, one call: `benchmarks/_moe_targets.operand_bytes`), whatever the
+order, and that over the grid's CUDA-graph time (`tile_bytes_per_s`: modelled bytes over a measured time). On the
+2026-11-24 grid it is 5.2-7.1 TB/s where the kernels meet their dense targets and 3.8-6.5 TB/s where they miss,
+about twice the HBM bandwidth for 2-124x the bytes the call needs from HBM: the tiles come mostly from L2, and at
+these tile shapes that traffic looks to be what bounds the kernels, not HBM or the tensor cores.
 
 Variants, each launch's makespan over its balanced time: `expert` (expert order, full grid: the kernels timed on the
 H100 on 2026-11-24), `widest_first` (widest first, full grid), `widest_first_compact` (widest first, live tiles: the
@@ -46,6 +46,7 @@ from kernels.swiglu import tokens_per_pass, widest_first
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 from _cli import write_json_atomic  # noqa: E402
+from _moe_targets import operand_bytes  # noqa: E402
 
 NUM_SMS, SMEM_BYTES, ITEMSIZE = 132, 228 * 1024, 2
 OVERHEAD_K_STEPS = 2
@@ -125,16 +126,6 @@ def launch_ratios(
     return out
 
 
-def tile_bytes(block_experts: list[int], widths: list[int], d_model: int, cfg: MoeKernelConfig) -> int:
-    """Bytes of A and B tiles the programs of both launches load for blocks owned by `block_experts`: a gate/up
-    program loads a [BLOCK_M, d] slab of x and two [d, BLOCK_N] slabs of W (gate and up), a down program a
-    [BLOCK_M, f_e] slab of h and a [f_e, BLOCK_N_DOWN] slab of W_down."""
-    bm, bn, bn_down = cfg.block_size_m, cfg.block_size_n, cfg.down_block_size_n
-    up = sum(math.ceil(widths[e] / bn) * (bm * d_model + 2 * d_model * bn) for e in block_experts)
-    down = sum(math.ceil(d_model / bn_down) * (bm * widths[e] + widths[e] * bn_down) for e in block_experts)
-    return (up + down) * ITEMSIZE
-
-
 VARIANTS = (("expert", False, False), ("widest_first", True, False), ("widest_first_compact", True, True))
 
 
@@ -145,9 +136,10 @@ def model_case(case: dict, seed: int, idle_k_steps: float) -> dict:
     logits = torch.randn(tokens_per_pass(tokens, top_k), experts, generator=gen)
     ids = fused_route_reference(logits, None, top_k).topk_ids
     row = dict(tokens=tokens, experts=experts, top_k=top_k, d_model=d_model, config=case["config"])
-    aligned = moe_align_block_size_reference(ids, cfg.block_size_m, experts)
-    blocks = aligned.expert_ids[: int(aligned.num_tokens_post_padded) // cfg.block_size_m].tolist()
-    row["tile_bytes"] = tile_bytes(blocks, widths, d_model, cfg) * math.ceil(tokens / tokens_per_pass(tokens, top_k))
+    counts = torch.bincount(ids.reshape(-1), minlength=experts).tolist()
+    blocks = [math.ceil(c / cfg.block_size_m) for c in counts]
+    passes = math.ceil(tokens / tokens_per_pass(tokens, top_k))
+    row["tile_bytes"] = operand_bytes(blocks, widths, d_model, case["config"], ITEMSIZE) * passes
     if case.get("swiglu_triton_graph_ms"):
         row["tile_bytes_per_s"] = row["tile_bytes"] / (case["swiglu_triton_graph_ms"] / 1e3)
     for name, widest, compact in VARIANTS:

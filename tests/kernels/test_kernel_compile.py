@@ -233,3 +233,16 @@ def test_batch_sizes_share_one_compiled_variant():
     up_meta = dict(TOP_K=2, NUM_EXPERTS=8, BLOCK_E=8, WIDTH_ALIGN=16, **meta)
     assert len(variants(_triton_swiglu.up_kernel, up_args, up_meta)) == 1
     assert len(variants(_triton_swiglu.down_kernel, down_args, dict(WIDTH_ALIGN=16, **meta))) == 1
+
+
+def test_l2_probe_reads_past_l1():
+    """benchmarks/_l2_probe.py times L2, so its loads must skip L1 (`ld.global.cg`) and vectorise."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from _l2_probe import read_kernel
+
+    ptx = compile_kernel(read_kernel, {"src_ptr": "*bf16", "out_ptr": "*fp32"}, dict(REPEATS=4, BLOCK=4096),
+                         DEVICES["sm90"][0], num_warps=8).asm["ptx"]  # fmt: skip
+    assert re.search(r"ld\.global\.cg\.v4", ptx), "the probe's loads are not 16-byte L2-only loads"

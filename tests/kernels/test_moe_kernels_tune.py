@@ -264,6 +264,7 @@ def test_grid_case_records_its_tiles_and_where_they_came_from(monkeypatch, fake_
     configs.clear_cache()
     row = mk.run_case(mk.Args(), 4096, 8, 2, 64, torch.float32, None, None)
     assert row["swiglu_triton_host_ms"] == 0.25
+    assert row["operand_bytes"] > 0 and row["operand_bytes_per_s_graph"] == pytest.approx(row["operand_bytes"] / 5e-4)
     assert row["config_source"] == "default"
     assert row["config"] == configs.default_config(4096, 8, 2, torch.float32, 232448).to_json()
     assert row["fraction_of_dense"] > 0 and "target" not in row  # 4k tokens over 8 experts: neither target

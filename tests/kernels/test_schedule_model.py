@@ -70,15 +70,16 @@ def test_live_tiles_only_take_the_idle_programs_out_of_the_gate_up_launch(model)
     assert costly[1] < costly[0] - 0.05
 
 
-def test_tile_bytes_count_each_programs_operands(model):
-    from kernels.configs import MoeKernelConfig
-
-    cfg = MoeKernelConfig(16, 64, 16, 1, num_warps=4, num_stages=2, block_size_n_down=32)
-    # gate/up: expert 0 (f 64) one column tile a block, expert 1 (f 128) two, each x [16, 32] + W [32, 2 x 64];
-    # down: one column tile (d 32), h [16, f] + W_down [f, 32]. In bf16.
+def test_operand_bytes_count_each_programs_tiles(model):
+    config = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=64, BLOCK_SIZE_K=16, GROUP_SIZE_M=1, BLOCK_SIZE_N_DOWN=32)
+    # gate/up: expert 0 (f 64, 2 blocks) one column tile a block, expert 1 (f 128, 1 block) two, each x [16, 32] +
+    # W [32, 2 x 64]; down: one column tile (d 32), h [16, f] + W_down [f, 32]. In bf16.
     up = 2 * 1 * (16 * 32 + 2 * 32 * 64) + 1 * 2 * (16 * 32 + 2 * 32 * 64)
     down = 2 * (16 * 64 + 64 * 32) + (16 * 128 + 128 * 32)
-    assert model.tile_bytes([0, 0, 1], [64, 128], 32, cfg) == 2 * (up + down)
+    assert model.operand_bytes([2, 1], [64, 128], 32, config, 2) == 2 * (up + down)
+    no_down_tile = {k: v for k, v in config.items() if k != "BLOCK_SIZE_N_DOWN"}  # the down GEMM takes BLOCK_SIZE_N
+    assert model.operand_bytes([0, 1], [64, 128], 32, no_down_tile, 2) == 2 * (2 * (16 * 32 + 2 * 32 * 64) + 16 * 128
+                                                                                 + 128 * 64)  # fmt: skip
 
 
 def test_a_bad_grid_is_named(tmp_path):
