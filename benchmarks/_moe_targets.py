@@ -9,7 +9,7 @@ from pathlib import Path
 
 DENSE_TARGET = 0.6  # fraction of dense-GEMM TFLOP/s at >= 8k tokens (issue 6)
 LOOP_TARGET = 1.5  # speedup over the per-expert loop at <= 2k tokens with >= 16 experts
-MISS_CAUSES = ("roofline", "launch", "kernel")
+MISS_CAUSES = ("roofline", "operands", "launch", "kernel")
 LAUNCH_MARGIN = 0.05  # a miss is host-bound only where the eager call is this much slower than its graph replay
 
 
@@ -48,12 +48,17 @@ def judge(row: dict) -> None:
     with few slots per expert they are memory-bound where the dense GEMM is not. `dense_ceiling` (the experts'
     TFLOP/s at the floor over the dense GEMM's) is the largest fraction of dense that any implementation could reach
     at the datasheet peaks (the floor is a lower bound on its time), and `floor_fraction_needed` what share of that
-    floor the target asks for. A miss is `roofline` where the ceiling is under the target, `launch` where the
-    CUDA-graph replay of the same call meets it and the eager call is at least `LAUNCH_MARGIN` slower (host time,
-    not run-to-run noise), and `kernel` otherwise.
+    floor the target asks for. Where the row has its programs' operand bytes and the L2 read rate measured in the
+    same run, `operand_ceiling` is the fraction of dense the call would reach if those bytes moved at that rate: the
+    most these kernels, at these tiles, could do.
+
+    A miss is `roofline` where the dense ceiling is under the target, `operands` where the operand ceiling is (more
+    reuse per SM is needed: larger tiles, or operands shared between SMs), `launch` where the CUDA-graph replay of
+    the same call meets it and the eager call is at least `LAUNCH_MARGIN` slower (host time, not run-to-run noise),
+    and `kernel` otherwise (the programs move their bytes slower than L2 can: short launches, tails, latency).
     """
-    for key in ("target", "target_met", "miss_cause", "dense_ceiling", "floor_fraction_needed"):  # a re-judged row
-        row.pop(key, None)
+    for key in ("target", "target_met", "miss_cause", "dense_ceiling", "floor_fraction_needed", "operand_ceiling"):
+        row.pop(key, None)  # a re-judged row
     graph_ms = row.get("swiglu_triton_graph_ms")
     # The same FLOPs in less time: the fraction scales with the inverse of the time.
     graph_fraction = None if not graph_ms else row["fraction_of_dense"] * row["swiglu_triton_ms"] / graph_ms
@@ -63,12 +68,16 @@ def judge(row: dict) -> None:
         # The dense GEMM's n is rounded to 64 columns, so its FLOPs differ from the experts' by up to ~1%.
         row["dense_ceiling"] = row["flops"] / row["floor_ms"] / 1e9 / row["dense_tflops"]
         row["floor_fraction_needed"] = DENSE_TARGET / row["dense_ceiling"]
+    if row.get("operand_bytes") and row.get("l2_read_bytes_per_s"):
+        row["operand_ceiling"] = row["dense_ms"] / (row["operand_bytes"] / row["l2_read_bytes_per_s"] * 1e3)
     if row["tokens"] >= 8192:
         row["target"] = f"fraction_of_dense >= {DENSE_TARGET}"
         row["target_met"] = row["fraction_of_dense"] >= DENSE_TARGET
         if not row["target_met"]:
             if row.get("dense_ceiling", math.inf) < DENSE_TARGET:
                 row["miss_cause"] = "roofline"
+            elif row.get("operand_ceiling", math.inf) < DENSE_TARGET:
+                row["miss_cause"] = "operands"
             elif graph_fraction is not None and graph_fraction >= DENSE_TARGET and host_bound:
                 row["miss_cause"] = "launch"
             else:
@@ -94,11 +103,12 @@ def print_summary(rows: list[dict], summary: dict) -> None:
     if not misses:
         return
     print("missed dense targets (ceiling: the most any kernel could reach at the datasheet peaks; needs: the share of "
-          "that floor the target asks for):")  # fmt: skip
+          "that floor the target asks for; at the L2 rate: what these tiles' bytes would allow):")  # fmt: skip
     for r in misses:
         gf, ceiling, needs = (r.get(k) for k in ("graph_fraction_of_dense", "dense_ceiling", "floor_fraction_needed"))
         pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
+        operands = "" if r.get("operand_ceiling") is None else f", at the L2 rate {pct(r['operand_ceiling'])}"
         print(f"  E={r['experts']:>2} k={r['top_k']} d={r['d_model']} T={r['tokens']:>5}: "
               f"{r['fraction_of_dense']:.0%} of dense, graph {pct(gf)}, ceiling {pct(ceiling)}, needs {pct(needs)} "
-              f"of the floor -> {r['miss_cause']}")  # fmt: skip
+              f"of the floor{operands} -> {r['miss_cause']}")  # fmt: skip
     print("  by cause: " + ", ".join(f"{c} {n}" for c, n in summary["dense_misses"].items()))

@@ -22,8 +22,9 @@ the Triton path ran with (`config`) and where they came from (`config_source`: a
 Targets (issue 6): the Triton path reaches >= 60% of the dense GEMM's TFLOP/s at 8k tokens and more, and is
 >= 1.5x faster than the per-expert loop at 2k tokens or fewer with 16 experts or more. Each missed dense target
 says why (`judge`): `roofline` (even at the datasheet peaks no kernel could: the experts' weights take longer to
-read than the dense GEMM takes), `launch` (the CUDA-graph replay of the call meets it, and the eager call is 5% or
-more slower: host-bound) or `kernel`.
+read than the dense GEMM takes), `operands` (the bytes these kernels' tiles load would take too long even at the
+measured L2 read rate: they need more reuse per SM), `launch` (the CUDA-graph replay of the call meets it, and the
+eager call is 5% or more slower: host-bound) or `kernel` (the tiles' bytes move slower than L2 allows).
 
     python benchmarks/moe_kernels.py --summarise results/gpu/kernels/2026-11-24/grid.json   # re-judge, no GPU
 
@@ -229,8 +230,9 @@ def time_config(args: Args, cfg: configs.MoeKernelConfig, inputs: tuple, widths:
     return ms
 
 
-def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, gen) -> dict:
-    """Time one case on every path; `peaks` is (FLOP/s, bytes/s) or None. Returns the JSON row."""
+def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, gen, l2_bytes_per_s=None) -> dict:
+    """Time one case on every path; `peaks` is (FLOP/s, bytes/s) or None, `l2_bytes_per_s` the run's L2 read rate
+    (`_l2_probe`) or None. Returns the JSON row."""
     widths = expert_widths(num_experts, args.base_width)
     x, logits, ids, w, w_up, w_down = make_case(num_tokens, num_experts, top_k, d_model, widths, dtype, "cuda", gen)
     counts = torch.bincount(ids.reshape(-1), minlength=num_experts).tolist()
@@ -286,6 +288,7 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
     )  # fmt: skip
     graph = row["swiglu_triton_graph_ms"]
     row["operand_bytes_per_s_graph"] = None if graph is None else row["operand_bytes"] / (graph / 1e3)
+    row["l2_read_bytes_per_s"] = l2_bytes_per_s
     row["loop_tflops"] = tflops(row["swiglu_loop_ms"])
     row["grouped_mm_tflops"] = tflops(row["swiglu_grouped_mm_ms"])
     row["dense_tflops"] = dense_tflops
@@ -457,7 +460,8 @@ if __name__ == "__main__":
                                                                           args.tokens):  # fmt: skip
             if top_k > num_experts:
                 continue
-            row = run_case(args, num_tokens, num_experts, top_k, d_model, dtype, peaks, gen)
+            row = run_case(args, num_tokens, num_experts, top_k, d_model, dtype, peaks, gen,
+                           result["l2_read_bytes_per_s"])  # fmt: skip
             rows.append(row)
             write_json_atomic(out, {**result, "cases": rows, "partial": True})  # a run cut short keeps its cases
             gm = row["grouped_mm_tflops"]

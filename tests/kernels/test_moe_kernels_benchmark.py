@@ -70,7 +70,10 @@ def test_judge_names_why_a_dense_target_was_missed(bench):
     small = grid_row(2048, 16, 0.1, 0.5, 0.1, speedup=1.2)
     no_graph = grid_row(8192, 16, 0.45, None, 0.2)
     noise = grid_row(8192, 16, 0.59, 0.98, 0.2)  # replayed at 60%, but only 2% faster: not host time
-    rows = [met, roofline, launch, kernel, small, no_graph, noise]
+    # 4.5 GB of tiles at 6 TB/s take 0.75 ms where 60% of dense needs 0.45 / 0.6 = 0.75 ms: just short of it.
+    operands = dict(grid_row(8192, 64, 0.45, 0.9, 0.2), operand_bytes=4.5e9 * 1.001, l2_read_bytes_per_s=6e12)
+    operands_ok = dict(grid_row(8192, 64, 0.45, 0.9, 0.2), operand_bytes=4.5e9 * 0.99, l2_read_bytes_per_s=6e12)
+    rows = [met, roofline, launch, kernel, small, no_graph, noise, operands, operands_ok]
     for row in rows:
         bench.judge(row)
     assert met["target_met"] and "miss_cause" not in met
@@ -80,8 +83,10 @@ def test_judge_names_why_a_dense_target_was_missed(bench):
     assert kernel["miss_cause"] == "kernel" and no_graph["miss_cause"] == "kernel"
     assert noise["graph_fraction_of_dense"] >= 0.6 and noise["miss_cause"] == "kernel"
     assert small["target"] == "speedup_vs_loop >= 1.5" and not small["target_met"] and "miss_cause" not in small
+    assert operands["miss_cause"] == "operands" and operands["operand_ceiling"] == pytest.approx(0.6 / 1.001)
+    assert operands_ok["miss_cause"] == "kernel" and "operand_ceiling" not in kernel
     summary = bench.summarise(rows)
-    assert summary == {"targets_met": "1/7", "dense_misses": {"roofline": 1, "launch": 1, "kernel": 3}}
+    assert summary == {"targets_met": "1/9", "dense_misses": {"roofline": 1, "operands": 1, "launch": 1, "kernel": 4}}
 
 
 def test_summarise_rejudges_a_saved_grid_without_a_gpu(tmp_path):
@@ -95,7 +100,7 @@ def test_summarise_rejudges_a_saved_grid_without_a_gpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "targets met: 1/2" in proc.stdout and "-> roofline" in proc.stdout
     result = json.loads(out.read_text())
-    assert result["dense_misses"] == {"roofline": 1, "launch": 0, "kernel": 0}
+    assert result["dense_misses"] == {"roofline": 1, "operands": 0, "launch": 0, "kernel": 0}
     assert result["cases"][0]["miss_cause"] == "roofline" and not result["cases"][0]["target_met"]
     assert result["rejudged"]["source"] == str(grid)
 
