@@ -166,6 +166,8 @@ def test_route_then_swiglu_end_to_end(gen):
 
 
 @pytest.mark.parametrize("top_k", [1, 2])
+# The bad tokens' rows sum slots no program wrote (undefined by contract): the interpreter's numpy may see NaN there.
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_swiglu_bad_expert_ids_stay_inside_their_tokens(gen, top_k):
     """An id outside [0, E) is not checked on the device: only its own token's row is undefined, and nothing
     outside `out` is written."""
