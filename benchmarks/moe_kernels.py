@@ -49,7 +49,7 @@ from _cli import check_out_file, positive_int, write_json_atomic
 from _moe_targets import judge, operand_bytes, print_summary, read_grid, summarise
 from _timing import bench_ms, graph_ms, host_ms
 
-from kernels import configs
+from kernels import configs, swiglu
 from kernels.configs import tuning
 from kernels.routing import MAX_EXPERTS, fused_route_reference, fused_route_triton
 from kernels.swiglu import grouped_swiglu_reference, grouped_swiglu_triton, tokens_per_pass
@@ -97,6 +97,9 @@ class Args:
     segment_order: str = "widest-first"
     """order of the experts' aligned segments, so of their GEMM programs, on the Triton path: widest-first (the
     default of kernels.swiglu.grouped_swiglu_triton) or expert (0, 1, ..., E - 1), to time what the order buys"""
+    tma_weights: bool = False
+    """the GEMMs load their weight tiles through tensor descriptors (TMA on Hopper; kernels.swiglu.TMA_WEIGHTS,
+    experimental), to time what that buys"""
     summarise: str = ""
     """a grid JSON written earlier: re-judge its cases (targets, and why each missed dense target missed), print the
     summary and, with --out, write the re-judged JSON; times nothing, needs no GPU"""
@@ -400,6 +403,7 @@ def cpu_reference_timings(gen: torch.Generator) -> list[dict]:
 
 if __name__ == "__main__":
     args = parse_args()
+    swiglu.TMA_WEIGHTS = args.tma_weights  # the Triton path reads it on every call
     dtype = configs.DTYPES[args.dtype]
     torch.manual_seed(args.seed)
     on_gpu = torch.cuda.is_available()

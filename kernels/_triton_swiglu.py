@@ -72,6 +72,7 @@ def _live_tile(
 def up_kernel(
     x_ptr,  # [T, d] token activations
     w_up_ptr,  # [d, sum 2 f_e] gate|up columns per expert
+    w_up_desc,  # a TensorDescriptor of w_up with [BLOCK_SIZE_K, BLOCK_SIZE_N] blocks where W_DESC, else None
     h_ptr,  # out [T * k, f_max] silu(gate) * up per flat slot; columns >= f_e of a slot are not written
     sorted_ids_ptr,  # int32 [max_padded] flat slot per position (numel = padding)
     seg_ptr,  # int32 [3, BLOCK_E] count, padded start, padded end of each expert's segment (kernels.align)
@@ -95,8 +96,15 @@ def up_kernel(
     BLOCK_SIZE_N: tl.constexpr,
     BLOCK_SIZE_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr,
+    W_DESC: tl.constexpr,  # load the weight tiles through w_up_desc (TMA on Hopper) rather than pointers
 ):
-    """h[s, n] = silu(x[s // k] @ W_gate_e[:, n]) * (x[s // k] @ W_up_e[:, n]) for the slots s of one block."""
+    """h[s, n] = silu(x[s // k] @ W_gate_e[:, n]) * (x[s // k] @ W_up_e[:, n]) for the slots s of one block.
+
+    With W_DESC the gate and up tiles come through a tensor descriptor: on Hopper one bulk copy (TMA) a tile instead
+    of a load a thread, the rows gathered by token still by pointers. Columns past the expert's width then read the
+    next columns of w_up (zeros past its end) instead of masked zeros: they only reach h's columns past f_e, which
+    are not stored. Experimental (`kernels.swiglu.TMA_WEIGHTS`), for the benchmark to time.
+    """
     tile = tl.program_id(0)
     pid_m, pid_n, expert, width, num_live = _live_tile(
         tile, seg_ptr, order_ptr, widths_ptr, NUM_EXPERTS, BLOCK_E, WIDTH_ALIGN, BLOCK_SIZE_M, BLOCK_SIZE_N,
@@ -118,14 +126,19 @@ def up_kernel(
     a_ptrs = x_ptr + tokens[:, None] * stride_xt + offs_k[None, :] * stride_xd
     g_ptrs = w_up_ptr + offs_k[:, None] * stride_wk + (gate_col0 + offs_n)[None, :] * stride_wn
     u_ptrs = w_up_ptr + offs_k[:, None] * stride_wk + (up_col0 + offs_n)[None, :] * stride_wn
+    gate_tile_col = (gate_col0 + pid_n * BLOCK_SIZE_N).to(tl.int32)  # descriptor coordinates are int32
     acc_g = tl.zeros([BLOCK_SIZE_M, BLOCK_SIZE_N], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_SIZE_M, BLOCK_SIZE_N], dtype=tl.float32)
     for k0 in range(0, d_model, BLOCK_SIZE_K):
         k_mask = offs_k < d_model - k0
         a = tl.load(a_ptrs, mask=slot_mask[:, None] & k_mask[None, :], other=0.0)
-        b_mask = k_mask[:, None] & n_mask[None, :]
-        g = tl.load(g_ptrs, mask=b_mask, other=0.0)
-        u = tl.load(u_ptrs, mask=b_mask, other=0.0)
+        if W_DESC:
+            g = w_up_desc.load([k0, gate_tile_col])
+            u = w_up_desc.load([k0, gate_tile_col + width])
+        else:
+            b_mask = k_mask[:, None] & n_mask[None, :]
+            g = tl.load(g_ptrs, mask=b_mask, other=0.0)
+            u = tl.load(u_ptrs, mask=b_mask, other=0.0)
         acc_g = tl.dot(a, g, acc_g, input_precision=DOT_PRECISION)
         acc_u = tl.dot(a, u, acc_u, input_precision=DOT_PRECISION)
         a_ptrs += BLOCK_SIZE_K * stride_xd
@@ -141,6 +154,7 @@ def up_kernel(
 def down_kernel(
     h_ptr,  # [T * k, f_max] activations per flat slot (from up_kernel)
     w_down_ptr,  # [sum f_e, d] rows per expert
+    w_down_desc,  # a TensorDescriptor of w_down with [BLOCK_SIZE_K, BLOCK_SIZE_N] blocks where W_DESC, else None
     y_ptr,  # out [T * k, d] weighted expert output per flat slot
     topk_weights_ptr,  # [T * k] combine weight per flat slot
     sorted_ids_ptr,
@@ -164,8 +178,14 @@ def down_kernel(
     BLOCK_SIZE_N: tl.constexpr,
     BLOCK_SIZE_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr,
+    W_DESC: tl.constexpr,  # load the weight tiles through w_down_desc (every f_e a multiple of BLOCK_SIZE_K)
 ):
-    """y[s, n] = w[s] * (h[s, :f_e] @ W_down_e[:, n]) for the slots s of one block; reduction length f_e."""
+    """y[s, n] = w[s] * (h[s, :f_e] @ W_down_e[:, n]) for the slots s of one block; reduction length f_e.
+
+    With W_DESC the W_down tiles come through a tensor descriptor (TMA on Hopper; experimental, as the gate/up
+    GEMM's). Its host only asks for it where every f_e is a multiple of BLOCK_SIZE_K, so that no tile reaches into
+    the next expert's rows (0 x a non-finite weight there would reach this expert's sums).
+    """
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_pid_m, num_pid_n, GROUP_SIZE_M)
     if pid_m * BLOCK_SIZE_M >= tl.load(num_post_pad_ptr):
         return
@@ -186,7 +206,10 @@ def down_kernel(
     for k0 in range(0, width, BLOCK_SIZE_K):
         k_mask = offs_k < width - k0
         a = tl.load(a_ptrs, mask=slot_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        if W_DESC:
+            b = w_down_desc.load([(row0 + k0).to(tl.int32), (pid_n * BLOCK_SIZE_N).to(tl.int32)])
+        else:
+            b = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
         a_ptrs += BLOCK_SIZE_K * stride_hk
         b_ptrs += BLOCK_SIZE_K * stride_wk

@@ -32,6 +32,9 @@ from kernels.configs import MoeKernelConfig, get_config
 # combines its own tokens.
 SLOTS_PER_PASS = 262144
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Experimental, off: both GEMMs load their weight tiles through tensor descriptors (TMA on Hopper) where the layout
+# allows (`benchmarks/moe_kernels.py --tma-weights` times it; not yet measured on a GPU).
+TMA_WEIGHTS = False
 
 
 def tokens_per_pass(num_tokens: int, top_k: int) -> int:
@@ -224,7 +227,9 @@ def grouped_swiglu_triton(
         return out
     pass_tokens = tokens_per_pass(num_tokens, top_k)
     cfg = get_config(pass_tokens, len(widths), top_k, _width_facts(widths)[2], x.dtype, device)
-    plan = _launch_plan(cfg, d_model, widths, x.dtype, device, torch.backends.cuda.matmul.allow_tf32)
+    plan = _launch_plan(cfg, d_model, widths, x.dtype, device, torch.backends.cuda.matmul.allow_tf32, TMA_WEIGHTS)
+    w_up_desc = _weight_descriptor(w_up, cfg.block_size_k, cfg.block_size_n) if plan.w_up_desc else None
+    w_down_desc = _weight_descriptor(w_down, cfg.block_size_k, cfg.down_block_size_n) if plan.w_down_desc else None
     order = plan.widest_first if order is None else order
     topk_ids = topk_ids.contiguous()
     topk_weights = topk_weights.contiguous()
@@ -242,15 +247,15 @@ def grouped_swiglu_triton(
         num_pid_m = aligned.expert_ids.numel()
         ys = outs if y is None else (y if numel == y.shape[0] else y[:numel])  # k = 1: slot s is token s
         _triton_swiglu.up_kernel[(plan.up_programs(numel),)](
-            xs, w_up, h, aligned.sorted_token_ids, segments.table, segments.order, plan.widths_t, plan.offsets_t,
-            numel, d_model, xs.stride(0), xs.stride(1), w_up.stride(0), w_up.stride(1), h.stride(0), h.stride(1),
-            TOP_K=top_k, **plan.meta_up,
+            xs, w_up, w_up_desc, h, aligned.sorted_token_ids, segments.table, segments.order, plan.widths_t,
+            plan.offsets_t, numel, d_model, xs.stride(0), xs.stride(1), w_up.stride(0), w_up.stride(1), h.stride(0),
+            h.stride(1), TOP_K=top_k, W_DESC=w_up_desc is not None, **plan.meta_up,
         )  # fmt: skip
         _triton_swiglu.down_kernel[(num_pid_m * plan.n_down,)](
-            h, w_down, ys, wts, aligned.sorted_token_ids, aligned.expert_ids,
+            h, w_down, w_down_desc, ys, wts, aligned.sorted_token_ids, aligned.expert_ids,
             aligned.num_tokens_post_padded, plan.widths_t, plan.offsets_t, numel, d_model, num_pid_m, plan.n_down,
             h.stride(0), h.stride(1), w_down.stride(0), w_down.stride(1), ys.stride(0), ys.stride(1),
-            **plan.meta_down,
+            W_DESC=w_down_desc is not None, **plan.meta_down,
         )  # fmt: skip
         if y is not None:
             _triton_swiglu.combine_kernel[(cdiv(t1 - t0, plan.block_t), plan.combine_cols)](
@@ -258,6 +263,16 @@ def grouped_swiglu_triton(
                 TOP_K=top_k, BLOCK_T=plan.block_t, BLOCK_D=plan.block_d,
             )  # fmt: skip
     return out
+
+
+def _weight_descriptor(w: torch.Tensor, block_k: int, block_n: int):
+    """A TensorDescriptor of a weight matrix in [block_k, block_n] blocks, or None where its layout allows none (a
+    descriptor needs a 16-byte aligned base, unit column stride and 16-byte aligned rows)."""
+    if w.stride(1) != 1 or (w.stride(0) * w.element_size()) % 16 or w.data_ptr() % 16:
+        return None
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor.from_tensor(w, [block_k, block_n])
 
 
 class _LaunchPlan(NamedTuple):
@@ -268,6 +283,8 @@ class _LaunchPlan(NamedTuple):
     max_width: int
     h_pitch: int  # row pitch of h (elements): max f_e rounded up to 64
     widths_t: torch.Tensor  # int32 [E] f_e on the device
+    w_up_desc: bool  # the gate/up weight tiles through a tensor descriptor (TMA_WEIGHTS, every column offset aligned)
+    w_down_desc: bool  # the down weight tiles so (TMA_WEIGHTS, and no K tile crossing into another expert's rows)
     offsets_t: torch.Tensor  # int64 [E] F_e on the device
     block_m: int  # BLOCK_SIZE_M: rows of a block, as aligned
     n_up: int  # column tiles of the widest expert's gate/up
@@ -289,7 +306,7 @@ class _LaunchPlan(NamedTuple):
 @functools.lru_cache(maxsize=256)
 def _launch_plan(
     cfg: MoeKernelConfig, d_model: int, widths: tuple[int, ...], dtype: torch.dtype,
-    device: torch.device, allow_tf32: bool,
+    device: torch.device, allow_tf32: bool, tma_weights: bool = False,
 ) -> _LaunchPlan:  # fmt: skip
     # `allow_tf32` is in the key because the fp32 dot precision follows it (kernels._triton.dot_precision).
     widths, _, max_width, width_align = _width_facts(widths)
@@ -307,6 +324,9 @@ def _launch_plan(
     return _LaunchPlan(
         num_experts=len(widths), widest_first=widest_first(widths), max_width=max_width,
         h_pitch=cdiv(max_width, 64) * 64, widths_t=widths_t, offsets_t=offsets_t,
+        # A descriptor's column offsets (2 F_e, 2 F_e + f_e, + tiles) must be 16-byte aligned.
+        w_up_desc=tma_weights and width_align * torch.empty(0, dtype=dtype).element_size() >= 16,
+        w_down_desc=tma_weights and all(f % cfg.block_size_k == 0 for f in widths),
         block_m=cfg.block_size_m, n_up=cdiv(max_width, cfg.block_size_n),
         up_tiles_per_block_sum=sum(cdiv(f, cfg.block_size_n) for f in widths),
         n_down=cdiv(d_model, cfg.down_block_size_n),

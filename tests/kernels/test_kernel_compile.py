@@ -122,7 +122,7 @@ GEMM_CASES = [("sm90", torch.bfloat16, 16384), ("sm90", torch.bfloat16, 256), ("
               ("sm80", torch.float16, 256), ("sm90", torch.float32, 2048), ("sm90", torch.float32, 256)]  # fmt: skip
 
 
-def compile_gemms(cfg, dtype: torch.dtype, cap: int):
+def compile_gemms(cfg, dtype: torch.dtype, cap: int, weight_descriptor: bool = False):
     """(gate/up kernel, down kernel) compiled for `cuda:cap` with the tiles of `cfg`, specialised as a launch."""
     t = TL_TYPES[dtype]
     index = {"sorted_ids_ptr": "*i32", "widths_ptr": "*i32"}
@@ -135,16 +135,19 @@ def compile_gemms(cfg, dtype: torch.dtype, cap: int):
     up = compile_kernel(
         _triton_swiglu.up_kernel,
         {"x_ptr": f"*{t}", "w_up_ptr": f"*{t}", "h_ptr": f"*{t}", "col_starts_ptr": "*i64", "seg_ptr": "*i32",
-         "order_ptr": "*i32", **index},
+         "order_ptr": "*i32", "w_up_desc": f"tensordesc<{t}[{cfg.block_size_k}, {cfg.block_size_n}]>", **index},
         dict(TOP_K=2, NUM_EXPERTS=8, BLOCK_E=8, WIDTH_ALIGN=16, stride_xd=1, stride_wn=1, stride_hn=1,
-             BLOCK_SIZE_N=cfg.block_size_n, **meta),
+             BLOCK_SIZE_N=cfg.block_size_n, W_DESC=weight_descriptor,
+             **({} if weight_descriptor else dict(w_up_desc=None)), **meta),
         cap, cfg.num_warps, cfg.num_stages,
     )  # fmt: skip
     down = compile_kernel(
         _triton_swiglu.down_kernel,
         {"h_ptr": f"*{t}", "w_down_ptr": f"*{t}", "y_ptr": f"*{t}", "topk_weights_ptr": f"*{t}",
-         "row_starts_ptr": "*i64", "expert_ids_ptr": "*i32", "num_post_pad_ptr": "*i32", **index},
-        dict(WIDTH_ALIGN=16, stride_hk=1, stride_wn=1, stride_yn=1, BLOCK_SIZE_N=cfg.down_block_size_n, **meta),
+         "row_starts_ptr": "*i64", "expert_ids_ptr": "*i32", "num_post_pad_ptr": "*i32",
+         "w_down_desc": f"tensordesc<{t}[{cfg.block_size_k}, {cfg.down_block_size_n}]>", **index},
+        dict(WIDTH_ALIGN=16, stride_hk=1, stride_wn=1, stride_yn=1, BLOCK_SIZE_N=cfg.down_block_size_n,
+             W_DESC=weight_descriptor, **({} if weight_descriptor else dict(w_down_desc=None)), **meta),
         cap, cfg.num_warps, cfg.num_stages,
     )  # fmt: skip
     return up, down
@@ -226,13 +229,13 @@ def test_batch_sizes_share_one_compiled_variant():
             seen.add(tuple(map(str, spec)))
         return seen
 
-    up_args = lambda numel, pid_m: [bf16, bf16, bf16, i32, i32, i32, i32, i64, numel, 1024,  # noqa: E731
+    up_args = lambda numel, pid_m: [bf16, bf16, None, bf16, i32, i32, i32, i32, i64, numel, 1024,  # noqa: E731
                                     1024, 1, 4096, 1, 2048, 1]  # fmt: skip
-    down_args = lambda numel, pid_m: [bf16, bf16, bf16, bf16, i32, i32, i32, i32, i64, numel, 1024, pid_m, 8,  # noqa: E731
+    down_args = lambda numel, pid_m: [bf16, bf16, None, bf16, bf16, i32, i32, i32, i32, i64, numel, 1024, pid_m, 8,  # noqa: E731
                                       2048, 1, 1024, 1, 1024, 1]  # fmt: skip
-    up_meta = dict(TOP_K=2, NUM_EXPERTS=8, BLOCK_E=8, WIDTH_ALIGN=16, **meta)
+    up_meta = dict(TOP_K=2, NUM_EXPERTS=8, BLOCK_E=8, WIDTH_ALIGN=16, W_DESC=False, **meta)
     assert len(variants(_triton_swiglu.up_kernel, up_args, up_meta)) == 1
-    assert len(variants(_triton_swiglu.down_kernel, down_args, dict(WIDTH_ALIGN=16, **meta))) == 1
+    assert len(variants(_triton_swiglu.down_kernel, down_args, dict(WIDTH_ALIGN=16, W_DESC=False, **meta))) == 1
 
 
 def test_l2_probe_reads_past_l1():

@@ -128,6 +128,27 @@ def test_swiglu_compiled_forced_configs(request, cfg):
     torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("cfg", [MoeKernelConfig(128, 128, 64, 8, 8, 4, block_size_n_down=256),
+                                 MoeKernelConfig(64, 128, 64, 8, 4, 3)])  # fmt: skip
+def test_swiglu_compiled_with_tma_weights(request, monkeypatch, dtype, cfg):
+    """The experimental descriptor (TMA) loads of both GEMMs' weights (`swiglu.TMA_WEIGHTS`), compiled: the widths
+    are multiples of BLOCK_SIZE_K, so the down GEMM takes them too; the last expert (192 wide, not a multiple of the
+    128-column tile) has a gate tile reaching into its up columns and an up tile running past w_up's end."""
+    widths = WIDTHS[:-1] + (192,)
+    monkeypatch.setattr(swiglu, "TMA_WEIGHTS", True)
+    made = []
+    real = swiglu._weight_descriptor
+    monkeypatch.setattr(swiglu, "_weight_descriptor", lambda *a: made.append(real(*a)) or made[-1])
+    x, ids, w, w_up, w_down = _swiglu_inputs(cuda_gen(request), 3000, 1024, widths, 2, dtype)
+    with force_config(cfg):
+        got = grouped_swiglu_triton(x, ids, w, w_up, w_down, widths)
+    assert len(made) == 2 and all(d is not None for d in made)
+    want = grouped_swiglu_reference(x.float(), ids, w.float(), w_up.float(), w_down.float(), widths)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol * float(want.abs().max()))
+
+
 def test_swiglu_compiled_several_passes(request, monkeypatch):
     monkeypatch.setattr(swiglu, "SLOTS_PER_PASS", 2048)  # 1024 tokens a pass at top-2
     widths = (64, 128, 32, 96)

@@ -64,6 +64,38 @@ def test_swiglu_matches_reference(gen, make_topk_ids, num_tokens, d_model, width
     torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize(("num_tokens", "d_model", "widths", "top_k", "load", "blocks"),
+                         [c[1:] for c in SWIGLU_CASES], ids=[c[0] for c in SWIGLU_CASES])  # fmt: skip
+def test_swiglu_with_weight_descriptors_matches_reference(gen, make_topk_ids, monkeypatch, num_tokens, d_model, widths,
+                                                          top_k, load, blocks):  # fmt: skip
+    """The experimental descriptor (TMA) loads of the weights (`TMA_WEIGHTS`): the same results, though the gate/up
+    tiles past an expert's width now read its neighbours' columns instead of zeros. The down GEMM takes them where
+    every width is a multiple of BLOCK_SIZE_K (16 here: 4 of the 7 cases)."""
+    monkeypatch.setattr(swiglu, "TMA_WEIGHTS", True)
+    made = []
+    real = swiglu._weight_descriptor
+    monkeypatch.setattr(swiglu, "_weight_descriptor", lambda *a: made.append(real(*a)) or made[-1])
+    x = torch.randn(num_tokens, d_model, generator=gen)
+    topk_ids = make_topk_ids(num_tokens, len(widths), top_k, load)
+    weights = combine_weights(gen, num_tokens, top_k)
+    w_up, w_down = make_weights(gen, d_model, widths)
+    down_n = blocks[4] if len(blocks) > 4 else None
+    with force_config(MoeKernelConfig(*blocks[:4], num_warps=4, num_stages=2, block_size_n_down=down_n)):
+        got = grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, out=torch.full_like(x, float("nan")))
+    assert made and all(d is not None for d in made)  # the descriptor path ran
+    assert len(made) == 1 + all(f % blocks[2] == 0 for f in widths)  # w_up's, and w_down's where no tile crosses
+    torch.testing.assert_close(got, grouped_swiglu_reference(x, topk_ids, weights, w_up, w_down, widths),
+                               rtol=RTOL, atol=ATOL)  # fmt: skip
+
+
+def test_weight_descriptor_falls_back_where_the_layout_allows_none(gen):
+    w = torch.randn(16, 40, generator=gen)
+    assert swiglu._weight_descriptor(w, 16, 16) is not None
+    assert swiglu._weight_descriptor(w.t().contiguous().t(), 16, 16) is None  # column stride 16, not 1
+    assert swiglu._weight_descriptor(torch.randn(16, 42, generator=gen)[:, :40], 16, 16) is None  # rows of 168 bytes
+    assert swiglu._weight_descriptor(torch.randn(16 * 40 + 1, generator=gen)[1:].view(16, 40), 16, 16) is None
+
+
 @pytest.mark.parametrize("top_k", [1, 3])
 def test_swiglu_fp16_matches_upcast_reference(gen, make_topk_ids, top_k):
     """fp16 inputs (the interpreter's fp16 `tl.dot` is right): against the reference on the same values in fp32, to
@@ -185,7 +217,6 @@ def test_swiglu_bad_expert_ids_stay_inside_their_tokens(gen, top_k):
     good = [t for t in range(num_tokens) if t not in bad_tokens]
     want = grouped_swiglu_reference(x[good], topk_ids[good], weights[good], w_up, w_down, widths)
     torch.testing.assert_close(buf[guard:-guard][good], want, rtol=RTOL, atol=ATOL)
-
 
 
 @triton.jit
