@@ -66,3 +66,21 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 def write_json_atomic(path: str | os.PathLike, data) -> None:
     """`data` as indented JSON, written atomically (`write_atomic`)."""
     write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
+
+
+def gpu_only_cli(description: str, needs: str) -> None:
+    """The command line of a script that only measures a GPU: `--help`, and a one-line error naming what it `needs`
+    where CUDA is missing (not a traceback from deep inside torch)."""
+    import torch
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error(f"this script measures a GPU: it needs {needs}, and torch.cuda.is_available() is False here")
+
+
+def out_dir_json(name: str, data) -> Path:
+    """Write `data` atomically to $OUT/`name` (the device tool's folder), or ./`name` without $OUT; the path."""
+    path = Path(os.environ.get("OUT", ".")) / name
+    write_json_atomic(path, data)
+    return path

@@ -2,14 +2,17 @@
 test) served by no_control at demand 0.3 and 0.9 of the KCM-predicted capacity, 4 one-second intervals each; one row
 per interval to $OUT/agent_router_nvml.json (or ./). Needs CUDA and NVML."""
 
-import json
 import os
+import sys
 import time
 
 import torch
 
 from agents import AgentRouter
 from moe_runtime import MoEConfig, MoERuntime
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from _cli import gpu_only_cli, out_dir_json  # noqa: E402
 
 
 def main() -> None:
@@ -29,15 +32,9 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
     facts = dict(device=torch.cuda.get_device_name(), date=time.strftime("%F"), figures="measured", rows=rows)
-    with open(os.path.join(os.environ.get("OUT", "."), "agent_router_nvml.json"), "w") as f:
-        json.dump(facts, f, indent=1)
+    out_dir_json("agent_router_nvml.json", facts)
 
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.parse_args()  # --help; nothing else to set
-    if not torch.cuda.is_available():
-        parser.error("this script measures a GPU: it needs CUDA and NVML (an NVIDIA GPU), and torch.cuda.is_available() is False here")
+    gpu_only_cli(__doc__, "CUDA and NVML (an NVIDIA GPU)")
     main()

@@ -1,7 +1,6 @@
 """Per-kernel CUDA and host times (torch.profiler, 50 calls after 20 warm-up) of the grouped SwiGLU at four of the
 benchmark grid's 8k-token cases, to $OUT/profile_small_moe.json (or ./). Needs CUDA."""
 
-import json
 import os
 import sys
 
@@ -11,6 +10,7 @@ from torch.profiler import ProfilerActivity, profile
 from kernels.swiglu import grouped_swiglu_triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from _cli import gpu_only_cli, out_dir_json  # noqa: E402
 from moe_kernels import expert_widths, make_case  # noqa: E402
 
 
@@ -32,15 +32,9 @@ def main() -> None:
         print(f"== E={experts} k={top_k} d={d_model} T={tokens}\n{table}", flush=True)
         rows.append(dict(case=[experts, top_k, d_model, tokens], table=table))
     facts = dict(device=torch.cuda.get_device_name(), figures="measured", rows=rows)
-    with open(os.path.join(os.environ.get("OUT", "."), "profile_small_moe.json"), "w") as f:
-        json.dump(facts, f, indent=1)
+    out_dir_json("profile_small_moe.json", facts)
 
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.parse_args()  # --help; nothing else to set
-    if not torch.cuda.is_available():
-        parser.error("this script measures a GPU: it needs CUDA (an NVIDIA GPU), and torch.cuda.is_available() is False here")
+    gpu_only_cli(__doc__, "CUDA (an NVIDIA GPU)")
     main()
