@@ -60,8 +60,8 @@ from agents.heuristic_parts import (
     ThermalAdaptiveScaler,
     _normalise,
     _one_torch_thread,
-    _project_names,
     _surrogate_load,
+    energy_aware_loss,
 )
 from envs import ActionConfig
 from moe_runtime import ControlAction, Muon
@@ -399,37 +399,13 @@ class EnergyAwareTTTRouter(RouterModuleFace, nn.Module):
         target_temp: float = 65.0,
         target_latency: float = 10.0,
     ) -> dict[str, float]:
-        """The energy-aware loss of observed hardware metrics (the seed's API).
-
-        Args:
-            observed_metrics: `power_watt` (W), `temperature` (C), `inference_latency_ms` (ms) (the seed's names;
-                the project's `power_w`, `temperature_c`, `latency_ms` are accepted too); a missing one is on target.
-            target_power, target_temp, target_latency: targets, W, C, ms.
+        """The energy-aware loss of observed hardware metrics (the seed's API): `heuristic_parts.energy_aware_loss`
+        with this router's objective weights, kept for `get_statistics`. Targets in W, C and ms.
 
         Returns:
-            {"total_loss", "power_loss", "temp_loss", "latency_penalty"}:
-            power_loss = (max(0, P - P*) / P*)^2, temp_loss = (max(0, T - T*) / 10 C)^2,
-            latency_penalty = max(0, L / L* - 1), total = w_energy power_loss + w_thermal temp_loss
-            + w_performance latency_penalty. (The seed took the raw-unit MSE, where 1 W weighed like 1 C and being
-            under a target cost as much as over it; relative, one-sided terms keep the three commensurate.)
+            {"total_loss", "power_loss", "temp_loss", "latency_penalty"}.
         """
-        if not (target_power > 0 and target_latency > 0):
-            raise ValueError(f"target_power and target_latency must be positive, got {target_power}, {target_latency}")
-        m = _project_names(observed_metrics)
-        power_w = m.get("power_w", target_power)
-        temperature_c = m.get("temperature_c", target_temp)
-        latency_ms = m.get("latency_ms", target_latency)
-        power_loss = (max(0.0, power_w - target_power) / target_power) ** 2
-        temp_loss = (max(0.0, temperature_c - target_temp) / 10.0) ** 2
-        latency_penalty = max(0.0, latency_ms / target_latency - 1.0)
-        w = self.objective_weights
-        total = w["energy"] * power_loss + w["thermal"] * temp_loss + w["performance"] * latency_penalty
-        result = {
-            "total_loss": float(total),
-            "power_loss": float(power_loss),
-            "temp_loss": float(temp_loss),
-            "latency_penalty": float(latency_penalty),
-        }
+        result = energy_aware_loss(observed_metrics, self.objective_weights, target_power, target_temp, target_latency)
         self._last_energy_loss = result
         self._stats["energy_aware_loss"].append(result["total_loss"])
         return result

@@ -1,5 +1,6 @@
 """Parts of the EnergyAwareTTTRouter that stand alone: statistical load balancing over the expert-usage
-history, thermal-adaptive scaling, and the small fast-weight network the energy-aware loss trains."""
+history, thermal-adaptive scaling, the energy-aware loss of hardware metrics, and the small fast-weight network the
+surrogate of that loss trains."""
 
 from __future__ import annotations
 
@@ -184,3 +185,43 @@ def _surrogate_load(load0: np.ndarray, biases: np.ndarray) -> np.ndarray:
     logits = np.log(np.clip(load0, 1e-6, None)) + biases / SURROGATE_TEMP
     z = np.exp(logits - logits.max())
     return z / z.sum()
+
+
+def energy_aware_loss(
+    observed_metrics: dict[str, float],
+    weights: dict[str, float],
+    target_power: float = 200.0,
+    target_temp: float = 65.0,
+    target_latency: float = 10.0,
+) -> dict[str, float]:
+    """The energy-aware loss of observed hardware metrics against targets.
+
+    Args:
+        observed_metrics: `power_watt` (W), `temperature` (C), `inference_latency_ms` (ms) (the seed's names;
+            the project's `power_w`, `temperature_c`, `latency_ms` are accepted too); a missing one is on target.
+        weights: objective weights with keys `energy`, `thermal` and `performance`.
+        target_power, target_temp, target_latency: targets, W, C, ms.
+
+    Returns:
+        {"total_loss", "power_loss", "temp_loss", "latency_penalty"}:
+        power_loss = (max(0, P - P*) / P*)^2, temp_loss = (max(0, T - T*) / 10 C)^2,
+        latency_penalty = max(0, L / L* - 1), total = w_energy power_loss + w_thermal temp_loss
+        + w_performance latency_penalty. (The seed took the raw-unit MSE, where 1 W weighed like 1 C and being
+        under a target cost as much as over it; relative, one-sided terms keep the three commensurate.)
+    """
+    if not (target_power > 0 and target_latency > 0):
+        raise ValueError(f"target_power and target_latency must be positive, got {target_power}, {target_latency}")
+    m = _project_names(observed_metrics)
+    power_w = m.get("power_w", target_power)
+    temperature_c = m.get("temperature_c", target_temp)
+    latency_ms = m.get("latency_ms", target_latency)
+    power_loss = (max(0.0, power_w - target_power) / target_power) ** 2
+    temp_loss = (max(0.0, temperature_c - target_temp) / 10.0) ** 2
+    latency_penalty = max(0.0, latency_ms / target_latency - 1.0)
+    total = weights["energy"] * power_loss + weights["thermal"] * temp_loss + weights["performance"] * latency_penalty
+    return {
+        "total_loss": float(total),
+        "power_loss": float(power_loss),
+        "temp_loss": float(temp_loss),
+        "latency_penalty": float(latency_penalty),
+    }
