@@ -15,7 +15,7 @@ Policy specs (comma-separated in --policies):
                              fixed_ttt, kcm_greedy, random
     NAME(KEY=VALUE,...)      the same with the controller's arguments, e.g. fixed_ttt(frequency_tokens=1024)
     ppo:PATH  sb3:PATH       a saved stable-baselines3 model (.zip, or a train_agent.py run folder); sb3 infers the
-                             algorithm (a2c:, sac:, td3: also work)
+                             algorithm (a2c:, sac:, td3: also work, and must name the saved model's)
     LABEL=SPEC               any of these under another name, e.g. lb2=load_balance(step=0.02)
 
 Every policy runs the same episode seeds (episode seed = 1000 * seed + episode): the same token streams, shift
@@ -143,7 +143,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
         raise UsageError(f"--suite {args.suite!r} is not one of {', '.join(SUITES)}")
     if args.telemetry not in ("auto", "nvml", "simulated"):
         raise UsageError(f"--telemetry {args.telemetry!r} is not auto, nvml or simulated")
-    suite = args.suite or ("" if args.policies else "main")
+    suite = suite_of(args)
     seeds, intervals = SUITE_DEFAULTS[suite]
     args.seeds, args.episode_intervals = args.seeds or seeds, args.episode_intervals or intervals
     parse_seeds(args.seeds)  # a bad --seeds fails here, not after the main suite's training run
@@ -304,10 +304,19 @@ def run_policies(args: Args, specs: list[PolicySpec], env_configs: dict[str, dic
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
-    done = {(r["label"], r["episode_seed"]) for r in prepare_out(out, args.resume, args.overwrite, specs)}
+    # Every policy is built before --out changes: a bad spec or an unloadable model must not cost an --overwrite
+    # its saved episodes, nor leave an args.json that describes a run that never started.
+    envs_, controllers, facts = build_policies(specs, env_configs, args.policy_device)
+    try:
+        done = {(r["label"], r["episode_seed"]) for r in prepare_out(out, args.resume, args.overwrite, specs)}
+    except BaseException:
+        for env in envs_.values():
+            env.close()
+        raise
+    if (record := _ARGS_TO_SAVE.pop(out, None)) is not None:
+        write_json(out / "args.json", record)
     seeds = parse_seeds(args.seeds)
     jobs = [(s, e, p) for s in seeds for e in range(args.episodes) for p in specs]
-    envs_, controllers, facts = build_policies(specs, env_configs, args.policy_device)
     # What a later --report-only needs and cannot rebuild on another machine.
     write_json(out / "run_facts.json", {"device": device_facts(), "envs": facts})
     (out / "traces").mkdir(exist_ok=True)
@@ -429,12 +438,29 @@ def controller_names() -> tuple[str, ...]:
     return tuple(getattr(agents, "CONTROLLERS", None) or CONTROLLER_NAMES)
 
 
+def suite_of(args: Args) -> str:
+    """The suite a run of these arguments runs: --suite, else "main" without --policies, else "" (a comparison of
+    the --policies alone)."""
+    return args.suite or ("" if args.policies else "main")
+
+
+def args_record(args: Args) -> dict:
+    """What args.json holds: the arguments as given and the suite run ("compare" for --policies alone)."""
+    return dataclasses.asdict(args) | {"suite_run": suite_of(args) or "compare"}
+
+
+# {--out: the args.json `main` saves there once the run's policies are built}. The suites pass `run_policies` args
+# of their own (the GPU suites' preset, a time budget), and a resume is checked against the arguments as given.
+_ARGS_TO_SAVE: dict[Path, dict] = {}
+
+
 def main(argv: list[str] | None = None) -> int:
     from evaluate_suites import SUITE_FUNCTIONS, report_only, require_cuda  # the suites import this module
 
+    _ARGS_TO_SAVE.clear()
     try:
         args = parse_args(argv)
-        suite = args.suite or ("" if args.policies else "main")
+        suite = suite_of(args)
         specs = parse_policies(args.policies, controller_names()) if args.policies and not suite else []
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path(args.out or f"results/eval__{suite or 'compare'}__{stamp}")
@@ -451,8 +477,10 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"--out {out}: cannot create that folder ({exc.strerror or exc})") from exc
-        if runs_episodes or not (out / "episodes.csv").exists():  # args.json describes the episodes there
-            write_json(out / "args.json", dataclasses.asdict(args) | {"suite_run": suite or "compare"})
+        if runs_episodes:  # saved by run_policies once every policy is built: a refused run leaves the old one
+            _ARGS_TO_SAVE[out] = args_record(args)
+        elif not (out / "episodes.csv").exists():  # args.json describes the episodes there
+            write_json(out / "args.json", args_record(args))
         if suite:
             SUITE_FUNCTIONS[suite](args, out)
         else:

@@ -36,14 +36,24 @@ from evaluate import (
 from evaluate_facts import config_facts, device_facts
 from evaluate_rows import atomic_open
 
+REPO = Path(__file__).resolve().parent  # the scripts, tests and committed files the suites run, from any folder
+
+
+def repo_path(path: str) -> str:
+    """`path` as given where it exists; else, when relative, the repository's file of that name (so the suites
+    find the committed policy and the scripts they run from any working folder)."""
+    return path if Path(path).exists() or Path(path).is_absolute() or not (REPO / path).exists() else str(REPO / path)
+
 
 def committed_policy(args: Args, label: str = "ppo_committed") -> list[PolicySpec]:
     """The committed trained policy as a spec, or [] with a printed note when it is absent."""
-    if not args.trained_policy or not Path(args.trained_policy).exists():
+    path = repo_path(args.trained_policy) if args.trained_policy else ""
+    if not path or not Path(path).exists():
         print(f"note: no trained policy at {args.trained_policy!r}; evaluating without it "
               "(train one: python train_agent.py --out results/ppo_default)")
         return []
-    return [PolicySpec(label, f"ppo:{args.trained_policy}", algo="ppo", path=args.trained_policy)]
+    # The spec says the path as given: a resume from another folder must not see another policy.
+    return [PolicySpec(label, f"ppo:{args.trained_policy}", algo="ppo", path=path)]
 
 
 def train_short_run(args: Args, folder: Path) -> list[PolicySpec]:
@@ -53,10 +63,11 @@ def train_short_run(args: Args, folder: Path) -> list[PolicySpec]:
     if args.train_seconds <= 0:
         return []
     if not (args.resume and _trained_steps(folder)):
-        if not Path("train_agent.py").exists():
-            print("note: train_agent.py not found; skipping the short training run")
+        if not (REPO / "train_agent.py").exists():
+            print(f"note: {REPO / 'train_agent.py'} not found; skipping the short training run")
             return []
-        cmd = [sys.executable, "train_agent.py", "--algo", "ppo", "--timesteps", str(args.train_timesteps),
+        cmd = [sys.executable, str(REPO / "train_agent.py"), "--algo", "ppo",
+               "--timesteps", str(args.train_timesteps),
                "--n-envs", str(args.train_n_envs), "--seed", "0", "--out", str(folder),
                "--telemetry", "nvml" if args.telemetry == "nvml" else "simulated", "--no-progress-bar",
                "--env-kwargs", f"preset:{args.preset}", f"episode_intervals:{args.episode_intervals}"]
@@ -251,14 +262,17 @@ def suite_gpu(args: Args, out: Path) -> dict:
         summary["wall_s"] = round(time.perf_counter() - t0, 1)
         write_json(out / "gpu_summary.json", summary)
 
-    parts["kernel_tests"] = run_part("kernel_tests", [py, "-m", "pytest", "-q", "-m", "gpu", "tests/kernels"], out, 200)
-    parts["kernel_bench"] = run_part("kernel_bench", [py, "benchmarks/moe_kernels.py", "--experts", "8", "16",
+    parts["kernel_tests"] = run_part("kernel_tests", [py, "-m", "pytest", "-q", "-m", "gpu",
+                                                      str(REPO / "tests" / "kernels")], out, 200)
+    parts["kernel_bench"] = run_part("kernel_bench", [py, str(REPO / "benchmarks" / "moe_kernels.py"),
+                                     "--experts", "8", "16",
                                      "--top-k", "2", "--tokens", "2048", "16384", "--d-model", "1024",
                                      "--out", str(out / "moe_kernels.json")], out, 120)
-    parts["telemetry_overhead"] = run_part("telemetry_overhead", [py, "benchmarks/telemetry_overhead.py",
+    parts["telemetry_overhead"] = run_part("telemetry_overhead",
+                                           [py, str(REPO / "benchmarks" / "telemetry_overhead.py"),
                                            "--source", "nvml", "--repeats", "500", "--out",
                                            str(out / "telemetry_overhead.json")], out, 60)
-    table = "kernels/data/h100_cost_table.json"
+    table = str(REPO / "kernels" / "data" / "h100_cost_table.json")
     if "H100" not in torch.cuda.get_device_name(0):  # another GPU: a quick table of its own first
         table = str(out / "cost_table.json")
         parts["kcm_profile"] = run_part("kcm_profile", [py, "-m", "kernels.profile", "--quick", "--out", table],
@@ -298,7 +312,8 @@ def suite_gpu_full(args: Args, out: Path) -> dict:
     os.environ["MOE_RL_CACHE"] = str((out / "cache").resolve())
     py, parts = sys.executable, {}
     if args.part == "bench":
-        parts["bench"] = run_part("bench", [py, "benchmarks/moe_kernels.py", "--out", str(out / "moe_kernels.json")],
+        parts["bench"] = run_part("bench", [py, str(REPO / "benchmarks" / "moe_kernels.py"), "--out",
+                                          str(out / "moe_kernels.json")],
                                   out, 590)
     elif args.part == "calibrate":
         table = str(out / "cost_table.json")

@@ -102,7 +102,10 @@ def _raise_keyboard_interrupt(signum, frame):
 if __name__ == "__main__":
     args, derived = parse_args()
     run_dir: Path = derived["run_dir"]
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        sys.exit(f"train_agent.py: error: --out {run_dir}: cannot create that folder ({exc.strerror or exc})")
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background, SIGINT ignored
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `kill` saves a checkpoint too
 
@@ -156,7 +159,12 @@ if __name__ == "__main__":
             )
             venv.training = True
         venv.seed(args.seed + steps)  # fresh episodes, not a replay of the first ones
-        model = algo_cls.load(str(paths["model"]), env=venv, device=args.device, tensorboard_log=str(run_dir / "tb"))
+        try:
+            model = algo_cls.load(str(paths["model"]), env=venv, device=args.device, tensorboard_log=str(run_dir / "tb"))
+        except Exception as exc:  # its zip reads (checked in parse_args) but what is inside does not load
+            venv.close()
+            sys.exit(f"train_agent.py: error: --resume: cannot load {paths['model']} ({type(exc).__name__}: {exc}); "
+                     "move it aside to resume from the checkpoint before it")
         if paths["replay_buffer"].exists():
             try:  # read only here: a probe in parse_args would load a buffer of up to 1e6 transitions twice
                 load_replay_buffer(model, paths["replay_buffer"])

@@ -75,6 +75,7 @@ ACTIVATIONS = {
     "silu": nn.SiLU,
 }
 _NOT_HYPERPARAMS = {"self", "policy", "env", "tensorboard_log", "verbose", "seed", "device", "_init_setup_model"}
+_POLICY_SPACES = {"self", "observation_space", "action_space", "lr_schedule"}  # what SB3 passes, not policy_kwargs
 MODEL_FILE = "model.zip"
 VECNORMALIZE_FILE = "vecnormalize.pkl"
 CONFIG_FILE = "config.yaml"
@@ -143,7 +144,15 @@ def check_hyperparams(algo: str, params: dict[str, Any], where: str) -> None:
         for key, value in params["normalize"].items():
             if not NORMALIZE_RULES[key][0](value):
                 raise bad(f"normalize.{key}", value, NORMALIZE_RULES[key][1])
+    if algo == "ppo" and params.get("batch_size") == 1:  # SB3 asserts it: advantages are normalised per minibatch
+        raise bad("batch_size", 1, "an integer >= 2 for ppo")
     pk = params.get("policy_kwargs") or {}
+    policy_cls = ALGOS[algo].policy_aliases.get(params.get("policy", "MlpPolicy"))
+    if policy_cls is not None:  # a policy class given by import path is left to SB3
+        accepted = sorted(set(inspect.signature(policy_cls.__init__).parameters) - _POLICY_SPACES)
+        if unknown := sorted(set(pk) - set(accepted)):
+            raise ValueError(f"unknown policy_kwargs {unknown} of the {algo} {policy_cls.__name__} in {where}; "
+                             f"valid: {', '.join(accepted)}")
     if "net_arch" in pk and not net_arch_ok(pk["net_arch"]):
         raise bad(
             "policy_kwargs.net_arch",
@@ -331,9 +340,9 @@ def infer_algo(model_path: str | Path) -> str:
     try:
         with zipfile.ZipFile(model_path) as z:
             data = json.loads(z.read("data"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{model_path} is not a saved stable-baselines3 model ({exc})") from None
-    module = data.get("policy_class", {}).get("__module__", "")
+        module = data["policy_class"]["__module__"]
+    except Exception as exc:  # not a zip, no or a damaged `data` entry (zlib, JSON, not a dict): all unreadable
+        raise ValueError(f"{model_path} is not a saved stable-baselines3 model ({type(exc).__name__}: {exc})") from None
     for name in ("sac", "td3"):
         if f".{name}." in module:
             return name
@@ -357,7 +366,8 @@ def load_policy(
 
     Args:
         path: a model `.zip`, or a run folder (its `model.zip`, else its latest checkpoint).
-        algo: `ppo`, `a2c`, `sac`, `td3`; inferred when None (see `infer_algo`).
+        algo: `ppo`, `a2c`, `sac`, `td3`, checked against the saved model's; inferred when None (see
+            `infer_algo`).
         device: torch device for the policy.
         deterministic: mean actions (as `predict(..., deterministic=True)`).
 
@@ -365,8 +375,8 @@ def load_policy(
     normalised but no statistics file lies beside the model: the policy then sees raw observations.
 
     Raises:
-        FileNotFoundError: no model there. ValueError: unknown algo, a file that is not a saved SB3 model, or
-            unreadable VecNormalize statistics beside it.
+        FileNotFoundError: no model there. ValueError: unknown algo or another than the model's, a file that is
+            not a readable saved SB3 model, or unreadable VecNormalize statistics beside it.
     """
     path = Path(path)
     if path.is_dir():
@@ -381,13 +391,16 @@ def load_policy(
         path = candidate
     if not path.exists():
         raise FileNotFoundError(f"no saved model at {path}")
-    algo = algo or infer_algo(path)
-    if algo not in ALGOS:
+    if algo is not None and algo not in ALGOS:
         raise ValueError(f"unknown algorithm {algo!r}; choose one of {sorted(ALGOS)}")
+    saved_algo = infer_algo(path)
+    if algo is not None and algo != saved_algo:  # SB3 would fail deep in the policy's constructor
+        raise ValueError(f"{path} holds a {saved_algo} model, not {algo}; load it as {saved_algo} (or let the "
+                         "algorithm be inferred)")
     try:
-        model = ALGOS[algo].load(str(path), device=device)
-    except (zipfile.BadZipFile, KeyError, EOFError) as exc:  # SB3's own check raises ValueError, these get past it
-        raise ValueError(f"{path} is not a saved stable-baselines3 model ({type(exc).__name__}: {exc})") from None
+        model = ALGOS[saved_algo].load(str(path), device=device)
+    except Exception as exc:  # a damaged zip or pickle inside it raises nearly anything (AssertionError, ...)
+        raise ValueError(f"{path} is not a readable {saved_algo} model ({type(exc).__name__}: {exc})") from None
     stats_path = vecnormalize_path_for(path)
     vec_normalize = None
     if stats_path.exists():

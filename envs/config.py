@@ -14,11 +14,12 @@ from envs.actions import ActionConfig
 from envs.rewards import RewardConfig
 from envs.workload import Workload
 from kernels import DeploymentScale
-from moe_runtime import MoEConfig, PretrainConfig
+from moe_runtime import BUILTIN_DOMAINS, MoEConfig, PretrainConfig
 from telemetry import get_gpu_spec
 
 TELEMETRY_SOURCES = ("auto", "nvml", "simulated")
 SPLITS = ("train", "validation", "test")
+MAX_TORCH_THREADS = 256  # far past any CPU's use; a huge count fails to map its threads' stacks, or segfaults
 
 
 @dataclass
@@ -112,6 +113,8 @@ class EnvConfig:
         for name in ("interval_s", "runtime_tokens", "episode_intervals", "torch_threads", "pretrain_steps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"EnvConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.torch_threads > MAX_TORCH_THREADS:
+            raise ValueError(f"EnvConfig.torch_threads must be at most {MAX_TORCH_THREADS}, got {self.torch_threads}")
         if not self.interval_s <= 3600.0:  # the simulated GPU steps through each interval: a huge one never ends
             raise ValueError(f"EnvConfig.interval_s must be at most 3600 s, got {self.interval_s}")
         lo, hi = self.shift_range
@@ -121,6 +124,12 @@ class EnvConfig:
             raise ValueError(f"EnvConfig.split {self.split!r} is not one of {SPLITS}")
         if len(self.domains) != 2:
             raise ValueError(f"EnvConfig.domains must be (before, after) the shift, got {self.domains}")
+        for domain in self.domains:  # here, not when a worker first reads the stream
+            if domain not in BUILTIN_DOMAINS and not Path(domain).expanduser().exists():
+                raise ValueError(
+                    f"EnvConfig.domains: {domain!r} is neither a built-in domain {BUILTIN_DOMAINS} nor "
+                    "an existing text file or folder"
+                )
         if self.deployment.num_experts != self.model.num_experts:
             raise ValueError(
                 f"EnvConfig.deployment has {self.deployment.num_experts} experts; the model has "
@@ -149,6 +158,13 @@ class EnvConfig:
             if path is not None and not path.is_file():
                 problem = "is a folder" if path.is_dir() else "does not exist"
                 raise ValueError(f"EnvConfig.{name} {getattr(self, name)!r} {problem} ({allowed})")
+        if self.cost_table is not None:  # read it now: a corrupt table (or no builtin one for `gpu`) names itself
+            from kernels import KernelCostModel
+
+            try:
+                KernelCostModel(gpu_type=self.gpu, data_path=self.cost_table)
+            except ValueError as exc:
+                raise ValueError(f"EnvConfig.cost_table: {exc}") from None
 
     def _check_types(self) -> None:
         """A TypeError naming the field, its value and the type it needs (before a comparison fails obscurely)."""
@@ -164,6 +180,26 @@ class EnvConfig:
         for name, kind in (("workload", Workload), ("reward", RewardConfig), ("action", ActionConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"EnvConfig.{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
+        if self.model is not None and not isinstance(self.model, MoEConfig):
+            raise TypeError(
+                f"EnvConfig.model must be a MoEConfig or None (a preset name goes in `preset`), got {self.model!r}"
+            )
+        for name in ("ttt", "randomize"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"EnvConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("preset", "telemetry", "gpu", "split"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"EnvConfig.{name} must be a string, got {getattr(self, name)!r}")
+        for name in ("checkpoint", "cost_table"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), (str, Path)):
+                raise TypeError(f"EnvConfig.{name} must be a path or None, got {getattr(self, name)!r}")
+        if not (isinstance(self.domains, (tuple, list)) and all(isinstance(d, (str, Path)) for d in self.domains)):
+            raise TypeError(f"EnvConfig.domains must be (before, after) names or paths, got {self.domains!r}")
+        for name in ("shift_range", "ambient_range_c", "cooling_range"):
+            pair = getattr(self, name)
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+                    and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in pair)):  # fmt: skip
+                raise TypeError(f"EnvConfig.{name} must be a (low, high) pair of numbers, got {pair!r}")
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> EnvConfig:

@@ -6,7 +6,7 @@ from moe_runtime.model import ModelOutput, MoETransformer
 from moe_runtime.muon import Muon, newton_schulz
 from moe_runtime.pretrain import PretrainConfig, checkpoint_path, evaluate_loss, load_or_pretrain, pretrain
 from moe_runtime.runtime import ControlAction, MoERuntime, StepReport, forward_work
-from moe_runtime.streams import Corpus, DomainSchedule, TokenStream, corpus_hash, load_corpus
+from moe_runtime.streams import BUILTIN_DOMAINS, Corpus, DomainSchedule, TokenStream, corpus_hash, load_corpus
 from moe_runtime.ttt import TTTEngine
 from moe_runtime.ttt_config import (
     DEFAULT_CHUNK_TOKENS,
@@ -17,6 +17,7 @@ from moe_runtime.ttt_config import (
 from moe_runtime.ttt_config import METHODS as TTT_METHODS
 
 __all__ = [
+    "BUILTIN_DOMAINS",
     "DEFAULT_CHUNK_TOKENS",
     "DEFAULT_FREQUENCY_TOKENS",
     "EXPERT_WIDTH_RATIOS",

@@ -63,6 +63,10 @@ def test_bad_config_is_a_clear_error_at_construction(kwargs):
         (dict(cost_table="/no/such/table.json"), "cost_table '/no/such/table.json' does not exist"),
         (dict(cost_table="/"), "cost_table '/' is a folder"),  # was IsADirectoryError from the KCM
         (dict(checkpoint="/"), "checkpoint '/' is a folder"),
+        (dict(cost_table=__file__), "EnvConfig.cost_table: cost table " + __file__ + " is not valid JSON"),
+        (dict(cost_table="builtin", gpu="L4"), "EnvConfig.cost_table: "),  # no calibrated table ships for the L4
+        (dict(domains=("prose", "klingon")), "domains: 'klingon' is neither a built-in domain ('prose', 'code')"),
+        (dict(torch_threads=100000), "torch_threads must be at most 256, got 100000"),
     ],
 )
 def test_unknown_gpu_and_missing_files_fail_in_the_config(kwargs, message):
@@ -78,6 +82,14 @@ def test_unknown_gpu_and_missing_files_fail_in_the_config(kwargs, message):
         (dict(episode_intervals=2.5), "episode_intervals must be an integer, got 2.5"),
         (dict(torch_threads=True), "torch_threads must be an integer, got True"),
         (dict(reward={"energy": 1.0}), "reward must be a RewardConfig"),
+        (dict(model="tiny"), "model must be a MoEConfig or None (a preset name goes in `preset`), got 'tiny'"),
+        (dict(ttt="maybe"), "ttt must be true or false, got 'maybe'"),
+        (dict(randomize=2), "randomize must be true or false, got 2"),
+        (dict(shift_range=0.5), "shift_range must be a (low, high) pair of numbers, got 0.5"),
+        (dict(ambient_range_c=(1,)), "ambient_range_c must be a (low, high) pair of numbers, got (1,)"),
+        (dict(cooling_range=("a", "b")), "cooling_range must be a (low, high) pair of numbers"),
+        (dict(domains="prose"), "domains must be (before, after) names or paths, got 'prose'"),
+        (dict(gpu=100), "gpu must be a string, got 100"),
     ],
 )
 def test_wrongly_typed_settings_are_type_errors_naming_the_field(kwargs, message):

@@ -399,6 +399,17 @@ def test_a_refused_rerun_leaves_the_saved_args(finished_run, tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["seeds"] == [0, 1]
 
 
+@pytest.mark.parametrize("bad", ["fixed_ttt(foo=1)", "ppo:{junk}"])  # a bad argument, an unloadable model
+def test_a_refused_overwrite_deletes_nothing(finished_run, tmp_path, capsys, bad):
+    out = copy_run(finished_run, tmp_path)
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    policies = f"no_control,{bad.format(junk=tmp_path / 'junk.zip')}"
+    assert evaluate.main([*RUN, "--out", str(out), "--overwrite", "--policies", policies]) == 2
+    assert capsys.readouterr().err.startswith("error: policy ")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # episodes, traces, args.json
+
+
 def test_resume_with_other_episode_settings_is_refused(finished_run, tmp_path, capsys):
     out = copy_run(finished_run, tmp_path)
     before = {n: (out / n).read_bytes() for n in ("args.json", "episodes.csv")}
@@ -498,3 +509,14 @@ def test_report_only_that_fails_mid_plot_keeps_the_saved_report(finished_run, tm
         evaluate.main(["--out", str(out), "--report-only"])
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".png", ".md")} == saved
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_suites_find_the_repository_files_from_another_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = evaluate.Args()
+    [spec] = evaluate_suites.committed_policy(args)  # the default, a path relative to the repository
+    assert spec.text == f"ppo:{args.trained_policy}"  # as given: a resume elsewhere sees the same policy
+    assert Path(spec.path).is_file() and Path(spec.path).is_absolute()
+    (tmp_path / "mine.zip").write_bytes(b"")  # a file of that name here is the user's own
+    assert evaluate_suites.committed_policy(dataclasses.replace(args, trained_policy="mine.zip"))[0].path == "mine.zip"
+    assert evaluate_suites.committed_policy(dataclasses.replace(args, trained_policy="no/such.zip")) == []

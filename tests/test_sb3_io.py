@@ -92,3 +92,31 @@ def test_a_run_folder_loads_its_newest_readable_checkpoint(tmp_path, saved, capl
     assert "ckpt_96_steps.zip" in caplog.text and policy.vec_normalize is not None
     obs = np.zeros(3, dtype=np.float32)
     assert np.allclose(policy.act(obs), load_policy(run / "checkpoints" / "ckpt_64_steps.zip").act(obs))
+
+
+@pytest.mark.parametrize("config", [True, False])  # the algorithm from the run's config.yaml / from the zip alone
+def test_another_algorithm_than_the_saved_one_is_a_value_error(tmp_path, saved, config):
+    run = run_folder(tmp_path, saved, norm_obs=True if config else None, stats=True)
+    for algo in ("sac", "td3", "a2c"):
+        with pytest.raises(ValueError, match=f"holds a ppo model, not {algo}; load it as ppo"):
+            load_policy(run / "model.zip", algo=algo)
+    assert load_policy(run / "model.zip", algo="ppo").vec_normalize is not None
+
+
+def rewrite_entry(src, dst, name: str, data: bytes) -> None:
+    """Copy the zip `src` to `dst` with entry `name` replaced by `data` (a valid zip: only its content is bad)."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            zout.writestr(item, data if item.filename == name else zin.read(item.filename))
+
+
+@pytest.mark.parametrize(("entry", "data"), [("policy.pth", b"not a torch file"), ("data", b"{}"),
+                                             ("data", b"[1, 2]"), ("data", b"\x00garbage")])  # fmt: skip
+def test_a_zip_with_damaged_contents_is_a_value_error_naming_it(tmp_path, saved, entry, data):
+    bad = tmp_path / "model.zip"
+    rewrite_entry(saved / "model.zip", bad, entry, data)
+    for algo in (None, "ppo"):
+        with pytest.raises(ValueError, match=f"{bad} is not a (readable ppo|saved stable-baselines3) model"):
+            load_policy(bad, algo=algo)

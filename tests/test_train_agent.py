@@ -59,6 +59,14 @@ BAD_FLAGS = [
     (["--env-kwargs", "gpu:H900"], "unknown GPU 'H900'"),
     (["--env-kwargs", "checkpoint:/no/such/model.pt"], "'/no/such/model.pt' does not exist"),
     (["--env-kwargs", f"checkpoint:{__file__}"], "is corrupt or not a checkpoint"),  # a file, not a checkpoint
+    (["--env-kwargs", f"cost_table:{__file__}"], "EnvConfig.cost_table: cost table"),  # read before any env
+    (["--env-kwargs", "domains:[prose, klingon]"], "'klingon' is neither a built-in domain"),
+    (["--env-kwargs", "ambient_range_c:[1]"], "ambient_range_c must be a (low, high) pair of numbers"),
+    (["--hyperparams", "batch_size:1"], "batch_size must be an integer >= 2 for ppo"),
+    (["--hyperparams", "n_steps:1"], "n_steps 1 x --n-envs 1 must be >= 2"),
+    (["--hyperparams", "policy_kwargs:{foo: 1}"], "unknown policy_kwargs ['foo'] of the ppo ActorCriticPolicy"),
+    (["--algo", "td3", "--hyperparams", "policy_kwargs:{ortho_init: true}"], "unknown policy_kwargs ['ortho_init']"),
+    *([(["--env-kwargs", "telemetry:nvml"], "--env-kwargs telemetry:nvml: ")] if not torch.cuda.is_available() else []),
 ]
 
 
@@ -159,6 +167,17 @@ def interrupted_run(folder: Path, steps=(32, 64)) -> Path:
     for n in steps:
         write_model_zip(folder / "checkpoints" / f"ckpt_{n}_steps.zip")
     return folder
+
+
+def test_resume_from_a_checkpoint_that_reads_but_does_not_load_is_one_line(tmp_path):
+    run = interrupted_run(tmp_path / "run")  # its checkpoints pass the zip probe, but hold no model
+    cmd = [sys.executable, "train_agent.py", "--out", str(run), *RUN_FLAGS, "--resume", "--timesteps", "128"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    ckpt = run / "checkpoints" / "ckpt_64_steps.zip"
+    assert f"train_agent.py: error: --resume: cannot load {ckpt} (" in result.stderr
+    assert "move it aside to resume from the checkpoint before it" in result.stderr
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["ckpt_32_steps.zip", "ckpt_64_steps.zip"]
 
 
 @pytest.mark.parametrize("leave", ["config.yaml", "checkpoints/ckpt_32_steps.zip", "model.zip", "all"])
