@@ -175,10 +175,10 @@ def moe_align_block_size_triton(
 ) -> AlignResult:
     """Triton alignment: the same contract as `moe_align_block_size_reference`, exactly equal results.
 
-    Three launches (count per chunk, one-program scan, scatter + fill), no atomics, no device-to-host sync; every
-    element of the outputs is written. E <= 1024. Expert ids are not range-checked (that would need a sync): a slot
-    whose id is outside [0, E) is dropped, placed nowhere and counted in no segment, and nothing outside the output
-    buffers is written.
+    Two or three launches (count per chunk, a one-program scan unless the chunks are few, scatter + fill), no
+    atomics, no device-to-host sync; every element of the outputs is written. E <= 1024. Expert ids are not
+    range-checked (that would need a sync): a slot whose id is outside [0, E) is dropped, placed nowhere and counted
+    in no segment, and nothing outside the output buffers is written.
 
     Raises:
         RuntimeError: Triton cannot run on this device (the message says why).
@@ -204,9 +204,11 @@ def align_triton_segments(
     out: AlignResult | None = None,
 ) -> tuple[AlignResult, Segments]:
     """`moe_align_block_size_triton` with its arguments already checked (`order` as `segment_order_of` returns it),
-    and the segments beside the result (`kernels.swiglu` maps the gate/up GEMM's programs with them).
+    and the segments beside the result (`kernels.swiglu` maps the gate/up GEMM's programs with them). Two launches
+    where the chunk counts are few (`SCAN_IN_SCATTER_MAX_COUNTS`, up to 64 experts: the scatter scans them itself),
+    else three.
 
-    The outputs and the scratch of the three launches are views of one allocation (or, given `out`, the scratch
+    The outputs and the scratch of the launches are views of one allocation (or, given `out`, the scratch
     alone): every allocation is host time on each call. Each view starts on a 16-byte boundary, as a buffer of its
     own would: Triton specialises a pointer argument on that, and an offset that moved with the batch size would
     compile another variant of every kernel reading it.
@@ -235,15 +237,28 @@ def align_triton_segments(
     _triton_align.count_kernel[(num_chunks,)](
         flat, chunk_counts, numel, NUM_EXPERTS=num_experts, BLOCK_E=block_e, CHUNK=chunk
     )
-    _triton_align.scan_kernel[(1,)](
-        chunk_counts, chunk_base, table, out.num_tokens_post_padded, order_table, num_chunks,
-        BLOCK_E=block_e, BLOCK_C=max(1, 4096 // block_e), BLOCK_SIZE_M=block_size,
-    )  # fmt: skip
+    block_c = max(1, 4096 // block_e)
+    # Read here, not cached with the sizes: a test may change it. Past 64 experts the scan's vectors in every scatter
+    # program cost registers (compiled for sm_90 at E = 256 it spills 936 bytes, against 152 without).
+    scan_in_scatter = block_e <= 64 and num_chunks * block_e <= SCAN_IN_SCATTER_MAX_COUNTS
+    if not scan_in_scatter:
+        _triton_align.scan_kernel[(1,)](
+            chunk_counts, chunk_base, table, out.num_tokens_post_padded, order_table, num_chunks,
+            BLOCK_E=block_e, BLOCK_C=block_c, BLOCK_SIZE_M=block_size,
+        )  # fmt: skip
     _triton_align.scatter_kernel[(sizes.scatter_programs,)](
-        flat, chunk_base, table, out.sorted_token_ids, out.expert_ids, numel, num_chunks, sizes.max_padded,
-        sizes.max_blocks, NUM_EXPERTS=num_experts, BLOCK_E=block_e, CHUNK=chunk, BLOCK_SIZE_M=block_size,
+        flat, chunk_counts, chunk_base, table, out.num_tokens_post_padded, order_table, out.sorted_token_ids,
+        out.expert_ids, numel, num_chunks, sizes.max_padded, sizes.max_blocks, NUM_EXPERTS=num_experts,
+        BLOCK_E=block_e, CHUNK=chunk, BLOCK_SIZE_M=block_size, SCAN=scan_in_scatter, BLOCK_C=block_c,
     )  # fmt: skip
     return out, Segments(table, order_table, block_e)
+
+
+# The most chunk counts (chunks x BLOCK_E) for which each scatter program scans them itself: up to 64 KB of reads a
+# program (four steps of the scan's loop at most), against a launch saved. The E = 64 and 8k-16k token calls whose
+# eager timing was host-bound on an H100 (results/gpu/kernels/2026-11-24) have 4096-8192; a top-8 pass of 262144 slots
+# would have 131072 a program, more than the launch is worth.
+SCAN_IN_SCATTER_MAX_COUNTS = 16384
 
 
 class _Sizes(NamedTuple):

@@ -110,9 +110,11 @@ def test_index_kernels_compile(device):
                    {"chunk_counts_ptr": i32, "chunk_base_ptr": i32, "seg_ptr": i32, "num_post_pad_ptr": i32,
                     "order_ptr": i32},
                    dict(BLOCK_E=64, BLOCK_C=64, BLOCK_SIZE_M=64), cap)  # fmt: skip
-    compile_kernel(_triton_align.scatter_kernel,
-                   {"chunk_base_ptr": i32, "seg_ptr": i32, "sorted_ids_ptr": i32, "expert_ids_ptr": i32, **ids},
-                   dict(NUM_EXPERTS=64, BLOCK_E=64, CHUNK=64, BLOCK_SIZE_M=64), cap)  # fmt: skip
+    for scan in (False, True):  # the scan in its own launch, or in every scatter program
+        compile_kernel(_triton_align.scatter_kernel,
+                       {"chunk_counts_ptr": i32, "chunk_base_ptr": i32, "seg_ptr": i32, "num_post_pad_ptr": i32,
+                        "order_ptr": i32, "sorted_ids_ptr": i32, "expert_ids_ptr": i32, **ids},
+                       dict(NUM_EXPERTS=64, BLOCK_E=64, CHUNK=64, BLOCK_SIZE_M=64, SCAN=scan, BLOCK_C=64), cap)  # fmt: skip
     compile_kernel(_triton_swiglu.combine_kernel, {"y_ptr": "*bf16", "out_ptr": "*bf16"},
                    dict(TOP_K=8, BLOCK_T=16, BLOCK_D=256), cap)  # fmt: skip
 

@@ -83,7 +83,7 @@ def test_align_compiled_drops_bad_ids_inside_its_buffers(request):
 
 
 @pytest.mark.parametrize(("num_tokens", "num_experts", "top_k", "block_size"),
-                         [(16384, 64, 8, 64), (2000, 8, 2, 16), (513, 16, 4, 128)])  # fmt: skip
+                         [(16384, 64, 8, 64), (4096, 64, 4, 64), (2000, 8, 2, 16), (513, 16, 4, 128)])  # fmt: skip
 @pytest.mark.parametrize("shuffled", [False, True], ids=["expert_order", "shuffled_segments"])
 def test_align_compiled_exact(request, num_tokens, num_experts, top_k, block_size, shuffled):
     g = cuda_gen(request)

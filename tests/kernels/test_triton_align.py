@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kernels import align
 from kernels.align import (
     AlignResult,
     align_triton_segments,
@@ -15,6 +16,14 @@ from kernels.align import (
 
 pytestmark = pytest.mark.triton
 
+
+@pytest.fixture(autouse=True, params=["scan_launch", "scan_in_scatter"])
+def scan_path(request, monkeypatch):
+    """Every test on both paths of the scan: its own launch, and done by each scatter program (the default where the
+    chunk counts are few, as in these small cases)."""
+    monkeypatch.setattr(align, "SCAN_IN_SCATTER_MAX_COUNTS", -1 if request.param == "scan_launch" else 1 << 30)
+    return request.param
+
 # (id, tokens, experts, top_k, block_size, load); T * k is rarely a multiple of the block.
 ALIGN_CASES = [
     ("uniform_ragged_tail", 37, 8, 2, 16, "uniform"),
@@ -24,6 +33,7 @@ ALIGN_CASES = [
     ("first_choice_one_expert", 27, 6, 2, 16, "one"),
     ("k_equals_E", 21, 4, 4, 16, "uniform"),
     ("E64_eight_chunks", 64, 64, 8, 16, "skewed"),
+    ("E64_two_scan_steps", 600, 64, 8, 16, "skewed"),  # 75 chunks: the scan's loop takes 64 a step
     ("block64", 30, 8, 3, 64, "skewed"),
     ("one_token", 1, 8, 2, 16, "uniform"),
     ("no_tokens", 0, 4, 2, 16, "uniform"),
