@@ -236,16 +236,20 @@ class AgentRouter:
         """Serve one interval with the present action, observe it, and apply the controller's next action."""
         runtime, applied = self.runtime, self.runtime.action
         self.monitor.begin_window(_WINDOW)
-        if self.gpu is not None:
-            report = runtime.step(self.interval_tokens)
-            due = self._due_tokens(report)
-            busy_s, served = self._execute_simulated(report, due)
-            launch_s, launches = busy_s, max(1, math.ceil(served / self.deployment.batch_tokens))
-        else:  # the runtime serves the demand on the measured GPU itself
-            due = self._due_tokens(None)
-            out = serve_interval(runtime, self.launch_tokens, due, self.interval_s)
-            report, busy_s, served = merge_reports(out.reports), out.busy_s, out.served_tokens(due)
-            launch_s, launches = sum(out.launch_ms) / 1000.0, len(out.reports)
+        try:
+            if self.gpu is not None:
+                report = runtime.step(self.interval_tokens)
+                due = self._due_tokens(report)
+                busy_s, served = self._execute_simulated(report, due)
+                launch_s, launches = busy_s, max(1, math.ceil(served / self.deployment.batch_tokens))
+            else:  # the runtime serves the demand on the measured GPU itself
+                due = self._due_tokens(None)
+                out = serve_interval(runtime, self.launch_tokens, due, self.interval_s)
+                report, busy_s, served = merge_reports(out.reports), out.busy_s, out.served_tokens(due)
+                launch_s, launches = sum(out.launch_ms) / 1000.0, len(out.reports)
+        except BaseException:  # an interrupted interval: its window closes unread, so the next step can open one
+            self.monitor.end_window(_WINDOW)
+            raise
         m = self.monitor.end_window(_WINDOW)
         stats = self.monitor.get_current_stats()
         self.backlog_tokens = max(0.0, due - served)

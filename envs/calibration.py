@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,8 +107,10 @@ def reward_reference(cfg: EnvConfig, runtime: MoERuntime, backend) -> EnvReferen
             log.warning("ignoring unreadable calibration cache %s (%s); recomputing", path, exc)
     ref = _calibrate(cfg, runtime, backend)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(dataclasses.asdict(ref), f, indent=1)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # not mkstemp: its 0600 would outlive the rename
+    try:
+        tmp.write_text(json.dumps(dataclasses.asdict(ref), indent=1))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return ref

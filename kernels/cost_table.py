@@ -284,11 +284,21 @@ def load_table(path: str | Path, fallback: CostTable) -> CostTable:
     for op, entry in ops.items():
         if op not in OPS:
             raise ValueError(f"cost table {path} names unknown op {op!r}; ops are {OPS}")
+        if not isinstance(entry, dict):
+            raise ValueError(f"cost table {path}: op {op!r} is {entry!r}, not a mapping of coefficients")
         for key in COEFFICIENTS:
             value = entry.get(key)
-            value = math.inf if value is None and key in ("flops_per_s", "bytes_per_s") else value
+            rate = key in ("flops_per_s", "bytes_per_s")  # an unbounded rate (null) is allowed: no such limit
+            value = math.inf if value is None and rate else value
             zero_ok = key in ("dispatch_s", "overhead_s", "compute_power_scale", "memory_power_scale")
-            if not isinstance(value, (int, float)) or math.isnan(value) or value < 0 or (value == 0 and not zero_ok):
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or math.isnan(value)
+                or value < 0
+                or (value == 0 and not zero_ok)
+                or (math.isinf(value) and not rate)
+            ):
                 raise ValueError(f"cost table {path}: op {op!r} has a bad {key} ({value!r})")
             table.set_op(op, **{key: value})
         table.origin[op] = str(entry.get("origin", "fitted"))

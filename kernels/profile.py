@@ -96,6 +96,12 @@ def read_reference(path: str | Path) -> tuple[Rows, np.ndarray]:
                 values = (OP_INDEX[op], tokens, d, int(r["d_ff"] or 0), seq, int(r["experts"] or 0))
                 values += (float(r["busy_ms_per_op"]) / 1e3, float(r["energy_j_per_op"]), float(r["sm_clock_mhz"]))
                 counts = (i, float(r["flops"]), float(r["bytes"]))
+                busy_s, energy_j, clock_mhz = values[-3:]
+                if not (0 < busy_s < math.inf and 0 < energy_j < math.inf and 0 < clock_mhz < math.inf):
+                    raise ValueError(  # a fit would fail on it naming no row, or take it in
+                        f"busy_ms_per_op, energy_j_per_op and sm_clock_mhz must be finite and positive, got "
+                        f"{r['busy_ms_per_op']}, {r['energy_j_per_op']}, {r['sm_clock_mhz']}"
+                    )
             except (KeyError, TypeError, ValueError) as exc:  # TypeError: a short row reads None
                 raise ValueError(f"{path} row {i + 2}: cannot read it ({type(exc).__name__}: {exc})") from None
             for key, value in zip(cols, values):

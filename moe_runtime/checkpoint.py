@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 
 import torch
 
@@ -27,8 +26,8 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     """`torch.save` to a temporary file beside `path`, then rename: a crash never leaves a half-written file."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
+    # Not mkstemp: its mode 0600 would outlive the rename, leaving a shared cache unreadable to others.
+    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
@@ -71,6 +70,8 @@ def read_checkpoint(path) -> dict:
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION or "model" not in ckpt:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a format-{FORMAT_VERSION} moe_runtime checkpoint")
+    if not isinstance(ckpt["model"], dict) or not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} is damaged: its weights or model config are missing")
     return ckpt
 
 
@@ -85,7 +86,10 @@ def load_model(path, config: MoEConfig | None = None) -> MoETransformer:
         CheckpointError: missing, corrupt, or mismatched checkpoint.
     """
     ckpt = read_checkpoint(path)
-    saved = MoEConfig.from_dict(ckpt["config"])
+    try:
+        saved = MoEConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as exc:  # a config no MoEConfig accepts
+        raise CheckpointError(f"checkpoint {str(path)!r} holds an invalid model config ({exc})") from exc
     if config is not None:
         if saved.model_key() != config.model_key():
             raise CheckpointError(
@@ -97,6 +101,6 @@ def load_model(path, config: MoEConfig | None = None) -> MoETransformer:
     model = MoETransformer(saved)
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, AttributeError, ValueError) as exc:  # missing, extra or non-tensor weights
         raise CheckpointError(f"checkpoint {str(path)!r} does not fit the model: {exc}") from exc
     return model

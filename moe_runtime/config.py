@@ -67,6 +67,8 @@ class MoEConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"MoEConfig.{name} must be a positive integer, got {value!r}")
+        if self.vocab_size < 256:  # the streams serve bytes: a smaller embedding fails on the first one past it
+            raise ValueError(f"MoEConfig.vocab_size must be >= 256 (byte tokens), got {self.vocab_size}")
         if self.top_k > self.num_experts:
             raise ValueError(f"MoEConfig.top_k ({self.top_k}) must be <= num_experts ({self.num_experts})")
         if len(self.expert_widths) != self.num_experts:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import pathlib
 from dataclasses import dataclass
 
@@ -65,18 +66,19 @@ class PretrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        rules = {  # field: (allowed, what is allowed)
-            "steps": (lambda v: v >= 1, "an integer >= 1"),
-            "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
-            "lr": (lambda v: 0 < v < math.inf, "a positive, finite rate"),
-            "weight_decay": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
-            "eval_tokens": (lambda v: v >= 1, "an integer >= 1"),
-            "checkpoint_every": (lambda v: v >= 1, "an integer >= 1 (steps between saves)"),
-            "threads": (lambda v: v >= 0, "an integer >= 0 (0: torch's default)"),
+        rules = {  # field: (allowed, what is allowed, an integer)
+            "steps": (lambda v: v >= 1, "an integer >= 1", True),
+            "warmup_steps": (lambda v: v >= 0, "an integer >= 0", True),
+            "lr": (lambda v: 0 < v < math.inf, "a positive, finite rate", False),
+            "weight_decay": (lambda v: 0 <= v < math.inf, "a finite number >= 0", False),
+            "eval_tokens": (lambda v: v >= 1, "an integer >= 1", True),
+            "checkpoint_every": (lambda v: v >= 1, "an integer >= 1 (steps between saves)", True),
+            "threads": (lambda v: v >= 0, "an integer >= 0 (0: torch's default)", True),
         }
-        for name, (allowed, what) in rules.items():
+        for name, (allowed, what, integer) in rules.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not allowed(value):
+            kinds = numbers.Integral if integer else numbers.Real  # 2.5 steps, or inf, would fail after training
+            if isinstance(value, bool) or not isinstance(value, kinds) or not allowed(value):
                 raise ValueError(f"PretrainConfig.{name} must be {what}, got {value!r}")
 
     def key(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -160,7 +160,9 @@ class MoERuntime:
 
     Args:
         config: the model shape; `config.device` picks CPU or CUDA (bf16 on CUDA unless `config.dtype` says).
-        model: a pretrained model to serve; a freshly initialised one when None.
+        model: a pretrained model to serve, of `config`'s shape (its own config when `config` is None); the runtime
+            takes it over (eval mode, parameters frozen, moved to the device and dtype). A freshly initialised one
+            when None.
         schedule: the domain schedule of the stream (default: prose, then code).
         split: which corpus split the stream reads.
         seed: stream seed (defaults to `config.seed`).
@@ -180,7 +182,17 @@ class MoERuntime:
         ttt: TTTEngine | None = None,
         reference_tokens: int = 0,
     ):
+        if config is None and model is not None:
+            config = model.cfg  # the model's own shape
         self.config = config or MoEConfig()
+        # The shape, not the device, dtype or the seed it was trained from.
+        if model is not None and model.cfg.model_key() != replace(self.config, seed=model.cfg.seed).model_key():
+            got, want = model.cfg, self.config
+            raise ValueError(
+                f"the model is shaped for another MoEConfig (d_model {got.d_model}, layers {got.n_layers}, experts "
+                f"{got.expert_widths}) than `config` (d_model {want.d_model}, layers {want.n_layers}, experts "
+                f"{want.expert_widths}); pass the model's own config, or none"
+            )
         self.device = torch.device(self.config.resolved_device())
         self.dtype = _TORCH_DTYPES[self.config.resolved_dtype()]
         if model is None:
@@ -199,8 +211,11 @@ class MoERuntime:
             ttt.attach(self.model)
             self.action = ControlAction(self.action.routing_biases, ttt.frequency_tokens, ttt.chunk_tokens)
 
-    def reset_stream(self, schedule: DomainSchedule | None = None, split: str | None = None, seed: int = 0) -> None:
-        """Start a fresh stream (new schedule, split or seed)."""
+    def reset_stream(
+        self, schedule: DomainSchedule | None = None, split: str | None = None, seed: int | None = None
+    ) -> None:
+        """Start a fresh stream from its beginning: a new schedule, split or seed, each the present one when None."""
+        seed = self.stream.seed if seed is None else seed
         self.stream = TokenStream(schedule or self.stream.schedule, split=split or self.stream.split, seed=seed)
 
     def set_routing_biases(self, biases) -> None:
@@ -208,12 +223,14 @@ class MoERuntime:
         self.model.set_selection_biases(torch.as_tensor(np.asarray(biases, dtype=np.float32)))
 
     def apply(self, action: ControlAction) -> None:
-        """Take a controller's decision into effect for the following intervals."""
-        self.set_routing_biases(action.biases(self.config.num_experts))
+        """Take a controller's decision into effect for the following intervals: all of it, or (on a ValueError)
+        none of it."""
+        if self.ttt is None and action.ttt_enabled:
+            raise ValueError("ControlAction turns TTT on but this runtime has no TTT engine")
+        biases = action.biases(self.config.num_experts)  # checked before anything changes
         if self.ttt is not None:
             self.ttt.set_schedule(action.ttt_frequency_tokens, action.ttt_chunk_tokens)
-        elif action.ttt_enabled:
-            raise ValueError("ControlAction turns TTT on but this runtime has no TTT engine")
+        self.set_routing_biases(biases)
         self.action = action
 
     def reset_ttt(self) -> None:

@@ -170,6 +170,7 @@ class TokenStream:
             raise ValueError(f"split {split!r} is not one of {SPLITS}")
         self.schedule = schedule or DomainSchedule()
         self.split = split
+        self.seed = seed
         self.corpora = {d: load_corpus(d) for d in self.schedule.domains}
         rng = np.random.default_rng(seed)
         self._offsets = {d: int(rng.integers(0, len(c.splits[split]))) for d, c in self.corpora.items()}

@@ -192,6 +192,9 @@ class TTTEngine:
         same setting every interval), restarts from 0 when TTT is turned on, and an update whose count already
         reached a new, lower frequency fires before the next token is served.
         """
+        for name, value in (("frequency_tokens", frequency_tokens), ("chunk_tokens", chunk_tokens)):
+            if isinstance(value, bool) or not float(value).is_integer():  # 100.9 was taken as 100, NaN failed in int()
+                raise ValueError(f"ttt {name} must be a whole number of tokens, got {value!r}")
         frequency_tokens, chunk_tokens = int(frequency_tokens), int(chunk_tokens)
         if frequency_tokens < 0:
             raise ValueError(f"ttt frequency_tokens must be >= 0 (0 = off), got {frequency_tokens}")

@@ -18,6 +18,8 @@ first update. `check_after=False` saves the extra forward, about a quarter of an
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from kernels import KernelCall
@@ -82,22 +84,26 @@ class TTTConfig:
             raise ValueError(f"TTTConfig.method {self.method!r} is not one of {METHODS}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TTTConfig.optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
-        for name in ("lr", "vector_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"TTTConfig.{name} must be positive, got {getattr(self, name)}")
+        for name in ("lr", "vector_lr"):  # NaN or inf would have every update rolled back, silently
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"TTTConfig.{name} must be positive and finite, got {getattr(self, name)}")
         for name in ("steps_per_update", "fast_weight_dim", "lora_rank", "chunk_tokens", "buffer_tokens"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if not _is_int(value) or value <= 0:
                 raise ValueError(f"TTTConfig.{name} must be a positive integer, got {value!r}")
         for name in ("grad_clip", "max_update_norm", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TTTConfig.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
-        if not isinstance(self.lr_chunk_tokens, int) or self.lr_chunk_tokens < 0:
-            raise ValueError(f"TTTConfig.lr_chunk_tokens must be an integer >= 0 (0 = off), got {self.lr_chunk_tokens}")
-        if self.frequency_tokens < 0:
-            raise ValueError(f"TTTConfig.frequency_tokens must be >= 0 (0 = off), got {self.frequency_tokens}")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"TTTConfig.{name} must be finite and >= 0 (0 = off), got {getattr(self, name)}")
+        for name in ("lr_chunk_tokens", "frequency_tokens"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"TTTConfig.{name} must be an integer >= 0 (0 = off), got {value!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"TTTConfig.momentum must be in [0, 1), got {self.momentum}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass

@@ -112,8 +112,10 @@ class TraceRecorder:
 
     def _write_csv(self, data: dict[str, Any]) -> None:
         if self._csv is None:
-            self._csv = csv.DictWriter(self._file, fieldnames=list(data), extrasaction="ignore")
-            if self._file.tell() == 0:
+            # Appending to a trace: its own header orders the columns, whatever order this row's keys come in.
+            header = self._existing_header() if self._file.tell() > 0 else None
+            self._csv = csv.DictWriter(self._file, fieldnames=header or list(data), extrasaction="ignore")
+            if header is None:
                 self._csv.writeheader()
         extra = set(data) - set(self._csv.fieldnames)
         if extra and not self._warned_extra:
@@ -121,6 +123,14 @@ class TraceRecorder:
                           RuntimeWarning, stacklevel=3)
             self._warned_extra = True
         self._csv.writerow(data)
+
+    def _existing_header(self) -> list[str]:
+        """The column names of the CSV being appended to (its first line); a ValueError if it has none."""
+        with open(self.path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if not header or not all(header):
+            raise ValueError(f"{self.path} has no CSV header to append rows under; give a new path")
+        return header
 
     @staticmethod
     def _open_tensorboard(log_dir: str) -> Any:

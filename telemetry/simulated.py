@@ -145,7 +145,9 @@ class SimulatedGpu:
         self.noise_std = float(noise_std)
         self.step_s = float(step_s)
         self.buffer = SampleBuffer(buffer_capacity)
-        self._rng = np.random.default_rng(seed)
+        # Sensor noise on the results of `execute` and on instantaneous readings come from streams of their own, so
+        # that polling the sensors (a monitor, a log) does not change a seeded run's measured energies.
+        self._rng, self._read_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
         self._sink_r = self.spec.sink_resistance_c_per_w * self.cooling
         self._time_s = 0.0
         self._energy_j = 0.0
@@ -229,7 +231,7 @@ class SimulatedGpu:
 
     def power_w(self) -> float:
         """Power over the last sub-step (the "instant" reading), W."""
-        return self._noisy_power(self._power_w)
+        return self._noisy_power(self._power_w, self._read_rng)
 
     def instant_power_w(self) -> float:
         """Same as `power_w` (the simulator's power is instantaneous), W."""
@@ -237,7 +239,7 @@ class SimulatedGpu:
 
     def average_power_w(self) -> float:
         """Power averaged like `nvmlDeviceGetPowerUsage` (~1 s window, as an exponential filter), W."""
-        return self._noisy_power(self._average_power_w)
+        return self._noisy_power(self._average_power_w, self._read_rng)
 
     def energy_j(self) -> float:
         """Energy counter since construction, J (exact; noise-free like NVML's counter)."""
@@ -245,11 +247,11 @@ class SimulatedGpu:
 
     def temperature_c(self) -> float:
         """Die (GPU) temperature, C."""
-        return self._noisy_temperature(self._die_c)
+        return self._noisy_temperature(self._die_c, self._read_rng)
 
     def memory_temperature_c(self) -> float:
         """HBM temperature, C (between heatsink and die; a chosen share)."""
-        return self._noisy_temperature(self._sink_c + _MEMORY_TEMP_SHARE * (self._die_c - self._sink_c))
+        return self._noisy_temperature(self._sink_c + _MEMORY_TEMP_SHARE * (self._die_c - self._sink_c), self._read_rng)
 
     def sm_clock_mhz(self) -> float:
         return self._clock_mhz
@@ -400,12 +402,12 @@ class SimulatedGpu:
             clock_event_reasons=self._reasons,
         )
 
-    def _noisy_power(self, value_w: float) -> float:
+    def _noisy_power(self, value_w: float, rng: np.random.Generator | None = None) -> float:
         if self.noise_std == 0.0:
             return value_w
-        return value_w * (1.0 + self.noise_std * float(self._rng.standard_normal()))
+        return value_w * (1.0 + self.noise_std * float((rng or self._rng).standard_normal()))
 
-    def _noisy_temperature(self, temp_c: float) -> float:
+    def _noisy_temperature(self, temp_c: float, rng: np.random.Generator | None = None) -> float:
         if self.noise_std == 0.0:
             return temp_c
-        return temp_c + (temp_c - self.ambient_c) * self.noise_std * float(self._rng.standard_normal())
+        return temp_c + (temp_c - self.ambient_c) * self.noise_std * float((rng or self._rng).standard_normal())

@@ -367,6 +367,42 @@ def test_agent_router_observes_the_paired_loss_gap_as_the_env_does():
             AgentRouter("no_control", MoERuntime(TINY), launch_tokens=bad)
 
 
+def test_agent_router_steps_again_after_an_interrupted_interval(monkeypatch):
+    runtime = MoERuntime(TINY)
+    router = AgentRouter("no_control", runtime, monitor=SimulatedGpu("H100", seed=1))
+
+    def interrupted(num_tokens):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runtime, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        router.step()
+    monkeypatch.undo()
+    assert router.monitor.open_windows == [] and router.step().interval == 0
+
+
+def test_runtime_apply_takes_all_of_an_action_or_none():
+    runtime = MoERuntime(TINY)  # no TTT engine
+    before = [p.clone() for p in runtime.model.buffers()]
+    with pytest.raises(ValueError, match="no TTT engine"):
+        runtime.apply(ControlAction((1.0, 2.0, 3.0, 4.0), ttt_frequency_tokens=100))
+    assert all(torch.equal(a, b) for a, b in zip(before, runtime.model.buffers()))  # the biases did not move
+    assert runtime.action == ControlAction.uncontrolled(4)
+    runtime.apply(ControlAction((1.0, 2.0, 3.0, 4.0)))
+    assert not all(torch.equal(a, b) for a, b in zip(before, runtime.model.buffers()))
+
+
+def test_runtime_serves_a_model_of_its_config_and_keeps_its_stream_seed():
+    model = MoETransformer(TINY)
+    assert MoERuntime(model=model).config.model_key() == TINY.model_key()  # the model's own config
+    with pytest.raises(ValueError, match=r"shaped for another MoEConfig \(d_model 32, layers 2"):
+        MoERuntime(MoEConfig(), model=MoETransformer(TINY))
+    runtime = MoERuntime(TINY, seed=3)
+    first = runtime.step(32).loss
+    runtime.reset_stream()  # from the start again, with the seed it was built with (was always 0)
+    assert runtime.step(32).loss == first
+
+
 @pytest.mark.parametrize("demand", [1e-9, 10.0])
 def test_agent_router_on_nvml_serves_the_demand_then_idles_out_the_interval(demand):
     """On an NVML source the runtime itself serves launches until the demand is met or the interval is used up, then

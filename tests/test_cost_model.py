@@ -259,6 +259,9 @@ BAD_TABLES = [  # (file content or edit, message fragment)
     (lambda d: d.update(format="something"), "not a kernel cost table"),
     (lambda d: d["ops"].update(gemm_sideways={}), "gemm_sideways"),
     (lambda d: d["ops"]["gemm_up"].update(flops_per_s=-1.0), "flops_per_s"),
+    (lambda d: d["ops"].update(gemm_up=5), "op 'gemm_up' is 5, not a mapping"),  # was an AttributeError
+    (lambda d: d["ops"]["gemm_up"].update(dispatch_s=float("inf")), "bad dispatch_s"),  # failed later, as NaN
+    (lambda d: d["ops"]["gemm_up"].update(dispatch_s=True), "bad dispatch_s"),
 ]
 
 
@@ -311,6 +314,8 @@ BAD_REFERENCES = [  # (CSV text, message fragment): each a usage error naming th
     (HEADER + "gemm_up,64,1024\n", "row 2: cannot read it (TypeError"),
     (HEADER + "gemm_up,64,1024,512,fast,0.002,1980,1,1,,,,,\n", "row 2: cannot read it (ValueError"),
     (HEADER + "gemm_up,64,1024,512,0.01,0.002,1980,1,1,,,,,\n", "differ from the work vocabulary"),
+    *((HEADER + f"gemm_up,64,1024,512,{busy},{energy},1980,1,1,,,,,\n", "must be finite and positive")
+      for busy, energy in (("nan", "0.002"), ("0", "0.002"), ("inf", "0.002"), ("-0.01", "0.002"), ("0.01", "nan"))),
 ]
 
 

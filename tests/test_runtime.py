@@ -20,6 +20,7 @@ BAD_CONFIGS = [
     dict(aux_loss_coef=float("nan")),  # was accepted: every training loss NaN
     dict(expert_widths=(16.7, 32, 48, 64)),  # was truncated to 16
     dict(seed=-1),  # was numpy's message, naming no seed
+    dict(vocab_size=10),  # was an IndexError from the embedding at the first step
 ]
 
 
@@ -215,6 +216,15 @@ def test_corrupt_or_mismatched_checkpoint_is_a_clear_error(tiny, tmp_path):
     truncated.write_bytes(good.read_bytes()[:200])
     with pytest.raises(mr.CheckpointError, match="trunc.pt"):
         mr.load_model(truncated, tiny)
+    # files torch loads whose contents are damaged: each a CheckpointError naming the file, not a KeyError
+    saved = torch.load(good, weights_only=True)
+    damage = {"no_config": {k: v for k, v in saved.items() if k != "config"}, "config_a_list": {**saved, "config": [1]},
+              "weights_a_number": {**saved, "model": 5}, "bad_config_value": {**saved, "config": {"top_k": 0}},
+              "non_tensor_weights": {**saved, "model": dict.fromkeys(saved["model"], 1)}}  # fmt: skip
+    for name, ckpt in damage.items():
+        torch.save(ckpt, tmp_path / f"{name}.pt")
+        with pytest.raises(mr.CheckpointError, match=f"{name}.pt"):
+            mr.load_model(tmp_path / f"{name}.pt", None if name == "bad_config_value" else tiny)
 
 
 def test_control_action():

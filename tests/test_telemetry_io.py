@@ -39,6 +39,21 @@ def test_a_crash_loses_at_most_the_unflushed_rows(tmp_path):
     assert len(path.read_text().splitlines()) == 12
 
 
+def test_csv_appended_rows_go_under_the_saved_header(tmp_path):
+    path = tmp_path / "trace.csv"
+    with tel.TraceRecorder(path) as recorder:
+        recorder.write({"power_w": 100.0, "temperature_c": 50.0})
+    with tel.TraceRecorder(path) as recorder:  # reopened, keys in another order, one missing
+        recorder.write({"temperature_c": 60.0, "power_w": 200.0})
+        recorder.write({"power_w": 300.0})
+    rows = list(csv.DictReader(path.open()))
+    assert [(r["power_w"], r["temperature_c"]) for r in rows] == [("100.0", "50.0"), ("200.0", "60.0"), ("300.0", "")]
+    headless = tmp_path / "headless.csv"
+    headless.write_text("\n")
+    with tel.TraceRecorder(headless) as recorder, pytest.raises(ValueError, match="has no CSV header"):
+        recorder.write({"power_w": 1.0})
+
+
 def test_csv_rows_keep_the_first_header(tmp_path):
     path = tmp_path / "trace.csv"
     with tel.TraceRecorder(path, fsync=True) as recorder:

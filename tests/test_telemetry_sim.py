@@ -119,6 +119,19 @@ def test_exact_thermal_step_composes():
     assert forever[0] == pytest.approx(tel.steady_temperature_c(spec, 650.0))
 
 
+def test_reading_the_sensors_does_not_change_a_seeded_run():
+    def energies(reads: int) -> list[float]:
+        gpu = tel.SimulatedGpu("H100", seed=1, noise_std=0.02)
+        out = []
+        for _ in range(4):
+            out.append(gpu.execute(0.5, 0.2).energy_j)
+            for _ in range(reads):  # a monitor polling between intervals
+                gpu.temperature_c(), gpu.power_w(), gpu.sample()
+        return out
+
+    assert energies(0) == energies(3)
+
+
 @pytest.mark.parametrize("noise_std", [0.0, 0.02])
 def test_same_seed_gives_the_same_trace(noise_std):
     def trace(seed: int) -> list:

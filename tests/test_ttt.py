@@ -280,6 +280,18 @@ def test_bad_settings_are_clear_errors(tiny):
         mr.TTTConfig(lr=0.0)
     with pytest.raises(ValueError, match="frequency"):
         mr.TTTEngine().set_schedule(-1, 64)
+    # each was accepted: NaN or inf rolled every update back silently, fractions were truncated or failed later
+    for field, value in [("lr", float("inf")), ("vector_lr", float("nan")), ("grad_clip", float("nan")),
+                         ("max_update_norm", float("inf")), ("frequency_tokens", float("nan")),
+                         ("frequency_tokens", 2.5), ("chunk_tokens", 64.0), ("lr_chunk_tokens", True)]:  # fmt: skip
+        with pytest.raises(ValueError, match=f"TTTConfig.{field} must be"):
+            mr.TTTConfig(**{field: value})
+    for frequency, chunk in ((100.9, 64), (128, 64.7), (float("nan"), 64)):
+        with pytest.raises(ValueError, match="must be a whole number of tokens"):
+            mr.TTTEngine().set_schedule(frequency, chunk)
+    for field, value in [("steps", float("inf")), ("eval_tokens", 100.5), ("threads", 1.5), ("steps", 2.0)]:
+        with pytest.raises(ValueError, match=f"PretrainConfig.{field} must be"):
+            mr.PretrainConfig(**{field: value})
     with pytest.raises(RuntimeError, match="attach"):
         mr.TTTEngine().update()
     rt = mr.MoERuntime(tiny)
