@@ -165,9 +165,8 @@ class AgentRouter:
         self.runtime = runtime
         if reference_tokens is None:
             reference_tokens = runtime.reference_tokens or cfg.seq_len // 2
-        if isinstance(reference_tokens, bool) or not isinstance(reference_tokens, int) or reference_tokens < 0:
+        if isinstance(reference_tokens, bool) or not isinstance(reference_tokens, (int, np.integer)) or reference_tokens < 0:
             raise ValueError(f"reference_tokens must be an integer >= 0, got {reference_tokens!r}")
-        runtime.reference_tokens = reference_tokens
         self.num_experts = cfg.num_experts
         if interval_tokens is None:
             interval_tokens = 128 if cfg.preset_name == "tiny" else 1024
@@ -216,6 +215,7 @@ class AgentRouter:
         cost = np.asarray(self.kcm.expert_energy_per_token_j(self.deployment), dtype=np.float64)
         self.expert_cost_ratio = cost / cost.mean()
         self.reference_loss = _checked_reference_loss(reference_loss)
+        runtime.reference_tokens = int(reference_tokens)  # set once every check passed: a refused router changes nothing
         self.capacity_tokens_per_s: float | None = None if self.gpu is not None else self._runtime_capacity()
         self.reset()
 

@@ -29,6 +29,7 @@ written by `python -m kernels.profile`.
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from pathlib import Path
 
@@ -260,8 +261,8 @@ class KernelCostModel:
         """
         rows, dtype = self._op_rows(op, batch_size, shape)
         pressure = pressure_factor(memory_pressure)
-        if current_temp is not None and not math.isfinite(current_temp):
-            raise ValueError(f"current_temp must be a finite temperature in C, got {current_temp}")
+        if current_temp is not None and not -273.15 < current_temp < math.inf:
+            raise ValueError(f"current_temp must be a finite temperature in C above absolute zero, got {current_temp}")
         parts = self._full_clock_parts(rows, dtype)
         clock, timed = self._steady_clock(parts, current_temp, pressure)
         latency_s, energy_j = float(timed["latency_s"].sum()), float(timed["energy_j"].sum())
@@ -324,6 +325,8 @@ class KernelCostModel:
         """
         if not max_temp_increase >= 0:
             raise ValueError(f"max_temp_increase must be >= 0 C, got {max_temp_increase}")
+        if isinstance(current_temp, bool) or not isinstance(current_temp, numbers.Real):
+            raise ValueError(f"current_temp must be the die temperature in C, got {current_temp!r}")
         best = 1
         for batch in (2**i for i in range(21)):
             rise = self.get_cost(op, batch, current_temp=current_temp, **shape)["temp_impact"]
@@ -426,7 +429,9 @@ class KernelCostModel:
             scale: the deployment shape (d_model, expert widths, dtype).
             tokens: tokens each expert's launch processes; an even share of a launch (`batch_tokens / E`) when None.
         """
-        n = int(tokens or max(scale.batch_tokens // scale.num_experts, 1))
+        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, numbers.Integral) or tokens < 1):
+            raise ValueError(f"tokens must be a positive integer (or None for an even share), got {tokens!r}")
+        n = int(tokens) if tokens is not None else max(scale.batch_tokens // scale.num_experts, 1)
         ops = [OP_INDEX[o] for o in ("gemm_up", "silu_mul", "gemm_down")]
         widths = np.repeat(np.asarray(scale.expert_widths, float), 3)
         rows = make_arrays(

@@ -117,6 +117,9 @@ def grouped_swiglu_reference(
         [T, d] in x's dtype.
     """
     _check_swiglu_args(x, topk_ids, topk_weights, w_up, w_down, widths)
+    if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.device != x.device):
+        raise ValueError(f"out must be a {x.dtype} [{x.shape[0]}, {x.shape[1]}] tensor on {x.device}, got {out.dtype} "
+                         f"{list(out.shape)} on {out.device}")  # fmt: skip
     num_tokens, k = topk_ids.shape
     offsets = expert_offsets(widths)
     flat_ids = topk_ids.reshape(-1)  # (T k,)

@@ -8,6 +8,7 @@ the cost model prices.
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -203,9 +204,9 @@ class MoERuntime:
             p.requires_grad_(False)
         self.stream = TokenStream(schedule, split=split, seed=self.config.seed if seed is None else seed)
         self.ttt = ttt
-        if reference_tokens < 0:
-            raise ValueError(f"reference_tokens must be >= 0, got {reference_tokens}")
-        self.reference_tokens = reference_tokens
+        if isinstance(reference_tokens, bool) or not isinstance(reference_tokens, numbers.Integral) or reference_tokens < 0:
+            raise ValueError(f"reference_tokens must be an integer >= 0, got {reference_tokens!r}")
+        self.reference_tokens = int(reference_tokens)
         self.action = ControlAction.uncontrolled(self.config.num_experts)
         if ttt is not None:
             ttt.attach(self.model)

@@ -360,6 +360,14 @@ def test_agent_router_observes_the_paired_loss_gap_as_the_env_does():
     assert any(router.builder.raw(r.observation, "loss_gap") != 0.0 for r in unpaired.run(3))
     with pytest.raises(ValueError, match="reference_tokens must be an integer >= 0, got -1"):
         AgentRouter("no_control", MoERuntime(TINY), reference_tokens=-1)
+    assert AgentRouter("no_control", MoERuntime(TINY), reference_tokens=np.int64(8)).runtime.reference_tokens == 8
+    bare = MoERuntime(TINY)
+    with pytest.raises(ValueError, match="interval_s"):  # a refused router leaves the runtime as it was
+        AgentRouter("no_control", bare, reference_tokens=8, interval_s=0.0)
+    assert bare.reference_tokens == 0
+    for bad in (2.5, float("nan"), True):
+        with pytest.raises(ValueError, match="reference_tokens must be an integer >= 0"):
+            MoERuntime(TINY, reference_tokens=bad)
     for bad in (0, 2.7, True):  # 0 became the default 128 and 2.7 became 2, silently
         with pytest.raises(ValueError, match=f"need interval_tokens a positive integer, got {bad!r}"):
             AgentRouter("no_control", MoERuntime(TINY), interval_tokens=bad)

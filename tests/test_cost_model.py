@@ -129,6 +129,15 @@ def test_cost_grows_with_memory_pressure(models, name):
         )
     with pytest.raises(ValueError, match="memory_pressure"):
         kcm.get_cost("silu_mul", 32, memory_pressure=90)
+    with pytest.raises(ValueError, match="above absolute zero, got -500"):
+        kcm.get_cost("silu_mul", 32, current_temp=-500)
+    with pytest.raises(ValueError, match="current_temp must be the die temperature in C, got None"):
+        kcm.get_thermal_safe_batch_size("silu_mul", None, 1.0)
+    scale = DeploymentScale()
+    for bad in (-5, 0, 2.5):  # -5 gave negative energies; 0 was taken as the default share
+        with pytest.raises(ValueError, match=f"tokens must be a positive integer .*got {bad}"):
+            kcm.expert_energy_per_token_j(scale, tokens=bad)
+    assert (kcm.expert_energy_per_token_j(scale, tokens=64) > 0).all()
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -101,6 +101,9 @@ def test_swiglu_reference_rejects_bad_shapes(gen):
         grouped_swiglu_reference(x, ids, w, torch.zeros(8, 10), torch.zeros(4, 8), (4,))
     with pytest.raises(ValueError, match="w_down"):
         grouped_swiglu_reference(x, ids, w, torch.zeros(8, 8), torch.zeros(5, 8), (4,))
+    for out in (torch.zeros(4, 8, dtype=torch.int64), torch.zeros(4, 9)):  # an int64 out truncated the result
+        with pytest.raises(ValueError, match=r"out must be a torch.float32 \[4, 8\] tensor"):
+            grouped_swiglu_reference(x, ids, w, torch.zeros(8, 8), torch.zeros(4, 8), (4,), out=out)
 
 
 def test_references_name_a_wrong_dtype(gen):
