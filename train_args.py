@@ -215,7 +215,7 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
         env_kwargs = env_kwargs_from_pairs(args.env_kwargs, args.telemetry)
     except (ValueError, TypeError, OSError, yaml.YAMLError) as exc:
         parser.error(str(exc))
-    if args.algo in ("ppo", "a2c") and hyperparams.get("n_steps", 2048) * args.n_envs < 2:  # SB3 asserts it
+    if args.algo == "ppo" and hyperparams.get("n_steps", 2048) * args.n_envs < 2:  # SB3's PPO asserts it
         parser.error(f"n_steps {hyperparams['n_steps']} x --n-envs {args.n_envs} must be >= 2 (a rollout of at least "
                      "two transitions); raise n_steps or --n-envs")
     if env_kwargs["telemetry"] == "nvml" and args.telemetry != "nvml" and (reason := measured_backend_unavailable()):
