@@ -35,11 +35,18 @@ from moe_runtime import EXPERT_WIDTH_RATIOS
 CASES = [(1024, 16, 2, 256), (2048, 64, 1, 256), (8192, 8, 2, 256), (8192, 64, 8, 256)]  # (T, E, k, d)
 
 
+LAUNCHES = {"count": 0}  # kernel launches the stubs have taken: each is a Triton launcher call on a GPU host
+
+
 class _NoLaunch:
-    """Stands in for a `@triton.jit` kernel: `kernel[grid](*args, **meta)` does nothing."""
+    """Stands in for a `@triton.jit` kernel: `kernel[grid](*args, **meta)` does nothing but count the launch."""
 
     def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
+        return _count_launch
+
+
+def _count_launch(*args, **kwargs) -> None:
+    LAUNCHES["count"] += 1
 
 
 def stub_kernels() -> None:
@@ -47,6 +54,13 @@ def stub_kernels() -> None:
         for name in dir(module):
             if name.endswith("_kernel"):
                 setattr(module, name, _NoLaunch())
+
+
+def launches_per_call(fn) -> int:
+    """Triton launches one call of `fn` makes (with the kernels stubbed out)."""
+    before = LAUNCHES["count"]
+    fn()
+    return LAUNCHES["count"] - before
 
 
 def per_call_us(fn, number: int, repeat: int) -> float:
@@ -65,7 +79,7 @@ def main() -> None:
     torch.set_num_threads(1)
     stub_kernels()
     rows = []
-    print(f"{'tokens':>6} {'E':>3} {'k':>2} {'d':>5} {'swiglu us':>10} {'route us':>9}")
+    print(f"{'tokens':>6} {'E':>3} {'k':>2} {'d':>5} {'swiglu us':>10} {'launches':>8} {'route us':>9}")
     for num_tokens, num_experts, top_k, d_model in CASES:
         widths = tuple(round(128 * EXPERT_WIDTH_RATIOS[e % len(EXPERT_WIDTH_RATIOS)]) for e in range(num_experts))
         x = torch.randn(num_tokens, d_model)
@@ -77,12 +91,14 @@ def main() -> None:
         swiglu = functools.partial(grouped_swiglu_triton, x, ids, weights, w_up, w_down, widths, out=out)
         swiglu_us = per_call_us(swiglu, args.number, args.repeat)
         route_us = per_call_us(functools.partial(fused_route_triton, logits, None, top_k), args.number, args.repeat)
+        launches = launches_per_call(swiglu)
         rows.append(dict(tokens=num_tokens, experts=num_experts, top_k=top_k, d_model=d_model, widths=list(widths),
-                         swiglu_host_us=swiglu_us, route_host_us=route_us))  # fmt: skip
-        print(f"{num_tokens:>6} {num_experts:>3} {top_k:>2} {d_model:>5} {swiglu_us:>10.1f} {route_us:>9.1f}")
+                         swiglu_host_us=swiglu_us, swiglu_launches=launches, route_host_us=route_us))  # fmt: skip
+        print(f"{num_tokens:>6} {num_experts:>3} {top_k:>2} {d_model:>5} {swiglu_us:>10.1f} {launches:>8} "
+              f"{route_us:>9.1f}")
     result = dict(
         benchmark="kernel_host_overhead",
-        figures="measured (CPU; kernel launches stubbed out)",
+        figures="measured (CPU; kernel launches stubbed out and counted)",
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         python=platform.python_version(),

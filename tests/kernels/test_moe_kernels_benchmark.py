@@ -40,6 +40,7 @@ def test_host_overhead_benchmark_runs_without_a_gpu(tmp_path):
     result = json.loads(out.read_text())
     assert result["figures"].startswith("measured") and len(result["cases"]) == 4
     assert all(c["swiglu_host_us"] > 0 and c["route_host_us"] > 0 for c in result["cases"])
+    assert [c["swiglu_launches"] for c in result["cases"]] == [5, 4, 5, 6]  # the case list's top-k and pass sizes
 
 
 @pytest.fixture
