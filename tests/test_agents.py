@@ -1,11 +1,11 @@
 """agents: controllers react the right way, baselines drive the env, the router-module face matches the runtime's
-router, a PPO policy reloads as a Controller, and AgentRouter drives a live runtime. Tiny preset, CPU, seconds."""
+router, a PPO policy reloads as a Controller, warm starts (AgentRouter: `test_agent_router.py`). Tiny preset, CPU,
+seconds."""
 
 from __future__ import annotations
 
 import re
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -15,10 +15,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 import agents
 import envs  # noqa: F401  (registers MoERouting-v0)
-from agents import AgentRouter, ControlSpec, EnergyAwareTTTRouter, load_policy, make_controller
+from agents import ControlSpec, EnergyAwareTTTRouter, load_policy, make_controller
 from envs import ActionConfig
 from kernels import KernelCostModel, dispatch
-from moe_runtime import ControlAction, MoEConfig, MoERuntime, MoETransformer, TTTConfig, TTTEngine
+from moe_runtime import ControlAction, MoEConfig, MoETransformer
 from telemetry import GpuSystemMonitor, SimulatedGpu
 
 CONTROLLER_NAMES = sorted(agents.CONTROLLERS)
@@ -32,15 +32,7 @@ SPEC = ControlSpec(
 COOL = dict(temperature_c=45.0, power_w=250.0, throttled=0.0, sm_clock_ratio=1.0)
 HOT = dict(temperature_c=86.0, power_w=695.0, throttled=1.0, sm_clock_ratio=0.75)
 SPIKE = dict(loss_delta=0.4, loss_gap=0.3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small matmuls on two contended threads take ~100x longer than on one; the env's workers use one too."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def figures(**overrides) -> dict:
@@ -92,33 +84,6 @@ def ttt_rate(c: ControlAction) -> float:
 
 def heuristic(**kw) -> EnergyAwareTTTRouter:
     return make_controller("heuristic", SPEC, config=TINY, **kw)
-
-
-@pytest.fixture(scope="module")
-def env():
-    e = gym.make("MoERouting-v0", preset="tiny", telemetry="simulated", episode_intervals=8, torch_threads=1)
-    yield e
-    e.close()
-
-
-@pytest.fixture(scope="module")
-def ppo_run(env, tmp_path_factory):
-    """A PPO policy trained a few hundred steps with observation normalisation, saved as train_agent.py saves."""
-    folder = tmp_path_factory.mktemp("ppo")
-    venv = DummyVecEnv(
-        [
-            lambda: Monitor(
-                gym.make("MoERouting-v0", preset="tiny", telemetry="simulated", episode_intervals=8, torch_threads=1)
-            )
-        ]
-    )
-    venv = VecNormalize(venv, norm_obs=True, norm_reward=True, gamma=0.98)
-    model = PPO("MlpPolicy", venv, n_steps=64, batch_size=32, n_epochs=2, gamma=0.98, seed=0, device="cpu")
-    model.learn(192)
-    model.save(str(folder / "model.zip"))
-    venv.save(str(folder / "vecnormalize.pkl"))
-    venv.close()
-    return folder, model, venv
 
 
 # ----- the heuristic reacts the right way ---------------------------------------------------------------------------
@@ -332,162 +297,6 @@ def test_ppo_policy_reloads_to_the_same_actions(env, ppo_run):
         policy.act(np.full_like(obs, np.inf))  # VecNormalize clipped it into an ordinary-looking action
 
 
-# ----- AgentRouter ------------------------------------------------------------------------------------------------
-def test_agent_router_runs_the_heuristic_on_a_live_runtime(env):
-    runtime = MoERuntime(TINY, ttt=TTTEngine(TTTConfig()))
-    router = AgentRouter("heuristic", runtime, interval_s=1.0)
-    assert router.builder.names == env.unwrapped.observation_names
-    records = router.run(4)
-    assert [r.interval for r in records] == [0, 1, 2, 3]
-    for r in records:
-        assert r.source == "simulated" and r.energy_j > 0 and np.isfinite(r.loss)
-        assert np.all(r.observation >= router.builder.low) and np.all(r.observation <= router.builder.high)
-    assert runtime.action == records[-1].next_action
-    assert records[-1].next_action.biases(4)[3] < 0, "the heuristic leans away from the widest expert"
-    assert router.controller.get_statistics()["decisions"] == 4
-
-
-def test_agent_router_observes_the_paired_loss_gap_as_the_env_does():
-    """Without a TTT update or biases the served model is the base model: the paired gap is exactly 0, as in the env
-    (which scores half a sequence again by default); with `reference_tokens=0` it falls back to a running mean."""
-    runtime = MoERuntime(TINY)  # built without a reference, as a user would
-    router = AgentRouter("no_control", runtime, monitor=SimulatedGpu("H100", seed=1))
-    assert runtime.reference_tokens == TINY.seq_len // 2
-    gaps = [router.builder.raw(r.observation, "loss_gap") for r in router.run(3)]
-    assert gaps == [0.0, 0.0, 0.0]
-    unpaired = AgentRouter("no_control", MoERuntime(TINY), reference_tokens=0, monitor=SimulatedGpu("H100", seed=1))
-    assert unpaired.runtime.reference_tokens == 0
-    assert any(router.builder.raw(r.observation, "loss_gap") != 0.0 for r in unpaired.run(3))
-    with pytest.raises(ValueError, match="reference_tokens must be an integer >= 0, got -1"):
-        AgentRouter("no_control", MoERuntime(TINY), reference_tokens=-1)
-    assert AgentRouter("no_control", MoERuntime(TINY), reference_tokens=np.int64(8)).runtime.reference_tokens == 8
-    bare = MoERuntime(TINY)
-    with pytest.raises(ValueError, match="interval_s"):  # a refused router leaves the runtime as it was
-        AgentRouter("no_control", bare, reference_tokens=8, interval_s=0.0)
-    assert bare.reference_tokens == 0
-    for bad in (2.5, float("nan"), True):
-        with pytest.raises(ValueError, match="reference_tokens must be an integer >= 0"):
-            MoERuntime(TINY, reference_tokens=bad)
-    for bad in (0, 2.7, True):  # 0 became the default 128 and 2.7 became 2, silently
-        with pytest.raises(ValueError, match=f"need interval_tokens a positive integer, got {bad!r}"):
-            AgentRouter("no_control", MoERuntime(TINY), interval_tokens=bad)
-        with pytest.raises(ValueError, match=f"need launch_tokens a positive integer, got {bad!r}"):
-            AgentRouter("no_control", MoERuntime(TINY), launch_tokens=bad)
-
-
-def test_agent_router_steps_again_after_an_interrupted_interval(monkeypatch):
-    runtime = MoERuntime(TINY)
-    router = AgentRouter("no_control", runtime, monitor=SimulatedGpu("H100", seed=1))
-
-    def interrupted(num_tokens):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(runtime, "step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        router.step()
-    monkeypatch.undo()
-    assert router.monitor.open_windows == [] and router.step().interval == 0
-
-
-def test_runtime_apply_takes_all_of_an_action_or_none():
-    runtime = MoERuntime(TINY)  # no TTT engine
-    before = [p.clone() for p in runtime.model.buffers()]
-    with pytest.raises(ValueError, match="no TTT engine"):
-        runtime.apply(ControlAction((1.0, 2.0, 3.0, 4.0), ttt_frequency_tokens=100))
-    assert all(torch.equal(a, b) for a, b in zip(before, runtime.model.buffers()))  # the biases did not move
-    assert runtime.action == ControlAction.uncontrolled(4)
-    runtime.apply(ControlAction((1.0, 2.0, 3.0, 4.0)))
-    assert not all(torch.equal(a, b) for a, b in zip(before, runtime.model.buffers()))
-
-
-def test_runtime_serves_a_model_of_its_config_and_keeps_its_stream_seed():
-    model = MoETransformer(TINY)
-    assert MoERuntime(model=model).config.model_key() == TINY.model_key()  # the model's own config
-    with pytest.raises(ValueError, match=r"shaped for another MoEConfig \(d_model 32, layers 2"):
-        MoERuntime(MoEConfig(), model=MoETransformer(TINY))
-    runtime = MoERuntime(TINY, seed=3)
-    first = runtime.step(32).loss
-    runtime.reset_stream()  # from the start again, with the seed it was built with (was always 0)
-    assert runtime.step(32).loss == first
-
-
-@pytest.mark.parametrize("demand", [1e-9, 10.0])
-def test_agent_router_on_nvml_serves_the_demand_then_idles_out_the_interval(demand):
-    """On an NVML source the runtime itself serves launches until the demand is met or the interval is used up, then
-    the GPU idles for the rest of it, as `MoERoutingMeasured-v0` does; it used to run one step and measure only
-    that, so a policy trained on the measured env saw energy and power on another scale."""
-    from telemetry_fakes import FakeNvml, reference_rows
-
-    from envs import EnvConfig
-    from telemetry import NvmlSource
-
-    fake = FakeNvml(reference_rows(), start_s=80.0, follow_wall_clock=True)
-    runtime = MoERuntime(TINY)
-    router = AgentRouter("no_control", runtime, monitor=NvmlSource(0, nvml=fake, clock=fake.clock), interval_s=0.25,
-                         demand=demand)
-    launch = TINY.seq_len * TINY.batch_size
-    assert router.launch_tokens == launch and router.interval_tokens == EnvConfig(preset="tiny").runtime_tokens
-    assert router.spec.runtime_tokens == router.interval_tokens  # the controller counts the env's tokens
-    # The measured env's calibration prices one runtime_tokens step of the real runtime (MeasuredBackend)
-    probe = [c for c in MoERuntime(TINY).step(router.interval_tokens).work if c.phase == "forward"]
-    cost = router.kcm.predict_step(probe)
-    assert router.capacity_tokens_per_s == pytest.approx(cost.tokens / cost.total.latency_s, rel=0.02)
-    due = demand * router.capacity_tokens_per_s * 0.25
-    for record in router.run(2):
-        assert record.source == "measured" and record.tokens % launch == 0
-        observed = router.builder.raw(record.observation, "gpu_utilization")
-        if demand < 1:  # one launch serves it; the window still spans the interval, mostly idle
-            assert record.tokens == launch and record.served_tokens == pytest.approx(due)
-            assert record.backlog_tokens == 0.0 and observed < 0.9
-        else:  # more than the CPU runtime can serve: launches until the interval is used up, the rest is backlog
-            assert record.tokens > launch and record.backlog_tokens > 0.0 and observed > 0.5
-            assert record.served_tokens == record.tokens
-            # several launches, each scoring its first tokens with the base model: still the paired gap (0 here)
-            assert router.builder.raw(record.observation, "loss_gap") == 0.0
-        assert record.latency_ms > 0.0
-        assert record.energy_j / record.power_w >= 0.24  # the window spans the interval, not only the launches
-
-
-def test_agent_router_names_a_wrong_argument_before_the_first_step():
-    runtime = MoERuntime(TINY)
-    with pytest.raises(ValueError, match="reference_loss must map each domain to a finite loss"):
-        AgentRouter("no_control", runtime, reference_tokens=0, reference_loss={"code": float("nan")})
-    loss = np.float32(5.5)  # a numpy loss, as a mean of losses is, is a loss
-    assert AgentRouter("no_control", runtime, reference_tokens=0, reference_loss={"code": loss}).reference_loss
-    assert AgentRouter("no_control", runtime, monitor="simulated").gpu is not None  # a source name, as the monitor's
-    wrong = [  # each was an AttributeError from inside the constructor or the first step
-        (dict(runtime=TINY), "runtime must be a moe_runtime.MoERuntime, got MoEConfig"),
-        (dict(controller=object()), "controller must be a controller name or have act"),
-        (dict(monitor=42), "monitor must be None, a GpuSystemMonitor, a GPU source"),
-        (dict(kernel_cost_model="H100"), "kernel_cost_model must be None or a KernelCostModel"),
-        (dict(action_config={}), "action_config must be None or a ActionConfig"),
-    ]
-    for kwargs, message in wrong:
-        with pytest.raises(TypeError, match=message):
-            AgentRouter(**{"controller": "no_control", "runtime": runtime, **kwargs})
-
-
-def test_agent_router_prices_energy_per_served_token():
-    """Demand over capacity leaves a backlog: energy per token counts the tokens served, not those demanded."""
-    router = AgentRouter("no_control", MoERuntime(TINY), monitor=SimulatedGpu("H100", seed=1), demand=2.5)
-    records = router.run(3)
-    assert records[-1].backlog_tokens > records[0].backlog_tokens > 0
-    for r in records:
-        demanded = router.demand * router.capacity_tokens_per_s * router.interval_s
-        assert 0 < r.served_tokens < demanded
-        assert r.energy_per_token_j == pytest.approx(r.energy_j / r.served_tokens)
-
-
-def test_agent_router_runs_a_loaded_policy(ppo_run):
-    folder, _, _ = ppo_run
-    policy = load_policy(folder / "model.zip")
-    runtime = MoERuntime(TINY, ttt=TTTEngine(TTTConfig()))
-    router = AgentRouter(policy, runtime, monitor=SimulatedGpu("H100", seed=1))
-    for r in router.run(3):
-        assert r.next_action == router.spec.codec.decode(policy.act(r.observation))
-    assert runtime.action == r.next_action
-
-
 @pytest.mark.parametrize("content", [b"not a zip", b"PK\x03\x04 truncated"])
 @pytest.mark.parametrize("algo", [None, "ppo"])
 def test_load_policy_of_a_file_that_is_not_a_model_is_a_value_error(tmp_path, content, algo):
@@ -505,14 +314,6 @@ def test_load_policy_of_a_folder_without_model_zip_names_the_models_there(tmp_pa
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no model.zip nor checkpoint in \S+empty$"):
         load_policy(tmp_path / "empty")
-
-
-def test_agent_router_refuses_a_policy_of_another_expert_count(ppo_run):
-    folder, _, _ = ppo_run
-    policy = load_policy(folder / "model.zip")  # trained on the tiny preset's 4 experts
-    runtime = MoERuntime(MoEConfig.preset("default"))  # 8 experts: a longer observation
-    with pytest.raises(ValueError, match=r"trained on observations of shape \(43,\); this router's are \(63,\)"):
-        AgentRouter(policy, runtime)
 
 
 def test_warm_start_fits_the_policy_to_its_teacher(env):

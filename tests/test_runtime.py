@@ -300,3 +300,25 @@ def test_demo_cli_bad_values_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
         demo_main(argv)
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_runtime_apply_takes_all_of_an_action_or_none(tiny):
+    runtime = mr.MoERuntime(tiny)  # no TTT engine
+    before = [p.clone() for p in runtime.model.buffers()]
+    with pytest.raises(ValueError, match="no TTT engine"):
+        runtime.apply(mr.ControlAction((1.0, 2.0, 3.0, 4.0), ttt_frequency_tokens=100))
+    assert all(torch.equal(a, b) for a, b in zip(before, runtime.model.buffers()))  # the biases did not move
+    assert runtime.action == mr.ControlAction.uncontrolled(4)
+    runtime.apply(mr.ControlAction((1.0, 2.0, 3.0, 4.0)))
+    assert not all(torch.equal(a, b) for a, b in zip(before, runtime.model.buffers()))
+
+
+def test_runtime_serves_a_model_of_its_config_and_keeps_its_stream_seed(tiny):
+    model = mr.MoETransformer(tiny)
+    assert mr.MoERuntime(model=model).config.model_key() == tiny.model_key()  # the model's own config
+    with pytest.raises(ValueError, match=r"shaped for another MoEConfig \(d_model 32, layers 2"):
+        mr.MoERuntime(mr.MoEConfig(), model=mr.MoETransformer(tiny))
+    runtime = mr.MoERuntime(tiny, seed=3)
+    first = runtime.step(32).loss
+    runtime.reset_stream()  # from the start again, with the seed it was built with (was always 0)
+    assert runtime.step(32).loss == first

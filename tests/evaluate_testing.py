@@ -1,0 +1,16 @@
+"""What the evaluate.py tests share: the repository root, the tiny run's flags and reading a CSV back."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# one torch thread: two threads per process spin against each other when the 2 cores are shared (3x slower)
+TINY = ["--preset", "tiny", "--episode-intervals", "4", "--bootstrap-reps", "100", "--no-progress",
+        "--torch-threads", "1"]  # fmt: skip
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,137 @@
+"""evaluate.py on a finished run: a refused rerun or overwrite keeps it, a resume with other settings is refused, a
+torn last row runs again, and --report-only names damaged files and keeps the saved report on a failure."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from evaluate_testing import TINY, read_csv
+
+import evaluate
+import evaluate_stats as stats
+
+RUN = ["--policies", "no_control", "--seeds", "0-1", *TINY]  # two episodes
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert evaluate.main([*RUN, "--out", str(out)]) == 0
+    return out
+
+
+def copy_run(finished: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+def whole(row: dict) -> bool:
+    """Every column there and no more, the figures numbers."""
+    if None in row or any(row.get(k) in (None, "") for k in evaluate.COLUMNS):
+        return False
+    try:
+        return all(isinstance(float(row[m.name]), float) for m in stats.METRICS)
+    except ValueError:
+        return False
+
+
+def test_a_refused_rerun_leaves_the_saved_args(finished_run, tmp_path, capsys):
+    out = copy_run(finished_run, tmp_path)
+    saved = (out / "args.json").read_bytes()
+    assert evaluate.main(["--policies", "heuristic", "--seeds", "3", "--out", str(out), *TINY]) == 2
+    assert "episodes.csv exists: pass --resume" in capsys.readouterr().err
+    assert (out / "args.json").read_bytes() == saved
+    import torch
+
+    if not torch.cuda.is_available():  # gpu-full's bench part runs no episodes: not refused, args.json kept
+        assert evaluate.main(["--suite", "gpu-full", "--part", "bench", "--out", str(out)]) == 2
+        assert "needs an NVIDIA GPU" in capsys.readouterr().err
+        assert (out / "args.json").read_bytes() == saved
+    assert evaluate.main(["--out", str(out), "--report-only"]) == 0
+    assert json.loads((out / "summary.json").read_text())["seeds"] == [0, 1]
+
+
+@pytest.mark.parametrize("bad", ["fixed_ttt(foo=1)", "ppo:{junk}"])  # a bad argument, an unloadable model
+def test_a_refused_overwrite_deletes_nothing(finished_run, tmp_path, capsys, bad):
+    out = copy_run(finished_run, tmp_path)
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    policies = f"no_control,{bad.format(junk=tmp_path / 'junk.zip')}"
+    assert evaluate.main([*RUN, "--out", str(out), "--overwrite", "--policies", policies]) == 2
+    assert capsys.readouterr().err.startswith("error: policy ")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # episodes, traces, args.json
+
+
+def test_resume_with_other_episode_settings_is_refused(finished_run, tmp_path, capsys):
+    out = copy_run(finished_run, tmp_path)
+    before = {n: (out / n).read_bytes() for n in ("args.json", "episodes.csv")}
+    argv = [*RUN, "--out", str(out), "--resume", "--seeds", "0-2"]
+    assert evaluate.main([*argv, "--episode-intervals", "3", "--load", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume: ") and err.count("\n") == 1
+    assert "--episode-intervals 4 (now 3)" in err and "--load 0.6 (now 1.5)" in err and "--overwrite" in err
+    assert {n: (out / n).read_bytes() for n in before} == before
+    assert evaluate.main([*argv, "--suite", "routers"]) == 2
+    assert "--suite 'compare' (now 'routers')" in capsys.readouterr().err
+    # a resume may add seeds, and change the statistics and presentation
+    assert evaluate.main([*argv, "--bootstrap-reps", "50", "--progress"]) == 0
+    rows = read_csv(out / "episodes.csv")
+    assert [r["episode_seed"] for r in rows] == ["0", "1000", "2000"]
+    assert json.loads((out / "args.json").read_text())["seeds"] == "0-2"
+
+
+TORN = {
+    "cut after wall_time_s": lambda line: ",".join(line.split(",")[: evaluate.COLUMNS.index("wall_time_s") + 1]),
+    "a non-numeric figure": lambda line: (
+        ",".join("x" if i == len(evaluate.ID_COLUMNS) else v for i, v in enumerate(line.split(","))) + "\r\n"
+    ),
+    "no line end": lambda line: line,
+}
+
+
+@pytest.mark.parametrize("damage", list(TORN))
+def test_resume_runs_a_torn_last_row_again(finished_run, tmp_path, capsys, damage):
+    out = copy_run(finished_run, tmp_path)
+    csv_path = out / "episodes.csv"
+    lines = csv_path.read_bytes().decode().split("\r\n")
+    assert lines[-1] == "" and len(lines) == 4  # header, two rows
+    csv_path.write_bytes(("\r\n".join(lines[:2]) + "\r\n" + TORN[damage](lines[2])).encode())
+    capsys.readouterr()
+    assert evaluate.main([*RUN, "--out", str(out), "--resume"]) == 0
+    assert "1 incomplete row(s)" in capsys.readouterr().out
+    rows = read_csv(csv_path)
+    assert len(rows) == 2 and all(whole(r) for r in rows), rows
+    assert csv_path.read_bytes().decode().split("\r\n")[:2] == lines[:2]  # the whole row kept as it was
+    assert [r["episode_seed"] for r in rows] == ["0", "1000"] and csv_path.read_bytes().endswith(b"\r\n")
+    assert len(read_csv(out / "episodes.dropped.csv")) == 1  # the torn row is set aside, not lost
+    assert json.loads((out / "summary.json").read_text())["aggregates"]["no_control"]["mean_loss"]["n"] == 2
+
+
+@pytest.mark.parametrize("damaged", ["args.json", "run_facts.json"])
+def test_report_only_names_a_damaged_file(finished_run, tmp_path, capsys, damaged):
+    out = copy_run(finished_run, tmp_path)
+    (out / damaged).write_text('{"seeds": ')
+    assert evaluate.main(["--out", str(out), "--report-only"]) == 2
+    assert f"cannot read {out / damaged}" in capsys.readouterr().err
+
+
+def test_report_only_that_fails_mid_plot_keeps_the_saved_report(finished_run, tmp_path, monkeypatch):
+    """Report files are written atomically: a failure while a plot is saved (here a full disk) leaves every file saved
+    before whole (the half-written PNG never replaces the old one) and no temporary file beside them."""
+    import matplotlib.figure
+
+    out = copy_run(finished_run, tmp_path)
+    saved = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".png", ".md")}
+    assert "traces.png" in saved and "report.md" in saved
+
+    def crash_mid_write(fig, f, **kwargs):
+        f.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", crash_mid_write)
+    with pytest.raises(OSError, match="No space left"):
+        evaluate.main(["--out", str(out), "--report-only"])
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".png", ".md")} == saved
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
