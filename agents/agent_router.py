@@ -226,6 +226,7 @@ class AgentRouter:
         self._prev_loss: float | None = None
         self._loss_mean: float | None = None
         self._tokens_since_ttt = 0
+        self.last_record: IntervalRecord | None = None
         self.controller.reset()
 
     def run(self, intervals: int) -> list[IntervalRecord]:
@@ -233,7 +234,11 @@ class AgentRouter:
         return [self.step() for _ in range(intervals)]
 
     def step(self) -> IntervalRecord:
-        """Serve one interval with the present action, observe it, and apply the controller's next action."""
+        """Serve one interval with the present action, observe it, and apply the controller's next action.
+
+        The interval's record is `last_record` as soon as it is served: if the controller then fails or answers an
+        action out of the space (NaN, wrong size), the error says so and the runtime keeps its present action.
+        """
         runtime, applied = self.runtime, self.runtime.action
         self.monitor.begin_window(_WINDOW)
         try:
@@ -266,12 +271,11 @@ class AgentRouter:
             next_launches = math.ceil(max(due, 1.0) / self.launch_tokens)
         self._tokens_since_ttt = 0 if report.ttt_updates else self._tokens_since_ttt + report.tokens
         obs = self._observation(report, m, stats, nxt, busy_s, next_launches)
-        action = self.controller.act(obs)
-        control = self.spec.codec.decode(action)
-        runtime.apply(control)
         self._prev_loss = report.loss
         self.interval += 1
-        return IntervalRecord(
+        # The interval is served and paid for whatever the controller answers: it is recorded before the controller
+        # is asked, so a controller that fails (a NaN action, say) loses no interval; the runtime then keeps its action.
+        self.last_record = record = IntervalRecord(
             interval=self.interval - 1,
             source="simulated" if self.gpu is not None else "measured",
             tokens=report.tokens,
@@ -285,9 +289,20 @@ class AgentRouter:
             backlog_tokens=float(self.backlog_tokens),
             ttt_updates=int(report.ttt_updates),
             applied=applied,
-            next_action=control,
+            next_action=applied,
             observation=obs,
         )
+        action = self.controller.act(obs)
+        try:
+            control = self.spec.codec.decode(action)
+        except ValueError as err:
+            raise ValueError(
+                f"{err} (from the controller after interval {record.interval}, which was served and is in "
+                f"router.last_record; the runtime keeps its action)"
+            ) from None
+        runtime.apply(control)
+        record.next_action = control
+        return record
 
     def _runtime_capacity(self) -> float:
         """Runtime tokens/s at full clock (NVML source), KCM-predicted for one `interval_tokens` step with evenly

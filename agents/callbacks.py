@@ -103,12 +103,14 @@ class HeldOutEvalCallback(EvalCallback):
         if self.history_file is not None:  # SB3 writes its np.savez here; `_on_step` renames it into place
             self.log_path = str(self.history_file.with_name(f".{self.history_file.stem}.{os.getpid()}.tmp.npz"))
         self.eval_seed = int(eval_seed)
+        self.set_aside: Path | None = None  # where `load_history` moved a best model of a discarded timeline
         if resume_steps is not None:
             self.load_history(resume_steps)
 
     def load_history(self, up_to_steps: int) -> None:
         """Continue a resumed run's evaluation history (`evaluations.npz`, entries up to `up_to_steps`) and its best
-        mean reward, so the file keeps every evaluation and `best_model` is replaced only by a better one.
+        mean reward, so the file keeps every evaluation and `best_model` is replaced only by a better one. A best
+        model evaluated after `up_to_steps` (the resume discards those steps) is moved aside to `best_discarded_<steps>`.
 
         Raises:
             ValueError: an `evaluations.npz` that is not a readable evaluation history, naming it.
@@ -122,6 +124,28 @@ class HeldOutEvalCallback(EvalCallback):
         self.evaluations_length = [list(r) for r in saved["ep_lengths"][keep]]
         if self.evaluations_results:
             self.best_mean_reward = float(max(np.mean(r) for r in self.evaluations_results))
+        means = [float(np.mean(r)) for r in saved["results"]]
+        # EvalCallback saves on a strict improvement, so the best model on disk is that of the first maximum.
+        best_steps = int(saved["timesteps"][int(np.argmax(means))]) if means else None
+        if best_steps is not None and best_steps > up_to_steps:
+            self._set_aside_best(best_steps)
+
+    def _set_aside_best(self, best_steps: int) -> None:
+        """The best model on disk was evaluated after the checkpoint a resume starts from, on a timeline the resume
+        discards: its folder is renamed (kept, not deleted), and the resumed run's next evaluation saves a new best."""
+        best_dir = self.best_model_file.parent if self.best_model_file is not None else None
+        if best_dir is None or not best_dir.exists():
+            return
+        aside, n = best_dir.with_name(f"{best_dir.name}_discarded_{best_steps}"), 1
+        while aside.exists():
+            aside, n = best_dir.with_name(f"{best_dir.name}_discarded_{best_steps}_{n}"), n + 1
+        best_dir.rename(aside)
+        self.best_mean_reward = -np.inf
+        self.set_aside = aside
+        print(
+            f"the best model in {best_dir} (evaluated at {best_steps} steps) is from after this resume's checkpoint: "
+            f"moved to {aside}; the next evaluation saves a new best"
+        )
 
     def _on_step(self) -> bool:
         if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:

@@ -71,6 +71,21 @@ def test_agent_router_steps_again_after_an_interrupted_interval(monkeypatch):
     assert router.monitor.open_windows == [] and router.step().interval == 0
 
 
+def test_agent_router_keeps_the_served_interval_when_the_controller_answers_nan():
+    runtime = MoERuntime(TINY, ttt=TTTEngine(TTTConfig()))
+    router = AgentRouter("heuristic", runtime, monitor=SimulatedGpu("H100", seed=1))
+    first = router.step()
+    act = router.controller.act
+    router.controller.act = lambda obs: np.full_like(act(obs), np.nan)
+    with pytest.raises(ValueError, match=r"non-finite entries.*after interval 1, which was served and is in router.last_record"):
+        router.step()
+    lost = router.last_record
+    assert lost is not None and lost.interval == 1 and lost.energy_j > 0 and np.isfinite(lost.loss)
+    assert lost.applied == first.next_action == lost.next_action == runtime.action, "the runtime keeps its action"
+    router.controller.act = act
+    assert router.step().interval == 2 and router.last_record.interval == 2
+
+
 @pytest.mark.parametrize("demand", [1e-9, 10.0])
 def test_agent_router_on_nvml_serves_the_demand_then_idles_out_the_interval(demand):
     """On an NVML source the runtime itself serves launches until the demand is met or the interval is used up, then

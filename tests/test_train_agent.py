@@ -420,9 +420,25 @@ def test_eval_history_and_best_reward_carry_over_a_resume(tmp_path):
     kw = dict(eval_seed=0, log_path=str(tmp_path), eval_freq=1, warn=False)
     resumed = HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=250, **kw)
     assert resumed.evaluations_timesteps == [100, 200]  # the evaluation after the checkpoint is dropped
-    assert resumed.best_mean_reward == -3.0
+    assert resumed.best_mean_reward == -3.0 and resumed.set_aside is None  # no best model saved: nothing moved
     fresh = HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=None, **kw)
     assert fresh.evaluations_timesteps == [] and fresh.best_mean_reward == -np.inf
+
+    # The best model on disk is that of step 300: a resume from step 250 sets it aside (kept) and saves a new best.
+    best = tmp_path / "best"
+    best.mkdir()
+    (best / "best_model.zip").write_bytes(b"step 300")
+    kw["best_model_save_path"] = str(best)
+    resumed = HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=250, **kw)
+    assert resumed.best_mean_reward == -np.inf and not best.exists()
+    assert resumed.set_aside == tmp_path / "best_discarded_300"
+    assert (tmp_path / "best_discarded_300" / "best_model.zip").read_bytes() == b"step 300"
+    best.mkdir()
+    (best / "best_model.zip").write_bytes(b"again")  # a second resume from before it keeps both
+    assert HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=250, **kw).set_aside.name == "best_discarded_300_1"
+    best.mkdir()
+    kept = HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=300, **kw)  # the best is on the kept timeline
+    assert kept.best_mean_reward == -1.0 and kept.set_aside is None and best.exists()
 
 
 def test_eval_history_is_replaced_atomically(tmp_path, monkeypatch):
