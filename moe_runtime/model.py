@@ -150,9 +150,20 @@ class MoETransformer(nn.Module):
             layer.selection_bias.copy_(b)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
+        """Logits for `idx` [B, S] int token ids (S <= seq_len); with `targets` [B, S] also the mean loss, nats.
+
+        Token ids are range-checked where they live on the CPU; on a GPU that check would cost a device sync every
+        call, and an id out of range there fails as CUDA's device-side assert.
+        """
+        if idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+            raise ValueError(f"token ids must be a [batch, seq] integer tensor, got {idx.dtype} of shape {tuple(idx.shape)}")
         b, s = idx.shape
         if s > self.cfg.seq_len:
             raise ValueError(f"sequence length {s} exceeds the model's seq_len {self.cfg.seq_len}")
+        if idx.device.type == "cpu" and idx.numel() and not 0 <= int(idx.min()) <= int(idx.max()) < self.cfg.vocab_size:
+            raise ValueError(
+                f"token ids must lie in [0, {self.cfg.vocab_size}), got ids from {int(idx.min())} to {int(idx.max())}"
+            )
         pos = torch.arange(s, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, S, d)
         aux_total = x.new_zeros((), dtype=torch.float32)

@@ -97,6 +97,19 @@ def test_per_layer_biases(tiny):
         rt.set_routing_biases(np.zeros(tiny.num_experts + 1))
 
 
+def test_model_names_bad_token_ids(tiny):
+    model = mr.MoETransformer(tiny)
+    for ids, message in (
+        (torch.tensor([[1, tiny.vocab_size]]), rf"token ids must lie in \[0, {tiny.vocab_size}\), got ids from 1 to"),
+        (torch.tensor([[-1, 3]]), "got ids from -1 to 3"),
+        (torch.zeros(4, dtype=torch.long), r"a \[batch, seq\] integer tensor, got torch.int64 of shape \(4,\)"),
+        (torch.zeros(1, 4), "integer tensor, got torch.float32"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            model(ids)
+    assert model(torch.full((2, 3), tiny.vocab_size - 1, dtype=torch.int32)).logits.shape == (2, 3, tiny.vocab_size)
+
+
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_expert_dispatch_equals_dense_per_token_reference(k):
     g = torch.Generator().manual_seed(k)
