@@ -7,11 +7,28 @@ The scripts run as `python benchmarks/NAME.py`, which puts this folder first on 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import inspect
 import json
 import math
 import os
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
+
+
+def field_help(cls) -> dict[str, str]:
+    """--help text of each field of an `Args` dataclass: the docstring under it (CleanRL style), with its default."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    helps = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            helps[node.target.id] = " ".join(str(nxt.value.value).split())
+    for f in dataclasses.fields(cls):
+        default = "" if f.default is dataclasses.MISSING else f" (default: {f.default!r})"
+        helps[f.name] = (helps.get(f.name, "") + default).strip().replace("%", "%%")  # argparse formats help
+    return helps
 
 
 def positive_int(text: str) -> int:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _cli import check_out_file, positive_int, write_json_atomic
+from _cli import check_out_file, field_help, positive_int, write_json_atomic
 from _moe_targets import judge, operand_bytes, print_summary, read_grid, summarise
 from _timing import bench_ms, graph_ms, host_ms
 
@@ -100,6 +100,9 @@ class Args:
     tma_weights: bool = False
     """the GEMMs load their weight tiles through tensor descriptors (TMA on Hopper; kernels.swiglu.TMA_WEIGHTS,
     experimental), to time what that buys"""
+    atomic_top2: bool = False
+    """at top-2 the down GEMM adds each token's two rows into the zeroed output instead of a combine launch
+    (kernels.swiglu.ATOMIC_TOP2, experimental), to time what that buys"""
     summarise: str = ""
     """a grid JSON written earlier: re-judge its cases (targets, and why each missed dense target missed), print the
     summary and, with --out, write the re-judged JSON; times nothing, needs no GPU"""
@@ -108,20 +111,21 @@ class Args:
 def parse_args(argv: list[str] | None = None) -> Args:
     """Args from the command line; a bad value exits with a message naming it and what is allowed."""
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     choices = {"dtype": sorted(configs.DTYPES), "tune_space": sorted(tuning.SPACES),
                "segment_order": ["expert", "widest-first"]}  # fmt: skip
+    helps = field_help(Args)
     for f in dataclasses.fields(Args):
-        flag = "--" + f.name.replace("_", "-")
+        flag, help_text = "--" + f.name.replace("_", "-"), helps[f.name]
         if f.type == "bool":
-            parser.add_argument(flag, action="store_true")
+            parser.add_argument(flag, action="store_true", help=help_text)
         elif f.type.startswith("tuple"):
-            parser.add_argument(flag, type=positive_int, nargs="+", default=f.default)
+            parser.add_argument(flag, type=positive_int, nargs="+", default=f.default, help=help_text)
         elif f.type == "int":
-            parser.add_argument(flag, type=int if f.name == "seed" else positive_int, default=f.default)
+            parser.add_argument(flag, type=int if f.name == "seed" else positive_int, default=f.default, help=help_text)
         else:
-            parser.add_argument(flag, choices=choices.get(f.name), default=f.default)
+            parser.add_argument(flag, choices=choices.get(f.name), default=f.default, help=help_text)
     args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()})
     if max(args.experts) > MAX_EXPERTS:
         parser.error(f"--experts must be at most {MAX_EXPERTS}, got {max(args.experts)}")
@@ -403,7 +407,8 @@ def cpu_reference_timings(gen: torch.Generator) -> list[dict]:
 
 if __name__ == "__main__":
     args = parse_args()
-    swiglu.TMA_WEIGHTS = args.tma_weights  # the Triton path reads it on every call
+    swiglu.TMA_WEIGHTS = args.tma_weights  # the Triton path reads both on every call
+    swiglu.ATOMIC_TOP2 = args.atomic_top2
     dtype = configs.DTYPES[args.dtype]
     torch.manual_seed(args.seed)
     on_gpu = torch.cuda.is_available()

@@ -19,7 +19,7 @@ import pathlib
 from dataclasses import dataclass
 
 import numpy as np
-from _cli import check_out_file, write_atomic
+from _cli import check_out_file, field_help, write_atomic
 
 from telemetry import GpuSpec, SimulatedGpu, board_power_w, get_gpu_spec
 from telemetry.power_model import thermal_step
@@ -53,11 +53,14 @@ class Args:
 
 def parse_args() -> Args:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    helps = field_help(Args)
     for field in dataclasses.fields(Args):
         if field.type == "bool":
-            parser.add_argument(f"--{field.name}", action="store_true")
+            parser.add_argument(f"--{field.name}", action="store_true", help=helps[field.name])
         else:
-            parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
+            parser.add_argument(
+                f"--{field.name}", type=type(field.default), default=field.default, help=helps[field.name]
+            )
     args = Args(**vars(parser.parse_args()))
     if not 0.0 < args.period_s < math.inf:
         parser.error(f"--period_s must be a positive, finite number of seconds, got {args.period_s}")

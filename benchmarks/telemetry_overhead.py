@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from _cli import check_out_file, positive_float, positive_int, write_json_atomic
+from _cli import check_out_file, field_help, positive_float, positive_int, write_json_atomic
 
 from telemetry import BackgroundSampler, GpuSystemMonitor, NvmlSource, SampleBuffer, nvml_available
 from telemetry.reference import find_reference_file
@@ -51,9 +51,10 @@ class Args:
 def parse_args() -> Args:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     types = {int: positive_int, float: positive_float}  # zero calls or seconds would time nothing (or divide by 0)
+    helps = field_help(Args)
     for field in dataclasses.fields(Args):
         kind = type(field.default)
-        parser.add_argument(f"--{field.name}", type=types.get(kind, kind), default=field.default)
+        parser.add_argument(f"--{field.name}", type=types.get(kind, kind), default=field.default, help=helps[field.name])
     args = Args(**vars(parser.parse_args()))
     if args.source not in ("auto", "nvml", "simulated"):
         parser.error(f"--source {args.source!r} is not auto, nvml or simulated")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from _cli import check_out_file, positive_int, write_atomic, write_json_atomic
+from _cli import check_out_file, field_help, positive_int, write_atomic, write_json_atomic
 
 import moe_runtime as mr
 
@@ -72,15 +72,17 @@ SETTINGS = {
 
 def parse_args() -> Args:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    helps = field_help(Args)
     for f in dataclasses.fields(Args):
-        flag = f"--{f.name.replace('_', '-')}"
+        flag, help_text = f"--{f.name.replace('_', '-')}", helps[f.name]
         if f.type == "bool":
-            parser.add_argument(flag, action="store_true")
+            parser.add_argument(flag, action="store_true", help=help_text)
         elif f.type == "int":
             # Token counts, threads and rounds divide or are looped over: zero would divide by zero or time nothing.
-            parser.add_argument(flag, type=int if f.name == "seed" else positive_int, default=f.default)
+            parser.add_argument(flag, type=int if f.name == "seed" else positive_int, default=f.default, help=help_text)
         else:
-            parser.add_argument(flag, choices=mr.TTT_METHODS if f.name == "method" else None, default=f.default)
+            choices = mr.TTT_METHODS if f.name == "method" else None
+            parser.add_argument(flag, choices=choices, default=f.default, help=help_text)
     args = Args(**vars(parser.parse_args()))
     try:
         seq_len = mr.MoEConfig.preset(args.preset).seq_len

@@ -179,12 +179,19 @@ def down_kernel(
     BLOCK_SIZE_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr,
     W_DESC: tl.constexpr,  # load the weight tiles through w_down_desc (every f_e a multiple of BLOCK_SIZE_K)
+    ADD_TO_TOKEN: tl.constexpr = False,  # y is the zeroed [T, d] output: add row s into row s // TOP_K
+    TOP_K: tl.constexpr = 1,
 ):
     """y[s, n] = w[s] * (h[s, :f_e] @ W_down_e[:, n]) for the slots s of one block; reduction length f_e.
 
     With W_DESC the W_down tiles come through a tensor descriptor (TMA on Hopper; experimental, as the gate/up
     GEMM's). Its host only asks for it where every f_e is a multiple of BLOCK_SIZE_K, so that no tile reaches into
     the next expert's rows (0 x a non-finite weight there would reach this expert's sums).
+
+    With ADD_TO_TOKEN each row, rounded to y's dtype as it would be stored, is added into its token's row of a zeroed
+    output (`red.global.add`, 16 bytes an instruction on Hopper) instead of being stored for the combine kernel.
+    At k = 2 that is the combine's result: 0 + a is exact and a + b is rounded once, as the combine's fp32 sum of
+    the two rounded rows is, whichever comes first (experimental, `kernels.swiglu.ATOMIC_TOP2`).
     """
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_pid_m, num_pid_n, GROUP_SIZE_M)
     if pid_m * BLOCK_SIZE_M >= tl.load(num_post_pad_ptr):
@@ -215,9 +222,14 @@ def down_kernel(
         b_ptrs += BLOCK_SIZE_K * stride_wk
 
     weight = tl.load(topk_weights_ptr + slots, mask=slot_mask, other=0.0).to(tl.float32)
-    acc = acc * weight[:, None]
-    y_ptrs = y_ptr + slots[:, None] * stride_ym + offs_n[None, :] * stride_yn
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=slot_mask[:, None] & n_mask[None, :])
+    acc = (acc * weight[:, None]).to(y_ptr.dtype.element_ty)
+    y_mask = slot_mask[:, None] & n_mask[None, :]
+    if ADD_TO_TOKEN:
+        y_ptrs = y_ptr + (slots // TOP_K)[:, None] * stride_ym + offs_n[None, :] * stride_yn
+        tl.atomic_add(y_ptrs, acc, mask=y_mask, sem="relaxed")
+    else:
+        y_ptrs = y_ptr + slots[:, None] * stride_ym + offs_n[None, :] * stride_yn
+        tl.store(y_ptrs, acc, mask=y_mask)
 
 
 @triton.jit(do_not_specialize=["num_tokens"])

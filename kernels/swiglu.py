@@ -35,6 +35,11 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Experimental, off: both GEMMs load their weight tiles through tensor descriptors (TMA on Hopper) where the layout
 # allows (`benchmarks/moe_kernels.py --tma-weights` times it; not yet measured on a GPU).
 TMA_WEIGHTS = False
+# Experimental, off: at k = 2 the down launch adds each token's two weighted rows into the zeroed output (atomic
+# adds) instead of writing y for the combine kernel: the same result (see `_triton_swiglu.down_kernel`) without the
+# combine launch or y's round trip through memory (`benchmarks/moe_kernels.py --atomic-top2` times it; not yet
+# measured on a GPU). Not at k > 2: the order of the adds would then change the rounding from run to run.
+ATOMIC_TOP2 = False
 
 
 def tokens_per_pass(num_tokens: int, top_k: int) -> int:
@@ -184,7 +189,7 @@ def grouped_swiglu_triton(
     (`kernels.align`, block BLOCK_SIZE_M of the config), one grouped launch for gate/up with silu(gate) * up fused
     into its epilogue (h: [T k, max f_e]), one grouped launch for down with the combine weight applied in its
     epilogue (y: [T k, d]), and a combine kernel summing each token's k rows in fp32 (for k = 1 the down launch
-    writes the output rows directly). Block sizes come from `kernels.configs.get_config`. fp32 accumulation; x and
+    writes the output rows directly; with `ATOMIC_TOP2` at k = 2 it adds them into the zeroed output). Block sizes come from `kernels.configs.get_config`. fp32 accumulation; x and
     weights must share one dtype (fp32, bf16 or fp16); fp32 products are exact unless
     `torch.backends.cuda.matmul.allow_tf32` is set.
 
@@ -238,7 +243,9 @@ def grouped_swiglu_triton(
     topk_weights = topk_weights.contiguous()
     # Rows of h start 128-byte aligned whatever max f_e is, so the down GEMM's loads vectorise.
     h = torch.empty(pass_tokens * top_k, plan.h_pitch, dtype=x.dtype, device=device)[:, : plan.max_width]
-    y = torch.empty(pass_tokens * top_k, d_model, dtype=x.dtype, device=device) if top_k > 1 else None
+    add_to_token = ATOMIC_TOP2 and top_k == 2
+    combine = top_k > 1 and not add_to_token
+    y = torch.empty(pass_tokens * top_k, d_model, dtype=x.dtype, device=device) if combine else None
     for t0 in range(0, num_tokens, pass_tokens):
         t1 = min(num_tokens, t0 + pass_tokens)
         numel = (t1 - t0) * top_k
@@ -248,7 +255,10 @@ def grouped_swiglu_triton(
         )  # fmt: skip
         aligned, segments = align_triton_segments(ids, cfg.block_size_m, plan.num_experts, order)
         num_pid_m = aligned.expert_ids.numel()
-        ys = outs if y is None else (y if numel == y.shape[0] else y[:numel])  # k = 1: slot s is token s
+        # k = 1: slot s is token s; ATOMIC_TOP2: slots 2t and 2t + 1 are added into the zeroed row t.
+        ys = outs if y is None else (y if numel == y.shape[0] else y[:numel])
+        if add_to_token:
+            outs.zero_()
         _triton_swiglu.up_kernel[(plan.up_programs(numel),)](
             xs, w_up, w_up_desc, h, aligned.sorted_token_ids, segments.table, segments.order, plan.widths_t,
             plan.offsets_t, numel, d_model, xs.stride(0), xs.stride(1), w_up.stride(0), w_up.stride(1), h.stride(0),
@@ -258,9 +268,9 @@ def grouped_swiglu_triton(
             h, w_down, w_down_desc, ys, wts, aligned.sorted_token_ids, aligned.expert_ids,
             aligned.num_tokens_post_padded, plan.widths_t, plan.offsets_t, numel, d_model, num_pid_m, plan.n_down,
             h.stride(0), h.stride(1), w_down.stride(0), w_down.stride(1), ys.stride(0), ys.stride(1),
-            W_DESC=w_down_desc is not None, **plan.meta_down,
+            W_DESC=w_down_desc is not None, ADD_TO_TOKEN=add_to_token, TOP_K=2 if add_to_token else 1, **plan.meta_down,
         )  # fmt: skip
-        if y is not None:
+        if combine:
             _triton_swiglu.combine_kernel[(cdiv(t1 - t0, plan.block_t), plan.combine_cols)](
                 y, outs, t1 - t0, d_model, y.stride(0), outs.stride(0),
                 TOP_K=top_k, BLOCK_T=plan.block_t, BLOCK_D=plan.block_d,

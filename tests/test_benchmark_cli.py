@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -120,6 +121,29 @@ def test_ttt_shift_names_bad_arguments(ttt_shift, monkeypatch, capsys, args, mes
 def test_ttt_shift_takes_seed_0_and_a_preset_s_own_sequence_length(ttt_shift, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["ttt_shift.py", "--preset", "tiny", "--seed", "0", "--heldout-tokens", "32"])
     assert ttt_shift.parse_args() == ttt_shift.Args(preset="tiny", seed=0, heldout_tokens=32)
+
+
+def test_help_shows_each_field_s_docstring_and_default(ttt_shift, monkeypatch, capsys):
+    from _cli import field_help
+
+    monkeypatch.setattr(sys, "argv", ["ttt_shift.py", "--help"])
+    with pytest.raises(SystemExit) as stop:
+        ttt_shift.parse_args()
+    shown = "".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    helps = field_help(ttt_shift.Args)
+    assert stop.value.code == 0 and set(helps) == {f.name for f in dataclasses.fields(ttt_shift.Args)}
+    for name, text in helps.items():
+        assert "".join(text.replace("%%", "%").split()) in shown, name
+    assert "TTTConfig.method: fast_weights, lora or tent. (default: 'fast_weights')" in helps["method"]
+
+    @dataclasses.dataclass
+    class Odd:
+        plain: int = 3
+        share: float = 0.5
+        """a share, in %
+        of the whole"""
+
+    assert field_help(Odd) == {"plain": "(default: 3)", "share": "a share, in %% of the whole (default: 0.5)"}
 
 
 def test_sim_vs_h100_without_the_measured_trace_says_where_to_point(monkeypatch, capsys, tmp_path):

@@ -124,7 +124,7 @@ GEMM_CASES = [("sm90", torch.bfloat16, 16384), ("sm90", torch.bfloat16, 256), ("
               ("sm80", torch.float16, 256), ("sm90", torch.float32, 2048), ("sm90", torch.float32, 256)]  # fmt: skip
 
 
-def compile_gemms(cfg, dtype: torch.dtype, cap: int, weight_descriptor: bool = False):
+def compile_gemms(cfg, dtype: torch.dtype, cap: int, weight_descriptor: bool = False, add_to_token: bool = False):
     """(gate/up kernel, down kernel) compiled for `cuda:cap` with the tiles of `cfg`, specialised as a launch."""
     t = TL_TYPES[dtype]
     index = {"sorted_ids_ptr": "*i32", "widths_ptr": "*i32"}
@@ -149,7 +149,8 @@ def compile_gemms(cfg, dtype: torch.dtype, cap: int, weight_descriptor: bool = F
          "row_starts_ptr": "*i64", "expert_ids_ptr": "*i32", "num_post_pad_ptr": "*i32",
          "w_down_desc": f"tensordesc<{t}[{cfg.block_size_k}, {cfg.down_block_size_n}]>", **index},
         dict(WIDTH_ALIGN=16, stride_hk=1, stride_wn=1, stride_yn=1, BLOCK_SIZE_N=cfg.down_block_size_n,
-             W_DESC=weight_descriptor, **({} if weight_descriptor else dict(w_down_desc=None)), **meta),
+             W_DESC=weight_descriptor, **({} if weight_descriptor else dict(w_down_desc=None)),
+             ADD_TO_TOKEN=add_to_token, TOP_K=2 if add_to_token else 1, **meta),
         cap, cfg.num_warps, cfg.num_stages,
     )  # fmt: skip
     return up, down
@@ -205,6 +206,26 @@ def test_wide_down_tile_takes_what_the_gate_up_tile_takes(cfg):
     assert spills_in_loops(up) == 0 and spills_in_loops(down) == 0, (
         f"{cfg}: {spill_bytes(up)} and {spill_bytes(down)} B of stack, used in the K loop"
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_down_gemm_adding_into_token_rows_uses_vector_reductions(dtype):
+    """`swiglu.ATOMIC_TOP2`'s down GEMM, compiled for sm_90 (bf16 with the H100's tuned 8k-16k tiles, fp32 with the
+    default ones): its epilogue adds with 16-byte vector reductions (`red.global...v8.bf16`, `v4.f32`), not an
+    atomic a value, and returns no old values (`red`, not `atom`); no spills in its K loop."""
+    cap, smem_bytes = DEVICES["sm90"]
+    if dtype == torch.bfloat16:
+        cfg = MoeKernelConfig(128, 128, 64, 8, 8, 4, 256)
+    else:
+        cfg = default_config(16384, num_experts=8, top_k=2, dtype=dtype, smem_bytes=smem_bytes)
+    _, down = compile_gemms(cfg, dtype, cap, add_to_token=True)
+    ptx = down.asm["ptx"]
+    vector = "v8.bf16" if dtype == torch.bfloat16 else "v4.f32"
+    assert re.search(rf"red\.global\.gpu\.relaxed\.add\.(noftz\.)?{re.escape(vector)}", ptx), "no vector reductions"
+    assert "atom." not in ptx and "st.global" not in ptx
+    assert ("wgmma.mma_async" in ptx) == (dtype == torch.bfloat16)  # fp32 products are exact: no tensor cores
+    if spills_in_loops(down) is not None:
+        assert spills_in_loops(down) == 0, f"{spill_bytes(down)} B of stack, used in the K loop"
 
 
 def test_batch_sizes_share_one_compiled_variant():

@@ -5,6 +5,7 @@ Marked `gpu` (not `triton`): they run in the main test run and skip there withou
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 
 import pytest
@@ -147,6 +148,26 @@ def test_swiglu_compiled_with_tma_weights(request, monkeypatch, dtype, cfg):
     want = grouped_swiglu_reference(x.float(), ids, w.float(), w_up.float(), w_down.float(), widths)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("cfg", [None, MoeKernelConfig(128, 128, 64, 8, 8, 4, block_size_n_down=256)])
+def test_swiglu_compiled_atomic_top2_equals_the_combine(request, monkeypatch, dtype, cfg):
+    """The experimental `swiglu.ATOMIC_TOP2` (the down GEMM adds both rows of a token into the zeroed output with
+    `red.global.add`), compiled: the same values as the combine kernel's, in one pass and in several."""
+    x, ids, w, w_up, w_down = _swiglu_inputs(cuda_gen(request), 5000, 1024, WIDTHS, 2, dtype)
+    for slots in (swiglu.SLOTS_PER_PASS, 4096):
+        monkeypatch.setattr(swiglu, "SLOTS_PER_PASS", slots)
+        got = {}
+        for atomic in (False, True):
+            monkeypatch.setattr(swiglu, "ATOMIC_TOP2", atomic)
+            out = torch.full_like(x, float("nan"))
+            with force_config(cfg) if cfg is not None else contextlib.nullcontext():
+                got[atomic] = grouped_swiglu_triton(x, ids, w, w_up, w_down, WIDTHS, out=out)
+        assert torch.equal(got[True], got[False]), f"{slots} slots a pass"
+    want = grouped_swiglu_reference(x.float(), ids, w.float(), w_up.float(), w_down.float(), WIDTHS)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got[True].float(), want, rtol=tol, atol=tol * float(want.abs().max()))
 
 
 def test_swiglu_compiled_several_passes(request, monkeypatch):

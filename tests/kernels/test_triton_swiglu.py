@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import swiglu
+from kernels import _triton_swiglu, swiglu
 from kernels._triton_swiglu import _live_tile
 from kernels.align import align_triton_segments
 from kernels.configs import MoeKernelConfig, force_config
@@ -86,6 +86,53 @@ def test_swiglu_with_weight_descriptors_matches_reference(gen, make_topk_ids, mo
     assert len(made) == 1 + all(f % blocks[2] == 0 for f in widths)  # w_up's, and w_down's where no tile crosses
     torch.testing.assert_close(got, grouped_swiglu_reference(x, topk_ids, weights, w_up, w_down, widths),
                                rtol=RTOL, atol=ATOL)  # fmt: skip
+
+
+TOP2_CASES = [c for c in SWIGLU_CASES if c[4] == 2]
+COMBINE_KERNEL = _triton_swiglu.combine_kernel
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("num_tokens", "d_model", "widths", "top_k", "load", "blocks"),
+                         [c[1:] for c in TOP2_CASES], ids=[c[0] for c in TOP2_CASES])  # fmt: skip
+def test_swiglu_atomic_top2_equals_the_combine_exactly(gen, make_topk_ids, monkeypatch, dtype, num_tokens, d_model,
+                                                       widths, top_k, load, blocks):  # fmt: skip
+    """The experimental `ATOMIC_TOP2` (the down launch adds both rows of a token into the zeroed output): the same
+    bits as the combine kernel's fp32 sum of the two rounded rows, in passes of 16 tokens into a strided `out` whose
+    every element is poisoned first, and no launch of the combine kernel."""
+    monkeypatch.setattr(swiglu, "SLOTS_PER_PASS", 32)
+    x = torch.randn(num_tokens, d_model, generator=gen).to(dtype)
+    topk_ids = make_topk_ids(num_tokens, len(widths), top_k, load)
+    weights = combine_weights(gen, num_tokens, top_k).to(dtype)
+    w_up, w_down = (w.to(dtype) for w in make_weights(gen, d_model, widths))
+    down_n = blocks[4] if len(blocks) > 4 else None
+    results = {}
+    for atomic in (False, True):
+        monkeypatch.setattr(swiglu, "ATOMIC_TOP2", atomic)
+        launched = []
+        monkeypatch.setattr(_triton_swiglu, "combine_kernel", _Counting(COMBINE_KERNEL, launched))
+        buf = torch.full((num_tokens, d_model + 3), float("nan"), dtype=dtype)
+        with force_config(MoeKernelConfig(*blocks[:4], num_warps=4, num_stages=2, block_size_n_down=down_n)):
+            results[atomic] = grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, out=buf[:, 1:-2])
+        assert buf[:, [0, -2, -1]].isnan().all(), "nothing written outside out"
+        passes = -(-num_tokens // 16)
+        assert len(launched) == (0 if atomic else passes), "a combine launch a pass without ATOMIC_TOP2, none with it"
+    assert torch.equal(results[True], results[False])
+    want = grouped_swiglu_reference(x.float(), topk_ids, weights.float(), w_up.float(), w_down.float(), widths)
+    scale = float(want.abs().max())
+    tol = (RTOL, ATOL) if dtype == torch.float32 else (4e-3, 4e-3 * scale)
+    torch.testing.assert_close(results[True].float(), want, rtol=tol[0], atol=tol[1])
+
+
+class _Counting:
+    """A kernel stand-in that records each launch's grid and runs the real kernel."""
+
+    def __init__(self, kernel, launched: list):
+        self.kernel, self.launched = kernel, launched
+
+    def __getitem__(self, grid):
+        self.launched.append(grid)
+        return self.kernel[grid]
 
 
 def test_weight_descriptor_falls_back_where_the_layout_allows_none(gen):
