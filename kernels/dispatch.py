@@ -16,6 +16,7 @@ import logging
 
 import torch
 
+from kernels import swiglu
 from kernels._triton import unavailable_reason
 from kernels.routing import RouteResult, fused_route_reference, fused_route_triton
 from kernels.swiglu import grouped_swiglu_reference, grouped_swiglu_triton
@@ -49,13 +50,16 @@ def describe(device: str | torch.device = "cpu") -> dict[str, str]:
     """The implementation each op uses on `device`, and why.
 
     Returns:
-        {"route": "triton" | "torch-reference", "expert_swiglu": ..., "align": ..., "note": reason}; on CUDA with
-        Triton the note says that calls needing gradients take the reference.
+        {"route": "triton" | "torch-reference", "expert_swiglu": ..., "align": ..., "note": reason, "experiments":
+        ...}; on CUDA with Triton the note says that calls needing gradients take the reference. "experiments"
+        names the experimental switches of `kernels.swiglu` that are on (`TMA_WEIGHTS`, `ATOMIC_TOP2`), comma-
+        separated, or is "none": they change how the Triton path runs, so a timing should say which were on.
     """
     reason = _triton_reason(torch.device(device))
     impl = TRITON if reason is None else REFERENCE
     note = "inference calls; calls that need gradients take torch-reference" if reason is None else reason
-    return {"route": impl, "align": impl, "expert_swiglu": impl, "note": note}
+    on = [name for name in ("TMA_WEIGHTS", "ATOMIC_TOP2") if impl == TRITON and getattr(swiglu, name)]
+    return {"route": impl, "align": impl, "expert_swiglu": impl, "note": note, "experiments": ",".join(on) or "none"}
 
 
 def _use_triton(*tensors: torch.Tensor | None) -> bool:

@@ -17,7 +17,21 @@ from kernels.swiglu import grouped_swiglu_reference
 def test_describe_cpu_says_reference():
     d = dispatch.describe("cpu")
     assert d["route"] == d["expert_swiglu"] == d["align"] == dispatch.REFERENCE
-    assert "cpu" in d["note"]
+    assert "cpu" in d["note"] and d["experiments"] == "none"
+
+
+def test_describe_names_the_experimental_switches_that_are_on(monkeypatch):
+    from kernels import swiglu
+
+    monkeypatch.setattr(swiglu, "ATOMIC_TOP2", True)
+    assert dispatch.describe("cpu")["experiments"] == "none"  # the reference path has none
+    monkeypatch.setattr(dispatch, "_triton_reason", lambda device: None)  # as on CUDA with Triton
+    assert dispatch.describe("cuda")["experiments"] == "ATOMIC_TOP2"
+    monkeypatch.setattr(swiglu, "TMA_WEIGHTS", True)
+    assert dispatch.describe("cuda")["experiments"] == "TMA_WEIGHTS,ATOMIC_TOP2"
+    monkeypatch.setattr(swiglu, "ATOMIC_TOP2", False)
+    monkeypatch.setattr(swiglu, "TMA_WEIGHTS", False)
+    assert dispatch.describe("cuda")["experiments"] == "none"
 
 
 def test_cpu_dispatch_is_the_reference_and_differentiable(gen):
