@@ -236,8 +236,9 @@ class AgentRouter:
     def step(self) -> IntervalRecord:
         """Serve one interval with the present action, observe it, and apply the controller's next action.
 
-        The interval's record is `last_record` as soon as it is served: if the controller then fails or answers an
-        action out of the space (NaN, wrong size), the error says so and the runtime keeps its present action.
+        The interval's record is `last_record` as soon as it is served, and the runtime keeps its present action
+        unless the controller's answer is applied: an action out of the space (NaN, wrong size) is a ValueError
+        naming the interval; an error of the controller's own propagates as it is.
         """
         runtime, applied = self.runtime, self.runtime.action
         self.monitor.begin_window(_WINDOW)
@@ -299,7 +300,7 @@ class AgentRouter:
             raise ValueError(
                 f"{err} (from the controller after interval {record.interval}, which was served and is in "
                 f"router.last_record; the runtime keeps its action)"
-            ) from None
+            ) from err
         runtime.apply(control)
         record.next_action = control
         return record

@@ -109,43 +109,51 @@ class HeldOutEvalCallback(EvalCallback):
 
     def load_history(self, up_to_steps: int) -> None:
         """Continue a resumed run's evaluation history (`evaluations.npz`, entries up to `up_to_steps`) and its best
-        mean reward, so the file keeps every evaluation and `best_model` is replaced only by a better one. A best
-        model evaluated after `up_to_steps` (the resume discards those steps) is moved aside to `best_discarded_<steps>`.
+        mean reward, so the file keeps every evaluation and `best_model` is replaced only by a better one.
+
+        The best model on disk says when it was saved (its `num_timesteps`). One saved after `up_to_steps`, on steps
+        the resume discards, or one that does not load, is moved aside to `best_discarded_<steps>/` and the next
+        evaluation saves a new best; one on the kept steps keeps its own mean reward as the one to beat; with none
+        on disk the next evaluation saves one.
 
         Raises:
             ValueError: an `evaluations.npz` that is not a readable evaluation history, naming it.
         """
-        if self.history_file is None or not self.history_file.exists():
+        if self.history_file is not None and self.history_file.exists():
+            saved = read_eval_history(self.history_file)
+            keep = saved["timesteps"] <= up_to_steps
+            self.evaluations_timesteps = saved["timesteps"][keep].tolist()
+            self.evaluations_results = [list(r) for r in saved["results"][keep]]
+            self.evaluations_length = [list(r) for r in saved["ep_lengths"][keep]]
+        means = {int(t): float(np.mean(r)) for t, r in zip(self.evaluations_timesteps, self.evaluations_results)}
+        if self.best_model_file is None:  # no best model kept: the best of the kept history is the one to beat
+            self.best_mean_reward = max(means.values(), default=-np.inf)
             return
-        saved = read_eval_history(self.history_file)
-        keep = saved["timesteps"] <= up_to_steps
-        self.evaluations_timesteps = saved["timesteps"][keep].tolist()
-        self.evaluations_results = [list(r) for r in saved["results"][keep]]
-        self.evaluations_length = [list(r) for r in saved["ep_lengths"][keep]]
-        if self.evaluations_results:
-            self.best_mean_reward = float(max(np.mean(r) for r in self.evaluations_results))
-        means = [float(np.mean(r)) for r in saved["results"]]
-        # EvalCallback saves on a strict improvement, so the best model on disk is that of the first maximum.
-        best_steps = int(saved["timesteps"][int(np.argmax(means))]) if means else None
-        if best_steps is not None and best_steps > up_to_steps:
-            self._set_aside_best(best_steps)
+        if not self.best_model_file.exists():
+            self.best_mean_reward = -np.inf
+            return
+        steps = saved_steps(self.best_model_file)
+        if steps is None or steps > up_to_steps:
+            self._set_aside_best(steps)
+        else:
+            self.best_mean_reward = means.get(steps, max(means.values(), default=-np.inf))
 
-    def _set_aside_best(self, best_steps: int) -> None:
-        """The best model on disk was evaluated after the checkpoint a resume starts from, on a timeline the resume
-        discards: its folder is renamed (kept, not deleted), and the resumed run's next evaluation saves a new best."""
-        best_dir = self.best_model_file.parent if self.best_model_file is not None else None
-        if best_dir is None or not best_dir.exists():
-            return
-        aside, n = best_dir.with_name(f"{best_dir.name}_discarded_{best_steps}"), 1
+    def _set_aside_best(self, best_steps: int | None) -> None:
+        """Rename the best model's folder (kept, not deleted); the resumed run's next evaluation saves a new best."""
+        best_dir = self.best_model_file.parent
+        tag = "unreadable" if best_steps is None else str(best_steps)
+        aside, n = best_dir.with_name(f"{best_dir.name}_discarded_{tag}"), 1
         while aside.exists():
-            aside, n = best_dir.with_name(f"{best_dir.name}_discarded_{best_steps}_{n}"), n + 1
+            aside, n = best_dir.with_name(f"{best_dir.name}_discarded_{tag}_{n}"), n + 1
         best_dir.rename(aside)
         self.best_mean_reward = -np.inf
         self.set_aside = aside
-        print(
-            f"the best model in {best_dir} (evaluated at {best_steps} steps) is from after this resume's checkpoint: "
-            f"moved to {aside}; the next evaluation saves a new best"
+        why = (
+            "does not load"
+            if best_steps is None
+            else f"was saved at {best_steps} steps, after this resume's checkpoint"
         )
+        print(f"the best model in {best_dir} {why}: moved to {aside}; the next evaluation saves a new best")
 
     def _on_step(self) -> bool:
         if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
@@ -158,6 +166,17 @@ class HeldOutEvalCallback(EvalCallback):
             self.best_model_file.parent.mkdir(parents=True, exist_ok=True)
             atomic_save(self.best_model_file, self.model.save)
         return continue_training
+
+
+def saved_steps(path: str | Path) -> int | None:
+    """The `num_timesteps` an SB3 model zip was saved at; None when it does not load."""
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    try:
+        data, _, _ = load_from_zip_file(path, load_data=True, device="cpu")
+        return int(data["num_timesteps"])
+    except Exception:  # zipfile, JSON, torch and key errors all mean: not a model this run can trust
+        return None
 
 
 def read_eval_history(path: str | Path) -> dict[str, np.ndarray]:

@@ -20,7 +20,10 @@ from pathlib import Path
 
 def field_help(cls) -> dict[str, str]:
     """--help text of each field of an `Args` dataclass: the docstring under it (CleanRL style), with its default."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    try:
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    except (OSError, TypeError):  # no source to read (a frozen or .pyc-only install): the defaults alone
+        body = []
     helps = {}
     for node, nxt in zip(body, body[1:]):
         if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):

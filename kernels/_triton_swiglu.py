@@ -190,8 +190,9 @@ def down_kernel(
 
     With ADD_TO_TOKEN each row, rounded to y's dtype as it would be stored, is added into its token's row of a zeroed
     output (`red.global.add`, 16 bytes an instruction on Hopper) instead of being stored for the combine kernel.
-    At k = 2 that is the combine's result: 0 + a is exact and a + b is rounded once, as the combine's fp32 sum of
-    the two rounded rows is, whichever comes first (experimental, `kernels.swiglu.ATOMIC_TOP2`).
+    At k = 2 that is the combine's result, whichever row comes first: 0 + a is exact and a + b is rounded once to
+    y's dtype; the combine's fp32 sum of the same two rows is exact (or, far apart in scale, rounded where it cannot
+    move the final rounding) before it is rounded to y's dtype (experimental, `kernels.swiglu.ATOMIC_TOP2`).
     """
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_pid_m, num_pid_n, GROUP_SIZE_M)
     if pid_m * BLOCK_SIZE_M >= tl.load(num_post_pad_ptr):

@@ -36,9 +36,10 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # allows (`benchmarks/moe_kernels.py --tma-weights` times it; not yet measured on a GPU).
 TMA_WEIGHTS = False
 # Experimental, off: at k = 2 the down launch adds each token's two weighted rows into the zeroed output (atomic
-# adds) instead of writing y for the combine kernel: the same result (see `_triton_swiglu.down_kernel`) without the
-# combine launch or y's round trip through memory (`benchmarks/moe_kernels.py --atomic-top2` times it; not yet
-# measured on a GPU). Not at k > 2: the order of the adds would then change the rounding from run to run.
+# adds) instead of writing y for the combine kernel: the same result (see `_triton_swiglu.down_kernel`), a fill of
+# the output in place of the combine launch, and no round trip of y through memory (`benchmarks/moe_kernels.py
+# --atomic-top2` times it; not yet measured on a GPU). Not at k > 2: the order of the adds would then change the
+# rounding from run to run.
 ATOMIC_TOP2 = False
 
 
@@ -257,13 +258,13 @@ def grouped_swiglu_triton(
         num_pid_m = aligned.expert_ids.numel()
         # k = 1: slot s is token s; ATOMIC_TOP2: slots 2t and 2t + 1 are added into the zeroed row t.
         ys = outs if y is None else (y if numel == y.shape[0] else y[:numel])
-        if add_to_token:
-            outs.zero_()
         _triton_swiglu.up_kernel[(plan.up_programs(numel),)](
             xs, w_up, w_up_desc, h, aligned.sorted_token_ids, segments.table, segments.order, plan.widths_t,
             plan.offsets_t, numel, d_model, xs.stride(0), xs.stride(1), w_up.stride(0), w_up.stride(1), h.stride(0),
             h.stride(1), TOP_K=top_k, W_DESC=w_up_desc is not None, **plan.meta_up,
         )  # fmt: skip
+        if add_to_token:  # zeroed once the gate/up launch has read x (on the same stream), which `out` may be
+            outs.zero_()
         _triton_swiglu.down_kernel[(num_pid_m * plan.n_down,)](
             h, w_down, w_down_desc, ys, wts, aligned.sorted_token_ids, aligned.expert_ids,
             aligned.num_tokens_post_padded, plan.widths_t, plan.offsets_t, numel, d_model, num_pid_m, plan.n_down,

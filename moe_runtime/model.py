@@ -155,8 +155,8 @@ class MoETransformer(nn.Module):
         Token ids are range-checked where they live on the CPU; on a GPU that check would cost a device sync every
         call, and an id out of range there fails as CUDA's device-side assert.
         """
-        if idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-            raise ValueError(f"token ids must be a [batch, seq] integer tensor, got {idx.dtype} of shape {tuple(idx.shape)}")
+        if idx.dim() != 2 or idx.dtype not in (torch.int32, torch.int64):  # what nn.Embedding takes
+            raise ValueError(f"token ids must be a [batch, seq] int32/int64 tensor, got {idx.dtype} of shape {tuple(idx.shape)}")
         b, s = idx.shape
         if s > self.cfg.seq_len:
             raise ValueError(f"sequence length {s} exceeds the model's seq_len {self.cfg.seq_len}")

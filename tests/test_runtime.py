@@ -102,8 +102,9 @@ def test_model_names_bad_token_ids(tiny):
     for ids, message in (
         (torch.tensor([[1, tiny.vocab_size]]), rf"token ids must lie in \[0, {tiny.vocab_size}\), got ids from 1 to"),
         (torch.tensor([[-1, 3]]), "got ids from -1 to 3"),
-        (torch.zeros(4, dtype=torch.long), r"a \[batch, seq\] integer tensor, got torch.int64 of shape \(4,\)"),
-        (torch.zeros(1, 4), "integer tensor, got torch.float32"),
+        (torch.zeros(4, dtype=torch.long), r"a \[batch, seq\] int32/int64 tensor, got torch.int64 of shape \(4,\)"),
+        (torch.zeros(1, 4), "int32/int64 tensor, got torch.float32"),
+        (torch.zeros(1, 4, dtype=torch.uint8), "int32/int64 tensor, got torch.uint8"),
     ):
         with pytest.raises(ValueError, match=message):
             model(ids)

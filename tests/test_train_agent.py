@@ -409,6 +409,7 @@ def test_tiny_run_interrupts_with_a_checkpoint_and_resumes(tmp_path, capsys):
 
 
 def test_eval_history_and_best_reward_carry_over_a_resume(tmp_path):
+    from agents.callbacks import saved_steps
     from agents.sb3 import HeldOutEvalCallback
 
     np.savez(
@@ -424,21 +425,32 @@ def test_eval_history_and_best_reward_carry_over_a_resume(tmp_path):
     fresh = HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=None, **kw)
     assert fresh.evaluations_timesteps == [] and fresh.best_mean_reward == -np.inf
 
-    # The best model on disk is that of step 300: a resume from step 250 sets it aside (kept) and saves a new best.
+    # The best model on disk says when it was saved: one from after the checkpoint is set aside (kept), one from
+    # before keeps its own score as the one to beat, none on disk (a crash after a set-aside) leaves none to beat.
+    from stable_baselines3 import PPO
+
+    model = PPO("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=16, seed=0, device="cpu")
     best = tmp_path / "best"
-    best.mkdir()
-    (best / "best_model.zip").write_bytes(b"step 300")
+
+    def best_saved_at(steps: int) -> None:
+        best.mkdir(exist_ok=True)
+        model.num_timesteps = steps
+        model.save(best / "best_model.zip")
+
     kw["best_model_save_path"] = str(best)
+    best_saved_at(300)
     resumed = HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=250, **kw)
     assert resumed.best_mean_reward == -np.inf and not best.exists()
     assert resumed.set_aside == tmp_path / "best_discarded_300"
-    assert (tmp_path / "best_discarded_300" / "best_model.zip").read_bytes() == b"step 300"
-    best.mkdir()
-    (best / "best_model.zip").write_bytes(b"again")  # a second resume from before it keeps both
+    assert saved_steps(tmp_path / "best_discarded_300" / "best_model.zip") == 300
+    assert HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=250, **kw).best_mean_reward == -np.inf  # none
+    best_saved_at(300)  # a second resume from before it keeps both
     assert HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=250, **kw).set_aside.name == "best_discarded_300_1"
-    best.mkdir()
-    kept = HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=300, **kw)  # the best is on the kept timeline
-    assert kept.best_mean_reward == -1.0 and kept.set_aside is None and best.exists()
+    best_saved_at(100)  # not the kept history's best (-3 at 200): its own -6 is the score to beat
+    kept = HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=250, **kw)
+    assert kept.best_mean_reward == -6.0 and kept.set_aside is None and best.exists()
+    (best / "best_model.zip").write_bytes(b"not a zip")
+    assert HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=250, **kw).set_aside.name == "best_discarded_unreadable"
 
 
 def test_eval_history_is_replaced_atomically(tmp_path, monkeypatch):

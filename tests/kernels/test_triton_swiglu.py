@@ -124,6 +124,23 @@ def test_swiglu_atomic_top2_equals_the_combine_exactly(gen, make_topk_ids, monke
     torch.testing.assert_close(results[True].float(), want, rtol=tol[0], atol=tol[1])
 
 
+@pytest.mark.parametrize("atomic", [False, True])
+def test_swiglu_writes_its_output_over_its_input(gen, make_topk_ids, monkeypatch, atomic):
+    """`out=x` (in place), as the reference allows: the output is written only after x has been read, the top-2
+    reductions' zeroed output included."""
+    monkeypatch.setattr(swiglu, "ATOMIC_TOP2", atomic)
+    widths, d_model, num_tokens = (16, 48, 24, 40), 32, 37
+    x = torch.randn(num_tokens, d_model, generator=gen)
+    topk_ids = make_topk_ids(num_tokens, len(widths), 2, "skewed")
+    weights = combine_weights(gen, num_tokens, 2)
+    w_up, w_down = make_weights(gen, d_model, widths)
+    want = grouped_swiglu_reference(x, topk_ids, weights, w_up, w_down, widths)
+    with force_config(MoeKernelConfig(16, 16, 16, 2, num_warps=4, num_stages=2)):
+        got = grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, out=x)
+    assert got.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+
+
 class _Counting:
     """A kernel stand-in that records each launch's grid and runs the real kernel."""
 
