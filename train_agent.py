@@ -9,7 +9,8 @@
 the saved ones (else an error names each setting that differs, saved vs now). Other flags (seed, evaluation,
 checkpoints, device, workers) apply to the new session. Without `--resume`, `--out` must not hold a run already.
 A resume from a checkpoint older than the best model (the newer checkpoints unreadable) moves `best/` aside to
-`best_discarded_<steps>/`: that model belongs to the steps the resume trains again.
+`best_discarded_<steps>/` (a best model that does not load, to `best_discarded_unreadable/`): that model belongs to
+the steps the resume trains again, and the next evaluation saves a new best.
 
 Hyperparameters come from `agents/hyperparams/<algo>.yml` (RL Baselines3 Zoo layout) with `--hyperparams key:value`
 overrides; `--env-kwargs key:value` sets any `EnvConfig` field (`preset:tiny`, `episode_intervals:32`, and nested
