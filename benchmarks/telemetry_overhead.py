@@ -54,7 +54,9 @@ def parse_args() -> Args:
     helps = field_help(Args)
     for field in dataclasses.fields(Args):
         kind = type(field.default)
-        parser.add_argument(f"--{field.name}", type=types.get(kind, kind), default=field.default, help=helps[field.name])
+        parser.add_argument(
+            f"--{field.name}", type=types.get(kind, kind), default=field.default, help=helps[field.name]
+        )
     args = Args(**vars(parser.parse_args()))
     if args.source not in ("auto", "nvml", "simulated"):
         parser.error(f"--source {args.source!r} is not auto, nvml or simulated")

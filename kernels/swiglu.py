@@ -190,9 +190,9 @@ def grouped_swiglu_triton(
     (`kernels.align`, block BLOCK_SIZE_M of the config), one grouped launch for gate/up with silu(gate) * up fused
     into its epilogue (h: [T k, max f_e]), one grouped launch for down with the combine weight applied in its
     epilogue (y: [T k, d]), and a combine kernel summing each token's k rows in fp32 (for k = 1 the down launch
-    writes the output rows directly; with `ATOMIC_TOP2` at k = 2 it adds them into the zeroed output). Block sizes come from `kernels.configs.get_config`. fp32 accumulation; x and
-    weights must share one dtype (fp32, bf16 or fp16); fp32 products are exact unless
-    `torch.backends.cuda.matmul.allow_tf32` is set.
+    writes the output rows directly; with `ATOMIC_TOP2` at k = 2 it adds them into the zeroed output). Block sizes
+    come from `kernels.configs.get_config`. fp32 accumulation; x and weights must share one dtype (fp32, bf16 or
+    fp16); fp32 products are exact unless `torch.backends.cuda.matmul.allow_tf32` is set.
 
     Args:
         x, topk_ids, topk_weights, w_up, w_down, widths: as `grouped_swiglu_reference`; expert ids in [0, E),
@@ -269,7 +269,8 @@ def grouped_swiglu_triton(
             h, w_down, w_down_desc, ys, wts, aligned.sorted_token_ids, aligned.expert_ids,
             aligned.num_tokens_post_padded, plan.widths_t, plan.offsets_t, numel, d_model, num_pid_m, plan.n_down,
             h.stride(0), h.stride(1), w_down.stride(0), w_down.stride(1), ys.stride(0), ys.stride(1),
-            W_DESC=w_down_desc is not None, ADD_TO_TOKEN=add_to_token, TOP_K=2 if add_to_token else 1, **plan.meta_down,
+            W_DESC=w_down_desc is not None, ADD_TO_TOKEN=add_to_token, TOP_K=2 if add_to_token else 1,
+            **plan.meta_down,
         )  # fmt: skip
         if combine:
             _triton_swiglu.combine_kernel[(cdiv(t1 - t0, plan.block_t), plan.combine_cols)](

@@ -156,14 +156,16 @@ class MoETransformer(nn.Module):
         call, and an id out of range there fails as CUDA's device-side assert.
         """
         if idx.dim() != 2 or idx.dtype not in (torch.int32, torch.int64):  # what nn.Embedding takes
-            raise ValueError(f"token ids must be a [batch, seq] int32/int64 tensor, got {idx.dtype} of shape {tuple(idx.shape)}")
+            raise ValueError(
+                f"token ids must be a [batch, seq] int32/int64 tensor, got {idx.dtype} of shape {tuple(idx.shape)}"
+            )
         b, s = idx.shape
         if s > self.cfg.seq_len:
             raise ValueError(f"sequence length {s} exceeds the model's seq_len {self.cfg.seq_len}")
-        if idx.device.type == "cpu" and idx.numel() and not 0 <= int(idx.min()) <= int(idx.max()) < self.cfg.vocab_size:
-            raise ValueError(
-                f"token ids must lie in [0, {self.cfg.vocab_size}), got ids from {int(idx.min())} to {int(idx.max())}"
-            )
+        if idx.device.type == "cpu" and idx.numel():
+            low, high = (int(v) for v in torch.aminmax(idx))
+            if low < 0 or high >= self.cfg.vocab_size:
+                raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}), got ids from {low} to {high}")
         pos = torch.arange(s, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, S, d)
         aux_total = x.new_zeros((), dtype=torch.float32)

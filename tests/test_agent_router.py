@@ -77,7 +77,8 @@ def test_agent_router_keeps_the_served_interval_when_the_controller_answers_nan(
     first = router.step()
     act = router.controller.act
     router.controller.act = lambda obs: np.full_like(act(obs), np.nan)
-    with pytest.raises(ValueError, match=r"non-finite entries.*after interval 1, which was served and is in router.last_record"):
+    served = r"non-finite entries.*after interval 1, which was served and is in router.last_record"
+    with pytest.raises(ValueError, match=served):
         router.step()
     lost = router.last_record
     assert lost is not None and lost.interval == 1 and lost.energy_j > 0 and np.isfinite(lost.loss)

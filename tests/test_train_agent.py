@@ -450,7 +450,8 @@ def test_eval_history_and_best_reward_carry_over_a_resume(tmp_path):
     kept = HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=250, **kw)
     assert kept.best_mean_reward == -6.0 and kept.set_aside is None and best.exists()
     (best / "best_model.zip").write_bytes(b"not a zip")
-    assert HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=250, **kw).set_aside.name == "best_discarded_unreadable"
+    unreadable = HeldOutEvalCallback(gym.make("CartPole-v1"), resume_steps=250, **kw)
+    assert unreadable.set_aside.name == "best_discarded_unreadable"
 
 
 def test_eval_history_is_replaced_atomically(tmp_path, monkeypatch):
