@@ -12,7 +12,9 @@ import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["numel", "num_programs"])
+# `numel` is specialised on: a launch then knows it is a multiple of 16 (the probe's buffer is), so the masked loads
+# vectorise. Not specialised on, each thread loaded 2 bytes at a time, and an H100 read at 0.89 TB/s (2026-11-24).
+@triton.jit(do_not_specialize=["num_programs"])
 def read_kernel(src_ptr, out_ptr, numel, num_programs, REPEATS: tl.constexpr, BLOCK: tl.constexpr):
     """out[p] = REPEATS x the sum of program p's strided share of src (every element read REPEATS times)."""
     pid = tl.program_id(0)

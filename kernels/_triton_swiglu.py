@@ -63,7 +63,8 @@ def _live_tile(
     pid_m, pid_n = _tile_ids(local, num_blocks, num_cols, GROUP_SIZE_M)
     first_block = tl.sum(tl.where(holds, starts, 0)) // BLOCK_SIZE_M
     expert = tl.sum(tl.where(holds, experts, 0))
-    # The hint on this value alone: put on the call's result, it reached all five (Triton 3.9, compiled for sm_90).
+    # Triton 3.9 keeps this hint (3.6 drops it: up_kernel reads the width back); put on the call's result, it
+    # reached all five values.
     width = tl.multiple_of(tl.sum(tl.where(holds, widths, 0)), WIDTH_ALIGN)
     return first_block + pid_m, pid_n, expert, width, tl.sum(tiles, axis=0)
 
@@ -103,15 +104,18 @@ def up_kernel(
     With W_DESC the gate and up tiles come through a tensor descriptor: on Hopper one bulk copy (TMA) a tile instead
     of a load a thread, the rows gathered by token still by pointers. Columns past the expert's width then read the
     next columns of w_up (zeros past its end) instead of masked zeros: they only reach h's columns past f_e, which
-    are not stored. Experimental (`kernels.swiglu.TMA_WEIGHTS`), for the benchmark to time.
+    are not stored. Where the host takes it: `kernels.swiglu.use_tma_weights`.
     """
     tile = tl.program_id(0)
-    pid_m, pid_n, expert, width, num_live = _live_tile(
+    pid_m, pid_n, expert, _, num_live = _live_tile(
         tile, seg_ptr, order_ptr, widths_ptr, NUM_EXPERTS, BLOCK_E, WIDTH_ALIGN, BLOCK_SIZE_M, BLOCK_SIZE_N,
         GROUP_SIZE_M,
     )  # fmt: skip
     if tile >= num_live:
         return
+    # Read back rather than taken from `_live_tile`: Triton 3.6 drops a divisibility hint on a reduction's result, and
+    # without it no weight load vectorises and the K loop is not pipelined (2.2x slower on the H100, 2026-11-24).
+    width = tl.multiple_of(tl.load(widths_ptr + expert), WIDTH_ALIGN)
     gate_col0 = tl.multiple_of(2 * tl.load(col_starts_ptr + expert), WIDTH_ALIGN)  # int64
     up_col0 = tl.multiple_of(gate_col0 + width, WIDTH_ALIGN)  # the up columns follow the f_e gate columns
 
@@ -184,7 +188,7 @@ def down_kernel(
 ):
     """y[s, n] = w[s] * (h[s, :f_e] @ W_down_e[:, n]) for the slots s of one block; reduction length f_e.
 
-    With W_DESC the W_down tiles come through a tensor descriptor (TMA on Hopper; experimental, as the gate/up
+    With W_DESC the W_down tiles come through a tensor descriptor (TMA on Hopper, as the gate/up
     GEMM's). Its host only asks for it where every f_e is a multiple of BLOCK_SIZE_K, so that no tile reaches into
     the next expert's rows (0 x a non-finite weight there would reach this expert's sums).
 
