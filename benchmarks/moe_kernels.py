@@ -97,9 +97,10 @@ class Args:
     segment_order: str = "widest-first"
     """order of the experts' aligned segments, so of their GEMM programs, on the Triton path: widest-first (the
     default of kernels.swiglu.grouped_swiglu_triton) or expert (0, 1, ..., E - 1), to time what the order buys"""
-    tma_weights: bool = False
-    """the GEMMs load their weight tiles through tensor descriptors (TMA on Hopper; kernels.swiglu.TMA_WEIGHTS,
-    experimental), to time what that buys"""
+    tma_weights: str = "auto"
+    """whether the GEMMs load their weight tiles through tensor descriptors (TMA on Hopper; kernels.swiglu.TMA_WEIGHTS):
+    auto (the library's default: from kernels.swiglu.TMA_MIN_SLOTS slots a pass on compute capability 9.0 or later),
+    on or off, to time what they buy; each row records whether they were used"""
     atomic_top2: bool = False
     """at top-2 the down GEMM adds each token's two rows into the zeroed output instead of a combine launch
     (kernels.swiglu.ATOMIC_TOP2, experimental), to time what that buys"""
@@ -108,13 +109,16 @@ class Args:
     summary and, with --out, write the re-judged JSON; times nothing, needs no GPU"""
 
 
+TMA_SETTINGS = {"auto": None, "on": True, "off": False}  # --tma-weights: kernels.swiglu.TMA_WEIGHTS
+
+
 def parse_args(argv: list[str] | None = None) -> Args:
     """Args from the command line; a bad value exits with a message naming it and what is allowed."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     choices = {"dtype": sorted(configs.DTYPES), "tune_space": sorted(tuning.SPACES),
-               "segment_order": ["expert", "widest-first"]}  # fmt: skip
+               "segment_order": ["expert", "widest-first"], "tma_weights": sorted(TMA_SETTINGS)}  # fmt: skip
     helps = field_help(Args)
     for f in dataclasses.fields(Args):
         flag, help_text = "--" + f.name.replace("_", "-"), helps[f.name]
@@ -256,6 +260,7 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
     row["config"] = cfg.to_json()
 
     row["segment_order"] = args.segment_order
+    row["tma_weights"] = swiglu.use_tma_weights(torch.device("cuda"), tokens_per_pass(num_tokens, top_k) * top_k)
     order = segment_order(args, num_experts)
     triton_fn = lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths, segment_order=order)  # noqa: E731
 
@@ -407,7 +412,7 @@ def cpu_reference_timings(gen: torch.Generator) -> list[dict]:
 
 if __name__ == "__main__":
     args = parse_args()
-    swiglu.TMA_WEIGHTS = args.tma_weights  # the Triton path reads both on every call
+    swiglu.TMA_WEIGHTS = TMA_SETTINGS[args.tma_weights]  # the Triton path reads both on every call
     swiglu.ATOMIC_TOP2 = args.atomic_top2
     dtype = configs.DTYPES[args.dtype]
     torch.manual_seed(args.seed)

@@ -50,16 +50,24 @@ def describe(device: str | torch.device = "cpu") -> dict[str, str]:
     """The implementation each op uses on `device`, and why.
 
     Returns:
-        {"route": "triton" | "torch-reference", "expert_swiglu": ..., "align": ..., "note": reason, "experiments":
-        ...}; on CUDA with Triton the note says that calls needing gradients take the reference. "experiments"
-        names the experimental switches of `kernels.swiglu` that are on (`TMA_WEIGHTS`, `ATOMIC_TOP2`), comma-
-        separated, or is "none": they change how the Triton path runs, so a timing should say which were on.
+        {"route": "triton" | "torch-reference", "expert_swiglu": ..., "align": ..., "note": reason, "tma_weights":
+        ..., "experiments": ...}; on CUDA with Triton the note says that calls needing gradients take the reference.
+        "tma_weights" says when the Triton path loads weight tiles through tensor descriptors (`kernels.swiglu.
+        use_tma_weights`): "on", "off" or "auto (...)"; "experiments" names the experimental switches that are on
+        (`ATOMIC_TOP2`), comma-separated, or is "none". Both change how the Triton path runs, so a timing should say.
     """
     reason = _triton_reason(torch.device(device))
     impl = TRITON if reason is None else REFERENCE
     note = "inference calls; calls that need gradients take torch-reference" if reason is None else reason
-    on = [name for name in ("TMA_WEIGHTS", "ATOMIC_TOP2") if impl == TRITON and getattr(swiglu, name)]
-    return {"route": impl, "align": impl, "expert_swiglu": impl, "note": note, "experiments": ",".join(on) or "none"}
+    if impl != TRITON or swiglu.TMA_WEIGHTS is False:
+        tma = "off"
+    elif swiglu.TMA_WEIGHTS:
+        tma = "on"
+    else:
+        tma = f"auto (passes of >= {swiglu.TMA_MIN_SLOTS} slots on compute capability >= 9.0)"
+    on = [name for name in ("ATOMIC_TOP2",) if impl == TRITON and getattr(swiglu, name)]
+    return {"route": impl, "align": impl, "expert_swiglu": impl, "note": note, "tma_weights": tma,
+            "experiments": ",".join(on) or "none"}  # fmt: skip
 
 
 def _use_triton(*tensors: torch.Tensor | None) -> bool:

@@ -32,15 +32,30 @@ from kernels.configs import MoeKernelConfig, get_config
 # combines its own tokens.
 SLOTS_PER_PASS = 262144
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Experimental, off: both GEMMs load their weight tiles through tensor descriptors (TMA on Hopper) where the layout
-# allows (`benchmarks/moe_kernels.py --tma-weights` times it; not yet measured on a GPU).
-TMA_WEIGHTS = False
+# Both GEMMs' weight tiles through tensor descriptors (TMA on Hopper) where the layout allows: True or False forces
+# them on or off; None, the default, takes them on a GPU of compute capability 9.0 or later for passes of at least
+# TMA_MIN_SLOTS token-expert slots (`use_tma_weights`). Measured on an H100 with Triton 3.6
+# (results/gpu/kernels/2026-11-24-width-fix/): replayed from a CUDA graph, the call took a median 5% less time with
+# them over 54 cases of 8k-64k tokens (0.85x-1.12x); but its host enqueue took 0.1-0.35 ms longer (Triton encodes
+# each descriptor at launch), which loses where the host bounds the call. From 65536 slots a pass (0.75 ms of GPU
+# work and more there) the eager call was faster in 41 of 42 cases over two grids.
+TMA_WEIGHTS: bool | None = None
+TMA_MIN_SLOTS = 65536
 # Experimental, off: at k = 2 the down launch adds each token's two weighted rows into the zeroed output (atomic
 # adds) instead of writing y for the combine kernel: the same result (see `_triton_swiglu.down_kernel`), a fill of
 # the output in place of the combine launch, and no round trip of y through memory (`benchmarks/moe_kernels.py
-# --atomic-top2` times it; not yet measured on a GPU). Not at k > 2: the order of the adds would then change the
-# rounding from run to run.
+# --atomic-top2` times it). On an H100 it saved no GPU time (replayed, E 8 and 64, top-2, 8k-64k tokens:
+# results/gpu/kernels/2026-11-24-width-fix/ab_atomic_top2.json), only a launch. Not at k > 2: the order of the adds
+# would then change the rounding from run to run.
 ATOMIC_TOP2 = False
+
+
+def use_tma_weights(device: torch.device, slots: int) -> bool:
+    """Whether a pass of `slots` token-expert slots on `device` loads its weight tiles through tensor descriptors:
+    `TMA_WEIGHTS` where it is set, else on a CUDA device of compute capability 9.0 or later from `TMA_MIN_SLOTS`."""
+    if TMA_WEIGHTS is not None:
+        return bool(TMA_WEIGHTS)
+    return device.type == "cuda" and slots >= TMA_MIN_SLOTS and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def tokens_per_pass(num_tokens: int, top_k: int) -> int:
@@ -236,7 +251,8 @@ def grouped_swiglu_triton(
         return out
     pass_tokens = tokens_per_pass(num_tokens, top_k)
     cfg = get_config(pass_tokens, len(widths), top_k, _width_facts(widths)[2], x.dtype, device)
-    plan = _launch_plan(cfg, d_model, widths, x.dtype, device, torch.backends.cuda.matmul.allow_tf32, TMA_WEIGHTS)
+    tma = use_tma_weights(device, pass_tokens * top_k)
+    plan = _launch_plan(cfg, d_model, widths, x.dtype, device, torch.backends.cuda.matmul.allow_tf32, tma)
     w_up_desc = _weight_descriptor(w_up, cfg.block_size_k, cfg.block_size_n) if plan.w_up_desc else None
     w_down_desc = _weight_descriptor(w_down, cfg.block_size_k, cfg.down_block_size_n) if plan.w_down_desc else None
     order = plan.widest_first if order is None else order
@@ -298,8 +314,8 @@ class _LaunchPlan(NamedTuple):
     max_width: int
     h_pitch: int  # row pitch of h (elements): max f_e rounded up to 64
     widths_t: torch.Tensor  # int32 [E] f_e on the device
-    w_up_desc: bool  # the gate/up weight tiles through a tensor descriptor (TMA_WEIGHTS, every column offset aligned)
-    w_down_desc: bool  # the down weight tiles so (TMA_WEIGHTS, and no K tile crossing into another expert's rows)
+    w_up_desc: bool  # the gate/up weight tiles through a tensor descriptor (use_tma_weights, column offsets aligned)
+    w_down_desc: bool  # the down weight tiles so (use_tma_weights, no K tile crossing into another expert's rows)
     offsets_t: torch.Tensor  # int64 [E] F_e on the device
     block_m: int  # BLOCK_SIZE_M: rows of a block, as aligned
     n_up: int  # column tiles of the widest expert's gate/up

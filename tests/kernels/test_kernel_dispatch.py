@@ -20,18 +20,46 @@ def test_describe_cpu_says_reference():
     assert "cpu" in d["note"] and d["experiments"] == "none"
 
 
-def test_describe_names_the_experimental_switches_that_are_on(monkeypatch):
+def test_describe_names_the_experimental_switches_and_the_tma_policy(monkeypatch):
     from kernels import swiglu
 
     monkeypatch.setattr(swiglu, "ATOMIC_TOP2", True)
     assert dispatch.describe("cpu")["experiments"] == "none"  # the reference path has none
+    assert dispatch.describe("cpu")["tma_weights"] == "off"
     monkeypatch.setattr(dispatch, "_triton_reason", lambda device: None)  # as on CUDA with Triton
     assert dispatch.describe("cuda")["experiments"] == "ATOMIC_TOP2"
+    assert dispatch.describe("cuda")["tma_weights"].startswith("auto (passes of >= 65536 slots")
     monkeypatch.setattr(swiglu, "TMA_WEIGHTS", True)
-    assert dispatch.describe("cuda")["experiments"] == "TMA_WEIGHTS,ATOMIC_TOP2"
+    assert dispatch.describe("cuda")["tma_weights"] == "on"
     monkeypatch.setattr(swiglu, "ATOMIC_TOP2", False)
     monkeypatch.setattr(swiglu, "TMA_WEIGHTS", False)
-    assert dispatch.describe("cuda")["experiments"] == "none"
+    assert dispatch.describe("cuda") | {"note": ""} == {
+        "route": "triton",
+        "align": "triton",
+        "expert_swiglu": "triton",
+        "note": "",
+        "tma_weights": "off",
+        "experiments": "none",
+    }
+
+
+def test_tma_weights_policy(monkeypatch):
+    """`use_tma_weights`: forced by TMA_WEIGHTS; by default only on CUDA at compute capability >= 9.0 from
+    TMA_MIN_SLOTS slots a pass (the capability is asked for only there)."""
+    from kernels import swiglu
+
+    capability = {"major": 9}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (capability["major"], 0))
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert swiglu.TMA_WEIGHTS is None and swiglu.TMA_MIN_SLOTS == 65536
+    assert swiglu.use_tma_weights(cuda, 65536) and not swiglu.use_tma_weights(cuda, 65535)
+    assert not swiglu.use_tma_weights(cpu, 10**6)
+    capability["major"] = 8  # an A100: no TMA
+    assert not swiglu.use_tma_weights(cuda, 10**6)
+    monkeypatch.setattr(swiglu, "TMA_WEIGHTS", True)
+    assert swiglu.use_tma_weights(cpu, 1) and swiglu.use_tma_weights(cuda, 1)
+    monkeypatch.setattr(swiglu, "TMA_WEIGHTS", False)
+    assert not swiglu.use_tma_weights(cuda, 10**6)
 
 
 def test_cpu_dispatch_is_the_reference_and_differentiable(gen):
