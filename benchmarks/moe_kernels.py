@@ -100,7 +100,7 @@ class Args:
     tma_weights: str = "auto"
     """whether the GEMMs load their weight tiles through tensor descriptors (TMA on Hopper; kernels.swiglu.TMA_WEIGHTS):
     auto (the library's default: from kernels.swiglu.TMA_MIN_SLOTS slots a pass on compute capability 9.0 or later),
-    on or off, to time what they buy; each row records whether they were used"""
+    on or off, to time what they buy; each row records whether the policy took them"""
     atomic_top2: bool = False
     """at top-2 the down GEMM adds each token's two rows into the zeroed output instead of a combine launch
     (kernels.swiglu.ATOMIC_TOP2, experimental), to time what that buys"""

@@ -63,8 +63,8 @@ def _live_tile(
     pid_m, pid_n = _tile_ids(local, num_blocks, num_cols, GROUP_SIZE_M)
     first_block = tl.sum(tl.where(holds, starts, 0)) // BLOCK_SIZE_M
     expert = tl.sum(tl.where(holds, experts, 0))
-    # Triton 3.9 keeps this hint (3.6 drops it: up_kernel reads the width back); put on the call's result, it
-    # reached all five values.
+    # The hint here, not on the call's result (there it reached all five values). Triton 3.6 drops it, 3.9 keeps it:
+    # up_kernel reads the width back from memory instead.
     width = tl.multiple_of(tl.sum(tl.where(holds, widths, 0)), WIDTH_ALIGN)
     return first_block + pid_m, pid_n, expert, width, tl.sum(tiles, axis=0)
 
@@ -114,7 +114,7 @@ def up_kernel(
     if tile >= num_live:
         return
     # Read back rather than taken from `_live_tile`: Triton 3.6 drops a divisibility hint on a reduction's result, and
-    # without it no weight load vectorises and the K loop is not pipelined (2.2x slower on the H100, 2026-11-24).
+    # without it no weight load vectorises and the K loop is not pipelined (2.1x slower on the H100, 2026-11-24).
     width = tl.multiple_of(tl.load(widths_ptr + expert), WIDTH_ALIGN)
     gate_col0 = tl.multiple_of(2 * tl.load(col_starts_ptr + expert), WIDTH_ALIGN)  # int64
     up_col0 = tl.multiple_of(gate_col0 + width, WIDTH_ALIGN)  # the up columns follow the f_e gate columns
@@ -193,10 +193,11 @@ def down_kernel(
     the next expert's rows (0 x a non-finite weight there would reach this expert's sums).
 
     With ADD_TO_TOKEN each row, rounded to y's dtype as it would be stored, is added into its token's row of a zeroed
-    output (`red.global.add`, 16 bytes an instruction on Hopper) instead of being stored for the combine kernel.
+    output (16-byte atomic adds on Hopper: `red`, or `atom` under Triton 3.6) instead of being stored for the combine.
     At k = 2 that is the combine's result, whichever row comes first: 0 + a is exact and a + b is rounded once to
     y's dtype; the combine's fp32 sum of the same two rows is exact (or, far apart in scale, rounded where it cannot
-    move the final rounding) before it is rounded to y's dtype (experimental, `kernels.swiglu.ATOMIC_TOP2`).
+    move the final rounding) before it is rounded to y's dtype (`kernels.swiglu.ATOMIC_TOP2`, off: measured, it
+    saves no GPU time).
     """
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_pid_m, num_pid_n, GROUP_SIZE_M)
     if pid_m * BLOCK_SIZE_M >= tl.load(num_post_pad_ptr):

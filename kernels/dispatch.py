@@ -59,12 +59,10 @@ def describe(device: str | torch.device = "cpu") -> dict[str, str]:
     reason = _triton_reason(torch.device(device))
     impl = TRITON if reason is None else REFERENCE
     note = "inference calls; calls that need gradients take torch-reference" if reason is None else reason
-    if impl != TRITON or swiglu.TMA_WEIGHTS is False:
-        tma = "off"
-    elif swiglu.TMA_WEIGHTS:
-        tma = "on"
-    else:
+    if impl == TRITON and swiglu.TMA_WEIGHTS is None:
         tma = f"auto (passes of >= {swiglu.TMA_MIN_SLOTS} slots on compute capability >= 9.0)"
+    else:
+        tma = "on" if impl == TRITON and swiglu.TMA_WEIGHTS else "off"
     on = [name for name in ("ATOMIC_TOP2",) if impl == TRITON and getattr(swiglu, name)]
     return {"route": impl, "align": impl, "expert_swiglu": impl, "note": note, "tma_weights": tma,
             "experiments": ",".join(on) or "none"}  # fmt: skip

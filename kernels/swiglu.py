@@ -12,6 +12,7 @@ only) take the same arguments and agree to rounding.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -36,9 +37,9 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # them on or off; None, the default, takes them on a GPU of compute capability 9.0 or later for passes of at least
 # TMA_MIN_SLOTS token-expert slots (`use_tma_weights`). Measured on an H100 with Triton 3.6
 # (results/gpu/kernels/2026-11-24-width-fix/): replayed from a CUDA graph, the call took a median 5% less time with
-# them over 54 cases of 8k-64k tokens (0.85x-1.12x); but its host enqueue took 0.1-0.35 ms longer (Triton encodes
-# each descriptor at launch), which loses where the host bounds the call. From 65536 slots a pass (0.75 ms of GPU
-# work and more there) the eager call was faster in 41 of 42 cases over two grids.
+# them over 54 cases of 8k-64k tokens (0.85x-1.12x); but its host enqueue took a median 0.1 ms longer, up to about
+# 0.35 ms (Triton encodes each descriptor at launch), which loses where the host bounds the call. From 65536 slots a
+# pass (0.75 ms of GPU work and more there) the eager call was faster in 41 of 42 cases over two grids.
 TMA_WEIGHTS: bool | None = None
 TMA_MIN_SLOTS = 65536
 # Experimental, off: at k = 2 the down launch adds each token's two weighted rows into the zeroed output (atomic
@@ -52,10 +53,21 @@ ATOMIC_TOP2 = False
 
 def use_tma_weights(device: torch.device, slots: int) -> bool:
     """Whether a pass of `slots` token-expert slots on `device` loads its weight tiles through tensor descriptors:
-    `TMA_WEIGHTS` where it is set, else on a CUDA device of compute capability 9.0 or later from `TMA_MIN_SLOTS`."""
+    `TMA_WEIGHTS` where it is set, else from `TMA_MIN_SLOTS` on an NVIDIA GPU of compute capability 9.0 or later (not
+    ROCm, whose capabilities number differently) with a Triton that has host tensor descriptors (3.4 and later)."""
     if TMA_WEIGHTS is not None:
         return bool(TMA_WEIGHTS)
-    return device.type == "cuda" and slots >= TMA_MIN_SLOTS and torch.cuda.get_device_capability(device)[0] >= 9
+    if device.type != "cuda" or slots < TMA_MIN_SLOTS or torch.version.hip is not None:
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9 and _has_tensor_descriptors()
+
+
+@functools.cache
+def _has_tensor_descriptors() -> bool:
+    try:
+        return importlib.util.find_spec("triton.tools.tensor_descriptor") is not None
+    except ModuleNotFoundError:  # no Triton at all
+        return False
 
 
 def tokens_per_pass(num_tokens: int, top_k: int) -> int:

@@ -177,12 +177,15 @@ def _compile_chunk(config_entries: list[dict[str, int]], shapes: list[Shape], dt
     of memory, a CUDA context that would not start, a bad shape) says nothing about the candidate.
 
     The sizes that vary with the batch are not specialised on (the kernels' `do_not_specialize`), so a run on 64
-    tokens compiles the same variants that the timing on thousands of tokens will launch. The values do not matter
+    tokens compiles the same variants that the timing on thousands of tokens will launch; where the default policy
+    loads the weights through tensor descriptors for large passes (`kernels.swiglu.use_tma_weights`), each candidate
+    also runs once with them, which compiles those variants too. The values do not matter
     for compiling: the inputs are zeros in the input dtype (only the expert ids must be valid), made one shape at a
     time, so a worker holds one shape's weights (1.8 GB for 64 experts of widths 256-2048 at d_model 4096, bf16).
     """
-    from kernels.swiglu import grouped_swiglu_triton
+    from kernels import swiglu
 
+    tma_variants = (False, True) if swiglu.use_tma_weights(torch.device(device), swiglu.TMA_MIN_SLOTS) else (False,)
     errors: dict[int, tuple[str, bool]] = {}
     for shape in shapes:
         x = w_up = w_down = None  # the previous shape's buffers go before the next are made
@@ -200,12 +203,16 @@ def _compile_chunk(config_entries: list[dict[str, int]], shapes: list[Shape], dt
         for i, entry in enumerate(config_entries):
             if i in errors:
                 continue
+            setting = swiglu.TMA_WEIGHTS
             try:
                 with force_config(MoeKernelConfig.from_json(entry)), torch.inference_mode():
-                    grouped_swiglu_triton(x, ids, weights, w_up, w_down, shape.widths)
+                    for swiglu.TMA_WEIGHTS in tma_variants:
+                        swiglu.grouped_swiglu_triton(x, ids, weights, w_up, w_down, shape.widths)
             except Exception as exc:
                 own = type(exc).__module__.startswith("triton")  # CompilationError, OutOfResources
                 errors[i] = (f"{type(exc).__name__}: {exc}"[:300], own)
+            finally:
+                swiglu.TMA_WEIGHTS = setting
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     return [(entry, *errors.get(i, (None, False))) for i, entry in enumerate(config_entries)]

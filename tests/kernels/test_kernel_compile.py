@@ -3,7 +3,7 @@
 The interpreter checks what the kernels compute but not that they compile: type rules, layouts, `tl.dot` shapes and
 shared memory are only checked by the compiler. This compiles each kernel to a cubin with Triton's bundled ptxas,
 specialised as the JIT specialises a launch (unit strides become constants, pointers and the other ints are
-16-byte divisible), with the heuristic default block sizes, and checks that the GEMM loops are software-pipelined
+16-byte divisible, except those a kernel does not specialise on), with the heuristic default block sizes, and checks that the GEMM loops are software-pipelined
 (async copies) and that the shared memory fits the device. WIDTH_ALIGN=16: the runtime's widths are multiples of 16
 (without the hint the gate/up columns of an expert have unknown alignment, loads do not vectorise, and the up
 kernel spills registers).

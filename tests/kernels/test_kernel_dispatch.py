@@ -44,16 +44,28 @@ def test_describe_names_the_experimental_switches_and_the_tma_policy(monkeypatch
 
 
 def test_tma_weights_policy(monkeypatch):
-    """`use_tma_weights`: forced by TMA_WEIGHTS; by default only on CUDA at compute capability >= 9.0 from
-    TMA_MIN_SLOTS slots a pass (the capability is asked for only there)."""
+    """`use_tma_weights`: forced by TMA_WEIGHTS; by default only on an NVIDIA GPU of compute capability >= 9.0 (asked
+    for only there) with Triton's host tensor descriptors, from TMA_MIN_SLOTS slots a pass."""
     from kernels import swiglu
 
-    capability = {"major": 9}
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (capability["major"], 0))
+    asked, capability = [], {"major": 9}
+
+    def get_device_capability(device=None):
+        assert torch.device(device).type == "cuda", f"capability asked of {device}"
+        asked.append(device)
+        return capability["major"], 0
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", get_device_capability)
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert swiglu.TMA_WEIGHTS is None and swiglu.TMA_MIN_SLOTS == 65536
-    assert swiglu.use_tma_weights(cuda, 65536) and not swiglu.use_tma_weights(cuda, 65535)
-    assert not swiglu.use_tma_weights(cpu, 10**6)
+    assert not swiglu.use_tma_weights(cpu, 10**6) and not swiglu.use_tma_weights(cuda, 65535)
+    assert asked == []
+    assert swiglu.use_tma_weights(cuda, 65536) == swiglu._has_tensor_descriptors() and asked == [cuda]
+    monkeypatch.setattr(swiglu, "_has_tensor_descriptors", lambda: True)
+    assert swiglu.use_tma_weights(cuda, 65536)
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # ROCm: its capabilities are not NVIDIA's
+    assert not swiglu.use_tma_weights(cuda, 10**6)
+    monkeypatch.setattr(torch.version, "hip", None)
     capability["major"] = 8  # an A100: no TMA
     assert not swiglu.use_tma_weights(cuda, 10**6)
     monkeypatch.setattr(swiglu, "TMA_WEIGHTS", True)

@@ -131,9 +131,9 @@ def test_swiglu_compiled_forced_configs(request, cfg):
 
 
 def fitting_stages(cfg: MoeKernelConfig | None, dtype: torch.dtype) -> MoeKernelConfig | None:
-    """`cfg` with 2 stages where its 16-bit tiles' 4 would overflow an H100's 227 KiB of shared memory in fp32 (the
-    tuned tables are for bf16; `default_config` sizes fp32 tiles by the shared memory)."""
-    if cfg is None or dtype != torch.float32 or cfg.num_stages <= 2:
+    """`cfg` with 2 stages where its 4 (sized for 16-bit inputs) would overflow an H100's 227 KiB of shared memory in
+    fp32 (the tuned tables are for bf16; `default_config` sizes fp32 tiles by the shared memory)."""
+    if cfg is None or dtype != torch.float32 or cfg.num_stages < 4:
         return cfg
     return dataclasses.replace(cfg, num_stages=2)
 
@@ -160,11 +160,29 @@ def test_swiglu_compiled_with_tma_weights(request, monkeypatch, dtype, cfg):
     torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol * float(want.abs().max()))
 
 
+def test_swiglu_default_policy_takes_descriptors_for_large_passes_on_hopper(request, monkeypatch):
+    """The default (`TMA_WEIGHTS` None): descriptors from TMA_MIN_SLOTS slots a pass on compute capability >= 9.0
+    (lowered here so that a small batch counts as large), none below it or on older GPUs; the same results."""
+    made = []
+    real = swiglu._weight_descriptor
+    monkeypatch.setattr(swiglu, "_weight_descriptor", lambda *a: made.append(real(*a)) or made[-1])
+    monkeypatch.setattr(swiglu, "TMA_MIN_SLOTS", 4096)
+    assert swiglu.TMA_WEIGHTS is None
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    x, ids, w, w_up, w_down = _swiglu_inputs(cuda_gen(request), 3000, 1024, WIDTHS, 2, torch.bfloat16)
+    want = grouped_swiglu_reference(x.float(), ids, w.float(), w_up.float(), w_down.float(), WIDTHS)
+    for num_tokens, large in ((3000, True), (1000, False)):  # 6000 and 2000 slots
+        made.clear()
+        got = grouped_swiglu_triton(x[:num_tokens], ids[:num_tokens], w[:num_tokens], w_up, w_down, WIDTHS)
+        assert len(made) == (2 if large and hopper else 0), f"{num_tokens} tokens: {len(made)} descriptors"
+        torch.testing.assert_close(got.float(), want[:num_tokens], rtol=2e-2, atol=2e-2 * float(want.abs().max()))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("cfg", [None, MoeKernelConfig(128, 128, 64, 8, 8, 4, block_size_n_down=256)])
 def test_swiglu_compiled_atomic_top2_equals_the_combine(request, monkeypatch, dtype, cfg):
     """The experimental `swiglu.ATOMIC_TOP2` (the down GEMM adds both rows of a token into the zeroed output with
-    `red.global.add`), compiled: the same values as the combine kernel's, in one pass and in several."""
+    16-byte atomic adds), compiled: the same values as the combine kernel's, in one pass and in several."""
     cfg = fitting_stages(cfg, dtype)
     x, ids, w, w_up, w_down = _swiglu_inputs(cuda_gen(request), 5000, 1024, WIDTHS, 2, dtype)
     for slots in (swiglu.SLOTS_PER_PASS, 4096):

@@ -132,3 +132,21 @@ def test_precompile_reports_candidates_triton_refuses(monkeypatch):
     space = [refused, default_config(64, 3, 1, torch.float32)]
     failed = precompile(space, [Shape(3, 1, 32, (16, 32, 48))], torch.float32, device="cpu", workers=1)
     assert list(failed) == [refused] and "OutOfResources" in failed[refused]
+
+
+@pytest.mark.triton
+def test_precompile_also_compiles_the_descriptor_variants_the_policy_takes(monkeypatch):
+    """Where `use_tma_weights` takes tensor descriptors for large passes, each candidate also runs with them forced on
+    (its 64-token run alone would compile only the pointer variants); the setting is restored after."""
+    from kernels import swiglu
+
+    seen = []
+    monkeypatch.setattr(swiglu, "grouped_swiglu_triton", lambda *a, **k: seen.append(swiglu.TMA_WEIGHTS))
+    space = [default_config(64, 3, 1, torch.float32)]
+    shapes = [Shape(3, 1, 32, (16, 32, 48))]
+    assert precompile(space, shapes, torch.float32, device="cpu", workers=1) == {}
+    assert seen == [False]  # the CPU: no descriptors by default
+    monkeypatch.setattr(swiglu, "use_tma_weights", lambda device, slots: slots >= swiglu.TMA_MIN_SLOTS)
+    seen.clear()
+    assert precompile(space, shapes, torch.float32, device="cpu", workers=1) == {}
+    assert seen == [False, True] and swiglu.TMA_WEIGHTS is None

@@ -68,7 +68,7 @@ def test_swiglu_matches_reference(gen, make_topk_ids, num_tokens, d_model, width
                          [c[1:] for c in SWIGLU_CASES], ids=[c[0] for c in SWIGLU_CASES])  # fmt: skip
 def test_swiglu_with_weight_descriptors_matches_reference(gen, make_topk_ids, monkeypatch, num_tokens, d_model, widths,
                                                           top_k, load, blocks):  # fmt: skip
-    """The experimental descriptor (TMA) loads of the weights (`TMA_WEIGHTS`): the same results, though the gate/up
+    """The descriptor (TMA) loads of the weights (`TMA_WEIGHTS` forced on): the same results, though the gate/up
     tiles past an expert's width now read its neighbours' columns instead of zeros. The down GEMM takes them where
     every width is a multiple of BLOCK_SIZE_K (16 here: 4 of the 7 cases)."""
     monkeypatch.setattr(swiglu, "TMA_WEIGHTS", True)
