@@ -25,6 +25,27 @@ def operand_bytes(expert_blocks: list[int], widths: list[int], d_model: int, con
     return (up + down) * itemsize
 
 
+# The Triton path's GEMM launches (kernels/_triton_swiglu.py), as the profiler names them, and their shares of a call's
+# FLOPs: gate and up take 4 d f a slot, down 2 d f.
+GEMM_FLOP_SHARES = {"up_kernel": 2 / 3, "down_kernel": 1 / 3}
+
+
+def launch_breakdown(row: dict) -> None:
+    """From a row's per-kernel times (`kernel_ms`, the profiler's): each GEMM launch's fraction of the dense GEMM's
+    TFLOP/s (its share of the FLOPs over its own time: `gemm_fraction_of_dense`), the time of the other kernels
+    (alignment, combine, memsets: `other_kernels_ms`) and of all of them (`kernels_ms`). Which launch holds a
+    miss back."""
+    times = row.get("kernel_ms")
+    if not times or not row.get("flops") or not row.get("dense_tflops"):
+        return
+    row["gemm_fraction_of_dense"] = {
+        name: share * row["flops"] / times[name] / 1e9 / row["dense_tflops"]
+        for name, share in GEMM_FLOP_SHARES.items() if times.get(name)
+    }  # fmt: skip
+    row["other_kernels_ms"] = sum(ms for name, ms in times.items() if name not in GEMM_FLOP_SHARES)
+    row["kernels_ms"] = sum(times.values())
+
+
 def read_grid(path: str) -> dict:
     """A grid JSON of this benchmark; a ValueError saying what is wrong with it."""
     try:
@@ -56,9 +77,12 @@ def judge(row: dict) -> None:
     reuse per SM is needed: larger tiles, or operands shared between SMs), `launch` where the CUDA-graph replay of
     the same call meets it and the eager call is at least `LAUNCH_MARGIN` slower (host time, not run-to-run noise),
     and `kernel` otherwise (the programs move their bytes slower than L2 can: short launches, tails, latency).
+    Where the row has per-kernel times, each GEMM launch's own fraction of dense too (`launch_breakdown`).
     """
-    for key in ("target", "target_met", "miss_cause", "dense_ceiling", "floor_fraction_needed", "operand_ceiling"):
+    for key in ("target", "target_met", "miss_cause", "dense_ceiling", "floor_fraction_needed", "operand_ceiling",
+                "gemm_fraction_of_dense", "other_kernels_ms", "kernels_ms"):
         row.pop(key, None)  # a re-judged row
+    launch_breakdown(row)
     graph_ms = row.get("swiglu_triton_graph_ms")
     # The same FLOPs in less time: the fraction scales with the inverse of the time.
     graph_fraction = None if not graph_ms else row["fraction_of_dense"] * row["swiglu_triton_ms"] / graph_ms
@@ -110,5 +134,15 @@ def print_summary(rows: list[dict], summary: dict) -> None:
         operands = "" if r.get("operand_ceiling") is None else f", at the L2 rate {pct(r['operand_ceiling'])}"
         print(f"  E={r['experts']:>2} k={r['top_k']} d={r['d_model']} T={r['tokens']:>5}: "
               f"{r['fraction_of_dense']:.0%} of dense, graph {pct(gf)}, ceiling {pct(ceiling)}, needs {pct(needs)} "
-              f"of the floor{operands} -> {r['miss_cause']}")  # fmt: skip
+              f"of the floor{operands}{launches(r)} -> {r['miss_cause']}")  # fmt: skip
     print("  by cause: " + ", ".join(f"{c} {n}" for c, n in summary["dense_misses"].items()))
+
+
+def launches(row: dict) -> str:
+    """', gate/up 55%, down 70% of dense, other kernels 0.012 ms' from a row's `launch_breakdown`, or ''."""
+    fractions = row.get("gemm_fraction_of_dense")
+    if not fractions:
+        return ""
+    names = {"up_kernel": "gate/up", "down_kernel": "down"}
+    parts = [f"{names[name]} {fraction:.0%}" for name, fraction in fractions.items()]
+    return f"; {', '.join(parts)} of dense, other kernels {row['other_kernels_ms']:.3f} ms"

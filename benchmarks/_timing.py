@@ -1,5 +1,6 @@
-"""CUDA timing of `benchmarks/moe_kernels.py`: the GPU time of a call by events, of its CUDA-graph replay, and the
-host's time to enqueue it. `args` is anything with `warmup_ms` and `rep_ms` (the benchmark's `Args`)."""
+"""CUDA timing of `benchmarks/moe_kernels.py`: the GPU time of a call by events, of its CUDA-graph replay, of each
+kernel it launches, and the host's time to enqueue it. `args` is anything with `warmup_ms` and `rep_ms` (the
+benchmark's `Args`)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,29 @@ def graph_ms(fn, args) -> tuple[float | None, str]:
     except Exception as exc:  # recorded in the row: not every path can be captured
         torch.cuda.synchronize()
         return None, f"{type(exc).__name__}: {exc}"[:300]
+
+
+def kernel_ms(fn, calls: int = 10) -> dict[str, float]:
+    """GPU milliseconds per call of each kernel (and memset or copy) that `fn` launches, by name, summed over its
+    launches in one call, from the CUDA activity records of torch.profiler (CUPTI) over `calls` eager calls after a
+    warm one. The calls run back to back: unlike `bench_ms`, L2 is not flushed between them, so it holds what the
+    previous call left. Launch gaps are not counted: the values add up to the call's kernel time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return kernel_totals(prof.events(), calls, torch.autograd.DeviceType.CUDA)
+
+
+def kernel_totals(events, calls: int, device_type) -> dict[str, float]:
+    """Milliseconds per call by event name of the profiler `events` (FunctionEvents) that ran on `device_type`,
+    longest first."""
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.device_type == device_type:
+            totals[event.name] = totals.get(event.name, 0.0) + event.time_range.elapsed_us() / 1e3 / calls
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))

@@ -17,7 +17,8 @@ reference per-expert loop and `torch._grouped_mm` (weights zero-padded to the wi
 and the dense GEMM. FLOPs count 6 d f per slot on expert e (gate, up, down); the floor is max(FLOPs / peak FLOP/s,
 bytes / bandwidth) with bytes = x, the used experts' weights and the output once. Each row records the block sizes
 the Triton path ran with (`config`) and where they came from (`config_source`: a tuned table and its entry, or
-`default`).
+`default`), and, from the profiler, the GPU time of each kernel of the call (`kernel_ms`) and each GEMM launch's own
+fraction of dense (`gemm_fraction_of_dense`: which launch holds a miss back).
 
 Targets (issue 6): the Triton path reaches >= 60% of the dense GEMM's TFLOP/s at 8k tokens and more, and is
 >= 1.5x faster than the per-expert loop at 2k tokens or fewer with 16 experts or more. Each missed dense target
@@ -46,8 +47,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from _cli import check_out_file, field_help, positive_int, write_json_atomic
-from _moe_targets import judge, operand_bytes, print_summary, read_grid, summarise
-from _timing import bench_ms, graph_ms, host_ms
+from _moe_targets import judge, launches, operand_bytes, print_summary, read_grid, summarise
+from _timing import bench_ms, graph_ms, host_ms, kernel_ms
 
 from kernels import configs, swiglu
 from kernels.configs import tuning
@@ -104,6 +105,10 @@ class Args:
     atomic_top2: bool = False
     """at top-2 the down GEMM adds each token's two rows into the zeroed output instead of a combine launch
     (kernels.swiglu.ATOMIC_TOP2, experimental), to time what that buys"""
+    kernel_breakdown: bool = True
+    """profile each case's Triton call (torch.profiler: CUPTI kernel records): the GPU time of each kernel it
+    launches (`kernel_ms`), each GEMM launch's fraction of dense (`gemm_fraction_of_dense`) and the time of the
+    other kernels (alignment, combine); --no-kernel-breakdown skips it"""
     summarise: str = ""
     """a grid JSON written earlier: re-judge its cases (targets, and why each missed dense target missed), print the
     summary and, with --out, write the re-judged JSON; times nothing, needs no GPU"""
@@ -123,7 +128,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     for f in dataclasses.fields(Args):
         flag, help_text = "--" + f.name.replace("_", "-"), helps[f.name]
         if f.type == "bool":
-            parser.add_argument(flag, action="store_true", help=help_text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         elif f.type.startswith("tuple"):
             parser.add_argument(flag, type=positive_int, nargs="+", default=f.default, help=help_text)
         elif f.type == "int":
@@ -272,6 +277,8 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
         row["swiglu_triton_graph_ms"], err = graph_ms(triton_fn, args)
         if err:
             row["graph_error"] = err
+        if args.kernel_breakdown:
+            row["kernel_ms"] = kernel_ms(triton_fn)
         if hasattr(torch, "_grouped_mm") and dtype == torch.bfloat16:
             try:
                 up3, down3 = padded_expert_weights(w_up, w_down, widths)
@@ -486,7 +493,7 @@ if __name__ == "__main__":
                   f"{row['triton_tflops']:.0f} TF/s ({row['fraction_of_dense']:.0%} of dense "
                   f"{row['dense_tflops']:.0f}), loop {row['swiglu_loop_ms']:.3f} ms (x{row['speedup_vs_loop']:.2f}), "
                   f"grouped_mm {'-' if gm is None else f'{gm:.0f} TF/s'}, route {row['route_triton_ms']:.3f} vs "
-                  f"{row['route_reference_ms']:.3f} ms"
+                  f"{row['route_reference_ms']:.3f} ms{launches(row)}"
                   + ("" if "target" not in row else f"  [{row['target']}: {'met' if row['target_met'] else 'MISSED'}]"))  # fmt: skip
         result["cases"] = rows
         result.update(summarise(rows))

@@ -90,6 +90,63 @@ def test_judge_names_why_a_dense_target_was_missed(bench):
     assert summary == {"targets_met": "1/9", "dense_misses": {"roofline": 1, "operands": 1, "launch": 1, "kernel": 4}}
 
 
+def test_launch_breakdown_gives_each_gemm_launch_its_fraction_of_dense(bench, capsys):
+    # 100 GFLOP in 1 ms at 45% of dense (dense 222 TFLOP/s): gate/up's 2/3 of them in 0.6 ms and down's 1/3 in 0.3 ms: each at 50%.
+    row = dict(grid_row(8192, 64, 0.45, 0.9, 0.2),
+               kernel_ms={"up_kernel": 0.6, "down_kernel": 0.3, "align_kernel": 0.06, "Memset (Device)": 0.04})
+    bench.judge(row)
+    fractions = row["gemm_fraction_of_dense"]
+    assert fractions["up_kernel"] == pytest.approx(100e9 * 2 / 3 / 0.6e-3 / 1e12 / (100 / 0.45))
+    assert fractions["down_kernel"] == pytest.approx(100e9 / 3 / 0.3e-3 / 1e12 / (100 / 0.45))
+    assert row["other_kernels_ms"] == pytest.approx(0.1) and row["kernels_ms"] == pytest.approx(1.0)
+    bench.print_summary([row], bench.summarise([row]))
+    assert "gate/up 50%, down 50% of dense, other kernels 0.100 ms -> kernel" in capsys.readouterr().out
+    row["kernel_ms"] = {"down_kernel": 0.3}  # re-judged with other times: nothing of the old breakdown stays
+    bench.judge(row)
+    assert list(row["gemm_fraction_of_dense"]) == ["down_kernel"] and row["other_kernels_ms"] == 0
+    del row["kernel_ms"]
+    bench.judge(row)
+    assert not {"gemm_fraction_of_dense", "other_kernels_ms", "kernels_ms"} & row.keys() and bench.launches(row) == ""
+
+
+def test_kernel_totals_sums_the_profiled_events_by_name_per_call(bench):
+    import _timing
+    from torch.profiler import ProfilerActivity, profile
+
+    a = torch.randn(64, 64)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:  # real events, as CUDA ones would come on a GPU
+        for _ in range(4):
+            a @ a
+            torch.relu(a)
+    events = prof.events()
+    totals = _timing.kernel_totals(events, 4, torch.autograd.DeviceType.CPU)
+    mm = [e.time_range.elapsed_us() for e in events if e.name == "aten::mm"]
+    assert len(mm) == 4 and totals["aten::mm"] == pytest.approx(sum(mm) / 1e3 / 4)
+    assert "aten::relu" in totals and list(totals.values()) == sorted(totals.values(), reverse=True)
+    assert _timing.kernel_totals(events, 4, torch.autograd.DeviceType.CUDA) == {}  # no CUDA events on the CPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the profiler's kernel records of the Triton path")
+def test_kernel_ms_names_the_triton_paths_launches_on_a_gpu(bench):
+    import _moe_targets
+    import _timing
+
+    from kernels.swiglu import grouped_swiglu_triton
+
+    g = torch.Generator("cuda").manual_seed(0)
+    widths = bench.expert_widths(8, 512)
+    x, _, ids, w, w_up, w_down = bench.make_case(4096, 8, 2, 1024, widths, torch.bfloat16, "cuda", g)
+    with torch.inference_mode():
+        fn = lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths)  # noqa: E731
+        times = _timing.kernel_ms(fn)
+        graph, err = _timing.graph_ms(fn, bench.Args(warmup_ms=5, rep_ms=20))
+    # Both GEMMs, the combine and the alignment's launches; together about the replayed call (no launch gaps in either).
+    assert set(_moe_targets.GEMM_FLOP_SHARES) | {"combine_kernel"} <= times.keys() and len(times) >= 4, times
+    assert all(ms > 0 for ms in times.values())
+    assert not err and 0.5 * graph < sum(times.values()) < 1.5 * graph, (times, graph)
+
+
 def test_summarise_rejudges_a_saved_grid_without_a_gpu(tmp_path):
     rows = [grid_row(8192, 64, 0.45, 0.98, 1.0), grid_row(8192, 8, 0.7, 0.95, 0.3)]
     rows[0].update(target_met=True, miss_cause="stale")  # an older judgement is replaced, not kept
