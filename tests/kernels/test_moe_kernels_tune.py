@@ -260,10 +260,17 @@ def test_grid_case_records_its_tiles_and_where_they_came_from(monkeypatch, fake_
     monkeypatch.setattr(mk, "bench_ms", lambda fn, args: 1.0)
     monkeypatch.setattr(mk, "graph_ms", lambda fn, args: (0.5, ""))
     monkeypatch.setattr(mk, "host_ms", lambda fn: 0.25)
+    monkeypatch.setattr(mk, "kernel_ms", lambda fn: {"up_kernel": 0.3, "down_kernel": 0.15, "combine_kernel": 0.05})
     monkeypatch.setattr(mk, "dense_gemm_ms", lambda args, rows, d, flops, dtype: ([rows, d, 64], 0.5))
     configs.clear_cache()
     row = mk.run_case(mk.Args(), 4096, 8, 2, 64, torch.float32, None, None)
     assert row["swiglu_triton_host_ms"] == 0.25
+    # The call took 1 ms; gate/up did 2/3 of its FLOPs in 0.3 ms and down 1/3 in 0.15 ms: each 20/9 of its rate.
+    fractions = row["gemm_fraction_of_dense"]
+    assert fractions["up_kernel"] == pytest.approx(row["fraction_of_dense"] * 20 / 9)
+    assert fractions["down_kernel"] == pytest.approx(row["fraction_of_dense"] * 20 / 9)
+    assert row["other_kernels_ms"] == 0.05 and row["kernels_ms"] == pytest.approx(0.5)
+    assert "kernel_ms" not in mk.run_case(mk.Args(kernel_breakdown=False), 4096, 8, 2, 64, torch.float32, None, None)
     assert row["operand_bytes"] > 0 and row["operand_bytes_per_s_graph"] == pytest.approx(row["operand_bytes"] / 5e-4)
     assert row["config_source"] == "default"
     assert row["config"] == configs.default_config(4096, 8, 2, torch.float32, 232448).to_json()
