@@ -105,6 +105,10 @@ class Args:
     atomic_top2: bool = False
     """at top-2 the down GEMM adds each token's two rows into the zeroed output instead of a combine launch
     (kernels.swiglu.ATOMIC_TOP2, experimental), to time what that buys"""
+    device_descriptors: bool = False
+    """where the weight tiles go through tensor descriptors, each GEMM program makes its own instead of the host
+    encoding one at every launch (kernels.swiglu.DEVICE_DESCRIPTORS, experimental; with --tma-weights on, to time
+    it against the host's at every size); each row records it"""
     kernel_breakdown: bool = True
     """profile each case's Triton call (torch.profiler: CUPTI kernel records): the GPU time of each kernel it
     launches (`kernel_ms`), each GEMM launch's fraction of dense (`gemm_fraction_of_dense`) and the time of the
@@ -266,6 +270,7 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
 
     row["segment_order"] = args.segment_order
     row["tma_weights"] = swiglu.use_tma_weights(torch.device("cuda"), tokens_per_pass(num_tokens, top_k) * top_k)
+    row["device_descriptors"] = swiglu.DEVICE_DESCRIPTORS and row["tma_weights"]
     order = segment_order(args, num_experts)
     triton_fn = lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths, segment_order=order)  # noqa: E731
 
@@ -421,6 +426,7 @@ if __name__ == "__main__":
     args = parse_args()
     swiglu.TMA_WEIGHTS = TMA_SETTINGS[args.tma_weights]  # the Triton path reads both on every call
     swiglu.ATOMIC_TOP2 = args.atomic_top2
+    swiglu.DEVICE_DESCRIPTORS = args.device_descriptors
     dtype = configs.DTYPES[args.dtype]
     torch.manual_seed(args.seed)
     on_gpu = torch.cuda.is_available()

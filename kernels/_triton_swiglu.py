@@ -82,6 +82,7 @@ def up_kernel(
     col_starts_ptr,  # int64 [E] F_e = f_0 + ... + f_{e-1}; expert e's gate columns start at 2 F_e
     numel,  # T * k valid flat slots
     d_model,
+    w_up_cols,  # sum 2 f_e: w_up's columns (the shape of a descriptor made here)
     stride_xt,
     stride_xd,
     stride_wk,
@@ -98,13 +99,16 @@ def up_kernel(
     BLOCK_SIZE_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr,
     W_DESC: tl.constexpr,  # load the weight tiles through w_up_desc (TMA on Hopper) rather than pointers
+    DEVICE_DESC: tl.constexpr = False,  # with W_DESC: make the descriptor here (w_up_desc is None)
 ):
     """h[s, n] = silu(x[s // k] @ W_gate_e[:, n]) * (x[s // k] @ W_up_e[:, n]) for the slots s of one block.
 
     With W_DESC the gate and up tiles come through a tensor descriptor: on Hopper one bulk copy (TMA) a tile instead
     of a load a thread, the rows gathered by token still by pointers. Columns past the expert's width then read the
     next columns of w_up (zeros past its end) instead of masked zeros: they only reach h's columns past f_e, which
-    are not stored. Where the host takes it: `kernels.swiglu.use_tma_weights`.
+    are not stored. Where the host takes it: `kernels.swiglu.use_tma_weights`. With DEVICE_DESC each program makes
+    the descriptor (`tl.make_tensor_descriptor`, in Triton's global scratch) instead of the launcher encoding one on
+    the host at every launch (`kernels.swiglu.DEVICE_DESCRIPTORS`).
     """
     tile = tl.program_id(0)
     pid_m, pid_n, expert, _, num_live = _live_tile(
@@ -131,14 +135,18 @@ def up_kernel(
     g_ptrs = w_up_ptr + offs_k[:, None] * stride_wk + (gate_col0 + offs_n)[None, :] * stride_wn
     u_ptrs = w_up_ptr + offs_k[:, None] * stride_wk + (up_col0 + offs_n)[None, :] * stride_wn
     gate_tile_col = (gate_col0 + pid_n * BLOCK_SIZE_N).to(tl.int32)  # descriptor coordinates are int32
+    w_desc = w_up_desc
+    if DEVICE_DESC:
+        w_desc = tl.make_tensor_descriptor(w_up_ptr, shape=[d_model, w_up_cols], strides=[stride_wk, 1],
+                                           block_shape=[BLOCK_SIZE_K, BLOCK_SIZE_N])  # fmt: skip
     acc_g = tl.zeros([BLOCK_SIZE_M, BLOCK_SIZE_N], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_SIZE_M, BLOCK_SIZE_N], dtype=tl.float32)
     for k0 in range(0, d_model, BLOCK_SIZE_K):
         k_mask = offs_k < d_model - k0
         a = tl.load(a_ptrs, mask=slot_mask[:, None] & k_mask[None, :], other=0.0)
         if W_DESC:
-            g = w_up_desc.load([k0, gate_tile_col])
-            u = w_up_desc.load([k0, gate_tile_col + width])
+            g = w_desc.load([k0, gate_tile_col])
+            u = w_desc.load([k0, gate_tile_col + width])
         else:
             b_mask = k_mask[:, None] & n_mask[None, :]
             g = tl.load(g_ptrs, mask=b_mask, other=0.0)
@@ -168,6 +176,7 @@ def down_kernel(
     row_starts_ptr,  # int64 [E] F_e: expert e's rows of w_down start here
     numel,
     d_model,
+    w_down_rows,  # sum f_e: w_down's rows (the shape of a descriptor made here)
     num_pid_m,
     num_pid_n,
     stride_hm,
@@ -185,11 +194,12 @@ def down_kernel(
     W_DESC: tl.constexpr,  # load the weight tiles through w_down_desc (every f_e a multiple of BLOCK_SIZE_K)
     ADD_TO_TOKEN: tl.constexpr = False,  # y is the zeroed [T, d] output: add row s into row s // TOP_K
     TOP_K: tl.constexpr = 1,
+    DEVICE_DESC: tl.constexpr = False,  # with W_DESC: make the descriptor here (w_down_desc is None), as up_kernel
 ):
     """y[s, n] = w[s] * (h[s, :f_e] @ W_down_e[:, n]) for the slots s of one block; reduction length f_e.
 
     With W_DESC the W_down tiles come through a tensor descriptor (TMA on Hopper, as the gate/up
-    GEMM's). Its host only asks for it where every f_e is a multiple of BLOCK_SIZE_K, so that no tile reaches into
+    GEMM's; made by each program with DEVICE_DESC). Its host only asks for it where every f_e is a multiple of BLOCK_SIZE_K, so that no tile reaches into
     the next expert's rows (0 x a non-finite weight there would reach this expert's sums).
 
     With ADD_TO_TOKEN each row, rounded to y's dtype as it would be stored, is added into its token's row of a zeroed
@@ -215,12 +225,16 @@ def down_kernel(
 
     a_ptrs = h_ptr + slots[:, None] * stride_hm + offs_k[None, :] * stride_hk
     b_ptrs = w_down_ptr + (row0 + offs_k)[:, None] * stride_wk + offs_n[None, :] * stride_wn
+    w_desc = w_down_desc
+    if DEVICE_DESC:
+        w_desc = tl.make_tensor_descriptor(w_down_ptr, shape=[w_down_rows, d_model], strides=[stride_wk, 1],
+                                           block_shape=[BLOCK_SIZE_K, BLOCK_SIZE_N])  # fmt: skip
     acc = tl.zeros([BLOCK_SIZE_M, BLOCK_SIZE_N], dtype=tl.float32)
     for k0 in range(0, width, BLOCK_SIZE_K):
         k_mask = offs_k < width - k0
         a = tl.load(a_ptrs, mask=slot_mask[:, None] & k_mask[None, :], other=0.0)
         if W_DESC:
-            b = w_down_desc.load([(row0 + k0).to(tl.int32), (pid_n * BLOCK_SIZE_N).to(tl.int32)])
+            b = w_desc.load([(row0 + k0).to(tl.int32), (pid_n * BLOCK_SIZE_N).to(tl.int32)])
         else:
             b = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)

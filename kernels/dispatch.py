@@ -54,7 +54,7 @@ def describe(device: str | torch.device = "cpu") -> dict[str, str]:
         ..., "experiments": ...}; on CUDA with Triton the note says that calls needing gradients take the reference.
         "tma_weights" says when the Triton path loads weight tiles through tensor descriptors (`kernels.swiglu.
         use_tma_weights`): "on", "off" or "auto (...)"; "experiments" names the experimental switches that are on
-        (`ATOMIC_TOP2`), comma-separated, or is "none". Both change how the Triton path runs, so a timing should say.
+        (`ATOMIC_TOP2`, `DEVICE_DESCRIPTORS`), comma-separated, or is "none". Both change how the Triton path runs, so a timing should say.
     """
     reason = _triton_reason(torch.device(device))
     impl = TRITON if reason is None else REFERENCE
@@ -63,7 +63,7 @@ def describe(device: str | torch.device = "cpu") -> dict[str, str]:
         tma = f"auto (passes of >= {swiglu.TMA_MIN_SLOTS} slots on compute capability >= 9.0)"
     else:
         tma = "on" if impl == TRITON and swiglu.TMA_WEIGHTS else "off"
-    on = [name for name in ("ATOMIC_TOP2",) if impl == TRITON and getattr(swiglu, name)]
+    on = [name for name in ("ATOMIC_TOP2", "DEVICE_DESCRIPTORS") if impl == TRITON and getattr(swiglu, name)]
     return {"route": impl, "align": impl, "expert_swiglu": impl, "note": note, "tma_weights": tma,
             "experiments": ",".join(on) or "none"}  # fmt: skip
 

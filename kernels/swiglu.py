@@ -42,6 +42,12 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # pass (0.75 ms of GPU work and more there) the eager call was faster in 41 of 42 cases over two grids.
 TMA_WEIGHTS: bool | None = None
 TMA_MIN_SLOTS = 65536
+# Experimental, off: where the weight tiles go through tensor descriptors, each GEMM program makes its descriptor
+# (`tl.make_tensor_descriptor`, in a scratch buffer Triton asks `triton.set_allocator`'s allocator for: this sets one of
+# torch's caching allocator) instead of Triton's launcher encoding one on the host at every launch, which is what
+# made TMA lose at small passes (above). Untimed: `benchmarks/moe_kernels.py --tma-weights on --device-descriptors`
+# times it against the host's descriptors.
+DEVICE_DESCRIPTORS = False
 # Experimental, off: at k = 2 the down launch adds each token's two weighted rows into the zeroed output (atomic
 # adds) instead of writing y for the combine kernel: the same result (see `_triton_swiglu.down_kernel`), a fill of
 # the output in place of the combine launch, and no round trip of y through memory (`benchmarks/moe_kernels.py
@@ -265,8 +271,16 @@ def grouped_swiglu_triton(
     cfg = get_config(pass_tokens, len(widths), top_k, _width_facts(widths)[2], x.dtype, device)
     tma = use_tma_weights(device, pass_tokens * top_k)
     plan = _launch_plan(cfg, d_model, widths, x.dtype, device, torch.backends.cuda.matmul.allow_tf32, tma)
-    w_up_desc = _weight_descriptor(w_up, cfg.block_size_k, cfg.block_size_n) if plan.w_up_desc else None
-    w_down_desc = _weight_descriptor(w_down, cfg.block_size_k, cfg.down_block_size_n) if plan.w_down_desc else None
+    up_desc = plan.w_up_desc and _descriptor_layout(w_up)
+    down_desc = plan.w_down_desc and _descriptor_layout(w_down)
+    in_kernel = DEVICE_DESCRIPTORS and (up_desc or down_desc)
+    if in_kernel and device.type == "cuda":  # the interpreter needs no scratch
+        _set_triton_allocator(_cuda_scratch)
+    host_descs = not DEVICE_DESCRIPTORS
+    w_up_desc = _weight_descriptor(w_up, cfg.block_size_k, cfg.block_size_n) if up_desc and host_descs else None
+    w_down_desc = (
+        _weight_descriptor(w_down, cfg.block_size_k, cfg.down_block_size_n) if down_desc and host_descs else None
+    )
     order = plan.widest_first if order is None else order
     topk_ids = topk_ids.contiguous()
     topk_weights = topk_weights.contiguous()
@@ -288,17 +302,18 @@ def grouped_swiglu_triton(
         ys = outs if y is None else (y if numel == y.shape[0] else y[:numel])
         _triton_swiglu.up_kernel[(plan.up_programs(numel),)](
             xs, w_up, w_up_desc, h, aligned.sorted_token_ids, segments.table, segments.order, plan.widths_t,
-            plan.offsets_t, numel, d_model, xs.stride(0), xs.stride(1), w_up.stride(0), w_up.stride(1), h.stride(0),
-            h.stride(1), TOP_K=top_k, W_DESC=w_up_desc is not None, **plan.meta_up,
+            plan.offsets_t, numel, d_model, w_up.shape[1], xs.stride(0), xs.stride(1), w_up.stride(0), w_up.stride(1),
+            h.stride(0), h.stride(1), TOP_K=top_k, W_DESC=up_desc, DEVICE_DESC=up_desc and DEVICE_DESCRIPTORS,
+            **plan.meta_up,
         )  # fmt: skip
         if add_to_token:  # zeroed once the gate/up launch has read x (on the same stream), which `out` may be
             outs.zero_()
         _triton_swiglu.down_kernel[(num_pid_m * plan.n_down,)](
             h, w_down, w_down_desc, ys, wts, aligned.sorted_token_ids, aligned.expert_ids,
-            aligned.num_tokens_post_padded, plan.widths_t, plan.offsets_t, numel, d_model, num_pid_m, plan.n_down,
-            h.stride(0), h.stride(1), w_down.stride(0), w_down.stride(1), ys.stride(0), ys.stride(1),
-            W_DESC=w_down_desc is not None, ADD_TO_TOKEN=add_to_token, TOP_K=2 if add_to_token else 1,
-            **plan.meta_down,
+            aligned.num_tokens_post_padded, plan.widths_t, plan.offsets_t, numel, d_model, w_down.shape[0], num_pid_m,
+            plan.n_down, h.stride(0), h.stride(1), w_down.stride(0), w_down.stride(1), ys.stride(0), ys.stride(1),
+            W_DESC=down_desc, ADD_TO_TOKEN=add_to_token, TOP_K=2 if add_to_token else 1,
+            DEVICE_DESC=down_desc and DEVICE_DESCRIPTORS, **plan.meta_down,
         )  # fmt: skip
         if combine:
             _triton_swiglu.combine_kernel[(cdiv(t1 - t0, plan.block_t), plan.combine_cols)](
@@ -308,14 +323,32 @@ def grouped_swiglu_triton(
     return out
 
 
+def _descriptor_layout(w: torch.Tensor) -> bool:
+    """Whether a weight matrix's layout allows a tensor descriptor: a 16-byte aligned base, unit column stride and
+    16-byte aligned rows."""
+    return w.stride(1) == 1 and (w.stride(0) * w.element_size()) % 16 == 0 and w.data_ptr() % 16 == 0
+
+
 def _weight_descriptor(w: torch.Tensor, block_k: int, block_n: int):
-    """A TensorDescriptor of a weight matrix in [block_k, block_n] blocks, or None where its layout allows none (a
-    descriptor needs a 16-byte aligned base, unit column stride and 16-byte aligned rows)."""
-    if w.stride(1) != 1 or (w.stride(0) * w.element_size()) % 16 or w.data_ptr() % 16:
+    """A TensorDescriptor of a weight matrix in [block_k, block_n] blocks, or None where its layout allows none."""
+    if not _descriptor_layout(w):
         return None
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     return TensorDescriptor.from_tensor(w, [block_k, block_n])
+
+
+def _cuda_scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    """Triton's allocator of kernel scratch (the descriptors `DEVICE_DESCRIPTORS` makes in the kernels): torch's
+    caching allocator on the current device, whose blocks are aligned to 512 bytes (`alignment` asks 128 at most)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _set_triton_allocator(allocator) -> None:
+    """`triton.set_allocator` (a context variable, so set at each call: a thread starts with none)."""
+    import triton
+
+    triton.set_allocator(allocator)
 
 
 class _LaunchPlan(NamedTuple):

@@ -129,8 +129,12 @@ GEMM_CASES = [("sm90", torch.bfloat16, 16384), ("sm90", torch.bfloat16, 256), ("
               ("sm80", torch.float16, 256), ("sm90", torch.float32, 2048), ("sm90", torch.float32, 256)]  # fmt: skip
 
 
-def compile_gemms(cfg, dtype: torch.dtype, cap: int, weight_descriptor: bool = False, add_to_token: bool = False):
-    """(gate/up kernel, down kernel) compiled for `cuda:cap` with the tiles of `cfg`, specialised as a launch."""
+def compile_gemms(cfg, dtype: torch.dtype, cap: int, weight_descriptor: bool = False, add_to_token: bool = False,
+                  device_descriptor: bool = False):  # fmt: skip
+    """(gate/up kernel, down kernel) compiled for `cuda:cap` with the tiles of `cfg`, specialised as a launch: weight
+    tiles by pointer, or through a descriptor from the host (`weight_descriptor`) or made in the kernel
+    (`device_descriptor`)."""
+    host_desc = weight_descriptor and not device_descriptor
     t = TL_TYPES[dtype]
     index = {"sorted_ids_ptr": "*i32", "widths_ptr": "*i32"}
     meta = dict(
@@ -144,8 +148,8 @@ def compile_gemms(cfg, dtype: torch.dtype, cap: int, weight_descriptor: bool = F
         {"x_ptr": f"*{t}", "w_up_ptr": f"*{t}", "h_ptr": f"*{t}", "col_starts_ptr": "*i64", "seg_ptr": "*i32",
          "order_ptr": "*i32", "w_up_desc": f"tensordesc<{t}[{cfg.block_size_k}, {cfg.block_size_n}]>", **index},
         dict(TOP_K=2, NUM_EXPERTS=8, BLOCK_E=8, WIDTH_ALIGN=16, stride_xd=1, stride_wn=1, stride_hn=1,
-             BLOCK_SIZE_N=cfg.block_size_n, W_DESC=weight_descriptor,
-             **({} if weight_descriptor else dict(w_up_desc=None)), **meta),
+             BLOCK_SIZE_N=cfg.block_size_n, W_DESC=weight_descriptor, DEVICE_DESC=device_descriptor,
+             **({} if host_desc else dict(w_up_desc=None)), **meta),
         cap, cfg.num_warps, cfg.num_stages,
     )  # fmt: skip
     down = compile_kernel(
@@ -154,7 +158,7 @@ def compile_gemms(cfg, dtype: torch.dtype, cap: int, weight_descriptor: bool = F
          "row_starts_ptr": "*i64", "expert_ids_ptr": "*i32", "num_post_pad_ptr": "*i32",
          "w_down_desc": f"tensordesc<{t}[{cfg.block_size_k}, {cfg.down_block_size_n}]>", **index},
         dict(WIDTH_ALIGN=16, stride_hk=1, stride_wn=1, stride_yn=1, BLOCK_SIZE_N=cfg.down_block_size_n,
-             W_DESC=weight_descriptor, **({} if weight_descriptor else dict(w_down_desc=None)),
+             W_DESC=weight_descriptor, DEVICE_DESC=device_descriptor, **({} if host_desc else dict(w_down_desc=None)),
              ADD_TO_TOKEN=add_to_token, TOP_K=2 if add_to_token else 1, **meta),
         cap, cfg.num_warps, cfg.num_stages,
     )  # fmt: skip
@@ -170,6 +174,21 @@ def test_grouped_gemms_compile_pipelined(device, dtype, num_tokens):
         assert re.search("async_copy_global_to_local", k.asm["ttgir"]), f"{k.metadata.name}: K loop not pipelined"
         if device == "sm90":  # the target GPU: no spills in the default tiles' K loop (A100's 128x128 has some)
             assert spills_in_loops(k) in (0, None), f"{k.metadata.name}: {spill_bytes(k)} B of stack, used in its loop"
+
+
+@pytest.mark.parametrize("device_descriptor", [False, True], ids=["host", "device"])
+def test_weight_descriptors_compile_to_pipelined_bulk_copies_on_hopper(device_descriptor):
+    """Weight tiles through descriptors (TMA), from the host or made by each program (`DEVICE_DESCRIPTORS`): bulk
+    tensor copies in a pipelined K loop, in the shared memory of an H100, the made ones in Triton's global scratch."""
+    cap, smem_bytes = DEVICES["sm90"]
+    cfg = default_config(16384, num_experts=8, top_k=2, dtype=torch.bfloat16, smem_bytes=smem_bytes)
+    for k in compile_gemms(cfg, torch.bfloat16, cap, weight_descriptor=True, device_descriptor=device_descriptor):
+        assert k.metadata.shared <= smem_bytes, f"{k.metadata.name}: {k.metadata.shared} B shared > {smem_bytes}"
+        assert "cp.async.bulk.tensor" in k.asm["ptx"], f"{k.metadata.name}: no TMA copies"
+        assert re.search("async_tma_copy_global_to_local", k.asm["ttgir"]), f"{k.metadata.name}: no TMA loads"
+        assert re.search("async_copy_global_to_local", k.asm["ttgir"]), f"{k.metadata.name}: x or h not pipelined"
+        made = "tensormap.replace" in k.asm["ptx"]  # the descriptor written by the program
+        assert made == device_descriptor and (k.metadata.global_scratch_size > 0) == device_descriptor, k.metadata.name
 
 
 # The register budget of the tuning space (kernels.configs.tuning.fits_registers), on both sides of its line.
@@ -259,10 +278,10 @@ def test_batch_sizes_share_one_compiled_variant():
             seen.add(tuple(map(str, spec)))
         return seen
 
-    up_args = lambda numel, pid_m: [bf16, bf16, None, bf16, i32, i32, i32, i32, i64, numel, 1024,  # noqa: E731
+    up_args = lambda numel, pid_m: [bf16, bf16, None, bf16, i32, i32, i32, i32, i64, numel, 1024, 4096,  # noqa: E731
                                     1024, 1, 4096, 1, 2048, 1]  # fmt: skip
-    down_args = lambda numel, pid_m: [bf16, bf16, None, bf16, bf16, i32, i32, i32, i32, i64, numel, 1024, pid_m, 8,  # noqa: E731
-                                      2048, 1, 1024, 1, 1024, 1]  # fmt: skip
+    down_args = lambda numel, pid_m: [bf16, bf16, None, bf16, bf16, i32, i32, i32, i32, i64, numel, 1024, 2048,  # noqa: E731
+                                      pid_m, 8, 2048, 1, 1024, 1, 1024, 1]  # fmt: skip
     up_meta = dict(TOP_K=2, NUM_EXPERTS=8, BLOCK_E=8, WIDTH_ALIGN=16, W_DESC=False, **meta)
     assert len(variants(_triton_swiglu.up_kernel, up_args, up_meta)) == 1
     assert len(variants(_triton_swiglu.down_kernel, down_args, dict(WIDTH_ALIGN=16, W_DESC=False, **meta))) == 1

@@ -31,6 +31,9 @@ def test_describe_names_the_experimental_switches_and_the_tma_policy(monkeypatch
     assert dispatch.describe("cuda")["tma_weights"].startswith("auto (passes of >= 65536 slots")
     monkeypatch.setattr(swiglu, "TMA_WEIGHTS", True)
     assert dispatch.describe("cuda")["tma_weights"] == "on"
+    monkeypatch.setattr(swiglu, "DEVICE_DESCRIPTORS", True)
+    assert dispatch.describe("cuda")["experiments"] == "ATOMIC_TOP2,DEVICE_DESCRIPTORS"
+    monkeypatch.setattr(swiglu, "DEVICE_DESCRIPTORS", False)
     monkeypatch.setattr(swiglu, "ATOMIC_TOP2", False)
     monkeypatch.setattr(swiglu, "TMA_WEIGHTS", False)
     assert dispatch.describe("cuda") | {"note": ""} == {

@@ -138,23 +138,26 @@ def fitting_stages(cfg: MoeKernelConfig | None, dtype: torch.dtype) -> MoeKernel
     return dataclasses.replace(cfg, num_stages=2)
 
 
+@pytest.mark.parametrize("device_descriptors", [False, True], ids=["host_descriptors", "device_descriptors"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("cfg", [MoeKernelConfig(128, 128, 64, 8, 8, 4, block_size_n_down=256),
                                  MoeKernelConfig(64, 128, 64, 8, 4, 3)])  # fmt: skip
-def test_swiglu_compiled_with_tma_weights(request, monkeypatch, dtype, cfg):
-    """The descriptor (TMA) loads of both GEMMs' weights (`swiglu.TMA_WEIGHTS` forced on), compiled: the widths
-    are multiples of BLOCK_SIZE_K, so the down GEMM takes them too; the last expert (192 wide, not a multiple of the
-    128-column tile) has a gate tile reaching into its up columns and an up tile running past w_up's end."""
+def test_swiglu_compiled_with_tma_weights(request, monkeypatch, dtype, cfg, device_descriptors):
+    """The descriptor (TMA) loads of both GEMMs' weights (`swiglu.TMA_WEIGHTS` forced on), compiled, the
+    descriptors from the host or made in the kernels (`DEVICE_DESCRIPTORS`): the widths are multiples of
+    BLOCK_SIZE_K, so the down GEMM takes them too; the last expert (192 wide, not a multiple of the 128-column tile)
+    has a gate tile reaching into its up columns and an up tile running past w_up's end."""
     cfg = fitting_stages(cfg, dtype)
     widths = WIDTHS[:-1] + (192,)
     monkeypatch.setattr(swiglu, "TMA_WEIGHTS", True)
+    monkeypatch.setattr(swiglu, "DEVICE_DESCRIPTORS", device_descriptors)
     made = []
     real = swiglu._weight_descriptor
     monkeypatch.setattr(swiglu, "_weight_descriptor", lambda *a: made.append(real(*a)) or made[-1])
     x, ids, w, w_up, w_down = _swiglu_inputs(cuda_gen(request), 3000, 1024, widths, 2, dtype)
     with force_config(cfg):
         got = grouped_swiglu_triton(x, ids, w, w_up, w_down, widths)
-    assert len(made) == 2 and all(d is not None for d in made)
+    assert len(made) == (0 if device_descriptors else 2) and all(d is not None for d in made)
     want = grouped_swiglu_reference(x.float(), ids, w.float(), w_up.float(), w_down.float(), widths)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol * float(want.abs().max()))

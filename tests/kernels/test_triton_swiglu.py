@@ -33,6 +33,8 @@ SWIGLU_CASES = [
     ("eight_experts_k3", 24, 16, (8, 12, 16, 20, 24, 32, 40, 48), 3, "skewed", (16, 16, 16, 8)),
     # the down GEMM at twice the columns (BLOCK_SIZE_N_DOWN), its last column tile half outside d_model
     ("wide_down_tile", 26, 48, (16, 40, 24), 2, "skewed", (16, 16, 16, 2, 32)),
+    # every width a whole number of K tiles: the down GEMM's weights can go through a descriptor too
+    ("whole_k_tile_widths", 30, 32, (32, 16, 48), 2, "skewed", (16, 16, 16, 2)),
 ]
 
 
@@ -70,7 +72,7 @@ def test_swiglu_with_weight_descriptors_matches_reference(gen, make_topk_ids, mo
                                                           top_k, load, blocks):  # fmt: skip
     """The descriptor (TMA) loads of the weights (`TMA_WEIGHTS` forced on): the same results, though the gate/up
     tiles past an expert's width now read its neighbours' columns instead of zeros. The down GEMM takes them where
-    every width is a multiple of BLOCK_SIZE_K (16 here: 4 of the 7 cases)."""
+    every width is a multiple of BLOCK_SIZE_K (whole_k_tile_widths)."""
     monkeypatch.setattr(swiglu, "TMA_WEIGHTS", True)
     made = []
     real = swiglu._weight_descriptor
@@ -86,6 +88,59 @@ def test_swiglu_with_weight_descriptors_matches_reference(gen, make_topk_ids, mo
     assert len(made) == 1 + all(f % blocks[2] == 0 for f in widths)  # w_up's, and w_down's where no tile crosses
     torch.testing.assert_close(got, grouped_swiglu_reference(x, topk_ids, weights, w_up, w_down, widths),
                                rtol=RTOL, atol=ATOL)  # fmt: skip
+
+
+DEVICE_DESC_CASES = [
+    c for c in SWIGLU_CASES if c[0] in ("heterogeneous_k2_skewed", "wide_down_tile", "whole_k_tile_widths")
+]
+
+
+@pytest.mark.parametrize(("num_tokens", "d_model", "widths", "top_k", "load", "blocks"),
+                         [c[1:] for c in DEVICE_DESC_CASES], ids=[c[0] for c in DEVICE_DESC_CASES])  # fmt: skip
+def test_swiglu_with_descriptors_made_in_the_kernels_matches_reference(gen, make_topk_ids, monkeypatch, num_tokens,
+                                                                       d_model, widths, top_k, load, blocks):  # fmt: skip
+    """`DEVICE_DESCRIPTORS`: each program makes its weight descriptor (`tl.make_tensor_descriptor`), the host makes
+    none; the same results as the reference."""
+    monkeypatch.setattr(swiglu, "TMA_WEIGHTS", True)
+    monkeypatch.setattr(swiglu, "DEVICE_DESCRIPTORS", True)
+    made, launched = [], {}
+    real = swiglu._weight_descriptor
+    monkeypatch.setattr(swiglu, "_weight_descriptor", lambda *a: made.append(real(*a)) or made[-1])
+    for name in ("up_kernel", "down_kernel"):
+        monkeypatch.setattr(
+            _triton_swiglu, name, LaunchSpy(getattr(_triton_swiglu, name), launched.setdefault(name, []))
+        )
+    x = torch.randn(num_tokens, d_model, generator=gen)
+    topk_ids = make_topk_ids(num_tokens, len(widths), top_k, load)
+    weights = combine_weights(gen, num_tokens, top_k)
+    w_up, w_down = make_weights(gen, d_model, widths)
+    down_n = blocks[4] if len(blocks) > 4 else None
+    with force_config(MoeKernelConfig(*blocks[:4], num_warps=4, num_stages=2, block_size_n_down=down_n)):
+        got = grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, out=torch.full_like(x, float("nan")))
+    assert made == []  # no descriptor from the host
+    ((up_args, up_meta),), ((down_args, down_meta),) = launched["up_kernel"], launched["down_kernel"]
+    assert up_meta["W_DESC"] and up_meta["DEVICE_DESC"] and up_args[2] is None
+    down_desc = all(f % blocks[2] == 0 for f in widths)  # no K tile crosses into the next expert's rows
+    assert down_meta["W_DESC"] == down_meta["DEVICE_DESC"] == down_desc and down_args[2] is None
+    torch.testing.assert_close(got, grouped_swiglu_reference(x, topk_ids, weights, w_up, w_down, widths),
+                               rtol=RTOL, atol=ATOL)  # fmt: skip
+
+
+class LaunchSpy:
+    """Stands in for a Triton kernel: records the (args, keyword args) of each `kernel[grid](...)` launch, then
+    launches it."""
+
+    def __init__(self, kernel, seen: list):
+        self.kernel, self.seen = kernel, seen
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def record_and_launch(*args, **kwargs):
+            self.seen.append((args, kwargs))
+            return launch(*args, **kwargs)
+
+        return record_and_launch
 
 
 TOP2_CASES = [c for c in SWIGLU_CASES if c[4] == 2]
