@@ -198,9 +198,9 @@ def down_kernel(
 ):
     """y[s, n] = w[s] * (h[s, :f_e] @ W_down_e[:, n]) for the slots s of one block; reduction length f_e.
 
-    With W_DESC the W_down tiles come through a tensor descriptor (TMA on Hopper, as the gate/up
-    GEMM's; made by each program with DEVICE_DESC). Its host only asks for it where every f_e is a multiple of BLOCK_SIZE_K, so that no tile reaches into
-    the next expert's rows (0 x a non-finite weight there would reach this expert's sums).
+    With W_DESC the W_down tiles come through a tensor descriptor (TMA on Hopper, as the gate/up GEMM's; made by
+    each program with DEVICE_DESC). Its host only asks for it where every f_e is a multiple of BLOCK_SIZE_K, so that
+    no tile reaches into the next expert's rows (0 x a non-finite weight there would reach this expert's sums).
 
     With ADD_TO_TOKEN each row, rounded to y's dtype as it would be stored, is added into its token's row of a zeroed
     output (16-byte atomic adds on Hopper: `red`, or `atom` under Triton 3.6) instead of being stored for the combine.

@@ -54,7 +54,8 @@ def describe(device: str | torch.device = "cpu") -> dict[str, str]:
         ..., "experiments": ...}; on CUDA with Triton the note says that calls needing gradients take the reference.
         "tma_weights" says when the Triton path loads weight tiles through tensor descriptors (`kernels.swiglu.
         use_tma_weights`): "on", "off" or "auto (...)"; "experiments" names the experimental switches that are on
-        (`ATOMIC_TOP2`, `DEVICE_DESCRIPTORS`), comma-separated, or is "none". Both change how the Triton path runs, so a timing should say.
+        (`ATOMIC_TOP2`, `DEVICE_DESCRIPTORS`), comma-separated, or is "none". Both change how the Triton path runs,
+        so a timing should say.
     """
     reason = _triton_reason(torch.device(device))
     impl = TRITON if reason is None else REFERENCE

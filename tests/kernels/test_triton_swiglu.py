@@ -53,6 +53,14 @@ def combine_weights(gen: torch.Generator, num_tokens: int, top_k: int) -> torch.
 @pytest.mark.parametrize(("num_tokens", "d_model", "widths", "top_k", "load", "blocks"),
                          [c[1:] for c in SWIGLU_CASES], ids=[c[0] for c in SWIGLU_CASES])  # fmt: skip
 def test_swiglu_matches_reference(gen, make_topk_ids, num_tokens, d_model, widths, top_k, load, blocks):
+    got, out, want = run_swiglu_case(gen, make_topk_ids, num_tokens, d_model, widths, top_k, load, blocks)
+    assert got.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+
+
+def run_swiglu_case(gen, make_topk_ids, num_tokens, d_model, widths, top_k, load, blocks):
+    """One of SWIGLU_CASES through the Triton path at its block sizes, into a NaN-poisoned `out`: (the path's
+    result, `out`, the reference's result)."""
     x = torch.randn(num_tokens, d_model, generator=gen)
     topk_ids = make_topk_ids(num_tokens, len(widths), top_k, load)
     weights = combine_weights(gen, num_tokens, top_k)
@@ -61,9 +69,7 @@ def test_swiglu_matches_reference(gen, make_topk_ids, num_tokens, d_model, width
     down_n = blocks[4] if len(blocks) > 4 else None
     with force_config(MoeKernelConfig(*blocks[:4], num_warps=4, num_stages=2, block_size_n_down=down_n)):
         got = grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, out=out)
-    want = grouped_swiglu_reference(x, topk_ids, weights, w_up, w_down, widths)
-    assert got.data_ptr() == out.data_ptr()
-    torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+    return got, out, grouped_swiglu_reference(x, topk_ids, weights, w_up, w_down, widths)
 
 
 @pytest.mark.parametrize(("num_tokens", "d_model", "widths", "top_k", "load", "blocks"),
@@ -77,17 +83,10 @@ def test_swiglu_with_weight_descriptors_matches_reference(gen, make_topk_ids, mo
     made = []
     real = swiglu._weight_descriptor
     monkeypatch.setattr(swiglu, "_weight_descriptor", lambda *a: made.append(real(*a)) or made[-1])
-    x = torch.randn(num_tokens, d_model, generator=gen)
-    topk_ids = make_topk_ids(num_tokens, len(widths), top_k, load)
-    weights = combine_weights(gen, num_tokens, top_k)
-    w_up, w_down = make_weights(gen, d_model, widths)
-    down_n = blocks[4] if len(blocks) > 4 else None
-    with force_config(MoeKernelConfig(*blocks[:4], num_warps=4, num_stages=2, block_size_n_down=down_n)):
-        got = grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, out=torch.full_like(x, float("nan")))
+    got, _, want = run_swiglu_case(gen, make_topk_ids, num_tokens, d_model, widths, top_k, load, blocks)
     assert made and all(d is not None for d in made)  # the descriptor path ran
     assert len(made) == 1 + all(f % blocks[2] == 0 for f in widths)  # w_up's, and w_down's where no tile crosses
-    torch.testing.assert_close(got, grouped_swiglu_reference(x, topk_ids, weights, w_up, w_down, widths),
-                               rtol=RTOL, atol=ATOL)  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
 
 
 DEVICE_DESC_CASES = [
@@ -110,24 +109,17 @@ def test_swiglu_with_descriptors_made_in_the_kernels_matches_reference(gen, make
         monkeypatch.setattr(
             _triton_swiglu, name, LaunchSpy(getattr(_triton_swiglu, name), launched.setdefault(name, []))
         )
-    x = torch.randn(num_tokens, d_model, generator=gen)
-    topk_ids = make_topk_ids(num_tokens, len(widths), top_k, load)
-    weights = combine_weights(gen, num_tokens, top_k)
-    w_up, w_down = make_weights(gen, d_model, widths)
-    down_n = blocks[4] if len(blocks) > 4 else None
-    with force_config(MoeKernelConfig(*blocks[:4], num_warps=4, num_stages=2, block_size_n_down=down_n)):
-        got = grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, out=torch.full_like(x, float("nan")))
+    got, _, want = run_swiglu_case(gen, make_topk_ids, num_tokens, d_model, widths, top_k, load, blocks)
     assert made == []  # no descriptor from the host
-    ((up_args, up_meta),), ((down_args, down_meta),) = launched["up_kernel"], launched["down_kernel"]
+    ((_, up_args, up_meta),), ((_, down_args, down_meta),) = launched["up_kernel"], launched["down_kernel"]
     assert up_meta["W_DESC"] and up_meta["DEVICE_DESC"] and up_args[2] is None
     down_desc = all(f % blocks[2] == 0 for f in widths)  # no K tile crosses into the next expert's rows
     assert down_meta["W_DESC"] == down_meta["DEVICE_DESC"] == down_desc and down_args[2] is None
-    torch.testing.assert_close(got, grouped_swiglu_reference(x, topk_ids, weights, w_up, w_down, widths),
-                               rtol=RTOL, atol=ATOL)  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
 
 
 class LaunchSpy:
-    """Stands in for a Triton kernel: records the (args, keyword args) of each `kernel[grid](...)` launch, then
+    """Stands in for a Triton kernel: records the (grid, args, keyword args) of each `kernel[grid](...)` launch, then
     launches it."""
 
     def __init__(self, kernel, seen: list):
@@ -137,7 +129,7 @@ class LaunchSpy:
         launch = self.kernel[grid]
 
         def record_and_launch(*args, **kwargs):
-            self.seen.append((args, kwargs))
+            self.seen.append((grid, args, kwargs))
             return launch(*args, **kwargs)
 
         return record_and_launch
@@ -165,7 +157,7 @@ def test_swiglu_atomic_top2_equals_the_combine_exactly(gen, make_topk_ids, monke
     for atomic in (False, True):
         monkeypatch.setattr(swiglu, "ATOMIC_TOP2", atomic)
         launched = []
-        monkeypatch.setattr(_triton_swiglu, "combine_kernel", _Counting(COMBINE_KERNEL, launched))
+        monkeypatch.setattr(_triton_swiglu, "combine_kernel", LaunchSpy(COMBINE_KERNEL, launched))
         buf = torch.full((num_tokens, d_model + 3), float("nan"), dtype=dtype)
         with force_config(MoeKernelConfig(*blocks[:4], num_warps=4, num_stages=2, block_size_n_down=down_n)):
             results[atomic] = grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, out=buf[:, 1:-2])
@@ -194,17 +186,6 @@ def test_swiglu_writes_its_output_over_its_input(gen, make_topk_ids, monkeypatch
         got = grouped_swiglu_triton(x, topk_ids, weights, w_up, w_down, widths, out=x)
     assert got.data_ptr() == x.data_ptr()
     torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
-
-
-class _Counting:
-    """A kernel stand-in that records each launch's grid and runs the real kernel."""
-
-    def __init__(self, kernel, launched: list):
-        self.kernel, self.launched = kernel, launched
-
-    def __getitem__(self, grid):
-        self.launched.append(grid)
-        return self.kernel[grid]
 
 
 def test_weight_descriptor_falls_back_where_the_layout_allows_none(gen):
