@@ -63,8 +63,10 @@ from evaluate_specs import (  # noqa: F401  (part of evaluate's surface)
     split_top_level,
 )
 
+REPO = Path(__file__).resolve().parent  # --trained-policy resolves against it, as the suites do (repo_path)
 SUITES = ("main", "routers", "ttt-allocation", "single-gpu", "gpu", "gpu-full")
 GPU_FULL_PARTS = ("bench", "calibrate", "compare")
+SUITES_WITHOUT_POLICIES = ("single-gpu", "gpu", "gpu-full")  # they run their own fixed sets
 # (seeds, intervals per episode) when --seeds / --episode-intervals are not given; main fits 15 minutes on 2 cores
 SUITE_DEFAULTS = {"": ("0-4", 64), "main": ("0-4", 48), "routers": ("0-4", 64), "ttt-allocation": ("0-4", 64),
                   "single-gpu": ("0-4", 64), "gpu": ("0-2", 30), "gpu-full": ("0-4", 60)}
@@ -164,6 +166,14 @@ def parse_args(argv: list[str] | None = None) -> Args:
         raise UsageError(f"--interval-s must be a positive, finite number of seconds, got {args.interval_s}")
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite starts it over: give one")
+    given_policy = args.trained_policy and args.trained_policy != Args.trained_policy  # the default may be absent
+    if given_policy and not any(p.exists() for p in (Path(args.trained_policy), REPO / args.trained_policy)):
+        raise UsageError(f"--trained-policy {args.trained_policy!r} does not exist (give a policy zip, or '' for none)")
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out: the folder of the run to continue")
+    if args.policies and suite in SUITES_WITHOUT_POLICIES:
+        raise UsageError(f"--suite {suite} runs its own policies and takes no --policies (got {args.policies!r}); "
+                         "--suite main, routers and ttt-allocation add them")  # fmt: skip
     if args.part and suite != "gpu-full":
         raise UsageError(f"--part {args.part!r} is for --suite gpu-full only")
     if suite == "gpu-full" and args.part not in GPU_FULL_PARTS:  # at parsing, not after the CUDA check
@@ -188,9 +198,12 @@ def check_env_settings(args: Args) -> None:
     """The env settings of the command line as `EnvConfig` checks them, and CUDA and NVML where they are asked for:
     a UsageError now rather than after the main suite's minutes of training."""
     from envs import EnvConfig, measured_backend_unavailable
+    from moe_runtime import cache_dir_problem
 
     if args.telemetry == "nvml" and (reason := measured_backend_unavailable()):
         raise UsageError(f"--telemetry nvml: {reason}")
+    if reason := cache_dir_problem():  # where the served model's checkpoint is cached (or pretrained into)
+        raise UsageError(reason)
     try:
         EnvConfig.from_kwargs(**env_kwargs(args))
     except UsageError:

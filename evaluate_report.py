@@ -164,11 +164,17 @@ def console_table(summary: dict) -> str:
 
 # ----- plots -----------------------------------------------------------------------------------------------------
 def load_traces(out: Path, labels: list[str], slug) -> dict[str, list[dict]]:
-    """{label: its episode traces, by episode seed}."""
+    """{label: its episode traces, by episode seed}; an unreadable trace file (cut short, not JSON) is left out of
+    the plots with a note naming it: the figures come from episodes.csv, not from the traces."""
     result = {}
     for label in labels:
         files = sorted((out / "traces").glob(f"{slug(label)}__*.json"), key=lambda p: int(p.stem.rsplit("__", 1)[1]))
-        result[label] = [json.loads(p.read_text()) for p in files]
+        result[label] = []
+        for path in files:
+            try:
+                result[label].append(json.loads(path.read_text()))
+            except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                print(f"note: left the unreadable trace {path} out of the plots ({exc})")
     return result
 
 

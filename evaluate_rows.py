@@ -41,7 +41,10 @@ def atomic_open(path: Path, mode: str = "w", **kwargs) -> Iterator[IO]:
             os.fsync(f.fileno())  # the data on disk before the rename points the name at it
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # where the temporary could not be made (a read-only folder): the first error is the one to see
+            pass
         raise
 
 
@@ -67,8 +70,12 @@ def split_rows(path: Path) -> tuple[list[dict], list[dict], bool]:
     whose last field may be cut short, and to which the next row would be glued."""
     if not path.exists():
         return [], [], False
-    with path.open(newline="") as f:
-        text = f.read()
+    try:
+        with path.open(newline="") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        why = f"{exc.reason} at byte {exc.start}"
+        raise UsageError(f"{path} is not a text CSV of evaluate.py ({why}); use a new --out") from exc
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
@@ -161,6 +168,9 @@ def check_out(out: Path, args: Any, suite_run: str) -> None:
     args.json's."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder; give a folder path")
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):  # read-only: a mount, or permissions
+        raise UsageError(f"--out {out}: {existing} is not writable; give a folder path where this run can write")
     csv_path = out / "episodes.csv"
     if csv_path.exists() and not args.resume and not args.overwrite:
         raise UsageError(f"{csv_path} exists: pass --resume to continue that run or --overwrite to start over")

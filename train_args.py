@@ -31,7 +31,7 @@ from agents.sb3 import (
     read_vecnormalize,
 )
 from envs import EnvConfig, measured_backend_unavailable
-from moe_runtime import CheckpointError, read_checkpoint
+from moe_runtime import CheckpointError, cache_dir_problem, read_checkpoint
 from train_config import read_run_config, run_setting_changes
 
 
@@ -148,6 +148,23 @@ def env_kwargs_from_pairs(pairs: list[str], telemetry: str) -> dict[str, Any]:
     return kwargs
 
 
+TRAINABLE_ENV = "envs.moe_routing_env:MoERoutingEnv"  # MoERoutingMO-v0's vector reward is not SB3's
+
+
+def check_env_id(parser: argparse.ArgumentParser, env_id: str) -> None:
+    """Refuse an --env-id that is not registered, or not a scalar-reward MoERouting env (MoERouting-v0,
+    MoERoutingMeasured-v0, or one registered with their entry point), before any env is built."""
+    import gymnasium as gym
+
+    try:
+        spec = gym.spec(env_id)
+    except gym.error.Error as exc:
+        parser.error(f"--env-id {env_id!r} is not registered ({exc}); train on MoERouting-v0 or MoERoutingMeasured-v0")
+    if spec.entry_point != TRAINABLE_ENV:
+        parser.error(f"--env-id {env_id!r} is not a scalar-reward MoERouting env (its entry point: "
+                     f"{spec.entry_point!r}); train on MoERouting-v0 or MoERoutingMeasured-v0")  # fmt: skip
+
+
 def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Args, dict[str, Any]]:
     """Args and the derived settings (hyperparameters, env kwargs, run folder); bad flags exit with a message.
     `description` heads --help.
@@ -172,6 +189,7 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
                 setattr(args, name, saved["args"][name])
     if args.algo not in ALGOS:
         parser.error(f"--algo {args.algo!r} is not one of {sorted(ALGOS)}")
+    check_env_id(parser, args.env_id)
     if args.timesteps <= 0:
         parser.error(f"--timesteps must be positive, got {args.timesteps}")
     if args.n_envs < 1:
@@ -225,6 +243,8 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
             read_checkpoint(env_kwargs["checkpoint"])
         except CheckpointError as exc:
             parser.error(str(exc))
+    if reason := cache_dir_problem():  # the envs load (or pretrain) their model there
+        parser.error(reason)
     run_name = f"{args.env_id}__{args.algo}__{args.seed}__{int(time.time())}"
     run_dir = Path(args.out or Path("runs") / run_name)
     resume_from = None
@@ -244,6 +264,9 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
         checkpoints = run_dir / "checkpoints"
         if checkpoints.is_dir() and any(f.is_file() for f in checkpoints.iterdir()):
             held.append("checkpoints/")
+        if held == [CONFIG_FILE]:  # a run that stopped before its first checkpoint: nothing to resume
+            parser.error(f"{run_dir} holds a run that saved no checkpoint ({CONFIG_FILE} only): delete the folder or "
+                         "pick another --out")  # fmt: skip
         if held:
             parser.error(
                 f"{run_dir} already holds a run ({', '.join(held)}); continue it with --resume or pick another --out"

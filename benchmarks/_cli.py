@@ -45,6 +45,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_THREADS = 256  # as envs.config.MAX_TORCH_THREADS: a huge count fails to map its threads' stacks, or segfaults
+
+
+def thread_count(text: str) -> int:
+    """argparse type: torch CPU threads, 1 to `MAX_THREADS`."""
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be 1..{MAX_THREADS}, got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0 (a duration or a rate)."""
     try:
@@ -57,8 +68,8 @@ def positive_float(text: str) -> float:
 
 
 def check_out_file(parser: argparse.ArgumentParser, flag: str, path: str, kind: str = ".json") -> None:
-    """Refuse an output path that cannot be a file, now rather than after the run: an existing directory, or one
-    below an existing file (its parent folder could not be made)."""
+    """Refuse an output path that cannot be a file, now rather than after the run: an existing directory, one below
+    an existing file (its parent folder could not be made), or one whose nearest existing folder is not writable."""
     out = Path(path)
     if out.is_dir():
         parser.error(f"{flag} {path} is a directory; give a {kind} file path")
@@ -66,6 +77,8 @@ def check_out_file(parser: argparse.ArgumentParser, flag: str, path: str, kind: 
         if parent.exists():
             if not parent.is_dir():
                 parser.error(f"{flag} {path}: {parent} is a file, not a directory; give a {kind} file path")
+            if not os.access(parent, os.W_OK | os.X_OK):  # a read-only mount or folder: found now, not at the end
+                parser.error(f"{flag} {path}: {parent} is not writable; give a {kind} file path in a writable folder")
             break
 
 

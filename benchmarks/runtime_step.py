@@ -15,7 +15,7 @@ import platform
 import time
 
 import torch
-from _cli import check_out_file, positive_int, write_json_atomic
+from _cli import check_out_file, positive_int, thread_count, write_json_atomic
 
 import moe_runtime as mr
 
@@ -36,7 +36,7 @@ def tokens_per_s(cfg: mr.MoEConfig, interval_tokens: int, repeats: int) -> tuple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="results/benchmarks/runtime_step.json")
-    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=thread_count, default=2, help="torch CPU threads")
     parser.add_argument("--repeats", type=positive_int, default=7)
     args = parser.parse_args()
     check_out_file(parser, "--out", args.out)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from _cli import check_out_file, field_help, positive_int, write_atomic, write_json_atomic
+from _cli import check_out_file, field_help, positive_int, thread_count, write_atomic, write_json_atomic
 
 import moe_runtime as mr
 
@@ -79,7 +79,8 @@ def parse_args() -> Args:
             parser.add_argument(flag, action="store_true", help=help_text)
         elif f.type == "int":
             # Token counts, threads and rounds divide or are looped over: zero would divide by zero or time nothing.
-            parser.add_argument(flag, type=int if f.name == "seed" else positive_int, default=f.default, help=help_text)
+            kind = {"seed": int, "threads": thread_count}.get(f.name, positive_int)
+            parser.add_argument(flag, type=kind, default=f.default, help=help_text)
         else:
             choices = mr.TTT_METHODS if f.name == "method" else None
             parser.add_argument(flag, choices=choices, default=f.default, help=help_text)

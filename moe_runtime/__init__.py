@@ -1,6 +1,6 @@
 """The MoE runtime: a byte-level MoE language model, its token streams, pretraining, and `MoERuntime`."""
 
-from moe_runtime.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from moe_runtime.checkpoint import CheckpointError, cache_dir_problem, load_model, read_checkpoint, save_checkpoint
 from moe_runtime.config import EXPERT_WIDTH_RATIOS, MoEConfig, widths_from_ratios
 from moe_runtime.model import ModelOutput, MoETransformer
 from moe_runtime.muon import Muon, newton_schulz
@@ -37,6 +37,7 @@ __all__ = [
     "TTTUpdate",
     "TTT_METHODS",
     "TokenStream",
+    "cache_dir_problem",
     "checkpoint_path",
     "corpus_hash",
     "evaluate_loss",

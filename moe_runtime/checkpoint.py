@@ -22,6 +22,23 @@ def default_cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("MOE_RL_CACHE", pathlib.Path.home() / ".cache" / "moe-energy-rl"))
 
 
+def cache_dir_problem(path: str | os.PathLike | None = None) -> str | None:
+    """Why the checkpoint cache (`path`, default `default_cache_dir()`) cannot be used, in a sentence naming it, or
+    None. A cache folder that exists is taken as it is (a read-only one may hold every checkpoint a run needs); one
+    to be made needs a writable folder above it, and no file in its place."""
+    given = os.environ.get("MOE_RL_CACHE") if path is None else None
+    path = pathlib.Path(path or default_cache_dir())
+    name = f"MOE_RL_CACHE={given}" if given else f"the checkpoint cache {path}"
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or (existing == path and path.is_dir()):
+        return None
+    if not existing.is_dir():
+        return f"{name}: {existing} is a file, not a folder; point MOE_RL_CACHE at a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{name}: cannot create it, {existing} is not writable; point MOE_RL_CACHE at a writable folder"
+    return None
+
+
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """`torch.save` to a temporary file beside `path`, then rename: a crash never leaves a half-written file."""
     path = pathlib.Path(path)

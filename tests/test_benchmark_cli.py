@@ -22,6 +22,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 CASES = [
     ("kernel_host_overhead", ["--number", "0"], "argument --number: must be a positive integer, got '0'"),
     ("runtime_step", ["--repeats", "-1"], "argument --repeats: must be a positive integer, got '-1'"),
+    ("runtime_step", ["--threads", "10000"], "argument --threads: must be 1..256, got '10000'"),
     ("runtime_profile", ["--tokens", "0"], "argument --tokens: must be a positive integer, got '0'"),
     ("env_step", ["--out", "adir"], "--out adir is a directory; give a .json file path"),
     ("ttt_shift", ["--eval-every-tokens", "0"], "argument --eval-every-tokens: must be a positive integer, got '0'"),
@@ -99,6 +100,7 @@ def ttt_shift(monkeypatch, tmp_path):
         (["--lead-in-tokens", "-5"], "argument --lead-in-tokens: must be a positive integer, got '-5'"),
         (["--timing-rounds", "0"], "argument --timing-rounds: must be a positive integer, got '0'"),
         (["--threads", "0"], "argument --threads: must be a positive integer, got '0'"),
+        (["--threads", "99999999999"], "argument --threads: must be 1..256, got '99999999999'"),
         (
             ["--heldout-tokens", "16"],
             "--heldout-tokens must be at least the default preset's sequence length (128), got 16",
@@ -185,3 +187,20 @@ def test_out_dir_json_writes_atomically_under_out(tmp_path, monkeypatch):
     path = out_dir_json("facts.json", {"figures": "measured"})
     assert path == tmp_path / "out" / "facts.json" and json.loads(path.read_text()) == {"figures": "measured"}
     assert [p.name for p in path.parent.iterdir()] == ["facts.json"]
+
+
+def test_out_file_in_a_read_only_folder_is_refused_before_the_run(tmp_path, monkeypatch, capsys):
+    """A folder the run could not write its result into (a read-only mount: root's permission bits say nothing, so
+    `os.access` is asked, and stubbed here) is an error before any work, not a lost run at the end."""
+    import argparse
+
+    from _cli import check_out_file
+
+    parser = argparse.ArgumentParser(prog="bench")
+    check_out_file(parser, "--out", str(tmp_path / "new" / "x.json"))  # writable: no error
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path and real(p, mode))
+    with pytest.raises(SystemExit) as stop:
+        check_out_file(parser, "--out", str(tmp_path / "new" / "x.json"))
+    assert stop.value.code == 2
+    assert f"--out {tmp_path}/new/x.json: {tmp_path} is not writable" in capsys.readouterr().err

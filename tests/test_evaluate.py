@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -85,6 +86,9 @@ def test_bad_seeds_fail_at_parsing(suite):
         (["--suite", "gpu-full", "--part", "nope"], "needs --part, one of bench, calibrate, compare (each fits 10 "
                                                     "minutes), got 'nope'"),  # before the CUDA check
         (["--policy-device", "bogus"], "--policy-device 'bogus' is not a torch device"),
+        (["--resume"], "--resume needs --out"),  # not a fresh run in a new folder
+        (["--suite", "single-gpu", "--policies", "heuristic"], "--suite single-gpu runs its own policies"),
+        (["--trained-policy", "/no/such/policy.zip"], "--trained-policy '/no/such/policy.zip' does not exist"),
     ],
 )
 def test_bad_env_and_run_settings_fail_at_parsing(argv, message):
@@ -342,8 +346,8 @@ def test_saved_policies_run_and_a_foreign_one_is_refused(tmp_path, capsys):
 
 def test_main_suite_without_a_trained_policy_says_so(tmp_path):
     out = tmp_path / "main"
-    rc = evaluate.main(["--suite", "main", "--train-seconds", "0", "--trained-policy", str(tmp_path / "none.zip"),
-                        "--seeds", "0-1", "--out", str(out), *TINY])
+    rc = evaluate.main(["--suite", "main", "--train-seconds", "0", "--trained-policy", "", "--seeds", "0-1",
+                        "--out", str(out), *TINY])  # fmt: skip
     assert rc == 0
     text = (out / "report.md").read_text()
     assert "No committed trained policy" in text and "| heuristic |" in text and "| no_control |" in text
@@ -354,7 +358,7 @@ def test_main_suite_without_a_trained_policy_says_so(tmp_path):
     ("extra", "message"),
     [
         ([], "was trained on observations of shape (63,); this env's are (43,)"),
-        (["--trained-policy", "none.zip", "--policies", "load_balance(stepp=1)"], "stepp"),
+        (["--trained-policy", "", "--policies", "load_balance(stepp=1)"], "stepp"),
     ],
 )
 def test_main_suite_checks_its_policies_before_training(tmp_path, monkeypatch, capsys, extra, message):
@@ -388,3 +392,31 @@ def test_the_suites_find_the_repository_files_from_another_folder(tmp_path, monk
     assert evaluate_suites.committed_policy(dataclasses.replace(args, trained_policy="mine.zip"))[0].path == "mine.zip"
     assert evaluate_suites.committed_policy(dataclasses.replace(args, trained_policy="no/such.zip")) == []
 
+
+
+def test_unusable_cache_and_read_only_out_fail_before_the_run(tmp_path, monkeypatch):
+    from evaluate_rows import check_out
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("MOE_RL_CACHE", str(tmp_path / "afile"))
+    with pytest.raises(evaluate.UsageError, match=re.escape(f"MOE_RL_CACHE={tmp_path}/afile: {tmp_path}/afile is a file")):
+        evaluate.parse_args(["--preset", "tiny"])
+    args = evaluate.parse_args(["--report-only"])  # no env settings checked: the cache is not read
+    real = os.access  # a read-only mount: stubbed, since root writes through permission bits
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path and real(p, mode))
+    with pytest.raises(evaluate.UsageError, match=re.escape(f"--out {tmp_path}/run: {tmp_path} is not writable")):
+        check_out(tmp_path / "run", args, "compare")
+
+
+def test_unreadable_episodes_csv_and_trace_files_are_named(tmp_path, capsys):
+    from evaluate_report import load_traces
+    from evaluate_rows import split_rows
+
+    (tmp_path / "episodes.csv").write_bytes(b"\x00\xff x\n")
+    with pytest.raises(evaluate.UsageError, match="episodes.csv is not a text CSV of evaluate.py"):
+        split_rows(tmp_path / "episodes.csv")
+    (tmp_path / "traces").mkdir()
+    (tmp_path / "traces" / "p__1.json").write_text('{"x": [1]}')
+    (tmp_path / "traces" / "p__2.json").write_text('{"x": [1,')  # cut short
+    assert load_traces(tmp_path, ["p"], lambda label: label) == {"p": [{"x": [1]}]}
+    assert f"left the unreadable trace {tmp_path}/traces/p__2.json out of the plots" in capsys.readouterr().out

@@ -32,6 +32,9 @@ BAD_FLAGS = [
     (["--env-kwargs", "workload.nope:1"], "--env-kwargs workload"),
     (["--env-kwargs", "preset:huge"], "unknown MoEConfig preset"),
     (["--resume"], "--resume needs --out"),
+    (["--env-id", "Bogus-v0"], "--env-id 'Bogus-v0' is not registered"),
+    (["--env-id", "CartPole-v1"], "--env-id 'CartPole-v1' is not a scalar-reward MoERouting env"),
+    (["--env-id", "MoERoutingMO-v0"], "--env-id 'MoERoutingMO-v0' is not a scalar-reward MoERouting env"),
     (["--hyperparams", "imitate:oracle"], "imitate: unknown controller 'oracle'"),
     (["--hyperparams", "imitate_steps:64"], "given without imitate:<controller>"),
     (["--hyperparams", "imitate:kcm_greedy", "imitate_epochs:0"], "imitate_epochs must be a positive integer"),
@@ -90,6 +93,22 @@ def test_bad_flags_are_clear_errors(argv, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_run_folder_or_cache_that_cannot_be_used_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    """A folder whose run stopped before its first checkpoint (config.yaml alone) cannot be resumed: say so rather
+    than point at --resume; and a MOE_RL_CACHE that cannot be a folder is named before any env is built."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("args: {}\n")
+    with pytest.raises(SystemExit):
+        train_agent.parse_args(["--out", str(run)])
+    assert "holds a run that saved no checkpoint (config.yaml only)" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("MOE_RL_CACHE", str(tmp_path / "afile" / "cache"))
+    with pytest.raises(SystemExit):
+        train_agent.parse_args(["--out", str(tmp_path / "new")])
+    assert f"MOE_RL_CACHE={tmp_path}/afile/cache: {tmp_path}/afile is a file, not a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", BAD_VALUES)
