@@ -58,7 +58,11 @@ def test_a_run_folder_is_not_reused_without_resume(leave, tmp_path, capsys):
         if leave not in (name, "all"):
             (run / name).unlink()
     message = exits_with(["--out", str(run), *RUN_FLAGS], capsys)
-    assert f"{run} already holds a run" in message and "--resume" in message and "another --out" in message
+    if leave == "config.yaml":  # a run that stopped before its first checkpoint: nothing to resume
+        assert f"{run} holds a run that saved no checkpoint (config.yaml only)" in message and "--resume" not in message
+    else:
+        assert f"{run} already holds a run" in message and "--resume" in message
+    assert "another --out" in message
     # an empty folder (or one a failed start left with an empty checkpoints/) is fine
     (tmp_path / "fresh" / "checkpoints").mkdir(parents=True)
     assert train_agent.parse_args(["--out", str(tmp_path / "fresh"), *RUN_FLAGS])[1]["run_dir"] == tmp_path / "fresh"
