@@ -409,7 +409,7 @@ def test_unusable_cache_and_read_only_out_fail_before_the_run(tmp_path, monkeypa
 
 
 def test_unreadable_episodes_csv_and_trace_files_are_named(tmp_path, capsys):
-    from evaluate_report import load_traces
+    from evaluate_plots import load_traces
     from evaluate_rows import split_rows
 
     (tmp_path / "episodes.csv").write_bytes(b"\x00\xff x\n")
