@@ -21,8 +21,10 @@ date), `model.zip` and `vecnormalize.pkl` (final), `best/best_model.zip` (+ its 
 held-out seeds of the validation split), `checkpoints/ckpt_<steps>_steps.zip` (+ VecNormalize, replay buffer),
 `evaluations.npz`, `tb/` (TensorBoard: SB3's losses, `env/` reward terms and per-episode energy, latency, loss,
 `telemetry/` temperature and power) and `train_summary.json` (steps, wall time this session and in all, steps/s).
-Ctrl-C (or SIGTERM) saves a checkpoint and exits with status 130. `--hyperparams imitate:<controller>` first fits the
-fresh policy to a baseline controller (`agents.warm_start`); the record goes to `config.yaml` and the summary.
+Ctrl-C (or SIGTERM) saves a checkpoint and exits with status 130; a run whose policy diverges (NaN or infinite
+weights, an invalid action distribution) exits with status 1 and a one-line error naming the step, its checkpoints
+kept. `--hyperparams imitate:<controller>` first fits the fresh policy to a baseline controller
+(`agents.warm_start`); the record goes to `config.yaml` and the summary.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from agents.sb3 import (
     SaveVecNormalizeCallback,
     atomic_save,
     build_algo_kwargs,
+    latest_checkpoint,
     load_replay_buffer,
     save_checkpoint,
     set_initial_action,
@@ -100,6 +103,28 @@ def make_vec_env(env_id: str, env_kwargs: dict[str, Any], n_envs: int, seed: int
 
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def divergence(model, exc: Exception) -> str | None:
+    """What says that `exc`, raised inside `model.learn`, is the policy diverging, or None for any other failure
+    (which surfaces as it is). A diverged policy has NaN or infinite weights, or weights so large that the action
+    distribution SB3 builds from them is invalid (torch.distributions refuses a scale of 0 or infinity: "Expected
+    parameter scale ... to satisfy the constraint")."""
+    bad = [name for name, p in model.policy.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        return f"the policy's weights {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''} are NaN or infinite"
+    if isinstance(exc, ValueError) and str(exc).startswith("Expected parameter"):
+        return "the action distribution built from the policy's weights is invalid (NaN, or a scale of 0 or infinity)"
+    return None
+
+
+def close_envs(*venvs) -> None:
+    for v in venvs:
+        if v is not None:
+            try:
+                v.close()
+            except (EOFError, BrokenPipeError, ConnectionResetError):
+                pass
 
 
 if __name__ == "__main__":
@@ -233,6 +258,20 @@ if __name__ == "__main__":
         interrupted = True
         path = save_checkpoint(model, run_dir / "checkpoints")
         print(f"\ninterrupted at {model.num_timesteps} steps; checkpoint saved to {path}; continue with --resume")
+    except (ValueError, RuntimeError) as exc:
+        reason = divergence(model, exc)
+        if reason is None:
+            raise
+        close_envs(venv, eval_venv)
+        last = latest_checkpoint(run_dir / "checkpoints")
+        kept = "no checkpoint was saved before it" if last is None else f"the last checkpoint ({last[0]} steps) is kept"
+        hyperparams = derived["hyperparams"]
+        sys.exit(
+            f"train_agent.py: error: training diverged at {model.num_timesteps} steps: {reason}. Start again with a "
+            f"lower learning_rate (now {hyperparams.get('learning_rate', 'the algorithm default')}) or max_grad_norm "
+            f"(now {hyperparams.get('max_grad_norm', 'the algorithm default')}); nothing of the diverged model is "
+            f"saved, {kept}."
+        )
     wall_s = time.perf_counter() - t0
 
     # save
@@ -268,11 +307,5 @@ if __name__ == "__main__":
     os.replace(tmp, run_dir / "train_summary.json")
     print(f"{steps} steps in {wall_s:.1f} s ({summary['steps_per_s']} steps/s); run folder {run_dir}")
 
-    # close
-    for v in (venv, eval_venv):
-        if v is not None:
-            try:
-                v.close()
-            except (EOFError, BrokenPipeError, ConnectionResetError):
-                pass
+    close_envs(venv, eval_venv)
     sys.exit(130 if interrupted else 0)

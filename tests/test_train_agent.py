@@ -256,3 +256,27 @@ def test_warm_started_run_records_its_teacher(tmp_path):
     entry = curve["runs"]["run"]
     assert entry["eval_steps"] == [32] and entry["train_steps"] and entry["warm_start"] == record
     assert len(curve["baselines"]["no_control"]) == 1 and out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    end = TINY_RUN.index("--hyperparams") + 4
+    argv = [*TINY_RUN[:end], "learning_rate:1e10", *TINY_RUN[end:]]
+    cmd = [sys.executable, "train_agent.py", "--out", str(run), "--timesteps", "256", *argv]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("train_agent.py: error: training diverged at 32 steps: "), message
+    assert "lower learning_rate (now 10000000000.0)" in message and "the last checkpoint (32 steps) is kept" in message
+    assert (run / "checkpoints" / "ckpt_32_steps.zip").exists() and not (run / "model.zip").exists()
+
+
+def test_only_a_diverged_policy_counts_as_divergence():
+    env = gym.make("MoERouting-v0", preset="tiny", telemetry="simulated", episode_intervals=8)
+    model = agents.ALGOS["ppo"]("MlpPolicy", env, n_steps=32, batch_size=32, device="cpu")
+    assert train_agent.divergence(model, ValueError("a bug of ours")) is None  # surfaces with its traceback
+    assert "distribution" in train_agent.divergence(model, ValueError("Expected parameter loc (Tensor ...)"))
+    with torch.no_grad():
+        next(model.policy.parameters()).fill_(float("nan"))
+    assert "NaN or infinite" in train_agent.divergence(model, RuntimeError("anything"))
