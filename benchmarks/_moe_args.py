@@ -59,9 +59,10 @@ class Args:
     """whether the GEMMs load their weight tiles through tensor descriptors (TMA on Hopper; kernels.swiglu.TMA_WEIGHTS):
     auto (the library's default: from kernels.swiglu.TMA_MIN_SLOTS slots a pass on compute capability 9.0 or later),
     on or off, to time what they buy; each row records whether the policy took them"""
-    atomic_top2: bool = False
-    """at top-2 the down GEMM adds each token's two rows into the zeroed output instead of a combine launch
-    (kernels.swiglu.ATOMIC_TOP2, experimental), to time what that buys"""
+    atomic_top2: str = "auto"
+    """whether the down GEMM at top-2 adds each token's two rows into the zeroed output instead of a combine launch
+    (kernels.swiglu.ATOMIC_TOP2): auto (the library's default: on compute capability 9.0 or later), on or off, to
+    time what it buys; each row records whether it ran"""
     device_descriptors: bool = False
     """where the weight tiles go through tensor descriptors, each GEMM program makes its own instead of the host
     encoding one at every launch (kernels.swiglu.DEVICE_DESCRIPTORS, experimental; with --tma-weights on, to time
@@ -75,14 +76,15 @@ class Args:
     summary and, with --out, write the re-judged JSON; times nothing, needs no GPU"""
 
 
-TMA_SETTINGS = {"auto": None, "on": True, "off": False}  # --tma-weights: kernels.swiglu.TMA_WEIGHTS
+POLICY_SETTINGS = {"auto": None, "on": True, "off": False}  # --tma-weights, --atomic-top2: kernels.swiglu
 
 
 def parse_args(argv: list[str] | None = None, description: str = "") -> Args:
     """Args from the command line; a bad value exits with a message naming it and what is allowed."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     choices = {"dtype": sorted(configs.DTYPES), "tune_space": sorted(tuning.SPACES),
-               "segment_order": ["expert", "widest-first"], "tma_weights": sorted(TMA_SETTINGS)}  # fmt: skip
+               "segment_order": ["expert", "widest-first"], "tma_weights": sorted(POLICY_SETTINGS),
+               "atomic_top2": sorted(POLICY_SETTINGS)}  # fmt: skip
     helps = field_help(Args)
     for f in dataclasses.fields(Args):
         flag, help_text = "--" + f.name.replace("_", "-"), helps[f.name]

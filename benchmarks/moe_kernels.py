@@ -46,7 +46,7 @@ import _moe_args
 import torch
 import torch.nn.functional as F
 from _cli import write_json_atomic
-from _moe_args import TMA_SETTINGS, Args
+from _moe_args import POLICY_SETTINGS, Args
 from _moe_targets import judge, launches, operand_bytes, print_summary, read_grid, summarise
 from _timing import bench_ms, graph_ms, host_ms, kernel_ms
 
@@ -182,6 +182,7 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
     row["segment_order"] = args.segment_order
     row["tma_weights"] = swiglu.use_tma_weights(torch.device("cuda"), tokens_per_pass(num_tokens, top_k) * top_k)
     row["device_descriptors"] = swiglu.DEVICE_DESCRIPTORS and row["tma_weights"]
+    row["atomic_top2"] = swiglu.use_atomic_top2(torch.device("cuda"), top_k)
     order = segment_order(args, num_experts)
     triton_fn = lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths, segment_order=order)  # noqa: E731
 
@@ -335,8 +336,8 @@ def cpu_reference_timings(gen: torch.Generator) -> list[dict]:
 
 if __name__ == "__main__":
     args = parse_args()
-    swiglu.TMA_WEIGHTS = TMA_SETTINGS[args.tma_weights]  # the Triton path reads both on every call
-    swiglu.ATOMIC_TOP2 = args.atomic_top2
+    swiglu.TMA_WEIGHTS = POLICY_SETTINGS[args.tma_weights]  # the Triton path reads these on every call
+    swiglu.ATOMIC_TOP2 = POLICY_SETTINGS[args.atomic_top2]
     swiglu.DEVICE_DESCRIPTORS = args.device_descriptors
     dtype = configs.DTYPES[args.dtype]
     torch.manual_seed(args.seed)

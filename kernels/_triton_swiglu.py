@@ -206,8 +206,8 @@ def down_kernel(
     output (16-byte atomic adds on Hopper: `red`, or `atom` under Triton 3.6) instead of being stored for the combine.
     At k = 2 that is the combine's result, whichever row comes first: 0 + a is exact and a + b is rounded once to
     y's dtype; the combine's fp32 sum of the same two rows is exact (or, far apart in scale, rounded where it cannot
-    move the final rounding) before it is rounded to y's dtype (`kernels.swiglu.ATOMIC_TOP2`, off: measured, it
-    saves no GPU time).
+    move the final rounding) before it is rounded to y's dtype (`kernels.swiglu.use_atomic_top2`: on by default on
+    Hopper and later).
     """
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_pid_m, num_pid_n, GROUP_SIZE_M)
     if pid_m * BLOCK_SIZE_M >= tl.load(num_post_pad_ptr):

@@ -51,11 +51,13 @@ def describe(device: str | torch.device = "cpu") -> dict[str, str]:
 
     Returns:
         {"route": "triton" | "torch-reference", "expert_swiglu": ..., "align": ..., "note": reason, "tma_weights":
-        ..., "experiments": ...}; on CUDA with Triton the note says that calls needing gradients take the reference.
-        "tma_weights" says when the Triton path loads weight tiles through tensor descriptors (`kernels.swiglu.
-        use_tma_weights`): "on", "off" or "auto (...)"; "experiments" names the experimental switches that are on
-        (`ATOMIC_TOP2`, `DEVICE_DESCRIPTORS`), comma-separated, or is "none". Both change how the Triton path runs,
-        so a timing should say.
+        ..., "atomic_top2": ..., "experiments": ...}; on CUDA with Triton the note says that calls needing gradients
+        take the reference. "tma_weights" says when the Triton path loads weight tiles through tensor descriptors
+        (`kernels.swiglu.use_tma_weights`): "on", "off" or "auto (...)"; "atomic_top2" whether its down launch adds
+        a top-2 token's rows into the output itself instead of a combine launch (`kernels.swiglu.use_atomic_top2`):
+        "on" or "off", and why where the policy chose; "experiments" names the experimental switches that are on
+        (`DEVICE_DESCRIPTORS`), comma-separated, or is "none". Each changes how the Triton path runs, so a timing
+        should say.
     """
     reason = _triton_reason(torch.device(device))
     impl = TRITON if reason is None else REFERENCE
@@ -64,9 +66,16 @@ def describe(device: str | torch.device = "cpu") -> dict[str, str]:
         tma = f"auto (passes of >= {swiglu.TMA_MIN_SLOTS} slots on compute capability >= 9.0)"
     else:
         tma = "on" if impl == TRITON and swiglu.TMA_WEIGHTS else "off"
-    on = [name for name in ("ATOMIC_TOP2", "DEVICE_DESCRIPTORS") if impl == TRITON and getattr(swiglu, name)]
+    if impl != TRITON:
+        atomic = "off"
+    elif swiglu.ATOMIC_TOP2 is None:
+        chosen = swiglu.use_atomic_top2(torch.device(device), 2)
+        atomic = f"{'on' if chosen else 'off'} (auto: on from compute capability 9.0)"
+    else:
+        atomic = "on" if swiglu.ATOMIC_TOP2 else "off"
+    on = [name for name in ("DEVICE_DESCRIPTORS",) if impl == TRITON and getattr(swiglu, name)]
     return {"route": impl, "align": impl, "expert_swiglu": impl, "note": note, "tma_weights": tma,
-            "experiments": ",".join(on) or "none"}  # fmt: skip
+            "atomic_top2": atomic, "experiments": ",".join(on) or "none"}  # fmt: skip
 
 
 def _use_triton(*tensors: torch.Tensor | None) -> bool:

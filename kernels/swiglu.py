@@ -48,13 +48,17 @@ TMA_MIN_SLOTS = 65536
 # made TMA lose at small passes (above). Untimed: `benchmarks/moe_kernels.py --tma-weights on --device-descriptors`
 # times it against the host's descriptors.
 DEVICE_DESCRIPTORS = False
-# Experimental, off: at k = 2 the down launch adds each token's two weighted rows into the zeroed output (atomic
-# adds) instead of writing y for the combine kernel: the same result (see `_triton_swiglu.down_kernel`), a fill of
-# the output in place of the combine launch, and no round trip of y through memory (`benchmarks/moe_kernels.py
-# --atomic-top2` times it). On an H100 it saved no GPU time (replayed, E 8 and 64, top-2, 8k-64k tokens:
-# results/gpu/kernels/2026-11-24-width-fix/ab_atomic_top2.json), only a launch. Not at k > 2: the order of the adds
-# would then change the rounding from run to run.
-ATOMIC_TOP2 = False
+# At k = 2 the down launch adds each token's two weighted rows into the zeroed output (16-byte atomic adds) instead
+# of writing y for the combine kernel: the same result, bit for bit (see `_triton_swiglu.down_kernel`), a fill of the
+# output in place of the combine launch, and no round trip of y through memory. True or False forces it on or off;
+# None, the default, takes it on a GPU of compute capability 9.0 or later (`use_atomic_top2`: native vector bf16 and
+# fp16 atomics). Measured on an H100 with Triton 3.6, in one call beside the combine (results/gpu/kernels/
+# 2026-11-24-width-fix/ab_atomic_top2.json against grid.json; E 8, 16 and 64, d_model 1024 and 4096, 8k-64k tokens):
+# replayed from a CUDA graph, a geometric mean of 0.986x the combine's time (0.93x-1.02x over 18 cases); eager,
+# 0.97x (0.68x-1.14x), the most where the host bounds the call: 0.72x and 0.68x at 8k tokens, d_model 1024, 8 and 16
+# experts, one Triton launch fewer. Not at k > 2: the order of the adds would then change the rounding from run to
+# run.
+ATOMIC_TOP2: bool | None = None
 
 
 def use_tma_weights(device: torch.device, slots: int) -> bool:
@@ -66,6 +70,19 @@ def use_tma_weights(device: torch.device, slots: int) -> bool:
     if device.type != "cuda" or slots < TMA_MIN_SLOTS or torch.version.hip is not None:
         return False
     return torch.cuda.get_device_capability(device)[0] >= 9 and _has_tensor_descriptors()
+
+
+def use_atomic_top2(device: torch.device, top_k: int) -> bool:
+    """Whether the down launch adds a top-2 token's rows into the output itself, without the combine kernel:
+    `ATOMIC_TOP2` where it is set, else on an NVIDIA GPU of compute capability 9.0 or later (not ROCm); never at
+    k != 2."""
+    if top_k != 2:
+        return False
+    if ATOMIC_TOP2 is not None:
+        return bool(ATOMIC_TOP2)
+    if device.type != "cuda" or torch.version.hip is not None:
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
 
 
 @functools.cache
@@ -223,9 +240,10 @@ def grouped_swiglu_triton(
     (`kernels.align`, block BLOCK_SIZE_M of the config), one grouped launch for gate/up with silu(gate) * up fused
     into its epilogue (h: [T k, max f_e]), one grouped launch for down with the combine weight applied in its
     epilogue (y: [T k, d]), and a combine kernel summing each token's k rows in fp32 (for k = 1 the down launch
-    writes the output rows directly; with `ATOMIC_TOP2` at k = 2 it adds them into the zeroed output). Block sizes
-    come from `kernels.configs.get_config`. fp32 accumulation; x and weights must share one dtype (fp32, bf16 or
-    fp16); fp32 products are exact unless `torch.backends.cuda.matmul.allow_tf32` is set.
+    writes the output rows directly; at k = 2 on Hopper and later it adds them into the zeroed output instead,
+    `use_atomic_top2`). Block sizes come from `kernels.configs.get_config`. fp32 accumulation; x and weights must
+    share one dtype (fp32, bf16 or fp16); fp32 products are exact unless `torch.backends.cuda.matmul.allow_tf32` is
+    set.
 
     Args:
         x, topk_ids, topk_weights, w_up, w_down, widths: as `grouped_swiglu_reference`; expert ids in [0, E),
@@ -286,7 +304,7 @@ def grouped_swiglu_triton(
     topk_weights = topk_weights.contiguous()
     # Rows of h start 128-byte aligned whatever max f_e is, so the down GEMM's loads vectorise.
     h = torch.empty(pass_tokens * top_k, plan.h_pitch, dtype=x.dtype, device=device)[:, : plan.max_width]
-    add_to_token = ATOMIC_TOP2 and top_k == 2
+    add_to_token = use_atomic_top2(device, top_k)
     combine = top_k > 1 and not add_to_token
     y = torch.empty(pass_tokens * top_k, d_model, dtype=x.dtype, device=device) if combine else None
     for t0 in range(0, num_tokens, pass_tokens):
@@ -298,7 +316,7 @@ def grouped_swiglu_triton(
         )  # fmt: skip
         aligned, segments = align_triton_segments(ids, cfg.block_size_m, plan.num_experts, order)
         num_pid_m = aligned.expert_ids.numel()
-        # k = 1: slot s is token s; ATOMIC_TOP2: slots 2t and 2t + 1 are added into the zeroed row t.
+        # k = 1: slot s is token s; atomic top-2: slots 2t and 2t + 1 are added into the zeroed row t.
         ys = outs if y is None else (y if numel == y.shape[0] else y[:numel])
         _triton_swiglu.up_kernel[(plan.up_programs(numel),)](
             xs, w_up, w_up_desc, h, aligned.sorted_token_ids, segments.table, segments.order, plan.widths_t,

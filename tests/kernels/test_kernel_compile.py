@@ -232,24 +232,29 @@ def test_wide_down_tile_takes_what_the_gate_up_tile_takes(cfg):
     )
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_down_gemm_adding_into_token_rows_uses_vector_reductions(dtype):
-    """`swiglu.ATOMIC_TOP2`'s down GEMM, compiled for sm_90 (bf16 with the H100's tuned 8k-16k tiles, fp32 with the
-    default ones): its epilogue adds with 16-byte vector atomics (`...v8.bf16`, `v4.f32`), not an atomic a value;
-    no spills in its K loop. Triton 3.9 emits reductions (`red`, no old values returned), 3.6 `atom` whose old
-    values go unused."""
+@pytest.mark.parametrize(
+    ("dtype", "weight_descriptor"),
+    [(torch.bfloat16, False), (torch.bfloat16, True), (torch.float16, False), (torch.float32, False)],
+)
+def test_down_gemm_adding_into_token_rows_uses_vector_reductions(dtype, weight_descriptor):
+    """The down GEMM at top-2 on Hopper (`swiglu.use_atomic_top2`), compiled for sm_90 (bf16 and fp16 with the H100's
+    tuned 8k-16k tiles, bf16 also with its weight tiles through a tensor descriptor as passes of 65536 slots and more
+    load them, fp32 with the default tiles): its epilogue adds with 16-byte vector atomics (`...v8.bf16`, `v8.f16`,
+    `v4.f32`), not an atomic a value; no spills in its K loop. Triton 3.9 emits reductions (`red`, no old values
+    returned), 3.6 `atom` whose old values go unused."""
     cap, smem_bytes = DEVICES["sm90"]
-    if dtype == torch.bfloat16:
-        cfg = MoeKernelConfig(128, 128, 64, 8, 8, 4, 256)
-    else:
+    if dtype == torch.float32:
         cfg = default_config(16384, num_experts=8, top_k=2, dtype=dtype, smem_bytes=smem_bytes)
-    _, down = compile_gemms(cfg, dtype, cap, add_to_token=True)
+    else:
+        cfg = MoeKernelConfig(128, 128, 64, 8, 8, 4, 256)
+    _, down = compile_gemms(cfg, dtype, cap, weight_descriptor=weight_descriptor, add_to_token=True)
     ptx = down.asm["ptx"]
-    vector = "v8.bf16" if dtype == torch.bfloat16 else "v4.f32"
+    vector = {torch.bfloat16: "v8.bf16", torch.float16: "v8.f16", torch.float32: "v4.f32"}[dtype]
     adds = re.findall(r"\b(?:red|atom)\.global\.gpu\.relaxed\.add\.(?:noftz\.)?([\w.]+)", ptx)
     assert adds and set(adds) == {vector}, f"atomic adds {sorted(set(adds))}, not all {vector}"
     assert "st.global" not in ptx
-    assert ("wgmma.mma_async" in ptx) == (dtype == torch.bfloat16)  # fp32 products are exact: no tensor cores
+    assert ("wgmma.mma_async" in ptx) == (dtype != torch.float32)  # fp32 products are exact: no tensor cores
+    assert ("cp.async.bulk.tensor" in ptx) == weight_descriptor  # TMA loads of the weight tiles
     if spills_in_loops(down) is not None:
         assert spills_in_loops(down) == 0, f"{spill_bytes(down)} B of stack, used in the K loop"
 

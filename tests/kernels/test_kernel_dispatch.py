@@ -20,19 +20,23 @@ def test_describe_cpu_says_reference():
     assert "cpu" in d["note"] and d["experiments"] == "none"
 
 
-def test_describe_names_the_experimental_switches_and_the_tma_policy(monkeypatch):
+def test_describe_names_the_experimental_switches_and_the_policies(monkeypatch):
     from kernels import swiglu
 
-    monkeypatch.setattr(swiglu, "ATOMIC_TOP2", True)
-    assert dispatch.describe("cpu")["experiments"] == "none"  # the reference path has none
-    assert dispatch.describe("cpu")["tma_weights"] == "off"
-    monkeypatch.setattr(dispatch, "_triton_reason", lambda device: None)  # as on CUDA with Triton
-    assert dispatch.describe("cuda")["experiments"] == "ATOMIC_TOP2"
-    assert dispatch.describe("cuda")["tma_weights"].startswith("auto (passes of >= 65536 slots")
-    monkeypatch.setattr(swiglu, "TMA_WEIGHTS", True)
-    assert dispatch.describe("cuda")["tma_weights"] == "on"
     monkeypatch.setattr(swiglu, "DEVICE_DESCRIPTORS", True)
-    assert dispatch.describe("cuda")["experiments"] == "ATOMIC_TOP2,DEVICE_DESCRIPTORS"
+    assert dispatch.describe("cpu")["experiments"] == "none"  # the reference path has none
+    assert dispatch.describe("cpu")["tma_weights"] == dispatch.describe("cpu")["atomic_top2"] == "off"
+    monkeypatch.setattr(dispatch, "_triton_reason", lambda device: None)  # as on CUDA with Triton
+    capability = {"major": 9}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (capability["major"], 0))
+    assert dispatch.describe("cuda")["experiments"] == "DEVICE_DESCRIPTORS"
+    assert dispatch.describe("cuda")["tma_weights"].startswith("auto (passes of >= 65536 slots")
+    assert dispatch.describe("cuda")["atomic_top2"] == "on (auto: on from compute capability 9.0)"
+    capability["major"] = 8
+    assert dispatch.describe("cuda")["atomic_top2"] == "off (auto: on from compute capability 9.0)"
+    monkeypatch.setattr(swiglu, "TMA_WEIGHTS", True)
+    monkeypatch.setattr(swiglu, "ATOMIC_TOP2", True)
+    assert dispatch.describe("cuda")["tma_weights"] == dispatch.describe("cuda")["atomic_top2"] == "on"
     monkeypatch.setattr(swiglu, "DEVICE_DESCRIPTORS", False)
     monkeypatch.setattr(swiglu, "ATOMIC_TOP2", False)
     monkeypatch.setattr(swiglu, "TMA_WEIGHTS", False)
@@ -42,8 +46,39 @@ def test_describe_names_the_experimental_switches_and_the_tma_policy(monkeypatch
         "expert_swiglu": "triton",
         "note": "",
         "tma_weights": "off",
+        "atomic_top2": "off",
         "experiments": "none",
     }
+
+
+def test_atomic_top2_policy(monkeypatch):
+    """`use_atomic_top2`: never at k != 2; forced by ATOMIC_TOP2; by default on an NVIDIA GPU of compute capability
+    >= 9.0 alone (asked only there), so the CPU and the interpreter take the combine kernel."""
+    from kernels import swiglu
+
+    asked, capability = [], {"major": 9}
+
+    def get_device_capability(device=None):
+        assert torch.device(device).type == "cuda", f"capability asked of {device}"
+        asked.append(device)
+        return capability["major"], 0
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", get_device_capability)
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert swiglu.ATOMIC_TOP2 is None
+    assert not any(swiglu.use_atomic_top2(cuda, k) for k in (1, 3, 8)) and not swiglu.use_atomic_top2(cpu, 2)
+    assert asked == []
+    assert swiglu.use_atomic_top2(cuda, 2) and asked == [cuda]
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # ROCm: its capabilities are not NVIDIA's
+    assert not swiglu.use_atomic_top2(cuda, 2)
+    monkeypatch.setattr(torch.version, "hip", None)
+    capability["major"] = 8  # an A100: no native vector bf16 atomic adds
+    assert not swiglu.use_atomic_top2(cuda, 2)
+    monkeypatch.setattr(swiglu, "ATOMIC_TOP2", True)
+    assert swiglu.use_atomic_top2(cpu, 2) and swiglu.use_atomic_top2(cuda, 2) and not swiglu.use_atomic_top2(cuda, 8)
+    monkeypatch.setattr(swiglu, "ATOMIC_TOP2", False)
+    capability["major"] = 9
+    assert not swiglu.use_atomic_top2(cuda, 2)
 
 
 def test_tma_weights_policy(monkeypatch):

@@ -184,8 +184,9 @@ def test_swiglu_default_policy_takes_descriptors_for_large_passes_on_hopper(requ
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("cfg", [None, MoeKernelConfig(128, 128, 64, 8, 8, 4, block_size_n_down=256)])
 def test_swiglu_compiled_atomic_top2_equals_the_combine(request, monkeypatch, dtype, cfg):
-    """The experimental `swiglu.ATOMIC_TOP2` (the down GEMM adds both rows of a token into the zeroed output with
-    16-byte atomic adds), compiled: the same values as the combine kernel's, in one pass and in several."""
+    """`swiglu.ATOMIC_TOP2` (the down GEMM adds both rows of a token into the zeroed output with 16-byte atomic
+    adds; the default at top-2 on Hopper), compiled: the same values as the combine kernel's, in one pass and in
+    several."""
     cfg = fitting_stages(cfg, dtype)
     x, ids, w, w_up, w_down = _swiglu_inputs(cuda_gen(request), 5000, 1024, WIDTHS, 2, dtype)
     for slots in (swiglu.SLOTS_PER_PASS, 4096):

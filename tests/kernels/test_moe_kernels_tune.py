@@ -38,11 +38,11 @@ def load_benchmark():
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    """(the benchmark module, the token counts its cases were made for): an H100's shared memory and a made-up
-    device name, and every case made as small CPU inputs (16 tokens, d_model 32, fp32)."""
+    """(the benchmark module, the token counts its cases were made for): an H100's shared memory and compute
+    capability and a made-up device name, and every case made as small CPU inputs (16 tokens, d_model 32, fp32)."""
     mk = load_benchmark()
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(
-        shared_memory_per_block_optin=232448))  # fmt: skip
+        shared_memory_per_block_optin=232448, major=9, minor=0))  # fmt: skip
     monkeypatch.setattr(mk.configs, "device_name", lambda d: "FAKE_GPU")
     real_make_case, tokens_asked = mk.make_case, []
 
@@ -275,6 +275,8 @@ def test_grid_case_records_its_tiles_and_where_they_came_from(monkeypatch, fake_
     assert row["config_source"] == "default"
     assert row["config"] == configs.default_config(4096, 8, 2, torch.float32, 232448).to_json()
     assert row["fraction_of_dense"] > 0 and "target" not in row  # 4k tokens over 8 experts: neither target
+    assert row["atomic_top2"] and not row["tma_weights"]  # the policies on an H100: 8192 slots is below TMA's
+    assert not mk.run_case(mk.Args(), 4096, 8, 1, 64, torch.float32, None, None)["atomic_top2"]  # k = 1
 
 
 @pytest.mark.parametrize(
@@ -285,6 +287,7 @@ def test_grid_case_records_its_tiles_and_where_they_came_from(monkeypatch, fake_
         (["--tokens", "2k"], "argument --tokens: must be a positive integer, got '2k'"),
         (["--rep-ms", "-1"], "argument --rep-ms: must be a positive integer, got '-1'"),
         (["--tune-space", "huge"], "argument --tune-space: invalid choice: 'huge'"),
+        (["--atomic-top2", "yes"], "argument --atomic-top2: invalid choice: 'yes' (choose from 'auto', 'off', 'on')"),
         (["--experts", "512"], "--experts must be at most 256, got 512"),
     ],
 )

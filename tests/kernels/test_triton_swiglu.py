@@ -144,7 +144,7 @@ COMBINE_KERNEL = _triton_swiglu.combine_kernel
                          [c[1:] for c in TOP2_CASES], ids=[c[0] for c in TOP2_CASES])  # fmt: skip
 def test_swiglu_atomic_top2_equals_the_combine_exactly(gen, make_topk_ids, monkeypatch, dtype, num_tokens, d_model,
                                                        widths, top_k, load, blocks):  # fmt: skip
-    """The experimental `ATOMIC_TOP2` (the down launch adds both rows of a token into the zeroed output): the same
+    """`ATOMIC_TOP2` (the down launch adds both rows of a token into the zeroed output; on Hopper by default): the same
     bits as the combine kernel's fp32 sum of the two rounded rows, in passes of 16 tokens into a strided `out` whose
     every element is poisoned first, and no launch of the combine kernel."""
     monkeypatch.setattr(swiglu, "SLOTS_PER_PASS", 32)
