@@ -266,11 +266,11 @@ if __name__ == "__main__":
         last = latest_checkpoint(run_dir / "checkpoints")
         kept = "no checkpoint was saved before it" if last is None else f"the last checkpoint ({last[0]} steps) is kept"
         hyperparams = derived["hyperparams"]
+        knobs = ["learning_rate"] + (["max_grad_norm"] if args.algo in ("ppo", "a2c") else [])  # SAC, TD3: no clip
+        lower = " or ".join(f"{name} (now {hyperparams.get(name, 'the algorithm default')})" for name in knobs)
         sys.exit(
             f"train_agent.py: error: training diverged at {model.num_timesteps} steps: {reason}. Start again with a "
-            f"lower learning_rate (now {hyperparams.get('learning_rate', 'the algorithm default')}) or max_grad_norm "
-            f"(now {hyperparams.get('max_grad_norm', 'the algorithm default')}); nothing of the diverged model is "
-            f"saved, {kept}."
+            f"lower {lower}; nothing of the diverged model is saved, {kept}."
         )
     wall_s = time.perf_counter() - t0
 
