@@ -14,6 +14,21 @@ from kernels.routing import fused_route_reference, fused_route_triton
 from kernels.swiglu import grouped_swiglu_reference
 
 
+@pytest.fixture
+def fake_capability(monkeypatch):
+    """(the devices whose compute capability was asked for, {"major": ...} to set it): a GPU of capability 9.0 that
+    fails the test when a policy asks it of a device other than CUDA."""
+    asked, capability = [], {"major": 9}
+
+    def get_device_capability(device=None):
+        assert torch.device(device).type == "cuda", f"capability asked of {device}"
+        asked.append(device)
+        return capability["major"], 0
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", get_device_capability)
+    return asked, capability
+
+
 def test_describe_cpu_says_reference():
     d = dispatch.describe("cpu")
     assert d["route"] == d["expert_swiglu"] == d["align"] == dispatch.REFERENCE
@@ -51,19 +66,12 @@ def test_describe_names_the_experimental_switches_and_the_policies(monkeypatch):
     }
 
 
-def test_atomic_top2_policy(monkeypatch):
+def test_atomic_top2_policy(monkeypatch, fake_capability):
     """`use_atomic_top2`: never at k != 2; forced by ATOMIC_TOP2; by default on an NVIDIA GPU of compute capability
     >= 9.0 alone (asked only there), so the CPU and the interpreter take the combine kernel."""
     from kernels import swiglu
 
-    asked, capability = [], {"major": 9}
-
-    def get_device_capability(device=None):
-        assert torch.device(device).type == "cuda", f"capability asked of {device}"
-        asked.append(device)
-        return capability["major"], 0
-
-    monkeypatch.setattr(torch.cuda, "get_device_capability", get_device_capability)
+    asked, capability = fake_capability
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert swiglu.ATOMIC_TOP2 is None
     assert not any(swiglu.use_atomic_top2(cuda, k) for k in (1, 3, 8)) and not swiglu.use_atomic_top2(cpu, 2)
@@ -81,19 +89,12 @@ def test_atomic_top2_policy(monkeypatch):
     assert not swiglu.use_atomic_top2(cuda, 2)
 
 
-def test_tma_weights_policy(monkeypatch):
+def test_tma_weights_policy(monkeypatch, fake_capability):
     """`use_tma_weights`: forced by TMA_WEIGHTS; by default only on an NVIDIA GPU of compute capability >= 9.0 (asked
     for only there) with Triton's host tensor descriptors, from TMA_MIN_SLOTS slots a pass."""
     from kernels import swiglu
 
-    asked, capability = [], {"major": 9}
-
-    def get_device_capability(device=None):
-        assert torch.device(device).type == "cuda", f"capability asked of {device}"
-        asked.append(device)
-        return capability["major"], 0
-
-    monkeypatch.setattr(torch.cuda, "get_device_capability", get_device_capability)
+    asked, capability = fake_capability
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert swiglu.TMA_WEIGHTS is None and swiglu.TMA_MIN_SLOTS == 65536
     assert not swiglu.use_tma_weights(cpu, 10**6) and not swiglu.use_tma_weights(cuda, 65535)
