@@ -65,7 +65,9 @@ class MoERoutingEnv(gym.Env):
 
     ## Starting State
     `reset(seed=...)` seeds the stream position, the shift point, the workload, ambient temperature, cooling,
-    initial temperature and sensor noise, and restores the TTT weights.
+    initial temperature and sensor noise, and restores the TTT weights. It then serves one uncontrolled interval at
+    the first interval's demand, whose figures are the first observation; its backlog is queued for step 0. The
+    stream shifts domain `shift_tokens` runtime tokens into the steps that follow.
 
     ## Episode End
     1. Truncation: after `episode_intervals` intervals. There is no termination.
@@ -151,20 +153,23 @@ class MoERoutingEnv(gym.Env):
         cfg, rng = self.config, self.np_random
         tokens_total = cfg.runtime_tokens * cfg.episode_intervals
         share = rng.uniform(*cfg.shift_range) if cfg.randomize else float(np.mean(cfg.shift_range))
+        # Tokens into the episode's steps; the stream shifts that far after the reset interval's runtime tokens.
         self.shift_tokens = max(1, int(share * tokens_total))
         self.runtime.reset_stream(
-            DomainSchedule.shift(cfg.domains[0], cfg.domains[1], self.shift_tokens),
+            DomainSchedule.shift(cfg.domains[0], cfg.domains[1], cfg.runtime_tokens + self.shift_tokens),
             split=cfg.split,
             seed=int(rng.integers(2**31)),
         )
         self.runtime.reset_ttt()
         self.runtime.apply(ControlAction.uncontrolled(self.model_config.num_experts))
         self.demand = DemandTrace(cfg.workload, cfg.episode_intervals, rng)
-        self.backlog_tokens = 0.0
         self._interval = 0
         self._prev_loss = self.reference.loss.get(cfg.domains[0], 0.0)
         self._tokens_since_ttt = 0
         self._last = self.backend.reset(rng, self.runtime, self.demand.load_at(0) * self.capacity_tokens_per_s)
+        # The reset interval is the one before the agent's first: what it left unserved is queued for step 0, as
+        # the first observation says.
+        self.backlog_tokens = self._last.backlog_tokens
         obs = self._observation(self._last)
         return obs, self._info(self._last, {name: 0.0 for name in OBJECTIVES}, np.zeros(len(OBJECTIVES), np.float32))
 

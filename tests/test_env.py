@@ -213,6 +213,25 @@ def test_wide_experts_under_high_demand_hit_the_power_cap():
     e.close()
 
 
+def test_reset_interval_backlog_is_queued_and_the_shift_counts_from_step_zero():
+    # Demand above capacity: the reset interval leaves tokens unserved, which the first observation reports.
+    e = MoERoutingEnv(**TINY, workload=Workload(profile="constant", load=2.0, randomize_load=False))
+    obs, info = e.reset(seed=5)
+    assert info["backlog_tokens"] > 0
+    assert e.backlog_tokens == info["backlog_tokens"]
+    due = e.demand.load_at(0) * e.capacity_tokens_per_s * e.config.interval_s + info["backlog_tokens"]
+    _, _, _, _, step0 = e.step(e.encode_action(ControlAction.uncontrolled()))
+    assert step0["backlog_tokens"] + step0["tokens"] == pytest.approx(due, abs=1.0)
+    # Step i serves the episode's runtime tokens [i * n, (i + 1) * n) and reports its majority domain.
+    n, first, then = e.config.runtime_tokens, *e.config.domains
+    domains = [step0["domain"]] + [e.step(e.encode_action(ControlAction.uncontrolled()))[4]["domain"]
+                                   for _ in range(e.config.episode_intervals - 1)]
+    after = [min(n, max(0, (i + 1) * n - e.shift_tokens)) for i in range(len(domains))]
+    assert domains == [then if a > n - a else first for a in after]
+    assert first in domains and then in domains
+    e.close()
+
+
 def test_poor_cooling_reaches_thermal_slowdown():
     e = MoERoutingEnv(
         **{**TINY, "episode_intervals": 40},
