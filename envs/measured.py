@@ -218,7 +218,9 @@ class MeasuredBackend:
             gpu_utilization=min(1.0, busy_s / cfg.interval_s),
             memory_pressure=source_memory_pressure(self.monitor.source),
             throttled=bool((m.throttled_share or 0.0) > 0.05),
-            throttle_reasons=tuple(stats.get("clock_event_reasons") or ()),
+            # The union over the interval's samples, as the simulated backend reports; the end reading when the
+            # sampler saw nothing.
+            throttle_reasons=m.clock_event_reasons or tuple(stats.get("clock_event_reasons") or ()),
             throttled_share=float(m.throttled_share or 0.0),
             latency_ms=interval_latency_ms(sum(launch_ms) / 1000.0, launches, served, backlog),
             busy_s=busy_s,

@@ -50,6 +50,9 @@ class Measurement:
     source: str  # "nvml" or "simulated"
     device: str
     note: str = ""
+    # Every clock-event reason seen in the window's samples (in the order first seen); a reading at the window's
+    # end alone misses a power cap that held during the work and lifted in the idle time after it.
+    clock_event_reasons: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -230,6 +233,7 @@ class GpuSystemMonitor:
             source=self.source_kind,
             device=self.device,
             note=note,
+            clock_event_reasons=tuple(dict.fromkeys(r for s in samples for r in s.clock_event_reasons)),
         )
 
     def window(self, name: str, sync: bool = True) -> EnergyWindow:

@@ -6,10 +6,11 @@ import warnings
 
 import numpy as np
 import pytest
-from telemetry_fakes import FakeNvml, reference_rows
+from telemetry_fakes import FULL_LOAD_S, FakeNvml, reference_rows
 
 import telemetry as tel
 import telemetry.monitor as monitor_module
+from telemetry.samples import THROTTLE_REASONS
 
 SEED_KEYS = {"temperature", "power_watt", "memory_utilization_percent", "gpu_utilization_percent", "source"}
 
@@ -151,6 +152,23 @@ def test_short_nvml_window_with_samples_integrates_power(rows):
     assert m.accurate and m.energy_source == "power_integration" and m.samples == 25
     assert m.energy_j == pytest.approx(instant_integral_j(rows, 85.0, 85.25), rel=0.05)
     assert m.power_source == "nvml_instant" and m.peak_temperature_c >= 70 and m.throttled_share == 1.0
+
+
+def test_a_window_reports_every_clock_event_reason_its_samples_saw(rows):
+    # From the end of the full-load phase into idle: the power cap held while the work ran, not at the window's end.
+    start_s = FULL_LOAD_S[1] - 1.0
+    monitor, fake = nvml_monitor(rows, start_s=start_s)
+    monitor.begin_window("load_then_idle")
+    for _ in range(40):
+        fake.advance(0.1)
+        monitor.source.buffer.append(monitor.source.sample())
+    m = monitor.end_window("load_then_idle")
+    under_load = {r for s in monitor.source.samples_between(start_s, start_s + 0.95) for r in s.clock_event_reasons}
+    assert THROTTLE_REASONS & under_load  # the replay throttles under load
+    seen = {r for s in monitor.source.samples_between(start_s, start_s + 4.0) for r in s.clock_event_reasons}
+    assert set(m.clock_event_reasons) == seen and under_load <= seen
+    assert not THROTTLE_REASONS & set(monitor.get_current_stats()["clock_event_reasons"])  # idle by the end
+    assert 0.0 < m.throttled_share < 1.0
 
 
 def test_a_counter_that_does_not_tick_is_warned_about(rows):
