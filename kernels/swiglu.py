@@ -153,6 +153,7 @@ def grouped_swiglu_reference(
     w_down: torch.Tensor,
     widths: tuple[int, ...],
     *,
+    segment_order: Sequence[int] | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """PyTorch reference: `sum_j w[t, j] * down_e(silu(gate_e(x_t)) * up_e(x_t))` for e = topk_ids[t, j].
@@ -167,12 +168,15 @@ def grouped_swiglu_reference(
         w_up: [d, sum 2 f_e] fused gate/up weights (layout in the module docstring).
         w_down: [sum f_e, d] down weights.
         widths: f_e per expert, length E.
+        segment_order: accepted and checked as `grouped_swiglu_triton` does (a permutation of range(E)), so either
+            path takes the same call; the result does not depend on it.
         out: optional [T, d] tensor to write the result into (not differentiable).
 
     Returns:
         [T, d] in x's dtype.
     """
     _check_swiglu_args(x, topk_ids, topk_weights, w_up, w_down, widths)
+    segment_order_of(segment_order, len(widths))
     if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.device != x.device):
         raise ValueError(f"out must be a {x.dtype} [{x.shape[0]}, {x.shape[1]}] tensor on {x.device}, got {out.dtype} "
                          f"{list(out.shape)} on {out.device}")  # fmt: skip

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.align import moe_align_block_size_reference
-from kernels.routing import RouteResult, fused_route_reference
-from kernels.swiglu import expert_offsets, grouped_swiglu_reference
+from kernels.align import moe_align_block_size_reference, moe_align_block_size_triton
+from kernels.routing import RouteResult, fused_route_reference, fused_route_triton
+from kernels.swiglu import expert_offsets, grouped_swiglu_reference, grouped_swiglu_triton
 
 # (tokens, experts, top_k, bias scale)
 ROUTE_CASES = [(9, 4, 1, 0.0), (17, 8, 2, 0.5), (6, 5, 5, 0.3), (12, 16, 8, None)]
@@ -91,6 +93,29 @@ def test_swiglu_reference_matches_loop_with_gradients(gen, num_tokens, d_model, 
     grads_want = torch.autograd.grad((want * probe).sum(), (x, weights, w_up, w_down))
     for g, w in zip(grads_got, grads_want):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize(
+    ("reference", "triton"),
+    [
+        (fused_route_reference, fused_route_triton),
+        (moe_align_block_size_reference, moe_align_block_size_triton),
+        (grouped_swiglu_reference, grouped_swiglu_triton),
+    ],
+)
+def test_each_reference_takes_the_triton_kernels_parameters(reference, triton):
+    params = lambda fn: [(p.name, p.kind) for p in inspect.signature(fn).parameters.values()]  # noqa: E731
+    assert params(reference) == params(triton)
+
+
+def test_swiglu_reference_takes_a_segment_order_without_changing_the_result(gen):
+    x, ids, w = torch.randn(5, 8, generator=gen), torch.tensor([[0], [2], [1], [2], [0]]), torch.rand(5, 1)
+    w_up, w_down = torch.randn(8, 2 * 12, generator=gen), torch.randn(12, 8, generator=gen)
+    plain = grouped_swiglu_reference(x, ids, w, w_up, w_down, (4, 6, 2))
+    ordered = grouped_swiglu_reference(x, ids, w, w_up, w_down, (4, 6, 2), segment_order=(1, 0, 2))
+    torch.testing.assert_close(ordered, plain, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"segment_order must be a permutation of range\(3\)"):
+        grouped_swiglu_reference(x, ids, w, w_up, w_down, (4, 6, 2), segment_order=(0, 0, 2))
 
 
 def test_swiglu_reference_rejects_bad_shapes(gen):
