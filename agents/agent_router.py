@@ -379,7 +379,8 @@ class AgentRouter:
             "demand": self.demand,
             "backlog": self.backlog_tokens / (self.capacity_tokens_per_s * self.interval_s),
             "energy_from_counter": float(m.energy_source == "energy_counter"),
-            "sample_staleness_s": 0.0,
+            # Simulated readings are exact at the interval's end; a measured GPU's age with its sampler, as the env.
+            "sample_staleness_s": 0.0 if self.gpu is not None else min(self.monitor.sample_age_s(), 10.0),
         }
         return self.builder.build(figures)
 

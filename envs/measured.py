@@ -234,7 +234,9 @@ class MeasuredBackend:
             next_pred_expert_energy_j=np.asarray(nxt.experts.energy_j, dtype=np.float64),
             next_pred_expert_latency_ms=1000.0 * np.asarray(nxt.experts.latency_s, dtype=np.float64),
             energy_from_counter=m.energy_source == "energy_counter",
-            sample_staleness_s=0.0,
+            # A stalled sampler ages the window figures that rest on it (peaks, throttle share, clock); capped at
+            # the observation's bound.
+            sample_staleness_s=min(self.monitor.sample_age_s(), 10.0),
         )
 
     def close(self) -> None:

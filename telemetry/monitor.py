@@ -163,6 +163,13 @@ class GpuSystemMonitor:
             "device": self.device,
         }
 
+    def sample_age_s(self, horizon_s: float = 10.0) -> float:
+        """Seconds since the newest recorded sample (the sampler's for NVML, the simulation's own otherwise); inf
+        when none lies within `horizon_s` of now, e.g. a sampler that stopped or was never started."""
+        now = self.source.now_s()
+        recent = self.source.samples_between(now - horizon_s, now)
+        return max(0.0, now - recent[-1].t_s) if recent else math.inf
+
     # ----- energy windows -----
     def begin_window(self, name: str, sync: bool = True) -> None:
         """Open a named window (windows nest and overlap by name).

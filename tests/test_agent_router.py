@@ -122,6 +122,7 @@ def test_agent_router_on_nvml_serves_the_demand_then_idles_out_the_interval(dema
             assert router.builder.raw(record.observation, "loss_gap") == 0.0
         assert record.latency_ms > 0.0
         assert record.energy_j / record.power_w >= 0.24  # the window spans the interval, not only the launches
+        assert 0.0 < router.builder.raw(record.observation, "sample_staleness_s") < 0.2  # the 100 Hz sampler's age
 
 
 def test_agent_router_names_a_wrong_argument_before_the_first_step():

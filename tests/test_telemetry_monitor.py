@@ -171,6 +171,19 @@ def test_a_window_reports_every_clock_event_reason_its_samples_saw(rows):
     assert 0.0 < m.throttled_share < 1.0
 
 
+def test_sample_age_is_the_time_since_the_newest_sample(rows):
+    monitor, fake = nvml_monitor(rows, start_s=85.0)
+    assert monitor.sample_age_s() == float("inf")  # the sampler never ran
+    monitor.source.buffer.append(monitor.source.sample())
+    fake.advance(0.25)
+    assert monitor.sample_age_s() == pytest.approx(0.25)
+    fake.advance(11.0)
+    assert monitor.sample_age_s() == float("inf")  # older than the horizon
+    sim = tel.GpuSystemMonitor(source="simulated")
+    sim.source.execute(compute_s=0.05)
+    assert sim.sample_age_s() == pytest.approx(0.0, abs=1e-6)
+
+
 def test_a_counter_that_does_not_tick_is_warned_about(rows):
     monitor, fake = nvml_monitor(rows, start_s=85.0)
     fake.nvmlDeviceGetTotalEnergyConsumption.side_effect = lambda handle: 123_456
