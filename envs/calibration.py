@@ -19,8 +19,7 @@ import numpy as np
 
 from envs.config import EnvConfig
 from envs.rewards import RewardReference
-from moe_runtime import ControlAction, DomainSchedule, MoERuntime, corpus_hash
-from moe_runtime.checkpoint import default_cache_dir
+from moe_runtime import ControlAction, DomainSchedule, MoERuntime, corpus_hash, default_cache_dir
 
 log = logging.getLogger(__name__)
 CALIBRATION_VERSION = 2

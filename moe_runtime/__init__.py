@@ -1,6 +1,13 @@
 """The MoE runtime: a byte-level MoE language model, its token streams, pretraining, and `MoERuntime`."""
 
-from moe_runtime.checkpoint import CheckpointError, cache_dir_problem, load_model, read_checkpoint, save_checkpoint
+from moe_runtime.checkpoint import (
+    CheckpointError,
+    cache_dir_problem,
+    default_cache_dir,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+)
 from moe_runtime.config import EXPERT_WIDTH_RATIOS, MoEConfig, widths_from_ratios
 from moe_runtime.model import ModelOutput, MoETransformer
 from moe_runtime.muon import Muon, newton_schulz
@@ -40,6 +47,7 @@ __all__ = [
     "cache_dir_problem",
     "checkpoint_path",
     "corpus_hash",
+    "default_cache_dir",
     "evaluate_loss",
     "forward_work",
     "load_corpus",
