@@ -60,13 +60,22 @@ def write_plots(out: Path, summary: dict, traces: dict[str, list[dict]]) -> None
 
 def _pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats on both coordinates (lower is better), by x."""
-    keep = [i for i, (x, y) in enumerate(points)
-            if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for x2, y2 in points)]
+    keep = [
+        i
+        for i, (x, y) in enumerate(points)
+        if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for x2, y2 in points)
+    ]
     return sorted(keep, key=lambda i: points[i][0])
 
 
-def pareto_plot(plt, path: Path, summary: dict, x_name: str = "mean_loss", y_name: str = "energy_per_token_mj",
-                title: str = "Energy per token vs loss") -> None:
+def pareto_plot(
+    plt,
+    path: Path,
+    summary: dict,
+    x_name: str = "mean_loss",
+    y_name: str = "energy_per_token_mj",
+    title: str = "Energy per token vs loss",
+) -> None:
     agg = summary["aggregates"]
     fig, ax = plt.subplots(figsize=(7, 5))
     points, labels = [], []
@@ -82,8 +91,9 @@ def pareto_plot(plt, path: Path, summary: dict, x_name: str = "mean_loss", y_nam
         labels.append(lab)
     front = _pareto_front(points)
     if len(front) > 1:
-        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, alpha=0.5,
-                label="Pareto front")
+        ax.plot(
+            [points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, alpha=0.5, label="Pareto front"
+        )
     ax.set_xlabel(f"{stats.METRIC_BY_NAME[x_name].title} [{summary['sources'][x_name]}]")
     ax.set_ylabel(f"{stats.METRIC_BY_NAME[y_name].title} [{summary['sources'][y_name]}]")
     ax.set_title(f"{title}: IQM with {summary['statistic'].split(' with ')[1].split(' (')[0]}", fontsize=10)
@@ -113,8 +123,10 @@ def trace_plot(plt, path: Path, first: dict[str, dict], summary: dict) -> None:
         _shift_line(ax, next(iter(first.values())))
     axes[-1].set_xlabel("time at the end of each interval (s); dotted: domain shift")
     axes[0].legend(fontsize=8, ncol=2)
-    axes[0].set_title(f"Temperature, power and clock over episode seed {next(iter(first.values()))['episode_seed']} "
-                      f"[{source}]", fontsize=10)
+    axes[0].set_title(
+        f"Temperature, power and clock over episode seed {next(iter(first.values()))['episode_seed']} [{source}]",
+        fontsize=10,
+    )
     fig.tight_layout()
     save_png(fig, path)
     plt.close(fig)
@@ -124,8 +136,9 @@ def ttt_plot(plt, path: Path, first: dict[str, dict]) -> None:
     fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     for i, (lab, t) in enumerate(first.items()):
         time_s = (np.arange(len(t["steps"])) + 1) * t["interval_s"]
-        axes[0].step(time_s, np.cumsum([s["ttt_tokens_trained"] for s in t["steps"]]), where="post", color=f"C{i}",
-                     label=lab)
+        axes[0].step(
+            time_s, np.cumsum([s["ttt_tokens_trained"] for s in t["steps"]]), where="post", color=f"C{i}", label=lab
+        )
         axes[1].plot(time_s, [s["loss"] for s in t["steps"]], color=f"C{i}", lw=1.2, label=lab)
     axes[0].set_ylabel("cumulative TTT tokens trained")
     axes[1].set_ylabel("loss per interval (nats)")
@@ -146,8 +159,12 @@ def expert_load_plot(plt, path: Path, traces: dict[str, list[dict]]) -> None:
     mats = np.full((2, len(traces), width), np.nan)
     for r, ts in enumerate(traces.values()):
         for half in (0, 1):
-            load = [np.asarray(s["expert_load"], float) for t in ts for s in t["steps"]
-                    if (s["domain"] == t["domains"][1]) == bool(half)]
+            load = [
+                np.asarray(s["expert_load"], float)
+                for t in ts
+                for s in t["steps"]
+                if (s["domain"] == t["domains"][1]) == bool(half)
+            ]
             if load:
                 total = np.sum(load, axis=0)
                 mats[half, r, : len(total)] = total / max(total.sum(), 1.0)
@@ -161,8 +178,15 @@ def expert_load_plot(plt, path: Path, traces: dict[str, list[dict]]) -> None:
         for r in range(len(traces)):
             for c in range(width):
                 if np.isfinite(mats[half, r, c]):
-                    ax.text(c, r, f"{mats[half, r, c]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if mats[half, r, c] < 0.6 * vmax else "black")
+                    ax.text(
+                        c,
+                        r,
+                        f"{mats[half, r, c]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if mats[half, r, c] < 0.6 * vmax else "black",
+                    )
     fig.colorbar(im, ax=axes[0].tolist(), label="share of routed slots [measured]")
     save_png(fig, path, bbox_inches="tight")
     plt.close(fig)

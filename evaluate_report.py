@@ -18,16 +18,51 @@ import evaluate_stats as stats
 from evaluate_plots import pyplot, save_png
 from evaluate_rows import atomic_open
 
-HARDWARE_TABLE = ("energy_per_token_mj", "mean_power_w", "peak_power_w", "peak_temperature_c", "temperature_rise_c",
-                  "time_throttled_s", "latency_per_token_ms", "latency_p50_ms", "latency_p95_ms",
-                  "throughput_tokens_per_s", "slo_violations")
-QUALITY_TABLE = ("mean_loss", "perplexity", "loss_after_shift", "ttt_updates", "ttt_overhead_pct",
-                 "kcm_pred_energy_per_token_mj", "kcm_energy_error_pct", "episode_return")
-IMPROVEMENT_TABLE = ("energy_per_token_mj", "mean_power_w", "peak_temperature_c", "time_throttled_s",
-                     "latency_p95_ms", "throughput_tokens_per_s", "slo_violations", "mean_loss", "loss_after_shift",
-                     "ttt_overhead_pct")
-CONSOLE_TABLE = ("energy_per_token_mj", "peak_temperature_c", "latency_p95_ms", "throughput_tokens_per_s",
-                 "mean_loss", "loss_after_shift", "ttt_updates", "slo_violations")
+HARDWARE_TABLE = (
+    "energy_per_token_mj",
+    "mean_power_w",
+    "peak_power_w",
+    "peak_temperature_c",
+    "temperature_rise_c",
+    "time_throttled_s",
+    "latency_per_token_ms",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "throughput_tokens_per_s",
+    "slo_violations",
+)
+QUALITY_TABLE = (
+    "mean_loss",
+    "perplexity",
+    "loss_after_shift",
+    "ttt_updates",
+    "ttt_overhead_pct",
+    "kcm_pred_energy_per_token_mj",
+    "kcm_energy_error_pct",
+    "episode_return",
+)
+IMPROVEMENT_TABLE = (
+    "energy_per_token_mj",
+    "mean_power_w",
+    "peak_temperature_c",
+    "time_throttled_s",
+    "latency_p95_ms",
+    "throughput_tokens_per_s",
+    "slo_violations",
+    "mean_loss",
+    "loss_after_shift",
+    "ttt_overhead_pct",
+)
+CONSOLE_TABLE = (
+    "energy_per_token_mj",
+    "peak_temperature_c",
+    "latency_p95_ms",
+    "throughput_tokens_per_s",
+    "mean_loss",
+    "loss_after_shift",
+    "ttt_updates",
+    "slo_violations",
+)
 DAGGER = "\u2020"
 
 
@@ -47,7 +82,7 @@ def num(x: float) -> str:
 
 
 def cell(e: dict, unit: str = "", signed: bool = False) -> str:
-    """"IQM [low, high]" (no interval for a single episode); a dagger when an improvement's interval includes 0."""
+    """ "IQM [low, high]" (no interval for a single episode); a dagger when an improvement's interval includes 0."""
     if not e or e["n"] == 0:
         return "n/a"
     value = ("+" if signed and e["iqm"] > 0 else "") + num(e["iqm"]) + unit
@@ -68,8 +103,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def comparison_table(summary: dict, names: tuple[str, ...]) -> str:
     agg = summary["aggregates"]
-    return _table(["policy"] + [_title(n, summary) for n in names],
-                  [[lab] + [cell(agg[lab][n]) for n in names] for lab in agg])
+    return _table(
+        ["policy"] + [_title(n, summary) for n in names], [[lab] + [cell(agg[lab][n]) for n in names] for lab in agg]
+    )
 
 
 def improvement_table(summary: dict, baseline: str, names: tuple[str, ...] = IMPROVEMENT_TABLE) -> str:
@@ -78,8 +114,10 @@ def improvement_table(summary: dict, baseline: str, names: tuple[str, ...] = IMP
     for n in names:
         m = stats.METRIC_BY_NAME[n]
         header.append(f"{m.title} {'%' if m.relative else 'diff'}")
-    rows = [[lab] + [cell(d.get(n), "%" if stats.METRIC_BY_NAME[n].relative else "", signed=True) for n in names]
-            for lab, d in imp.items()]
+    rows = [
+        [lab] + [cell(d.get(n), "%" if stats.METRIC_BY_NAME[n].relative else "", signed=True) for n in names]
+        for lab, d in imp.items()
+    ]
     return _table(header, rows)
 
 
@@ -92,10 +130,14 @@ def zero_statements(summary: dict, baseline: str) -> list[str]:
             if not e or e["n"] < 2:
                 continue
             what = stats.METRIC_BY_NAME[n].title
-            verdict = ("the interval includes zero: no difference shown" if e["includes_zero"] else
-                       ("better" if e["iqm"] > 0 else "worse") + ", the interval excludes zero")
-            lines.append(f"- {lab} vs {baseline}, {what}: {num(e['iqm'])}% [{num(e['low'])}, {num(e['high'])}]: "
-                         f"{verdict}.")
+            verdict = (
+                "the interval includes zero: no difference shown"
+                if e["includes_zero"]
+                else ("better" if e["iqm"] > 0 else "worse") + ", the interval excludes zero"
+            )
+            lines.append(
+                f"- {lab} vs {baseline}, {what}: {num(e['iqm'])}% [{num(e['low'])}, {num(e['high'])}]: {verdict}."
+            )
     return lines
 
 
@@ -108,8 +150,10 @@ def write_report(out: Path, summary: dict) -> str:
     if env["source"] == "measured":
         device = f"measured on {dev.get('gpu', 'a GPU')} (driver {dev.get('driver', 'unknown')})"
     else:
-        device = (f"simulated {env['gpu_spec']} (telemetry.SimulatedGpu fitted to a measured H100) at deployment "
-                  f"scale; runtime on {dev['cpu']} ({dev['host']})")
+        device = (
+            f"simulated {env['gpu_spec']} (telemetry.SimulatedGpu fitted to a measured H100) at deployment "
+            f"scale; runtime on {dev['cpu']} ({dev['host']})"
+        )
     lines = [
         f"# {summary['title']}",
         "",
@@ -121,11 +165,13 @@ def write_report(out: Path, summary: dict) -> str:
     ]
     for name, e in summary["envs"].items():
         m = e["model"]
-        lines.append(f"- Env `{name}`: runtime model `{m['preset_name']}` (d_model {m['d_model']}, {m['n_layers']} "
-                     f"layers, {m['num_experts']} experts top-{m['top_k']}, widths {m['expert_widths']}), "
-                     f"{e['runtime_tokens']} runtime tokens per interval, {e['episode_intervals']} intervals of "
-                     f"{e['interval_s']} s, split `{e['split']}`, workload {e['workload']['profile']} at load "
-                     f"{e['workload']['load']}, domains {e['domains'][0]} -> {e['domains'][1]}")
+        lines.append(
+            f"- Env `{name}`: runtime model `{m['preset_name']}` (d_model {m['d_model']}, {m['n_layers']} "
+            f"layers, {m['num_experts']} experts top-{m['top_k']}, widths {m['expert_widths']}), "
+            f"{e['runtime_tokens']} runtime tokens per interval, {e['episode_intervals']} intervals of "
+            f"{e['interval_s']} s, split `{e['split']}`, workload {e['workload']['profile']} at load "
+            f"{e['workload']['load']}, domains {e['domains'][0]} -> {e['domains'][1]}"
+        )
     lines += [
         f"- Episodes: {n_eps} per policy (seeds {summary['seeds']}, {summary['episodes_per_seed']} each), paired: "
         "every policy saw the same streams, shift points, workloads and initial temperatures",
@@ -137,15 +183,33 @@ def write_report(out: Path, summary: dict) -> str:
     if n_eps < 2:
         notes.append("One episode per policy: no intervals (they need at least two paired episodes; add --seeds).")
     lines += [f"> {note}" for note in notes] + ([""] if notes else [])
-    lines += ["## Comparison", "", "Energy, heat and speed (IQM [CI]):", "", comparison_table(summary, HARDWARE_TABLE),
-              "", "Quality, test-time training and the cost model (IQM [CI]):", "",
-              comparison_table(summary, QUALITY_TABLE), ""]
+    lines += [
+        "## Comparison",
+        "",
+        "Energy, heat and speed (IQM [CI]):",
+        "",
+        comparison_table(summary, HARDWARE_TABLE),
+        "",
+        "Quality, test-time training and the cost model (IQM [CI]):",
+        "",
+        comparison_table(summary, QUALITY_TABLE),
+        "",
+    ]
     for base in summary["improvements"]:
-        lines += [f"## Improvement over {base}", "",
-                  "Paired per episode, then IQM [CI]; positive is better (less energy, heat, latency, loss; more "
-                  f"throughput). `%`: relative to {base}; `diff`: in the figure's unit. {DAGGER}: the interval "
-                  "includes zero, so no difference is shown at this confidence.", "",
-                  improvement_table(summary, base), ""] + zero_statements(summary, base) + [""]
+        lines += (
+            [
+                f"## Improvement over {base}",
+                "",
+                "Paired per episode, then IQM [CI]; positive is better (less energy, heat, latency, loss; more "
+                f"throughput). `%`: relative to {base}; `diff`: in the figure's unit. {DAGGER}: the interval "
+                "includes zero, so no difference is shown at this confidence.",
+                "",
+                improvement_table(summary, base),
+                "",
+            ]
+            + zero_statements(summary, base)
+            + [""]
+        )
     plots = sorted(p.name for p in out.glob("*.png"))
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     text = "\n".join(lines)
@@ -158,8 +222,11 @@ def console_table(summary: dict) -> str:
     text = "Comparison (IQM [CI] over episodes):\n" + comparison_table(summary, CONSOLE_TABLE)
     for base in summary["improvements"]:
         text += f"\n\nImprovement over {base} (positive is better; {DAGGER}: interval includes zero):\n"
-        text += improvement_table(summary, base, ("energy_per_token_mj", "peak_temperature_c", "latency_p95_ms",
-                                                  "mean_loss", "slo_violations"))
+        text += improvement_table(
+            summary,
+            base,
+            ("energy_per_token_mj", "peak_temperature_c", "latency_p95_ms", "mean_loss", "slo_violations"),
+        )
     return text
 
 
@@ -173,21 +240,43 @@ def router_tables(summary: dict, baseline: str) -> str:
         return "-" if lab == baseline else cell(imp[lab][name], unit, signed=True)
 
     tables = [
-        (f"Energy efficiency [{src}]", ["Router", "Energy (mJ/token)", "Power (W)", "Improvement (energy)"],
-         lambda lab: [cell(agg[lab]["energy_per_token_mj"]), cell(agg[lab]["mean_power_w"]),
-                      improvement(lab, "energy_per_token_mj", "%")]),
-        (f"Thermal [{src}]", ["Router", "Max temp (C)", "Temp rise (C)", "Improvement (temp rise, C)"],
-         lambda lab: [cell(agg[lab]["peak_temperature_c"]), cell(agg[lab]["temperature_rise_c"]),
-                      improvement(lab, "temperature_rise_c", "")]),
-        (f"Throughput [{src}]", ["Router", "Throughput (tokens/s)", "Latency (ms/token)", "p95 latency (ms)",
-                                 "Improvement (p95 latency)"],
-         lambda lab: [cell(agg[lab]["throughput_tokens_per_s"]), cell(agg[lab]["latency_per_token_ms"]),
-                      cell(agg[lab]["latency_p95_ms"]), improvement(lab, "latency_p95_ms", "%")]),
+        (
+            f"Energy efficiency [{src}]",
+            ["Router", "Energy (mJ/token)", "Power (W)", "Improvement (energy)"],
+            lambda lab: [
+                cell(agg[lab]["energy_per_token_mj"]),
+                cell(agg[lab]["mean_power_w"]),
+                improvement(lab, "energy_per_token_mj", "%"),
+            ],
+        ),
+        (
+            f"Thermal [{src}]",
+            ["Router", "Max temp (C)", "Temp rise (C)", "Improvement (temp rise, C)"],
+            lambda lab: [
+                cell(agg[lab]["peak_temperature_c"]),
+                cell(agg[lab]["temperature_rise_c"]),
+                improvement(lab, "temperature_rise_c", ""),
+            ],
+        ),
+        (
+            f"Throughput [{src}]",
+            ["Router", "Throughput (tokens/s)", "Latency (ms/token)", "p95 latency (ms)", "Improvement (p95 latency)"],
+            lambda lab: [
+                cell(agg[lab]["throughput_tokens_per_s"]),
+                cell(agg[lab]["latency_per_token_ms"]),
+                cell(agg[lab]["latency_p95_ms"]),
+                improvement(lab, "latency_p95_ms", "%"),
+            ],
+        ),
     ]
-    text = ["## Router comparison tables", "",
-            f"IQM [CI]; improvements are paired per episode over `{baseline}`, positive is better; {DAGGER}: the "
-            "interval includes zero. Throughput at deployment scale follows the demand unless a policy falls "
-            "behind, so latency separates policies more than throughput does.", ""]
+    text = [
+        "## Router comparison tables",
+        "",
+        f"IQM [CI]; improvements are paired per episode over `{baseline}`, positive is better; {DAGGER}: the "
+        "interval includes zero. Throughput at deployment scale follows the demand unless a policy falls "
+        "behind, so latency separates policies more than throughput does.",
+        "",
+    ]
     for title, header, row in tables:
         text += [f"### {title}", "", _table(header, [[lab] + row(lab) for lab in agg]), ""]
     return "\n".join(text)
@@ -205,8 +294,14 @@ def ttt_allocation(out: Path, summary: dict, rows: list[dict], base: str, reps: 
     """TTT compute (tokens trained per served runtime token, relative to `base`) against loss after the shift and
     energy per token: ttt_allocation.csv, ttt_allocation.png and a report section."""
     labels = list(summary["aggregates"])
-    ratio = {lab: [stats._float(r["ttt_tokens_trained"]) / max(stats._float(r["runtime_tokens"]), 1.0)
-                   for r in rows if r["label"] == lab] for lab in labels}
+    ratio = {
+        lab: [
+            stats._float(r["ttt_tokens_trained"]) / max(stats._float(r["runtime_tokens"]), 1.0)
+            for r in rows
+            if r["label"] == lab
+        ]
+        for lab in labels
+    }
     unit = float(np.mean(ratio[base])) if ratio.get(base) and np.mean(ratio[base]) > 0 else 0.0
     scale = f"x {base}" if unit else "tokens per token"  # relative to the 1x schedule when it trained at all
     unit = unit or 1.0
@@ -218,8 +313,13 @@ def ttt_allocation(out: Path, summary: dict, rows: list[dict], base: str, reps: 
         est = stats.interval_estimates(matrix.reshape(len(mine), 1 + len(names)), reps, confidence)
         points[lab] = est
         table.append([lab] + [cell(e.to_dict()) for e in est])
-    header = ["policy", f"TTT compute ({scale})", "loss after shift (nats) [measured]", "loss (nats) [measured]",
-              f"energy/token (mJ) [{summary['sources']['energy_per_token_mj']}]"]
+    header = [
+        "policy",
+        f"TTT compute ({scale})",
+        "loss after shift (nats) [measured]",
+        "loss (nats) [measured]",
+        f"energy/token (mJ) [{summary['sources']['energy_per_token_mj']}]",
+    ]
     with atomic_open(out / "ttt_allocation.csv", newline="") as f:
         w = csv.writer(f)
         w.writerow(["policy"] + [f"{c}_{k}" for c in ("compute_x",) + names for k in ("iqm", "low", "high")] + ["n"])
@@ -227,8 +327,10 @@ def ttt_allocation(out: Path, summary: dict, rows: list[dict], base: str, reps: 
             w.writerow([lab] + [v for e in est for v in (e.iqm, e.low, e.high)] + [est[0].n])
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, k, name in ((axes[0], 1, "loss after the shift (nats) [measured]"),
-                        (axes[1], 3, f"energy per token (mJ) [{summary['sources']['energy_per_token_mj']}]")):
+    for ax, k, name in (
+        (axes[0], 1, "loss after the shift (nats) [measured]"),
+        (axes[1], 3, f"energy per token (mJ) [{summary['sources']['energy_per_token_mj']}]"),
+    ):
         fixed = [lab for lab in labels if lab.startswith("fixed_") or lab == "no_ttt"]
         xs = [points[lab][0].iqm for lab in fixed]
         ax.plot(xs, [points[lab][k].iqm for lab in fixed], "k-", lw=1, alpha=0.5, label="fixed schedules")
@@ -236,9 +338,17 @@ def ttt_allocation(out: Path, summary: dict, rows: list[dict], base: str, reps: 
             ex, ey = points[lab][0], points[lab][k]
             if not ex.n or not math.isfinite(ey.iqm):
                 continue
-            ax.errorbar(ex.iqm, ey.iqm, xerr=[[ex.iqm - ex.low], [ex.high - ex.iqm]],
-                        yerr=[[ey.iqm - ey.low], [ey.high - ey.iqm]], fmt="o" if lab in fixed else "*",
-                        ms=6 if lab in fixed else 12, capsize=3, color=f"C{i}", label=lab)
+            ax.errorbar(
+                ex.iqm,
+                ey.iqm,
+                xerr=[[ex.iqm - ex.low], [ex.high - ex.iqm]],
+                yerr=[[ey.iqm - ey.low], [ey.high - ey.iqm]],
+                fmt="o" if lab in fixed else "*",
+                ms=6 if lab in fixed else 12,
+                capsize=3,
+                color=f"C{i}",
+                label=lab,
+            )
         ax.set_xlabel(f"TTT compute: tokens trained per served token ({scale}) [measured]")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -247,21 +357,37 @@ def ttt_allocation(out: Path, summary: dict, rows: list[dict], base: str, reps: 
     fig.tight_layout()
     save_png(fig, out / "ttt_allocation.png")
     plt.close(fig)
-    rel = (f"relative to `{base}` ({unit:.3f} tokens per token)" if scale.startswith("x") else
-           f"absolute (`{base}` trained nothing: episodes shorter than its update interval)")
-    text = "\n".join(["## TTT allocation: compute vs loss", "",
-                      f"TTT compute = tokens trained per served runtime token, {rel}. The heuristic also biases "
-                      "routing; the fixed schedules do not.", "",
-                      _table(header, table), "", "![ttt_allocation.png](ttt_allocation.png)", ""])
+    rel = (
+        f"relative to `{base}` ({unit:.3f} tokens per token)"
+        if scale.startswith("x")
+        else f"absolute (`{base}` trained nothing: episodes shorter than its update interval)"
+    )
+    text = "\n".join(
+        [
+            "## TTT allocation: compute vs loss",
+            "",
+            f"TTT compute = tokens trained per served runtime token, {rel}. The heuristic also biases "
+            "routing; the fixed schedules do not.",
+            "",
+            _table(header, table),
+            "",
+            "![ttt_allocation.png](ttt_allocation.png)",
+            "",
+        ]
+    )
     append_section(out, text)
     print("\n" + text)
     return text
 
 
-SINGLE_GPU_METRICS = (("latency_p50_ms", "Latency (p50 interval, ms)"),
-                      ("energy_per_token_mj", "Energy per token (mJ)"),
-                      ("mean_power_w", "Power (W)"), ("peak_temperature_c", "Temperature (peak, C)"),
-                      ("throughput_tokens_per_s", "Throughput (tokens/s)"), ("ttt_updates", "TTT updates"))
+SINGLE_GPU_METRICS = (
+    ("latency_p50_ms", "Latency (p50 interval, ms)"),
+    ("energy_per_token_mj", "Energy per token (mJ)"),
+    ("mean_power_w", "Power (W)"),
+    ("peak_temperature_c", "Temperature (peak, C)"),
+    ("throughput_tokens_per_s", "Throughput (tokens/s)"),
+    ("ttt_updates", "TTT updates"),
+)
 
 
 def single_gpu_outputs(out: Path, summary: dict, rows: list[dict], params: dict, kcm_ok: bool) -> None:
@@ -276,24 +402,39 @@ def single_gpu_outputs(out: Path, summary: dict, rows: list[dict], params: dict,
         for m in stats.METRICS:
             values = np.array([stats._float(r[m.name]) for r in mine])
             values = values[np.isfinite(values)]
-            figures[m.name] = {**agg[lab][m.name], "mean": float(values.mean()) if len(values) else math.nan,
-                               "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                               "source": summary["sources"][m.name]}
+            figures[m.name] = {
+                **agg[lab][m.name],
+                "mean": float(values.mean()) if len(values) else math.nan,
+                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                "source": summary["sources"][m.name],
+            }
         env = env_of[lab]
         figures["runtime_memory_gb"] = {"value": env["runtime_memory_gb"], "source": "measured"}
         figures["deployment_weights_gb"] = {"value": env["deployment_weights_gb"], "source": "predicted"}
-        detail[lab] = {"spec": summary["policies"][lab]["spec"], "model": env["model"],
-                       "deployment": env["deployment"], "metrics": figures}
+        detail[lab] = {
+            "spec": summary["policies"][lab]["spec"],
+            "model": env["model"],
+            "deployment": env["deployment"],
+            "metrics": figures,
+        }
     with atomic_open(out / "comparison_results.csv", newline="") as f:
         w = csv.writer(f)
         names = [m.name for m in stats.METRICS]
-        w.writerow(["system", "hardware_source", "runtime_memory_gb", "deployment_weights_gb"]
-                   + [f"{n}_{k}" for n in names for k in ("iqm", "low", "high", "mean", "std")])
+        w.writerow(
+            ["system", "hardware_source", "runtime_memory_gb", "deployment_weights_gb"]
+            + [f"{n}_{k}" for n in names for k in ("iqm", "low", "high", "mean", "std")]
+        )
         for lab in systems:
             met = detail[lab]["metrics"]
-            w.writerow([lab, summary["sources"]["energy_per_token_mj"], met["runtime_memory_gb"]["value"],
-                        met["deployment_weights_gb"]["value"]]
-                       + [met[n][k] for n in names for k in ("iqm", "low", "high", "mean", "std")])
+            w.writerow(
+                [
+                    lab,
+                    summary["sources"]["energy_per_token_mj"],
+                    met["runtime_memory_gb"]["value"],
+                    met["deployment_weights_gb"]["value"],
+                ]
+                + [met[n][k] for n in names for k in ("iqm", "low", "high", "mean", "std")]
+            )
     with atomic_open(out / "hpc_results.json") as f:
         f.write(json.dumps(detail, indent=1) + "\n")
     base = systems[0]
@@ -301,14 +442,25 @@ def single_gpu_outputs(out: Path, summary: dict, rows: list[dict], params: dict,
     kcm_file = out / "kernel_cost_model_test_results.json"
     hpc = {
         "hardware": {**summary["device"], "gpu_spec": env_of[base]["gpu_spec"], "source": env_of[base]["source"]},
-        "test_parameters": {**params, "systems": {lab: detail[lab]["spec"] for lab in systems},
-                            "models": {lab: env_of[lab]["model"] for lab in systems}},
+        "test_parameters": {
+            **params,
+            "systems": {lab: detail[lab]["spec"] for lab in systems},
+            "models": {lab: env_of[lab]["model"] for lab in systems},
+        },
         "overall_results": {lab: {n: agg[lab][n]["iqm"] for n, _ in SINGLE_GPU_METRICS} for lab in systems},
-        "improvements_over_baseline": {lab: {n: imp[lab][n]["iqm"] for n in ("energy_per_token_mj", "mean_power_w",
-                                       "latency_p95_ms", "throughput_tokens_per_s") if n in imp[lab]} for lab in imp},
-        "kernel_cost_model": {"available": kcm_ok and kcm_file.exists(), "results_file": kcm_file.name,
-                              "energy_prediction_error_pct": {lab: agg[lab]["kcm_energy_error_pct"]["iqm"]
-                                                              for lab in systems}},
+        "improvements_over_baseline": {
+            lab: {
+                n: imp[lab][n]["iqm"]
+                for n in ("energy_per_token_mj", "mean_power_w", "latency_p95_ms", "throughput_tokens_per_s")
+                if n in imp[lab]
+            }
+            for lab in imp
+        },
+        "kernel_cost_model": {
+            "available": kcm_ok and kcm_file.exists(),
+            "results_file": kcm_file.name,
+            "energy_prediction_error_pct": {lab: agg[lab]["kcm_energy_error_pct"]["iqm"] for lab in systems},
+        },
         "statistic": summary["statistic"],
     }
     with atomic_open(out / "hpc_summary.json") as f:
@@ -317,8 +469,13 @@ def single_gpu_outputs(out: Path, summary: dict, rows: list[dict], params: dict,
     fig, axes = plt.subplots(2, 3, figsize=(12, 7))
     for ax, (name, title) in zip(axes.flat, SINGLE_GPU_METRICS):
         est = [agg[lab][name] for lab in systems]
-        ax.bar(range(len(systems)), [e["iqm"] for e in est], color=[f"C{i}" for i in range(len(systems))],
-               yerr=[[e["iqm"] - e["low"] for e in est], [e["high"] - e["iqm"] for e in est]], capsize=4)
+        ax.bar(
+            range(len(systems)),
+            [e["iqm"] for e in est],
+            color=[f"C{i}" for i in range(len(systems))],
+            yerr=[[e["iqm"] - e["low"] for e in est], [e["high"] - e["iqm"] for e in est]],
+            capsize=4,
+        )
         ax.set_xticks(range(len(systems)), [lab.replace(" + ", "\n+ ") for lab in systems], fontsize=7)
         ax.set_title(f"{title} [{summary['sources'][name]}]", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
@@ -333,20 +490,32 @@ def single_gpu_outputs(out: Path, summary: dict, rows: list[dict], params: dict,
     for lab in systems:
         met = detail[lab]["metrics"]
         lat = met["latency_p50_ms"]
-        lines += [f"\n{lab}:", f"  Latency: {num(lat['mean'])} +- {num(lat['std'])} ms (p50 interval latency)",
-                  f"  Memory: {num(met['runtime_memory_gb']['value'])} GB runtime [measured], "
-                  f"{num(met['deployment_weights_gb']['value'])} GB deployment weights [predicted]"]
+        lines += [
+            f"\n{lab}:",
+            f"  Latency: {num(lat['mean'])} +- {num(lat['std'])} ms (p50 interval latency)",
+            f"  Memory: {num(met['runtime_memory_gb']['value'])} GB runtime [measured], "
+            f"{num(met['deployment_weights_gb']['value'])} GB deployment weights [predicted]",
+        ]
         for name, title in SINGLE_GPU_METRICS[1:]:
             lines.append(f"  {title}: {cell(agg[lab][name])} [{summary['sources'][name]}]")
-        lines.append(f"  Predicted energy per token: {cell(agg[lab]['kcm_pred_energy_per_token_mj'])} mJ, "
-                     f"prediction error {cell(agg[lab]['kcm_energy_error_pct'])} % [predicted]")
-    lines += ["", "=" * 60, f"IMPROVEMENTS OVER BASELINE ({base}; positive is better, {DAGGER}: interval includes 0)",
-              "=" * 60]
+        lines.append(
+            f"  Predicted energy per token: {cell(agg[lab]['kcm_pred_energy_per_token_mj'])} mJ, "
+            f"prediction error {cell(agg[lab]['kcm_energy_error_pct'])} % [predicted]"
+        )
+    lines += [
+        "",
+        "=" * 60,
+        f"IMPROVEMENTS OVER BASELINE ({base}; positive is better, {DAGGER}: interval includes 0)",
+        "=" * 60,
+    ]
     for lab, d in imp.items():
         lines.append(f"\n{lab} vs {base}:")
         for n in ("latency_p95_ms", "mean_power_w", "energy_per_token_mj", "throughput_tokens_per_s", "mean_loss"):
             lines.append(f"  {stats.METRIC_BY_NAME[n].title}: {cell(d[n], '%', signed=True)}")
     print("\n".join(lines))
-    append_section(out, "## Single-GPU comparison\n\n![comparison_plot.png](comparison_plot.png)\n\nFiles: "
-                   "comparison_results.csv, hpc_results.json, hpc_summary.json, "
-                   "kernel_cost_model_test_results.json.\n")
+    append_section(
+        out,
+        "## Single-GPU comparison\n\n![comparison_plot.png](comparison_plot.png)\n\nFiles: "
+        "comparison_results.csv, hpc_results.json, hpc_summary.json, "
+        "kernel_cost_model_test_results.json.\n",
+    )

@@ -67,10 +67,27 @@ METRICS: tuple[Metric, ...] = (
 METRIC_BY_NAME = {m.name: m for m in METRICS}
 EXTRA_COLUMNS = ("tokens_served", "runtime_tokens", "ttt_tokens_trained", "initial_temperature_c", "shift_interval")
 STEP_FIELDS = (  # what a trace keeps of each step's info
-    "power_w", "peak_power_w", "temperature_c", "peak_temperature_c", "sm_clock_mhz", "latency_ms", "energy_j",
-    "tokens", "runtime_tokens", "loss", "domain", "ttt_updates", "ttt_tokens_trained", "ttt_share_of_busy",
-    "throttled_share", "slo_violated", "kcm_pred_energy_j", "kcm_pred_latency_ms", "demand_tokens",
-    "ttt_frequency_tokens", "ttt_chunk_tokens",
+    "power_w",
+    "peak_power_w",
+    "temperature_c",
+    "peak_temperature_c",
+    "sm_clock_mhz",
+    "latency_ms",
+    "energy_j",
+    "tokens",
+    "runtime_tokens",
+    "loss",
+    "domain",
+    "ttt_updates",
+    "ttt_tokens_trained",
+    "ttt_share_of_busy",
+    "throttled_share",
+    "slo_violated",
+    "kcm_pred_energy_j",
+    "kcm_pred_latency_ms",
+    "demand_tokens",
+    "ttt_frequency_tokens",
+    "ttt_chunk_tokens",
 )
 
 
@@ -120,7 +137,6 @@ def episode_metrics(trace: dict) -> dict:
     }
 
 
-
 @dataclass(frozen=True)
 class Estimate:
     """An IQM with its confidence interval over `n` episodes (NaN when n == 0)."""
@@ -163,9 +179,7 @@ def _rliable():
     return library
 
 
-def interval_estimates(
-    scores: np.ndarray, reps: int = 2000, confidence: float = 0.95, seed: int = 0
-) -> list[Estimate]:
+def interval_estimates(scores: np.ndarray, reps: int = 2000, confidence: float = 0.95, seed: int = 0) -> list[Estimate]:
     """IQM and stratified-bootstrap interval of each column of `scores` [episodes, metrics].
 
     NaN entries are left out column by column (a column with NaNs is bootstrapped on its own finite values).
@@ -204,8 +218,9 @@ def interval_estimates(
                 {"x": matrix}, lambda s: iqm(s, axis=0), reps=reps, confidence_interval_size=confidence
             )
             for k, j in enumerate(columns):
-                out[j] = Estimate(float(point["x"][k]), float(interval["x"][0, k]), float(interval["x"][1, k]),
-                                  matrix.shape[0])
+                out[j] = Estimate(
+                    float(point["x"][k]), float(interval["x"][0, k]), float(interval["x"][1, k]), matrix.shape[0]
+                )
     finally:
         np.random.set_state(state)  # noqa: NPY002
     return out  # type: ignore[return-value]
@@ -226,8 +241,12 @@ def paired_differences(policy: np.ndarray, baseline: np.ndarray, lower_is_better
 
 
 def summarize(
-    rows: list[dict], labels: list[str], metrics: tuple[Metric, ...] = METRICS, reps: int = 2000,
-    confidence: float = 0.95, seed: int = 0,
+    rows: list[dict],
+    labels: list[str],
+    metrics: tuple[Metric, ...] = METRICS,
+    reps: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, dict[str, Estimate]]:
     """{label: {metric: Estimate}} over the episodes in `rows` (dicts with `label` and the metric columns)."""
     result = {}
@@ -241,8 +260,13 @@ def summarize(
 
 
 def improvements(
-    rows: list[dict], labels: list[str], baseline: str, metrics: tuple[Metric, ...] = METRICS, reps: int = 2000,
-    confidence: float = 0.95, seed: int = 0,
+    rows: list[dict],
+    labels: list[str],
+    baseline: str,
+    metrics: tuple[Metric, ...] = METRICS,
+    reps: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, dict[str, Estimate]]:
     """{label: {metric: Estimate of the paired improvement over `baseline`}} for every other label, paired on
     `episode_seed`; metrics without a direction are left out. Empty when the baseline has no episodes."""
@@ -256,8 +280,9 @@ def improvements(
         matrix = np.array(
             [
                 [
-                    paired_differences(_float(p.get(m.name)), _float(b.get(m.name)), bool(m.lower_is_better),
-                                       m.relative)
+                    paired_differences(
+                        _float(p.get(m.name)), _float(b.get(m.name)), bool(m.lower_is_better), m.relative
+                    )
                     for m in directed
                 ]
                 for p, b in pairs

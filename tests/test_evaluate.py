@@ -37,8 +37,7 @@ BAD_SPECS = [
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "evaluate.py", *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "evaluate.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def tiny_env(intervals: int):
@@ -83,8 +82,10 @@ def test_bad_seeds_fail_at_parsing(suite):
         (["--interval-s", "inf"], "--interval-s must be a positive, finite number of seconds, got inf"),
         (["--resume", "--overwrite"], "--resume continues the run in --out and --overwrite starts it over"),
         (["--suite", "routers", "--part", "bench"], "--part 'bench' is for --suite gpu-full only"),
-        (["--suite", "gpu-full", "--part", "nope"], "needs --part, one of bench, calibrate, compare (each fits 10 "
-                                                    "minutes), got 'nope'"),  # before the CUDA check
+        (
+            ["--suite", "gpu-full", "--part", "nope"],
+            "needs --part, one of bench, calibrate, compare (each fits 10 minutes), got 'nope'",
+        ),  # before the CUDA check
         (["--policy-device", "bogus"], "--policy-device 'bogus' is not a torch device"),
         (["--resume"], "--resume needs --out"),  # not a fresh run in a new folder
         (["--suite", "single-gpu", "--policies", "heuristic"], "--suite single-gpu runs its own policies"),
@@ -167,8 +168,13 @@ def test_policies_on_one_seed_see_identical_streams():
         env.close()
 
     def stream(t):
-        return ([s["domain"] for s in t["steps"]], [s["demand_tokens"] for s in t["steps"]],
-                [s["runtime_tokens"] for s in t["steps"]], t["shift_tokens"], t["initial_temperature_c"])
+        return (
+            [s["domain"] for s in t["steps"]],
+            [s["demand_tokens"] for s in t["steps"]],
+            [s["runtime_tokens"] for s in t["steps"]],
+            t["shift_tokens"],
+            t["initial_temperature_c"],
+        )
 
     for seed in (3, 4):
         reference = stream(runs["no_control", seed])
@@ -176,8 +182,9 @@ def test_policies_on_one_seed_see_identical_streams():
             assert stream(runs[name, seed]) == reference, name
     assert stream(runs["no_control", 3]) != stream(runs["no_control", 4])  # another seed, another episode
     # the policies did act differently on the same stream
-    assert [s["expert_load"] for s in runs["random", 3]["steps"]] != [s["expert_load"] for s in
-                                                                        runs["no_control", 3]["steps"]]
+    assert [s["expert_load"] for s in runs["random", 3]["steps"]] != [
+        s["expert_load"] for s in runs["no_control", 3]["steps"]
+    ]
 
 
 # ----- statistics --------------------------------------------------------------------------------------------------
@@ -216,8 +223,9 @@ def test_nan_columns_and_paired_improvements():
     base = rng.normal(10.0, 1.0, 30)
     rows = [{"label": "b", "episode_seed": i, "energy_per_token_mj": v} for i, v in enumerate(base)]
     rows += [{"label": "better", "episode_seed": i, "energy_per_token_mj": 0.9 * v} for i, v in enumerate(base)]
-    rows += [{"label": "same", "episode_seed": i, "energy_per_token_mj": v + rng.normal(0, 0.5)}
-             for i, v in enumerate(base)]
+    rows += [
+        {"label": "same", "episode_seed": i, "energy_per_token_mj": v + rng.normal(0, 0.5)} for i, v in enumerate(base)
+    ]
     metric = (stats.METRIC_BY_NAME["energy_per_token_mj"],)
     imp = stats.improvements(rows, ["b", "better", "same"], "b", metric, reps=300)
     assert imp["better"]["energy_per_token_mj"].iqm == pytest.approx(10.0)
@@ -226,13 +234,42 @@ def test_nan_columns_and_paired_improvements():
 
 
 def test_episode_metrics_known_trace():
-    step = dict(power_w=400.0, peak_power_w=500.0, temperature_c=60.0, peak_temperature_c=61.0, sm_clock_mhz=1500.0,
-                latency_ms=10.0, energy_j=400.0, tokens=1000, runtime_tokens=128, loss=2.0, domain="prose",
-                ttt_updates=0, ttt_tokens_trained=0, ttt_share_of_busy=0.0, throttled_share=0.5, slo_violated=False,
-                kcm_pred_energy_j=440.0, kcm_pred_latency_ms=100.0, demand_tokens=1000.0, ttt_frequency_tokens=0,
-                ttt_chunk_tokens=512, expert_load=[1.0, 1.0], reward=-1.0)
-    after = dict(step, loss=3.0, domain="code", latency_ms=30.0, peak_temperature_c=65.0, slo_violated=True,
-                 ttt_updates=1, ttt_tokens_trained=512, ttt_share_of_busy=0.2)
+    step = dict(
+        power_w=400.0,
+        peak_power_w=500.0,
+        temperature_c=60.0,
+        peak_temperature_c=61.0,
+        sm_clock_mhz=1500.0,
+        latency_ms=10.0,
+        energy_j=400.0,
+        tokens=1000,
+        runtime_tokens=128,
+        loss=2.0,
+        domain="prose",
+        ttt_updates=0,
+        ttt_tokens_trained=0,
+        ttt_share_of_busy=0.0,
+        throttled_share=0.5,
+        slo_violated=False,
+        kcm_pred_energy_j=440.0,
+        kcm_pred_latency_ms=100.0,
+        demand_tokens=1000.0,
+        ttt_frequency_tokens=0,
+        ttt_chunk_tokens=512,
+        expert_load=[1.0, 1.0],
+        reward=-1.0,
+    )
+    after = dict(
+        step,
+        loss=3.0,
+        domain="code",
+        latency_ms=30.0,
+        peak_temperature_c=65.0,
+        slo_violated=True,
+        ttt_updates=1,
+        ttt_tokens_trained=512,
+        ttt_share_of_busy=0.2,
+    )
     trace = {"steps": [step, after], "interval_s": 1.0, "domains": ["prose", "code"], "initial_temperature_c": 55.0}
     m = stats.episode_metrics(trace)
     assert m["energy_per_token_mj"] == pytest.approx(400.0)  # 800 J / 2000 tokens
@@ -262,11 +299,18 @@ def test_cli_writes_parseable_report_files(tmp_path):
     assert e["n"] == 2 and e["low"] <= e["iqm"] <= e["high"] and isinstance(e["includes_zero"], bool)
     rows = read_csv(out / "episodes.csv")
     assert len(rows) == 4 and tuple(rows[0]) == evaluate.COLUMNS
-    assert {(r["label"], r["episode_seed"]) for r in rows} == {(p, s) for p in ("heuristic", "no_control")
-                                                                for s in ("0", "1000")}
+    assert {(r["label"], r["episode_seed"]) for r in rows} == {
+        (p, s) for p in ("heuristic", "no_control") for s in ("0", "1000")
+    }
     text = (out / "report.md").read_text()
-    for needle in ("## Comparison", "## Improvement over no_control", "Deployment scale: d_model", "Date: ",
-                   "simulated H100", "| heuristic |"):
+    for needle in (
+        "## Comparison",
+        "## Improvement over no_control",
+        "Deployment scale: d_model",
+        "Date: ",
+        "simulated H100",
+        "| heuristic |",
+    ):
         assert needle in text, needle
     for png in ("pareto.png", "traces.png", "expert_load.png", "ttt_activity.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG", png
@@ -335,8 +379,9 @@ def test_saved_policies_run_and_a_foreign_one_is_refused(tmp_path, capsys):
     env.close()
     PPO("MlpPolicy", gym.make("Pendulum-v1"), n_steps=8, batch_size=8, device="cpu").save(tmp_path / "pendulum.zip")
     out = tmp_path / "run"
-    rc = evaluate.main(["--policies", f"no_control,mine=ppo:{tmp_path / 'ok.zip'}", "--seeds", "0", "--out",
-                        str(out), *TINY])
+    rc = evaluate.main(
+        ["--policies", f"no_control,mine=ppo:{tmp_path / 'ok.zip'}", "--seeds", "0", "--out", str(out), *TINY]
+    )
     assert rc == 0
     assert {r["label"] for r in read_csv(out / "episodes.csv")} == {"no_control", "mine"}
     assert "One episode per policy: no intervals" in (out / "report.md").read_text()
@@ -393,13 +438,14 @@ def test_the_suites_find_the_repository_files_from_another_folder(tmp_path, monk
     assert evaluate_suites.committed_policy(dataclasses.replace(args, trained_policy="no/such.zip")) == []
 
 
-
 def test_unusable_cache_and_read_only_out_fail_before_the_run(tmp_path, monkeypatch):
     from evaluate_rows import check_out
 
     (tmp_path / "afile").write_text("x")
     monkeypatch.setenv("MOE_RL_CACHE", str(tmp_path / "afile"))
-    with pytest.raises(evaluate.UsageError, match=re.escape(f"MOE_RL_CACHE={tmp_path}/afile: {tmp_path}/afile is a file")):
+    with pytest.raises(
+        evaluate.UsageError, match=re.escape(f"MOE_RL_CACHE={tmp_path}/afile: {tmp_path}/afile is a file")
+    ):
         evaluate.parse_args(["--preset", "tiny"])
     args = evaluate.parse_args(["--report-only"])  # no env settings checked: the cache is not read
     real = os.access  # a read-only mount: stubbed, since root writes through permission bits
