@@ -70,6 +70,9 @@ class ActionCodec:
         return np.clip(a, -1.0, 1.0).astype(np.float32)
 
     def decode(self, action) -> ControlAction:
+        """The `ControlAction` an action vector [E + 2] means: biases scaled by `bias_range`, the TTT frequency on
+        a log scale (off below `ttt_off_below`), the chunk on a log scale snapped to a power of two. Out-of-range
+        entries are clipped; ValueError on NaN, inf or a wrong shape (`check`)."""
         a = self.check(action)
         c = self.cfg
         biases = tuple(float(b) * c.bias_range for b in a[: self.num_experts])

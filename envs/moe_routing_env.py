@@ -149,6 +149,11 @@ class MoERoutingEnv(gym.Env):
 
     # -- gymnasium API --------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Start an episode (see Starting State); `options` is unused.
+
+        Returns:
+            (observation, info): the reset interval's observation, and its info with zero reward terms.
+        """
         super().reset(seed=seed)
         cfg, rng = self.config, self.np_random
         tokens_total = cfg.runtime_tokens * cfg.episode_intervals
@@ -174,6 +179,14 @@ class MoERoutingEnv(gym.Env):
         return obs, self._info(self._last, {name: 0.0 for name in OBJECTIVES}, np.zeros(len(OBJECTIVES), np.float32))
 
     def step(self, action):
+        """Apply `action` for one interval and serve it.
+
+        Returns:
+            (observation, reward, terminated, truncated, info): terminated is always False; truncated after
+            `episode_intervals` steps; info has the interval's figures and the `source` of its hardware ones.
+        Raises:
+            RuntimeError: before the first `reset`. ValueError: a NaN, infinite or wrongly shaped action.
+        """
         if self._interval < 0:
             raise RuntimeError("call reset() before step()")
         t0 = time.perf_counter()

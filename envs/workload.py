@@ -83,4 +83,5 @@ class DemandTrace:
         self.mean_load = float(load)
 
     def load_at(self, interval: int) -> float:
+        """Demand in interval `interval` as a fraction of the calibrated capacity (the last one past the end)."""
         return float(self.loads[min(interval, len(self.loads) - 1)])
