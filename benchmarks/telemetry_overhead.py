@@ -175,7 +175,9 @@ if __name__ == "__main__":
               f"process CPU {row['cpu_share_pct']:5.2f}% of one core")
     slowdown_pct, loop_what = loop_slowdown_pct(source, args.loop_s)
     kind = "nvml" if isinstance(source, NvmlSource) else monitor.source_kind
-    summary = {"device": monitor.device, "source": kind, "date": str(datetime.date.today()),
+    # The timings are measured on this host whatever the GPU source is; `telemetry_source` says what was queried.
+    summary = {"device": monitor.device, "telemetry_source": kind, "figures": "measured (host time and CPU share)",
+               "date": str(datetime.date.today()),
                "query_us": costs, "samplers": samplers, "loop": loop_what, "loop_slowdown_pct_at_100hz": slowdown_pct}
     out = pathlib.Path(args.out)
     write_json_atomic(out, summary)

@@ -122,5 +122,6 @@ def test_overhead_benchmark_runs_with_a_tiny_budget(tmp_path):
                         "--sampler_s", "0.1", "--loop_s", "0.05", "--out", str(out))
     assert result.returncode == 0, result.stderr
     summary = json.loads(out.read_text())
-    assert summary["source"] == "simulated" and summary["query_us"]["temperature_c"] > 0
+    assert summary["telemetry_source"] == "simulated" and summary["figures"].startswith("measured")
+    assert summary["query_us"]["temperature_c"] > 0
     assert [row["rate_hz"] for row in summary["samplers"]] == [10.0, 100.0]
