@@ -9,24 +9,37 @@ import platform
 
 
 def env_facts(env) -> dict:
-    """What the report says about an env: deployment scale, model, GPU, workload."""
+    """What the report says about an env: deployment scale, model, GPU, workload, and on CUDA the allocator's peak."""
     import torch
 
     u = env.unwrapped
-    runtime_bytes = sum(p.numel() * p.element_size() for p in u.runtime.model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in u.runtime.model.parameters())
+    facts = config_facts(u.config, u.backend.source, u.backend.spec.name, weight_bytes / 1e9)
     if torch.cuda.is_available():
-        runtime_bytes = max(runtime_bytes, torch.cuda.max_memory_allocated())
-    return config_facts(u.config, u.backend.source, u.backend.spec.name, runtime_bytes / 1e9)
+        # measured, but process-wide: every env built so far in this process (and anything else it ran) counts
+        facts["cuda_peak_allocated_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return facts
 
 
-def config_facts(cfg, source: str, gpu_spec: str, runtime_memory_gb: float | None) -> dict:
-    """`env_facts` from an `EnvConfig` alone (no model built); `runtime_memory_gb` is measured, or None."""
+def config_facts(cfg, source: str, gpu_spec: str, runtime_weights_gb: float | None) -> dict:
+    """`env_facts` from an `EnvConfig` alone (no model built).
+
+    Args:
+        runtime_weights_gb: the runtime model's parameter bytes / 1e9 (predicted: arithmetic, not a measurement),
+            or None when no model was built.
+
+    Deployment weights are predicted the same way, at deployment scale: attention (4 d^2), SwiGLU experts (3 d w
+    each), the router (d E) per layer, embedding and head (2 V d). `envs.backends.deployment_memory_pressure` counts
+    the same weights without the router term, plus activations; neither `envs` nor `kernels` exports a weight count
+    to share, so this one is written out here until one does.
+    """
     dep = cfg.deployment
     d, widths = dep.d_model, sum(dep.expert_widths)
     weights = dep.layers * (4 * d * d + 3 * d * widths + d * dep.num_experts) + 2 * dep.vocab_size * d
     return {
-        "runtime_memory_gb": runtime_memory_gb,  # measured: the runtime's weights (CUDA: peak allocated)
+        "runtime_weights_gb": runtime_weights_gb,  # predicted: parameter bytes of the runtime model
         "deployment_weights_gb": weights * dep.dtype_bytes / 1e9,  # predicted: weights at deployment scale
+        "cuda_peak_allocated_gb": None,  # measured on CUDA (`env_facts`), process-wide
         "source": source,
         "gpu_spec": gpu_spec,
         "deployment": dep.to_dict(),

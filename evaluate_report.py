@@ -25,7 +25,7 @@ HARDWARE_TABLE = (
     "peak_temperature_c",
     "temperature_rise_c",
     "time_throttled_s",
-    "latency_per_token_ms",
+    "time_per_token_ms",
     "latency_p50_ms",
     "latency_p95_ms",
     "throughput_tokens_per_s",
@@ -142,41 +142,63 @@ def zero_statements(summary: dict, baseline: str) -> list[str]:
 
 
 # ----- report.md and the console ---------------------------------------------------------------------------------
-def write_report(out: Path, summary: dict) -> str:
-    """Write report.md (setup, comparison tables, improvement tables, plots) and return its text."""
-    env = next(iter(summary["envs"].values()))
-    dev, dep = summary["device"], env["deployment"]
-    n_eps = len(summary["seeds"]) * summary["episodes_per_seed"]
+def _device_text(env: dict, dev: dict) -> str:
+    """Where an env's hardware figures came from, in words."""
     if env["source"] == "measured":
-        device = f"measured on {dev.get('gpu', 'a GPU')} (driver {dev.get('driver', 'unknown')})"
-    else:
-        device = (
-            f"simulated {env['gpu_spec']} (telemetry.SimulatedGpu fitted to a measured H100) at deployment "
-            f"scale; runtime on {dev['cpu']} ({dev['host']})"
-        )
-    lines = [
-        f"# {summary['title']}",
-        "",
-        f"- Date: {summary['date']}",
-        f"- Device: {device}; torch {dev['torch']}, Python {dev['python']}",
-        f"- Deployment scale: d_model {dep['d_model']}, {dep['layers']} layers, {dep['heads']} heads, seq "
-        f"{dep['seq_len']}, expert widths {dep['expert_widths']}, {dep['dtype']}, {dep['batch_tokens']} tokens per "
-        "launch",
-    ]
-    for name, e in summary["envs"].items():
+        return f"measured on {dev.get('gpu', 'a GPU')} (driver {dev.get('driver', 'unknown')})"
+    return (
+        f"simulated {env['gpu_spec']} (telemetry.SimulatedGpu fitted to a measured H100) at deployment scale; runtime "
+        f"on {dev['cpu']} ({dev['host']})"
+    )
+
+
+def _deployment_text(dep: dict) -> str:
+    return (
+        f"d_model {dep['d_model']}, {dep['layers']} layers, {dep['heads']} heads, seq {dep['seq_len']}, expert widths "
+        f"{dep['expert_widths']}, {dep['dtype']}, {dep['batch_tokens']} tokens per launch"
+    )
+
+
+def setup_lines(summary: dict) -> list[str]:
+    """The report's date, device, deployment scale and envs: the device and the deployment scale once when every env
+    shares them, else on each env's line (the single-GPU suite's dense twin has its own deployment scale)."""
+    envs, dev = summary["envs"], summary["device"]
+    devices = {name: _device_text(e, dev) for name, e in envs.items()}
+    deployments = {name: _deployment_text(e["deployment"]) for name, e in envs.items()}
+    one_device, one_deployment = len(set(devices.values())) == 1, len(set(deployments.values())) == 1
+    software = f"torch {dev['torch']}, Python {dev['python']}"
+    device = next(iter(devices.values())) if one_device else "each env's, below"
+    lines = [f"- Date: {summary['date']}", f"- Device: {device}; {software}"]
+    if one_deployment:
+        lines.append(f"- Deployment scale: {next(iter(deployments.values()))}")
+    for name, e in envs.items():
         m = e["model"]
+        own = "" if one_device else f"; device: {devices[name]}"
+        own += "" if one_deployment else f"; deployment scale: {deployments[name]}"
         lines.append(
             f"- Env `{name}`: runtime model `{m['preset_name']}` (d_model {m['d_model']}, {m['n_layers']} "
             f"layers, {m['num_experts']} experts top-{m['top_k']}, widths {m['expert_widths']}), "
             f"{e['runtime_tokens']} runtime tokens per interval, {e['episode_intervals']} intervals of "
             f"{e['interval_s']} s, split `{e['split']}`, workload {e['workload']['profile']} at load "
-            f"{e['workload']['load']}, domains {e['domains'][0]} -> {e['domains'][1]}"
+            f"{e['workload']['load']}, domains {e['domains'][0]} -> {e['domains'][1]}{own}"
         )
+    return lines
+
+
+def sources_text(summary: dict) -> str:
+    """What each source label in the summary means (`evaluate_stats.SOURCE_NOTES`), in the order of first use."""
+    labels = list(dict.fromkeys(summary["sources"].values()))
+    return "Sources: " + ", ".join(f"`{x}` ({stats.SOURCE_NOTES.get(x, 'see summary.json')})" for x in labels) + "."
+
+
+def write_report(out: Path, summary: dict) -> str:
+    """Write report.md (setup, comparison tables, improvement tables, plots) and return its text."""
+    n_eps = len(summary["seeds"]) * summary["episodes_per_seed"]
+    lines = [f"# {summary['title']}", ""] + setup_lines(summary)
     lines += [
         f"- Episodes: {n_eps} per policy (seeds {summary['seeds']}, {summary['episodes_per_seed']} each), paired: "
         "every policy saw the same streams, shift points, workloads and initial temperatures",
-        f"- Statistic: {summary['statistic']}. Sources: `measured` (real: the model's loss, TTT updates; on a GPU "
-        "also power, energy, temperature), `simulated` (the simulated GPU), `predicted` (the kernel cost model).",
+        f"- Statistic: {summary['statistic']}. {sources_text(summary)}",
         "",
     ]
     notes = list(summary.get("notes", []))
@@ -260,10 +282,16 @@ def router_tables(summary: dict, baseline: str) -> str:
         ),
         (
             f"Throughput [{src}]",
-            ["Router", "Throughput (tokens/s)", "Latency (ms/token)", "p95 latency (ms)", "Improvement (p95 latency)"],
+            [
+                "Router",
+                "Throughput (tokens/s)",
+                "Interval time per served token (ms)",
+                "p95 latency (ms)",
+                "Improvement (p95 latency)",
+            ],
             lambda lab: [
                 cell(agg[lab]["throughput_tokens_per_s"]),
-                cell(agg[lab]["latency_per_token_ms"]),
+                cell(agg[lab]["time_per_token_ms"]),
                 cell(agg[lab]["latency_p95_ms"]),
                 improvement(lab, "latency_p95_ms", "%"),
             ],
@@ -274,7 +302,8 @@ def router_tables(summary: dict, baseline: str) -> str:
         "",
         f"IQM [CI]; improvements are paired per episode over `{baseline}`, positive is better; {DAGGER}: the "
         "interval includes zero. Throughput at deployment scale follows the demand unless a policy falls "
-        "behind, so latency separates policies more than throughput does.",
+        "behind, and so does the interval time per served token (1000 / throughput: not a latency), so latency "
+        "separates policies more than either does.",
         "",
     ]
     for title, header, row in tables:
@@ -390,50 +419,113 @@ SINGLE_GPU_METRICS = (
 )
 
 
+MEMORY_FIGURES = {  # name in the env facts: (source, console title, what it is)
+    "runtime_weights_gb": (
+        "predicted",
+        "runtime weights",
+        "parameter bytes of the runtime model (arithmetic, not a measurement)",
+    ),
+    "deployment_weights_gb": ("predicted", "deployment weights", "weights of the model at deployment scale"),
+    "cuda_peak_allocated_gb": (
+        "measured",
+        "CUDA peak (process-wide)",
+        "torch's allocator peak in the evaluating process once this env was built: process-wide, so every env "
+        "built before it counts too",
+    ),
+}
+FIGURE_KEYS = ("iqm", "low", "high", "mean", "std", "source")
+
+
+def single_gpu_figures(summary: dict, rows: list[dict], lab: str) -> dict:
+    """{figure: its IQM, interval, mean, std and source} of one system, each labelled by the backend its own
+    episodes ran on (a ValueError if they and its env disagree), and the memory figures of its env
+    (`MEMORY_FIGURES`; the CUDA peak only where it was taken)."""
+    env_name = summary["policies"][lab]["env"]
+    env = summary["envs"][env_name]
+    mine = [r for r in rows if r["label"] == lab]
+    backend = stats.hardware_backend(mine, {env_name: env["source"]})
+    figures = {}
+    for m in stats.METRICS:
+        values = np.array([stats._float(r[m.name]) for r in mine])
+        values = values[np.isfinite(values)]
+        figures[m.name] = {
+            **summary["aggregates"][lab][m.name],
+            "mean": float(values.mean()) if len(values) else math.nan,
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "source": m.source_on(backend),
+        }
+    for name, (source, _, note) in MEMORY_FIGURES.items():
+        if env.get(name) is not None:
+            figures[name] = {"value": env[name], "source": source, "note": note}
+    return figures
+
+
+def single_gpu_lines(summary: dict, detail: dict, base: str) -> list[str]:
+    """The original test's console comparison: each system's figures with their sources, then the improvements."""
+    agg, imp = summary["aggregates"], summary["improvements"].get(base, {})
+    lines = ["", "=" * 60, "RESULTS COMPARISON", "=" * 60]
+    for lab, info in detail.items():
+        met = info["metrics"]
+        lat = met["latency_p50_ms"]
+        memory = ", ".join(
+            f"{num(met[n]['value'])} GB {title} [{met[n]['source']}]"
+            for n, (_, title, _) in MEMORY_FIGURES.items()
+            if n in met
+        )
+        lines += [
+            f"\n{lab}:",
+            f"  Latency: {num(lat['mean'])} +- {num(lat['std'])} ms (p50 interval latency) [{lat['source']}]",
+            f"  Memory: {memory or 'n/a'}",
+        ]
+        for name, title in SINGLE_GPU_METRICS[1:]:
+            lines.append(f"  {title}: {cell(agg[lab][name])} [{met[name]['source']}]")
+        pred, error = met["kcm_pred_energy_per_token_mj"], met["kcm_energy_error_pct"]
+        kcm_vs = error["source"].replace("predicted vs", "KCM vs")
+        lines.append(
+            f"  Predicted energy per token: {cell(agg[lab]['kcm_pred_energy_per_token_mj'])} mJ [{pred['source']}], "
+            f"prediction error {cell(agg[lab]['kcm_energy_error_pct'])} % [{kcm_vs}]"
+        )
+    lines += [
+        "",
+        "=" * 60,
+        f"IMPROVEMENTS OVER BASELINE ({base}; positive is better, {DAGGER}: interval includes 0)",
+        "=" * 60,
+    ]
+    for lab, d in imp.items():
+        lines.append(f"\n{lab} vs {base}:")
+        for n in ("latency_p95_ms", "mean_power_w", "energy_per_token_mj", "throughput_tokens_per_s", "mean_loss"):
+            lines.append(f"  {stats.METRIC_BY_NAME[n].title}: {cell(d[n], '%', signed=True)}")
+    return lines
+
+
 def single_gpu_outputs(out: Path, summary: dict, rows: list[dict], params: dict, kcm_ok: bool) -> None:
     """The original single-GPU/HPC test's files: comparison_results.csv, comparison_plot.png, hpc_results.json,
     hpc_summary.json (kernel_cost_model_test_results.json comes from `python -m kernels.cost_model`)."""
     agg, systems = summary["aggregates"], list(summary["aggregates"])
     env_of = {lab: summary["envs"][summary["policies"][lab]["env"]] for lab in systems}
-    detail = {}
-    for lab in systems:
-        mine = [r for r in rows if r["label"] == lab]
-        figures = {}
-        for m in stats.METRICS:
-            values = np.array([stats._float(r[m.name]) for r in mine])
-            values = values[np.isfinite(values)]
-            figures[m.name] = {
-                **agg[lab][m.name],
-                "mean": float(values.mean()) if len(values) else math.nan,
-                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                "source": summary["sources"][m.name],
-            }
-        env = env_of[lab]
-        figures["runtime_memory_gb"] = {"value": env["runtime_memory_gb"], "source": "measured"}
-        figures["deployment_weights_gb"] = {"value": env["deployment_weights_gb"], "source": "predicted"}
-        detail[lab] = {
+    detail = {
+        lab: {
             "spec": summary["policies"][lab]["spec"],
-            "model": env["model"],
-            "deployment": env["deployment"],
-            "metrics": figures,
+            "model": env_of[lab]["model"],
+            "deployment": env_of[lab]["deployment"],
+            "metrics": single_gpu_figures(summary, rows, lab),
         }
+        for lab in systems
+    }
     with atomic_open(out / "comparison_results.csv", newline="") as f:
         w = csv.writer(f)
         names = [m.name for m in stats.METRICS]
         w.writerow(
-            ["system", "hardware_source", "runtime_memory_gb", "deployment_weights_gb"]
-            + [f"{n}_{k}" for n in names for k in ("iqm", "low", "high", "mean", "std")]
+            ["system", "hardware_source"]
+            + [f"{n}{k}" for n in MEMORY_FIGURES for k in ("", "_source")]
+            + [f"{n}_{k}" for n in names for k in FIGURE_KEYS]
         )
         for lab in systems:
             met = detail[lab]["metrics"]
             w.writerow(
-                [
-                    lab,
-                    summary["sources"]["energy_per_token_mj"],
-                    met["runtime_memory_gb"]["value"],
-                    met["deployment_weights_gb"]["value"],
-                ]
-                + [met[n][k] for n in names for k in ("iqm", "low", "high", "mean", "std")]
+                [lab, detail[lab]["metrics"]["energy_per_token_mj"]["source"]]
+                + [met.get(n, {}).get(k, "") for n in MEMORY_FIGURES for k in ("value", "source")]
+                + [met[n][k] for n in names for k in FIGURE_KEYS]
             )
     with atomic_open(out / "hpc_results.json") as f:
         f.write(json.dumps(detail, indent=1) + "\n")
@@ -448,6 +540,7 @@ def single_gpu_outputs(out: Path, summary: dict, rows: list[dict], params: dict,
             "models": {lab: env_of[lab]["model"] for lab in systems},
         },
         "overall_results": {lab: {n: agg[lab][n]["iqm"] for n, _ in SINGLE_GPU_METRICS} for lab in systems},
+        "sources": {lab: {n: detail[lab]["metrics"][n]["source"] for n, _ in SINGLE_GPU_METRICS} for lab in systems},
         "improvements_over_baseline": {
             lab: {
                 n: imp[lab][n]["iqm"]
@@ -460,6 +553,9 @@ def single_gpu_outputs(out: Path, summary: dict, rows: list[dict], params: dict,
             "available": kcm_ok and kcm_file.exists(),
             "results_file": kcm_file.name,
             "energy_prediction_error_pct": {lab: agg[lab]["kcm_energy_error_pct"]["iqm"] for lab in systems},
+            "energy_prediction_error_source": {
+                lab: detail[lab]["metrics"]["kcm_energy_error_pct"]["source"] for lab in systems
+            },
         },
         "statistic": summary["statistic"],
     }
@@ -486,32 +582,7 @@ def single_gpu_outputs(out: Path, summary: dict, rows: list[dict], params: dict,
     fig.tight_layout()
     save_png(fig, out / "comparison_plot.png")
     plt.close(fig)
-    lines = ["", "=" * 60, "RESULTS COMPARISON", "=" * 60]
-    for lab in systems:
-        met = detail[lab]["metrics"]
-        lat = met["latency_p50_ms"]
-        lines += [
-            f"\n{lab}:",
-            f"  Latency: {num(lat['mean'])} +- {num(lat['std'])} ms (p50 interval latency)",
-            f"  Memory: {num(met['runtime_memory_gb']['value'])} GB runtime [measured], "
-            f"{num(met['deployment_weights_gb']['value'])} GB deployment weights [predicted]",
-        ]
-        for name, title in SINGLE_GPU_METRICS[1:]:
-            lines.append(f"  {title}: {cell(agg[lab][name])} [{summary['sources'][name]}]")
-        lines.append(
-            f"  Predicted energy per token: {cell(agg[lab]['kcm_pred_energy_per_token_mj'])} mJ, "
-            f"prediction error {cell(agg[lab]['kcm_energy_error_pct'])} % [predicted]"
-        )
-    lines += [
-        "",
-        "=" * 60,
-        f"IMPROVEMENTS OVER BASELINE ({base}; positive is better, {DAGGER}: interval includes 0)",
-        "=" * 60,
-    ]
-    for lab, d in imp.items():
-        lines.append(f"\n{lab} vs {base}:")
-        for n in ("latency_p95_ms", "mean_power_w", "energy_per_token_mj", "throughput_tokens_per_s", "mean_loss"):
-            lines.append(f"  {stats.METRIC_BY_NAME[n].title}: {cell(d[n], '%', signed=True)}")
+    lines = single_gpu_lines(summary, detail, base)
     print("\n".join(lines))
     append_section(
         out,

@@ -9,6 +9,9 @@ intervals out (the rliable method, `rliable.library.get_interval_estimates`), an
   `d_i = sign * (P_i - B_i)` (absolute, in the metric's unit) or `d_i = 100 * sign * (P_i - B_i) / |B_i|` (relative,
   %), with `sign` = -1 where lower is better, so that a positive improvement is always better; then the IQM of the
   d_i with its bootstrap interval. An interval that includes zero shows no difference at that confidence.
+- Sources: every metric's label on each backend (`Metric.source_on`, `metric_sources`: measured, simulated,
+  predicted, or what a figure combines, `SOURCE_NOTES`); `hardware_backend` refuses episodes from two backends, which
+  no IQM or pairing may mix.
 
 rliable draws its resampling indices from numpy's global generator (`np.random.choice`); `interval_estimates`
 seeds it and restores its state afterwards, so results are reproducible and callers' randomness is untouched.
@@ -22,6 +25,20 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats as sps
 
+BACKENDS = ("simulated", "measured")  # the env's `info["source"]`, episodes.csv's `hardware_source`
+
+# What each label means, for the reports (a label is one of these or a backend's override in `Metric.on_backend`).
+SOURCE_NOTES = {
+    "measured": "real: the model's loss and TTT updates; on a GPU also power, energy, temperature, latency, the "
+    "TTT share of the runtime's wall time and the episode return",
+    "simulated": "the simulated GPU at deployment scale",
+    "predicted": "the kernel cost model, KCM",
+    "mixed": "the episode return on the simulated backend: its energy, temperature and latency terms are simulated, "
+    "its loss term measured",
+    "predicted vs simulated": "the KCM's prediction against the simulated GPU's figure",
+    "predicted vs measured": "the KCM's prediction against the measured GPU's figure",
+}
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -34,6 +51,9 @@ class Metric:
             loss, its TTT updates), or `predicted` (the kernel cost model).
         lower_is_better: direction of "better" (None: no direction, no improvement row).
         relative: improvements in % of the baseline (else in the metric's unit).
+        on_backend: (backend, label) pairs that replace `source` on that backend (`source_on`), for a figure whose
+            provenance depends on it: the return mixes simulated hardware terms with the measured loss on the
+            simulated backend, the TTT share is the KCM's there and a measured wall-time share on the GPU.
     """
 
     name: str
@@ -41,8 +61,19 @@ class Metric:
     source: str
     lower_is_better: bool | None = True
     relative: bool = True
+    on_backend: tuple[tuple[str, str], ...] = ()
+
+    def source_on(self, backend: str) -> str:
+        """This figure's label (`SOURCE_NOTES`) for episodes run on `backend` (`simulated` or `measured`)."""
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown hardware backend {backend!r}; expected one of {BACKENDS}")
+        label = dict(self.on_backend).get(backend)
+        return label or (backend if self.source == "hardware" else self.source)
 
 
+_KCM_VS = (("simulated", "predicted vs simulated"), ("measured", "predicted vs measured"))  # the KCM error
+_WALL_TIME_ON_GPU = (("measured", "measured"),)  # TTT share: the runtime's wall-time share on the measured backend
+_RETURN = (("simulated", "mixed"),)  # simulated energy, temperature and latency terms + the measured loss term
 METRICS: tuple[Metric, ...] = (
     Metric("energy_per_token_mj", "energy/token (mJ)", "hardware"),
     Metric("mean_power_w", "mean power (W)", "hardware"),
@@ -50,7 +81,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("peak_temperature_c", "peak temp (C)", "hardware", relative=False),
     Metric("temperature_rise_c", "temp rise (C)", "hardware", relative=False),
     Metric("time_throttled_s", "throttled (s)", "hardware", relative=False),
-    Metric("latency_per_token_ms", "latency/token (ms)", "hardware"),
+    Metric("time_per_token_ms", "interval time/served token (ms)", "hardware"),  # 1000 / throughput, not a latency
     Metric("latency_p50_ms", "p50 latency (ms)", "hardware"),
     Metric("latency_p95_ms", "p95 latency (ms)", "hardware"),
     Metric("throughput_tokens_per_s", "throughput (tok/s)", "hardware", lower_is_better=False),
@@ -59,12 +90,44 @@ METRICS: tuple[Metric, ...] = (
     Metric("perplexity", "perplexity", "measured"),
     Metric("loss_after_shift", "loss after shift", "measured"),
     Metric("ttt_updates", "TTT updates", "measured", lower_is_better=None),
-    Metric("ttt_overhead_pct", "TTT share of busy (%)", "predicted", relative=False),
+    Metric("ttt_overhead_pct", "TTT share of busy (%)", "predicted", relative=False, on_backend=_WALL_TIME_ON_GPU),
     Metric("kcm_pred_energy_per_token_mj", "KCM energy/token (mJ)", "predicted", lower_is_better=None),
-    Metric("kcm_energy_error_pct", "KCM error (%)", "predicted", lower_is_better=None),
-    Metric("episode_return", "return", "hardware", lower_is_better=False, relative=False),
+    Metric("kcm_energy_error_pct", "KCM error (%)", "predicted", lower_is_better=None, on_backend=_KCM_VS),
+    Metric("episode_return", "return", "hardware", lower_is_better=False, relative=False, on_backend=_RETURN),
 )
 METRIC_BY_NAME = {m.name: m for m in METRICS}
+
+
+def hardware_backend(rows: list[dict], env_sources: dict[str, str] | None = None) -> str:
+    """The one backend (`simulated` or `measured`) that every episode in `rows` (their `hardware_source`) and every
+    env in `env_sources` ({env name: its backend's source}) ran on.
+
+    Raises:
+        ValueError: naming who ran where, when they differ (a `--resume` of a `--telemetry auto` run on another
+            machine, say: measured and simulated episodes in one IQM, or paired across policies, compare unlike
+            figures), when a source is not one of `BACKENDS`, or when there is nothing to go by.
+    """
+    found: dict[str, set[str]] = {}
+    for r in rows:
+        found.setdefault(r["hardware_source"], set()).add(f"policy {r['label']!r}")
+    for env, source in (env_sources or {}).items():
+        found.setdefault(source, set()).add(f"env {env!r}")
+    if unknown := sorted(set(found) - set(BACKENDS)):
+        raise ValueError(f"hardware source {unknown[0]!r} is not one of {BACKENDS}")
+    if len(found) != 1:
+        where = "; ".join(f"{b}: {', '.join(sorted(who))}" for b, who in sorted(found.items())) or "no episode, no env"
+        raise ValueError(
+            f"the episodes do not share one hardware backend ({where}): measured and simulated figures cannot be "
+            "aggregated or paired; run each backend into its own --out"
+        )
+    return next(iter(found))
+
+
+def metric_sources(backend: str) -> dict[str, str]:
+    """{metric name: its source label} for episodes run on `backend` (`Metric.source_on`)."""
+    return {m.name: m.source_on(backend) for m in METRICS}
+
+
 EXTRA_COLUMNS = ("tokens_served", "runtime_tokens", "ttt_tokens_trained", "initial_temperature_c", "shift_interval")
 STEP_FIELDS = (  # what a trace keeps of each step's info
     "power_w",
@@ -95,10 +158,11 @@ def episode_metrics(trace: dict) -> dict:
     """The per-episode figures of `METRICS` (and `EXTRA_COLUMNS`) from a trace (`evaluate.run_episode`).
 
     Energy per token and throughput count deployment tokens served; mean power is time-weighted (each interval's
-    duration is its energy over its mean power); latency per token is the interval time per
-    served token (1000 / throughput, ms); p50/p95 are over the intervals' latencies; the TTT share is the KCM's
-    share of busy time spent in TTT, weighted by each interval's busy time; the KCM error is the signed error of its
-    predicted episode energy against the observed one, %.
+    duration is its energy over its mean power); the time per token is the episode's interval time per served token
+    (1000 / throughput, ms: not a latency, and the same for every policy that meets the demand); p50/p95 are over
+    the intervals' latencies; the TTT share is the share of busy time spent in TTT (the KCM's on the simulated
+    backend, the runtime's wall-time share on the measured one), weighted by the KCM's busy time of each interval;
+    the KCM error is the signed error of its predicted episode energy against the observed one, %.
     """
     steps, dt_s = trace["steps"], trace["interval_s"]
     col = {k: np.array([s[k] for s in steps], dtype=np.float64) for k in STEP_FIELDS if k != "domain"}
@@ -116,7 +180,7 @@ def episode_metrics(trace: dict) -> dict:
         "peak_temperature_c": float(col["peak_temperature_c"].max()),
         "temperature_rise_c": float(col["peak_temperature_c"].max() - trace["initial_temperature_c"]),
         "time_throttled_s": float(col["throttled_share"].sum() * dt_s),
-        "latency_per_token_ms": 1e3 * n * dt_s / max(tokens, 1.0),
+        "time_per_token_ms": 1e3 * n * dt_s / max(tokens, 1.0),
         "latency_p50_ms": float(np.percentile(col["latency_ms"], 50)),
         "latency_p95_ms": float(np.percentile(col["latency_ms"], 95)),
         "throughput_tokens_per_s": tokens / (n * dt_s),
@@ -248,7 +312,12 @@ def summarize(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict[str, dict[str, Estimate]]:
-    """{label: {metric: Estimate}} over the episodes in `rows` (dicts with `label` and the metric columns)."""
+    """{label: {metric: Estimate}} over the episodes in `rows` (dicts with `label` and the metric columns).
+
+    Raises:
+        ValueError: rows with a `hardware_source` that ran on more than one backend (`hardware_backend`).
+    """
+    _one_backend(rows)
     result = {}
     for label in labels:
         mine = [r for r in rows if r["label"] == label]
@@ -269,7 +338,9 @@ def improvements(
     seed: int = 0,
 ) -> dict[str, dict[str, Estimate]]:
     """{label: {metric: Estimate of the paired improvement over `baseline`}} for every other label, paired on
-    `episode_seed`; metrics without a direction are left out. Empty when the baseline has no episodes."""
+    `episode_seed`; metrics without a direction are left out. Empty when the baseline has no episodes. A
+    ValueError for rows from more than one backend, as `summarize`."""
+    _one_backend(rows)
     base = {r["episode_seed"]: r for r in rows if r["label"] == baseline}
     directed = tuple(m for m in metrics if m.lower_is_better is not None)
     result = {}
@@ -292,6 +363,13 @@ def improvements(
         estimates = interval_estimates(matrix, reps, confidence, seed)
         result[label] = {m.name: e for m, e in zip(directed, estimates)}
     return result
+
+
+def _one_backend(rows: list[dict]) -> None:
+    """`hardware_backend` over the rows that say where they ran (hand-made rows may not)."""
+    tagged = [r for r in rows if r.get("hardware_source")]
+    if tagged:
+        hardware_backend(tagged)
 
 
 def _float(x) -> float:

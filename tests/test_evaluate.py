@@ -281,8 +281,139 @@ def test_episode_metrics_known_trace():
     assert (m["mean_loss"], m["loss_after_shift"], m["slo_violations"], m["ttt_updates"]) == (2.5, 3.0, 1, 1)
     assert m["perplexity"] == pytest.approx(math.exp(2.5))
     assert m["ttt_overhead_pct"] == pytest.approx(10.0)
+    assert m["time_per_token_ms"] == pytest.approx(1.0)  # 2 intervals of 1 s for 2000 tokens: 1000 / throughput
+    assert "latency_per_token_ms" not in m  # the interval time per served token is no latency
     assert m["kcm_energy_error_pct"] == pytest.approx(10.0)
     assert m["shift_interval"] == 1
+
+
+# ----- provenance: every figure says where it came from -----------------------------------------------------------
+SOURCE_CASES = [  # backend: labels that differ from "the backend's own" for the hardware figures
+    ("simulated", {"episode_return": "mixed", "ttt_overhead_pct": "predicted",
+                   "kcm_energy_error_pct": "predicted vs simulated"}),
+    ("measured", {"episode_return": "measured", "ttt_overhead_pct": "measured",
+                  "kcm_energy_error_pct": "predicted vs measured"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("backend", "special"), SOURCE_CASES)
+def test_sources_follow_the_backend(backend, special):
+    """The return mixes simulated hardware terms with the measured loss on the simulated backend; the TTT share is
+    the KCM's there and a measured wall-time share on the GPU; the KCM error says what the KCM was checked against."""
+    sources = stats.metric_sources(backend)
+    assert set(sources) == {m.name for m in stats.METRICS}
+    for name, label in special.items():
+        assert sources[name] == label, name
+    assert sources["energy_per_token_mj"] == sources["latency_p95_ms"] == backend
+    assert sources["mean_loss"] == "measured" and sources["kcm_pred_energy_per_token_mj"] == "predicted"
+    assert all(label in stats.SOURCE_NOTES for label in sources.values())  # every label is explained in the report
+    with pytest.raises(ValueError, match="unknown hardware backend 'auto'"):
+        stats.metric_sources("auto")
+
+
+def test_episodes_from_two_backends_are_refused():
+    rows = [{"label": "a", "episode_seed": 0, "hardware_source": "simulated", "energy_per_token_mj": 1.0},
+            {"label": "b", "episode_seed": 0, "hardware_source": "measured", "energy_per_token_mj": 2.0}]  # fmt: skip
+    assert stats.hardware_backend(rows[:1], {"main": "simulated"}) == "simulated"
+    with pytest.raises(ValueError, match="measured: policy 'b'; simulated: policy 'a'"):
+        stats.hardware_backend(rows)
+    with pytest.raises(ValueError, match="measured: env 'main'; simulated: policy 'a'"):
+        stats.hardware_backend(rows[:1], {"main": "measured"})  # this process's env is not the one the rows ran on
+    metric = (stats.METRIC_BY_NAME["energy_per_token_mj"],)
+    for aggregate in (stats.summarize, lambda *a, **k: stats.improvements(rows, ["a", "b"], "a", *a[2:], **k)):
+        with pytest.raises(ValueError, match="do not share one hardware backend"):
+            aggregate(rows, ["a", "b"], metric, reps=50)
+
+
+def env_facts_of(source: str, dense: bool = False, cuda_peak_gb: float | None = None) -> dict:
+    """The facts `evaluate_facts.env_facts` gives for the tiny env (or its dense twin), without building it."""
+    import envs
+    from evaluate_facts import config_facts
+
+    args = evaluate.Args(preset="tiny", episode_intervals=4, telemetry="simulated")
+    kwargs = evaluate.env_kwargs(args)
+    kwargs = evaluate_suites.dense_twin(args, kwargs) if dense else kwargs
+    facts = config_facts(envs.EnvConfig.from_kwargs(**kwargs), source, "H100", 0.004)
+    return facts | ({"cuda_peak_allocated_gb": cuda_peak_gb} if cuda_peak_gb is not None else {})
+
+
+def fake_summary(envs_: dict[str, dict], policies: dict[str, str], backend: str) -> dict:
+    """A summary.json as `evaluate.aggregate` writes it, every figure 1.0 [0.5, 1.5] over 2 episodes."""
+    estimate = stats.Estimate(1.0, 0.5, 1.5, 2).to_dict()
+    device = dict(date="", host="h", cpu="x86_64", python="3", torch="2", gpu="NVIDIA H100", driver="580")
+    return {
+        "title": "t", "date": "today", "device": device, "envs": envs_,
+        "policies": {lab: {"spec": "no_control", "env": env} for lab, env in policies.items()},
+        "seeds": [0, 1], "episodes_per_seed": 1, "statistic": "IQM with 95% stratified-bootstrap intervals (rliable)",
+        "sources": stats.metric_sources(backend), "aggregates": {lab: dict.fromkeys(stats.METRIC_BY_NAME, estimate)
+                                                                 for lab in policies},
+        "improvements": {}, "notes": [],
+    }  # fmt: skip
+
+
+def test_report_describes_each_env_by_its_own_device_and_deployment(tmp_path):
+    """Envs with other deployment scales (the single-GPU suite's dense twin) or other backends are not described by
+    the first env's."""
+    import evaluate_report as report
+
+    dense, moe = env_facts_of("simulated", dense=True), env_facts_of("measured")
+    assert dense["deployment"] != moe["deployment"]
+    summary = fake_summary({"dense": dense, "moe": moe}, {"d": "dense", "m": "moe"}, "simulated")
+    text = report.write_report(tmp_path, summary)
+    assert "- Deployment scale:" not in text and "- Device: each env's, below" in text
+    for name, facts in (("dense", dense), ("moe", moe)):
+        [line] = [x for x in text.splitlines() if x.startswith(f"- Env `{name}`")]
+        assert f"expert widths {facts['deployment']['expert_widths']}" in line
+        assert ("measured on NVIDIA H100" if facts["source"] == "measured" else "simulated H100") in line
+    same = fake_summary({"main": moe}, {"m": "main"}, "measured")
+    text = report.write_report(tmp_path, same)
+    assert "- Device: measured on NVIDIA H100 (driver 580)" in text and "- Deployment scale: d_model" in text
+    assert "`mixed`" not in text and "`predicted vs measured` (the KCM's prediction against the measured" in text
+
+
+def test_env_facts_keep_weight_arithmetic_apart_from_a_measured_peak():
+    """The runtime's weights are parameter bytes (predicted); only a CUDA allocator peak is measured, and it is
+    process-wide, so it has a name of its own."""
+    import torch
+
+    from evaluate_facts import env_facts
+
+    env = tiny_env(4)
+    try:
+        facts = env_facts(env)
+        model = env.unwrapped.runtime.model
+    finally:
+        env.close()
+    assert "runtime_memory_gb" not in facts
+    assert facts["runtime_weights_gb"] == sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
+    assert (facts["cuda_peak_allocated_gb"] is None) == (not torch.cuda.is_available())
+
+
+@pytest.mark.parametrize("backend", ["simulated", "measured"])
+def test_single_gpu_outputs_label_every_figure(tmp_path, capsys, backend):
+    """Latency with its source, runtime weights as predicted (parameter bytes), the CUDA peak as a process-wide
+    measurement, the KCM error against what it was checked with, each system by its own backend."""
+    import evaluate_report as report
+
+    peak = 1.5 if backend == "measured" else None
+    summary = fake_summary({"main": env_facts_of(backend, cuda_peak_gb=peak)}, {"a": "main", "b": "main"}, backend)
+    rows = [{"label": lab, "episode_seed": s, "hardware_source": backend, **dict.fromkeys(stats.METRIC_BY_NAME, 1.0)}
+            for lab in ("a", "b") for s in (0, 1)]  # fmt: skip
+    report.single_gpu_outputs(tmp_path, summary, rows, {}, kcm_ok=False)
+    printed = capsys.readouterr().out
+    assert f"(p50 interval latency) [{backend}]" in printed
+    assert "GB runtime weights [predicted]" in printed and "runtime [measured]" not in printed
+    assert f"% [KCM vs {backend}]" in printed and "% [predicted]" not in printed
+    assert ("GB CUDA peak (process-wide) [measured]" in printed) == (backend == "measured")
+    detail = json.loads((tmp_path / "hpc_results.json").read_text())["a"]["metrics"]
+    assert detail["runtime_weights_gb"]["source"] == "predicted" and "runtime_memory_gb" not in detail
+    assert detail["episode_return"]["source"] == ("mixed" if backend == "simulated" else "measured")
+    [row] = [r for r in read_csv(tmp_path / "comparison_results.csv") if r["system"] == "b"]
+    assert row["hardware_source"] == backend and row["kcm_energy_error_pct_source"] == f"predicted vs {backend}"
+    assert row["runtime_weights_gb_source"] == "predicted"
+    rows[0]["hardware_source"] = "measured" if backend == "simulated" else "simulated"
+    with pytest.raises(ValueError, match="do not share one hardware backend"):
+        report.single_gpu_outputs(tmp_path, summary, rows, {}, kcm_ok=False)
 
 
 # ----- end to end: files, resume ---------------------------------------------------------------------------------
@@ -310,8 +441,11 @@ def test_cli_writes_parseable_report_files(tmp_path):
         "Date: ",
         "simulated H100",
         "| heuristic |",
+        "interval time/served token (ms) [simulated]",
+        "`predicted` (the kernel cost model, KCM)",
     ):
         assert needle in text, needle
+    assert "latency/token" not in text
     for png in ("pareto.png", "traces.png", "expert_load.png", "ttt_activity.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG", png
     assert "Comparison (IQM [CI] over episodes)" in proc.stdout
