@@ -6,8 +6,9 @@
 For each run: the training episodes' mean return (TensorBoard's `rollout/ep_rew_mean`, every resumed session
 merged) and the held-out evaluations (`evaluations.npz`: mean and spread of the evaluation episodes). Each baseline
 controller plays the held-out episodes the runs were evaluated on (same env kwargs and `--eval-seed` as the first
-run's `config.yaml`), so its line is directly comparable with the evaluation points. All returns are `simulated`
-(the simulated GPU prices energy, heat and latency) plus the measured loss. Writes `<out>.png` and `<out>.json`.
+run's `config.yaml`), so its line is directly comparable with the evaluation points. Every curve says its source
+(`evaluate_stats.Metric.source_on` of the return): `mixed` on the simulated backend (the simulated GPU prices energy,
+heat and latency; the loss term is measured), `measured` on a GPU. Writes `<out>.png` and `<out>.json`.
 """
 
 from __future__ import annotations
@@ -37,8 +38,24 @@ def training_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
     return steps, np.array([points[s] for s in steps])
 
 
-def baseline_returns(config: dict, controller: str, episodes: int) -> list[float]:
-    """Returns of `controller` on the held-out episodes `train_agent.py`'s evaluation callback plays."""
+def return_source(backend: str) -> str:
+    """The source label of an episode return on `backend` (`simulated` or `measured`), as evaluate.py's."""
+    import evaluate_stats
+
+    return evaluate_stats.METRIC_BY_NAME["episode_return"].source_on(backend)
+
+
+def run_source(config: dict) -> str:
+    """The source of a run's returns, from the backend its `config.yaml` asked for (`env_kwargs.telemetry`); a run
+    with `telemetry: auto` chose on its machine without saying which, so it is `unknown`."""
+    telemetry = (config.get("env_kwargs") or {}).get("telemetry") or config["args"].get("telemetry", "auto")
+    backend = {"simulated": "simulated", "nvml": "measured"}.get(telemetry)
+    return return_source(backend) if backend else f"unknown (telemetry {telemetry!r})"
+
+
+def baseline_returns(config: dict, controller: str, episodes: int) -> tuple[list[float], str]:
+    """Returns of `controller` on the held-out episodes `train_agent.py`'s evaluation callback plays, and their
+    source (from the env's `info["source"]`)."""
     from agents import make_controller
     from train_agent import make_vec_env
 
@@ -49,17 +66,29 @@ def baseline_returns(config: dict, controller: str, episodes: int) -> list[float
         policy = make_controller(controller, venv)
         policy.reset()
         venv.seed(args["eval_seed"])
-        obs, returns, total = venv.reset(), [], 0.0
+        obs, returns, total, backends = venv.reset(), [], 0.0, set()
         while len(returns) < episodes:
-            obs, reward, done, _ = venv.step(policy.act(obs[0])[None])
+            obs, reward, done, infos = venv.step(policy.act(obs[0])[None])
             total += float(reward[0])
+            backends.add(infos[0]["source"])
             if done[0]:
                 returns.append(total)
                 total = 0.0
                 policy.reset()
-        return returns
+        (backend,) = backends  # one env, one backend
+        return returns, return_source(backend)
     finally:
         venv.close()
+
+
+def curves_source(sources: list[str]) -> dict:
+    """{"source": the label all curves share, "source_note": what it means} (`evaluate_stats.SOURCE_NOTES`); curves
+    that do not share one are said to differ, each with its own `source`."""
+    import evaluate_stats
+
+    if len(set(sources)) != 1:
+        return {"source": "differs by curve", "source_note": "each run and baseline has its own source"}
+    return {"source": sources[0], "source_note": evaluate_stats.SOURCE_NOTES.get(sources[0], sources[0])}
 
 
 def read_curve_config(path: Path) -> dict:
@@ -112,12 +141,14 @@ def main(argv: list[str] | None = None) -> None:
     data: dict = {
         "runs": {},
         "baselines": {},
+        "baseline_sources": {},
         "eval_episodes": eval_episodes,
         "eval_seed": configs[0]["args"]["eval_seed"],
     }
     for run, label, config in zip(args.runs, labels, configs):
         steps, train = training_curve(run)
-        entry: dict = {"folder": str(run), "train_steps": steps.tolist(), "train_return": train.tolist()}
+        entry: dict = {"folder": str(run), "source": run_source(config)}
+        entry["train_steps"], entry["train_return"] = steps.tolist(), train.tolist()
         if (run / EVALUATIONS_FILE).exists():
             try:
                 history = read_eval_history(run / EVALUATIONS_FILE)
@@ -128,8 +159,9 @@ def main(argv: list[str] | None = None) -> None:
             entry["warm_start"] = config["warm_start"]
         data["runs"][label] = entry
     for name in baselines:
-        data["baselines"][name] = baseline_returns(configs[0], name, eval_episodes)
-        print(f"{name}: held-out mean return {np.mean(data['baselines'][name]):.1f}")
+        data["baselines"][name], data["baseline_sources"][name] = baseline_returns(configs[0], name, eval_episodes)
+        print(f"{name}: held-out mean return {np.mean(data['baselines'][name]):.1f} [{data['baseline_sources'][name]}]")
+    data.update(curves_source([e["source"] for e in data["runs"].values()] + list(data["baseline_sources"].values())))
 
     import matplotlib
 
@@ -148,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     for j, (name, returns) in enumerate(data["baselines"].items()):
         ax.axhline(np.mean(returns), color=colors[(len(data["runs"]) + j) % len(colors)], ls="--", label=name)
     ax.set_xlabel("env steps")
-    ax.set_ylabel("episode return [simulated]")
+    ax.set_ylabel(f"episode return [{data['source']}]")
     ax.set_title(f"held-out evaluation (markers: mean ± sd of {eval_episodes} episodes); faint: training episodes")
     if ax.get_legend_handles_labels()[0]:  # a run with no evaluation yet and no baseline has nothing to name
         ax.legend(fontsize=8)

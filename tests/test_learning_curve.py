@@ -1,10 +1,13 @@
-"""scripts/learning_curve.py: bad input is a one-line error before any env is built, and outputs keep their names."""
+"""scripts/learning_curve.py: bad input is a one-line error before any env is built, outputs keep their names, and
+every curve says its source; and the provenance of scripts/agent_router_nvml.py's rows (a GPU-only script, whose
+row builder runs here on fakes)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -15,11 +18,11 @@ learning_curve = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(learning_curve)
 
 
-def fake_run(folder: Path) -> Path:
+def fake_run(folder: Path, telemetry: str = "simulated") -> Path:
     """A run folder with a config and no curves yet (a run that has not logged)."""
     folder.mkdir(parents=True)
-    args = {"env_id": "MoERouting-v0", "eval_episodes": 2, "eval_seed": 1000}
-    config = {"args": args, "hyperparams": {}, "env_kwargs": {}}
+    args = {"env_id": "MoERouting-v0", "eval_episodes": 2, "eval_seed": 1000, "telemetry": telemetry}
+    config = {"args": args, "hyperparams": {}, "env_kwargs": {"telemetry": telemetry}}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     return folder
 
@@ -53,3 +56,32 @@ def test_outputs_keep_the_name_given(tmp_path, out, stem):
     learning_curve.main([str(run), "--baselines", "", "--out", str(tmp_path / out)])
     assert (tmp_path / f"{stem}.png").stat().st_size > 0
     assert json.loads((tmp_path / f"{stem}.json").read_text())["runs"]["run"]["train_steps"] == []
+
+
+@pytest.mark.parametrize(
+    ("telemetry", "source"), [("simulated", "mixed"), ("nvml", "measured"), ("auto", "unknown (telemetry 'auto')")]
+)
+def test_every_curve_says_its_source(tmp_path, telemetry, source):
+    """A simulated run's returns are simulated energy, heat and latency terms plus the measured loss: `mixed`."""
+    run = fake_run(tmp_path / "run", telemetry)
+    learning_curve.main([str(run), "--baselines", "", "--out", str(tmp_path / "curve")])
+    data = json.loads((tmp_path / "curve.json").read_text())
+    assert data["runs"]["run"]["source"] == source and data["source"] == source
+    assert learning_curve.curves_source(["mixed", "measured"])["source"] == "differs by curve"
+    assert "loss term measured" in learning_curve.curves_source(["mixed"])["source_note"]
+
+
+def test_agent_router_nvml_rows_say_which_figures_are_predicted(monkeypatch):
+    """The capacity is the KCM's and the demand a fraction of it: not `measured` like the rest."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # the script imports `_cli` from there
+    spec = importlib.util.spec_from_file_location("agent_router_nvml", REPO / "scripts" / "agent_router_nvml.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    router = SimpleNamespace(builder=SimpleNamespace(raw=lambda obs, name: 0.5), capacity_tokens_per_s=1e5,
+                             launch_tokens=16384, gpu_spec=SimpleNamespace(name="H100"))  # fmt: skip
+    rec = SimpleNamespace(interval=0, source="measured", tokens=16384, served_tokens=3e4, energy_j=150.0,
+                          power_w=150.0, temperature_c=40.0, latency_ms=30.0, backlog_tokens=0.0, observation=None)  # fmt: skip
+    row = script.interval_row(router, rec, 0.3)
+    assert set(row) == set(script.LABEL_FIELDS) | set(script.FIELD_SOURCES)  # every figure has a source
+    assert script.FIELD_SOURCES["capacity"] == "predicted" and "predicted" in script.FIELD_SOURCES["demand"]
+    assert script.FIELD_SOURCES["energy_j"] == "measured"
