@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -16,6 +17,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 import agents
 import envs  # noqa: F401  (registers MoERouting-v0)
 from agents import ControlSpec, EnergyAwareTTTRouter, load_policy, make_controller
+from agents.warm_start import Demonstrations, discounted_returns, fit_policy
 from envs import ActionConfig
 from kernels import KernelCostModel, dispatch
 from moe_runtime import ControlAction, MoEConfig, MoETransformer
@@ -334,3 +336,69 @@ def test_warm_start_fits_the_policy_to_its_teacher(env):
     assert gap() < min(0.1, before / 3), (before, gap())
     with pytest.raises(ValueError, match="unknown controller 'oracle'"):
         agents.warm_start(model, venv, "oracle", steps=8, epochs=1)
+
+
+class ConstantReward(gym.RewardWrapper):
+    """Every step earns the same reward: in an env that never terminates V = reward / (1 - gamma) everywhere."""
+
+    def __init__(self, env, reward: float):
+        super().__init__(env)
+        self.constant = reward
+
+    def reward(self, reward: float) -> float:
+        return self.constant
+
+
+def test_warm_start_values_bootstrap_at_the_time_limit_with_frozen_reward_statistics():
+    gamma, reward = 0.9, 0.5
+    env = gym.make("MoERouting-v0", preset="tiny", telemetry="simulated", episode_intervals=16, torch_threads=1)
+    venv = VecNormalize(DummyVecEnv([lambda: Monitor(ConstantReward(env, reward))]), norm_obs=False, gamma=gamma)
+    model = PPO("MlpPolicy", venv, n_steps=64, batch_size=32, gamma=gamma, seed=0, device="cpu")
+    record = agents.warm_start(model, venv, "no_control", steps=64, epochs=200, seed=0)
+    # the reward PPO sees next: normalised with the statistics the collection left
+    scaled = reward / np.sqrt(venv.ret_rms.var + venv.epsilon)
+    observations = torch.as_tensor(np.stack([env.reset(seed=s)[0] for s in range(4)]))
+    values = model.policy.predict_values(observations).detach().numpy().ravel()
+    # Returns cut at each 16-step episode's end average ~54% of V here; bootstrapped ones are V itself.
+    np.testing.assert_allclose(values, scaled / (1 - gamma), rtol=0.1)
+    target = record["value_target"]
+    assert target["rounds"] > 1 and target["rewards"].startswith("normalised with the VecNormalize statistics frozen")
+    assert target["mean"] == pytest.approx(scaled / (1 - gamma), rel=0.05)
+    assert target["mean_if_cut_at_episode_ends"] < 0.7 * target["mean"]
+    env.close()
+
+
+def test_discounted_returns_bootstrap_where_cut_and_stop_at_terminations():
+    rewards = np.ones((4, 2), dtype=np.float32)
+    cut = np.array([[False, False], [True, True], [False, False], [True, True]])
+    tail = np.array([[0, 0], [10, 0], [0, 0], [5, 7]], dtype=np.float32)  # worker 1 terminates after step 1
+    returns = discounted_returns(rewards, cut, tail, gamma=0.5)
+    np.testing.assert_allclose(returns[:, 0], [1 + 0.5 * 6, 1 + 0.5 * 10, 1 + 0.5 * 3.5, 1 + 0.5 * 5])
+    np.testing.assert_allclose(returns[:, 1], [1.5, 1.0, 1 + 0.5 * 4.5, 1 + 0.5 * 7])
+
+
+def test_value_iteration_learns_values_that_differ_by_state():
+    """Rewarded episodes (reward 1 a step, V = 1 / (1 - gamma) = 10) alternate with unrewarded ones (V = 0), each cut
+    at 16 steps: the first round's guess (mean reward / (1 - gamma) = 5 at every cut) is wrong for both, and only
+    the critic's own bootstrapped values bring them apart."""
+    gamma, length, episodes = 0.9, 16, 12
+    rewarded = np.repeat(np.arange(episodes) % 2, length).astype(np.float32)  # [T]
+    obs = np.stack([rewarded, np.tile(np.linspace(-1, 1, length), episodes), np.zeros_like(rewarded)], -1)[:, None]
+    cut = np.zeros((episodes * length, 1), dtype=bool)
+    cut[length - 1 :: length] = True
+    demos = Demonstrations(
+        observations=obs.astype(np.float32),
+        actions=np.zeros((episodes * length, 1, 1), dtype=np.float32),
+        rewards=rewarded[:, None],
+        cut=cut,
+        bootstrap=cut.copy(),  # truncations: each episode goes on from its last observation
+        next_observations=np.where(cut[..., None], obs, 0.0).astype(np.float32),
+        episodes=episodes,
+        mean_return=0.0,
+        normalised=False,
+    )
+    model = PPO("MlpPolicy", gym.make("Pendulum-v1"), gamma=gamma, seed=0, device="cpu")
+    fit_policy(model, demos, epochs=600, gamma=gamma, seed=0)
+    values = model.policy.predict_values(torch.as_tensor(obs[:, 0])).detach().numpy().ravel()
+    assert values[rewarded == 1].mean() == pytest.approx(10.0, abs=1.0)
+    assert values[rewarded == 0].mean() == pytest.approx(0.0, abs=1.0)
