@@ -96,8 +96,17 @@ def make_env(kwargs: dict):
 
 def make_controller(spec: PolicySpec, env, device: str):
     """The `Controller` a spec names, checked against the env (UsageError on a bad argument or a model that does
-    not fit the env)."""
+    not fit the env).
+
+    Warns (UserWarning, one line) when a saved policy's run trained it on another served model or task than this
+    env's (`agents.sb3.env_setting_differences`: preset, checkpoint, pretrain_steps, gpu, action and reward
+    settings, ...), naming each setting, both values and the flag that matches the training; it still runs, since
+    a transfer may be the point. A policy without its run's config.yaml is not checked.
+    """
+    import warnings
+
     import agents
+    from agents.sb3 import env_setting_differences
 
     if spec.kind == "controller":
         try:
@@ -113,6 +122,31 @@ def make_controller(spec: PolicySpec, env, device: str):
     if got is not None and tuple(got.shape) != tuple(expected):
         raise UsageError(f"policy {spec.text!r} was trained on observations of shape {got.shape}; this env's are "
                          f"{expected} (another preset or expert count?)")
+    trained = getattr(controller, "train_env_config", None)
+    differences = env_setting_differences(trained, env.unwrapped.config) if trained else []
+    if differences:
+        flags = {
+            "preset": "--preset",
+            "checkpoint": "--checkpoint",
+            "pretrain_steps": "--pretrain-steps",
+            "gpu": "--gpu",
+            "interval_s": "--interval-s",
+        }
+
+        def fix(name, value):
+            if name not in flags:
+                return f"EnvConfig.{name}, not an evaluate.py flag"
+            return f"leave out {flags[name]}" if value is None else f"{flags[name]} {value}"
+
+        parts = [f"{name} {old!r} (trained) vs {new!r} (here; {fix(name, old)})" for name, old, new in differences]
+        # Default filters show each distinct message once: one line per policy, even though the main suite builds
+        # its controllers twice (check_policies before training, then the episodes).
+        warnings.warn(
+            f"policy {spec.text!r} was trained on another served model or task than this evaluation's: "
+            f"{'; '.join(parts)}; it runs as asked, so its results measure a transfer",
+            UserWarning,
+            stacklevel=2,
+        )
     return controller
 
 

@@ -24,7 +24,9 @@ held-out seeds of the validation split), `checkpoints/ckpt_<steps>_steps.zip` (+
 Ctrl-C (or SIGTERM) saves a checkpoint and exits with status 130; a run whose policy diverges (NaN or infinite
 weights, an invalid action distribution) exits with status 1 and a one-line error naming the step, its checkpoints
 kept. `--hyperparams imitate:<controller>` first fits the fresh policy to a baseline controller
-(`agents.warm_start`); the record goes to `config.yaml` and the summary.
+(`agents.warm_start`); the record goes to `config.yaml` and the summary. Under a warm start (`imitate`, or the files'
+`init_action: no_control`) SAC and TD3 act with the policy from the first step: `learning_starts` becomes 0 unless
+given with --hyperparams, and `config.yaml` says so under `hyperparams_adjusted`.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from agents.sb3 import (
     parse_key_values,
     read_eval_history,
     read_vecnormalize,
+    resolve_learning_starts,
 )
 from envs import EnvConfig, measured_backend_unavailable
 from moe_runtime import CheckpointError, cache_dir_problem, read_checkpoint
@@ -221,6 +222,7 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
         # SB3 would raise this only after the envs are built and imitation is done; say it now and go on without
         print(f"the progress bar needs {' and '.join(missing)} (pip install {' '.join(missing)}); running without it")
         args.progress_bar = False
+    adjusted = {}
     try:
         if saved is not None and not given & {"hyperparams", "hyperparams_file"}:
             hyperparams = dict(saved["hyperparams"])  # the run's own, even if the hyperparameter file changed since
@@ -229,6 +231,11 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
             overrides = parse_key_values(args.hyperparams, "--hyperparams")
             check_hyperparams(args.algo, overrides, "--hyperparams")
             hyperparams.update(overrides)
+            # A resumed run re-derives the same value here, so its saved hyperparameters still match.
+            hyperparams, note = resolve_learning_starts(args.algo, hyperparams, "learning_starts" in overrides)
+            if note is not None:
+                adjusted["learning_starts"] = note
+                print(f"note: {note}")
         imitation = imitation_settings(hyperparams)
         env_kwargs = env_kwargs_from_pairs(args.env_kwargs, args.telemetry)
     except (ValueError, TypeError, OSError, yaml.YAMLError) as exc:
@@ -276,6 +283,7 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
         "run_dir": run_dir,
         "vec": args.vec if args.vec != "auto" else ("subproc" if args.n_envs > 1 else "dummy"),
         "hyperparams": hyperparams,
+        "hyperparams_adjusted": adjusted,  # {name: why the value in `hyperparams` is not the file's}
         "imitation": imitation,
         "env_kwargs": env_kwargs,
         # held-out evaluation: its own seeds, on the validation split of the corpus

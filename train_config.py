@@ -16,6 +16,7 @@ import stable_baselines3
 import torch
 import yaml
 
+from agents.sb3 import plain
 from envs import EnvConfig
 
 
@@ -76,32 +77,16 @@ def run_setting_changes(saved: dict[str, Any], args: Any, derived: dict[str, Any
     return changes
 
 
-def plain(obj: Any) -> Any:
-    """Dataclasses, tuples, paths and numpy scalars as YAML-safe plain values."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return plain(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, str):
-        return str(obj)  # also str subclasses such as torch's TorchVersion
-    if obj is None or isinstance(obj, (bool, int, float)):
-        return obj
-    return repr(obj)
-
-
 def run_config(args: Any, derived: dict[str, Any], normalize: dict | None) -> dict[str, Any]:
+    """The config.yaml of a new run: arguments, the hyperparameters in effect (and why any differs from its file),
+    the env kwargs and the full `EnvConfig` they resolve to, versions and host."""
     return {
         "run_name": derived["run_name"],
         "command": " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "args": plain(args),
         "hyperparams": plain(derived["hyperparams"]),
+        "hyperparams_adjusted": plain(derived.get("hyperparams_adjusted", {})),
         "vec_normalize": plain(normalize),
         "env_kwargs": plain(derived["env_kwargs"]),
         "env_config": plain(EnvConfig.from_kwargs(**derived["env_kwargs"])),

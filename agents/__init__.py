@@ -5,9 +5,11 @@
   `random`;
 - `EnergyAwareTTTRouter` (the original heuristic, five parts; a Controller and a router module) with its
   `StatisticalLoadBalancer` and `ThermalAdaptiveScaler`;
-- `load_policy(path)`: a saved stable-baselines3 model as a Controller;
+- `load_policy(path)`: a saved stable-baselines3 model as a Controller, with the env config of its run
+  (`train_env_config`; compare an env with `agents.sb3.env_setting_differences`);
 - `AgentRouter(controller, runtime, ...)`: a Controller driving a live `MoERuntime`;
-- `warm_start(model, venv, controller, steps, epochs)`: fit a fresh SB3 policy to a baseline before RL.
+- `warm_start(model, venv, controller, steps, epochs)`: fit a fresh SB3 policy to a baseline before RL (its critic
+  to returns bootstrapped at the time limit, as PPO bootstraps them).
 """
 
 from agents.agent_router import AgentRouter, IntervalRecord

@@ -9,11 +9,14 @@ control, zero biases and TTT off, so exploration starts there; `zero`: SB3's own
 which has TTT on), and `imitate` (a controller name: warm-start the policy by imitating it, see
 `agents.warm_start`) with `imitate_steps` (default 2048) and `imitate_epochs` (default 30). Overrides use the Zoo's
 `key:value` syntax, with values parsed as YAML (`n_steps:64`, `learning_rate:3e-4`, `learning_rate:lin_3e-4`
-(linear decay), `policy_kwargs:"{net_arch: [64, 64], activation_fn: tanh}"`); never `eval`.
+(linear decay), `policy_kwargs:"{net_arch: [64, 64], activation_fn: tanh}"`); never `eval`. Under a warm start
+(`init_action: no_control` or `imitate`) SAC and TD3 get `learning_starts` 0 unless it is given on the command line
+(`resolve_learning_starts`): their random warm-up would otherwise act instead of the warm-started policy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -270,6 +273,57 @@ def imitation_settings(params: dict[str, Any]) -> dict[str, Any] | None:
     return settings
 
 
+def warm_start_in_effect(params: dict[str, Any]) -> str | None:
+    """What makes an untrained policy's own actions the intended start, as `key:value`: `imitate:<controller>` or
+    `init_action:no_control`; None for SB3's own initialisation."""
+    if imitation_settings(params) is not None:
+        return f"imitate:{params['imitate']}"
+    if params.get("init_action", "zero") == "no_control":
+        return "init_action:no_control"
+    return None
+
+
+def resolve_learning_starts(algo: str, params: dict[str, Any], explicit: bool) -> tuple[dict[str, Any], str | None]:
+    """Hyperparameters whose SAC/TD3 `learning_starts` lets a warm start act from the first step.
+
+    SB3's off-policy algorithms take uniformly random actions until `learning_starts` steps are done
+    (`OffPolicyAlgorithm._sample_action`), so a warm start (`warm_start_in_effect`) would only begin to act after
+    its replay buffer had filled with random actions (TTT on ~3/4 of the time). Under a warm start the value
+    becomes 0: updates then start after the first step, sampling the small buffer with replacement.
+
+    Args:
+        algo: the algorithm; only `sac` and `td3` have a random warm-up.
+        params: the resolved hyperparameters (not changed).
+        explicit: `learning_starts` was given on the command line: it is kept, with a warning if it is > 0.
+
+    Returns:
+        (the hyperparameters to use, a note of what was changed and why, or None).
+
+    Warns:
+        UserWarning: an explicit `learning_starts` > 0 under a warm start: its random actions come first.
+    """
+    cause = warm_start_in_effect(params)
+    if cause is None or algo not in ("sac", "td3"):
+        return params, None
+    default = inspect.signature(ALGOS[algo].__init__).parameters["learning_starts"].default  # 100 in SB3 2.x
+    starts = params.get("learning_starts", default)
+    if starts == 0:
+        return params, None
+    if explicit:
+        warnings.warn(
+            f"learning_starts:{starts} with {cause}: {algo} takes {starts} uniformly random actions before the "
+            "warm-started policy acts (TTT on ~3/4 of the time); leave learning_starts out to act from the start",
+            UserWarning,
+            stacklevel=2,
+        )
+        return params, None
+    note = (
+        f"learning_starts {starts} -> 0: with {cause} the policy acts from the first step (SB3 would take "
+        f"{starts} uniformly random actions first); give --hyperparams learning_starts:{starts} to keep them"
+    )
+    return {**params, "learning_starts": 0}, note
+
+
 def set_initial_action(model: BaseAlgorithm, action: np.ndarray) -> None:
     """Make an untrained policy's mean (deterministic) action `action` [A] in [-1, 1]: the output layer's bias is
     set to it (through atanh for the squashed SAC/TD3 actors) and its weights scaled by 0.01, so the mean barely
@@ -290,6 +344,80 @@ def set_initial_action(model: BaseAlgorithm, action: np.ndarray) -> None:
 
 
 # ----- policies as controllers -------------------------------------------------------------------------------------
+def plain(obj: Any) -> Any:
+    """Dataclasses, tuples, paths and numpy scalars as YAML-safe plain values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return plain(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, str):
+        return str(obj)  # also str subclasses such as torch's TorchVersion
+    if obj is None or isinstance(obj, (bool, int, float)):
+        return obj
+    return repr(obj)
+
+
+SERVED_MODEL_SETTINGS = ("preset", "model", "checkpoint", "pretrain_steps")
+"""The `EnvConfig` fields that decide which weights the env serves (`moe_runtime.pretrain.checkpoint_path`)."""
+TASK_SETTINGS = ("gpu", "cost_table", "ttt", "interval_s", "runtime_tokens", "reference_tokens", "action", "reward")
+"""The `EnvConfig` fields that decide what an action does and what it earns (the simulated GPU and its cost model,
+the action's bounds, the reward's terms); workload, split, episode length and randomisation are left out: they are
+what an evaluation varies on purpose."""
+_NOT_THE_WEIGHTS = ("device", "dtype", "batch_size", "preset_name")  # MoEConfig fields outside `model_key()`
+
+
+def _leaves(name: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in _leaves(f"{name}.{key}", sub).items()}
+    return {name: value}
+
+
+def env_setting_differences(trained: dict[str, Any], config: Any) -> list[tuple[str, Any, Any]]:
+    """The served-model and task settings (`SERVED_MODEL_SETTINGS`, `TASK_SETTINGS`) in which an env's config
+    differs from the one a policy was trained on.
+
+    Args:
+        trained: the `env_config` mapping of the run's config.yaml (`training_env_config`); a setting it does not
+            record is not compared.
+        config: the evaluation env's `EnvConfig`.
+
+    Returns:
+        `(setting, trained value, this env's value)` per differing leaf (`reward.w_loss`, `model.d_model`), in
+        field order; `model` only when the presets agree (another preset is another model), `pretrain_steps` only
+        when the model is pretrained here (no `checkpoint` on either side).
+    """
+    here = plain(config)
+    differences = []
+    for key in SERVED_MODEL_SETTINGS + TASK_SETTINGS:
+        if key not in trained or key not in here:
+            continue
+        if key == "model" and trained.get("preset") != here.get("preset"):
+            continue
+        if key == "pretrain_steps" and (trained.get("checkpoint") or here.get("checkpoint")):
+            continue
+        old, new = _leaves(key, trained[key]), _leaves(key, here[key])
+        for name in old.keys() | new.keys():
+            if key == "model" and name.split(".", 1)[-1] in _NOT_THE_WEIGHTS:
+                continue
+            if name in old and name in new and old[name] != new[name]:
+                differences.append((name, old[name], new[name]))
+    order = {name: i for i, name in enumerate(SERVED_MODEL_SETTINGS + TASK_SETTINGS)}
+    return sorted(differences, key=lambda d: (order[d[0].split(".")[0]], d[0]))
+
+
+def training_env_config(model_path: str | Path) -> dict[str, Any] | None:
+    """The `env_config` (the full `EnvConfig`, as plain values) a saved model was trained on, from its run's
+    `config.yaml` beside it or one folder up; None when there is none or it records no env config."""
+    env_config = (_find_config(Path(model_path)) or {}).get("env_config")
+    return env_config if isinstance(env_config, dict) else None
+
+
 class PolicyController:
     """A trained SB3 model as a `Controller`: `act(obs)` = `model.predict(normalised obs, deterministic=True)`.
 
@@ -297,12 +425,21 @@ class PolicyController:
         model: the SB3 model.
         vec_normalize: the VecNormalize it was trained under (observation statistics), or None.
         deterministic: take the policy's mean action.
+        train_env_config: the env config it was trained on (`training_env_config`), or None when unknown; compare
+            an env with `env_setting_differences`.
     """
 
-    def __init__(self, model: BaseAlgorithm, vec_normalize: Any = None, deterministic: bool = True):
+    def __init__(
+        self,
+        model: BaseAlgorithm,
+        vec_normalize: Any = None,
+        deterministic: bool = True,
+        train_env_config: dict[str, Any] | None = None,
+    ):
         self.model = model
         self.vec_normalize = vec_normalize if getattr(vec_normalize, "norm_obs", False) else None
         self.deterministic = deterministic
+        self.train_env_config = train_env_config
 
     def reset(self) -> None:
         pass
@@ -372,7 +509,8 @@ def load_policy(
         deterministic: mean actions (as `predict(..., deterministic=True)`).
 
     Warns (UserWarning) when the run's `config.yaml` (beside the model, or one folder up) says observations were
-    normalised but no statistics file lies beside the model: the policy then sees raw observations.
+    normalised but no statistics file lies beside the model: the policy then sees raw observations. The env config
+    that file records is the controller's `train_env_config` (None without one).
 
     Raises:
         FileNotFoundError: no model there. ValueError: unknown algo or another than the model's, a file that is
@@ -415,4 +553,4 @@ def load_policy(
                 UserWarning,
                 stacklevel=2,
             )
-    return PolicyController(model, vec_normalize, deterministic)
+    return PolicyController(model, vec_normalize, deterministic, train_env_config=training_env_config(path))

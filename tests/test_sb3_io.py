@@ -120,3 +120,66 @@ def test_a_zip_with_damaged_contents_is_a_value_error_naming_it(tmp_path, saved,
     for algo in (None, "ppo"):
         with pytest.raises(ValueError, match=f"{bad} is not a (readable ppo|saved stable-baselines3) model"):
             load_policy(bad, algo=algo)
+
+
+# ----- the env a policy was trained on ---------------------------------------------------------------------------
+def trained_elsewhere(tmp_path, ppo_run, env, **changes):
+    """A copy of the tiny PPO run with a config.yaml whose `env_config` is the tiny env's with `changes` (a nested
+    field as `reward__w_loss`)."""
+    from train_config import plain
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(ppo_run[0] / "model.zip", run / "model.zip")
+    env_config = plain(env.unwrapped.config)
+    for key, value in changes.items():
+        outer, _, inner = key.partition("__")
+        if inner:
+            env_config[outer][inner] = value
+        else:
+            env_config[key] = value
+    (run / "config.yaml").write_text(yaml.safe_dump({"args": {"algo": "ppo"}, "env_config": env_config}))
+    return run
+
+
+def test_load_policy_exposes_the_env_config_of_its_run(tmp_path, saved):
+    run = run_folder(tmp_path, saved, norm_obs=False, stats=False)
+    assert load_policy(run).train_env_config is None  # a config.yaml without an env config
+    config = yaml.safe_load((run / "config.yaml").read_text()) | {"env_config": {"preset": "tiny", "gpu": "H200"}}
+    (run / "best").mkdir()
+    shutil.copy(run / "model.zip", run / "best" / "best_model.zip")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert load_policy(run / "best" / "best_model.zip").train_env_config == config["env_config"]  # one folder up
+
+
+def test_a_policy_evaluated_on_another_served_model_warns_once_naming_each_setting(tmp_path, ppo_run, env):
+    import evaluate
+
+    changes = dict(pretrain_steps=99, gpu="H200", reward__w_loss=2.0, split="validation", workload__load=0.9)
+    run = trained_elsewhere(tmp_path, ppo_run, env, **changes)
+    spec = evaluate.parse_policy(f"ppo:{run}", ())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # as a script runs: each distinct warning once
+        for _ in range(2):  # the main suite builds every controller twice (check_policies, then the episodes)
+            evaluate.make_controller(spec, env, "cpu")
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(messages) == 1, messages
+    message = messages[0]
+    assert "\n" not in message and f"policy 'ppo:{run}'" in message
+    assert "pretrain_steps 99 (trained) vs 150 (here; --pretrain-steps 99)" in message
+    assert "gpu 'H200' (trained) vs 'H100' (here; --gpu H200)" in message
+    assert "reward.w_loss 2.0 (trained) vs 1.0 (here; EnvConfig.reward.w_loss, not an evaluate.py flag)" in message
+    assert "split" not in message and "workload" not in message  # what an evaluation varies on purpose
+
+
+@pytest.mark.parametrize("config", [True, False])  # the run's own env / no config.yaml: nothing to compare
+def test_a_policy_evaluated_on_its_own_env_or_without_a_config_does_not_warn(tmp_path, ppo_run, env, config):
+    import evaluate
+
+    run = trained_elsewhere(tmp_path, ppo_run, env, split="train")
+    if not config:
+        (run / "config.yaml").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        controller = evaluate.make_controller(evaluate.parse_policy(f"ppo:{run}", ()), env, "cpu")
+    assert (controller.train_env_config is not None) == config

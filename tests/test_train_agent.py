@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from stable_baselines3.common.save_util import load_from_pkl
 from train_testing import REPO, TINY_RUN, exits_with
 
 import agents
@@ -283,3 +284,36 @@ def test_only_a_diverged_policy_counts_as_divergence():
     with torch.no_grad():
         next(model.policy.parameters()).fill_(float("nan"))
     assert "NaN or infinite" in train_agent.divergence(model, RuntimeError("anything"))
+
+
+OFF_POLICY_RUN = ["--env-kwargs", "preset:tiny", "episode_intervals:8", "--eval-freq", "0", "--checkpoint-freq", "64",
+                  "--no-progress-bar", "--verbose", "0"]  # fmt: skip
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_off_policy_warm_start_acts_from_the_first_step(algo, tmp_path):
+    """SB3 takes uniformly random actions for the first `learning_starts` steps (1000 in the hyperparameter files);
+    under `init_action: no_control` the first steps are the policy's own, around no control (TTT off)."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "train_agent.py", "--algo", algo, "--out", str(run), "--timesteps", "64", *OFF_POLICY_RUN,
+           "--hyperparams", "batch_size:32"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "learning_starts 1000 -> 0: with init_action:no_control" in result.stdout
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["hyperparams"]["learning_starts"] == 0 and "learning_starts" in config["hyperparams_adjusted"]
+    buffer = load_from_pkl(run / "checkpoints" / "ckpt_replay_buffer_64_steps.pkl")
+    actions = buffer.actions[: buffer.pos, 0]  # [64, E + 2], in the order taken
+    ttt_on = actions[:, -2] > -0.5  # the frequency entry above ActionConfig.ttt_off_below: TTT on
+    assert len(actions) == 64 and ttt_on.mean() < 0.4, ttt_on.mean()  # uniform actions: 0.75
+
+
+def test_learning_starts_given_on_the_command_line_is_kept_with_a_warning():
+    base = ["--algo", "sac", "--env-kwargs", "preset:tiny"]
+    with pytest.warns(UserWarning, match=r"learning_starts:500 with imitate:kcm_greedy: sac takes 500 uniformly"):
+        _, derived = train_agent.parse_args([*base, "--hyperparams", "learning_starts:500", "imitate:kcm_greedy"])
+    assert derived["hyperparams"]["learning_starts"] == 500 and not derived["hyperparams_adjusted"]
+    _, derived = train_agent.parse_args([*base, "--hyperparams", "init_action:zero"])  # a cold start: SB3's warm-up
+    assert derived["hyperparams"]["learning_starts"] == 1000 and not derived["hyperparams_adjusted"]
+    _, derived = train_agent.parse_args(["--algo", "ppo", "--env-kwargs", "preset:tiny"])
+    assert "learning_starts" not in derived["hyperparams"]
