@@ -94,19 +94,40 @@ def make_env(kwargs: dict):
         raise UsageError(f"cannot make the env: {exc}") from exc
 
 
+def transfer_note(spec: PolicySpec, controller, env) -> str | None:
+    """One line naming each served-model or task setting on which a saved policy's run (its config.yaml) differs
+    from `env`, with both values and the flag that matches the training; None when they agree or nothing says."""
+    import agents
+
+    trained = getattr(controller, "train_env_config", None)
+    differences = agents.env_setting_differences(trained, env.unwrapped.config) if trained else []
+    if not differences:
+        return None
+    flags = {"preset": "--preset", "checkpoint": "--checkpoint", "pretrain_steps": "--pretrain-steps", "gpu": "--gpu",
+             "interval_s": "--interval-s"}  # fmt: skip
+
+    def fix(name, value):
+        if name not in flags:
+            return f"EnvConfig.{name}, not an evaluate.py flag"
+        return f"leave out {flags[name]}" if value is None else f"{flags[name]} {value}"
+
+    parts = [f"{name} {old!r} (trained) vs {new!r} (here; {fix(name, old)})" for name, old, new in differences]
+    return (f"policy {spec.text!r} was trained on another served model or task than this evaluation's: "
+            f"{'; '.join(parts)}; it runs as asked, so its results measure a transfer")
+
+
 def make_controller(spec: PolicySpec, env, device: str):
     """The `Controller` a spec names, checked against the env (UsageError on a bad argument or a model that does
     not fit the env).
 
     Warns (UserWarning, one line) when a saved policy's run trained it on another served model or task than this
-    env's (`agents.sb3.env_setting_differences`: preset, checkpoint, pretrain_steps, gpu, action and reward
+    env's (`transfer_note`, from `agents.env_setting_differences`: preset, checkpoint, pretrain_steps, gpu, action and reward
     settings, ...), naming each setting, both values and the flag that matches the training; it still runs, since
     a transfer may be the point. A policy without its run's config.yaml is not checked.
     """
     import warnings
 
     import agents
-    from agents.sb3 import env_setting_differences
 
     if spec.kind == "controller":
         try:
@@ -122,31 +143,10 @@ def make_controller(spec: PolicySpec, env, device: str):
     if got is not None and tuple(got.shape) != tuple(expected):
         raise UsageError(f"policy {spec.text!r} was trained on observations of shape {got.shape}; this env's are "
                          f"{expected} (another preset or expert count?)")
-    trained = getattr(controller, "train_env_config", None)
-    differences = env_setting_differences(trained, env.unwrapped.config) if trained else []
-    if differences:
-        flags = {
-            "preset": "--preset",
-            "checkpoint": "--checkpoint",
-            "pretrain_steps": "--pretrain-steps",
-            "gpu": "--gpu",
-            "interval_s": "--interval-s",
-        }
-
-        def fix(name, value):
-            if name not in flags:
-                return f"EnvConfig.{name}, not an evaluate.py flag"
-            return f"leave out {flags[name]}" if value is None else f"{flags[name]} {value}"
-
-        parts = [f"{name} {old!r} (trained) vs {new!r} (here; {fix(name, old)})" for name, old, new in differences]
+    if note := transfer_note(spec, controller, env):
         # Default filters show each distinct message once: one line per policy, even though the main suite builds
         # its controllers twice (check_policies before training, then the episodes).
-        warnings.warn(
-            f"policy {spec.text!r} was trained on another served model or task than this evaluation's: "
-            f"{'; '.join(parts)}; it runs as asked, so its results measure a transfer",
-            UserWarning,
-            stacklevel=2,
-        )
+        warnings.warn(note, UserWarning, stacklevel=2)
     return controller
 
 
@@ -216,7 +216,8 @@ def run_policies(args: Args, specs: list[PolicySpec], env_configs: dict[str, dic
     seeds = parse_seeds(args.seeds)
     jobs = [(s, e, p) for s in seeds for e in range(args.episodes) for p in specs]
     # What a later --report-only needs and cannot rebuild on another machine.
-    write_json(out / "run_facts.json", {"device": device_facts(), "envs": facts})
+    notes = {s.label: n for s in specs if (n := transfer_note(s, controllers[s.label], envs_[s.env]))}
+    write_json(out / "run_facts.json", {"device": device_facts(), "envs": facts, "policy_notes": notes})
     (out / "traces").mkdir(exist_ok=True)
     skipped = sum((p.label, 1000 * s + e) in done for s, e, p in jobs)
     bar = tqdm(total=len(jobs), initial=skipped, desc="policies x seeds", disable=not args.progress)
@@ -282,8 +283,9 @@ def evaluate(args: Args, specs: list[PolicySpec], env_configs: dict[str, dict], 
     except RuntimeError as exc:
         raise UsageError(str(exc)) from exc
     rows, facts = run_policies(args, specs, env_configs, out)
-    device = json.loads((out / "run_facts.json").read_text())["device"]  # as saved for a later --report-only
-    return aggregate(args, specs, rows, facts, device, out, title, baselines, notes)
+    run = json.loads((out / "run_facts.json").read_text())  # as saved for a later --report-only
+    notes += tuple(run["policy_notes"].values())
+    return aggregate(args, specs, rows, facts, run["device"], out, title, baselines, notes)
 
 
 def aggregate(args: Args, specs: list[PolicySpec], rows: list[dict], facts: dict, device: dict, out: Path,
@@ -296,6 +298,10 @@ def aggregate(args: Args, specs: list[PolicySpec], rows: list[dict], facts: dict
     if len(rows) < expected:
         notes += (f"{len(rows)} of {expected} episodes ran (time budget reached); `--resume` runs the rest.",)
     reps, conf = args.bootstrap_reps, args.confidence
+    try:  # every episode and every env on one backend, else a UsageError naming who ran where
+        backend = stats.hardware_backend(rows, {s.env: facts[s.env]["source"] for s in specs})
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     summary = {
         "title": title,
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -305,8 +311,7 @@ def aggregate(args: Args, specs: list[PolicySpec], rows: list[dict], facts: dict
         "seeds": parse_seeds(args.seeds),
         "episodes_per_seed": args.episodes,
         "statistic": f"IQM with {int(100 * conf)}% stratified-bootstrap intervals (rliable), {reps} replications",
-        "sources": {m.name: (facts[specs[0].env]["source"] if m.source == "hardware" else m.source)
-                    for m in stats.METRICS},
+        "sources": stats.metric_sources(backend),
         "aggregates": {},
         "improvements": {},
         "notes": list(notes),

@@ -371,7 +371,8 @@ def report_only(args: Args, out: Path) -> dict:
     titles = {"gpu": "Measured comparison on the GPU", "gpu-full": "Measured comparison on the GPU"}
     title = titles.get(suite, "Policy comparison") + " (report rebuilt from episodes.csv)"
     rows = [r for r in rows if r["label"] in seen]
-    return aggregate(run_args, specs, rows, facts, device, out, title)
+    notes = tuple(run.get("policy_notes", {}).values()) if (out / "run_facts.json").exists() else ()
+    return aggregate(run_args, specs, rows, facts, device, out, title, notes=notes)
 
 
 SUITE_FUNCTIONS = {"main": suite_main, "routers": suite_routers, "ttt-allocation": suite_ttt_allocation,

@@ -6,7 +6,7 @@
 - `EnergyAwareTTTRouter` (the original heuristic, five parts; a Controller and a router module) with its
   `StatisticalLoadBalancer` and `ThermalAdaptiveScaler`;
 - `load_policy(path)`: a saved stable-baselines3 model as a Controller, with the env config of its run
-  (`train_env_config`; compare an env with `agents.sb3.env_setting_differences`);
+  (`train_env_config`; compare an env with `env_setting_differences`);
 - `AgentRouter(controller, runtime, ...)`: a Controller driving a live `MoERuntime`;
 - `warm_start(model, venv, controller, steps, epochs)`: fit a fresh SB3 policy to a baseline before RL (its critic
   to returns bootstrapped at the time limit, as PPO bootstraps them).
@@ -26,7 +26,7 @@ from agents.controller import (
     make_controller,
 )
 from agents.heuristic import EnergyAwareTTTRouter, StatisticalLoadBalancer, ThermalAdaptiveScaler
-from agents.sb3 import ALGOS, PolicyController, load_hyperparams, load_policy
+from agents.sb3 import ALGOS, PolicyController, env_setting_differences, load_hyperparams, load_policy
 from agents.warm_start import warm_start
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "RandomController",
     "StatisticalLoadBalancer",
     "ThermalAdaptiveScaler",
+    "env_setting_differences",
     "load_hyperparams",
     "load_policy",
     "make_controller",

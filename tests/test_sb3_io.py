@@ -183,3 +183,25 @@ def test_a_policy_evaluated_on_its_own_env_or_without_a_config_does_not_warn(tmp
         warnings.simplefilter("error")
         controller = evaluate.make_controller(evaluate.parse_policy(f"ppo:{run}", ()), env, "cpu")
     assert (controller.train_env_config is not None) == config
+
+
+def test_the_report_says_when_a_policy_ran_on_another_served_model(tmp_path, ppo_run, env):
+    from evaluate_testing import TINY
+
+    import evaluate
+
+    run = trained_elsewhere(tmp_path, ppo_run, env, pretrain_steps=99)
+    out = tmp_path / "cmp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the console's copy; the report's is checked here
+        rc = evaluate.main(["--policies", f"moved=ppo:{run},no_control", "--seeds", "0", "--telemetry", "simulated",
+                            "--out", str(out), *TINY])  # fmt: skip
+    assert rc == 0
+    report = (out / "report.md").read_text()
+    assert "pretrain_steps 99 (trained)" in report and "measure a transfer" in report
+    assert "no_control" not in evaluate.json.loads((out / "run_facts.json").read_text())["policy_notes"]
+    sources = evaluate.json.loads((out / "summary.json").read_text())["sources"]  # as the simulated backend labels
+    assert sources["episode_return"] == "mixed" and sources["kcm_energy_error_pct"] == "predicted vs simulated"
+    assert sources["energy_per_token_mj"] == "simulated" and sources["mean_loss"] == "measured"
+    assert evaluate.main(["--report-only", "--out", str(out), "--no-progress"]) == 0  # rebuilt: the note stays
+    assert "pretrain_steps 99 (trained)" in (out / "report.md").read_text()
