@@ -20,6 +20,9 @@ from evaluate_specs import PolicySpec, UsageError, split_label
 
 ID_COLUMNS = ("label", "spec", "env", "seed", "episode", "episode_seed", "hardware_source", "wall_time_s")
 COLUMNS = ID_COLUMNS + tuple(m.name for m in stats.METRICS) + stats.EXTRA_COLUMNS
+# Columns renamed since a run may have been written: {old name: new name}. Read under the new name; a --resume
+# rewrites the file with the new header before it appends.
+RENAMED_COLUMNS = {"latency_per_token_ms": "time_per_token_ms"}
 TEXT_COLUMNS = ("label", "spec", "env", "hardware_source")
 INT_COLUMNS = ("seed", "episode", "episode_seed")
 
@@ -78,7 +81,11 @@ def split_rows(path: Path) -> tuple[list[dict], list[dict], bool]:
         raise UsageError(f"{path} is not a text CSV of evaluate.py ({why}); use a new --out") from exc
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
+        header = None if reader.fieldnames is None else tuple(reader.fieldnames)
+        renamed = header is not None and any(name in RENAMED_COLUMNS for name in header)
+        if renamed:
+            reader.fieldnames = [RENAMED_COLUMNS.get(name, name) for name in header]
+        if header is not None and tuple(reader.fieldnames) != COLUMNS:
             raise UsageError(f"{path} has other columns than this evaluate.py writes; use a new --out")
         rows, torn_end = list(reader), not text.endswith("\n")
     except csv.Error as exc:
@@ -88,7 +95,7 @@ def split_rows(path: Path) -> tuple[list[dict], list[dict], bool]:
         (good if complete_row(r) and not (torn_end and i == len(rows) - 1) else bad).append(r)
     for r in good:
         r["episode_seed"] = int(r["episode_seed"])
-    return good, bad, bool(bad) or torn_end
+    return good, bad, bool(bad) or torn_end or renamed
 
 
 def read_rows(path: Path) -> list[dict]:

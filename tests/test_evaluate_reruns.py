@@ -135,3 +135,17 @@ def test_report_only_that_fails_mid_plot_keeps_the_saved_report(finished_run, tm
         evaluate.main(["--out", str(out), "--report-only"])
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".png", ".md")} == saved
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_run_with_a_renamed_column_is_read_and_resumed(finished_run, tmp_path):
+    out = copy_run(finished_run, tmp_path)
+    csv_path = out / "episodes.csv"
+    header, rest = csv_path.read_text().split("\n", 1)
+    assert "time_per_token_ms" in header
+    csv_path.write_text(header.replace("time_per_token_ms", "latency_per_token_ms") + "\n" + rest)  # as written before
+    assert evaluate.main(["--out", str(out), "--report-only"]) == 0
+    times = json.loads((out / "summary.json").read_text())["aggregates"]["no_control"]["time_per_token_ms"]
+    assert times["n"] == 2 and times["iqm"] > 0
+    assert evaluate.main(["--policies", "no_control", "--seeds", "0-2", *TINY, "--out", str(out), "--resume"]) == 0
+    rows = read_csv(csv_path)
+    assert [r["episode_seed"] for r in rows] == ["0", "1000", "2000"] and all(whole(r) for r in rows)
