@@ -1,12 +1,14 @@
 """MoERoutingEnv on the simulated backend with the tiny preset: interface, checkers, determinism, and that the
 controls move energy, loss, clocks and temperature the ways they should."""
 
+import math
 import re
 import warnings
 
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 import envs
 from envs import EnvConfig, MoERoutingEnv, Workload
@@ -42,11 +44,6 @@ def run(env, actions, seed=0):
         obs, r, term, trunc, info = env.step(a)
         out.append((obs, r, info))
     return out
-
-
-def mean_info(env, action, key, seed=0, steps=6, **reset):
-    rows = run(env, [action] * steps, seed=seed)
-    return float(np.mean([info[key] for _, _, info in rows[1:]]))
 
 
 @pytest.mark.parametrize("kwargs", BAD_KWARGS)
@@ -184,15 +181,99 @@ def test_episode_ends_by_truncation(env):
         assert trunc == (i == TINY["episode_intervals"] - 1)
 
 
-def test_narrow_experts_save_energy_and_cost_loss(env):
-    u = env.unwrapped
-    E = u.model_config.num_experts
+def narrow_and_none(u):
+    """Action vectors: full bias toward the narrower half of the experts, and no control."""
     widths = np.array(u.model_config.expert_widths, dtype=float)
     toward_narrow = np.where(widths <= np.median(widths), 1.0, -1.0)
     narrow = u.encode_action(ControlAction(routing_biases=tuple(toward_narrow * u.config.action.bias_range)))
-    none = u.encode_action(ControlAction.uncontrolled(E))
-    assert mean_info(env, narrow, "energy_per_token_j") < 0.9 * mean_info(env, none, "energy_per_token_j")
-    assert mean_info(env, narrow, "loss") > mean_info(env, none, "loss")
+    return narrow, u.encode_action(ControlAction.uncontrolled(u.model_config.num_experts))
+
+
+def test_narrow_experts_save_energy_and_cost_loss(env):
+    """Narrow routing saves energy and raises the loss; the paired loss gap (served minus base model on the same
+    tokens) is then positive, so the loss term costs; with no control the served model is the base model and the gap
+    is zero. Each loss term is -w_loss * clip(gap / loss_scale, +-10) of the step's own gap."""
+    u = env.unwrapped
+    narrow, none = narrow_and_none(u)
+    cfg = u.config.reward
+    infos = {}
+    for name, action in (("narrow", narrow), ("none", none)):
+        infos[name] = [info for _, _, info in run(env, [action] * 6, seed=0)[1:]]
+        infos[name] += [info for _, _, info in run(env, [action] * 6, seed=1)[1:]]
+    mean = {name: {k: np.mean([i[k] for i in rows]) for k in ("energy_per_token_j", "loss", "loss_gap")}
+            for name, rows in infos.items()}  # fmt: skip
+    assert mean["narrow"]["energy_per_token_j"] < 0.9 * mean["none"]["energy_per_token_j"]
+    assert mean["narrow"]["loss"] > mean["none"]["loss"]
+    for info in infos["none"]:
+        assert info["loss_gap"] == pytest.approx(0.0, abs=1e-5)
+        assert info["reward_terms"]["loss"] == pytest.approx(0.0, abs=1e-4)
+    # narrow experts predict worse than the base model's own choice (per-interval gaps are noisy, +-0.05 nats)
+    assert mean["narrow"]["loss_gap"] > 0.005
+    assert np.mean([i["reward_terms"]["loss"] for i in infos["narrow"]]) < -0.02
+    for info in infos["narrow"]:
+        want = -cfg.w_loss * np.clip(info["loss_gap"] / cfg.loss_scale, -10.0, 10.0)
+        assert info["reward_terms"]["loss"] == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_observation_figures_follow_their_definitions(env):
+    """Read back in their units (`ObservationBuilder.raw`): the temperature headroom is the slowdown temperature minus
+    the temperature, loss_delta this interval's loss minus the previous interval's, the load fractions each expert's
+    share of the routed slots (summing to 1), loss_gap the info's."""
+    u = env.unwrapped
+    b, slowdown = u.observation_builder, u.backend.spec.slowdown_temp_c
+    narrow, none = narrow_and_none(u)
+    rng = np.random.default_rng(11)
+    actions = [narrow, none, narrow] + [rng.uniform(-1, 1, env.action_space.shape).astype(np.float32) for _ in range(3)]
+    rows = run(env, actions, seed=4)
+    for i, (obs, _, info) in enumerate(rows):
+        assert b.raw(obs, "temp_headroom_c") == pytest.approx(slowdown - info["temperature_c"], abs=1e-4)
+        assert b.raw(obs, "temperature_c") == pytest.approx(info["temperature_c"], abs=1e-4)
+        load = np.asarray(info["expert_load"], dtype=np.float64)
+        fractions = b.raw_experts(obs, "load_fraction")
+        assert fractions.sum() == pytest.approx(1.0, abs=1e-5)
+        np.testing.assert_allclose(fractions, load / load.sum(), atol=1e-6)
+        assert b.raw(obs, "loss") == pytest.approx(info["loss"], abs=1e-5)
+        if i:
+            assert b.raw(obs, "loss_gap") == pytest.approx(info["loss_gap"], abs=1e-6)
+        if i >= 2:  # step 1 on: the previous interval is a step (step 0: see the test below)
+            assert b.raw(obs, "loss_delta") == pytest.approx(info["loss"] - rows[i - 1][2]["loss"], abs=1e-5)
+    assert len({round(r[2]["temperature_c"], 3) for r in rows}) > 1  # the figures moved
+    assert any(abs(b.raw(obs, "loss_delta")) > 1e-3 for obs, _, _ in rows[2:])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: MoERoutingEnv.reset leaves _prev_loss at the calibrated domain loss, so step 0's loss_delta is "
+    "against that, not against the reset interval whose loss the first observation reports",
+)
+def test_first_step_loss_delta_is_against_the_reset_interval(env):
+    u = env.unwrapped
+    _, none = narrow_and_none(u)
+    obs0, info0 = env.reset(seed=4)
+    obs, _, _, _, info = env.step(none)
+    assert u.observation_builder.raw(obs, "loss_delta") == pytest.approx(info["loss"] - info0["loss"], abs=1e-5)
+
+
+def test_a_uniform_router_observes_the_full_routing_entropy(env):
+    """With every gate zeroed each token's routing distribution is uniform: entropy log(E), observed as 1."""
+    u = env.unwrapped
+    E, b = u.model_config.num_experts, u.observation_builder
+    gates = [layer.gate.weight for layer in u.runtime.model.moe_layers]
+    saved = [g.detach().clone() for g in gates]
+    try:
+        with torch.no_grad():
+            for g in gates:
+                g.zero_()
+        obs, _ = env.reset(seed=0)
+        assert b.raw(obs, "router_entropy") == pytest.approx(math.log(E), rel=1e-5)
+        obs, *_ = env.step(narrow_and_none(u)[1])
+        assert b.raw(obs, "router_entropy") == pytest.approx(math.log(E), rel=1e-5)
+    finally:
+        with torch.no_grad():
+            for g, w in zip(gates, saved):
+                g.copy_(w)
+    obs, _ = env.reset(seed=0)
+    assert b.raw(obs, "router_entropy") < math.log(E)  # the trained router is not uniform
 
 
 def test_wide_experts_under_high_demand_hit_the_power_cap():
@@ -264,13 +345,35 @@ def test_ttt_after_the_shift_moves_loss_and_energy(env):
     assert np.mean(energy_on) > np.mean(energy_off)
 
 
-def test_multi_objective_variant_returns_the_vector():
-    e = gym.make("MoERoutingMO-v0", **TINY)
-    e.reset(seed=0)
-    _, r, _, _, info = e.step(e.action_space.sample())
-    assert r.shape == (4,) and e.unwrapped.reward_space.shape == (4,)
-    np.testing.assert_array_equal(r, info["vector_reward"])
-    e.close()
+def test_multi_objective_variant_returns_the_vector(env):
+    """The MO env's reward is the scalar env's unweighted objectives on the same seed and actions: the weights dot the
+    vector is the scalar reward, and the vector is the documented formula of the step's figures."""
+    mo = gym.make("MoERoutingMO-v0", **TINY)
+    u = env.unwrapped
+    cfg, ref = u.config.reward, u.reference
+    weights = np.array([cfg.w_energy, cfg.w_temp, cfg.w_latency, cfg.w_loss])
+    target_ms = cfg.target_latency_ms or 1.5 * ref.latency_ms
+    rng = np.random.default_rng(3)
+    actions = [rng.uniform(-1, 1, env.action_space.shape).astype(np.float32) for _ in range(4)]
+    mo.reset(seed=6)
+    env.reset(seed=6)
+    for a in actions:
+        _, vec, _, _, info_mo = mo.step(a)
+        _, scalar, _, _, info = env.step(a)
+        assert vec.shape == (4,) and mo.unwrapped.reward_space.shape == (4,)
+        np.testing.assert_array_equal(vec, info_mo["vector_reward"])
+        assert float(np.dot(weights, vec)) == pytest.approx(scalar, rel=1e-5, abs=1e-6)
+        assert info_mo["loss_gap"] == info["loss_gap"] and info_mo["energy_j"] == info["energy_j"]
+        by_hand = [
+            -min(info["energy_per_token_j"] / ref.energy_per_token_j, 10.0),
+            -max(0.0, info["temperature_c"] - cfg.target_temp_c) / cfg.temp_scale_c,
+            -math.log1p(max(0.0, info["latency_ms"] / target_ms - 1.0)),
+            -float(np.clip(info["loss_gap"] / cfg.loss_scale, -10.0, 10.0)),
+        ]
+        np.testing.assert_allclose(vec, by_hand, rtol=1e-5, atol=1e-6)
+        for k, name in enumerate(envs.OBJECTIVES):
+            assert info["reward_terms"][name] == pytest.approx(weights[k] * by_hand[k], rel=1e-5, abs=1e-6)
+    mo.close()
 
 
 def test_render_ansi():

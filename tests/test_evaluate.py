@@ -287,6 +287,59 @@ def test_episode_metrics_known_trace():
     assert m["shift_interval"] == 1
 
 
+def test_episode_metrics_weight_by_time_tokens_and_busy_time():
+    """Two unlike 1 s intervals, by hand:
+    - mean power is time-weighted: 400 J at 400 W (1 s) and 150 J at 200 W (0.75 s): 550 J / 1.75 s = 314.29 W (the
+      plain mean of the powers would be 300 W);
+    - per-token figures count the episode's served tokens (1000 + 500): energy 550 J -> 366.67 mJ/token, the KCM's
+      predicted 300 + 360 J -> 440 mJ/token, interval time 2 s -> 1.3333 ms/token, throughput 750 tokens/s;
+    - the TTT share of busy time is weighted by the KCM's busy time: (0 x 100 + 0.2 x 300) / 400 = 15% (unweighted:
+      10%);
+    - the KCM error: (660 - 550) / 550 = +20%.
+    """
+    base = dict(
+        peak_power_w=500.0, temperature_c=60.0, peak_temperature_c=61.0, sm_clock_mhz=1500.0, latency_ms=10.0,
+        runtime_tokens=128, loss=2.0, domain="prose", ttt_updates=0, ttt_tokens_trained=0, throttled_share=0.0,
+        slo_violated=False, kcm_pred_latency_ms=100.0, demand_tokens=1000.0, ttt_frequency_tokens=0,
+        ttt_chunk_tokens=512, expert_load=[1.0, 1.0], reward=-1.0,
+    )  # fmt: skip
+    first = dict(base, power_w=400.0, energy_j=400.0, tokens=1000, kcm_pred_energy_j=300.0, ttt_share_of_busy=0.0)
+    second = dict(
+        base, power_w=200.0, energy_j=150.0, tokens=500, kcm_pred_energy_j=360.0, ttt_share_of_busy=0.2,
+        kcm_pred_latency_ms=300.0, domain="code", loss=3.0,
+    )  # fmt: skip
+    trace = {"steps": [first, second], "interval_s": 1.0, "domains": ["prose", "code"], "initial_temperature_c": 55.0}
+    m = stats.episode_metrics(trace)
+    assert m["mean_power_w"] == pytest.approx(550.0 / 1.75)
+    assert m["energy_per_token_mj"] == pytest.approx(1e3 * 550.0 / 1500.0)
+    assert m["kcm_pred_energy_per_token_mj"] == pytest.approx(440.0)
+    assert m["time_per_token_ms"] == pytest.approx(2000.0 / 1500.0)
+    assert m["throughput_tokens_per_s"] == pytest.approx(750.0)
+    assert m["ttt_overhead_pct"] == pytest.approx(15.0)
+    assert m["kcm_energy_error_pct"] == pytest.approx(20.0)
+    assert m["tokens_served"] == 1500.0
+    # three intervals of 0.5 s: the time per token follows the interval count and length
+    half = dict(trace, interval_s=0.5, steps=[first, first, first])
+    assert stats.episode_metrics(half)["time_per_token_ms"] == pytest.approx(1e3 * 1.5 / 3000.0)
+
+
+def test_iqm_is_the_mean_of_the_middle_half():
+    # 0, 1, 4, 9, 16, 25, 36, 49: a quarter off each end leaves 4, 9, 16, 25
+    assert stats.iqm(np.arange(8.0) ** 2) == pytest.approx(13.5)
+    assert stats.iqm(np.arange(12.0) ** 2) == pytest.approx(np.mean(np.arange(3.0, 9.0) ** 2))  # 9 .. 64: 199 / 6
+    np.testing.assert_allclose(stats.iqm(np.column_stack([np.arange(8.0) ** 2, np.arange(8.0)])), [13.5, 3.5])
+
+
+def test_relative_improvement_over_a_negative_baseline_divides_by_its_magnitude():
+    """A return of -8 against a baseline of -10 (higher is better) is 20% better, not -20%; a cost going from -10 to
+    -12 (lower is better) is 20% better too."""
+    assert stats.paired_differences(np.array([-8.0]), np.array([-10.0]), False, True) == pytest.approx([20.0])
+    assert stats.paired_differences(np.array([-12.0]), np.array([-10.0]), False, True) == pytest.approx([-20.0])
+    assert stats.paired_differences(np.array([-12.0]), np.array([-10.0]), True, True) == pytest.approx([20.0])
+    d = stats.paired_differences(np.array([-8.0, 5.0, 1.0]), np.array([-10.0, 0.0, 2.0]), False, True)
+    assert d[0] == pytest.approx(20.0) and math.isnan(d[1]) and d[2] == pytest.approx(-50.0)
+
+
 # ----- provenance: every figure says where it came from -----------------------------------------------------------
 SOURCE_CASES = [  # backend: labels that differ from "the backend's own" for the hardware figures
     ("simulated", {"episode_return": "mixed", "ttt_overhead_pct": "predicted",
@@ -425,7 +478,7 @@ def test_cli_writes_parseable_report_files(tmp_path):
     assert set(summary["aggregates"]) == {"heuristic", "no_control"}
     assert summary["sources"]["energy_per_token_mj"] == "simulated"
     assert summary["sources"]["mean_loss"] == "measured"
-    assert summary["sources"]["kcm_energy_error_pct"] == "predicted"
+    assert summary["sources"]["kcm_energy_error_pct"] == "predicted vs simulated"
     e = summary["improvements"]["no_control"]["heuristic"]["energy_per_token_mj"]
     assert e["n"] == 2 and e["low"] <= e["iqm"] <= e["high"] and isinstance(e["includes_zero"], bool)
     rows = read_csv(out / "episodes.csv")

@@ -97,6 +97,56 @@ def test_per_layer_biases(tiny):
         rt.set_routing_biases(np.zeros(tiny.num_experts + 1))
 
 
+def test_router_aux_loss_and_entropy_on_known_distributions(tiny):
+    """Switch aux loss E * sum_e (share of slots on e) * (mean probability of e) and the routing entropy, by hand.
+
+    Uniform scores (zero gate): every share-probability product sums to 1/E, so the aux loss is exactly 1 per layer
+    and the entropy log(E). Every token with scores p = (0.4, 0.3, 0.2, 0.1), top-2: the slots split evenly over
+    experts 0 and 1, so aux = 4 * (0.5 * 0.4 + 0.5 * 0.3) = 1.4 and the entropy is -sum p log p.
+    """
+    torch.manual_seed(0)
+    E, L = tiny.num_experts, tiny.n_layers
+    model = mr.MoETransformer(tiny).eval()
+    with torch.no_grad():
+        for layer in model.moe_layers:
+            layer.gate.weight.zero_()
+        idx = torch.randint(0, tiny.vocab_size, (3, tiny.seq_len), generator=torch.Generator().manual_seed(1))
+        out = model(idx, idx)
+    assert float(out.aux_loss) == pytest.approx(1.0 * L, rel=1e-5)  # summed over the layers
+    np.testing.assert_allclose(out.router_entropy.numpy(), [np.log(E)] * L, rtol=1e-5)
+
+    assert (E, tiny.top_k) == (4, 2)
+    p = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    layer = model.moe_layers[0]
+    x = torch.zeros(50, tiny.d_model)
+    x[:, 0] = 1.0
+    with torch.no_grad():
+        layer.gate.weight.zero_()
+        layer.gate.weight[:, 0] = torch.log(p)  # logits = log p: softmax scores p for every token
+        _, aux, counts, entropy = layer(x)
+    assert counts.tolist() == [50, 50, 0, 0]
+    assert float(aux) == pytest.approx(1.4, rel=1e-5)
+    assert float(entropy) == pytest.approx(-float((p * p.log()).sum()), rel=1e-5)  # 1.2799 nats
+
+
+def test_the_paired_reference_is_the_unbiased_model_on_the_same_tokens(tiny):
+    """`reference_loss` scores the interval's first tokens with zero biases even while biases are set (and leaves them
+    set): it equals what an unbiased runtime of the same weights and stream serves on those tokens, and differs from
+    the biased runtime's own `served_reference_loss`."""
+    narrow = np.where(np.array(tiny.expert_widths) <= np.median(tiny.expert_widths), 2.0, -2.0)
+    biased = mr.MoERuntime(tiny, seed=3, reference_tokens=16)  # both initialised from tiny.seed: the same weights
+    plain = mr.MoERuntime(tiny, seed=3, reference_tokens=16)
+    biased.set_routing_biases(narrow)
+    for _ in range(2):
+        rb, rp = biased.step(64), plain.step(64)
+        assert rp.reference_loss == pytest.approx(rp.served_reference_loss, abs=1e-5)  # no control: no gap
+        assert rb.reference_loss == pytest.approx(rp.served_reference_loss, abs=1e-5)
+        assert abs(rb.served_reference_loss - rb.reference_loss) > 1e-3
+        assert rb.loss != pytest.approx(rp.loss, abs=1e-4)  # the biases served
+    for layer in biased.model.moe_layers:
+        np.testing.assert_array_equal(layer.selection_bias.numpy(), narrow.astype(np.float32))
+
+
 def test_model_names_bad_token_ids(tiny):
     model = mr.MoETransformer(tiny)
     for ids, message in (

@@ -78,6 +78,23 @@ def test_power_cap_holds_and_is_reported():
     assert record.sm_clock_mhz == pytest.approx(1364, rel=0.10)
 
 
+def test_average_power_reading_is_a_one_second_window_as_an_exponential_filter():
+    """`average_power_w` (NVML's ~1 s average, `power_avg_window_s`) is an exponential filter with the mean delay of a
+    boxcar of that width W, time constant W / 2: after a step from idle to a constant load under the cap (memory-bound
+    work at boost, 554 W on the H100) it has covered 1 - exp(-t / 0.5 s) of the step: 63% at 0.5 s, 86% at 1 s."""
+    gpu = tel.SimulatedGpu("H100")
+    spec = gpu.spec
+    idle_w = gpu.average_power_w()
+    assert idle_w == pytest.approx(tel.board_power_w(spec, 0.0, spec.idle_clock_mhz))
+    load_w = tel.board_power_w(spec, 0.0, spec.boost_sm_clock_mhz, 1.0)
+    assert load_w < spec.cap_target_share * spec.tdp_w and spec.power_avg_window_s == 1.0
+    for elapsed_s in (0.5, 1.0):
+        assert gpu.execute(0.0, 0.5).duration_s == pytest.approx(0.5)  # memory-bound time does not stretch at boost
+        assert gpu.power_w() == pytest.approx(load_w)  # the instant reading is the load at once
+        covered = (gpu.average_power_w() - idle_w) / (load_w - idle_w)
+        assert covered == pytest.approx(1.0 - math.exp(-elapsed_s / 0.5), rel=1e-6)
+
+
 def test_throttling_lowers_the_clock_and_stretches_the_duration():
     gpu = tel.SimulatedGpu("H100")
     record = gpu.execute(compute_s=10.0)

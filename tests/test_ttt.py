@@ -1,6 +1,8 @@
-"""The TTT engine on the CPU with the tiny preset: schedule, causality, rollback, reset, learning, Muon."""
+"""The TTT engine on the CPU with the tiny preset: schedule, causality, rollback, reset, learning, Muon, and the
+safeguards of each step (gradient clip, update-norm limit, LaCT column norms, token-weighted chunks)."""
 
 import json
+import math
 import pathlib
 import re
 import subprocess
@@ -9,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import moe_runtime as mr
 from moe_runtime.muon import newton_schulz
@@ -324,3 +327,99 @@ def test_benchmark_smoke(tmp_path):
     report = json.loads(out.read_text())
     assert report["meta"]["source"] == "measured" and out.with_suffix(".png").stat().st_size > 0
     assert report["settings"]["off"]["updates"] == 0 and report["settings"]["frequent-small"]["updates"] == 9
+
+
+# ----- the safeguards of one optimiser step: gradient clip, update-norm limit, LaCT column norms, token weights -----
+CODE = b"def step(self, n):\n    total = n + 1\n    return total * 2\n" * 4
+
+
+def attached_engine(cfg, chunk: int, **ttt) -> mr.TTTEngine:
+    """An engine on a freshly initialised tiny model (seed 0) that has seen `chunk` (input, target) pairs of CODE."""
+    torch.manual_seed(0)
+    engine = mr.TTTEngine(mr.TTTConfig(chunk_tokens=chunk, lr_chunk_tokens=0, **ttt))
+    engine.attach(mr.MoETransformer(cfg).eval().requires_grad_(False))
+    data = np.frombuffer(CODE, dtype=np.uint8)[: chunk + 1]
+    engine.observe(data[:-1], data[1:])
+    return engine
+
+
+def spy_gradients(engine: mr.TTTEngine) -> list[dict[str, torch.Tensor]]:
+    """The adapted tensors' gradients as the optimisers get them (after clipping), one dict per optimiser step."""
+    seen, optimizer = [], engine._optimizers[0]
+    step = optimizer.step
+
+    def spying_step(*args, **kwargs):
+        seen.append({k: p.grad.detach().clone() for k, p in engine.params.items() if p.grad is not None})
+        return step(*args, **kwargs)
+
+    optimizer.step = spying_step
+    return seen
+
+
+def global_norm(tensors) -> float:
+    return math.sqrt(sum(float(t.double().square().sum()) for t in tensors))
+
+
+def test_one_step_changes_the_adapted_tensors_by_at_most_max_update_norm(tiny):
+    """A learning rate far too large: the step is scaled back to norm `max_update_norm`, in the same direction."""
+    limit, states = 0.05, {}
+    for name, max_norm in (("free", 0.0), ("limited", limit)):
+        engine = attached_engine(tiny, 64, method="lora", optimizer="muon", lr=5.0, max_update_norm=max_norm)
+        before = engine.adapted_state()
+        assert engine.update().applied
+        after = engine.adapted_state()
+        states[name] = {k: after[k] - before[k] for k in before}
+    free = global_norm(states["free"].values())
+    assert free > 20 * limit  # unlimited, the step is much larger
+    assert global_norm(states["limited"].values()) == pytest.approx(limit, rel=1e-4)
+    for k, d in states["limited"].items():
+        torch.testing.assert_close(d, states["free"][k] * (limit / free), rtol=1e-4, atol=1e-7)
+
+
+def test_fast_weights_keep_their_initial_column_norms(tiny):
+    """LaCT: after every step W1 and W3 are rescaled to their initial column norms (W2 is free)."""
+    engine = attached_engine(tiny, 64, method="fast_weights", lr=0.5, steps_per_update=3, max_update_norm=0.0)
+    initial = engine.adapted_state()
+    assert engine.update().applied
+    after = engine.adapted_state()
+    for layer in range(tiny.n_layers):
+        for name in ("w1", "w3"):
+            k = f"{layer}.{name}"
+            assert (after[k] - initial[k]).abs().max() > 1e-2  # it moved, on a sphere per column:
+            torch.testing.assert_close(after[k].norm(dim=0), initial[k].norm(dim=0), rtol=1e-5, atol=0)
+        assert after[f"{layer}.w2"].norm() > 0  # W2 starts at zero and is not normalised
+
+
+def test_gradients_are_clipped_to_grad_clip_in_the_same_direction(tiny):
+    clip, grads = 1e-3, {}
+    for name, grad_clip in (("free", 0.0), ("clipped", clip)):
+        engine = attached_engine(tiny, 64, method="lora", optimizer="adamw", lr=1e-3, grad_clip=grad_clip)
+        seen = spy_gradients(engine)
+        assert engine.update().applied
+        (grads[name],) = seen
+    free = global_norm(grads["free"].values())
+    assert free > 10 * clip  # the clip bites
+    assert global_norm(grads["clipped"].values()) == pytest.approx(clip, rel=1e-4)
+    for k, g in grads["clipped"].items():
+        torch.testing.assert_close(g, grads["free"][k] * (clip / free), rtol=1e-4, atol=1e-10)
+
+
+def test_a_chunk_of_unequal_batches_trains_on_the_token_weighted_loss(tiny):
+    """An 80-token chunk on seq_len 32 is a [2, 32] batch and a [1, 16] remainder: the objective is the mean loss over
+    the 80 tokens, so its gradient is autograd of sum(token losses) / 80 (not the sum of the two batch means)."""
+    assert tiny.seq_len == 32
+    engine = attached_engine(tiny, 80, method="lora", optimizer="adamw", grad_clip=0.0, max_update_norm=0.0)
+    twin = attached_engine(tiny, 80, method="lora", optimizer="adamw", grad_clip=0.0, max_update_norm=0.0)
+    seen = spy_gradients(engine)
+    assert engine.update().applied
+    data = torch.from_numpy(np.frombuffer(CODE, dtype=np.uint8)[:81].astype(np.int64))
+    x, y = data[:-1], data[1:]
+    total = 0.0
+    for a, b, shape in ((0, 64, (2, 32)), (64, 80, (1, 16))):  # each batch its own context, as served
+        logits = twin._adapted_forward(x[a:b].view(shape), None, record=False).logits
+        total = total + F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y[a:b], reduction="sum")
+    (total / 80).backward()
+    (got,) = seen
+    assert global_norm(got.values()) > 0
+    for k, p in twin.params.items():
+        torch.testing.assert_close(got[k], p.grad, rtol=1e-4, atol=1e-8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -114,18 +115,73 @@ def test_tma_weights_policy(monkeypatch, fake_capability):
 
 
 def test_cpu_dispatch_is_the_reference_and_differentiable(gen):
+    """On the CPU both ops are the reference: the same outputs and the same gradients as calling it directly."""
     widths = (8, 16, 4)
     x = torch.randn(10, 8, generator=gen, requires_grad=True)
-    logits = x @ torch.randn(8, 3, generator=gen)
-    r = dispatch.route(logits, torch.zeros(3), 2)
-    q = fused_route_reference(logits, torch.zeros(3), 2)
-    assert torch.equal(r.topk_ids, q.topk_ids)
+    gate = torch.randn(8, 3, generator=gen)
     w_up = torch.randn(8, 2 * sum(widths), generator=gen, requires_grad=True)
     w_down = torch.randn(sum(widths), 8, generator=gen, requires_grad=True)
-    y = dispatch.expert_swiglu(x, r.topk_ids, r.topk_weights, w_up, w_down, widths)
-    torch.testing.assert_close(y, grouped_swiglu_reference(x, q.topk_ids, q.topk_weights, w_up, w_down, widths))
+    probe = torch.randn(10, 8, generator=gen)  # a loss that weighs every output differently
+
+    def loss_and_grads(route, swiglu):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, w_up, w_down)]
+        r = route(leaves[0] @ gate, torch.zeros(3), 2)
+        y = swiglu(leaves[0], r.topk_ids, r.topk_weights, leaves[1], leaves[2], widths)
+        (y * probe).sum().backward()
+        return r, y, [t.grad for t in leaves]
+
+    r, y, grads = loss_and_grads(dispatch.route, dispatch.expert_swiglu)
+    q, y_ref, grads_ref = loss_and_grads(fused_route_reference, grouped_swiglu_reference)
+    assert torch.equal(r.topk_ids, q.topk_ids)
+    torch.testing.assert_close(r.topk_weights, q.topk_weights)
+    torch.testing.assert_close(y, y_ref)
+    for name, g, g_ref in zip(("x", "w_up", "w_down"), grads, grads_ref):
+        assert g is not None and g.abs().sum() > 0, name
+        torch.testing.assert_close(g, g_ref, msg=name)
+
+
+def test_calls_that_need_gradients_take_the_reference_where_triton_serves(gen, monkeypatch):
+    """As on CUDA with Triton (its availability faked on CPU tensors, the Triton entry points spied): a call whose
+    inputs require grad with grad enabled takes the reference; under no_grad or inference mode Triton serves."""
+    monkeypatch.setattr(dispatch, "_announce", lambda device: None)
+    calls = []
+
+    def spy(name, reference):
+        def triton_stand_in(*args):
+            calls.append(name)
+            return reference(*args)
+
+        return triton_stand_in
+
+    monkeypatch.setattr(dispatch, "fused_route_triton", spy("route", fused_route_reference))
+    monkeypatch.setattr(dispatch, "grouped_swiglu_triton", spy("expert_swiglu", grouped_swiglu_reference))
+    widths = (4, 8)
+    x = torch.randn(6, 8, generator=gen)
+    w_up = torch.randn(8, 2 * sum(widths), generator=gen)
+    w_down = torch.randn(sum(widths), 8, generator=gen)
+    logits = torch.randn(6, 2, generator=gen)
+
+    def both(x, logits, w_up, w_down):
+        r = dispatch.route(logits, torch.zeros(2), 1)
+        return dispatch.expert_swiglu(x, r.topk_ids, r.topk_weights, w_up, w_down, widths)
+
+    def triton_calls(*inputs, context=contextlib.nullcontext):
+        calls.clear()
+        with context():
+            y = both(*inputs)
+        return calls[:], y
+
+    trained = [t.clone().requires_grad_(True) for t in (x, logits, w_up, w_down)]
+    called, y = triton_calls(*trained)
+    assert called == []  # pretraining, TTT: differentiated through the reference
     y.sum().backward()
-    assert x.grad is not None and w_up.grad is not None and w_down.grad is not None
+    assert all(t.grad is not None for t in trained)
+    # the routing needs no gradient when only an expert weight does; the experts then do
+    assert triton_calls(x, logits, w_up.clone().requires_grad_(True), w_down)[0] == ["route"]
+    assert triton_calls(x, logits.clone().requires_grad_(True), w_up, w_down)[0] == []  # the combine weights need one
+    assert triton_calls(*trained, context=torch.no_grad)[0] == ["route", "expert_swiglu"]
+    assert triton_calls(*trained, context=torch.inference_mode)[0] == ["route", "expert_swiglu"]
+    assert triton_calls(x, logits, w_up, w_down)[0] == ["route", "expert_swiglu"]  # nothing requires grad
 
 
 @pytest.mark.skipif(interpreting(), reason="under TRITON_INTERPRET=1 the Triton path does run on CPU tensors")
