@@ -30,8 +30,9 @@ def test_serves_the_tiny_preset_with_the_heuristic():
     [
         (["--preset", "huge"], "unknown MoEConfig preset 'huge'"),
         (["--intervals", "0"], "--intervals must be >= 1, got 0"),
-        (["--demand", "-1"], "--demand must be a positive, finite fraction of capacity"),
-        (["--demand", "inf"], "--demand must be a positive, finite fraction of capacity, got inf"),
+        (["--demand", "-1"], "--demand must be a fraction of capacity in (0, 3]"),
+        (["--demand", "inf"], "--demand must be a fraction of capacity in (0, 3], as the env's workloads are, got inf"),
+        (["--demand", "50"], "--demand must be a fraction of capacity in (0, 3], as the env's workloads are, got 50.0"),
         (["--controller", "greedy"], "--controller 'greedy' is not one of"),
         (["--policy", "/no/such/model.zip"], "no saved model at /no/such/model.zip"),
         (["--preset", "tiny", "--policy", "results/ppo_kcm_warm/best_model.zip"], "a policy of another preset"),
