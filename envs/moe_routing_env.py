@@ -172,10 +172,11 @@ class MoERoutingEnv(gym.Env):
         self._prev_loss = self.reference.loss.get(cfg.domains[0], 0.0)
         self._tokens_since_ttt = 0
         self._last = self.backend.reset(rng, self.runtime, self.demand.load_at(0) * self.capacity_tokens_per_s)
-        # The reset interval is the one before the agent's first: what it left unserved is queued for step 0, as
-        # the first observation says.
-        self.backlog_tokens = self._last.backlog_tokens
         obs = self._observation(self._last)
+        # The reset interval is the one before the agent's first: what it left unserved is queued for step 0, as
+        # the first observation says, and step 0's loss_delta is against its loss.
+        self.backlog_tokens = self._last.backlog_tokens
+        self._prev_loss = self._last.report.loss
         return obs, self._info(self._last, {name: 0.0 for name in OBJECTIVES}, np.zeros(len(OBJECTIVES), np.float32))
 
     def step(self, action):

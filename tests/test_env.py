@@ -241,11 +241,6 @@ def test_observation_figures_follow_their_definitions(env):
     assert any(abs(b.raw(obs, "loss_delta")) > 1e-3 for obs, _, _ in rows[2:])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: MoERoutingEnv.reset leaves _prev_loss at the calibrated domain loss, so step 0's loss_delta is "
-    "against that, not against the reset interval whose loss the first observation reports",
-)
 def test_first_step_loss_delta_is_against_the_reset_interval(env):
     u = env.unwrapped
     _, none = narrow_and_none(u)
