@@ -28,17 +28,13 @@ def config_facts(cfg, source: str, gpu_spec: str, runtime_weights_gb: float | No
         runtime_weights_gb: the runtime model's parameter bytes / 1e9 (predicted: arithmetic, not a measurement),
             or None when no model was built.
 
-    Deployment weights are predicted the same way, at deployment scale: attention (4 d^2), SwiGLU experts (3 d w
-    each), the router (d E) per layer, embedding and head (2 V d). `envs.backends.deployment_memory_pressure` counts
-    the same weights without the router term, plus activations; neither `envs` nor `kernels` exports a weight count
-    to share, so this one is written out here until one does.
+    Deployment weights are predicted the same way, at deployment scale (`DeploymentScale.weight_count`, which the
+    env's memory pressure counts too).
     """
     dep = cfg.deployment
-    d, widths = dep.d_model, sum(dep.expert_widths)
-    weights = dep.layers * (4 * d * d + 3 * d * widths + d * dep.num_experts) + 2 * dep.vocab_size * d
     return {
         "runtime_weights_gb": runtime_weights_gb,  # predicted: parameter bytes of the runtime model
-        "deployment_weights_gb": weights * dep.dtype_bytes / 1e9,  # predicted: weights at deployment scale
+        "deployment_weights_gb": dep.weight_count * dep.dtype_bytes / 1e9,  # predicted: weights at deployment scale
         "cuda_peak_allocated_gb": None,  # measured on CUDA (`env_facts`), process-wide
         "source": source,
         "gpu_spec": gpu_spec,

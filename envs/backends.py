@@ -216,9 +216,8 @@ def _forward_only(work):
 
 def deployment_memory_pressure(s: DeploymentScale, memory_gb: float) -> float:
     """Weights plus activations of the deployment model over the GPU's memory, 0..1."""
-    params = s.layers * (4 * s.d_model**2 + 3 * s.d_model * sum(s.expert_widths)) + 2 * s.vocab_size * s.d_model
     activations = s.batch_tokens * s.d_model * s.layers * 8
-    return min(1.0, (params + activations) * s.dtype_bytes / (memory_gb * 1e9))
+    return min(1.0, (s.weight_count + activations) * s.dtype_bytes / (memory_gb * 1e9))
 
 
 def make_backend(cfg: EnvConfig):

@@ -162,6 +162,14 @@ class DeploymentScale:
     def dtype_bytes(self) -> int:
         return DTYPE_BYTES[self.dtype]
 
+    @property
+    def weight_count(self) -> int:
+        """Parameters of the deployment model: per layer attention (4 d^2), the SwiGLU experts (3 d w_e each) and
+        the router (d E); embedding and head (2 V d)."""
+        d = self.d_model
+        per_layer = 4 * d * d + 3 * d * sum(self.expert_widths) + d * self.num_experts
+        return self.layers * per_layer + 2 * self.vocab_size * d
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["expert_widths"] = list(self.expert_widths)

@@ -420,6 +420,12 @@ def test_repricing_the_same_work_is_cached_but_never_stale():
     assert kcm.predict_step(a, scale, deploy_tokens=6e4).tokens == 6e4
 
 
+def test_deployment_weight_count_by_hand():
+    scale = DeploymentScale(d_model=4, layers=2, heads=2, expert_widths=(2, 6), vocab_size=10)
+    per_layer = 4 * 4 * 4 + 3 * 4 * (2 + 6) + 4 * 2  # attention, experts, router
+    assert scale.weight_count == 2 * per_layer + 2 * 10 * 4  # + embedding and head
+
+
 def test_deployment_keeps_shares_and_scales_volume():
     work, scale = _runtime_work(ttt=False), DeploymentScale()
     one = deployment_calls(work, scale)
