@@ -2,12 +2,17 @@
 
     python train_agent.py --algo ppo --timesteps 100000 --n-envs 2 --out runs/ppo_s0
     python train_agent.py --algo ppo --timesteps 256 --env-kwargs preset:tiny --hyperparams n_steps:64 batch_size:32
-    python train_agent.py --out runs/ppo_s0 --timesteps 200000 --resume      # continue from the last checkpoint
+    python train_agent.py --out runs/ppo_s0 --resume                         # continue from the last checkpoint
+    python train_agent.py --out runs/ppo_s0 --resume --timesteps 200000      # ... and train on to 200k steps
 
-`--resume` continues with the run's own settings from its `config.yaml`: `--algo`, `--env-id`, `--env-kwargs`,
-`--telemetry`, `--hyperparams` and `--hyperparams-file` left out take the saved values; given, they must resolve to
-the saved ones (else an error names each setting that differs, saved vs now). Other flags (seed, evaluation,
-checkpoints, device, workers) apply to the new session. Without `--resume`, `--out` must not hold a run already.
+`--resume` continues the run as it was configured, from its `config.yaml`: toward its own `--timesteps`, with its
+`--seed`, `--n-envs`, `--vec`, `--eval-freq`, `--eval-episodes`, `--eval-seed` and `--checkpoint-freq`; one of these
+given replaces the run's value (a note says so, `config.yaml` keeps the new value for later resumes and records the
+change under `resumed`). `--algo`, `--env-id`, `--env-kwargs`, `--telemetry`, `--hyperparams` and
+`--hyperparams-file` left out take the saved values; given, they must resolve to the saved ones (else an error names
+each setting that differs, saved vs now). `--device`, `--progress-bar` and `--verbose` are this session's. A run that
+already reached its `--timesteps` (its model.zip saved there) has nothing to do: a resume says so and exits with
+status 0, no file changed. Without `--resume`, `--out` must not hold a run already.
 A resume from a checkpoint older than the best model (the newer checkpoints unreadable) moves `best/` aside to
 `best_discarded_<steps>/` (a best model that does not load, to `best_discarded_unreadable/`): that model belongs to
 the steps the resume trains again, and the next evaluation saves a new best.
@@ -46,7 +51,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import yaml
-from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.callbacks import CallbackList, ProgressBarCallback
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
@@ -120,6 +125,17 @@ def divergence(model, exc: Exception) -> str | None:
     return None
 
 
+def learn(model, progress: ProgressBarCallback | None, **learn_kwargs) -> None:
+    """`model.learn`, with `progress` (one of its callbacks) closed however it ends: a progress bar left open on
+    Ctrl-C is closed by tqdm at interpreter exit, when rich can no longer import ("Exception ignored in tqdm.__del__
+    ... sys.meta_path is None")."""
+    try:
+        model.learn(**learn_kwargs)
+    finally:
+        if progress is not None and hasattr(progress, "pbar"):  # `pbar` is set once training starts
+            progress.pbar.close()  # a no-op when SB3 closed it at the end of training
+
+
 def close_envs(*venvs) -> None:
     for v in venvs:
         if v is not None:
@@ -131,6 +147,9 @@ def close_envs(*venvs) -> None:
 
 if __name__ == "__main__":
     args, derived = parse_args()
+    if derived["nothing_to_do"] is not None:
+        print(derived["nothing_to_do"])
+        sys.exit(0)  # the run is as the command asks: a resume loop or a re-submitted job is done, not failed
     run_dir: Path = derived["run_dir"]
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -200,13 +219,16 @@ if __name__ == "__main__":
                 load_replay_buffer(model, paths["replay_buffer"])
             except ValueError as exc:
                 sys.exit(f"train_agent.py: error: --resume: {exc}; move it aside to continue with an empty buffer")
-        saved.setdefault("resumed", []).append(
-            {
-                "from_steps": steps,
-                "command": " ".join(sys.argv),
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            }
-        )
+        session = {
+            "from_steps": steps,
+            "command": " ".join(sys.argv),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        replaced = derived["replaced"]  # the run goes on with the new values; the old ones stay on record here
+        if replaced:
+            session["replaced"] = {name: {"saved": old, "now": new} for name, (old, new) in replaced.items()}
+            saved["args"].update({name: new for name, (_, new) in replaced.items()})
+        saved.setdefault("resumed", []).append(session)
         atomic_save(run_dir / CONFIG_FILE, lambda tmp: Path(tmp).write_text(yaml.safe_dump(saved, sort_keys=False)))
         print(f"resuming {run_dir} from {paths['model'].name} ({steps} steps)")
     if eval_venv is not None and normalize is not None:
@@ -240,22 +262,26 @@ if __name__ == "__main__":
                 warn=False,
             )
         )
+    progress = ProgressBarCallback() if args.progress_bar else None  # ours, not learn()'s, to close on Ctrl-C
+    if progress is not None:
+        callbacks.append(progress)
 
     # learn
-    if model.num_timesteps >= args.timesteps:
-        print(
-            f"{run_dir} is at {model.num_timesteps} steps already (--timesteps {args.timesteps}); "
-            "raise --timesteps to train on"
-        )
+    train = model.num_timesteps < args.timesteps
+    if not train:  # only a run whose model.zip is missing or older than its newest checkpoint gets here
+        print(f"{run_dir} is at {model.num_timesteps} steps already (--timesteps {args.timesteps}): nothing to train; "
+              f"saving its final model from {resumed[1]['model'].name}")  # fmt: skip
     start_steps, t0, interrupted = model.num_timesteps, time.perf_counter(), False
     try:
-        model.learn(
-            total_timesteps=max(args.timesteps - model.num_timesteps, 0),
-            callback=CallbackList(callbacks),
-            tb_log_name=derived["run_name"] if resumed is None else saved.get("run_name", derived["run_name"]),
-            reset_num_timesteps=resumed is None,
-            progress_bar=args.progress_bar,
-        )
+        if train:
+            learn(
+                model,
+                progress,
+                total_timesteps=args.timesteps - model.num_timesteps,
+                callback=CallbackList(callbacks),
+                tb_log_name=derived["run_name"] if resumed is None else saved.get("run_name", derived["run_name"]),
+                reset_num_timesteps=resumed is None,
+            )
     except KeyboardInterrupt:
         interrupted = True
         path = save_checkpoint(model, run_dir / "checkpoints")
@@ -278,7 +304,8 @@ if __name__ == "__main__":
 
     # save
     if not interrupted:
-        save_checkpoint(model, run_dir / "checkpoints")  # so --resume continues from the end (with the replay buffer)
+        if train:  # so --resume continues from the end (with the replay buffer)
+            save_checkpoint(model, run_dir / "checkpoints")
         if model.get_vec_normalize_env() is not None:
             atomic_save(run_dir / VECNORMALIZE_FILE, model.get_vec_normalize_env().save)
         atomic_save(run_dir / MODEL_FILE, model.save)  # last: a model.zip means a finished run
@@ -287,7 +314,7 @@ if __name__ == "__main__":
         "steps": int(model.num_timesteps),
         "steps_this_session": int(steps),
         "wall_s": round(wall_s, 2),
-        "steps_per_s": round(steps / wall_s, 3) if wall_s > 0 else None,
+        "steps_per_s": round(steps / wall_s, 3) if steps > 0 and wall_s > 0 else None,
         "interrupted": interrupted,
         "n_envs": args.n_envs,
         "vec": derived["vec"],
@@ -307,7 +334,10 @@ if __name__ == "__main__":
     tmp = run_dir / "train_summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
     os.replace(tmp, run_dir / "train_summary.json")
-    print(f"{steps} steps in {wall_s:.1f} s ({summary['steps_per_s']} steps/s); run folder {run_dir}")
+    if train:
+        print(f"{steps} steps in {wall_s:.1f} s ({summary['steps_per_s']} steps/s); run folder {run_dir}")
+    else:
+        print(f"saved the final model of {model.num_timesteps} steps to {run_dir / MODEL_FILE}")
 
     close_envs(venv, eval_venv)
     sys.exit(130 if interrupted else 0)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import yaml
 
+from agents.callbacks import saved_steps
 from agents.sb3 import (
     ALGOS,
     CONFIG_FILE,
@@ -71,7 +72,9 @@ class Args:
     checkpoint_freq: int = 10_000
     """env steps between checkpoints (0: only on Ctrl-C)"""
     resume: bool = False
-    """continue the run in --out from its last readable checkpoint with its saved settings (--timesteps may grow)"""
+    """continue the run in --out from its last readable checkpoint toward its own --timesteps, with its saved
+    settings: --algo, --env-id, --env-kwargs, --telemetry, --hyperparams(-file) given must match them; --timesteps,
+    --seed, --n-envs, --vec, --eval-* or --checkpoint-freq given replace the run's (with a note)"""
     progress_bar: bool = True
     """show a progress bar (tqdm + rich)"""
     verbose: int = 1
@@ -89,7 +92,57 @@ def _field_docs(cls) -> dict[str, str]:
 
 
 RUN_SETTINGS = ("algo", "env_id", "env_kwargs", "telemetry", "hyperparams", "hyperparams_file")
-"""The flags that define a run: on --resume, one left out takes its value from the run's config.yaml."""
+"""The flags that define a run: on --resume, one left out takes its value from the run's config.yaml, and one given
+must resolve to the saved setting (`train_config.run_setting_changes`)."""
+
+CONTINUED_SETTINGS = (
+    "timesteps",
+    "seed",
+    "n_envs",
+    "vec",
+    "eval_freq",
+    "eval_episodes",
+    "eval_seed",
+    "checkpoint_freq",
+)
+"""The flags a run goes on with: on --resume, one left out takes its value from the run's config.yaml (a run started
+with --timesteps 20000 trains toward 20000), and one given with another value replaces the saved one, with a note;
+train_agent.py writes the new value into config.yaml, so later resumes go on with it. The other flags (--device,
+--progress-bar, --verbose) are this session's only."""
+
+
+def _saved_type_ok(value: Any, kind: str) -> bool:
+    """Whether a value read from a config.yaml's `args` has the type of its Args field (`kind`, as annotated)."""
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, str)  # the only other kind among RUN_SETTINGS and CONTINUED_SETTINGS
+
+
+def resume_settings(
+    parser: argparse.ArgumentParser, args: Args, saved: dict[str, Any], given: set[str], config: Path
+) -> dict[str, tuple[Any, Any]]:
+    """Set the `RUN_SETTINGS` and `CONTINUED_SETTINGS` left out of the command line to the run's saved `args`
+    (its config.yaml, `config`); a name the file lacks (written before that flag existed) keeps its default.
+
+    Returns:
+        {name: (saved value, given value)} for each `CONTINUED_SETTINGS` flag given with another value.
+    """
+    kinds = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(Args)}
+    replaced = {}
+    for name in RUN_SETTINGS + CONTINUED_SETTINGS:
+        if name not in saved:  # a config.yaml written before the flag existed: its default
+            continue
+        if name not in given:
+            if not _saved_type_ok(saved[name], kinds[name]):
+                kind = {"int": "an integer", "str": "a string", "list[str]": "a list of strings"}[kinds[name]]
+                parser.error(f"--resume: {config} has args.{name}: {saved[name]!r}, not {kind}; give "
+                             f"--{name.replace('_', '-')} or correct that file")  # fmt: skip
+            setattr(args, name, saved[name])
+        elif name in CONTINUED_SETTINGS and getattr(args, name) != saved[name]:
+            replaced[name] = (saved[name], getattr(args, name))
+    return replaced
 
 
 def _parser(description: str, suppress_defaults: bool = False) -> argparse.ArgumentParser:
@@ -170,24 +223,25 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
     """Args and the derived settings (hyperparameters, env kwargs, run folder); bad flags exit with a message.
     `description` heads --help.
 
-    With --resume, the run-defining flags left out (`RUN_SETTINGS`) take the values in the run's config.yaml, and
-    those given must resolve to the saved settings."""
+    With --resume, the flags left out of `RUN_SETTINGS` and `CONTINUED_SETTINGS` take the values in the run's
+    config.yaml; the run-defining ones given must resolve to the saved settings, the others given replace the saved
+    values (a note says so; `derived["replaced"]`). A resumed run already at --timesteps, its model.zip saved there,
+    has nothing to do: `derived["nothing_to_do"]` says so and no file needs to change."""
     parser = _parser(description)
     args = Args(**vars(parser.parse_args(argv)))
     if args.resume and not args.out:
         parser.error("--resume needs --out, the run folder to continue")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         parser.error(f"--out {args.out!r} is a file; it must be a run folder (a new one, or a run's with --resume)")
-    saved, given = None, set()
+    saved, given, replaced = None, set(), {}
     if args.resume:
         try:
             saved = read_run_config(Path(args.out) / CONFIG_FILE)
         except ValueError as exc:
             parser.error(f"--resume: {exc}")
         given = set(vars(_parser(description, suppress_defaults=True).parse_args(argv)))
-        for name in RUN_SETTINGS:
-            if saved is not None and name not in given and name in saved["args"]:
-                setattr(args, name, saved["args"][name])
+        if saved is not None:
+            replaced = resume_settings(parser, args, saved["args"], given, Path(args.out) / CONFIG_FILE)
     if args.algo not in ALGOS:
         parser.error(f"--algo {args.algo!r} is not one of {sorted(ALGOS)}")
     check_env_id(parser, args.env_id)
@@ -254,11 +308,18 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
         parser.error(reason)
     run_name = f"{args.env_id}__{args.algo}__{args.seed}__{int(time.time())}"
     run_dir = Path(args.out or Path("runs") / run_name)
-    resume_from = None
+    resume_from, nothing_to_do = None, None
     if args.resume:
         resume_from = latest_checkpoint(run_dir / "checkpoints")  # skips unreadable ones, with a warning
         if resume_from is None:
             parser.error(f"--resume: no readable checkpoint in {run_dir / 'checkpoints'}")
+        # model.zip (written last) at the target and at the newest checkpoint: the run is finished, leave it as it is
+        final_steps = saved_steps(run_dir / MODEL_FILE) if (run_dir / MODEL_FILE).exists() else None
+        if final_steps is not None and final_steps >= max(args.timesteps, resume_from[0]):
+            nothing_to_do = (
+                f"{run_dir} already reached {final_steps} steps (--timesteps {args.timesteps}): nothing to do, no "
+                "file changed; resume with a larger --timesteps to train on"
+            )
         try:  # damaged files fail here, with their names, not as a traceback after the envs have started
             if resume_from[1]["vecnormalize"].exists():
                 read_vecnormalize(resume_from[1]["vecnormalize"])
@@ -290,10 +351,15 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
         "eval_env_kwargs": {"split": "validation", **env_kwargs},
         "resume_from": resume_from,  # (steps, checkpoint paths) with --resume, else None
         "saved_config": saved,  # the run's config.yaml with --resume (None when it has none)
+        "replaced": replaced,  # {name: (saved, given)}: the run's settings this --resume changes
+        "nothing_to_do": nothing_to_do,  # why a --resume of a finished run stops here, else None
     }
     if saved is not None and (changes := run_setting_changes(saved, args, derived)):
         parser.error(
             f"--resume: {run_dir} was trained with other settings: {'; '.join(changes)}; leave those flags out to "
             f"continue with the run's own settings (its {CONFIG_FILE}), or pick another --out"
         )
+    if nothing_to_do is None:
+        for name, (old, new) in replaced.items():
+            print(f"note: --{name.replace('_', '-')} {new} replaces the run's {old}")
     return args, derived

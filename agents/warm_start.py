@@ -172,8 +172,9 @@ def fit_policy(
     left as the hyperparameters set it.
 
     Returns:
-        the final mean losses (`action_mse`, `value_mse`) and, with a value head, `value_target`: how the targets
-        were made, their final mean and the mean of the returns cut at episode ends, for comparison.
+        the final mean losses (`action_mse`; `value_mse`, None without a value head: SAC's and TD3's critics are
+        not fitted) and, with a value head, `value_target`: how the targets were made, their final mean and the mean
+        of the returns cut at episode ends, for comparison.
     """
     policy = model.policy
     policy.set_training_mode(True)
@@ -189,7 +190,7 @@ def fit_policy(
     # The first round's tail: in a non-terminating env V averages r_mean / (1 - gamma) over the teacher's states.
     tail[demos.bootstrap] = float(demos.rewards.mean()) / (1.0 - gamma)
     generator = torch.Generator().manual_seed(seed)
-    losses: dict[str, Any] = {"action_mse": float("nan"), "value_mse": float("nan")}
+    losses: dict[str, Any] = {"action_mse": float("nan"), "value_mse": float("nan") if has_value else None}
     for round_, epochs_this_round in enumerate(np.array_split(np.arange(epochs), rounds)):
         ret_t = None
         if has_value:
@@ -214,7 +215,8 @@ def fit_policy(
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-            losses = {"action_mse": action_sum / len(order), "value_mse": value_sum / len(order) if has_value else 0.0}
+            losses["action_mse"] = action_sum / len(order)
+            losses["value_mse"] = value_sum / len(order) if has_value else None  # no critic fitted: no figure
     if has_value:
         cut_short = discounted_returns(demos.rewards, demos.cut, np.zeros_like(tail), gamma)
         losses["value_target"] = {
@@ -238,8 +240,9 @@ def warm_start(
 ) -> dict[str, Any]:
     """Collect `steps` steps of `controller` on `venv` and fit `model`'s policy to them (see the module docstring).
 
-    Returns a record for the run's summary: controller, steps, episodes, their mean return, the fit's losses, how
-    the value targets were made (`value_target`, None without a value head) and the wall time.
+    Returns a record for the run's summary: controller, steps, episodes, their mean return, the fit's losses
+    (`value_mse` None without a value head), how the value targets were made (`value_target`, None without a value
+    head) and the wall time.
 
     Raises:
         ValueError: an unknown controller or non-positive steps/epochs.

@@ -27,10 +27,10 @@ def write_model_zip(path: Path) -> None:
         z.writestr("data", "{}")
 
 
-def interrupted_run(folder: Path, steps=(32, 64)) -> Path:
-    """A run folder as an interrupted run of RUN_FLAGS leaves it: its config.yaml (as train_agent.py writes it) and
-    checkpoints, no model.zip."""
-    args, derived = train_agent.parse_args(["--out", str(folder), *RUN_FLAGS])
+def interrupted_run(folder: Path, steps=(32, 64), flags=()) -> Path:
+    """A run folder as an interrupted run of RUN_FLAGS (and `flags`) leaves it: its config.yaml (as train_agent.py
+    writes it) and checkpoints, no model.zip."""
+    args, derived = train_agent.parse_args(["--out", str(folder), *RUN_FLAGS, *flags])
     (folder / "checkpoints").mkdir(parents=True)
     config = train_agent.run_config(args, derived, None)
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -139,6 +139,52 @@ def test_resume_takes_the_settings_left_out_from_the_run(tmp_path):
         assert args.algo == "ppo" and derived["env_kwargs"]["preset"] == "tiny"
         assert derived["env_kwargs"]["episode_intervals"] == 8
         assert derived["hyperparams"]["n_steps"] == 32 and derived["resume_from"][0] == 64
+
+
+# a run started with other values than the defaults of every flag a bare --resume goes on with
+CONFIGURED = {"timesteps": 20000, "seed": 3, "n_envs": 2, "vec": "dummy", "eval_freq": 512, "eval_episodes": 2,
+              "eval_seed": 7, "checkpoint_freq": 256}  # fmt: skip
+
+
+def test_a_bare_resume_continues_the_run_as_configured(tmp_path, capsys):
+    flags = [a for name, value in CONFIGURED.items() for a in ("--" + name.replace("_", "-"), str(value))]
+    run = interrupted_run(tmp_path / "run", flags=flags)
+    args, derived = train_agent.parse_args(["--out", str(run), "--resume"])
+    assert {name: getattr(args, name) for name in CONFIGURED} == CONFIGURED
+    assert derived["vec"] == "dummy" and derived["replaced"] == {} and derived["nothing_to_do"] is None
+    assert "note:" not in capsys.readouterr().out
+    # a flag given replaces the run's value, with a note; one given with the run's own value changes nothing
+    args, derived = train_agent.parse_args(["--out", str(run), "--resume", "--timesteps", "50000", "--n-envs", "2",
+                                            "--eval-freq", "0", "--device", "cpu"])  # fmt: skip
+    assert args.timesteps == 50000 and args.eval_freq == 0 and args.checkpoint_freq == 256
+    assert derived["replaced"] == {"timesteps": (20000, 50000), "eval_freq": (512, 0)}
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == ["note: --timesteps 50000 replaces the run's 20000", "note: --eval-freq 0 replaces the run's 512"]
+    # a hand-edited value of the wrong type is a one-line error naming it, not a traceback
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("timesteps: 20000", "timesteps: lots"))
+    message = exits_with(["--out", str(run), "--resume"], capsys)
+    assert f"--resume: {config} has args.timesteps: 'lots', not an integer; give --timesteps" in message
+    assert train_agent.parse_args(["--out", str(run), "--resume", "--timesteps", "50000"])[0].timesteps == 50000
+
+
+def test_a_resume_of_a_run_at_its_target_has_nothing_to_do(tmp_path, capsys):
+    """model.zip saved at or past --timesteps and at the newest checkpoint: nothing to do; a model.zip older than
+    the newest checkpoint (or none: a run stopped while saving) is written from it, with no training."""
+    from stable_baselines3 import PPO
+
+    run = interrupted_run(tmp_path / "run", flags=["--timesteps", "64"])  # checkpoints at 32 and 64 steps
+    model = PPO("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=16, seed=0, device="cpu")
+    for final, timesteps, done in [(64, None, True), (64, "32", True), (64, "96", False), (32, None, False)]:
+        model.num_timesteps = final
+        model.save(run / "model.zip")
+        argv = ["--out", str(run), "--resume", *([] if timesteps is None else ["--timesteps", timesteps])]
+        reason = train_agent.parse_args(argv)[1]["nothing_to_do"]
+        if done:
+            assert reason.startswith(f"{run} already reached 64 steps (--timesteps {timesteps or 64}): nothing to do")
+            assert "larger --timesteps" in reason and "note:" not in capsys.readouterr().out
+        else:
+            assert reason is None, (final, timesteps)
 
 
 class _Model:
