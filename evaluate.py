@@ -21,9 +21,10 @@ Policy specs (comma-separated in --policies):
 Every policy runs the same episode seeds (episode seed = 1000 * seed + episode): the same token streams, shift
 points, workloads and initial temperatures, so differences are paired. Rows go to episodes.csv as episodes finish
 (a crash loses at most the running one; `--resume` skips finished rows). Outputs in --out: episodes.csv,
-traces/*.json (one per episode), summary.json, report.md, PNG plots, args.json, run_facts.json. Every figure
-says its source: `measured`, `simulated` (the simulated GPU at deployment scale) or `predicted` (the kernel cost
-model).
+traces/*.json (one per episode), summary.json, report.md, PNG plots, args.json, run_facts.json (the device and
+env facts and the report's title, baselines, notes and suite section: `--report-only` rebuilds the same report from
+them). Every figure says its source: `measured`, `simulated` (the simulated GPU at deployment scale) or `predicted`
+(the kernel cost model).
 """
 
 from __future__ import annotations
@@ -181,6 +182,9 @@ def _plain(x):
 
 
 # ----- the comparison loop ---------------------------------------------------------------------------------------
+BASELINES = ("no_control", "heuristic")  # the labels a report compares the others with, unless a suite says others
+
+
 def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "policy"
 
@@ -194,10 +198,14 @@ def write_json(path: Path, data) -> None:
         f.write(json.dumps(data, indent=1, default=_plain) + "\n")
 
 
-def run_policies(args: Args, specs: list[PolicySpec], env_configs: dict[str, dict], out: Path) -> tuple[list, dict]:
+def run_policies(args: Args, specs: list[PolicySpec], env_configs: dict[str, dict], out: Path,
+                 report_inputs: dict | None = None) -> tuple[list, dict]:
     """Run every policy on every (seed, episode), seeds outermost so an interrupted run keeps whole pairs.
 
-    Returns the rows of these policies (finished before and now) and {env name: its unwrapped env's facts}.
+    run_facts.json, written before the first episode, keeps what a later --report-only cannot rebuild elsewhere:
+    the device and env facts, the policies' transfer notes and `report_inputs` (`evaluate`'s title, baselines,
+    notes and section). Returns the rows of these policies (finished before and now) and {env name: its unwrapped
+    env's facts}.
     """
     from tqdm.auto import tqdm
 
@@ -217,7 +225,8 @@ def run_policies(args: Args, specs: list[PolicySpec], env_configs: dict[str, dic
     jobs = [(s, e, p) for s in seeds for e in range(args.episodes) for p in specs]
     # What a later --report-only needs and cannot rebuild on another machine.
     notes = {s.label: n for s in specs if (n := transfer_note(s, controllers[s.label], envs_[s.env]))}
-    write_json(out / "run_facts.json", {"device": device_facts(), "envs": facts, "policy_notes": notes})
+    run = {"device": device_facts(), "envs": facts, "policy_notes": notes}
+    write_json(out / "run_facts.json", run | ({"report": report_inputs} if report_inputs is not None else {}))
     (out / "traces").mkdir(exist_ok=True)
     skipped = sum((p.label, 1000 * s + e) in done for s, e, p in jobs)
     bar = tqdm(total=len(jobs), initial=skipped, desc="policies x seeds", disable=not args.progress)
@@ -275,21 +284,33 @@ def check_policies(specs: list[PolicySpec], env_configs: dict[str, dict], device
 
 
 def evaluate(args: Args, specs: list[PolicySpec], env_configs: dict[str, dict], out: Path, title: str,
-             baselines: tuple[str, ...] = ("no_control", "heuristic"), notes: tuple[str, ...] = ()) -> dict:
+             baselines: tuple[str, ...] = BASELINES, notes: tuple[str, ...] = (), section: str = "") -> dict:
     """Run, aggregate, write summary.json, report.md and the plots; print the comparison table. Returns the
-    summary."""
+    summary.
+
+    Args:
+        title: report.md's title.
+        baselines: the labels whose paired improvement tables the report has (those that ran).
+        notes: the suite's notes at the report's top (the policies' transfer notes are added here).
+        section: the suite's own section, which the suite appends to report.md once this returns: a key of
+            `evaluate_suites.SECTIONS` ("" for none).
+
+    The title, baselines, notes and section go to run_facts.json (`report`) before the first episode, so that
+    --report-only rebuilds this same report, of a finished or an interrupted run.
+    """
     try:
         stats.require_rliable()  # before the episodes, not after them
     except RuntimeError as exc:
         raise UsageError(str(exc)) from exc
-    rows, facts = run_policies(args, specs, env_configs, out)
+    inputs = {"title": title, "baselines": list(baselines), "notes": list(notes), "section": section}
+    rows, facts = run_policies(args, specs, env_configs, out, inputs)
     run = json.loads((out / "run_facts.json").read_text())  # as saved for a later --report-only
     notes += tuple(run["policy_notes"].values())
     return aggregate(args, specs, rows, facts, run["device"], out, title, baselines, notes)
 
 
 def aggregate(args: Args, specs: list[PolicySpec], rows: list[dict], facts: dict, device: dict, out: Path,
-              title: str, baselines: tuple[str, ...] = ("no_control", "heuristic"), notes: tuple[str, ...] = ()) -> dict:
+              title: str, baselines: tuple[str, ...] = BASELINES, notes: tuple[str, ...] = ()) -> dict:
     """Aggregate finished rows, write summary.json, report.md and the plots; print the comparison table."""
     labels = [s.label for s in specs]
     expected = len(specs) * len(parse_seeds(args.seeds)) * args.episodes
@@ -310,6 +331,8 @@ def aggregate(args: Args, specs: list[PolicySpec], rows: list[dict], facts: dict
         "policies": {s.label: {"spec": s.text, "env": s.env} for s in specs},
         "seeds": parse_seeds(args.seeds),
         "episodes_per_seed": args.episodes,
+        "seeds_run": sorted({int(r["seed"]) for r in rows}),  # fewer than `seeds` when the time budget was reached
+        "episodes_run": {lab: sum(r["label"] == lab for r in rows) for lab in labels},
         "statistic": f"IQM with {int(100 * conf)}% stratified-bootstrap intervals (rliable), {reps} replications",
         "sources": stats.metric_sources(backend),
         "aggregates": {},

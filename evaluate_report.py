@@ -64,6 +64,7 @@ CONSOLE_TABLE = (
     "slo_violations",
 )
 DAGGER = "\u2020"
+SECTION_PLOTS = ("ttt_allocation.png", "comparison_plot.png")  # shown in their suite's section, not under Plots
 
 
 # ----- formatting ------------------------------------------------------------------------------------------------
@@ -191,19 +192,36 @@ def sources_text(summary: dict) -> str:
     return "Sources: " + ", ".join(f"`{x}` ({stats.SOURCE_NOTES.get(x, 'see summary.json')})" for x in labels) + "."
 
 
+def episodes_text(summary: dict) -> tuple[str, int]:
+    """(the report's line on the episodes, the most any policy ran): those that ran, and those asked for when a
+    time budget stopped the run short. A summary from before `episodes_run` counts every asked episode."""
+    each = summary["episodes_per_seed"]
+    asked = len(summary["seeds"]) * each
+    counts = sorted(set((summary.get("episodes_run") or {"": asked}).values()))
+    if counts == [asked]:
+        return f"{asked} per policy (seeds {summary['seeds']}, {each} each)", asked
+    ran = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    seeds_run = summary.get("seeds_run", summary["seeds"])
+    return (
+        f"{ran} per policy ran (seeds {seeds_run}) of the {asked} asked (seeds {summary['seeds']}, {each} each)",
+        counts[-1],
+    )
+
+
 def write_report(out: Path, summary: dict) -> str:
     """Write report.md (setup, comparison tables, improvement tables, plots) and return its text."""
-    n_eps = len(summary["seeds"]) * summary["episodes_per_seed"]
     lines = [f"# {summary['title']}", ""] + setup_lines(summary)
+    episodes, n_eps = episodes_text(summary)
     lines += [
-        f"- Episodes: {n_eps} per policy (seeds {summary['seeds']}, {summary['episodes_per_seed']} each), paired: "
-        "every policy saw the same streams, shift points, workloads and initial temperatures",
+        f"- Episodes: {episodes}, paired: every policy saw the same streams, shift points, workloads and initial "
+        "temperatures",
         f"- Statistic: {summary['statistic']}. {sources_text(summary)}",
         "",
     ]
     notes = list(summary.get("notes", []))
     if n_eps < 2:
-        notes.append("One episode per policy: no intervals (they need at least two paired episodes; add --seeds).")
+        more = "add --seeds" if len(summary["seeds"]) * summary["episodes_per_seed"] < 2 else "`--resume` runs more"
+        notes.append(f"One episode per policy: no intervals (they need at least two paired episodes; {more}).")
     lines += [f"> {note}" for note in notes] + ([""] if notes else [])
     lines += [
         "## Comparison",
@@ -232,7 +250,7 @@ def write_report(out: Path, summary: dict) -> str:
             + zero_statements(summary, base)
             + [""]
         )
-    plots = sorted(p.name for p in out.glob("*.png"))
+    plots = sorted(p.name for p in out.glob("*.png") if p.name not in SECTION_PLOTS)
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     text = "\n".join(lines)
     with atomic_open(out / "report.md") as f:

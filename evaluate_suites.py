@@ -20,6 +20,7 @@ import numpy as np
 
 import evaluate_report as report
 from evaluate import (
+    BASELINES,
     GPU_FULL_PARTS,
     Args,
     PolicySpec,
@@ -30,6 +31,7 @@ from evaluate import (
     env_kwargs,
     evaluate,
     parse_policies,
+    parse_seeds,
     read_rows,
     write_json,
 )
@@ -45,12 +47,22 @@ def repo_path(path: str) -> str:
     return path if Path(path).exists() or Path(path).is_absolute() or not (REPO / path).exists() else str(REPO / path)
 
 
+# README "Trained policy": how the committed policy (results/ppo_kcm_warm/best_model.zip) was trained, into runs/
+WARM_START_COMMAND = ("python train_agent.py --algo ppo --timesteps 100000 --n-envs 2 --vec subproc --seed 0 "
+                      "--out runs/ppo_kcm_s0 --eval-freq 4000 --eval-episodes 4 --checkpoint-freq 8000 "
+                      "--hyperparams imitate:kcm_greedy imitate_steps:2048 learning_rate:1e-4 \"policy_kwargs:"
+                      "{net_arch: {pi: [64, 64], vf: [64, 64]}, activation_fn: tanh, log_std_init: -1.6}\"")
+
+
 def committed_policy(args: Args, label: str = "ppo_committed") -> list[PolicySpec]:
-    """The committed trained policy as a spec, or [] with a printed note when it is absent."""
+    """The committed trained policy as a spec, or [] with a printed note when it is absent (with the command that
+    trained it, for this preset)."""
     path = repo_path(args.trained_policy) if args.trained_policy else ""
     if not path or not Path(path).exists():
-        print(f"note: no trained policy at {args.trained_policy!r}; evaluating without it "
-              "(train one: python train_agent.py --out results/ppo_default)")
+        preset = f" --env-kwargs preset:{args.preset}" if args.preset != "default" else ""
+        print(f"note: no trained policy at {args.trained_policy!r}; evaluating without it (train one, warm-started "
+              f"from kcm_greedy as in README's \"Trained policy\": {WARM_START_COMMAND}{preset}; then pass "
+              "--trained-policy runs/ppo_kcm_s0/best/best_model.zip)")
         return []
     # The spec says the path as given: a resume from another folder must not see another policy.
     return [PolicySpec(label, f"ppo:{args.trained_policy}", algo="ppo", path=path)]
@@ -128,6 +140,10 @@ def suite_main(args: Args, out: Path) -> dict:
                     notes=tuple(notes))
 
 
+ROUTER_BASELINES = ("baseline", "EnergyAwareTTTRouter")  # the router tables' improvements are over the first
+TTT_BASELINES = ("fixed_1x", "no_ttt")  # the TTT compute axis is relative to the first
+
+
 def suite_routers(args: Args, out: Path) -> dict:
     """The original router comparison: baseline, kernel-aware, statistical load balancing, the
     EnergyAwareTTTRouter, and the trained agents (committed, plus any --policies)."""
@@ -138,13 +154,18 @@ def suite_routers(args: Args, out: Path) -> dict:
     specs += committed_policy(args)
     specs += parse_policies(args.policies, controller_names()) if args.policies else []
     summary = evaluate(args, specs, {"main": env_kwargs(args)}, out, "Router comparison",
-                       baselines=("baseline", "EnergyAwareTTTRouter"))
-    text = report.router_tables(summary, "baseline")
+                       baselines=ROUTER_BASELINES, section="router-tables")
+    router_section(args, out, summary)
+    return summary
+
+
+def router_section(args: Args, out: Path, summary: dict) -> None:
+    """The router README's tables: router_comparison.md and the end of report.md."""
+    text = report.router_tables(summary, ROUTER_BASELINES[0])
     with atomic_open(out / "router_comparison.md") as f:
         f.write(text)
     report.append_section(out, text)
     print("\n" + text)
-    return summary
 
 
 def suite_ttt_allocation(args: Args, out: Path) -> dict:
@@ -161,10 +182,15 @@ def suite_ttt_allocation(args: Args, out: Path) -> dict:
     specs += committed_policy(args, "adaptive_learned")
     specs += parse_policies(args.policies, controller_names()) if args.policies else []
     summary = evaluate(args, specs, {"main": env_kwargs(args)}, out, "TTT allocation: fixed vs adaptive",
-                       baselines=("fixed_1x", "no_ttt"))
-    rows = read_rows(out / "episodes.csv")
-    report.ttt_allocation(out, summary, rows, "fixed_1x", args.bootstrap_reps, args.confidence)
+                       baselines=TTT_BASELINES, section="ttt-allocation")
+    ttt_section(args, out, summary)
     return summary
+
+
+def ttt_section(args: Args, out: Path, summary: dict) -> None:
+    """The compute-vs-loss curve: ttt_allocation.csv, ttt_allocation.png and the end of report.md."""
+    rows = read_rows(out / "episodes.csv")
+    report.ttt_allocation(out, summary, rows, TTT_BASELINES[0], args.bootstrap_reps, args.confidence)
 
 
 def dense_twin(args: Args, moe_kwargs: dict) -> dict:
@@ -183,6 +209,9 @@ def dense_twin(args: Args, moe_kwargs: dict) -> dict:
     return {**moe_kwargs, "model": dense, "deployment": deploy}
 
 
+KCM_RESULTS = "kernel_cost_model_test_results.json"  # what `python -m kernels.cost_model` writes (single-gpu)
+
+
 def suite_single_gpu(args: Args, out: Path) -> dict:
     """The original single-GPU test on one token stream: dense (no TTT), dense + small-batch TTT, MoE +
     EnergyAwareTTTRouter; writes comparison_results.csv, comparison_plot.png, hpc_results.json,
@@ -195,13 +224,26 @@ def suite_single_gpu(args: Args, out: Path) -> dict:
     configs = {"dense": dense_twin(args, moe_kwargs), "moe": moe_kwargs}
     summary = evaluate(args, specs, configs, out, "Single-GPU comparison", baselines=("Simple Transformer",),
                        notes=("Small-batch TTT: every 256 tokens on 128-token chunks (the action's most frequent "
-                              "schedule); the original updated every 16-64 tokens.",))
-    kcm_log = out / "kcm.log"
-    with kcm_log.open("w") as f:
+                              "schedule); the original updated every 16-64 tokens.",), section="single-gpu")
+    (out / KCM_RESULTS).unlink(missing_ok=True)  # an earlier run's must not pass for this one's
+    with (out / "kcm.log").open("w") as f:
         proc = subprocess.run([sys.executable, "-m", "kernels.cost_model", "--gpu-type", args.gpu, "--out",
-                               str(out / "kernel_cost_model_test_results.json")], stdout=f, stderr=subprocess.STDOUT)
-    report.single_gpu_outputs(out, summary, read_rows(out / "episodes.csv"), vars(args), kcm_ok=proc.returncode == 0)
+                               str(out / KCM_RESULTS)], stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        print(f"note: python -m kernels.cost_model failed (exit {proc.returncode}); see {out / 'kcm.log'}")
+    single_gpu_section(args, out, summary)
     return summary
+
+
+def single_gpu_section(args: Args, out: Path, summary: dict) -> None:
+    """The original test's files (`evaluate_report.single_gpu_outputs`) and the end of report.md; the cost model's
+    results count as available when `python -m kernels.cost_model` left its file."""
+    report.single_gpu_outputs(out, summary, read_rows(out / "episodes.csv"), vars(args),
+                              kcm_ok=(out / KCM_RESULTS).exists())
+
+
+# {section: the function that appends it to report.md} as `evaluate(section=...)` names it in run_facts.json
+SECTIONS = {"router-tables": router_section, "ttt-allocation": ttt_section, "single-gpu": single_gpu_section}
 
 
 def require_cuda(suite: str) -> None:
@@ -337,8 +379,10 @@ def read_json(path: Path) -> dict:
 
 def report_only(args: Args, out: Path) -> dict:
     """Rebuild summary.json, report.md and the plots of a finished (or interrupted) run from its episodes.csv and
-    traces, with the run's own args.json and device facts: for a run whose aggregation failed, or another
-    statistic (--bootstrap-reps, --confidence)."""
+    traces, with the run's own args.json, device facts and report inputs (title, baselines, notes and the suite's
+    section, from run_facts.json): for a run whose aggregation failed, or another statistic (--bootstrap-reps,
+    --confidence). Runs from before run_facts.json saved its report inputs get a generic title, the default
+    baselines, no suite notes and no suite section."""
     import envs
 
     if not (out / "episodes.csv").exists():
@@ -354,13 +398,19 @@ def report_only(args: Args, out: Path) -> dict:
     if suite in ("gpu", "gpu-full"):  # as gpu_comparison ran it
         run_args = dataclasses.replace(run_args, preset="gpu", telemetry="nvml",
                                        pretrain_steps=run_args.gpu_pretrain_steps)
+    if saved:  # the episodes the run asked for, as its report took them: a resumed folder may hold other seeds too
+        wanted = {1000 * s + e for s in parse_seeds(run_args.seeds) for e in range(run_args.episodes)}
+        rows = [r for r in rows if r["episode_seed"] in wanted]
+        if not rows:
+            raise UsageError(f"--report-only: {out / 'episodes.csv'} has no finished episode of the seeds "
+                             f"{run_args.seeds!r} that {out / 'args.json'} asks for")
     specs, seen = [], set()
     for r in rows:
         if r["label"] not in seen:
             seen.add(r["label"])
             specs.append(PolicySpec(r["label"], r["spec"], env=r["env"]))
-    if (out / "run_facts.json").exists():
-        run = read_json(out / "run_facts.json")
+    run = read_json(out / "run_facts.json") if (out / "run_facts.json").exists() else {}
+    if run:
         device, facts = run["device"], run["envs"]
     else:  # runs from before run_facts.json: the GPU suite's device facts, the env facts from its config
         gpu_summary = out / "gpu_summary.json"
@@ -369,10 +419,17 @@ def report_only(args: Args, out: Path) -> dict:
         cfg = envs.EnvConfig.from_kwargs(**env_kwargs(run_args))
         facts = {r["env"]: config_facts(cfg, r["hardware_source"], run_args.gpu, None) for r in rows}
     titles = {"gpu": "Measured comparison on the GPU", "gpu-full": "Measured comparison on the GPU"}
-    title = titles.get(suite, "Policy comparison") + " (report rebuilt from episodes.csv)"
-    rows = [r for r in rows if r["label"] in seen]
-    notes = tuple(run.get("policy_notes", {}).values()) if (out / "run_facts.json").exists() else ()
-    return aggregate(run_args, specs, rows, facts, device, out, title, notes=notes)
+    inputs = run.get("report") or {"title": titles.get(suite, "Policy comparison"), "baselines": BASELINES,
+                                   "notes": [], "section": ""}  # runs from before run_facts.json kept them
+    if inputs["section"] and inputs["section"] not in SECTIONS:
+        raise UsageError(f"--report-only: {out / 'run_facts.json'} names an unknown report section "
+                         f"{inputs['section']!r} (known: {', '.join(SECTIONS)}); rerun the suite into a new --out")
+    title = inputs["title"] + " (report rebuilt from episodes.csv)"
+    notes = tuple(inputs["notes"]) + tuple(run.get("policy_notes", {}).values())
+    summary = aggregate(run_args, specs, rows, facts, device, out, title, tuple(inputs["baselines"]), notes)
+    if inputs["section"]:
+        SECTIONS[inputs["section"]](run_args, out, summary)
+    return summary
 
 
 SUITE_FUNCTIONS = {"main": suite_main, "routers": suite_routers, "ttt-allocation": suite_ttt_allocation,

@@ -1,5 +1,6 @@
 """evaluate.py on a finished run: a refused rerun or overwrite keeps it, a resume with other settings is refused, a
-torn last row runs again, and --report-only names damaged files and keeps the saved report on a failure."""
+torn last row runs again, and --report-only rebuilds each suite's report as the run wrote it, names damaged files
+and keeps the saved report on a failure."""
 
 from __future__ import annotations
 
@@ -149,3 +150,66 @@ def test_a_run_with_a_renamed_column_is_read_and_resumed(finished_run, tmp_path)
     assert evaluate.main(["--policies", "no_control", "--seeds", "0-2", *TINY, "--out", str(out), "--resume"]) == 0
     rows = read_csv(csv_path)
     assert [r["episode_seed"] for r in rows] == ["0", "1000", "2000"] and all(whole(r) for r in rows)
+
+
+# suite: what its report has that a report with the default title, baselines and no notes or section lacks
+SUITE_REPORTS = {
+    "routers": ["# Router comparison", "## Improvement over EnergyAwareTTTRouter", "## Router comparison tables"],
+    "ttt-allocation": ["# TTT allocation", "## Improvement over fixed_1x", "## TTT allocation: compute vs loss"],
+    "main": ["# Main comparison (held-out seeds)", "> No committed trained policy at ``: evaluated without it."],
+}
+
+
+@pytest.mark.parametrize("suite", list(SUITE_REPORTS))
+def test_report_only_rebuilds_the_suites_own_report(tmp_path, suite):
+    """The rebuild keeps the run's title, baselines, notes and the suite's section: the same report.md but for its
+    date and a title that says it was rebuilt, and the same improvements and notes in summary.json."""
+    out = tmp_path / "run"
+    argv = ["--suite", suite, "--seeds", "0", "--trained-policy", "", "--train-seconds", "0", *TINY]
+    assert evaluate.main([*argv, "--out", str(out)]) == 0
+    written, summary = (out / "report.md").read_text(), json.loads((out / "summary.json").read_text())
+    assert all(part in written for part in SUITE_REPORTS[suite])
+    for name in ("report.md", "summary.json"):  # as after an aggregation that failed
+        (out / name).unlink()
+    assert evaluate.main(["--out", str(out), "--report-only", "--bootstrap-reps", "100"]) == 0
+    rebuilt, again = (out / "report.md").read_text(), json.loads((out / "summary.json").read_text())
+    assert again["improvements"] == summary["improvements"] and len(again["improvements"]) == 2
+    assert again["notes"] == summary["notes"]
+    title, *rest = rebuilt.splitlines()
+    assert title == written.splitlines()[0] + " (report rebuilt from episodes.csv)" and again["title"] == title[2:]
+    assert [x for x in rest if not x.startswith("- Date:")] == [
+        x for x in written.splitlines()[1:] if not x.startswith("- Date:")
+    ]
+
+
+def test_report_only_of_a_run_from_before_its_report_inputs_were_saved(finished_run, tmp_path):
+    out = copy_run(finished_run, tmp_path)
+    run = json.loads((out / "run_facts.json").read_text())
+    assert run.pop("report") == {"title": "Policy comparison", "baselines": ["no_control", "heuristic"], "notes": [],
+                                 "section": ""}  # fmt: skip
+    (out / "run_facts.json").write_text(json.dumps(run))
+    assert evaluate.main(["--out", str(out), "--report-only"]) == 0
+    assert (out / "report.md").read_text().startswith("# Policy comparison (report rebuilt from episodes.csv)\n")
+    assert json.loads((out / "summary.json").read_text())["improvements"] == {"no_control": {}}  # the default baselines
+
+
+def test_the_report_says_how_many_episodes_ran(finished_run, tmp_path):
+    """A run stopped short (--max-wall-s, or a crash) reports the episodes that ran, beside those asked for."""
+    out = copy_run(finished_run, tmp_path)
+    lines = (out / "episodes.csv").read_bytes().split(b"\r\n")
+    (out / "episodes.csv").write_bytes(b"\r\n".join(lines[:2] + [b""]))  # seed 1's episode did not run
+    assert evaluate.main(["--out", str(out), "--report-only"]) == 0
+    report = (out / "report.md").read_text()
+    assert "- Episodes: 1 per policy ran (seeds [0]) of the 2 asked (seeds [0, 1], 1 each), paired" in report
+    assert "> 1 of 2 episodes ran (time budget reached)" in report and "`--resume` runs more" in report
+    assert json.loads((out / "summary.json").read_text())["episodes_run"] == {"no_control": 1}
+
+
+def test_without_a_trained_policy_the_hint_gives_the_warm_start_command(capsys):
+    import evaluate_suites
+
+    args = evaluate.parse_args(["--trained-policy", "", "--report-only"])
+    assert evaluate_suites.committed_policy(args) == []
+    hint = capsys.readouterr().out
+    assert "imitate:kcm_greedy" in hint and "--trained-policy runs/ppo_kcm_s0/best/best_model.zip" in hint
+    assert "results/" not in hint  # trains into runs/, not over a committed folder
