@@ -16,7 +16,8 @@ SUITES = ("main", "routers", "ttt-allocation", "single-gpu", "gpu", "gpu-full")
 GPU_FULL_PARTS = ("bench", "calibrate", "compare")
 SUITES_WITHOUT_POLICIES = ("single-gpu", "gpu", "gpu-full")  # they run their own fixed sets
 # (seeds, intervals per episode) when --seeds / --episode-intervals are not given; main fits 15 minutes on 2 cores
-SUITE_DEFAULTS = {"": ("0-4", 64), "main": ("0-4", 48), "routers": ("0-4", 64), "ttt-allocation": ("0-4", 64),
+# and runs the episode length the committed policy trained on (64)
+SUITE_DEFAULTS = {"": ("0-4", 64), "main": ("0-4", 64), "routers": ("0-4", 64), "ttt-allocation": ("0-4", 64),
                   "single-gpu": ("0-4", 64), "gpu": ("0-2", 30), "gpu-full": ("0-4", 60)}
 
 

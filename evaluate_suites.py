@@ -119,12 +119,15 @@ def _trained_steps(folder: Path) -> int:
 
 
 def suite_main(args: Args, out: Path) -> dict:
-    """The README's main job: the committed policy vs the heuristic vs no control on held-out seeds, plus a short
-    PPO run evaluated beside them (and any --policies); within `--main-budget-s` (15 minutes on 2 cores)."""
+    """The README's main job: the committed policy vs the heuristic, its teacher kcm_greedy and no control on
+    held-out seeds, plus a short PPO run evaluated beside them (and any --policies); within `--main-budget-s` (15
+    minutes on 2 cores)."""
     t0 = time.perf_counter()
     specs = committed_policy(args)
     notes = [] if specs else [f"No committed trained policy at `{args.trained_policy}`: evaluated without it."]
+    # kcm_greedy is the committed policy's teacher (its warm start): whether RL added anything shows against it.
     specs += [PolicySpec("heuristic", "heuristic", name="heuristic"),
+              PolicySpec("kcm_greedy", "kcm_greedy", name="kcm_greedy"),
               PolicySpec("no_control", "no_control", name="no_control")]
     specs += parse_policies(args.policies, controller_names()) if args.policies else []
     if args.train_seconds > 0:  # a spec that cannot run here fails now, not after minutes of training
@@ -137,9 +140,10 @@ def suite_main(args: Args, out: Path) -> dict:
     left = max(60, int(args.main_budget_s - (time.perf_counter() - t0)))
     args = dataclasses.replace(args, max_wall_s=args.max_wall_s or left)
     return evaluate(args, specs + short, {"main": env_kwargs(args)}, out, "Main comparison (held-out seeds)",
-                    notes=tuple(notes))
+                    baselines=MAIN_BASELINES, notes=tuple(notes))
 
 
+MAIN_BASELINES = ("no_control", "heuristic", "kcm_greedy")
 ROUTER_BASELINES = ("baseline", "EnergyAwareTTTRouter")  # the router tables' improvements are over the first
 TTT_BASELINES = ("fixed_1x", "no_ttt")  # the TTT compute axis is relative to the first
 
