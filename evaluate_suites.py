@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-import evaluate_report as report
+import evaluate_sections as sections
 from evaluate import (
     BASELINES,
     GPU_FULL_PARTS,
@@ -165,10 +165,10 @@ def suite_routers(args: Args, out: Path) -> dict:
 
 def router_section(args: Args, out: Path, summary: dict) -> None:
     """The router README's tables: router_comparison.md and the end of report.md."""
-    text = report.router_tables(summary, ROUTER_BASELINES[0])
+    text = sections.router_tables(summary, ROUTER_BASELINES[0])
     with atomic_open(out / "router_comparison.md") as f:
         f.write(text)
-    report.append_section(out, text)
+    sections.append_section(out, text)
     print("\n" + text)
 
 
@@ -194,7 +194,7 @@ def suite_ttt_allocation(args: Args, out: Path) -> dict:
 def ttt_section(args: Args, out: Path, summary: dict) -> None:
     """The compute-vs-loss curve: ttt_allocation.csv, ttt_allocation.png and the end of report.md."""
     rows = read_rows(out / "episodes.csv")
-    report.ttt_allocation(out, summary, rows, TTT_BASELINES[0], args.bootstrap_reps, args.confidence)
+    sections.ttt_allocation(out, summary, rows, TTT_BASELINES[0], args.bootstrap_reps, args.confidence)
 
 
 def dense_twin(args: Args, moe_kwargs: dict) -> dict:
@@ -240,9 +240,9 @@ def suite_single_gpu(args: Args, out: Path) -> dict:
 
 
 def single_gpu_section(args: Args, out: Path, summary: dict) -> None:
-    """The original test's files (`evaluate_report.single_gpu_outputs`) and the end of report.md; the cost model's
+    """The original test's files (`evaluate_sections.single_gpu_outputs`) and the end of report.md; the cost model's
     results count as available when `python -m kernels.cost_model` left its file."""
-    report.single_gpu_outputs(out, summary, read_rows(out / "episodes.csv"), vars(args),
+    sections.single_gpu_outputs(out, summary, read_rows(out / "episodes.csv"), vars(args),
                               kcm_ok=(out / KCM_RESULTS).exists())
 
 

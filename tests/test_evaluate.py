@@ -446,13 +446,13 @@ def test_env_facts_keep_weight_arithmetic_apart_from_a_measured_peak():
 def test_single_gpu_outputs_label_every_figure(tmp_path, capsys, backend):
     """Latency with its source, runtime weights as predicted (parameter bytes), the CUDA peak as a process-wide
     measurement, the KCM error against what it was checked with, each system by its own backend."""
-    import evaluate_report as report
+    import evaluate_sections as sections
 
     peak = 1.5 if backend == "measured" else None
     summary = fake_summary({"main": env_facts_of(backend, cuda_peak_gb=peak)}, {"a": "main", "b": "main"}, backend)
     rows = [{"label": lab, "episode_seed": s, "hardware_source": backend, **dict.fromkeys(stats.METRIC_BY_NAME, 1.0)}
             for lab in ("a", "b") for s in (0, 1)]  # fmt: skip
-    report.single_gpu_outputs(tmp_path, summary, rows, {}, kcm_ok=False)
+    sections.single_gpu_outputs(tmp_path, summary, rows, {}, kcm_ok=False)
     printed = capsys.readouterr().out
     assert f"(p50 interval latency) [{backend}]" in printed
     assert "GB runtime weights [predicted]" in printed and "runtime [measured]" not in printed
@@ -466,7 +466,7 @@ def test_single_gpu_outputs_label_every_figure(tmp_path, capsys, backend):
     assert row["runtime_weights_gb_source"] == "predicted"
     rows[0]["hardware_source"] = "measured" if backend == "simulated" else "simulated"
     with pytest.raises(ValueError, match="do not share one hardware backend"):
-        report.single_gpu_outputs(tmp_path, summary, rows, {}, kcm_ok=False)
+        sections.single_gpu_outputs(tmp_path, summary, rows, {}, kcm_ok=False)
 
 
 # ----- end to end: files, resume ---------------------------------------------------------------------------------
