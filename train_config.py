@@ -16,7 +16,7 @@ import stable_baselines3
 import torch
 import yaml
 
-from agents.sb3 import plain
+from agents.run_config import plain
 from envs import EnvConfig
 
 

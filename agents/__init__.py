@@ -26,7 +26,8 @@ from agents.controller import (
     make_controller,
 )
 from agents.heuristic import EnergyAwareTTTRouter, StatisticalLoadBalancer, ThermalAdaptiveScaler
-from agents.sb3 import ALGOS, PolicyController, env_setting_differences, load_hyperparams, load_policy
+from agents.run_config import env_setting_differences
+from agents.sb3 import ALGOS, PolicyController, load_hyperparams, load_policy
 from agents.warm_start import warm_start
 
 __all__ = [

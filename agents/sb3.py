@@ -16,7 +16,6 @@ which has TTT on), and `imitate` (a controller name: warm-start the policy by im
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import logging
@@ -53,6 +52,7 @@ from agents.checkpoints import (  # noqa: F401  (train_agent.py takes them from 
 )
 from agents.controller import CONTROLLERS
 from agents.hyperparam_rules import INIT_ACTIONS, NORMALIZE_RULES, VALUE_RULES, ent_coef_ok, finite, net_arch_ok
+from agents.run_config import CONFIG_FILE, find_run_config, training_env_config  # noqa: F401  (train_args.py takes CONFIG_FILE from here)
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,6 @@ _NOT_HYPERPARAMS = {"self", "policy", "env", "tensorboard_log", "verbose", "seed
 _POLICY_SPACES = {"self", "observation_space", "action_space", "lr_schedule"}  # what SB3 passes, not policy_kwargs
 MODEL_FILE = "model.zip"
 VECNORMALIZE_FILE = "vecnormalize.pkl"
-CONFIG_FILE = "config.yaml"
 
 
 # ----- hyperparameters -------------------------------------------------------------------------------------------
@@ -344,80 +343,6 @@ def set_initial_action(model: BaseAlgorithm, action: np.ndarray) -> None:
 
 
 # ----- policies as controllers -------------------------------------------------------------------------------------
-def plain(obj: Any) -> Any:
-    """Dataclasses, tuples, paths and numpy scalars as YAML-safe plain values."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return plain(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, str):
-        return str(obj)  # also str subclasses such as torch's TorchVersion
-    if obj is None or isinstance(obj, (bool, int, float)):
-        return obj
-    return repr(obj)
-
-
-SERVED_MODEL_SETTINGS = ("preset", "model", "checkpoint", "pretrain_steps")
-"""The `EnvConfig` fields that decide which weights the env serves (`moe_runtime.pretrain.checkpoint_path`)."""
-TASK_SETTINGS = ("gpu", "cost_table", "ttt", "interval_s", "runtime_tokens", "reference_tokens", "action", "reward")
-"""The `EnvConfig` fields that decide what an action does and what it earns (the simulated GPU and its cost model,
-the action's bounds, the reward's terms); workload, split, episode length and randomisation are left out: they are
-what an evaluation varies on purpose."""
-_NOT_THE_WEIGHTS = ("device", "dtype", "batch_size", "preset_name")  # MoEConfig fields outside `model_key()`
-
-
-def _leaves(name: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {k: v for key, sub in value.items() for k, v in _leaves(f"{name}.{key}", sub).items()}
-    return {name: value}
-
-
-def env_setting_differences(trained: dict[str, Any], config: Any) -> list[tuple[str, Any, Any]]:
-    """The served-model and task settings (`SERVED_MODEL_SETTINGS`, `TASK_SETTINGS`) in which an env's config
-    differs from the one a policy was trained on.
-
-    Args:
-        trained: the `env_config` mapping of the run's config.yaml (`training_env_config`); a setting it does not
-            record is not compared.
-        config: the evaluation env's `EnvConfig`.
-
-    Returns:
-        `(setting, trained value, this env's value)` per differing leaf (`reward.w_loss`, `model.d_model`), in
-        field order; `model` only when the presets agree (another preset is another model), `pretrain_steps` only
-        when the model is pretrained here (no `checkpoint` on either side).
-    """
-    here = plain(config)
-    differences = []
-    for key in SERVED_MODEL_SETTINGS + TASK_SETTINGS:
-        if key not in trained or key not in here:
-            continue
-        if key == "model" and trained.get("preset") != here.get("preset"):
-            continue
-        if key == "pretrain_steps" and (trained.get("checkpoint") or here.get("checkpoint")):
-            continue
-        old, new = _leaves(key, trained[key]), _leaves(key, here[key])
-        for name in old.keys() | new.keys():
-            if key == "model" and name.split(".", 1)[-1] in _NOT_THE_WEIGHTS:
-                continue
-            if name in old and name in new and old[name] != new[name]:
-                differences.append((name, old[name], new[name]))
-    order = {name: i for i, name in enumerate(SERVED_MODEL_SETTINGS + TASK_SETTINGS)}
-    return sorted(differences, key=lambda d: (order[d[0].split(".")[0]], d[0]))
-
-
-def training_env_config(model_path: str | Path) -> dict[str, Any] | None:
-    """The `env_config` (the full `EnvConfig`, as plain values) a saved model was trained on, from its run's
-    `config.yaml` beside it or one folder up; None when there is none or it records no env config."""
-    env_config = (_find_config(Path(model_path)) or {}).get("env_config")
-    return env_config if isinstance(env_config, dict) else None
-
-
 class PolicyController:
     """A trained SB3 model as a `Controller`: `act(obs)` = `model.predict(normalised obs, deterministic=True)`.
 
@@ -456,22 +381,11 @@ class PolicyController:
         return action
 
 
-def _find_config(model_path: Path) -> dict | None:
-    for folder in (model_path.parent, model_path.parent.parent):
-        f = folder / CONFIG_FILE
-        if f.exists():
-            try:
-                return yaml.safe_load(f.read_text())
-            except yaml.YAMLError:
-                return None
-    return None
-
-
 def infer_algo(model_path: str | Path) -> str:
     """The algorithm of a saved model: from the run's `config.yaml` beside it (or one folder up), else from the
     policy class and data stored in the zip."""
     model_path = Path(model_path)
-    config = _find_config(model_path)
+    config = find_run_config(model_path)
     if config and config.get("args", {}).get("algo") in ALGOS:
         return config["args"]["algo"]
     try:
@@ -544,7 +458,7 @@ def load_policy(
     if stats_path.exists():
         vec_normalize = read_vecnormalize(stats_path)
     else:
-        normalize = (_find_config(path) or {}).get("vec_normalize")
+        normalize = (find_run_config(path) or {}).get("vec_normalize")
         if isinstance(normalize, dict) and normalize.get("norm_obs", True):
             warnings.warn(
                 f"{path} was trained on normalised observations (its run's {CONFIG_FILE}: vec_normalize "
