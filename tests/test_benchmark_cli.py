@@ -75,7 +75,7 @@ def test_a_good_run_replaces_the_saved_json_and_leaves_no_temporary_file(tmp_pat
     args = ["--source", "simulated", "--repeats", "5", "--sampler_s", "0.05", "--rates_hz", "100"]
     proc = run_script("telemetry_overhead", [*args, "--loop_s", "0.02", "--out", str(out)], cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(out.read_text())["source"] == "simulated"
+    assert json.loads(out.read_text())["telemetry_source"] == "simulated"
     assert [p.name for p in out.parent.iterdir()] == ["overhead.json"]
 
 
