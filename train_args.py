@@ -241,6 +241,11 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
             parser.error(f"--resume: {exc}")
         given = set(vars(_parser(description, suppress_defaults=True).parse_args(argv)))
         if saved is not None:
+            if saved.get("resumed") and "hyperparams_adjusted" not in saved and "timesteps" not in given:
+                # Written before config.yaml kept what a resume changed: its --timesteps is the first session's.
+                parser.error(f"--resume: {Path(args.out) / CONFIG_FILE} is from before resumes recorded their "
+                             f"settings, and this run was resumed since; give --timesteps (the target you resumed "
+                             f"toward before, e.g. the --timesteps of its last 'resumed' command)")  # fmt: skip
             replaced = resume_settings(parser, args, saved["args"], given, Path(args.out) / CONFIG_FILE)
     if args.algo not in ALGOS:
         parser.error(f"--algo {args.algo!r} is not one of {sorted(ALGOS)}")
@@ -285,11 +290,13 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
             overrides = parse_key_values(args.hyperparams, "--hyperparams")
             check_hyperparams(args.algo, overrides, "--hyperparams")
             hyperparams.update(overrides)
-            # A resumed run re-derives the same value here, so its saved hyperparameters still match.
-            hyperparams, note = resolve_learning_starts(args.algo, hyperparams, "learning_starts" in overrides)
-            if note is not None:
-                adjusted["learning_starts"] = note
-                print(f"note: {note}")
+            # A resume re-derives the value only where its run did (`hyperparams_adjusted`), so its saved
+            # hyperparameters still match; a run started before the rule keeps the file's value.
+            if saved is None or "learning_starts" in (saved.get("hyperparams_adjusted") or {}):
+                hyperparams, note = resolve_learning_starts(args.algo, hyperparams, "learning_starts" in overrides)
+                if note is not None:
+                    adjusted["learning_starts"] = note
+                    print(f"note: {note}")
         imitation = imitation_settings(hyperparams)
         env_kwargs = env_kwargs_from_pairs(args.env_kwargs, args.telemetry)
     except (ValueError, TypeError, OSError, yaml.YAMLError) as exc:

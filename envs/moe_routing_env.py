@@ -158,7 +158,9 @@ class MoERoutingEnv(gym.Env):
         cfg, rng = self.config, self.np_random
         tokens_total = cfg.runtime_tokens * cfg.episode_intervals
         share = rng.uniform(*cfg.shift_range) if cfg.randomize else float(np.mean(cfg.shift_range))
-        # Tokens into the episode's steps; the stream shifts that far after the reset interval's runtime tokens.
+        # Tokens into the episode's steps; the stream shifts that far after the reset interval's runtime tokens
+        # (exact on the simulated backend; the measured one's reset serves whole launches, as its steps do, so there
+        # the shift point is as approximate as its per-step token counts).
         self.shift_tokens = max(1, int(share * tokens_total))
         self.runtime.reset_stream(
             DomainSchedule.shift(cfg.domains[0], cfg.domains[1], cfg.runtime_tokens + self.shift_tokens),

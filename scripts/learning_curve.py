@@ -75,6 +75,8 @@ def baseline_returns(config: dict, controller: str, episodes: int) -> tuple[list
                 returns.append(total)
                 total = 0.0
                 policy.reset()
+        if not backends:  # no episode asked for
+            return returns, "none (no episode)"
         (backend,) = backends  # one env, one backend
         return returns, return_source(backend)
     finally:

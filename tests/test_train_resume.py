@@ -187,6 +187,27 @@ def test_a_resume_of_a_run_at_its_target_has_nothing_to_do(tmp_path, capsys):
             assert reason is None, (final, timesteps)
 
 
+def test_a_run_configured_before_resumes_kept_their_settings(tmp_path, capsys):
+    """A config.yaml from before 2026-11-24 late: no `hyperparams_adjusted`, and resumes that did not record what
+    they changed. Its SAC `learning_starts` stays the file's on a resume that re-gives the hyperparameters (the warm
+    start rule came later), and a run resumed since must name its --timesteps (the saved one is the first session's)."""
+    flags = ["--algo", "sac", "--hyperparams", "batch_size:32", "buffer_size:1000"]
+    run = interrupted_run(tmp_path / "run", flags=flags)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["hyperparams"]["learning_starts"] == 0  # sac.yml's init_action: no_control is a warm start
+    config.pop("hyperparams_adjusted")
+    config["hyperparams"]["learning_starts"] = 1000  # as such a run saved it
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    argv = ["--out", str(run), "--resume", "--env-kwargs", "preset:tiny", "episode_intervals:8", *flags]
+    args, derived = train_agent.parse_args(argv)  # was: hyperparams.learning_starts: 1000 (saved) vs 0
+    assert derived["hyperparams"]["learning_starts"] == 1000
+    config["resumed"] = [{"from_steps": 32, "command": "train_agent.py --resume --timesteps 500"}]
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    message = exits_with(["--out", str(run), "--resume"], capsys)
+    assert "is from before resumes recorded their settings" in message and "give --timesteps" in message
+    assert train_agent.parse_args(["--out", str(run), "--resume", "--timesteps", "500"])[0].timesteps == 500
+
+
 class _Model:
     """Stands in for an SB3 model with VecNormalize statistics in save_checkpoint: each save writes part of its file,
     then fails if told to."""
