@@ -1,4 +1,4 @@
-"""What the evaluate.py tests share: the repository root, the tiny run's flags and reading a CSV back."""
+"""What the evaluate.py tests share: the repository root, the tiny run's flags, its env, and reading a CSV back."""
 
 from __future__ import annotations
 
@@ -14,3 +14,11 @@ TINY = ["--preset", "tiny", "--episode-intervals", "4", "--bootstrap-reps", "100
 def read_csv(path: Path) -> list[dict]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def tiny_env(intervals: int):
+    """The tiny simulated env that `evaluate.py` builds for those flags, `intervals` per episode."""
+    import evaluate
+
+    args = evaluate.Args(preset="tiny", episode_intervals=intervals, telemetry="simulated", torch_threads=1)
+    return evaluate.make_env(evaluate.env_kwargs(args))
