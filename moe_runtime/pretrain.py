@@ -1,6 +1,6 @@
 """Pretrain a preset on the prose corpus, cached by config and corpus hash, resumable.
 
-    python -m moe_runtime.pretrain --preset default
+    python -m moe_runtime --preset default
 
 AdamW with linear warm-up and cosine decay, next-token loss plus the Switch load-balancing loss. Progress shows in a
 tqdm bar and TensorBoard (`<cache>/tb/<name>`); the checkpoint goes atomically to the cache, and a `.partial` file
@@ -230,7 +230,7 @@ def load_or_pretrain(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> MoET
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m moe_runtime", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="default", help="MoEConfig preset: tiny, default or gpu")
     for f in dataclasses.fields(PretrainConfig):
         if f.name == "progress":
@@ -239,13 +239,12 @@ def main(argv: list[str] | None = None) -> None:
             f"--{f.name.replace('_', '-')}", type=type(f.default) if f.default is not None else str, default=f.default
         )
     parser.add_argument("--force", action="store_true", help="retrain even if a cached checkpoint exists")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:  # bad values are one-line errors before any training
         cfg = MoEConfig.preset(args.preset)
-        pcfg = PretrainConfig(
-            **{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig) if f.name != "progress"}
-        )
+        pcfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
         path = checkpoint_path(cfg, pcfg)
     except (ValueError, FileNotFoundError) as exc:  # FileNotFoundError: a --corpus path that does not exist
         parser.error(str(exc))

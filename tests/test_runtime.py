@@ -1,5 +1,7 @@
 """The MoE runtime on the CPU with the tiny preset: config, router, expert dispatch, streams, pretraining, reports."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -386,3 +388,33 @@ def test_runtime_serves_a_model_of_its_config_and_keeps_its_stream_seed(tiny):
     first = runtime.step(32).loss
     runtime.reset_stream()  # from the start again, with the seed it was built with (was always 0)
     assert runtime.step(32).loss == first
+
+
+def test_the_pretrain_entry_point_runs_without_runpys_warning(tmp_path):
+    """`python -m moe_runtime` (README) pretrains; `python -m moe_runtime.pretrain` made runpy warn that the package
+    had imported the module before running it."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-W", "error::RuntimeWarning", "-m", "moe_runtime", "--preset", "tiny", "--steps", "0"]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
+    assert done.returncode == 2 and "PretrainConfig.steps must be an integer >= 1" in done.stderr, done.stderr
+    assert "RuntimeWarning" not in done.stderr and "usage: python -m moe_runtime" in done.stderr
+
+
+def test_pretrain_cli_no_progress_reaches_the_config(tmp_path, monkeypatch):
+    import importlib
+
+    pretrain_module = importlib.import_module("moe_runtime.pretrain")  # the package's `pretrain` is the function
+
+    seen = {}
+
+    def fake_pretrain(cfg, pcfg):
+        seen["progress"] = pcfg.progress
+        return {}
+
+    monkeypatch.setattr(pretrain_module, "pretrain", fake_pretrain)
+    for argv, progress in ((["--no-progress"], False), ([], True)):
+        seen.clear()
+        pretrain_module.main(["--preset", "tiny", "--steps", "1", "--cache-dir", str(tmp_path), *argv])
+        assert seen == {"progress": progress}
