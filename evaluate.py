@@ -17,6 +17,9 @@ Policy specs (comma-separated in --policies):
     ppo:PATH  sb3:PATH       a saved stable-baselines3 model (.zip, or a train_agent.py run folder); sb3 infers the
                              algorithm (a2c:, sac:, td3: also work, and must name the saved model's)
     LABEL=SPEC               any of these under another name, e.g. lb2=load_balance(step=0.02)
+    LABEL=ppo:GLOB           several training runs of one method, e.g. warm=ppo:runs/ppo_kcm_s*/best_model.zip:
+                             each runs as LABEL@RUN (RUN: its run folder), and the report pools them ("Across
+                             training runs": intervals over runs, not only over episodes)
 
 Every policy runs the same episode seeds (episode seed = 1000 * seed + episode): the same token streams, shift
 points, workloads and initial temperatures, so differences are paired. Rows go to episodes.csv as episodes finish
@@ -74,6 +77,7 @@ from evaluate_specs import (  # noqa: F401  (part of evaluate's surface)
     parse_policies,
     parse_policy,
     parse_seeds,
+    run_groups,
     split_top_level,
 )
 
@@ -345,6 +349,15 @@ def aggregate(args: Args, specs: list[PolicySpec], rows: list[dict], facts: dict
         if base in labels:
             imp = stats.improvements(rows, labels, base, reps=reps, confidence=conf)
             summary["improvements"][base] = {lab: {k: e.to_dict() for k, e in d.items()} for lab, d in imp.items()}
+    groups = run_groups(labels)
+    if groups:
+        summary["run_groups"] = {
+            g: {"runs": runs, "improvements": {
+                base: {k: e.to_dict() for k, e in
+                       stats.across_runs(rows, runs, base, reps=reps, confidence=conf).items()}
+                for base in summary["improvements"]}}
+            for g, runs in groups.items()
+        }  # fmt: skip
     write_json(out / "summary.json", summary)
     traces = plots.load_traces(out, labels, slug)
     plots.write_plots(out, summary, traces)

@@ -59,6 +59,7 @@ CONSOLE_TABLE = (
     "ttt_updates",
     "slo_violations",
 )
+RUNS_TABLE = ("episode_return", "energy_per_token_mj", "mean_loss", "latency_p95_ms", "peak_temperature_c")
 DAGGER = "\u2020"
 SECTION_PLOTS = ("ttt_allocation.png", "comparison_plot.png")  # shown in their suite's section, not under Plots
 
@@ -135,6 +136,46 @@ def zero_statements(summary: dict, baseline: str) -> list[str]:
             lines.append(
                 f"- {lab} vs {baseline}, {what}: {num(e['iqm'])}% [{num(e['low'])}, {num(e['high'])}]: {verdict}."
             )
+    return lines
+
+
+def runs_section(summary: dict) -> list[str]:
+    """report.md's "Across training runs": for each group of training runs (`LABEL=ppo:GLOB`) and baseline, the
+    paired improvement pooled over runs x episodes with an interval over runs (`evaluate_stats.across_runs`), and
+    each run's own IQM of it (from the improvement tables)."""
+    groups = summary.get("run_groups") or {}
+    if not groups:
+        return []
+    lines = [
+        "## Across training runs",
+        "",
+        "Paired improvement per run and episode, then the IQM over all of them; the interval resamples the training "
+        "runs within each episode seed (rliable's stratified bootstrap, the seeds as tasks), so it is over runs. "
+        f"Positive is better; {DAGGER}: the interval includes zero.",
+        "",
+    ]
+    for base in summary["improvements"]:
+        header = ["method", "runs"] + [
+            f"{stats.METRIC_BY_NAME[n].title} {'%' if stats.METRIC_BY_NAME[n].relative else 'diff'}" for n in RUNS_TABLE
+        ]
+        rows = []
+        for group, g in groups.items():
+            pooled = g["improvements"].get(base)
+            if not pooled:
+                continue
+            rows.append(
+                [group, str(len(g["runs"]))]
+                + [cell(pooled.get(n), "%" if stats.METRIC_BY_NAME[n].relative else "", signed=True) for n in RUNS_TABLE]
+            )
+        if not rows:
+            continue
+        lines += [f"Over {base}:", "", markdown_table(header, rows), ""]
+        for group, g in groups.items():
+            own = summary["improvements"][base]
+            each = [f"{run}: {num(own[run]['episode_return']['iqm'])}" for run in g["runs"] if run in own]
+            if each:
+                lines.append(f"- {group} vs {base}, each run's return diff (IQM over its episodes): {'; '.join(each)}.")
+        lines.append("")
     return lines
 
 
@@ -246,6 +287,7 @@ def write_report(out: Path, summary: dict) -> str:
             + zero_statements(summary, base)
             + [""]
         )
+    lines += runs_section(summary)
     plots = sorted(p.name for p in out.glob("*.png") if p.name not in SECTION_PLOTS)
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     text = "\n".join(lines)

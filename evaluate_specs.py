@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import glob
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,38 @@ def split_label(text: str) -> tuple[str, str]:
     return (m.group(1).strip(), m.group(2).strip()) if m else ("", text.strip())
 
 
+RUN_SEPARATOR = "@"  # a training run's label: GROUP@RUN (`expand_runs`, `run_groups`)
+
+
+def run_groups(labels: list[str]) -> dict[str, list[str]]:
+    """{group: its runs' labels, in order} of the labels "GROUP@RUN" that `expand_runs` made, for groups of two or
+    more runs: the training runs of one method, whose results `evaluate_stats.across_runs` pools."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        group, sep, run = label.rpartition(RUN_SEPARATOR)
+        if sep and group and run:
+            groups.setdefault(group, []).append(label)
+    return {g: members for g, members in groups.items() if len(members) > 1}
+
+
+def expand_runs(text: str, controllers: tuple[str, ...]) -> list[PolicySpec]:
+    """The specs of one --policies item: one, or one per training run where a saved model's PATH is a glob
+    (`LABEL=ppo:runs/ppo_s*/best_model.zip`), each labelled LABEL@RUN with RUN its run folder's name."""
+    label, body = split_label(text)
+    m = re.match(rf"^({'|'.join(SB3_PREFIXES)}):(.+)$", body)
+    if not (m and glob.has_magic(m.group(2))):
+        return [parse_policy(text, controllers)]
+    algo, pattern = m.group(1), m.group(2).strip()
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise UsageError(f"policy {text!r}: no saved model matches {pattern} (train runs with train_agent.py --out)")
+    runs = [Path(p).parent.name if Path(p).is_file() else Path(p).name for p in paths]
+    if len(set(runs)) < len(runs):
+        raise UsageError(f"policy {text!r}: the matches {paths} do not each have their own run folder")
+    group = label or algo  # a label may hold no ':'
+    return [parse_policy(f"{group}{RUN_SEPARATOR}{run}={algo}:{path}", controllers) for run, path in zip(runs, paths)]
+
+
 def parse_policy(text: str, controllers: tuple[str, ...]) -> PolicySpec:
     """One policy spec (grammar in the module docstring). Raises UsageError with the fix."""
     label, body = split_label(text)
@@ -88,7 +121,7 @@ def parse_policy(text: str, controllers: tuple[str, ...]) -> PolicySpec:
 
 
 def parse_policies(text: str, controllers: tuple[str, ...]) -> list[PolicySpec]:
-    specs = [parse_policy(p, controllers) for p in split_top_level(text)]
+    specs = [spec for p in split_top_level(text) for spec in expand_runs(p, controllers)]
     if not specs:
         raise UsageError("--policies is empty; give e.g. heuristic,no_control")
     labels = [s.label for s in specs]

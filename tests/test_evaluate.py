@@ -113,6 +113,27 @@ def test_policy_grammar(tmp_path):
     assert evaluate.parse_policy(f"mine=sb3:{model}", names).algo == ""
 
 
+def test_a_glob_of_training_runs_is_one_spec_per_run(tmp_path):
+    names = evaluate.CONTROLLER_NAMES
+    for run in ("ppo_s1", "ppo_s0", "other"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "best_model.zip").write_bytes(b"")
+    specs = evaluate.parse_policies(f"warm=ppo:{tmp_path}/ppo_s*/best_model.zip,no_control", names)
+    assert [(s.label, s.path) for s in specs] == [
+        ("warm@ppo_s0", f"{tmp_path}/ppo_s0/best_model.zip"),
+        ("warm@ppo_s1", f"{tmp_path}/ppo_s1/best_model.zip"),
+        ("no_control", ""),
+    ]
+    assert evaluate.run_groups([s.label for s in specs]) == {"warm": ["warm@ppo_s0", "warm@ppo_s1"]}
+    assert evaluate.run_groups(["a@x", "b@y", "plain"]) == {}  # one run is no group
+    assert [s.label for s in evaluate.parse_policies(f"ppo:{tmp_path}/ppo_s*", names)] == ["ppo@ppo_s0", "ppo@ppo_s1"]
+    with pytest.raises(evaluate.UsageError, match=r"no saved model matches .*/nothing_\*"):
+        evaluate.parse_policies(f"w=ppo:{tmp_path}/nothing_*", names)
+    (tmp_path / "ppo_s0" / "last_model.zip").write_bytes(b"")
+    with pytest.raises(evaluate.UsageError, match=r"do not each have their own run folder"):
+        evaluate.parse_policies(f"w=ppo:{tmp_path}/ppo_s0/*.zip", names)
+
+
 @pytest.mark.parametrize(("text", "message"), BAD_SPECS)
 def test_bad_policy_spec_is_a_usage_error(text, message):
     with pytest.raises(evaluate.UsageError, match=message.replace("(", r"\(")):

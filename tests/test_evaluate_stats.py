@@ -169,6 +169,30 @@ def test_relative_improvement_over_a_negative_baseline_divides_by_its_magnitude(
     assert d[0] == pytest.approx(20.0) and math.isnan(d[1]) and d[2] == pytest.approx(-50.0)
 
 
+def _run_rows(per_run: dict[str, list[float]], baseline: list[float]) -> list[dict]:
+    """Rows of runs (label: energy/token per episode seed) and a `base` baseline, on seeds 0, 1, ..."""
+    rows = [{"label": "base", "episode_seed": s, "energy_per_token_mj": b} for s, b in enumerate(baseline)]
+    for label, values in per_run.items():
+        rows += [{"label": label, "episode_seed": s, "energy_per_token_mj": v} for s, v in enumerate(values)]
+    return rows
+
+
+def test_across_runs_pools_runs_and_episodes_with_an_interval_over_runs():
+    energy = (stats.METRIC_BY_NAME["energy_per_token_mj"],)
+    baseline = [10.0, 20.0, 40.0]
+    same = {f"m@r{k}": [8.0, 16.0, 32.0] for k in range(3)}  # 20% less energy on every seed, in every run
+    e = stats.across_runs(_run_rows(same, baseline), list(same), "base", energy, reps=300)["energy_per_token_mj"]
+    assert (e.iqm, e.low, e.high, e.n) == pytest.approx((20.0, 20.0, 20.0, 9))  # runs agree: no spread over runs
+    # runs saving 10, 20, 30, 40%: the IQM over the 12 entries is the mean of the middle 6 (20, 20, 20, 30, 30, 30)
+    spread = {f"m@r{k}": [b * (1 - 0.1 * (k + 1)) for b in baseline] for k in range(4)}
+    e = stats.across_runs(_run_rows(spread, baseline), list(spread), "base", energy, reps=300)["energy_per_token_mj"]
+    assert e.iqm == pytest.approx(25.0) and 10.0 <= e.low < 25.0 < e.high <= 40.0 and e.n == 12
+    rows = [r for r in _run_rows(spread, baseline) if not (r["label"] == "m@r3" and r["episode_seed"] == 2)]
+    e = stats.across_runs(rows, list(spread), "base", energy, reps=300)["energy_per_token_mj"]
+    assert e.n == 8  # seed 2 left out: run r3 did not run it
+    assert stats.across_runs(rows, ["m@r0"], "base", energy) == {}  # one run: nothing over runs
+
+
 # ----- provenance: every figure says where it came from -----------------------------------------------------------
 SOURCE_CASES = [  # backend: labels that differ from "the backend's own" for the hardware figures
     ("simulated", {"episode_return": "mixed", "ttt_overhead_pct": "predicted",

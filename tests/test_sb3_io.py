@@ -205,3 +205,32 @@ def test_the_report_says_when_a_policy_ran_on_another_served_model(tmp_path, ppo
     assert sources["energy_per_token_mj"] == "simulated" and sources["mean_loss"] == "measured"
     assert evaluate.main(["--report-only", "--out", str(out), "--no-progress"]) == 0  # rebuilt: the note stays
     assert "pretrain_steps 99 (trained)" in (out / "report.md").read_text()
+
+
+def test_training_runs_given_by_a_glob_are_pooled_in_the_report(tmp_path, ppo_run, env):
+    """`LABEL=ppo:GLOB` runs each training run as LABEL@RUN and reports them pooled, with an interval over runs: two
+    copies of one run agree on every episode, so their pooled improvement is each one's and its interval has no
+    width."""
+    from evaluate_testing import TINY
+
+    import evaluate
+
+    run = trained_elsewhere(tmp_path, ppo_run, env)  # its own env: no transfer note
+    for name in ("run_a", "run_b"):
+        shutil.copytree(run, tmp_path / "runs" / name)
+    out = tmp_path / "cmp"
+    rc = evaluate.main(["--policies", f"warm=ppo:{tmp_path}/runs/run_*,no_control", "--seeds", "0-1",
+                        "--telemetry", "simulated", "--out", str(out), *TINY])  # fmt: skip
+    assert rc == 0
+    summary = evaluate.json.loads((out / "summary.json").read_text())
+    assert list(summary["policies"]) == ["warm@run_a", "warm@run_b", "no_control"]
+    group = summary["run_groups"]["warm"]
+    assert group["runs"] == ["warm@run_a", "warm@run_b"]
+    pooled = group["improvements"]["no_control"]["episode_return"]
+    each = summary["improvements"]["no_control"]["warm@run_a"]["episode_return"]
+    assert pooled["n"] == 4 and pooled["iqm"] == pytest.approx(each["iqm"])
+    assert pooled["low"] == pytest.approx(pooled["high"])  # the runs do not differ
+    report = (out / "report.md").read_text()
+    assert "## Across training runs" in report and "| warm | 2 |" in report
+    assert evaluate.main(["--report-only", "--out", str(out), "--no-progress"]) == 0
+    assert "## Across training runs" in (out / "report.md").read_text()
