@@ -2,6 +2,8 @@
 
     python evaluate.py --policies heuristic,no_control,load_balance,ppo:results/ppo_default --seeds 0-9 \\
         --episodes 1 --telemetry auto --out results/compare
+    python evaluate.py --policies "warm=ppo:runs/ppo_kcm_s*/best_model.zip,kcm_greedy,no_control" \\
+        --baselines no_control,kcm_greedy       # several training runs of one method, pooled
     python evaluate.py                          # the main job (= --suite main): trained policy vs heuristic vs none
     python evaluate.py --suite routers          # the original router comparison table
     python evaluate.py --suite ttt-allocation   # fixed TTT schedules (1x/2x/4x) vs adaptive: compute vs loss
@@ -377,6 +379,17 @@ def controller_names() -> tuple[str, ...]:
     return tuple(getattr(agents, "CONTROLLERS", None) or CONTROLLER_NAMES)
 
 
+def compare_baselines(args: Args, specs: list[PolicySpec]) -> tuple[str, ...]:
+    """The labels a --policies comparison's report compares the others with: --baselines, each one a policy's label
+    (else a UsageError naming it), or `BASELINES`."""
+    if not args.baselines:
+        return BASELINES
+    chosen, labels = tuple(split_top_level(args.baselines)), [s.label for s in specs]
+    if missing := [b for b in chosen if b not in labels]:
+        raise UsageError(f"--baselines {missing[0]!r} is not one of the policies' labels {labels}")
+    return chosen
+
+
 def args_record(args: Args) -> dict:
     """What args.json holds: the arguments as given and the suite run ("compare" for --policies alone)."""
     return dataclasses.asdict(args) | {"suite_run": suite_of(args) or "compare"}
@@ -395,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         suite = suite_of(args)
         specs = parse_policies(args.policies, controller_names()) if args.policies and not suite else []
+        baselines = compare_baselines(args, specs)  # a bad one fails before --out is made
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path(args.out or f"results/eval__{suite or 'compare'}__{stamp}")
         if args.report_only:
@@ -417,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         if suite:
             SUITE_FUNCTIONS[suite](args, out)
         else:
-            evaluate(args, specs, {"main": env_kwargs(args)}, out, "Policy comparison")
+            evaluate(args, specs, {"main": env_kwargs(args)}, out, "Policy comparison", baselines)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ class Args:
     """Command-line arguments (each field is a --flag; underscores become dashes)."""
 
     policies: str = ""  # comma-separated policy specs (see the module docstring); none given: --suite main
+    baselines: str = ""  # labels the report compares every other policy with, e.g. no_control,kcm_greedy ("": no_control,heuristic); not with --suite
     suite: str = ""  # main, routers, ttt-allocation, single-gpu, gpu, gpu-full
     part: str = ""  # gpu-full: bench, calibrate or compare (each fits 10 minutes on one H100)
     seeds: str = ""  # seeds, e.g. "0,1,2" or "0-9" (each gives `episodes` paired episodes); "": the suite's default
@@ -98,6 +99,8 @@ def parse_args(argv: list[str] | None = None, doc: str = "") -> Args:
     if args.telemetry not in ("auto", "nvml", "simulated"):
         raise UsageError(f"--telemetry {args.telemetry!r} is not auto, nvml or simulated")
     suite = suite_of(args)
+    if args.baselines and suite:
+        raise UsageError(f"--baselines is for a --policies comparison; --suite {suite} compares with its own")
     seeds, intervals = SUITE_DEFAULTS[suite]
     args.seeds, args.episode_intervals = args.seeds or seeds, args.episode_intervals or intervals
     parse_seeds(args.seeds)  # a bad --seeds fails here, not after the main suite's training run

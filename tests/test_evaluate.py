@@ -82,6 +82,7 @@ def test_bad_seeds_fail_at_parsing(suite):
         (["--resume"], "--resume needs --out"),  # not a fresh run in a new folder
         (["--suite", "single-gpu", "--policies", "heuristic"], "--suite single-gpu runs its own policies"),
         (["--trained-policy", "/no/such/policy.zip"], "--trained-policy '/no/such/policy.zip' does not exist"),
+        (["--suite", "main", "--baselines", "kcm_greedy"], "--baselines is for a --policies comparison"),
     ],
 )
 def test_bad_env_and_run_settings_fail_at_parsing(argv, message):
@@ -132,6 +133,18 @@ def test_a_glob_of_training_runs_is_one_spec_per_run(tmp_path):
     (tmp_path / "ppo_s0" / "last_model.zip").write_bytes(b"")
     with pytest.raises(evaluate.UsageError, match=r"do not each have their own run folder"):
         evaluate.parse_policies(f"w=ppo:{tmp_path}/ppo_s0/*.zip", names)
+
+
+def test_baselines_name_policies_of_the_comparison(tmp_path, capsys):
+    specs = evaluate.parse_policies("kcm_greedy,no_control,heuristic", evaluate.CONTROLLER_NAMES)
+    given = ["--policies", "kcm_greedy,no_control,heuristic"]
+    assert evaluate.compare_baselines(evaluate.parse_args(given), specs) == ("no_control", "heuristic")
+    args = evaluate.parse_args([*given, "--baselines", "kcm_greedy,no_control"])
+    assert evaluate.compare_baselines(args, specs) == ("kcm_greedy", "no_control")
+    out = tmp_path / "out"
+    assert evaluate.main(["--policies", "no_control", "--baselines", "kcm_greedy", "--out", str(out), *TINY]) == 2
+    assert "--baselines 'kcm_greedy' is not one of the policies' labels ['no_control']" in capsys.readouterr().err
+    assert not out.exists()  # refused before --out was made
 
 
 @pytest.mark.parametrize(("text", "message"), BAD_SPECS)
