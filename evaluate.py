@@ -20,8 +20,9 @@ Policy specs (comma-separated in --policies):
                              algorithm (a2c:, sac:, td3: also work, and must name the saved model's)
     LABEL=SPEC               any of these under another name, e.g. lb2=load_balance(step=0.02)
     LABEL=ppo:GLOB           several training runs of one method, e.g. warm=ppo:runs/ppo_kcm_s*/best_model.zip:
-                             each runs as LABEL@RUN (RUN: its run folder), and the report pools them ("Across
-                             training runs": intervals over runs, not only over episodes)
+                             each runs as LABEL@RUN (RUN: its run folder; no LABEL: the path's first part with a
+                             wildcard), and the report pools them ("Across training runs": an interval over runs,
+                             not only over episodes). '@' is kept for these labels.
 
 Every policy runs the same episode seeds (episode seed = 1000 * seed + episode): the same token streams, shift
 points, workloads and initial temperatures, so differences are paired. Rows go to episodes.csv as episodes finish
@@ -351,15 +352,13 @@ def aggregate(args: Args, specs: list[PolicySpec], rows: list[dict], facts: dict
         if base in labels:
             imp = stats.improvements(rows, labels, base, reps=reps, confidence=conf)
             summary["improvements"][base] = {lab: {k: e.to_dict() for k, e in d.items()} for lab, d in imp.items()}
-    groups = run_groups(labels)
-    if groups:
-        summary["run_groups"] = {
-            g: {"runs": runs, "improvements": {
-                base: {k: e.to_dict() for k, e in
-                       stats.across_runs(rows, runs, base, reps=reps, confidence=conf).items()}
-                for base in summary["improvements"]}}
-            for g, runs in groups.items()
-        }  # fmt: skip
+    for group, runs in run_groups(labels).items():  # training runs of one method, pooled per baseline
+        entry = summary.setdefault("run_groups", {}).setdefault(group, {"runs": runs, "pooled": {}, "improvements": {}})
+        for base in summary["improvements"]:
+            pooled, estimates = stats.across_runs(rows, runs, base, reps=reps, confidence=conf)
+            if estimates:
+                entry["pooled"][base] = pooled
+                entry["improvements"][base] = {k: e.to_dict() for k, e in estimates.items()}
     write_json(out / "summary.json", summary)
     traces = plots.load_traces(out, labels, slug)
     plots.write_plots(out, summary, traces)

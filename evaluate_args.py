@@ -99,6 +99,8 @@ def parse_args(argv: list[str] | None = None, doc: str = "") -> Args:
     if args.telemetry not in ("auto", "nvml", "simulated"):
         raise UsageError(f"--telemetry {args.telemetry!r} is not auto, nvml or simulated")
     suite = suite_of(args)
+    if args.baselines and args.report_only:
+        raise UsageError("--report-only rebuilds the run's report with the baselines it ran with; drop --baselines")
     if args.baselines and suite:
         raise UsageError(f"--baselines is for a --policies comparison; --suite {suite} compares with its own")
     seeds, intervals = SUITE_DEFAULTS[suite]

@@ -149,9 +149,8 @@ def runs_section(summary: dict) -> list[str]:
     lines = [
         "## Across training runs",
         "",
-        "Paired improvement per run and episode, then the IQM over all of them; the interval resamples the training "
-        "runs within each episode seed (rliable's stratified bootstrap, the seeds as tasks), so it is over runs. "
-        f"Positive is better; {DAGGER}: the interval includes zero.",
+        "Paired improvement per run and episode, then the IQM over all of them; the interval resamples whole training "
+        "runs (the episode seeds held fixed), so it is over runs, and wide with few of them. Positive is better; {DAGGER}: the interval includes zero.",
         "",
     ]
     for base in summary["improvements"]:
@@ -163,8 +162,10 @@ def runs_section(summary: dict) -> list[str]:
             pooled = g["improvements"].get(base)
             if not pooled:
                 continue
+            pooled_runs = g["pooled"][base]
+            n_runs = str(len(pooled_runs)) + ("" if len(pooled_runs) == len(g["runs"]) else f" of {len(g['runs'])}")
             rows.append(
-                [group, str(len(g["runs"]))]
+                [group, n_runs]
                 + [cell(pooled.get(n), "%" if stats.METRIC_BY_NAME[n].relative else "", signed=True) for n in RUNS_TABLE]
             )
         if not rows:
@@ -172,7 +173,7 @@ def runs_section(summary: dict) -> list[str]:
         lines += [f"Over {base}:", "", markdown_table(header, rows), ""]
         for group, g in groups.items():
             own = summary["improvements"][base]
-            each = [f"{run}: {num(own[run]['episode_return']['iqm'])}" for run in g["runs"] if run in own]
+            each = [f"{run}: {num(own[run]['episode_return']['iqm'])}" for run in g["pooled"].get(base, []) if run in own]
             if each:
                 lines.append(f"- {group} vs {base}, each run's return diff (IQM over its episodes): {'; '.join(each)}.")
         lines.append("")

@@ -27,6 +27,7 @@ class PolicySpec:
     algo: str = ""  # ppo, a2c, sac, td3, or "" to infer (kind "sb3")
     path: str = ""
     env: str = "main"  # which env of the run it runs on (suites use several)
+    group: str = ""  # the method whose training run this is (a glob spec's LABEL; `run_groups`)
 
     @property
     def kind(self) -> str:
@@ -63,15 +64,16 @@ def split_label(text: str) -> tuple[str, str]:
     return (m.group(1).strip(), m.group(2).strip()) if m else ("", text.strip())
 
 
-RUN_SEPARATOR = "@"  # a training run's label: GROUP@RUN (`expand_runs`, `run_groups`)
+RUN_SEPARATOR = "@"  # a training run's label: GROUP@RUN (`expand_runs`, `run_groups`); refused in other labels
 
 
 def run_groups(labels: list[str]) -> dict[str, list[str]]:
     """{group: its runs' labels, in order} of the labels "GROUP@RUN" that `expand_runs` made, for groups of two or
-    more runs: the training runs of one method, whose results `evaluate_stats.across_runs` pools."""
+    more runs: the training runs of one method, whose results `evaluate_stats.across_runs` pools. (Only a glob
+    spec's labels hold the separator, so labels alone say it, and --report-only finds the groups in episodes.csv.)"""
     groups: dict[str, list[str]] = {}
     for label in labels:
-        group, sep, run = label.rpartition(RUN_SEPARATOR)
+        group, sep, run = label.partition(RUN_SEPARATOR)
         if sep and group and run:
             groups.setdefault(group, []).append(label)
     return {g: members for g, members in groups.items() if len(members) > 1}
@@ -79,7 +81,8 @@ def run_groups(labels: list[str]) -> dict[str, list[str]]:
 
 def expand_runs(text: str, controllers: tuple[str, ...]) -> list[PolicySpec]:
     """The specs of one --policies item: one, or one per training run where a saved model's PATH is a glob
-    (`LABEL=ppo:runs/ppo_s*/best_model.zip`), each labelled LABEL@RUN with RUN its run folder's name."""
+    (`LABEL=ppo:runs/ppo_s*/best_model.zip`), each labelled LABEL@RUN with RUN its run folder's name; without a
+    LABEL, the path's first part with a wildcard (`ppo_s*`)."""
     label, body = split_label(text)
     m = re.match(rf"^({'|'.join(SB3_PREFIXES)}):(.+)$", body)
     if not (m and glob.has_magic(m.group(2))):
@@ -91,8 +94,14 @@ def expand_runs(text: str, controllers: tuple[str, ...]) -> list[PolicySpec]:
     runs = [Path(p).parent.name if Path(p).is_file() else Path(p).name for p in paths]
     if len(set(runs)) < len(runs):
         raise UsageError(f"policy {text!r}: the matches {paths} do not each have their own run folder")
-    group = label or algo  # a label may hold no ':'
-    return [parse_policy(f"{group}{RUN_SEPARATOR}{run}={algo}:{path}", controllers) for run, path in zip(runs, paths)]
+    group = label or next(part for part in Path(pattern).parts if glob.has_magic(part))
+    if RUN_SEPARATOR in group:
+        raise UsageError(f"policy {text!r}: the label {group!r} may not hold {RUN_SEPARATOR!r}, which marks its runs")
+    return [
+        PolicySpec(f"{group}{RUN_SEPARATOR}{run}", f"{group}{RUN_SEPARATOR}{run}={algo}:{path}",
+                   algo="" if algo == "sb3" else algo, path=path, group=group)
+        for run, path in zip(runs, paths)
+    ]
 
 
 def parse_policy(text: str, controllers: tuple[str, ...]) -> PolicySpec:
@@ -125,6 +134,9 @@ def parse_policies(text: str, controllers: tuple[str, ...]) -> list[PolicySpec]:
     if not specs:
         raise UsageError("--policies is empty; give e.g. heuristic,no_control")
     labels = [s.label for s in specs]
+    if marked := [s.label for s in specs if RUN_SEPARATOR in s.label and not s.group]:
+        raise UsageError(f"policy label {marked[0]!r} holds {RUN_SEPARATOR!r}, which marks a training run of a glob "
+                         "spec (LABEL=ppo:GLOB); name it with LABEL=SPEC")
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
     if duplicates:
         raise UsageError(f"policy labels must be unique, {duplicates} repeat: name them with LABEL=SPEC")

@@ -373,52 +373,53 @@ def across_runs(
     reps: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
-) -> dict[str, Estimate]:
-    """{metric: Estimate} of the paired improvement over `baseline` pooled over several training runs of one method
-    (their labels `runs`), the rliable way: a score matrix [runs, episode seeds], its IQM over every entry, and a
-    stratified bootstrap that resamples the runs within each episode seed (the seeds are rliable's tasks). So the
-    interval is over training runs, which one run's interval over episodes cannot speak to. Only the episode seeds
-    that every run and the baseline ran count; a seed where a metric is not finite for some run is left out of that
-    metric. Metrics without a direction are left out; empty with fewer than two runs or no shared seed.
+) -> tuple[list[str], dict[str, Estimate]]:
+    """The paired improvement over `baseline` pooled over several training runs of one method (their labels `runs`):
+    (the runs pooled, {metric: Estimate}).
+
+    A score matrix [runs, episode seeds] of paired improvements, its IQM over every entry, and a bootstrap that
+    resamples whole runs (rows) with replacement, a percentile interval. Each run played every seed, so its entries
+    are not independent draws: rliable's stratified bootstrap, which draws a run per seed (task), would average a
+    run's own effect away and give an interval too narrow by about the root of the number of seeds. So the interval
+    is over training runs, with the seeds held fixed, which one run's interval over episodes cannot speak to.
+
+    Runs that played none of the baseline's seeds (a time budget reached) are left out; the seeds every other run
+    and the baseline played count; a seed where a metric is not finite for some run is left out of that metric.
+    Metrics without a direction are left out. ([], {}) with fewer than two runs to pool or no shared seed.
     """
     _one_backend(rows)
     by = {(r["label"], r["episode_seed"]): r for r in rows}
     seeds = sorted({r["episode_seed"] for r in rows if r["label"] == baseline})
+    runs = [run for run in runs if run != baseline and any((run, s) in by for s in seeds)]
     seeds = [s for s in seeds if all((run, s) in by for run in runs)]
     if len(runs) < 2 or not seeds:
-        return {}
-    library = _rliable()
+        return [], {}
+    rng = np.random.default_rng(seed)
+    alpha = 100.0 * (1.0 - confidence) / 2.0
     result = {}
-    state = np.random.get_state()  # noqa: NPY002  (rliable resamples with the legacy global generator)
-    try:
-        for m in (m for m in metrics if m.lower_is_better is not None):
-            matrix = np.array(
+    for m in (m for m in metrics if m.lower_is_better is not None):
+        matrix = np.array(
+            [
                 [
-                    [
-                        paired_differences(
-                            _float(by[(run, s)].get(m.name)), _float(by[(baseline, s)].get(m.name)),
-                            bool(m.lower_is_better), m.relative,
-                        )
-                        for s in seeds
-                    ]
-                    for run in runs
-                ],
-                dtype=np.float64,
-            )
-            matrix = matrix[:, np.isfinite(matrix).all(axis=0)]
-            if matrix.shape[1] == 0:
-                result[m.name] = NAN_ESTIMATE
-                continue
-            np.random.seed(seed)  # noqa: NPY002  (each metric's interval as if computed alone)
-            point, interval = library.get_interval_estimates(
-                {"x": matrix}, lambda s: np.atleast_1d(iqm(s.ravel(), axis=None)), reps=reps,
-                confidence_interval_size=confidence,
-            )
-            low, high = np.asarray(interval["x"], dtype=np.float64).reshape(2)
-            result[m.name] = Estimate(float(np.asarray(point["x"]).reshape(-1)[0]), float(low), float(high), matrix.size)
-    finally:
-        np.random.set_state(state)  # noqa: NPY002
-    return result
+                    paired_differences(
+                        _float(by[(run, s)].get(m.name)), _float(by[(baseline, s)].get(m.name)),
+                        bool(m.lower_is_better), m.relative,
+                    )
+                    for s in seeds
+                ]
+                for run in runs
+            ],
+            dtype=np.float64,
+        )
+        matrix = matrix[:, np.isfinite(matrix).all(axis=0)]
+        if matrix.shape[1] == 0:
+            result[m.name] = NAN_ESTIMATE
+            continue
+        picks = rng.integers(0, len(runs), size=(reps, len(runs)))  # whole runs, with replacement
+        boot = iqm(matrix[picks].reshape(reps, -1), axis=1)
+        low, high = np.percentile(boot, [alpha, 100.0 - alpha])
+        result[m.name] = Estimate(float(iqm(matrix.ravel(), axis=None)), float(low), float(high), matrix.size)
+    return runs, result
 
 
 def _one_backend(rows: list[dict]) -> None:

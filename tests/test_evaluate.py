@@ -83,6 +83,7 @@ def test_bad_seeds_fail_at_parsing(suite):
         (["--suite", "single-gpu", "--policies", "heuristic"], "--suite single-gpu runs its own policies"),
         (["--trained-policy", "/no/such/policy.zip"], "--trained-policy '/no/such/policy.zip' does not exist"),
         (["--suite", "main", "--baselines", "kcm_greedy"], "--baselines is for a --policies comparison"),
+        (["--report-only", "--baselines", "kcm_greedy"], "--report-only rebuilds the run's report with the baselines"),
     ],
 )
 def test_bad_env_and_run_settings_fail_at_parsing(argv, message):
@@ -127,7 +128,17 @@ def test_a_glob_of_training_runs_is_one_spec_per_run(tmp_path):
     ]
     assert evaluate.run_groups([s.label for s in specs]) == {"warm": ["warm@ppo_s0", "warm@ppo_s1"]}
     assert evaluate.run_groups(["a@x", "b@y", "plain"]) == {}  # one run is no group
-    assert [s.label for s in evaluate.parse_policies(f"ppo:{tmp_path}/ppo_s*", names)] == ["ppo@ppo_s0", "ppo@ppo_s1"]
+    unlabelled = evaluate.parse_policies(f"ppo:{tmp_path}/ppo_s*,ppo:{tmp_path}/oth*", names)
+    assert [s.label for s in unlabelled] == ["ppo_s*@ppo_s0", "ppo_s*@ppo_s1", "oth*@other"]  # two methods, not one
+    assert evaluate.run_groups([s.label for s in unlabelled]) == {"ppo_s*": ["ppo_s*@ppo_s0", "ppo_s*@ppo_s1"]}
+    with pytest.raises(evaluate.UsageError, match=r"label 'v@1' holds '@', which marks a training run"):
+        evaluate.parse_policies("v@1=no_control,v@2=heuristic", names)  # two controllers are no runs of one method
+    with pytest.raises(evaluate.UsageError, match=r"the label 'a@b' may not hold '@'"):
+        evaluate.parse_policies(f"a@b=ppo:{tmp_path}/ppo_s*", names)
+    (tmp_path / "lr=3e-4_s0").mkdir()
+    (tmp_path / "lr=3e-4_s0" / "best_model.zip").write_bytes(b"")
+    spec = evaluate.parse_policies(f"lr=ppo:{tmp_path}/lr=*/best_model.zip", names)[0]  # a folder name with '='
+    assert (spec.label, spec.path, spec.algo) == ("lr@lr=3e-4_s0", f"{tmp_path}/lr=3e-4_s0/best_model.zip", "ppo")
     with pytest.raises(evaluate.UsageError, match=r"no saved model matches .*/nothing_\*"):
         evaluate.parse_policies(f"w=ppo:{tmp_path}/nothing_*", names)
     (tmp_path / "ppo_s0" / "last_model.zip").write_bytes(b"")

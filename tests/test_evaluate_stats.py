@@ -181,16 +181,31 @@ def test_across_runs_pools_runs_and_episodes_with_an_interval_over_runs():
     energy = (stats.METRIC_BY_NAME["energy_per_token_mj"],)
     baseline = [10.0, 20.0, 40.0]
     same = {f"m@r{k}": [8.0, 16.0, 32.0] for k in range(3)}  # 20% less energy on every seed, in every run
-    e = stats.across_runs(_run_rows(same, baseline), list(same), "base", energy, reps=300)["energy_per_token_mj"]
-    assert (e.iqm, e.low, e.high, e.n) == pytest.approx((20.0, 20.0, 20.0, 9))  # runs agree: no spread over runs
+    runs, est = stats.across_runs(_run_rows(same, baseline), list(same), "base", energy, reps=300)
+    e = est["energy_per_token_mj"]
+    assert runs == list(same) and (e.iqm, e.low, e.high, e.n) == pytest.approx((20.0, 20.0, 20.0, 9))  # no spread
     # runs saving 10, 20, 30, 40%: the IQM over the 12 entries is the mean of the middle 6 (20, 20, 20, 30, 30, 30)
     spread = {f"m@r{k}": [b * (1 - 0.1 * (k + 1)) for b in baseline] for k in range(4)}
-    e = stats.across_runs(_run_rows(spread, baseline), list(spread), "base", energy, reps=300)["energy_per_token_mj"]
+    e = stats.across_runs(_run_rows(spread, baseline), list(spread), "base", energy, reps=300)[1]["energy_per_token_mj"]
     assert e.iqm == pytest.approx(25.0) and 10.0 <= e.low < 25.0 < e.high <= 40.0 and e.n == 12
     rows = [r for r in _run_rows(spread, baseline) if not (r["label"] == "m@r3" and r["episode_seed"] == 2)]
-    e = stats.across_runs(rows, list(spread), "base", energy, reps=300)["energy_per_token_mj"]
+    e = stats.across_runs(rows, list(spread), "base", energy, reps=300)[1]["energy_per_token_mj"]
     assert e.n == 8  # seed 2 left out: run r3 did not run it
-    assert stats.across_runs(rows, ["m@r0"], "base", energy) == {}  # one run: nothing over runs
+    rows = [r for r in _run_rows(spread, baseline) if r["label"] != "m@r3"]  # r3 ran nothing: pooled without it
+    assert stats.across_runs(rows, list(spread), "base", energy, reps=300)[0] == ["m@r0", "m@r1", "m@r2"]
+    assert stats.across_runs(rows, ["m@r0"], "base", energy) == ([], {})  # one run: nothing over runs
+    assert stats.across_runs(rows, ["m@r0", "m@r1"], "m@r1", energy) == ([], {})  # the baseline is no run of its own
+
+
+def test_across_runs_resamples_whole_runs():
+    """Runs that differ by a constant on every one of many seeds: each run is one draw, so the interval spans about
+    the runs' spread (resampling a run per seed, as rliable's stratified bootstrap does, averages a run's own effect
+    away and gives an interval half as wide here)."""
+    energy = (stats.METRIC_BY_NAME["energy_per_token_mj"],)
+    baseline = [100.0] * 30
+    runs = {f"m@r{k}": [100.0 - saved] * 30 for k, saved in enumerate((10.0, 20.0, 30.0, 40.0))}
+    e = stats.across_runs(_run_rows(runs, baseline), list(runs), "base", energy, reps=2000)[1]["energy_per_token_mj"]
+    assert e.low <= 12.5 and e.high >= 37.5, e
 
 
 # ----- provenance: every figure says where it came from -----------------------------------------------------------

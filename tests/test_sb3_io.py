@@ -225,7 +225,7 @@ def test_training_runs_given_by_a_glob_are_pooled_in_the_report(tmp_path, ppo_ru
     summary = evaluate.json.loads((out / "summary.json").read_text())
     assert list(summary["policies"]) == ["warm@run_a", "warm@run_b", "no_control"]
     group = summary["run_groups"]["warm"]
-    assert group["runs"] == ["warm@run_a", "warm@run_b"]
+    assert group["runs"] == group["pooled"]["no_control"] == ["warm@run_a", "warm@run_b"]
     pooled = group["improvements"]["no_control"]["episode_return"]
     each = summary["improvements"]["no_control"]["warm@run_a"]["episode_return"]
     assert pooled["n"] == 4 and pooled["iqm"] == pytest.approx(each["iqm"])
