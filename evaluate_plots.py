@@ -79,14 +79,24 @@ def pareto_plot(
     agg = summary["aggregates"]
     fig, ax = plt.subplots(figsize=(7, 5))
     points, labels = [], []
-    for i, (lab, d) in enumerate(agg.items()):
+    groups = summary.get("run_groups") or {}
+    member_of = {run: g for g, entry in groups.items() for run in entry["runs"]}
+    names = list(dict.fromkeys(member_of.get(lab, lab) for lab in agg))  # a method's training runs share a colour
+    named = set()
+    for lab, d in agg.items():
         ex, ey = d[x_name], d[y_name]
         if not ex["n"] or not ey["n"]:
             continue
+        name = member_of.get(lab, lab)
+        first = name not in named
+        named.add(name)
+        text = f"{name} ({len(groups[name]['runs'])} runs)" if name in groups else name
         xerr = [[ex["iqm"] - ex["low"]], [ex["high"] - ex["iqm"]]]
         yerr = [[ey["iqm"] - ey["low"]], [ey["high"] - ey["iqm"]]]
-        ax.errorbar(ex["iqm"], ey["iqm"], xerr=xerr, yerr=yerr, fmt="o", capsize=4, color=f"C{i}", label=lab)
-        ax.annotate(lab, (ex["iqm"], ey["iqm"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.errorbar(ex["iqm"], ey["iqm"], xerr=xerr, yerr=yerr, fmt="o", capsize=4, color=f"C{names.index(name)}",
+                    label=text if first else None)  # fmt: skip
+        if first:
+            ax.annotate(text, (ex["iqm"], ey["iqm"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
         points.append((ex["iqm"], ey["iqm"]))
         labels.append(lab)
     front = _pareto_front(points)

@@ -149,8 +149,10 @@ def runs_section(summary: dict) -> list[str]:
     lines = [
         "## Across training runs",
         "",
-        "Paired improvement per run and episode, then the IQM over all of them; the interval resamples whole training "
-        "runs (the episode seeds held fixed), so it is over runs, and wide with few of them. Positive is better; {DAGGER}: the interval includes zero.",
+        "Paired improvement per run and episode, then the IQM over all of them (rliable's aggregate: it trims a "
+        "quarter of all the runs' episodes at each end, so with heavy-tailed episodes it need not lie among the runs' "
+        "own IQMs below); the interval resamples whole training runs (the episode seeds held fixed), so it is over "
+        f"runs, and wide with few of them. Positive is better; {DAGGER}: the interval includes zero.",
         "",
     ]
     for base in summary["improvements"]:

@@ -231,6 +231,6 @@ def test_training_runs_given_by_a_glob_are_pooled_in_the_report(tmp_path, ppo_ru
     assert pooled["n"] == 4 and pooled["iqm"] == pytest.approx(each["iqm"])
     assert pooled["low"] == pytest.approx(pooled["high"])  # the runs do not differ
     report = (out / "report.md").read_text()
-    assert "## Across training runs" in report and "| warm | 2 |" in report
+    assert "## Across training runs" in report and "| warm | 2 |" in report and "{DAGGER}" not in report
     assert evaluate.main(["--report-only", "--out", str(out), "--no-progress"]) == 0
     assert "## Across training runs" in (out / "report.md").read_text()
