@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SB3_PREFIXES = ("ppo", "a2c", "sac", "td3", "sb3")
+SB3_SPEC = re.compile(rf"^({'|'.join(SB3_PREFIXES)}):(.+)$")  # ALGO:PATH of a saved model
 
 
 class UsageError(ValueError):
@@ -84,7 +85,7 @@ def expand_runs(text: str, controllers: tuple[str, ...]) -> list[PolicySpec]:
     (`LABEL=ppo:runs/ppo_s*/best_model.zip`), each labelled LABEL@RUN with RUN its run folder's name; without a
     LABEL, the path's first part with a wildcard (`ppo_s*`)."""
     label, body = split_label(text)
-    m = re.match(rf"^({'|'.join(SB3_PREFIXES)}):(.+)$", body)
+    m = SB3_SPEC.match(body)
     if not (m and glob.has_magic(m.group(2))):
         return [parse_policy(text, controllers)]
     algo, pattern = m.group(1), m.group(2).strip()
@@ -107,7 +108,7 @@ def expand_runs(text: str, controllers: tuple[str, ...]) -> list[PolicySpec]:
 def parse_policy(text: str, controllers: tuple[str, ...]) -> PolicySpec:
     """One policy spec (grammar in the module docstring). Raises UsageError with the fix."""
     label, body = split_label(text)
-    m = re.match(rf"^({'|'.join(SB3_PREFIXES)}):(.+)$", body)
+    m = SB3_SPEC.match(body)
     if m:
         algo, path = m.group(1), m.group(2).strip()
         if not Path(path).exists():

@@ -398,19 +398,9 @@ def across_runs(
     alpha = 100.0 * (1.0 - confidence) / 2.0
     result = {}
     for m in (m for m in metrics if m.lower_is_better is not None):
-        matrix = np.array(
-            [
-                [
-                    paired_differences(
-                        _float(by[(run, s)].get(m.name)), _float(by[(baseline, s)].get(m.name)),
-                        bool(m.lower_is_better), m.relative,
-                    )
-                    for s in seeds
-                ]
-                for run in runs
-            ],
-            dtype=np.float64,
-        )
+        scores = np.array([[_float(by[(run, s)].get(m.name)) for s in seeds] for run in runs])  # [runs, seeds]
+        base = np.array([_float(by[(baseline, s)].get(m.name)) for s in seeds])
+        matrix = paired_differences(scores, base[None, :], bool(m.lower_is_better), m.relative)
         matrix = matrix[:, np.isfinite(matrix).all(axis=0)]
         if matrix.shape[1] == 0:
             result[m.name] = NAN_ESTIMATE
