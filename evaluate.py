@@ -102,6 +102,17 @@ def make_env(kwargs: dict):
         raise UsageError(f"cannot make the env: {exc}") from exc
 
 
+def pretrain_served_model(kwargs: dict, progress: bool) -> None:
+    """Pretrain the model an env of `kwargs` serves if it is not cached yet, here rather than in `make_env`, so
+    that --no-progress hides that bar too."""
+    import envs
+
+    try:
+        envs.pretrain_served_model("MoERouting-v0", progress, **kwargs)
+    except (ValueError, TypeError) as exc:  # EnvConfig names the bad setting
+        raise UsageError(f"cannot make the env: {exc}") from exc
+
+
 def transfer_note(spec: PolicySpec, controller, env) -> str | None:
     """One line naming each served-model or task setting on which a saved policy's run (its config.yaml) differs
     from `env`, with both values and the flag that matches the training; None when they agree or nothing says."""
@@ -219,7 +230,7 @@ def run_policies(args: Args, specs: list[PolicySpec], env_configs: dict[str, dic
     t_start = time.perf_counter()
     # Every policy is built before --out changes: a bad spec or an unloadable model must not cost an --overwrite
     # its saved episodes, nor leave an args.json that describes a run that never started.
-    envs_, controllers, facts = build_policies(specs, env_configs, args.policy_device)
+    envs_, controllers, facts = build_policies(specs, env_configs, args.policy_device, args.progress)
     try:
         done = {(r["label"], r["episode_seed"]) for r in prepare_out(out, args.resume, args.overwrite, specs)}
     except BaseException:
@@ -264,15 +275,18 @@ def run_policies(args: Args, specs: list[PolicySpec], env_configs: dict[str, dic
     return [r for r in read_rows(out / "episodes.csv") if (r["label"], r["episode_seed"]) in wanted], facts
 
 
-def build_policies(specs: list[PolicySpec], env_configs: dict[str, dict], device: str) -> tuple[dict, dict, dict]:
+def build_policies(specs: list[PolicySpec], env_configs: dict[str, dict], device: str,
+                   progress: bool = True) -> tuple[dict, dict, dict]:
     """Every spec's env and controller, built before any episode (or training run) so that a bad spec fails first:
-    ({env name: env}, {label: controller}, {env name: its facts})."""
+    ({env name: env}, {label: controller}, {env name: its facts}). A served model not yet cached is pretrained
+    first, with a progress bar if `progress`."""
     if len({slug(p.label) for p in specs}) < len(specs):
         raise UsageError(f"policy labels {[p.label for p in specs]} clash once made file names; rename one")
     envs_, controllers, facts = {}, {}, {}
     try:
         for spec in specs:
             if spec.env not in envs_:
+                pretrain_served_model(env_configs[spec.env], progress)
                 envs_[spec.env] = make_env(env_configs[spec.env])
                 facts[spec.env] = env_facts(envs_[spec.env])
             controllers[spec.label] = make_controller(spec, envs_[spec.env], device)
@@ -283,9 +297,9 @@ def build_policies(specs: list[PolicySpec], env_configs: dict[str, dict], device
     return envs_, controllers, facts
 
 
-def check_policies(specs: list[PolicySpec], env_configs: dict[str, dict], device: str) -> None:
+def check_policies(specs: list[PolicySpec], env_configs: dict[str, dict], device: str, progress: bool = True) -> None:
     """UsageError now if a spec cannot run (a bad controller argument, a model trained for another env)."""
-    envs_, _, _ = build_policies(specs, env_configs, device)
+    envs_, _, _ = build_policies(specs, env_configs, device, progress)
     for env in envs_.values():
         env.close()
 

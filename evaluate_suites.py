@@ -131,7 +131,7 @@ def suite_main(args: Args, out: Path) -> dict:
               PolicySpec("no_control", "no_control", name="no_control")]
     specs += parse_policies(args.policies, controller_names()) if args.policies else []
     if args.train_seconds > 0:  # a spec that cannot run here fails now, not after minutes of training
-        check_policies(specs, {"main": env_kwargs(args)}, args.policy_device)
+        check_policies(specs, {"main": env_kwargs(args)}, args.policy_device, args.progress)
     short = train_short_run(args, out / "ppo_short")
     if short:
         notes.append(f"`{short[0].label}` is a short training run ({args.train_seconds} s of PPO on this machine; "

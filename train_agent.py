@@ -55,7 +55,7 @@ from stable_baselines3.common.callbacks import CallbackList, ProgressBarCallback
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
-import envs  # noqa: F401  (registers MoERouting-v0)
+import envs  # registers MoERouting-v0
 import train_args
 from agents.controller import ControlSpec
 from agents.sb3 import (
@@ -164,7 +164,9 @@ if __name__ == "__main__":
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # MLP updates are small; leave the cores to the env workers
 
-    # envs
+    # envs: the served model is pretrained (when not cached) here, once, not by every worker at the same time
+    for kwargs in (derived["env_kwargs"], derived["eval_env_kwargs"]):
+        envs.pretrain_served_model(args.env_id, args.progress_bar, **kwargs)
     algo_cls = ALGOS[args.algo]
     venv = make_vec_env(args.env_id, derived["env_kwargs"], args.n_envs, args.seed, derived["vec"])
     policy, algo_kwargs, normalize = build_algo_kwargs(args.algo, derived["hyperparams"], venv.action_space.shape[0])

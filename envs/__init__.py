@@ -20,7 +20,7 @@ from envs.measured import (
     source_memory_pressure,
     spec_name_for,
 )
-from envs.moe_routing_env import MoERoutingEnv, MoERoutingMOEnv
+from envs.moe_routing_env import MoERoutingEnv, MoERoutingMOEnv, pretrain_served_model
 from envs.observation import ObservationBuilder
 from envs.rewards import OBJECTIVES, RewardConfig, RewardReference, reward, vector_reward
 from envs.workload import PROFILES, DemandTrace, Workload
@@ -45,6 +45,7 @@ __all__ = [
     "interval_latency_ms",
     "measured_backend_unavailable",
     "merge_reports",
+    "pretrain_served_model",
     "reward",
     "serve_interval",
     "source_memory_pressure",

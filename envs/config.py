@@ -201,6 +201,11 @@ class EnvConfig:
                     and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in pair)):  # fmt: skip
                 raise TypeError(f"EnvConfig.{name} must be a (low, high) pair of numbers, got {pair!r}")
 
+    def pretrain_config(self, progress: bool = True) -> PretrainConfig | None:
+        """How the served model is pretrained (and cached); None when a checkpoint file, or no model ("none"), is
+        served instead."""
+        return None if self.checkpoint else PretrainConfig(steps=self.pretrain_steps, progress=progress)
+
     @classmethod
     def from_kwargs(cls, **kwargs) -> EnvConfig:
         """An EnvConfig from flat keyword arguments (what `gymnasium.make` passes); unknown names are errors."""

@@ -17,7 +17,7 @@ from envs.config import EnvConfig
 from envs.observation import ObservationBuilder
 from envs.rewards import OBJECTIVES, reward, target_latency_ms
 from envs.workload import DemandTrace
-from moe_runtime import ControlAction, DomainSchedule, MoERuntime, PretrainConfig, load_model, load_or_pretrain
+from moe_runtime import ControlAction, DomainSchedule, MoERuntime, ensure_pretrained, load_model, load_or_pretrain
 
 _FORKED_CHILD = False
 
@@ -129,7 +129,7 @@ class MoERoutingEnv(gym.Env):
             return None
         if cfg.checkpoint:
             return load_model(cfg.checkpoint, cfg.model)
-        return load_or_pretrain(cfg.model, PretrainConfig(steps=cfg.pretrain_steps))
+        return load_or_pretrain(cfg.model, cfg.pretrain_config())
 
     def _make_ttt(self):
         if not self.config.ttt:
@@ -332,3 +332,12 @@ class MoERoutingMOEnv(MoERoutingEnv):
 
     def _scalarize(self, total: float, vec: np.ndarray):
         return vec
+
+
+def pretrain_served_model(env_id: str = "MoERouting-v0", progress: bool = True, **kwargs) -> None:
+    """Pretrain, once and cached, the model that `gymnasium.make(env_id, **kwargs)` would serve (nothing when it
+    serves a checkpoint file or none). Called before making envs, it lets `progress=False` hide pretraining's bar,
+    and spares the workers of a vector env started next from waiting on each other for it."""
+    cfg = EnvConfig.from_kwargs(**{**gym.spec(env_id).kwargs, **kwargs})
+    if (pcfg := cfg.pretrain_config(progress)) is not None:
+        ensure_pretrained(cfg.model, pcfg)

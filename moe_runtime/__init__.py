@@ -11,7 +11,14 @@ from moe_runtime.checkpoint import (
 from moe_runtime.config import EXPERT_WIDTH_RATIOS, MoEConfig, widths_from_ratios
 from moe_runtime.model import ModelOutput, MoETransformer
 from moe_runtime.muon import Muon, newton_schulz
-from moe_runtime.pretrain import PretrainConfig, checkpoint_path, evaluate_loss, load_or_pretrain, pretrain
+from moe_runtime.pretrain import (
+    PretrainConfig,
+    checkpoint_path,
+    ensure_pretrained,
+    evaluate_loss,
+    load_or_pretrain,
+    pretrain,
+)
 from moe_runtime.runtime import ControlAction, MoERuntime, StepReport, forward_work
 from moe_runtime.streams import BUILTIN_DOMAINS, Corpus, DomainSchedule, TokenStream, corpus_hash, load_corpus
 from moe_runtime.ttt import TTTEngine
@@ -48,6 +55,7 @@ __all__ = [
     "checkpoint_path",
     "corpus_hash",
     "default_cache_dir",
+    "ensure_pretrained",
     "evaluate_loss",
     "forward_work",
     "load_corpus",

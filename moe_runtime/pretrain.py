@@ -10,6 +10,7 @@ beside it lets an interrupted run resume where it stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -210,19 +211,51 @@ def pretrain(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> dict:
         writer.add_scalar(f"losses/{k}", result[k], step)
     writer.close()
     save_checkpoint(path, model, corpus.sha256, extra={"pretrain": {**dataclasses.asdict(pcfg), **result}})
-    if partial.exists():
-        partial.unlink()
+    partial.unlink(missing_ok=True)
     result["path"] = str(path)
     return result
 
 
-def load_or_pretrain(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> MoETransformer:
-    """The cached pretrained model for `cfg`, pretraining it first (once) when none is cached."""
+@contextlib.contextmanager
+def _exclusive(lock_path: pathlib.Path):
+    """An inter-process lock on `lock_path` (POSIX `flock`; none where `fcntl` is missing), so that processes
+    started together on a cold cache (the workers of a `SubprocVecEnv`, two evaluations) pretrain a model once:
+    the others wait, then load what the first one saved."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; concurrent pretraining repeats the work but saves atomically
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process to finish pretraining (%s)", lock_path)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_pretrained(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> pathlib.Path:
+    """The cached checkpoint of `cfg` pretrained by `pcfg`, pretraining it first when none is cached (once, however
+    many processes ask at the same time). `pcfg.progress` decides whether that pretraining shows a bar."""
     pcfg = pcfg or PretrainConfig()
     path = checkpoint_path(cfg, pcfg)
-    if not path.exists():
-        log.info("no cached checkpoint at %s; pretraining %s", path, cfg.preset_name)
-        pretrain(cfg, pcfg)
+    if path.exists():
+        return path
+    with _exclusive(path.with_suffix(".lock")):
+        if not path.exists():  # another process may have saved it while this one waited
+            log.info("no cached checkpoint at %s; pretraining %s", path, cfg.preset_name)
+            pretrain(cfg, pcfg)
+    return path
+
+
+def load_or_pretrain(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> MoETransformer:
+    """The cached pretrained model for `cfg`, pretraining it first (once) when none is cached."""
+    path = ensure_pretrained(cfg, pcfg)
     try:
         return load_model(path, cfg)
     except CheckpointError as exc:

@@ -408,3 +408,29 @@ def test_unreadable_episodes_csv_and_trace_files_are_named(tmp_path, capsys):
     (tmp_path / "traces" / "p__2.json").write_text('{"x": [1,')  # cut short
     assert load_traces(tmp_path, ["p"], lambda label: label) == {"p": [{"x": [1]}]}
     assert f"left the unreadable trace {tmp_path}/traces/p__2.json out of the plots" in capsys.readouterr().out
+
+
+def test_no_progress_hides_pretrainings_bar_too(tmp_path, monkeypatch, capsys):
+    """On a cold cache the served model is pretrained before the episodes; --no-progress must reach it (tqdm's
+    pretraining bar showed in logs of runs that asked for none). Pretraining is faked: an untrained model saved."""
+    import importlib
+
+    import moe_runtime as mr
+
+    pretrain_module = importlib.import_module("moe_runtime.pretrain")
+    asked = []
+
+    def fake_pretrain(cfg, pcfg):
+        asked.append(pcfg.progress)
+        path = mr.checkpoint_path(cfg, pcfg)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mr.save_checkpoint(path, mr.MoETransformer(cfg), mr.load_corpus(pcfg.corpus).sha256)
+
+    monkeypatch.setattr(pretrain_module, "pretrain", fake_pretrain)
+    monkeypatch.setenv("MOE_RL_CACHE", str(tmp_path / "cache"))
+    argv = ["--policies", "no_control", "--seeds", "0", *TINY, "--bootstrap-reps", "50"]
+    assert evaluate.main([*argv, "--out", str(tmp_path / "quiet")]) == 0
+    assert asked == [False], "pretrained once, with no bar"
+    assert "pretrain tiny" not in capsys.readouterr().err
+    assert evaluate.main([*argv, "--out", str(tmp_path / "again")]) == 0
+    assert asked == [False], "the cached model is served the second time"

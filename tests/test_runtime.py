@@ -418,3 +418,41 @@ def test_pretrain_cli_no_progress_reaches_the_config(tmp_path, monkeypatch):
         seen.clear()
         pretrain_module.main(["--preset", "tiny", "--steps", "1", "--cache-dir", str(tmp_path), *argv])
         assert seen == {"progress": progress}
+
+
+def _ensure_pretrained_in_child(cache_dir: str, calls: str, barrier) -> None:
+    """One of two processes asking for the same uncached model at once (a vector env's workers on a cold cache).
+    Pretraining is faked (it logs its call, takes a second, saves a placeholder) to keep the test short."""
+    import importlib
+    import time
+
+    pretrain_module = importlib.import_module("moe_runtime.pretrain")
+
+    def fake_pretrain(cfg, pcfg):
+        with open(calls, "a") as f:
+            f.write("pretrain\n")
+        time.sleep(1.0)  # the window in which the other process would start a second pretraining
+        pretrain_module.checkpoint_path(cfg, pcfg).write_bytes(b"placeholder")
+
+    pretrain_module.pretrain = fake_pretrain
+    pcfg = pretrain_module.PretrainConfig(steps=3, cache_dir=cache_dir, progress=False)
+    barrier.wait(timeout=60)
+    pretrain_module.ensure_pretrained(mr.MoEConfig.preset("tiny"), pcfg)
+
+
+def test_processes_asking_at_once_pretrain_a_model_once(tmp_path):
+    pytest.importorskip("fcntl", reason="the cache lock is POSIX flock; elsewhere concurrent pretraining repeats")
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, calls = ctx.Barrier(2), tmp_path / "calls.txt"
+    procs = [ctx.Process(target=_ensure_pretrained_in_child, args=(str(tmp_path), str(calls), barrier))
+             for _ in range(2)]  # fmt: skip
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert calls.read_text().splitlines() == ["pretrain"], "the second process waited, then found it cached"
+    pcfg = mr.PretrainConfig(steps=3, cache_dir=str(tmp_path))
+    assert mr.ensure_pretrained(mr.MoEConfig.preset("tiny"), pcfg).read_bytes() == b"placeholder"
