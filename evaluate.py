@@ -2,7 +2,7 @@
 
     python evaluate.py --policies heuristic,no_control,load_balance,ppo:results/ppo_default --seeds 0-9 \\
         --episodes 1 --telemetry auto --out results/compare
-    python evaluate.py --policies "warm=ppo:runs/ppo_kcm_s*/best_model.zip,kcm_greedy,no_control" \\
+    python evaluate.py --policies "warm=ppo:runs/ppo_kcm_s*/best/best_model.zip,kcm_greedy,no_control" \\
         --baselines no_control,kcm_greedy       # several training runs of one method, pooled
     python evaluate.py                          # the main job (= --suite main): trained policy vs heuristic vs none
     python evaluate.py --suite routers          # the original router comparison table
@@ -19,7 +19,7 @@ Policy specs (comma-separated in --policies):
     ppo:PATH  sb3:PATH       a saved stable-baselines3 model (.zip, or a train_agent.py run folder); sb3 infers the
                              algorithm (a2c:, sac:, td3: also work, and must name the saved model's)
     LABEL=SPEC               any of these under another name, e.g. lb2=load_balance(step=0.02)
-    LABEL=ppo:GLOB           several training runs of one method, e.g. warm=ppo:runs/ppo_kcm_s*/best_model.zip:
+    LABEL=ppo:GLOB           several training runs of one method, e.g. warm=ppo:runs/ppo_kcm_s*/best/best_model.zip:
                              each runs as LABEL@RUN (RUN: its run folder; no LABEL: the path's first part with a
                              wildcard), and the report pools them ("Across training runs": an interval over runs,
                              not only over episodes). '@' is kept for these labels.

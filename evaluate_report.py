@@ -106,6 +106,11 @@ def comparison_table(summary: dict, names: tuple[str, ...]) -> str:
     )
 
 
+def compared_baselines(summary: dict) -> list[str]:
+    """The baselines some other policy is compared with (a run of the baseline alone has nothing to show)."""
+    return [base for base, rows in summary["improvements"].items() if rows]
+
+
 def improvement_table(summary: dict, baseline: str, names: tuple[str, ...] = IMPROVEMENT_TABLE) -> str:
     imp = summary["improvements"][baseline]
     header = ["policy"]
@@ -275,7 +280,7 @@ def write_report(out: Path, summary: dict) -> str:
         comparison_table(summary, QUALITY_TABLE),
         "",
     ]
-    for base in summary["improvements"]:
+    for base in compared_baselines(summary):
         lines += (
             [
                 f"## Improvement over {base}",
@@ -301,7 +306,7 @@ def write_report(out: Path, summary: dict) -> str:
 
 def console_table(summary: dict) -> str:
     text = "Comparison (IQM [CI] over episodes):\n" + comparison_table(summary, CONSOLE_TABLE)
-    for base in summary["improvements"]:
+    for base in compared_baselines(summary):
         text += f"\n\nImprovement over {base} (positive is better; {DAGGER}: interval includes zero):\n"
         text += improvement_table(
             summary,

@@ -80,9 +80,25 @@ def run_groups(labels: list[str]) -> dict[str, list[str]]:
     return {g: members for g, members in groups.items() if len(members) > 1}
 
 
+def run_name(path: Path, pattern: Path) -> str:
+    """The training run a glob's match belongs to: the folder the pattern's first wildcard folder matched
+    (`runs/ppo_s*/best/best_model.zip` -> `ppo_s0`, train_agent.py's layout), else the saved model's folder."""
+    folders = [i for i, part in enumerate(pattern.parts[:-1]) if glob.has_magic(part)]
+    if folders and len(path.parts) == len(pattern.parts):
+        return path.parts[folders[0]]
+    return run_folder(path).name
+
+
+def run_folder(path: Path) -> Path:
+    """The training run's folder of a saved model: its own folder, or that folder's parent for the best model in
+    train_agent.py's `best/` subfolder."""
+    folder = path.parent if path.is_file() else path
+    return folder.parent if folder.name == "best" and path.is_file() else folder
+
+
 def expand_runs(text: str, controllers: tuple[str, ...]) -> list[PolicySpec]:
     """The specs of one --policies item: one, or one per training run where a saved model's PATH is a glob
-    (`LABEL=ppo:runs/ppo_s*/best_model.zip`), each labelled LABEL@RUN with RUN its run folder's name; without a
+    (`LABEL=ppo:runs/ppo_s*/best/best_model.zip`), each labelled LABEL@RUN with RUN its run folder's name; without a
     LABEL, the path's first part with a wildcard (`ppo_s*`)."""
     label, body = split_label(text)
     m = SB3_SPEC.match(body)
@@ -92,7 +108,7 @@ def expand_runs(text: str, controllers: tuple[str, ...]) -> list[PolicySpec]:
     paths = sorted(glob.glob(pattern))
     if not paths:
         raise UsageError(f"policy {text!r}: no saved model matches {pattern} (train runs with train_agent.py --out)")
-    runs = [Path(p).parent.name if Path(p).is_file() else Path(p).name for p in paths]
+    runs = [run_name(Path(p), Path(pattern)) for p in paths]
     if len(set(runs)) < len(runs):
         raise UsageError(f"policy {text!r}: the matches {paths} do not each have their own run folder")
     group = label or next(part for part in Path(pattern).parts if glob.has_magic(part))
@@ -113,7 +129,7 @@ def parse_policy(text: str, controllers: tuple[str, ...]) -> PolicySpec:
         algo, path = m.group(1), m.group(2).strip()
         if not Path(path).exists():
             raise UsageError(f"policy {text!r}: no saved model at {path} (train one with train_agent.py --out DIR)")
-        default = f"{algo}:{Path(path).parent.name if Path(path).is_file() else Path(path).name}"
+        default = f"{algo}:{run_folder(Path(path)).name}"
         return PolicySpec(label or default, text, algo="" if algo == "sb3" else algo, path=path)
     m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\((.*)\))?$", body)
     if not m:

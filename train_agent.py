@@ -211,7 +211,8 @@ if __name__ == "__main__":
             venv.training = True
         venv.seed(args.seed + steps)  # fresh episodes, not a replay of the first ones
         try:
-            model = algo_cls.load(str(paths["model"]), env=venv, device=args.device, tensorboard_log=str(run_dir / "tb"))
+            model = algo_cls.load(str(paths["model"]), env=venv, device=args.device, tensorboard_log=str(run_dir / "tb"),
+                                  verbose=args.verbose)  # this session's, not the saved run's
         except Exception as exc:  # its zip reads (checked in parse_args) but what is inside does not load
             venv.close()
             sys.exit(f"train_agent.py: error: --resume: cannot load {paths['model']} ({type(exc).__name__}: {exc}); "

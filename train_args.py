@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import torch
 import yaml
 
@@ -51,8 +52,9 @@ class Args:
     """vector env: subproc, dummy, or auto (subproc when n_envs > 1)"""
     seed: int = 0
     """seed of python, numpy, torch, SB3 and the training envs (worker i gets seed + i)"""
-    telemetry: str = "simulated"
-    """env hardware backend: simulated, nvml or auto"""
+    telemetry: str = ""
+    """env hardware backend: simulated, nvml or auto; empty: the env id's own (nvml for MoERoutingMeasured-v0),
+    else simulated"""
     device: str = "cpu"
     """torch device of the agent (cpu is fastest for MLP policies)"""
     out: str = ""
@@ -208,8 +210,6 @@ TRAINABLE_ENV = "envs.moe_routing_env:MoERoutingEnv"  # MoERoutingMO-v0's vector
 def check_env_id(parser: argparse.ArgumentParser, env_id: str) -> None:
     """Refuse an --env-id that is not registered, or not a scalar-reward MoERouting env (MoERouting-v0,
     MoERoutingMeasured-v0, or one registered with their entry point), before any env is built."""
-    import gymnasium as gym
-
     try:
         spec = gym.spec(env_id)
     except gym.error.Error as exc:
@@ -250,16 +250,20 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
     if args.algo not in ALGOS:
         parser.error(f"--algo {args.algo!r} is not one of {sorted(ALGOS)}")
     check_env_id(parser, args.env_id)
+    telemetry_flag = f"--telemetry {args.telemetry}"
+    if not args.telemetry:  # the measured env's nvml must not be overridden by a default the user never chose
+        args.telemetry = gym.spec(args.env_id).kwargs.get("telemetry", "simulated")
+        telemetry_flag = f"--env-id {args.env_id} (telemetry {args.telemetry})"
     if args.timesteps <= 0:
         parser.error(f"--timesteps must be positive, got {args.timesteps}")
     if args.n_envs < 1:
         parser.error(f"--n-envs must be >= 1, got {args.n_envs}")
     if args.vec not in ("auto", "subproc", "dummy"):
         parser.error(f"--vec must be subproc, dummy or auto, got {args.vec!r}")
-    if args.telemetry not in ("simulated", "nvml", "auto"):
+    if args.telemetry not in ("simulated", "nvml", "auto"):  # "" resolved above
         parser.error(f"--telemetry must be simulated, nvml or auto, got {args.telemetry!r}")
     if args.telemetry == "nvml" and (reason := measured_backend_unavailable()):
-        parser.error(f"--telemetry nvml: {reason}")
+        parser.error(f"{telemetry_flag}: {reason}")
     for name in ("eval_freq", "checkpoint_freq"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -286,6 +290,9 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
         if saved is not None and not given & {"hyperparams", "hyperparams_file"}:
             hyperparams = dict(saved["hyperparams"])  # the run's own, even if the hyperparameter file changed since
         else:
+            if args.hyperparams_file and not Path(args.hyperparams_file).exists():
+                parser.error(f"--hyperparams-file {args.hyperparams_file!r} does not exist (a YAML file of "
+                             "hyperparameters, as agents/hyperparams/<algo>.yml)")  # fmt: skip
             hyperparams = load_hyperparams(args.algo, args.env_id, args.hyperparams_file or None)
             overrides = parse_key_values(args.hyperparams, "--hyperparams")
             check_hyperparams(args.algo, overrides, "--hyperparams")

@@ -118,7 +118,7 @@ class AgentRouter:
 
     Args:
         controller: a `Controller` reading `MoERouting-v0` observations, or a `make_controller` name (built on
-            this router's `spec`).
+            this router's `spec`); to swap it later, assign `router.controller` (checked the same way).
         runtime: the live runtime (with a TTT engine if the controller schedules TTT).
         monitor: a `GpuSystemMonitor`, a GPU source (`SimulatedGpu`, `NvmlSource`; read through a monitor) or a
             source name for `GpuSystemMonitor`; None simulates `gpu`.
@@ -205,19 +205,36 @@ class AgentRouter:
             self.interval_tokens,
         )
         self.builder: ObservationBuilder = self.spec.builder
-        self.controller = make_controller(controller, self.spec) if isinstance(controller, str) else controller
-        trained_on = getattr(getattr(self.controller, "model", None), "observation_space", None)  # an SB3 policy's
-        if trained_on is not None and tuple(trained_on.shape) != (self.builder.size,):
-            raise ValueError(
-                f"the controller was trained on observations of shape {tuple(trained_on.shape)}; this router's are "
-                f"({self.builder.size},) for {self.num_experts} experts (a policy of another preset or expert count?)"
-            )
+        self._controller = self._checked_controller(controller)
         cost = np.asarray(self.kcm.expert_energy_per_token_j(self.deployment), dtype=np.float64)
         self.expert_cost_ratio = cost / cost.mean()
         self.reference_loss = _checked_reference_loss(reference_loss)
         runtime.reference_tokens = int(reference_tokens)  # set once every check passed: a refused router changes nothing
         self.capacity_tokens_per_s: float | None = None if self.gpu is not None else self._runtime_capacity()
         self.reset()
+
+    @property
+    def controller(self) -> Controller:
+        """The controller that acts after each interval. Assigning one (a `Controller` or a `make_controller`
+        name) checks it as the constructor does and resets it; the router keeps its backlog, loss history and the
+        runtime's present action, so a swap takes effect from the next interval's action."""
+        return self._controller
+
+    @controller.setter
+    def controller(self, controller: Controller | str) -> None:
+        _check_types(controller, self.runtime, None, None, None, None)
+        self._controller = self._checked_controller(controller)
+        self._controller.reset()
+
+    def _checked_controller(self, controller: Controller | str) -> Controller:
+        built = make_controller(controller, self.spec) if isinstance(controller, str) else controller
+        trained_on = getattr(getattr(built, "model", None), "observation_space", None)  # an SB3 policy's
+        if trained_on is not None and tuple(trained_on.shape) != (self.builder.size,):
+            raise ValueError(
+                f"the controller was trained on observations of shape {tuple(trained_on.shape)}; this router's are "
+                f"({self.builder.size},) for {self.num_experts} experts (a policy of another preset or expert count?)"
+            )
+        return built
 
     def reset(self) -> None:
         """Forget the backlog and loss history and reset the controller (the runtime keeps its state)."""
@@ -231,6 +248,8 @@ class AgentRouter:
 
     def run(self, intervals: int) -> list[IntervalRecord]:
         """`intervals` steps; their records."""
+        if isinstance(intervals, bool) or not isinstance(intervals, (int, np.integer)) or intervals < 0:
+            raise ValueError(f"intervals must be an integer >= 0, got {intervals!r}")
         return [self.step() for _ in range(intervals)]
 
     def step(self) -> IntervalRecord:
@@ -301,7 +320,11 @@ class AgentRouter:
                 f"{err} (from the controller after interval {record.interval}, which was served and is in "
                 f"router.last_record; the runtime keeps its action)"
             ) from err
-        runtime.apply(control)
+        try:
+            runtime.apply(control)
+        except ValueError as err:  # e.g. TTT asked of a runtime without a TTT engine
+            raise ValueError(f"{err} (the controller's action after interval {record.interval}, which was served and "
+                             "is in router.last_record; the runtime keeps its action)") from err  # fmt: skip
         record.next_action = control
         return record
 

@@ -227,7 +227,10 @@ class MoERuntime:
         """Take a controller's decision into effect for the following intervals: all of it, or (on a ValueError)
         none of it."""
         if self.ttt is None and action.ttt_enabled:
-            raise ValueError("ControlAction turns TTT on but this runtime has no TTT engine")
+            raise ValueError(
+                f"ControlAction turns TTT on (every {action.ttt_frequency_tokens} tokens) but this runtime has no TTT "
+                "engine; build it with one, MoERuntime(..., ttt=TTTEngine(model, TTTConfig())), or keep TTT off"
+            )
         biases = action.biases(self.config.num_experts)  # checked before anything changes
         if self.ttt is not None:
             self.ttt.set_schedule(action.ttt_frequency_tokens, action.ttt_chunk_tokens)

@@ -171,3 +171,33 @@ def test_agent_router_refuses_a_policy_of_another_expert_count(ppo_run):
     runtime = MoERuntime(MoEConfig.preset("default"))  # 8 experts: a longer observation
     with pytest.raises(ValueError, match=r"trained on observations of shape \(43,\); this router's are \(63,\)"):
         AgentRouter(policy, runtime)
+
+
+def test_agent_router_swaps_its_controller_checked_as_the_constructor_does(ppo_run):
+    folder, _, _ = ppo_run
+    policy = load_policy(folder / "model.zip")  # trained on the tiny preset's 4 experts
+    router = AgentRouter("no_control", MoERuntime(MoEConfig.preset("default")), monitor=SimulatedGpu("H100", seed=1))
+    router.step()
+    with pytest.raises(ValueError, match=r"trained on observations of shape \(43,\); this router's are \(63,\)"):
+        router.controller = policy
+    with pytest.raises(TypeError, match="controller must be a controller name or have act"):
+        router.controller = object()
+    assert type(router.controller).__name__ == "NoControl"  # a refused swap keeps the controller
+    router.controller = "load_balance"  # a name is built on the router's spec
+    assert type(router.controller).__name__ == "LoadBalance"
+    record = router.step()
+    assert record.interval == 1 and record.next_action == router.runtime.action  # the router went on
+    with pytest.raises(ValueError, match="intervals must be an integer >= 0, got -1"):
+        router.run(-1)
+    with pytest.raises(ValueError, match="intervals must be an integer >= 0, got 2.5"):
+        router.run(2.5)
+
+
+def test_agent_router_names_the_interval_when_ttt_is_asked_of_a_runtime_without_an_engine():
+    runtime = MoERuntime(TINY)  # no TTT engine
+    router = AgentRouter("fixed_ttt", runtime, monitor=SimulatedGpu("H100", seed=1))
+    before = runtime.action
+    with pytest.raises(ValueError, match=r"no TTT engine; build it with one, MoERuntime\(\.\.\., ttt=TTTEngine.*"
+                                         r"after interval 0, which was served and is in router.last_record"):
+        router.step()
+    assert router.last_record.interval == 0 and runtime.action == before

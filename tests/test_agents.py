@@ -247,6 +247,10 @@ def test_baselines_move_the_right_way():
 def test_make_controller_errors():
     with pytest.raises(ValueError, match="unknown controller"):
         make_controller("greedy", SPEC)
+    with pytest.raises(TypeError, match=r"heuristic: unknown argument\(s\) \['foo'\]; it takes config, .*ttt_update_frequency"):
+        make_controller("heuristic", SPEC, foo=1)
+    with pytest.raises(TypeError, match=r"no_control: unknown argument\(s\) \['step'\]; it takes none"):
+        make_controller("no_control", SPEC, step=0.1)
     with pytest.raises(TypeError, match="MoERouting-v0"):
         make_controller("no_control", object())
     with pytest.raises(ValueError, match="shape"):

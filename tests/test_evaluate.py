@@ -146,6 +146,24 @@ def test_a_glob_of_training_runs_is_one_spec_per_run(tmp_path):
         evaluate.parse_policies(f"w=ppo:{tmp_path}/ppo_s0/*.zip", names)
 
 
+def test_best_models_in_train_agents_layout_are_labelled_by_their_run(tmp_path):
+    """train_agent.py saves the best model as RUN/best/best_model.zip: a glob of them pools the runs, each named by
+    the folder its wildcard matched, and one alone is labelled by its run, not `best`."""
+    names = evaluate.CONTROLLER_NAMES
+    for run in ("ppo_kcm_s1", "ppo_kcm_s0"):
+        (tmp_path / run / "best").mkdir(parents=True)
+        (tmp_path / run / "best" / "best_model.zip").write_bytes(b"")
+    specs = evaluate.parse_policies(f"warm=ppo:{tmp_path}/ppo_kcm_s*/best/best_model.zip", names)
+    assert [(s.label, s.path) for s in specs] == [
+        ("warm@ppo_kcm_s0", f"{tmp_path}/ppo_kcm_s0/best/best_model.zip"),
+        ("warm@ppo_kcm_s1", f"{tmp_path}/ppo_kcm_s1/best/best_model.zip"),
+    ]
+    assert evaluate.run_groups([s.label for s in specs]) == {"warm": ["warm@ppo_kcm_s0", "warm@ppo_kcm_s1"]}
+    assert evaluate.parse_policy(f"ppo:{tmp_path}/ppo_kcm_s0/best/best_model.zip", names).label == "ppo:ppo_kcm_s0"
+    nested = evaluate.parse_policies(f"ppo:{tmp_path}/*/best/*.zip", names)  # the wildcard folder names the run
+    assert [s.label for s in nested] == ["*@ppo_kcm_s0", "*@ppo_kcm_s1"]
+
+
 def test_baselines_name_policies_of_the_comparison(tmp_path, capsys):
     specs = evaluate.parse_policies("kcm_greedy,no_control,heuristic", evaluate.CONTROLLER_NAMES)
     given = ["--policies", "kcm_greedy,no_control,heuristic"]

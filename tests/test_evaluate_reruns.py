@@ -184,7 +184,7 @@ def test_report_only_rebuilds_the_suites_own_report(tmp_path, suite):
     ]
 
 
-def test_report_only_of_a_run_from_before_its_report_inputs_were_saved(finished_run, tmp_path):
+def test_report_only_of_a_run_from_before_its_report_inputs_were_saved(finished_run, tmp_path, capsys):
     out = copy_run(finished_run, tmp_path)
     run = json.loads((out / "run_facts.json").read_text())
     assert run.pop("report") == {"title": "Policy comparison", "baselines": ["no_control", "heuristic"], "notes": [],
@@ -193,6 +193,8 @@ def test_report_only_of_a_run_from_before_its_report_inputs_were_saved(finished_
     assert evaluate.main(["--out", str(out), "--report-only"]) == 0
     assert (out / "report.md").read_text().startswith("# Policy comparison (report rebuilt from episodes.csv)\n")
     assert json.loads((out / "summary.json").read_text())["improvements"] == {"no_control": {}}  # the default baselines
+    # the baseline alone is compared with nothing: no empty improvement table, in the report or on the console
+    assert "Improvement over" not in (out / "report.md").read_text() + capsys.readouterr().out
 
 
 def test_the_report_says_how_many_episodes_ran(finished_run, tmp_path):

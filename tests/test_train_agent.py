@@ -20,6 +20,7 @@ from train_testing import REPO, TINY_RUN, exits_with
 
 import agents
 import train_agent
+import train_args
 from envs import Workload
 
 BAD_FLAGS = [
@@ -37,6 +38,7 @@ BAD_FLAGS = [
     (["--env-id", "Bogus-v0"], "--env-id 'Bogus-v0' is not registered"),
     (["--env-id", "CartPole-v1"], "--env-id 'CartPole-v1' is not a scalar-reward MoERouting env"),
     (["--env-id", "MoERoutingMO-v0"], "--env-id 'MoERoutingMO-v0' is not a scalar-reward MoERouting env"),
+    (["--hyperparams-file", "/no/such.yml"], "--hyperparams-file '/no/such.yml' does not exist"),
     (["--hyperparams", "imitate:oracle"], "imitate: unknown controller 'oracle'"),
     (["--hyperparams", "imitate_steps:64"], "given without imitate:<controller>"),
     (["--hyperparams", "imitate:kcm_greedy", "imitate_epochs:0"], "imitate_epochs must be a positive integer"),
@@ -51,6 +53,8 @@ BAD_FLAGS = [
     (["--hyperparams", "policy_kwargs:{foo: 1}"], "unknown policy_kwargs ['foo'] of the ppo ActorCriticPolicy"),
     (["--algo", "td3", "--hyperparams", "policy_kwargs:{ortho_init: true}"], "unknown policy_kwargs ['ortho_init']"),
     *([(["--env-kwargs", "telemetry:nvml"], "--env-kwargs telemetry:nvml: ")] if not torch.cuda.is_available() else []),
+    *([(["--env-id", "MoERoutingMeasured-v0"], "--env-id MoERoutingMeasured-v0 (telemetry nvml): ")]
+      if not torch.cuda.is_available() else []),
 ]
 
 
@@ -167,6 +171,20 @@ def test_flags_parse_into_configs():
         assert agents.load_hyperparams(algo)["policy"] == "MlpPolicy"
 
 
+def test_the_measured_env_id_trains_measured_with_the_same_hyperparameters(monkeypatch, tmp_path):
+    """--env-id MoERoutingMeasured-v0 keeps the env's own telemetry="nvml" (a --telemetry default must not turn it
+    into a simulated run on the gpu preset), and every algorithm has its hyperparameters."""
+    monkeypatch.setattr(train_args, "measured_backend_unavailable", lambda: None)  # as on a GPU machine
+    for algo in agents.ALGOS:
+        args, derived = train_args.parse_args(["--algo", algo, "--env-id", "MoERoutingMeasured-v0",
+                                               "--out", str(tmp_path / algo)])  # fmt: skip
+        assert args.telemetry == "nvml" and derived["env_kwargs"]["telemetry"] == "nvml"
+        assert derived["hyperparams"] == train_args.parse_args(["--algo", algo, "--out", str(tmp_path)])[1]["hyperparams"]
+    args, derived = train_args.parse_args(["--telemetry", "simulated", "--env-id", "MoERoutingMeasured-v0"])
+    assert derived["env_kwargs"]["telemetry"] == "simulated"  # given, it wins
+    assert train_args.parse_args([])[0].telemetry == "simulated"  # MoERouting-v0's default
+
+
 def test_bad_algo_exits_without_traceback():
     result = subprocess.run(
         [sys.executable, "train_agent.py", "--algo", "dqn"], cwd=REPO, capture_output=True, text=True, timeout=120
@@ -207,10 +225,12 @@ def test_tiny_run_interrupts_with_a_checkpoint_and_resumes(tmp_path, capsys):
     # a newer checkpoint cut short (a crash mid-save, a full disk): resuming skips it with a warning
     (run / "checkpoints" / f"ckpt_{steps + 1024}_steps.zip").write_bytes(b"")
 
-    result = subprocess.run(
-        [*cmd, "--timesteps", str(steps + 64), "--resume"], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    result = subprocess.run(  # --verbose is this session's: SB3's tables, though the run was saved with 0
+        [*cmd, "--timesteps", str(steps + 64), "--resume", "--verbose", "1"], cwd=REPO, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "| time/" in result.stdout, result.stdout
     assert f"skipping unreadable checkpoint {run / 'checkpoints' / f'ckpt_{steps + 1024}_steps.zip'}" in result.stderr
     assert not list(run.rglob("*.tmp"))  # every atomic write replaced its file
     resumed_summary = json.loads((run / "train_summary.json").read_text())
