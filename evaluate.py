@@ -161,7 +161,8 @@ def make_controller(spec: PolicySpec, env, device: str):
     got = getattr(getattr(controller, "model", None), "observation_space", None)
     if got is not None and tuple(got.shape) != tuple(expected):
         raise UsageError(f"policy {spec.text!r} was trained on observations of shape {got.shape}; this env's are "
-                         f"{expected} (another preset or expert count?)")
+                         f"{expected} (another preset or expert count? A suite's trained policy is set with "
+                         "--trained-policy PATH, or '' for none)")
     if note := transfer_note(spec, controller, env):
         # Default filters show each distinct message once: one line per policy, even though the main suite builds
         # its controllers twice (check_policies before training, then the episodes).

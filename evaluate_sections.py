@@ -99,6 +99,7 @@ def ttt_allocation(out: Path, summary: dict, rows: list[dict], base: str, reps: 
     unit = float(np.mean(ratio[base])) if ratio.get(base) and np.mean(ratio[base]) > 0 else 0.0
     scale = f"x {base}" if unit else "tokens per token"  # relative to the 1x schedule when it trained at all
     unit = unit or 1.0
+    idle = [lab for lab in labels if lab.startswith("fixed_") and not np.mean(ratio[lab] or [0.0]) > 0] or [base]
     names = ("loss_after_shift", "mean_loss", "energy_per_token_mj")
     table, points = [], {}
     for lab in labels:
@@ -154,7 +155,9 @@ def ttt_allocation(out: Path, summary: dict, rows: list[dict], base: str, reps: 
     rel = (
         f"relative to `{base}` ({unit:.3f} tokens per token)"
         if scale.startswith("x")
-        else f"absolute (`{base}` trained nothing: episodes shorter than its update interval)"
+        else "absolute ({} trained nothing: episodes shorter than {} update interval)".format(
+            ", ".join(f"`{lab}`" for lab in idle), "its" if len(idle) == 1 else "their"
+        )
     )
     text = "\n".join(
         [

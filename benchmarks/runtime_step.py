@@ -34,10 +34,17 @@ def tokens_per_s(cfg: mr.MoEConfig, interval_tokens: int, repeats: int) -> tuple
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="results/benchmarks/runtime_step.json")
-    parser.add_argument("--threads", type=thread_count, default=2, help="torch CPU threads")
-    parser.add_argument("--repeats", type=positive_int, default=7)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--out", default="results/benchmarks/runtime_step.json", help="where the JSON goes (default: %(default)s)"
+    )
+    parser.add_argument("--threads", type=thread_count, default=2, help="torch CPU threads, 1-256 (default: 2)")
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=7,
+        help="timed intervals per case, after one warm-up; the median is kept (default: 7)",
+    )
     args = parser.parse_args()
     check_out_file(parser, "--out", args.out)
     torch.set_num_threads(args.threads)

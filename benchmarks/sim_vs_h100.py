@@ -1,7 +1,7 @@
 """Simulated H100 vs the measured one: replays the load phases of shared/reference/h100-step-response.csv (idle,
 25%, 50% and 100% duty bf16 GEMM bursts) on `SimulatedGpu("H100")`, prints steady power, temperature and SM clock
-per phase and the shape of the full-load temperature step, writes a PNG of simulated vs measured traces, and ends
-with `worst steady error: temperature X C, power Y %, clock Z %`.
+per phase and the shape of the full-load temperature step, writes a PNG of simulated vs measured traces and its
+figures as JSON beside it, and ends with `worst steady error: temperature X C, power Y %, clock Z %`.
 
     python benchmarks/sim_vs_h100.py [--png results/telemetry/sim_vs_h100.png] [--fit]
 
@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import itertools
 import math
 import pathlib
 from dataclasses import dataclass
 
 import numpy as np
-from _cli import check_out_file, field_help, write_atomic
+from _cli import check_out_file, field_help, write_atomic, write_json_atomic
 
 from telemetry import GpuSpec, SimulatedGpu, board_power_w, get_gpu_spec
 from telemetry.power_model import thermal_step
@@ -44,7 +45,7 @@ RIPPLE_WINDOWS_S = [(15.0, 23.3), (50.0, 58.3)]  # late duty25 and duty50: the d
 @dataclass
 class Args:
     png: str = "results/telemetry/sim_vs_h100.png"
-    """where the trace plot goes"""
+    """where the trace plot goes; the figures go beside it as .json"""
     period_s: float = DUTY_PERIOD_S
     """on/off period of the duty-cycle load, s"""
     fit: bool = False
@@ -52,7 +53,7 @@ class Args:
 
 
 def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     helps = field_help(Args)
     for field in dataclasses.fields(Args):
         if field.type == "bool":
@@ -65,6 +66,11 @@ def parse_args() -> Args:
     if not 0.0 < args.period_s < math.inf:
         parser.error(f"--period_s must be a positive, finite number of seconds, got {args.period_s}")
     check_out_file(parser, "--png", args.png, kind=".png")
+    figures = pathlib.Path(args.png).with_suffix(".json")
+    if figures == pathlib.Path(args.png):  # the figures would overwrite the plot
+        parser.error(f"--png {args.png}: the figures go beside it as .json; give a .png file path")
+    if figures.is_dir():
+        parser.error(f"--png {args.png}: the JSON beside it, {figures}, is a directory; give another .png file path")
     if find_reference_file() is None:
         parser.error(f"the measured trace {STEP_RESPONSE_CSV} was not found: set MOE_REFERENCE_DIR to the folder "
                      "that holds it (shared/reference; ../shared/reference beside the repository is found without "
@@ -218,15 +224,30 @@ if __name__ == "__main__":
         print(f"{c.phase:<8} {c.measured_power_w:>12.1f} {c.simulated_power_w:>7.1f} {c.power_error_pct:>6.1f} "
               f"{c.measured_temp_c:>12.1f} {c.simulated_temp_c:>6.1f} {c.temp_error_c:>6.1f} "
               f"{c.measured_clock_mhz:>14.0f} {c.simulated_clock_mhz:>6.0f} {c.clock_error_pct:>6.1f}")
+    steps = {}
     for name, step_s, settle_s in (("heating (duty100)", FULL_LOAD_STEP_S, FULL_LOAD_SETTLE_S),
                                    ("cooling (idle3)", COOLING_STEP_S, COOLING_SETTLE_S)):
         meas = step_response_shares(trace.t_s, trace.temp_c, step_s, settle_s)
         simd = step_response_shares(sim["t_s"], sim["temp_c"], step_s, settle_s)
+        steps[name] = {"measured": {**meas, "rise_90_s": rise_90_s(trace.t_s, trace.temp_c, step_s, settle_s)},
+                       "simulated": {**simd, "rise_90_s": rise_90_s(sim["t_s"], sim["temp_c"], step_s, settle_s)}}
         print(f"step {name:<18} share done at 0.5 s: measured {meas['fast_share']:.2f}, simulated "
-              f"{simd['fast_share']:.2f}; 90% done after: measured {rise_90_s(trace.t_s, trace.temp_c, step_s, settle_s):.1f} s, "
-              f"simulated {rise_90_s(sim['t_s'], sim['temp_c'], step_s, settle_s):.1f} s")
+              f"{simd['fast_share']:.2f}; 90% done after: measured {steps[name]['measured']['rise_90_s']:.1f} s, "
+              f"simulated {steps[name]['simulated']['rise_90_s']:.1f} s")
+    worst = {"temp_error_c": max(c.temp_error_c for c in rows), "power_error_pct": max(c.power_error_pct for c in rows),
+             "clock_error_pct": max(c.clock_error_pct for c in rows)}
     png = pathlib.Path(args.png)
     plot(trace, sim, png)
-    print(f"wrote {png}")
-    print(f"worst steady error: temperature {max(c.temp_error_c for c in rows):.1f} C, "
-          f"power {max(c.power_error_pct for c in rows):.1f} %, clock {max(c.clock_error_pct for c in rows):.1f} %")
+    # Each figure pairs the simulator's with the measured trace's (h100-step-response.csv, NVML on a real H100).
+    summary = {"benchmark": "sim_vs_h100", "figures": "simulated vs measured",
+               "device": f"simulated {spec.name} vs measured NVIDIA H100 80GB HBM3 (driver 580.159.04)",
+               "date": str(datetime.date.today()), "measured_trace": STEP_RESPONSE_CSV, "period_s": args.period_s,
+               "fitted": args.fit, "steady": "mean of each phase's last 8 s",
+               "phases": [{**dataclasses.asdict(c), "power_error_pct": c.power_error_pct,
+                           "temp_error_c": c.temp_error_c, "clock_error_pct": c.clock_error_pct} for c in rows],
+               "steps": steps, "worst": worst, "png": png.name}
+    figures = png.with_suffix(".json")
+    write_json_atomic(figures, summary)
+    print(f"wrote {png} and {figures}")
+    print(f"worst steady error: temperature {worst['temp_error_c']:.1f} C, power {worst['power_error_pct']:.1f} %, "
+          f"clock {worst['clock_error_pct']:.1f} %")

@@ -49,7 +49,7 @@ class Args:
 
 
 def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     types = {int: positive_int, float: positive_float}  # zero calls or seconds would time nothing (or divide by 0)
     helps = field_help(Args)
     for field in dataclasses.fields(Args):
@@ -87,9 +87,22 @@ def query_cost_us(source, field: str, repeats: int) -> float | None:
 
 
 def sampler_cost(source, rate_hz: float, seconds: float) -> dict:
-    """Run a sampler over source.sample at rate_hz: achieved rate and the process CPU it used (share of one core)."""
+    """Run a sampler over source.sample at rate_hz: achieved rate and the process CPU it used (share of one core).
+
+    The achieved rate is (reads - 1) / (last read - first read), on the host clock: reads over the whole wall time
+    count a fencepost (3 reads in 1 s at 2 Hz). The host clock, because a simulated source's samples carry simulated
+    time, which stands still while nothing executes. None with fewer than two reads (`seconds` under one period).
+    """
     buffer = SampleBuffer()
-    sampler = BackgroundSampler(source.sample, buffer, rate_hz)
+    read_s = []  # host time of each successful read, s
+
+    def read():
+        start_s = time.perf_counter()
+        sample = source.sample()
+        read_s.append(start_s)
+        return sample
+
+    sampler = BackgroundSampler(read, buffer, rate_hz)
     cpu0 = time.process_time()
     time.sleep(seconds)  # baseline: the process idle
     idle_cpu_s = time.process_time() - cpu0
@@ -99,7 +112,9 @@ def sampler_cost(source, rate_hz: float, seconds: float) -> dict:
     sampler.stop()
     busy_cpu_s = time.process_time() - cpu1
     wall_s = time.perf_counter() - wall1
-    return {"rate_hz": rate_hz, "achieved_hz": len(buffer) / wall_s,
+    span_s = read_s[-1] - read_s[0] if len(read_s) > 1 else 0.0
+    return {"rate_hz": rate_hz, "achieved_hz": (len(read_s) - 1) / span_s if span_s > 0.0 else None,
+            "reads": len(read_s), "span_s": span_s,
             "cpu_share_pct": 100.0 * max(busy_cpu_s - idle_cpu_s, 0.0) / wall_s}
 
 
@@ -171,7 +186,8 @@ if __name__ == "__main__":
               f"{'' if ref is None else format(ref, '.1f'):>32}")
     samplers = [sampler_cost(source, float(rate), args.sampler_s) for rate in args.rates_hz.split(",")]
     for row in samplers:
-        print(f"sampler {row['rate_hz']:>5.0f} Hz: achieved {row['achieved_hz']:6.1f} Hz, "
+        achieved = "n/a (under two reads)" if row["achieved_hz"] is None else f"{row['achieved_hz']:6.1f} Hz"
+        print(f"sampler {row['rate_hz']:>5g} Hz: achieved {achieved}, "
               f"process CPU {row['cpu_share_pct']:5.2f}% of one core")
     slowdown_pct, loop_what = loop_slowdown_pct(source, args.loop_s)
     kind = "nvml" if isinstance(source, NvmlSource) else monitor.source_kind

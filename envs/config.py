@@ -19,6 +19,8 @@ from telemetry import get_gpu_spec
 
 TELEMETRY_SOURCES = ("auto", "nvml", "simulated")
 SPLITS = ("train", "validation", "test")
+MAX_RUNTIME_TOKENS = 1 << 20  # a million tokens an interval: past any preset's use, short of hanging the env's build
+AMBIENT_LIMITS_C = (-20.0, 60.0)  # air a GPU can run in; hotter is past the thermal model's use
 MAX_TORCH_THREADS = 256  # far past any CPU's use; a huge count fails to map its threads' stacks, or segfaults
 
 
@@ -117,6 +119,8 @@ class EnvConfig:
             raise ValueError(f"EnvConfig.torch_threads must be at most {MAX_TORCH_THREADS}, got {self.torch_threads}")
         if not self.interval_s <= 3600.0:  # the simulated GPU steps through each interval: a huge one never ends
             raise ValueError(f"EnvConfig.interval_s must be at most 3600 s, got {self.interval_s}")
+        if not self.runtime_tokens <= MAX_RUNTIME_TOKENS:  # the runtime serves them all each interval, on the CPU too
+            raise ValueError(f"EnvConfig.runtime_tokens must be at most {MAX_RUNTIME_TOKENS}, got {self.runtime_tokens}")
         lo, hi = self.shift_range
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"EnvConfig.shift_range must satisfy 0 <= low <= high <= 1, got {self.shift_range}")
@@ -144,6 +148,9 @@ class EnvConfig:
                 f"EnvConfig ranges must be finite (low <= high): ambient {self.ambient_range_c}, cooling "
                 f"{self.cooling_range}"
             )
+        if not AMBIENT_LIMITS_C[0] <= self.ambient_range_c[0] <= self.ambient_range_c[1] <= AMBIENT_LIMITS_C[1]:
+            raise ValueError(f"EnvConfig.ambient_range_c must lie within {AMBIENT_LIMITS_C} C (the air around "
+                             f"the GPU), got {self.ambient_range_c}")  # fmt: skip
         if not 0 <= self.noise_std < math.inf:
             raise ValueError(f"EnvConfig.noise_std must be finite and >= 0, got {self.noise_std}")
         # Checked here, not where the backend and model are built, so that a CLI fails before it starts workers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -15,6 +16,7 @@ from envs.backends import IntervalResult, make_backend
 from envs.calibration import reward_reference
 from envs.config import EnvConfig
 from envs.observation import ObservationBuilder
+from envs.render import ansi_line, rgb_frame
 from envs.rewards import OBJECTIVES, reward, target_latency_ms
 from envs.workload import DemandTrace
 from moe_runtime import ControlAction, DomainSchedule, MoERuntime, ensure_pretrained, load_model, load_or_pretrain
@@ -48,7 +50,8 @@ class MoERoutingEnv(gym.Env):
     `Box(-1, 1, (E + 2,), float32)`: E selection biases (x `bias_range`), TTT frequency (log scale; below
     `ttt_off_below` means off), TTT chunk size (log scale, snapped). See `envs.actions`; `decode_action` and
     `encode_action` convert to and from `ControlAction`. Out-of-range values are clipped; NaN, inf or a wrong shape
-    raise `ValueError`.
+    raise `ValueError`. With `ttt=False` the space keeps its shape (a policy fits either) and the TTT entries are
+    ignored: TTT stays off.
 
     ## Observation Space
     `Box` float32 of fixed-scale features with finite bounds (values clipped): telemetry, KCM predictions for the
@@ -86,14 +89,14 @@ class MoERoutingEnv(gym.Env):
     - v0: initial release.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 1}
 
     def __init__(self, config: EnvConfig | None = None, render_mode: str | None = None, **kwargs):
         if config is not None and kwargs:
             raise ValueError("give either an EnvConfig or keyword arguments, not both")
         self.config = cfg = config or EnvConfig.from_kwargs(**kwargs)
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode {render_mode!r} is not supported; use None or 'ansi'")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode {render_mode!r} is not supported; use None, 'ansi' or 'rgb_array'")
         self.render_mode = render_mode
         torch.set_num_threads(1 if _FORKED_CHILD else cfg.torch_threads)
         self.backend = make_backend(cfg)
@@ -140,8 +143,12 @@ class MoERoutingEnv(gym.Env):
 
     # -- action helpers -------------------------------------------------------------------------------------------
     def decode_action(self, action) -> ControlAction:
-        """The `ControlAction` an action vector means (clipped; ValueError on NaN, inf or a wrong shape)."""
-        return self.codec.decode(action)
+        """The `ControlAction` an action vector means (clipped; ValueError on NaN, inf or a wrong shape); with
+        `ttt=False`, TTT off whatever the TTT entries say."""
+        control = self.codec.decode(action)
+        if self.runtime.ttt is None and control.ttt_enabled:
+            control = dataclasses.replace(control, ttt_frequency_tokens=0)
+        return control
 
     def encode_action(self, control: ControlAction) -> np.ndarray:
         """The action vector for a `ControlAction` (e.g. `ControlAction.uncontrolled()`)."""
@@ -308,22 +315,26 @@ class MoERoutingEnv(gym.Env):
         }
 
     def render(self):
-        if self.render_mode != "ansi" or self._last is None:
+        """The last interval: a line of text (`ansi`) or a 360 x 640 RGB frame (`rgb_array`); None before `reset`
+        or with no render mode."""
+        if self.render_mode is None or self._last is None:
             return None
-        r, c = self._last, self.runtime.action
-        return (
-            f"t={self._interval:3d} {r.report.domain:<5} loss {r.report.loss:5.3f} | {r.power_w:5.0f} W "
-            f"{r.temperature_c:5.1f} C {r.sm_clock_mhz:6.0f} MHz | {r.energy_per_token_j * 1e3:7.3f} mJ/tok "
-            f"lat {r.latency_ms:7.1f} ms backlog {r.backlog_tokens:9.0f} | ttt every {c.ttt_frequency_tokens} "
-            f"x{c.ttt_chunk_tokens} [{r.source}]"
-        )
+        if self.render_mode == "ansi":
+            return ansi_line(self._interval, self._last, self.runtime.action)
+        spec = self.backend.spec
+        return rgb_frame(self._interval, self._last, self.runtime.action, spec.tdp_w, spec.slowdown_temp_c)
 
     def close(self):
         self.backend.close()
 
 
 class MoERoutingMOEnv(MoERoutingEnv):
-    """`MoERoutingEnv` with the unweighted objective vector as reward (MO-Gymnasium convention)."""
+    """`MoERoutingEnv` with the unweighted objective vector as reward (MO-Gymnasium convention).
+
+    The reward is `float32[len(OBJECTIVES)]` in `reward_space` (reach it as `env.unwrapped.reward_space`: Gymnasium
+    1.x wrappers do not forward attributes). Gymnasium's own vector envs hold one scalar reward per env, so they
+    cannot batch this one; use MO-Gymnasium's `MOSyncVectorEnv`, or `MoERouting-v0` with `info["vector_reward"]`.
+    """
 
     def __init__(self, config: EnvConfig | None = None, render_mode: str | None = None, **kwargs):
         super().__init__(config, render_mode, **kwargs)

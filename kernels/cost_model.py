@@ -105,6 +105,12 @@ class KernelCostModel:
             same = get_gpu_spec(table_gpu).name == self.spec.name
         except ValueError:
             same = False
+        if not same and table_gpu == "CPU":
+            raise ValueError(
+                f"cost table {data_path} was measured on the CPU: such a table checks the fit on this machine "
+                "(python -m kernels.profile --validate), but the KCM prices GPUs; use the shipped table "
+                "(data_path='builtin'), the analytic model (None), or a table profiled on the GPU"
+            )
         if not same:
             device = table.meta.get("device", {}).get("name", "?")
             raise ValueError(

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from kernels._files import write_text_atomic
-from kernels.work import OPS
+from kernels.work import DTYPE_BYTES, OPS
 
 TABLE_FORMAT = "moe-energy-rl/kcm-cost-table"
 TABLE_VERSION = 1
@@ -276,6 +276,8 @@ def load_table(path: str | Path, fallback: CostTable) -> CostTable:
             f"cost table {path} has version {doc.get('version')!r}; this code reads version {TABLE_VERSION}. "
             "Regenerate it with python -m kernels.profile"
         )
+    if doc.get("dtype", "bfloat16") not in DTYPE_BYTES:
+        raise ValueError(f"cost table {path} has dtype {doc.get('dtype')!r}; it must be one of {tuple(DTYPE_BYTES)}")
     ops = doc.get("ops")
     if not isinstance(ops, dict) or not ops:
         raise ValueError(f"cost table {path} has no 'ops' section")
@@ -286,6 +288,9 @@ def load_table(path: str | Path, fallback: CostTable) -> CostTable:
             raise ValueError(f"cost table {path} names unknown op {op!r}; ops are {OPS}")
         if not isinstance(entry, dict):
             raise ValueError(f"cost table {path}: op {op!r} is {entry!r}, not a mapping of coefficients")
+        missing = [key for key in COEFFICIENTS if key not in entry]  # null, not absence, marks an unbounded rate
+        if missing:
+            raise ValueError(f"cost table {path}: op {op!r} lacks {missing}; regenerate it with python -m kernels.profile")
         for key in COEFFICIENTS:
             value = entry.get(key)
             rate = key in ("flops_per_s", "bytes_per_s")  # an unbounded rate (null) is allowed: no such limit

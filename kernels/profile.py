@@ -64,6 +64,23 @@ class Args:
     threads: int = 1  # CPU: torch threads while measuring (one per env worker; more oversubscribe a shared CPU)
 
 
+# --help of each `Args` field (argparse formats it: %% is a percent sign).
+HELP = {
+    "out": "benchmark this device's kernels, fit, and write the cost table (JSON) here; with --fit-reference, "
+    "where the fitted table goes (default: cost_table.json)",
+    "validate": "measure held-out shapes on this device and print the %% error of this cost table's latency (and, "
+    "on CUDA, energy) predictions",
+    "fit_reference": "fit to this measured CSV (../shared/reference/h100-op-costs.csv) instead of benchmarking, "
+    "holding out every 5th shape, and print the held-out error",
+    "gpu_type": "GPU model for --fit-reference: H100, H200, A100, V100 or L4 (default: H100)",
+    "quick": "benchmark a tiny fit grid (smoke tests); --validate measures the same held-out shapes either way",
+    "window_s": "CUDA: seconds of back-to-back calls per shape, inside one NVML energy window (the counter ticks "
+    "about every 0.1 s); unused on the CPU (default: 1.0)",
+    "threads": "CPU: torch threads while measuring, >= 1 (default: 1; one per env worker, more oversubscribe a "
+    "shared CPU)",
+}
+
+
 # ----- measured rows -----
 def read_reference(path: str | Path) -> tuple[Rows, np.ndarray]:
     """Rows of `h100-op-costs.csv` (busy_ms_per_op, energy_j_per_op, sm_clock_mhz) and the held-out mask.
@@ -327,9 +344,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, default in Args().__dict__.items():
         flag = "--" + name.replace("_", "-")
         if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true")
+            parser.add_argument(flag, action="store_true", help=HELP[name])
         else:
-            parser.add_argument(flag, type=type(default), default=default)
+            parser.add_argument(flag, type=type(default), default=default, help=HELP[name])
     args = Args(**vars(parser.parse_args(argv)))
     if not (args.fit_reference or args.validate or args.out):
         parser.error("give --out, --validate or --fit-reference")

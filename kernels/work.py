@@ -67,6 +67,11 @@ class KernelCall:
             raise ValueError(f"KernelCall phase {self.phase!r} is not one of {PHASES}")
         if self.tokens < 0:
             raise ValueError(f"KernelCall tokens must be >= 0, got {self.tokens}")
+        if not self.d_model > 0:
+            raise ValueError(f"KernelCall d_model must be positive, got {self.d_model}")
+        for name in ("d_ff", "heads", "seq_len", "experts"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"KernelCall {name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def backward_multiplier(self) -> int:

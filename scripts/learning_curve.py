@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> None:
         ax.axhline(np.mean(returns), color=colors[(len(data["runs"]) + j) % len(colors)], ls="--", label=name)
     ax.set_xlabel("env steps")
     ax.set_ylabel(f"episode return [{data['source']}]")
-    ax.set_title(f"held-out evaluation (markers: mean ± sd of {eval_episodes} episode{'s' if eval_episodes != 1 else ''}); faint: training episodes")
+    faint = "; faint: training episodes" if any(e["train_steps"] for e in data["runs"].values()) else ""
+    plural = "s" if eval_episodes != 1 else ""
+    ax.set_title(f"held-out evaluation (markers: mean ± sd of {eval_episodes} episode{plural}){faint}")
     if ax.get_legend_handles_labels()[0]:  # a run with no evaluation yet and no baseline has nothing to name
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

@@ -174,6 +174,9 @@ class GpuSystemMonitor:
     def begin_window(self, name: str, sync: bool = True) -> None:
         """Open a named window (windows nest and overlap by name).
 
+        A simulated source's clock advances only through its `execute` and `idle`, not with wall time: a window
+        around host work or a `time.sleep` alone reads duration_s = 0.0, energy_j = 0.0, accurate=True.
+
         Args:
             name: window name; must not be open already.
             sync: wait for queued CUDA work first, so the window starts after it.
@@ -244,7 +247,11 @@ class GpuSystemMonitor:
         )
 
     def window(self, name: str, sync: bool = True) -> EnergyWindow:
-        """`with monitor.window("step") as w: ...`; afterwards `w.measurement` holds the result."""
+        """`with monitor.window("step") as w: ...`; afterwards `w.measurement` holds the result.
+
+        A simulated source's window spans only its `execute` and `idle` calls: around a `time.sleep(0.5)` alone it
+        reads duration_s = 0.0, energy_j = 0.0, accurate=True (see `begin_window`).
+        """
         return EnergyWindow(self, name, sync)
 
     @property

@@ -111,6 +111,10 @@ class SimulatedGpu:
       - thermal: die and heatsink nodes, advanced with the exact 2x2 matrix exponential; past the slowdown
         temperature the clock steps down ("sw_thermal_slowdown"; "hw_thermal_slowdown" at shutdown temperature).
 
+    Time is simulated: it advances only through `execute` and `idle`, never with the wall clock. Host time spent
+    elsewhere (a `time.sleep`, real work) is invisible to it: a `GpuSystemMonitor` window around it measures
+    duration_s = 0.0 and energy_j = 0.0, still accurate=True. Call `idle(seconds)` for time the GPU sits idle.
+
     Args:
         spec_or_name: a `GpuSpec` or a name for `get_gpu_spec` ("H100", "L4", ...).
         seed: seeds the sensor noise (None: unseeded); with noise_std = 0 the GPU is deterministic anyway.

@@ -34,6 +34,7 @@ CASES = [
     ("telemetry_overhead", ["--rates_hz", "10,0"], "--rates_hz '10,0': give positive rates in Hz, comma-separated"),
     ("telemetry_overhead", ["--out", "afile/x.json"], "--out afile/x.json: afile is a file, not a directory"),
     ("sim_vs_h100", ["--png", "adir"], "--png adir is a directory; give a .png file path"),
+    ("sim_vs_h100", ["--png", "plot.json"], "--png plot.json: the figures go beside it as .json; give a .png file"),
 ]
 
 
@@ -162,6 +163,39 @@ def test_sim_vs_h100_without_the_measured_trace_says_where_to_point(monkeypatch,
         module.parse_args()
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert stop.value.code == 2 and "h100-step-response.csv was not found: set MOE_REFERENCE_DIR" in last
+
+
+def load_benchmark(name: str, monkeypatch):
+    """benchmarks/`name`.py as a module, imported the way the script runs (`from _cli import ...`)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("script", "entry"), [("telemetry_overhead", "parse_args"), ("runtime_step", "main"),
+                                               ("sim_vs_h100", "parse_args")])  # fmt: skip
+def test_help_shows_the_whole_first_paragraph(script, entry, monkeypatch, capsys):
+    """--help describes the script in full sentences: the docstring's first paragraph, not its first line."""
+    module = load_benchmark(script, monkeypatch)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--help"])
+    with pytest.raises(SystemExit) as stop:
+        getattr(module, entry)()
+    shown = "".join(capsys.readouterr().out.split())  # argparse wraps the lines (and breaks them at hyphens)
+    assert stop.value.code == 0 and "".join(module.__doc__.split("\n\n")[0].split()) in shown
+
+
+def test_kernels_profile_help_describes_every_option(capsys):
+    from kernels import profile
+
+    with pytest.raises(SystemExit) as stop:
+        profile.main(["--help"])
+    shown = "".join(capsys.readouterr().out.split())  # argparse wraps the lines (and breaks them at hyphens)
+    assert stop.value.code == 0 and set(profile.HELP) == set(vars(profile.Args()))
+    for name, text in profile.HELP.items():
+        assert f"--{name.replace('_', '-')}" in shown and "".join(text.replace("%%", "%").split()) in shown, name
 
 
 @pytest.mark.parametrize("script", ["agent_router_nvml", "profile_small_moe"])

@@ -91,6 +91,8 @@ BAD_TABLES = [  # (file content or edit, message fragment)
     (lambda d: d["ops"].update(gemm_up=5), "op 'gemm_up' is 5, not a mapping"),  # was an AttributeError
     (lambda d: d["ops"]["gemm_up"].update(dispatch_s=float("inf")), "bad dispatch_s"),  # failed later, as NaN
     (lambda d: d["ops"]["gemm_up"].update(dispatch_s=True), "bad dispatch_s"),
+    (lambda d: d.update(dtype="int8"), "has dtype 'int8'; it must be one of"),  # was priced as bfloat16
+    (lambda d: d["ops"]["gemm_up"].pop("bytes_per_s"), r"op 'gemm_up' lacks \['bytes_per_s'\]"),  # was unbounded
 ]
 
 
@@ -129,7 +131,7 @@ def test_profile_cli_on_cpu(tmp_path, capsys):
     profile_main(["--validate", str(table), "--quick"])
     out = capsys.readouterr().out
     assert "latency only" in out and "median" in out
-    with pytest.raises(ValueError, match="cpu_table.json"):
+    with pytest.raises(ValueError, match="cpu_table.json was measured on the CPU: .* the KCM prices GPUs"):
         KernelCostModel("H100", data_path=table)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -360,3 +361,19 @@ def test_temperature_impact_follows_the_two_node_thermal_model(models):
         steady = (power_w - idle_w) * (spec.die_resistance_c_per_w + spec.sink_resistance_c_per_w)
         assert kcm._temp_rise_c(power_w, clock, 1e4) == pytest.approx(steady, rel=1e-9)
         assert steady == pytest.approx(steady_temperature_c(spec, power_w) - steady_temperature_c(spec, idle_w))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(op="gemm_sideways"), "op 'gemm_sideways' is not one of"),
+        (dict(phase="train"), "phase 'train' is not one of"),
+        (dict(tokens=-1), "tokens must be >= 0, got -1"),
+        (dict(d_model=0), "d_model must be positive, got 0"),  # was accepted: a zero-cost GEMM
+        (dict(d_ff=-64), "d_ff must be >= 0, got -64"),
+        (dict(heads=-1), "heads must be >= 0, got -1"),
+    ],
+)
+def test_a_bad_kernel_call_names_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        KernelCall(**{"op": "gemm_up", "tokens": 64, "d_model": 128, "d_ff": 256, **kwargs})

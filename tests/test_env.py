@@ -27,6 +27,8 @@ BAD_KWARGS = [
     dict(noise_std=float("nan")),  # was accepted: NaN energy and rewards
     dict(ambient_range_c=(20.0, float("inf"))),  # was numpy's OverflowError at reset
     dict(seed=-1),
+    dict(runtime_tokens=10**9),  # the build calibrated on it for minutes and gigabytes
+    dict(ambient_range_c=(200.0, 300.0)),  # was accepted: a 302 C GPU
 ]
 
 
@@ -371,12 +373,45 @@ def test_multi_objective_variant_returns_the_vector(env):
     mo.close()
 
 
-def test_render_ansi():
+def test_render_ansi_and_rgb_array():
     e = MoERoutingEnv(**TINY, render_mode="ansi")
+    assert e.render() is None  # nothing served yet
     e.reset(seed=0)
-    e.step(e.action_space.sample())
+    e.step(e.encode_action(ControlAction(routing_biases=(0.5, 0, 0, -0.5), ttt_frequency_tokens=0)))
     line = e.render()
-    assert "W" in line and "simulated" in line
+    assert "W" in line and "simulated" in line and "ttt off" in line
+    e.close()
+    e = MoERoutingEnv(**TINY, render_mode="rgb_array")
+    e.reset(seed=0)
+    first = e.render()
+    assert first.shape == (360, 640, 3) and first.dtype == np.uint8 and first.std() > 0  # drawn, not blank
+    e.step(e.encode_action(ControlAction(routing_biases=(2.0, -2.0, 2.0, -2.0), ttt_frequency_tokens=0)))
+    assert np.abs(e.render().astype(int) - first).sum() > 0  # the frame follows the interval
+    e.close()
+    with pytest.raises(ValueError, match="render_mode 'human' is not supported; use None, 'ansi' or 'rgb_array'"):
+        MoERoutingEnv(**TINY, render_mode="human")
+
+
+def test_sb3_make_vec_env_builds_the_env():
+    """SB3's make_vec_env asks for render_mode="rgb_array" unless told otherwise."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    venv = make_vec_env("MoERouting-v0", n_envs=1, env_kwargs=dict(TINY))
+    obs = venv.reset()
+    assert obs.shape == (1, *venv.observation_space.shape)
+    venv.close()
+
+
+def test_without_ttt_the_ttt_entries_are_ignored():
+    """ttt=False keeps the action shape; an action asking for TTT runs with TTT off instead of failing."""
+    e = MoERoutingEnv(**{**TINY, "ttt": False})
+    assert e.action_space.shape == (6,)
+    e.reset(seed=0)
+    wants_ttt = e.encode_action(ControlAction(routing_biases=(0.3, 0, 0, 0), ttt_frequency_tokens=256))
+    assert e.decode_action(wants_ttt).routing_biases[0] == pytest.approx(0.3, abs=1e-3)
+    _, _, _, _, info = e.step(wants_ttt)
+    assert info["ttt_frequency_tokens"] == 0 and e.runtime.action.ttt_frequency_tokens == 0
+    assert e.runtime.action.biases(4)[0] == pytest.approx(0.3, abs=1e-3)
     e.close()
 
 

@@ -362,7 +362,8 @@ def test_main_suite_without_a_trained_policy_says_so(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ([], "was trained on observations of shape (63,); this env's are (43,)"),
+        ([], "was trained on observations of shape (63,); this env's are (43,) (another preset or expert count? A "
+             "suite's trained policy is set with --trained-policy PATH, or '' for none)"),
         (["--trained-policy", "", "--policies", "load_balance(stepp=1)"], "stepp"),
     ],
 )

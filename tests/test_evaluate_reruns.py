@@ -155,7 +155,8 @@ def test_a_run_with_a_renamed_column_is_read_and_resumed(finished_run, tmp_path)
 # suite: what its report has that a report with the default title, baselines and no notes or section lacks
 SUITE_REPORTS = {
     "routers": ["# Router comparison", "## Improvement over EnergyAwareTTTRouter", "## Router comparison tables"],
-    "ttt-allocation": ["# TTT allocation", "## Improvement over fixed_1x", "## TTT allocation: compute vs loss"],
+    "ttt-allocation": ["# TTT allocation", "## Improvement over fixed_1x", "## TTT allocation: compute vs loss",
+                       "(`fixed_1x`, `fixed_2x`, `fixed_4x` trained nothing: episodes shorter than their update"],
     "main": ["# Main comparison (held-out seeds)", "> No committed trained policy at ``: evaluated without it.",
              "## Improvement over kcm_greedy"],
 }

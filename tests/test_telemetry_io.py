@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import pathlib
 import re
@@ -114,6 +115,15 @@ def test_sim_vs_h100_benchmark_ends_with_the_worst_error_line(tmp_path):
     match = re.fullmatch(r"worst steady error: temperature ([\d.]+) C, power ([\d.]+) %, clock ([\d.]+) %", last)
     assert match and float(match[1]) <= 3 and float(match[2]) <= 10 and float(match[3]) <= 10
     assert png.stat().st_size > 10_000
+    figures = json.loads(png.with_suffix(".json").read_text())  # the printed figures, beside the plot
+    assert figures["figures"] == "simulated vs measured" and figures["png"] == "sim.png"
+    assert [row["phase"] for row in figures["phases"]][:2] == ["idle0", "duty25"]
+    worst = figures["worst"]
+    assert last == (f"worst steady error: temperature {worst['temp_error_c']:.1f} C, "
+                    f"power {worst['power_error_pct']:.1f} %, clock {worst['clock_error_pct']:.1f} %")
+    assert worst["temp_error_c"] == max(row["temp_error_c"] for row in figures["phases"])
+    assert set(figures["steps"]) == {"heating (duty100)", "cooling (idle3)"}
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_overhead_benchmark_runs_with_a_tiny_budget(tmp_path):
@@ -125,3 +135,15 @@ def test_overhead_benchmark_runs_with_a_tiny_budget(tmp_path):
     assert summary["telemetry_source"] == "simulated" and summary["figures"].startswith("measured")
     assert summary["query_us"]["temperature_c"] > 0
     assert [row["rate_hz"] for row in summary["samplers"]] == [10.0, 100.0]
+
+
+def test_sampler_achieved_rate_counts_intervals_not_reads(monkeypatch):
+    """4 Hz for 0.625 s: reads at 0, 0.25 and 0.5 s are 4 Hz, not 3 reads / 0.625 s = 4.8 Hz (a fencepost)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # as when run as a script: `from _cli import ...`
+    spec = importlib.util.spec_from_file_location("telemetry_overhead_bench", REPO / "benchmarks/telemetry_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    row = module.sampler_cost(tel.SimulatedGpu("H100"), rate_hz=4.0, seconds=0.625)
+    assert row["reads"] == 3 and row["achieved_hz"] == pytest.approx(4.0, rel=0.05), row
+    assert module.sampler_cost(tel.SimulatedGpu("H100"), rate_hz=1.0, seconds=0.2)["achieved_hz"] is None

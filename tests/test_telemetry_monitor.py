@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -102,6 +103,17 @@ def test_windows_nest_and_overlap_by_name_on_the_simulator():
     assert outer.throttled_share > 0.3 and outer.peak_temperature_c > 60
     assert inner.power_w == pytest.approx(inner.energy_j / inner.duration_s)
     assert outer.sm_clock_mhz < gpu.spec.boost_sm_clock_mhz and outer.temperature_source == "samples"
+
+
+def test_a_simulated_window_sees_simulated_time_only():
+    """Host time does not move the simulator (as the docstrings say): a window around a sleep alone is empty."""
+    monitor = tel.GpuSystemMonitor(source="simulated")
+    with monitor.window("sleep") as slept:
+        time.sleep(0.05)
+    with monitor.window("idle") as idled:
+        monitor.source.idle(0.5)
+    assert (slept.measurement.duration_s, slept.measurement.energy_j, slept.measurement.accurate) == (0.0, 0.0, True)
+    assert idled.measurement.duration_s == pytest.approx(0.5) and idled.measurement.energy_j > 0
 
 
 def test_window_names_are_checked():
