@@ -80,13 +80,17 @@ def run_groups(labels: list[str]) -> dict[str, list[str]]:
     return {g: members for g, members in groups.items() if len(members) > 1}
 
 
-def run_name(path: Path, pattern: Path) -> str:
-    """The training run a glob's match belongs to: the folder the pattern's first wildcard folder matched
-    (`runs/ppo_s*/best/best_model.zip` -> `ppo_s0`, train_agent.py's layout), else the saved model's folder."""
-    folders = [i for i, part in enumerate(pattern.parts[:-1]) if glob.has_magic(part)]
-    if folders and len(path.parts) == len(pattern.parts):
-        return path.parts[folders[0]]
-    return run_folder(path).name
+def run_names(paths: list[Path], pattern: Path) -> list[str]:
+    """The training run each of a glob's matches belongs to: its run folder's name (`run_folder`: the model's
+    folder, or its parent for train_agent.py's `best/`); where two share that name (`a/s0` and `b/s0`), the folders
+    the pattern's wildcards matched, joined by '-' (`a-s0`)."""
+    names = [run_folder(p).name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    wild = [i for i, part in enumerate(pattern.parts[:-1]) if glob.has_magic(part)]
+    if not wild or any(len(p.parts) != len(pattern.parts) for p in paths):
+        return names  # nothing better to tell them apart by: expand_runs says so
+    return ["-".join(p.parts[i] for i in wild) for p in paths]
 
 
 def run_folder(path: Path) -> Path:
@@ -108,7 +112,7 @@ def expand_runs(text: str, controllers: tuple[str, ...]) -> list[PolicySpec]:
     paths = sorted(glob.glob(pattern))
     if not paths:
         raise UsageError(f"policy {text!r}: no saved model matches {pattern} (train runs with train_agent.py --out)")
-    runs = [run_name(Path(p), Path(pattern)) for p in paths]
+    runs = run_names([Path(p) for p in paths], Path(pattern))
     if len(set(runs)) < len(runs):
         raise UsageError(f"policy {text!r}: the matches {paths} do not each have their own run folder")
     group = label or next(part for part in Path(pattern).parts if glob.has_magic(part))

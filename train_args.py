@@ -250,10 +250,15 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
     if args.algo not in ALGOS:
         parser.error(f"--algo {args.algo!r} is not one of {sorted(ALGOS)}")
     check_env_id(parser, args.env_id)
-    telemetry_flag = f"--telemetry {args.telemetry}"
+    telemetry_from = "--telemetry "  # where the setting came from, for the messages
     if not args.telemetry:  # the measured env's nvml must not be overridden by a default the user never chose
-        args.telemetry = gym.spec(args.env_id).kwargs.get("telemetry", "simulated")
-        telemetry_flag = f"--env-id {args.env_id} (telemetry {args.telemetry})"
+        try:
+            paired = parse_key_values(args.env_kwargs, "--env-kwargs").get("telemetry")
+        except ValueError:
+            paired = None  # a malformed pair is reported where the pairs are read, below
+        registered = gym.spec(args.env_id).kwargs.get("telemetry")
+        args.telemetry = str(paired or registered or "simulated")
+        telemetry_from = "--env-kwargs telemetry:" if paired else f"--env-id {args.env_id}'s telemetry " if registered else ""
     if args.timesteps <= 0:
         parser.error(f"--timesteps must be positive, got {args.timesteps}")
     if args.n_envs < 1:
@@ -261,9 +266,9 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
     if args.vec not in ("auto", "subproc", "dummy"):
         parser.error(f"--vec must be subproc, dummy or auto, got {args.vec!r}")
     if args.telemetry not in ("simulated", "nvml", "auto"):  # "" resolved above
-        parser.error(f"--telemetry must be simulated, nvml or auto, got {args.telemetry!r}")
+        parser.error(f"{telemetry_from}{args.telemetry} is not one of simulated, nvml or auto")
     if args.telemetry == "nvml" and (reason := measured_backend_unavailable()):
-        parser.error(f"{telemetry_flag}: {reason}")
+        parser.error(f"{telemetry_from}nvml: {reason}")
     for name in ("eval_freq", "checkpoint_freq"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")

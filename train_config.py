@@ -89,7 +89,8 @@ def run_config(args: Any, derived: dict[str, Any], normalize: dict | None) -> di
         "hyperparams_adjusted": plain(derived.get("hyperparams_adjusted", {})),
         "vec_normalize": plain(normalize),
         "env_kwargs": plain(derived["env_kwargs"]),
-        "env_config": plain(EnvConfig.from_kwargs(**derived["env_kwargs"])),
+        # what gym.make builds: the env id's registered kwargs (MoERoutingMeasured-v0's gpu preset) under the run's
+        "env_config": plain(EnvConfig.from_kwargs(**{**gym.spec(args.env_id).kwargs, **derived["env_kwargs"]})),
         "eval_env_kwargs": plain(derived["eval_env_kwargs"]),
         "versions": plain(
             {

@@ -326,18 +326,21 @@ def make_controller(name: str, env: Any, **kwargs) -> Controller:
     if name not in CONTROLLERS:
         raise ValueError(f"unknown controller {name!r}; choose one of {sorted(CONTROLLERS)}")
     allowed = controller_arguments(name)
-    unknown = sorted(set(kwargs) - set(allowed))
+    unknown = sorted(set(kwargs) - set(allowed)) if allowed is not None else []
     if unknown:  # said here, not as a TypeError from the class's __init__ that lists nothing
         raise TypeError(f"{name}: unknown argument(s) {unknown}; it takes {', '.join(allowed) or 'none'}")
     spec = ControlSpec.from_env(env)
     return CONTROLLERS[name](env, spec, **kwargs)
 
 
-def controller_arguments(name: str) -> list[str]:
-    """The keyword arguments the controller `name` takes (beside its spec)."""
+def controller_arguments(name: str) -> list[str] | None:
+    """The keyword arguments the controller `name` takes (beside its spec); None for a controller whose class this
+    does not know (its arguments are then left to its constructor)."""
     from agents.heuristic import EnergyAwareTTTRouter
 
     kind = {"heuristic": EnergyAwareTTTRouter, "no_control": NoControl, "load_balance": LoadBalance,
-            "fixed_ttt": FixedTTT, "kcm_greedy": KcmGreedy, "random": RandomController}[name]  # fmt: skip
+            "fixed_ttt": FixedTTT, "kcm_greedy": KcmGreedy, "random": RandomController}.get(name)  # fmt: skip
+    if kind is None:
+        return None
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return [p.name for p in inspect.signature(kind).parameters.values() if p.kind in named and p.name != "spec"]

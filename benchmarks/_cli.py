@@ -97,8 +97,20 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> None:
-    """`data` as indented JSON, written atomically (`write_atomic`)."""
-    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
+    """`data` as indented JSON, written atomically (`write_atomic`); NaN and infinities as null (strict JSON has
+    none, and strict parsers refuse Python's `NaN`)."""
+    text = json.dumps(_finite_or_none(data), indent=1, allow_nan=False)
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def _finite_or_none(data):
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite_or_none(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite_or_none(v) for v in data]
+    return data
 
 
 def gpu_only_cli(description: str, needs: str) -> None:

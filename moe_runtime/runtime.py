@@ -229,7 +229,7 @@ class MoERuntime:
         if self.ttt is None and action.ttt_enabled:
             raise ValueError(
                 f"ControlAction turns TTT on (every {action.ttt_frequency_tokens} tokens) but this runtime has no TTT "
-                "engine; build it with one, MoERuntime(..., ttt=TTTEngine(model, TTTConfig())), or keep TTT off"
+                "engine; build it with one, MoERuntime(..., ttt=TTTEngine(TTTConfig())), or keep TTT off"
             )
         biases = action.biases(self.config.num_experts)  # checked before anything changes
         if self.ttt is not None:

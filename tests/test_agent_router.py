@@ -197,7 +197,7 @@ def test_agent_router_names_the_interval_when_ttt_is_asked_of_a_runtime_without_
     runtime = MoERuntime(TINY)  # no TTT engine
     router = AgentRouter("fixed_ttt", runtime, monitor=SimulatedGpu("H100", seed=1))
     before = runtime.action
-    with pytest.raises(ValueError, match=r"no TTT engine; build it with one, MoERuntime\(\.\.\., ttt=TTTEngine.*"
+    with pytest.raises(ValueError, match=r"no TTT engine; build it with one, MoERuntime\(\.\.\., ttt=TTTEngine\(TTTConfig\(\)\)\).*"
                                          r"after interval 0, which was served and is in router.last_record"):
         router.step()
     assert router.last_record.interval == 0 and runtime.action == before

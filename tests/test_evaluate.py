@@ -160,8 +160,16 @@ def test_best_models_in_train_agents_layout_are_labelled_by_their_run(tmp_path):
     ]
     assert evaluate.run_groups([s.label for s in specs]) == {"warm": ["warm@ppo_kcm_s0", "warm@ppo_kcm_s1"]}
     assert evaluate.parse_policy(f"ppo:{tmp_path}/ppo_kcm_s0/best/best_model.zip", names).label == "ppo:ppo_kcm_s0"
-    nested = evaluate.parse_policies(f"ppo:{tmp_path}/*/best/*.zip", names)  # the wildcard folder names the run
+    nested = evaluate.parse_policies(f"ppo:{tmp_path}/*/best/*.zip", names)
     assert [s.label for s in nested] == ["*@ppo_kcm_s0", "*@ppo_kcm_s1"]
+    for method in ("a", "b"):  # two methods' seed folders under one wildcard: each run is its own folder ...
+        for seed in ("s0", "s1"):
+            (tmp_path / "sweep" / method / seed).mkdir(parents=True)
+            (tmp_path / "sweep" / method / seed / "model.zip").write_bytes(b"")
+    one = evaluate.parse_policies(f"w=ppo:{tmp_path}/sweep/a/s*/model.zip", names)
+    assert [s.label for s in one] == ["w@s0", "w@s1"]
+    both = evaluate.parse_policies(f"w=ppo:{tmp_path}/sweep/*/s*/model.zip", names)  # ... named apart by the wildcards
+    assert [s.label for s in both] == ["w@a-s0", "w@a-s1", "w@b-s0", "w@b-s1"]
 
 
 def test_baselines_name_policies_of_the_comparison(tmp_path, capsys):

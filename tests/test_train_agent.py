@@ -21,6 +21,7 @@ from train_testing import REPO, TINY_RUN, exits_with
 import agents
 import train_agent
 import train_args
+import train_config
 from envs import Workload
 
 BAD_FLAGS = [
@@ -53,7 +54,7 @@ BAD_FLAGS = [
     (["--hyperparams", "policy_kwargs:{foo: 1}"], "unknown policy_kwargs ['foo'] of the ppo ActorCriticPolicy"),
     (["--algo", "td3", "--hyperparams", "policy_kwargs:{ortho_init: true}"], "unknown policy_kwargs ['ortho_init']"),
     *([(["--env-kwargs", "telemetry:nvml"], "--env-kwargs telemetry:nvml: ")] if not torch.cuda.is_available() else []),
-    *([(["--env-id", "MoERoutingMeasured-v0"], "--env-id MoERoutingMeasured-v0 (telemetry nvml): ")]
+    *([(["--env-id", "MoERoutingMeasured-v0"], "--env-id MoERoutingMeasured-v0's telemetry nvml: ")]
       if not torch.cuda.is_available() else []),
 ]
 
@@ -179,9 +180,12 @@ def test_the_measured_env_id_trains_measured_with_the_same_hyperparameters(monke
         args, derived = train_args.parse_args(["--algo", algo, "--env-id", "MoERoutingMeasured-v0",
                                                "--out", str(tmp_path / algo)])  # fmt: skip
         assert args.telemetry == "nvml" and derived["env_kwargs"]["telemetry"] == "nvml"
+        env_config = train_config.run_config(args, derived, None)["env_config"]  # what config.yaml records
+        assert env_config["telemetry"] == "nvml" and env_config["model"]["preset_name"] == "gpu"  # the registered preset
         assert derived["hyperparams"] == train_args.parse_args(["--algo", algo, "--out", str(tmp_path)])[1]["hyperparams"]
-    args, derived = train_args.parse_args(["--telemetry", "simulated", "--env-id", "MoERoutingMeasured-v0"])
-    assert derived["env_kwargs"]["telemetry"] == "simulated"  # given, it wins
+    for given in (["--telemetry", "simulated"], ["--env-kwargs", "telemetry:simulated"]):  # given, it wins
+        args, derived = train_args.parse_args([*given, "--env-id", "MoERoutingMeasured-v0"])
+        assert args.telemetry == derived["env_kwargs"]["telemetry"] == "simulated"
     assert train_args.parse_args([])[0].telemetry == "simulated"  # MoERouting-v0's default
 
 
