@@ -9,14 +9,17 @@ from envs.backends import IntervalResult
 from moe_runtime import ControlAction
 
 
+def ttt_schedule(control: ControlAction) -> str:
+    """`ttt every F xC` (tokens between updates, chunk tokens), or `ttt off`."""
+    return f"ttt every {control.ttt_frequency_tokens} x{control.ttt_chunk_tokens}" if control.ttt_enabled else "ttt off"
+
+
 def ansi_line(interval: int, r: IntervalResult, control: ControlAction) -> str:
     """One line: the interval's stream, power, heat, clock, cost, latency, backlog and TTT schedule."""
-    ttt = (f"ttt every {control.ttt_frequency_tokens} x{control.ttt_chunk_tokens}" if control.ttt_enabled
-           else "ttt off")  # fmt: skip
     return (
         f"t={interval:3d} {r.report.domain:<5} loss {r.report.loss:5.3f} | {r.power_w:5.0f} W "
         f"{r.temperature_c:5.1f} C {r.sm_clock_mhz:6.0f} MHz | {r.energy_per_token_j * 1e3:7.3f} mJ/tok "
-        f"lat {r.latency_ms:7.1f} ms backlog {r.backlog_tokens:9.0f} | {ttt} [{r.source}]"
+        f"lat {r.latency_ms:7.1f} ms backlog {r.backlog_tokens:9.0f} | {ttt_schedule(control)} [{r.source}]"
     )
 
 
@@ -54,10 +57,9 @@ def rgb_frame(
                                  f"{r.temperature_c:.1f} of {slowdown_temp_c:.0f} C\n(slowdown)"])  # fmt: skip
     hardware.set_xlabel("share")
     hardware.yaxis.tick_right()
-    ttt = f"TTT every {control.ttt_frequency_tokens} x{control.ttt_chunk_tokens}" if control.ttt_enabled else "TTT off"
     fig.suptitle(
         f"t={interval} {r.report.domain}  loss {r.report.loss:.3f}  {r.energy_per_token_j * 1e3:.3f} mJ/tok  "
-        f"latency {r.latency_ms:.1f} ms  {ttt}  [{r.source}]",
+        f"latency {r.latency_ms:.1f} ms  {ttt_schedule(control)}  [{r.source}]",
         fontsize=8,
     )
     fig.tight_layout()
