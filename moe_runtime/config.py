@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 # Expert widths as multiples of a base width: 0.25x to 2x, so that routing load to an expert changes both its cost
@@ -60,13 +61,22 @@ class MoEConfig:
     preset_name: str = "default"
 
     def __post_init__(self) -> None:
+        if isinstance(self.expert_widths, (str, bytes)) or not isinstance(self.expert_widths, Iterable):
+            raise ValueError(
+                f"MoEConfig.expert_widths must be a sequence of num_experts integer widths, got {self.expert_widths!r}"
+            )
         if any(isinstance(w, bool) or not isinstance(w, numbers.Integral) for w in self.expert_widths):
             raise ValueError(f"MoEConfig.expert_widths must be integers, got {self.expert_widths!r}")
         self.expert_widths = tuple(int(w) for w in self.expert_widths)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "num_experts", "top_k", "seq_len", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            value = getattr(self, name)  # numpy integers too (a sweep's values): kept as int, for the cache key's JSON
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
                 raise ValueError(f"MoEConfig.{name} must be a positive integer, got {value!r}")
+            setattr(self, name, int(value))
+        for name in ("dropout", "aux_loss_coef"):  # a string failed below with a TypeError naming neither
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"MoEConfig.{name} must be a number, got {value!r}")
         if self.vocab_size < 256:  # the streams serve bytes: a smaller embedding fails on the first one past it
             raise ValueError(f"MoEConfig.vocab_size must be >= 256 (byte tokens), got {self.vocab_size}")
         if self.top_k > self.num_experts:
@@ -87,6 +97,7 @@ class MoEConfig:
             raise ValueError(f"MoEConfig.aux_loss_coef must be finite and >= 0, got {self.aux_loss_coef}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:  # numpy takes no other
             raise ValueError(f"MoEConfig.seed must be an integer >= 0, got {self.seed!r}")
+        self.seed = int(self.seed)
         if self.dtype not in DTYPES + ("auto",):
             raise ValueError(f"MoEConfig.dtype {self.dtype!r} is not one of {DTYPES + ('auto',)}")
         if self.device not in DEVICES:

@@ -16,13 +16,18 @@ import moe_runtime as mr
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="default")
-    parser.add_argument("--intervals", type=int, default=8)
-    parser.add_argument("--interval-tokens", type=int, default=1024)
-    parser.add_argument("--shift-tokens", type=int, default=4096)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = argparse.ArgumentParser(prog="python -m moe_runtime.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="default", help="MoEConfig preset: tiny, default or gpu (default: default)")
+    parser.add_argument("--intervals", type=int, default=8, help="control intervals to serve (default: 8)")
+    parser.add_argument("--interval-tokens", type=int, default=1024, help="tokens per interval (default: 1024)")
+    parser.add_argument(
+        "--shift-tokens",
+        type=int,
+        default=4096,
+        help="prose tokens served before the stream shifts to code (default: 4096)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="model and stream seed (default: 0)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     args = parser.parse_args(argv)
     for name in ("intervals", "interval_tokens", "threads"):  # before the model is loaded or pretrained
         if getattr(args, name) < 1:

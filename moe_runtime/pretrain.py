@@ -43,11 +43,12 @@ class PretrainConfig:
     """Pretraining settings.
 
     Attributes:
-        steps: optimiser steps.
-        lr: peak learning rate.
+        steps: optimiser steps (batches of `MoEConfig.batch_size` sequences of `seq_len` tokens).
+        lr: peak learning rate (AdamW; linear warm-up, then cosine decay to a tenth of it).
         warmup_steps: linear warm-up steps.
         weight_decay: AdamW weight decay.
-        corpus: domain or path the model learns (`prose` by default; the shift meets `code`).
+        corpus: domain or path the model learns (`prose` by default; the shift meets `code`). The reported losses
+            are on the prose and code validation splits whatever the corpus.
         eval_tokens: validation tokens per domain for the reported losses.
         checkpoint_every: steps between resumable `.partial` saves.
         cache_dir: where checkpoints live (default `$MOE_RL_CACHE` or `~/.cache/moe-energy-rl`).
@@ -262,14 +263,37 @@ def load_or_pretrain(cfg: MoEConfig, pcfg: PretrainConfig | None = None) -> MoET
         raise CheckpointError(f"{exc}; delete it, and the next run pretrains the model again") from exc
 
 
+def _field_help(cls) -> dict[str, str]:
+    """Each field's line from the class docstring's Attributes section (with its continuation lines), for --help."""
+    helps, name = {}, None
+    for line in (cls.__doc__ or "").split("Attributes:")[-1].splitlines():
+        head, sep, text = line.strip().partition(": ")
+        if sep and head in {f.name for f in dataclasses.fields(cls)}:
+            name, helps[head] = head, text
+        elif name and line.strip():
+            helps[name] += " " + line.strip()
+    return helps
+
+
+_FIELD_HELP = _field_help(PretrainConfig)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m moe_runtime", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m moe_runtime",
+        description=__doc__.split("\n")[0],
+        epilog="Then serve it across a prose -> code shift: python -m moe_runtime.demo --preset PRESET (the demo "
+        "serves the model pretrained with the default settings above, pretraining it first if it is not cached)",
+    )
     parser.add_argument("--preset", default="default", help="MoEConfig preset: tiny, default or gpu")
     for f in dataclasses.fields(PretrainConfig):
         if f.name == "progress":
             continue
         parser.add_argument(
-            f"--{f.name.replace('_', '-')}", type=type(f.default) if f.default is not None else str, default=f.default
+            f"--{f.name.replace('_', '-')}",
+            type=type(f.default) if f.default is not None else str,
+            default=f.default,
+            help=_FIELD_HELP[f.name] + ("" if f.default is None else f" (default: {f.default})"),
         )
     parser.add_argument("--force", action="store_true", help="retrain even if a cached checkpoint exists")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")

@@ -43,6 +43,11 @@ class ControlAction:
     ttt_chunk_tokens: int = 512
 
     def __post_init__(self) -> None:
+        if np.ndim(self.routing_biases) != 1:  # [L, E] is set_routing_biases's
+            raise ValueError(
+                f"ControlAction.routing_biases must be one bias per expert [E], got shape "
+                f"{np.shape(self.routing_biases)}; per-layer [L, E] biases go to MoERuntime.set_routing_biases"
+            )
         object.__setattr__(self, "routing_biases", tuple(float(b) for b in self.routing_biases))
         if not all(np.isfinite(self.routing_biases)):
             raise ValueError(f"ControlAction.routing_biases must be finite, got {self.routing_biases}")
@@ -183,6 +188,13 @@ class MoERuntime:
         ttt: TTTEngine | None = None,
         reference_tokens: int = 0,
     ):
+        if config is not None and not isinstance(config, MoEConfig):
+            raise TypeError(f"config must be a MoEConfig (e.g. MoEConfig.preset('tiny')), got {type(config).__name__}")
+        if model is not None and not isinstance(model, MoETransformer):
+            raise TypeError(
+                f"model must be a MoETransformer, got {type(model).__name__}; a checkpoint file loads with "
+                "moe_runtime.load_model(path)"
+            )
         if config is None and model is not None:
             config = model.cfg  # the model's own shape
         self.config = config or MoEConfig()
@@ -226,6 +238,11 @@ class MoERuntime:
     def apply(self, action: ControlAction) -> None:
         """Take a controller's decision into effect for the following intervals: all of it, or (on a ValueError)
         none of it."""
+        if not isinstance(action, ControlAction):
+            raise TypeError(
+                f"apply takes a ControlAction, got {type(action).__name__}; e.g. "
+                "ControlAction(routing_biases=biases), or set_routing_biases(biases) for the biases alone"
+            )
         if self.ttt is None and action.ttt_enabled:
             raise ValueError(
                 f"ControlAction turns TTT on (every {action.ttt_frequency_tokens} tokens) but this runtime has no TTT "

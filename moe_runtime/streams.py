@@ -12,6 +12,7 @@ else `train`. The splits never share a byte, and the assignment does not depend 
 from __future__ import annotations
 
 import hashlib
+import numbers
 import pathlib
 import sysconfig
 from dataclasses import dataclass
@@ -50,11 +51,12 @@ class Corpus:
         for i, block in enumerate(blocks):
             split = "test" if i % 20 == 19 else "validation" if i % 20 == 18 else "train"
             parts[split].append(block)
-        # Tiny corpora have no block 18 or 19: give validation and test the last blocks instead.
-        if not parts["test"]:
-            parts["test"].append(parts["train"].pop())
-        if not parts["validation"]:
-            parts["validation"].append(parts["train"].pop())
+        # Tiny corpora have no block 18 or 19: give validation and test the last whole blocks instead (the short
+        # tail block stays in train: a 12,289-byte file's test split was its last byte, served over and over).
+        for split in ("test", "validation"):
+            if not parts[split]:
+                whole = max(i for i, b in enumerate(parts["train"]) if len(b) == BLOCK_BYTES)
+                parts[split].append(parts["train"].pop(whole))
         splits = {s: np.concatenate(parts[s]) for s in SPLITS}
         return cls(name=name, splits=splits, sha256=hashlib.sha256(data).hexdigest())
 
@@ -79,14 +81,17 @@ _CACHE: dict[str, Corpus] = {}
 def load_corpus(source: str) -> Corpus:
     """Load a corpus by built-in name (`prose`, `code`) or from a text file or directory path.
 
-    A directory contributes every `*.txt`, `*.md` and `*.py` file under it, sorted by path.
+    A directory contributes every `*.txt`, `*.md` and `*.py` file under it, sorted by path. Corpora are cached per
+    process; a file is read again when its size or modification time changes (a directory is not).
 
     Raises:
         FileNotFoundError: the path does not exist.
         ValueError: the file or directory holds no text, or too little to split.
     """
-    if source in _CACHE:
-        return _CACHE[source]
+    source = str(source)
+    key = _cache_key(source)
+    if key in _CACHE:
+        return _CACHE[key]
     if source == "prose":
         corpus = Corpus.from_bytes("prose", _prose_bytes())
     elif source == "code":
@@ -105,8 +110,18 @@ def load_corpus(source: str) -> Corpus:
         if not data:
             raise ValueError(f"corpus {str(path)!r} is empty")
         corpus = Corpus.from_bytes(path.stem or str(path), data)
-    _CACHE[source] = corpus
+    _CACHE[key] = corpus
     return corpus
+
+
+def _cache_key(source: str) -> tuple:
+    """`source`, with a file's size and modification time: a text file edited in a running process (a notebook) is
+    read again, and so gets a new `sha256` for the cache keys. A directory is keyed by its path alone."""
+    path = pathlib.Path(source).expanduser()
+    if source in BUILTIN_DOMAINS or not path.is_file():
+        return (source,)
+    stat = path.stat()
+    return (source, stat.st_size, stat.st_mtime_ns)
 
 
 def corpus_hash(sources: tuple[str, ...] | list[str]) -> str:
@@ -130,9 +145,19 @@ class DomainSchedule:
     def __post_init__(self) -> None:
         if not self.segments:
             raise ValueError("DomainSchedule needs at least one (domain, tokens) segment")
-        for domain, n in self.segments:
-            if n <= 0:
-                raise ValueError(f"DomainSchedule segment ({domain!r}, {n}) must have a positive token count")
+        segments = []
+        for segment in self.segments:
+            # A flat ("prose", 4096) or a count of 1.5 or "4096" failed later, with messages naming no schedule.
+            if not isinstance(segment, (tuple, list)) or len(segment) != 2 or not isinstance(segment[0], str):
+                raise ValueError(
+                    f"DomainSchedule segments are (domain, tokens) pairs, e.g. (('prose', 4096), ('code', 8192)); "
+                    f"got {segment!r} in {self.segments!r}"
+                )
+            domain, n = segment
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
+                raise ValueError(f"DomainSchedule segment ({domain!r}, {n!r}) must have a positive integer token count")
+            segments.append((domain, int(n)))
+        object.__setattr__(self, "segments", tuple(segments))  # hashable and immutable, as a frozen dataclass's
 
     @classmethod
     def shift(cls, first: str, then: str, shift_tokens: int) -> DomainSchedule:
@@ -168,6 +193,8 @@ class TokenStream:
     def __init__(self, schedule: DomainSchedule | None = None, split: str = "train", seed: int = 0):
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not one of {SPLITS}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:  # numpy's message names none
+            raise ValueError(f"stream seed must be an integer >= 0, got {seed!r}")
         self.schedule = schedule or DomainSchedule()
         self.split = split
         self.seed = seed

@@ -456,3 +456,48 @@ def test_processes_asking_at_once_pretrain_a_model_once(tmp_path):
     assert calls.read_text().splitlines() == ["pretrain"], "the second process waited, then found it cached"
     pcfg = mr.PretrainConfig(steps=3, cache_dir=str(tmp_path))
     assert mr.ensure_pretrained(mr.MoEConfig.preset("tiny"), pcfg).read_bytes() == b"placeholder"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(expert_widths=64), "expert_widths must be a sequence"),  # was "'int' object is not iterable"
+        (dict(dropout="0.1"), "dropout must be a number"),  # was a TypeError from `<=`
+        (dict(aux_loss_coef="x"), "aux_loss_coef must be a number"),
+    ],
+)
+def test_config_values_of_the_wrong_kind_are_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        mr.MoEConfig.preset("tiny", **overrides)
+
+
+def test_config_takes_numpy_integers():
+    """A sweep's np.int64 was refused as "must be a positive integer, got np.int64(64)"."""
+    cfg = mr.MoEConfig.preset("tiny", d_model=np.int64(64), n_layers=np.int32(2), seed=np.int64(3))
+    assert type(cfg.d_model) is int and type(cfg.seed) is int
+    assert cfg.model_key() == mr.MoEConfig.preset("tiny", d_model=64, n_layers=2, seed=3).model_key()
+
+
+def test_runtime_names_arguments_of_the_wrong_type(tiny, tmp_path):
+    with pytest.raises(TypeError, match="config must be a MoEConfig"):
+        mr.MoERuntime({"d_model": 32})
+    with pytest.raises(TypeError, match="load_model"):  # a checkpoint path given as the model
+        mr.MoERuntime(tiny, model=str(tmp_path / "model.pt"))
+    rt = mr.MoERuntime(tiny)
+    with pytest.raises(TypeError, match="apply takes a ControlAction, got list"):  # was AttributeError 'ttt_enabled'
+        rt.apply([0.1] * tiny.num_experts)
+    with pytest.raises(ValueError, match=r"one bias per expert \[E\], got shape \(2, 4\)"):
+        mr.ControlAction(routing_biases=np.zeros((2, 4)))
+
+
+def test_pretrain_and_demo_help_say_what_each_flag_is(capsys):
+    from moe_runtime.demo import main as demo_main
+    from moe_runtime.pretrain import main as pretrain_main
+
+    for main in (pretrain_main, demo_main):
+        with pytest.raises(SystemExit):
+            main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("optimiser steps", "peak learning rate", "(default: 900)", "python -m moe_runtime.demo",
+                 "prose tokens served before the stream shifts to code"):  # fmt: skip
+        assert text in out
