@@ -112,7 +112,8 @@ class KernelCostModel:
                 "(data_path='builtin'), the analytic model (None), or a table profiled on the GPU"
             )
         if not same:
-            device = table.meta.get("device", {}).get("name", "?")
+            device = table.meta.get("device")  # a mapping in our tables; a hand-written one may give a name
+            device = device.get("name", "?") if isinstance(device, dict) else str(device or "?")
             raise ValueError(
                 f"cost table {data_path} was measured on {table_gpu or '?'} ({device}), not {self.spec.name}; "
                 "profile this GPU with python -m kernels.profile or use the analytic model (data_path=None)"
@@ -220,9 +221,9 @@ class KernelCostModel:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer number of tokens, got {batch_size!r}")
         s = {**DEFAULT_SHAPE, "dtype": self.dtype, **shape}
-        for key in DEFAULT_SHAPE:
-            if not s[key] > 0:
-                raise ValueError(f"{key} must be positive, got {s[key]!r}")
+        for key in DEFAULT_SHAPE:  # inf was "utilization must be a share in [0, 1], got nan"; "4096" a TypeError
+            if isinstance(s[key], bool) or not isinstance(s[key], numbers.Real) or not 0 < s[key] < math.inf:
+                raise ValueError(f"{key} must be a positive, finite number, got {s[key]!r}")
         if s["dtype"] not in DTYPE_BYTES:
             raise ValueError(f"dtype {s['dtype']!r} is not one of {tuple(DTYPE_BYTES)}")
         comps = COMPOSITES[op]
@@ -267,6 +268,8 @@ class KernelCostModel:
         """
         rows, dtype = self._op_rows(op, batch_size, shape)
         pressure = pressure_factor(memory_pressure)
+        if current_temp is not None and (isinstance(current_temp, bool) or not isinstance(current_temp, numbers.Real)):
+            raise ValueError(f"current_temp must be the die temperature in C (a number) or None, got {current_temp!r}")
         if current_temp is not None and not -273.15 < current_temp < math.inf:
             raise ValueError(f"current_temp must be a finite temperature in C above absolute zero, got {current_temp}")
         parts = self._full_clock_parts(rows, dtype)

@@ -74,7 +74,7 @@ class CostTable:
     meta: dict = field(default_factory=dict)
 
     def op(self, name: str) -> dict[str, float]:
-        """The five coefficients of one op."""
+        """The six coefficients of one op (`COEFFICIENTS`)."""
         i = OPS.index(name)
         return {c: float(getattr(self, c)[i]) for c in COEFFICIENTS}
 

@@ -354,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--window-s must be a positive, finite number of seconds, got {args.window_s}")
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.out and Path(args.out).is_dir():  # found now, not after minutes of benchmarks (and a rename's errno)
+        parser.error(f"--out {args.out} is a folder; give the table's file path, e.g. {Path(args.out) / 'cost_table.json'}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         _run(args)

@@ -194,3 +194,19 @@ def test_profile_cli_refuses_a_window_or_thread_count_that_cannot_measure(tmp_pa
         profile_main(["--out", str(tmp_path / "table.json"), *argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "table.json").exists()
+
+
+def test_a_foreign_table_with_a_device_name_string_is_refused_by_name(tmp_path):
+    """A table whose `device` is a plain name (written by hand, not by kernels.profile) was an AttributeError."""
+    doc = json.loads(BUILTIN_TABLES["H100_SXM"].read_text())
+    path = tmp_path / "a100.json"
+    path.write_text(json.dumps({**doc, "gpu_type": "A100_SXM", "device": "our A100 box"}))
+    with pytest.raises(ValueError, match=r"measured on A100_SXM \(our A100 box\), not H100_SXM"):
+        KernelCostModel("H100", data_path=path)
+
+
+def test_profile_cli_refuses_a_folder_as_out_before_any_work(tmp_path, capsys):
+    """It fitted (or benchmarked, minutes) first, then failed renaming `/.tmp.PID.tmp` onto the folder."""
+    with pytest.raises(SystemExit) as exit_info:
+        profile_main(["--out", str(tmp_path), "--quick"])
+    assert exit_info.value.code == 2 and f"--out {tmp_path} is a folder" in capsys.readouterr().err

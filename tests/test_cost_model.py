@@ -377,3 +377,16 @@ def test_temperature_impact_follows_the_two_node_thermal_model(models):
 def test_a_bad_kernel_call_names_the_field(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         KernelCall(**{"op": "gemm_up", "tokens": 64, "d_model": 128, "d_ff": 256, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(d_model=math.inf), "d_model must be a positive, finite number, got inf"),  # was "utilization ... nan"
+        (dict(d_ff="2048"), "d_ff must be a positive, finite number, got '2048'"),  # was a TypeError from `>`
+        (dict(current_temp="80"), "current_temp must be the die temperature in C"),  # was a TypeError from `<`
+    ],
+)
+def test_get_cost_names_a_shape_or_temperature_that_is_not_a_number(models, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        models["analytic"].get_cost("gemm_up", 1024, **kwargs)

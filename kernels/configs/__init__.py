@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import json
 import logging
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,13 @@ class MoeKernelConfig:
     block_size_n_down: int | None = None
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # "64" or 64.0 failed below with a TypeError naming no field
+            v = getattr(self, f.name)
+            if f.name == "block_size_n_down" and v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ValueError(f"MoeKernelConfig.{f.name} must be an integer, got {v!r}")
+            object.__setattr__(self, f.name, int(v))  # numpy integers hash and print as ints, for the tables' keys
         for name in ("block_size_m", "block_size_n", "block_size_k", "block_size_n_down"):
             v = getattr(self, name)
             if name == "block_size_n_down" and v is None:
@@ -237,7 +246,8 @@ def get_config(
     config_dir: Path = CONFIG_DIR,
 ) -> MoeKernelConfig:
     """The config for one launch: the forced one, else the tuned entry nearest `num_tokens` (from the table tuned
-    for this top-k if there is one, else the table for every top-k), else the default.
+    for this top-k if there is one, else the table for every top-k), else the default. `dtype` is a torch dtype or
+    its name in `DTYPES`.
 
     Resolved once per distinct argument set (cached): it is on every launch's path.
     """
@@ -258,6 +268,10 @@ def config_source(
     forced = _FORCED.get()
     if forced is not None:
         return forced, "forced"
+    if isinstance(dtype, str):  # a name, as the benchmark's --dtype: "bfloat16" was refused, told to use bfloat16
+        if dtype not in DTYPES:
+            raise ValueError(f"no MoE kernel configs for dtype {dtype!r}; use one of {tuple(DTYPES)} or a torch.dtype")
+        dtype = DTYPES[dtype]
     return _resolve_config(num_tokens, num_experts, top_k, max_width, dtype, device, config_dir)
 
 

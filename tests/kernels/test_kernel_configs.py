@@ -134,3 +134,17 @@ def test_shipped_config_files_parse():
     for path in CONFIG_DIR.glob("*.json"):
         table = {int(k): MoeKernelConfig.from_json(v) for k, v in json.loads(path.read_text()).items()}
         assert table, path.name
+
+
+def test_get_config_takes_a_dtype_name(tmp_path):
+    """"bfloat16" was refused with "no MoE kernel configs for dtype bfloat16; use bfloat16, float16 or float32"."""
+    write_configs(tmp_path / config_file_name(4, 64, "cpu", torch.float32), {16: SMALL})
+    assert get_config(16, 4, 2, 64, "float32", "cpu", config_dir=tmp_path) == SMALL
+    with pytest.raises(ValueError, match="dtype 'bf16'; use one of"):
+        get_config(16, 4, 2, 64, "bf16", "cpu", config_dir=tmp_path)
+
+
+@pytest.mark.parametrize("value", ["64", 64.0, True])
+def test_a_config_value_that_is_not_an_integer_is_named(value):
+    with pytest.raises(ValueError, match="MoeKernelConfig.block_size_n must be an integer"):  # was a TypeError
+        MoeKernelConfig(block_size_n=value)
