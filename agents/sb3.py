@@ -89,8 +89,10 @@ def parse_value(text: str) -> Any:
     leaves as strings (`3e-4`, `1e5`) made floats."""
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"cannot parse value {text!r} as YAML: {exc}") from exc
+    except yaml.YAMLError as exc:  # one line, not PyYAML's multi-line report with carets
+        problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+        detail = f"{problem} at character {mark.column + 1}" if problem and mark else str(exc).splitlines()[0]
+        raise ValueError(f"cannot parse value {text!r} as YAML: {detail}") from exc
     if isinstance(value, str):
         try:
             return float(value)

@@ -9,7 +9,7 @@ import time
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium import spaces
+from gymnasium import logger, spaces
 
 from envs.actions import ActionCodec
 from envs.backends import IntervalResult, make_backend
@@ -74,6 +74,9 @@ class MoERoutingEnv(gym.Env):
 
     ## Episode End
     1. Truncation: after `episode_intervals` intervals. There is no termination.
+
+    Steps past truncation go on serving at the last interval's demand, with a warning (once per episode): call
+    `reset()` after `truncated` is True (SB3's vector envs do).
 
     ## Arguments
     | argument | default | meaning |
@@ -199,6 +202,11 @@ class MoERoutingEnv(gym.Env):
         """
         if self._interval < 0:
             raise RuntimeError("call reset() before step()")
+        if self._interval == self.config.episode_intervals:  # warned once: the next steps are past it too
+            logger.warn(
+                f"step() called after the episode was truncated at {self.config.episode_intervals} intervals; "
+                "call reset() once `truncated` is True (further steps serve the last interval's demand again)"
+            )
         t0 = time.perf_counter()
         control = self.decode_action(action)
         self.runtime.apply(control)

@@ -183,6 +183,24 @@ def test_episode_ends_by_truncation(env):
         assert trunc == (i == TINY["episode_intervals"] - 1)
 
 
+def test_steps_past_truncation_warn_once_per_episode(env):
+    env.reset(seed=0)
+    a = env.unwrapped.encode_action(ControlAction.uncontrolled())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(TINY["episode_intervals"]):
+            env.step(a)
+        assert not [w for w in caught if "truncated" in str(w.message)]
+        env.step(a)
+        env.step(a)
+        env.reset(seed=1)
+        for _ in range(TINY["episode_intervals"] + 1):
+            env.step(a)
+    past = [str(w.message) for w in caught if "truncated" in str(w.message)]
+    assert len(past) == 2, past  # one per episode, not one per step
+    assert "call reset()" in past[0] and str(TINY["episode_intervals"]) in past[0]
+
+
 def narrow_and_none(u):
     """Action vectors: full bias toward the narrower half of the experts, and no control."""
     widths = np.array(u.model_config.expert_widths, dtype=float)

@@ -79,6 +79,10 @@ BAD_VALUES = [
         "policy_kwargs.net_arch:[-4] in --hyperparams is not allowed",
     ),
     (["--hyperparams", "policy_kwargs:{net_arch: {pi: [64], vf: [0]}}"], "policy_kwargs.net_arch:{"),
+    (
+        ["--hyperparams", "policy_kwargs:{net_arch: [64, 64}"],
+        "as YAML: expected ',' or ']', but got '}' at character 19",  # one line, not PyYAML's carets
+    ),
     (["--hyperparams", "normalize:{clip_reward: -1}"], "normalize.clip_reward:-1 in --hyperparams is not allowed"),
     (["--algo", "sac", "--hyperparams", "buffer_size:0"], "buffer_size:0 in --hyperparams is not allowed"),
     (["--algo", "sac", "--hyperparams", "ent_coef:auto_-1"], "ent_coef:'auto_-1' in --hyperparams is not allowed"),
