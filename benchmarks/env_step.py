@@ -66,11 +66,13 @@ def episode_return(env: MoERoutingEnv, action: np.ndarray, seed: int, steps: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="default")
+    parser.add_argument("--preset", default="default", help="MoEConfig preset: tiny, default or gpu (default: default)")
     parser.add_argument("--steps", type=int, default=60, help="steps timed for the speed figure")
     parser.add_argument("--episodes", type=int, default=2, help="seeds per profile in the fixed-action grid")
     parser.add_argument("--grid-steps", type=int, default=24, help="steps per grid episode")
-    parser.add_argument("--out", default="results/benchmarks/env_step.json")
+    parser.add_argument(
+        "--out", default="results/benchmarks/env_step.json", help="where the JSON goes (default: %(default)s)"
+    )
     args = parser.parse_args()
     if min(args.steps, args.episodes, args.grid_steps) < 1:
         parser.error(f"--steps, --episodes and --grid-steps must be >= 1, got {args.steps}, {args.episodes}, "

@@ -73,7 +73,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--number", type=positive_int, default=500, help="calls per timing")
     parser.add_argument("--repeat", type=positive_int, default=5, help="timings per case (the fastest is kept)")
-    parser.add_argument("--out", default="results/kernel_host_overhead.json")
+    parser.add_argument(
+        "--out", default="results/kernel_host_overhead.json", help="where the JSON goes (default: %(default)s)"
+    )
     args = parser.parse_args()
     check_out_file(parser, "--out", args.out)
     torch.set_num_threads(1)

@@ -34,9 +34,11 @@ def launch_ms(rt: mr.MoERuntime, tokens: int, repeats: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=positive_int, default=16384)
-    parser.add_argument("--repeats", type=positive_int, default=7)
-    parser.add_argument("--out", default="results/gpu/runtime_profile.json")
+    parser.add_argument("--tokens", type=positive_int, default=16384, help="tokens per launch (default: 16384)")
+    parser.add_argument("--repeats", type=positive_int, default=7, help="timed launches; the median is kept (default: 7)")
+    parser.add_argument(
+        "--out", default="results/gpu/runtime_profile.json", help="where the JSON goes (default: %(default)s)"
+    )
     args = parser.parse_args()
     check_out_file(parser, "--out", args.out)
     if not torch.cuda.is_available():

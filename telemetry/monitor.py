@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -106,7 +107,8 @@ class GpuSystemMonitor:
         device_id: NVML device index.
         source: "auto", "nvml", "simulated", or a source object (e.g. an env's own `SimulatedGpu`); see
             `open_source`.
-        sample_rate_hz: background sampler rate for NVML sources (window peaks, throttle share).
+        sample_rate_hz: background sampler rate for NVML sources, samples/s > 0 (window peaks, throttle share);
+            simulated sources record every sub-step and ignore it.
         start_sampler: start the NVML sampler now (simulated sources record every sub-step themselves).
         gpu: GPU model the simulator plays when it is chosen.
         seed: simulator seed.
@@ -114,6 +116,9 @@ class GpuSystemMonitor:
 
     def __init__(self, device_id: int = 0, source: Any = "auto", sample_rate_hz: float = 100.0,
                  start_sampler: bool = True, gpu: str = "H100", seed: int = 0) -> None:
+        rate = sample_rate_hz  # checked whatever the source: an NVML sampler refused it only when it started
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 < rate < math.inf:
+            raise ValueError(f"sample_rate_hz must be a positive, finite number of samples per second, got {rate!r}")
         self.device_id = device_id
         self._owns_source = isinstance(source, str)
         self.source, self.reason = open_source(source, device_id, gpu, seed)

@@ -238,3 +238,16 @@ def test_out_file_in_a_read_only_folder_is_refused_before_the_run(tmp_path, monk
         check_out_file(parser, "--out", str(tmp_path / "new" / "x.json"))
     assert stop.value.code == 2
     assert f"--out {tmp_path}/new/x.json: {tmp_path} is not writable" in capsys.readouterr().err
+
+
+def test_every_flag_says_what_it_is_in_help(tmp_path):
+    """These flags had no help text: --help showed `--tokens TOKENS` and nothing about it."""
+    helps = {
+        "env_step": ["MoEConfig preset", "where the JSON goes"],
+        "kernel_host_overhead": ["where the JSON goes"],
+        "runtime_profile": ["tokens per launch", "timed launches", "where the JSON goes"],
+    }
+    for script, texts in helps.items():
+        proc = run_script(script, ["--help"], tmp_path)
+        out = " ".join(proc.stdout.split())
+        assert proc.returncode == 0 and all(text in out for text in texts), (script, out)

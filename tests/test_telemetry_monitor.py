@@ -226,3 +226,10 @@ def test_both_sources_offer_one_interface(rows, kind):
     assert all(isinstance(reason, str) for reason in source.clock_event_reasons())
     assert source.source == kind
     source.synchronize()
+
+
+@pytest.mark.parametrize("rate", [0, -10.0, float("nan"), "100"])
+def test_a_bad_sample_rate_is_refused_whatever_the_source(rate):
+    """It was accepted with a simulated source, and with NVML refused only when the sampler started."""
+    with pytest.raises(ValueError, match="sample_rate_hz must be a positive, finite number"):
+        tel.GpuSystemMonitor(source="simulated", sample_rate_hz=rate)
