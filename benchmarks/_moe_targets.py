@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 DENSE_TARGET = 0.6  # fraction of dense-GEMM TFLOP/s at >= 8k tokens (issue 6)
@@ -44,6 +45,24 @@ def launch_breakdown(row: dict) -> None:
     }  # fmt: skip
     row["other_kernels_ms"] = sum(ms for name, ms in times.items() if name not in GEMM_FLOP_SHARES)
     row["kernels_ms"] = sum(times.values())
+
+
+def paired_figures(flops: float, dense_flops: float, triton_ms: list[float], dense_ms: list[float]) -> dict:
+    """A row's Triton and dense-GEMM figures from rounds timed turn about (`_timing.paired_ms`): each time the median
+    of its rounds, and `fraction_of_dense` the median of the rounds' own ratios (the Triton path's TFLOP/s over the
+    dense GEMM's of the same round), with their range; `dense_tflops` from the median dense time. So a fraction
+    compares two figures taken under the same clocks, and the range shows how much the rounds agreed."""
+    if not triton_ms or len(triton_ms) != len(dense_ms):
+        raise ValueError(f"need as many Triton as dense rounds, at least one; got {len(triton_ms)} and {len(dense_ms)}")
+    ratios = [(flops / t) / (dense_flops / d) for t, d in zip(triton_ms, dense_ms)]
+    return dict(
+        swiglu_triton_ms=statistics.median(triton_ms),
+        dense_ms=statistics.median(dense_ms),
+        dense_tflops=dense_flops / statistics.median(dense_ms) / 1e9,
+        fraction_of_dense=statistics.median(ratios),
+        fraction_of_dense_range=[min(ratios), max(ratios)],
+        pair_rounds=len(ratios),
+    )
 
 
 def read_grid(path: str) -> dict:

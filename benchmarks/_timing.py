@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Mapping
+from types import SimpleNamespace
 
 import torch
 
@@ -15,6 +17,24 @@ def bench_ms(fn, args) -> float:
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median"))
+
+
+def paired_ms(fns: Mapping[str, Callable[[], object]], args, rounds: int) -> dict[str, list[float]]:
+    """Each round, each of `fns` in turn timed by `bench_ms` over `args.rep_ms / rounds`: {name: [ms of each round]}.
+
+    Figures that are divided by each other are taken side by side. An H100 at its power limit moves its clocks with
+    its temperature: in one grid (2026-11-24) one dense GEMM shape read 649 to 759 TFLOP/s at different points of the
+    run, while the Triton path's times repeated within 3%, so a fraction of dense taken from two measurements minutes
+    apart judged the clock as much as the kernel. The ratio of a round's two figures shares that round's clocks.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    per_round = SimpleNamespace(warmup_ms=args.warmup_ms, rep_ms=max(args.rep_ms / rounds, 1.0))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(bench_ms(fn, per_round))
+    return times
 
 
 def host_ms(fn, repeats: int = 200) -> float:

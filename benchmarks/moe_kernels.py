@@ -14,11 +14,13 @@ and the median of many repeats (`triton.testing.do_bench`): the expert computati
 path (and the host's time to enqueue it, `swiglu_triton_host_ms`, and the rate at which its programs load their
 tiles, `operand_bytes_per_s_graph`, against the L2 read rate `benchmarks/_l2_probe.py` measures once a run), the
 reference per-expert loop and `torch._grouped_mm` (weights zero-padded to the widest expert), routing on both paths,
-and the dense GEMM. FLOPs count 6 d f per slot on expert e (gate, up, down); the floor is max(FLOPs / peak FLOP/s,
-bytes / bandwidth) with bytes = x, the used experts' weights and the output once. Each row records the block sizes
-the Triton path ran with (`config`) and where they came from (`config_source`: a tuned table and its entry, or
-`default`), and, from the profiler, the GPU time of each kernel of the call (`kernel_ms`) and each GEMM launch's own
-fraction of dense (`gemm_fraction_of_dense`: which launch holds a miss back).
+and the dense GEMM; the Triton path and the dense GEMM are timed turn about (`--pair-rounds`), since a power-capped
+GPU's clocks move over a run and the fraction of dense is their ratio. FLOPs count 6 d f per slot on expert e (gate,
+up, down); the floor is max(FLOPs / peak FLOP/s, bytes / bandwidth) with bytes = x, the used experts' weights and
+the output once. Each row records the block sizes the Triton path ran with (`config`) and where they came from
+(`config_source`: a tuned table and its entry, or `default`), and, from the profiler, the GPU time of each kernel of
+the call (`kernel_ms`) and each GEMM launch's own fraction of dense (`gemm_fraction_of_dense`: which launch holds a
+miss back).
 
 Targets (issue 6): the Triton path reaches >= 60% of the dense GEMM's TFLOP/s at 8k tokens and more, and is
 >= 1.5x faster than the per-expert loop at 2k tokens or fewer with 16 experts or more. Each missed dense target
@@ -47,8 +49,8 @@ import torch
 import torch.nn.functional as F
 from _cli import write_json_atomic
 from _moe_args import POLICY_SETTINGS, Args
-from _moe_targets import judge, launches, operand_bytes, print_summary, read_grid, summarise
-from _timing import bench_ms, graph_ms, host_ms, kernel_ms
+from _moe_targets import judge, launches, operand_bytes, paired_figures, print_summary, read_grid, summarise
+from _timing import bench_ms, graph_ms, host_ms, kernel_ms, paired_ms
 
 from kernels import configs, swiglu
 from kernels.configs import tuning
@@ -131,12 +133,18 @@ def grouped_mm_swiglu(x, topk_ids, topk_weights, up3, down3) -> torch.Tensor:
     return torch.zeros_like(x).index_add_(0, token_idx, y)
 
 
-def dense_gemm_ms(args: Args, rows: int, d_model: int, flops: float, dtype) -> tuple[list[int], float]:
-    """A dense [rows, d] @ [d, n] GEMM with n chosen (a multiple of 64) so it does about `flops`: (shape, ms)."""
+def dense_gemm(rows: int, d_model: int, flops: float, dtype) -> tuple[list[int], object]:
+    """A dense [rows, d] @ [d, n] GEMM with n chosen (a multiple of 64) so it does about `flops`: (shape, call)."""
     n = max(64, round(flops / (2.0 * rows * d_model) / 64) * 64)
     a = torch.randn(rows, d_model, device="cuda", dtype=dtype)
     b = torch.randn(d_model, n, device="cuda", dtype=dtype)
-    return [rows, d_model, n], bench_ms(lambda: a @ b, args)
+    return [rows, d_model, n], lambda: a @ b
+
+
+def fraction_range(row: dict) -> str:
+    """'55-58%': the least and most of a row's rounds' fractions of dense."""
+    low, high = row["fraction_of_dense_range"]
+    return f"{low:.0%}-{high:.0%}"
 
 
 def segment_order(args: Args, num_experts: int) -> tuple[int, ...] | None:
@@ -187,7 +195,10 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
     triton_fn = lambda: grouped_swiglu_triton(x, ids, w, w_up, w_down, widths, segment_order=order)  # noqa: E731
 
     with torch.inference_mode():
-        row["swiglu_triton_ms"] = bench_ms(triton_fn, args)
+        row["dense_shape"], dense_fn = dense_gemm(num_tokens * top_k, d_model, flops, dtype)
+        rounds = paired_ms({"triton": triton_fn, "dense": dense_fn}, args, args.pair_rounds)
+        del dense_fn  # its operands, before the other paths allocate
+        row.update(paired_figures(flops, 2.0 * math.prod(row["dense_shape"]), rounds["triton"], rounds["dense"]))
         row["swiglu_triton_host_ms"] = host_ms(triton_fn)
         row["swiglu_loop_ms"] = bench_ms(lambda: grouped_swiglu_reference(x, ids, w, w_up, w_down, widths), args)
         # Launch overhead shows at small batches; serving engines replay CUDA graphs there.
@@ -209,8 +220,6 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
             row["grouped_mm_error"] = "torch._grouped_mm missing or not bf16"
         row["route_triton_ms"] = bench_ms(lambda: fused_route_triton(logits, None, top_k), args)
         row["route_reference_ms"] = bench_ms(lambda: fused_route_reference(logits, None, top_k), args)
-        row["dense_shape"], row["dense_ms"] = dense_gemm_ms(args, num_tokens * top_k, d_model, flops, dtype)
-        dense_tflops = 2.0 * math.prod(row["dense_shape"]) / row["dense_ms"] / 1e9
 
     tflops = lambda ms: None if ms is None else flops / ms / 1e9  # noqa: E731
     row["triton_tflops"] = tflops(row["swiglu_triton_ms"])
@@ -227,8 +236,6 @@ def run_case(args: Args, num_tokens, num_experts, top_k, d_model, dtype, peaks, 
     row["l2_read_bytes_per_s"] = l2_bytes_per_s
     row["loop_tflops"] = tflops(row["swiglu_loop_ms"])
     row["grouped_mm_tflops"] = tflops(row["swiglu_grouped_mm_ms"])
-    row["dense_tflops"] = dense_tflops
-    row["fraction_of_dense"] = row["triton_tflops"] / dense_tflops
     row["speedup_vs_loop"] = row["swiglu_loop_ms"] / row["swiglu_triton_ms"]
     if peaks is not None:  # (FLOP/s, bytes/s)
         row["floor_ms"] = max(flops / peaks[0], bytes_min / peaks[1]) * 1e3
@@ -409,7 +416,7 @@ if __name__ == "__main__":
                   f"(graph {'-' if gr is None else f'{gr:.3f} ms'}, host {row['swiglu_triton_host_ms']:.3f} ms, operands "
                   f"{(row['operand_bytes_per_s_graph'] or 0) / 1e12:.1f} TB/s) "
                   f"{row['triton_tflops']:.0f} TF/s ({row['fraction_of_dense']:.0%} of dense "
-                  f"{row['dense_tflops']:.0f}), loop {row['swiglu_loop_ms']:.3f} ms (x{row['speedup_vs_loop']:.2f}), "
+                  f"{row['dense_tflops']:.0f}, rounds {fraction_range(row)}), loop {row['swiglu_loop_ms']:.3f} ms (x{row['speedup_vs_loop']:.2f}), "
                   f"grouped_mm {'-' if gm is None else f'{gm:.0f} TF/s'}, route {row['route_triton_ms']:.3f} vs "
                   f"{row['route_reference_ms']:.3f} ms{launches(row)}"
                   + ("" if "target" not in row else f"  [{row['target']}: {'met' if row['target_met'] else 'MISSED'}]"))  # fmt: skip

@@ -126,6 +126,37 @@ def test_kernel_totals_sums_the_profiled_events_by_name_per_call(bench):
     assert _timing.kernel_totals(events, 4, torch.autograd.DeviceType.CUDA) == {}  # no CUDA events on the CPU
 
 
+def test_paired_figures_judge_each_round_s_own_ratio(bench):
+    """fraction_of_dense is the median of the rounds' ratios (0.7, 0.5, 0.6), not the ratio of the median times
+    (1.0 / 2.0): a round's dense time is compared with the Triton time taken beside it."""
+    fig = bench.paired_figures(1e12, 1e12, triton_ms=[1.0, 2.0, 4.0], dense_ms=[0.7, 1.0, 2.4])
+    assert fig["fraction_of_dense"] == pytest.approx(0.6)
+    assert fig["fraction_of_dense_range"] == pytest.approx([0.5, 0.7]) and fig["pair_rounds"] == 3
+    assert fig["swiglu_triton_ms"] == 2.0 and fig["dense_ms"] == 1.0 and fig["dense_tflops"] == pytest.approx(1000)
+    with pytest.raises(ValueError, match="as many Triton as dense rounds"):
+        bench.paired_figures(1e12, 1e12, triton_ms=[1.0], dense_ms=[1.0, 2.0])
+
+
+def test_paired_ms_alternates_the_calls_round_by_round(bench, monkeypatch):
+    """The dense GEMM and the Triton path are timed turn about, so each round's ratio shares that round's clocks."""
+    import _timing
+
+    calls = []
+
+    def fake_bench_ms(fn, args):
+        calls.append((fn(), args.rep_ms, args.warmup_ms))
+        return float(len(calls))
+
+    monkeypatch.setattr(_timing, "bench_ms", fake_bench_ms)
+    args = bench.Args(rep_ms=30, warmup_ms=7)
+    times = _timing.paired_ms({"triton": lambda: "t", "dense": lambda: "d"}, args, rounds=3)
+    assert [c[0] for c in calls] == ["t", "d", "t", "d", "t", "d"]
+    assert all(rep == 10 and warmup == 7 for _, rep, warmup in calls)  # the budget split over the rounds
+    assert times == {"triton": [1.0, 3.0, 5.0], "dense": [2.0, 4.0, 6.0]}
+    with pytest.raises(ValueError, match="rounds must be >= 1, got 0"):
+        _timing.paired_ms({"triton": lambda: None}, args, rounds=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the profiler's kernel records of the Triton path")
 def test_kernel_ms_names_the_triton_paths_launches_on_a_gpu(bench):
