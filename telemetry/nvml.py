@@ -126,6 +126,13 @@ class NvmlSource:
         logger.info("GPU %d: power from the %s reading, energy from the %s", device_index, self.power_field,
                     self.energy_source.replace("_", " "))
 
+    def __reduce__(self):
+        """A copy of a live NVML reader would share its device, energy counter and sampler thread: refused by name."""
+        raise TypeError(
+            f"an NVML GPU source (GPU {self.device_index}) cannot be pickled or copied: it reads the one real GPU; "
+            "build another where it is needed, or copy an env on telemetry='simulated'"
+        )
+
     # ----- lifecycle -----
     def close(self) -> None:
         """Stop the sampler and shut NVML down."""

@@ -102,6 +102,15 @@ class SampleBuffer:
         self._samples: deque[Sample] = deque(maxlen=capacity)
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        """Pickled (and deep-copied, as with an env) without its lock, which cannot be; a copy gets a fresh one."""
+        with self._lock:
+            return {"samples": list(self._samples), "capacity": self._samples.maxlen}
+
+    def __setstate__(self, state: dict) -> None:
+        self._samples = deque(state["samples"], maxlen=state["capacity"])
+        self._lock = threading.Lock()
+
     def append(self, sample: Sample) -> None:
         with self._lock:
             self._samples.append(sample)

@@ -1,7 +1,9 @@
 """MoERoutingEnv on the simulated backend with the tiny preset: interface, checkers, determinism, and that the
 controls move energy, loss, clocks and temperature the ways they should."""
 
+import copy
 import math
+import pickle
 import re
 import warnings
 
@@ -181,6 +183,22 @@ def test_episode_ends_by_truncation(env):
         _, _, term, trunc, _ = env.step(a)
         assert not term
         assert trunc == (i == TINY["episode_intervals"] - 1)
+
+
+def test_a_copied_env_goes_on_as_the_original_would(env):
+    """copy.deepcopy and pickle of a running env (simulated GPU, runtime, stream, demand) give one that continues
+    from the same state: a what-if branch of an episode."""
+    u = env.unwrapped
+    env.reset(seed=3)
+    narrow, none = narrow_and_none(u)
+    env.step(narrow)
+    for copy_of in (copy.deepcopy, lambda e: pickle.loads(pickle.dumps(e))):
+        branch = copy_of(u)
+        for a in (none, narrow):
+            obs, reward, *_, info = u.step(a)
+            obs_b, reward_b, *_, info_b = branch.step(a)
+            np.testing.assert_array_equal(obs, obs_b)
+            assert reward == reward_b and info["energy_j"] == info_b["energy_j"]
 
 
 def test_steps_past_truncation_warn_once_per_episode(env):

@@ -3,6 +3,8 @@ errors, the wrapping energy counter, and the background sampler."""
 
 from __future__ import annotations
 
+import copy
+import pickle
 import time
 import warnings
 
@@ -136,6 +138,24 @@ def test_ring_buffer_drops_the_oldest():
         buffer.append(tel.Sample(float(t_s), 1.0, 50.0, 1000.0, 0.0, 0.0))
     assert [s.t_s for s in buffer.snapshot()] == [2.0, 3.0, 4.0]
     assert [s.t_s for s in buffer.between(2.5, 10.0)] == [3.0, 4.0]
+
+
+def test_an_nvml_source_refuses_to_be_copied_by_name(rows):
+    source, _ = make_source(rows)
+    for copy_of in (copy.deepcopy, copy.copy, pickle.dumps):
+        with pytest.raises(TypeError, match="NVML GPU source .GPU 0. cannot be pickled or copied"):
+            copy_of(source)
+
+
+def test_ring_buffer_pickles_and_copies_with_a_lock_of_its_own():
+    buffer = tel.SampleBuffer(capacity=3)
+    for t_s in range(4):
+        buffer.append(tel.Sample(float(t_s), 1.0, 50.0, 1000.0, 0.0, 0.0))
+    for copy_of in (copy.deepcopy, lambda b: pickle.loads(pickle.dumps(b))):
+        other = copy_of(buffer)
+        other.append(tel.Sample(9.0, 1.0, 50.0, 1000.0, 0.0, 0.0))  # its lock works; still 3 kept
+        assert [s.t_s for s in other.snapshot()] == [2.0, 3.0, 9.0]
+        assert [s.t_s for s in buffer.snapshot()] == [1.0, 2.0, 3.0] and other._lock is not buffer._lock
 
 
 def test_clock_event_reasons_decode_both_ways():
