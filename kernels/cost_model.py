@@ -350,10 +350,15 @@ class KernelCostModel:
         The last answer is kept: pricing the same calls (the same `KernelCall` objects) again at another clock, as
         the env does for the simulator and for the observations, skips the array building.
         """
+        if not isinstance(work, (list, tuple)):
+            raise TypeError(f"work must be a list of kernels.KernelCall (a StepReport's .work), got {type(work).__name__}")
         key = (scale, deploy_tokens, self.dtype)
         last = self._last_work
         if last is not None and last[0] == key and len(last[1]) == len(work) and all(map(operator.is_, last[1], work)):
             return last[2]
+        stranger = next((call for call in work if not isinstance(call, KernelCall)), None)
+        if stranger is not None:  # was an AttributeError from the array building
+            raise TypeError(f"work must hold kernels.KernelCall objects only, got a {type(stranger).__name__}")
         if scale is not None:
             w, tokens = deployment_arrays(work, scale, deploy_tokens)
             dtype, n_experts = scale.dtype, scale.num_experts

@@ -118,8 +118,10 @@ def test_agent_router_on_nvml_serves_the_demand_then_idles_out_the_interval(dema
         else:  # more than the CPU runtime can serve: launches until the interval is used up, the rest is backlog
             assert record.tokens > launch and record.backlog_tokens > 0.0 and observed > 0.5
             assert record.served_tokens == record.tokens
-            # several launches, each scoring its first tokens with the base model: still the paired gap (0 here)
-            assert router.builder.raw(record.observation, "loss_gap") == 0.0
+            # several launches, each scoring its first tokens with the base model: still the paired gap (0 here, up
+            # to rounding: the served pass and the reference pass batch the tokens differently, and on some CPUs the
+            # matmuls then round differently, 6e-9 nats on 2026-11-25's machine)
+            assert router.builder.raw(record.observation, "loss_gap") == pytest.approx(0.0, abs=1e-6)
         assert record.latency_ms > 0.0
         assert record.energy_j / record.power_w >= 0.24  # the window spans the interval, not only the launches
         assert 0.0 < router.builder.raw(record.observation, "sample_staleness_s") < 0.2  # the 100 Hz sampler's age

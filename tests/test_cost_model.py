@@ -250,6 +250,14 @@ def test_predict_step_refuses_non_finite_figures(models, kwargs, message):
             kcm.interval_cost(work, DeploymentScale(), demand, interval)
 
 
+def test_predict_step_names_work_that_is_not_kernel_calls(models):
+    kcm, work = models["calibrated"], _runtime_work()
+    with pytest.raises(TypeError, match="got a dict"):  # was AttributeError: 'dict' object has no attribute 'op'
+        kcm.predict_step([*work, {"op": "gemm_up", "tokens": 64}], DeploymentScale())
+    with pytest.raises(TypeError, match="a StepReport's .work., got KernelCall"):  # one call, not a list of them
+        kcm.predict_step(work[0])
+
+
 def test_repricing_the_same_work_is_cached_but_never_stale():
     kcm, scale = KernelCostModel("H100"), DeploymentScale()
     a, b = _runtime_work(), _runtime_work()

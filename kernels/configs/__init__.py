@@ -116,7 +116,9 @@ class MoeKernelConfig:
                 f"a MoE kernel config needs the keys {sorted(names)} and may have BLOCK_SIZE_N_DOWN, "
                 f"got {sorted(entry)}"
             )
-        return cls(**{k.lower(): int(v) for k, v in entry.items()})
+        # 64.0 reads as 64; 16.7 or "64" is refused by name (__post_init__), not cut to 16 or parsed.
+        whole = lambda v: int(v) if isinstance(v, float) and v.is_integer() else v  # noqa: E731
+        return cls(**{k.lower(): whole(v) for k, v in entry.items()})
 
 
 _FORCED: contextvars.ContextVar[MoeKernelConfig | None] = contextvars.ContextVar("moe_kernel_config", default=None)
@@ -272,6 +274,10 @@ def config_source(
         if dtype not in DTYPES:
             raise ValueError(f"no MoE kernel configs for dtype {dtype!r}; use one of {tuple(DTYPES)} or a torch.dtype")
         dtype = DTYPES[dtype]
+    for name, value, least in (("num_tokens", num_tokens, 0), ("num_experts", num_experts, 1), ("top_k", top_k, 1),
+                               ("max_width", max_width, 1)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     return _resolve_config(num_tokens, num_experts, top_k, max_width, dtype, device, config_dir)
 
 

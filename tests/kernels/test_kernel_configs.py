@@ -148,3 +148,22 @@ def test_get_config_takes_a_dtype_name(tmp_path):
 def test_a_config_value_that_is_not_an_integer_is_named(value):
     with pytest.raises(ValueError, match="MoeKernelConfig.block_size_n must be an integer"):  # was a TypeError
         MoeKernelConfig(block_size_n=value)
+
+
+def test_a_table_entry_is_read_whole_or_refused_by_name():
+    """16.7 was cut to 16 and "64" parsed; 64.0 (a table written by a tool with floats) still reads as 64."""
+    assert MoeKernelConfig.from_json({**LARGE.to_json(), "BLOCK_SIZE_M": 128.0}) == LARGE
+    for value in (16.7, "64"):
+        with pytest.raises(ValueError, match="MoeKernelConfig.block_size_m must be an integer"):
+            MoeKernelConfig.from_json({**LARGE.to_json(), "BLOCK_SIZE_M": value})
+
+
+@pytest.mark.parametrize(
+    "args, name",
+    [((16, 0, 2, 64), "num_experts"), ((16, 4, 0, 64), "top_k"), ((-1, 4, 2, 64), "num_tokens"),
+     ((16, 4, 2, 64.5), "max_width"), ((16, True, 2, 64), "num_experts")],
+)  # fmt: skip
+def test_get_config_names_a_bad_launch_size(tmp_path, args, name):
+    """num_experts=0 looked for a table E=0,... and warned that it was missing."""
+    with pytest.raises(ValueError, match=f"{name} must be an integer >= "):
+        get_config(*args, torch.float32, "cpu", config_dir=tmp_path)

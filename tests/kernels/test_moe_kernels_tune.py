@@ -261,10 +261,16 @@ def test_grid_case_records_its_tiles_and_where_they_came_from(monkeypatch, fake_
     monkeypatch.setattr(mk, "graph_ms", lambda fn, args: (0.5, ""))
     monkeypatch.setattr(mk, "host_ms", lambda fn: 0.25)
     monkeypatch.setattr(mk, "kernel_ms", lambda fn: {"up_kernel": 0.3, "down_kernel": 0.15, "combine_kernel": 0.05})
-    monkeypatch.setattr(mk, "dense_gemm_ms", lambda args, rows, d, flops, dtype: ([rows, d, 64], 0.5))
+    dense_call = lambda: None  # noqa: E731
+    dense_call.dense = True
+    monkeypatch.setattr(mk, "dense_gemm", lambda rows, d, flops, dtype: ([rows, d, 64], dense_call))
+    # paired_ms's own bench_ms: the Triton call 1 ms and the dense GEMM 0.5 ms in every round
+    monkeypatch.setattr(sys.modules["_timing"], "bench_ms", lambda fn, args: 0.5 if getattr(fn, "dense", 0) else 1.0)
     configs.clear_cache()
     row = mk.run_case(mk.Args(), 4096, 8, 2, 64, torch.float32, None, None)
-    assert row["swiglu_triton_host_ms"] == 0.25
+    assert row["swiglu_triton_host_ms"] == 0.25 and row["swiglu_triton_ms"] == 1.0 and row["dense_ms"] == 0.5
+    assert row["pair_rounds"] == 5 and row["fraction_of_dense_range"] == [row["fraction_of_dense"]] * 2
+    assert row["fraction_of_dense"] == pytest.approx(row["flops"] / (2 * 4096 * 2 * 64 * 64) / 2)
     # The call took 1 ms; gate/up did 2/3 of its FLOPs in 0.3 ms and down 1/3 in 0.15 ms: each 20/9 of its rate.
     fractions = row["gemm_fraction_of_dense"]
     assert fractions["up_kernel"] == pytest.approx(row["fraction_of_dense"] * 20 / 9)
