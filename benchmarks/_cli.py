@@ -34,6 +34,12 @@ def field_help(cls) -> dict[str, str]:
     return helps
 
 
+def flags(name: str) -> tuple[str, ...]:
+    """A field's command-line flags: `--period-s`, as the other scripts spell theirs, and `--period_s` as an alias."""
+    dashed = "--" + name.replace("_", "-")
+    return (dashed,) if "_" not in name else (dashed, "--" + name)
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (a count that is divided by or looped over)."""
     try:

@@ -20,7 +20,7 @@ import pathlib
 from dataclasses import dataclass
 
 import numpy as np
-from _cli import check_out_file, field_help, write_atomic, write_json_atomic
+from _cli import check_out_file, field_help, flags, write_atomic, write_json_atomic
 
 from telemetry import GpuSpec, SimulatedGpu, board_power_w, get_gpu_spec
 from telemetry.power_model import thermal_step
@@ -57,14 +57,14 @@ def parse_args() -> Args:
     helps = field_help(Args)
     for field in dataclasses.fields(Args):
         if field.type == "bool":
-            parser.add_argument(f"--{field.name}", action="store_true", help=helps[field.name])
+            parser.add_argument(*flags(field.name), action="store_true", help=helps[field.name])
         else:
             parser.add_argument(
-                f"--{field.name}", type=type(field.default), default=field.default, help=helps[field.name]
+                *flags(field.name), type=type(field.default), default=field.default, help=helps[field.name]
             )
     args = Args(**vars(parser.parse_args()))
     if not 0.0 < args.period_s < math.inf:
-        parser.error(f"--period_s must be a positive, finite number of seconds, got {args.period_s}")
+        parser.error(f"--period-s must be a positive, finite number of seconds, got {args.period_s}")
     check_out_file(parser, "--png", args.png, kind=".png")
     figures = pathlib.Path(args.png).with_suffix(".json")
     if figures == pathlib.Path(args.png):  # the figures would overwrite the plot

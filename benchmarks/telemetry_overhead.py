@@ -2,7 +2,7 @@
 rate, CPU share), and the slowdown of a busy loop with the sampler running (a bf16 GEMM loop on CUDA, target under
 1%; a float32 matmul loop on the CPU otherwise). Prints a table, writes JSON; the last line is the slowdown.
 
-    python benchmarks/telemetry_overhead.py [--source auto|nvml|simulated] [--loop_s 2.0] [--out ...json]
+    python benchmarks/telemetry_overhead.py [--source auto|nvml|simulated] [--loop-s 2.0] [--out ...json]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from _cli import check_out_file, field_help, positive_float, positive_int, write_json_atomic
+from _cli import check_out_file, field_help, flags, positive_float, positive_int, write_json_atomic
 
 from telemetry import BackgroundSampler, GpuSystemMonitor, NvmlSource, SampleBuffer, nvml_available
 from telemetry.reference import find_reference_file
@@ -55,7 +55,7 @@ def parse_args() -> Args:
     for field in dataclasses.fields(Args):
         kind = type(field.default)
         parser.add_argument(
-            f"--{field.name}", type=types.get(kind, kind), default=field.default, help=helps[field.name]
+            *flags(field.name), type=types.get(kind, kind), default=field.default, help=helps[field.name]
         )
     args = Args(**vars(parser.parse_args()))
     if args.source not in ("auto", "nvml", "simulated"):
@@ -65,7 +65,7 @@ def parse_args() -> Args:
     except ValueError:
         rates = []
     if not rates or not all(0.0 < rate < math.inf for rate in rates):
-        parser.error(f"--rates_hz {args.rates_hz!r}: give positive rates in Hz, comma-separated (e.g. 10,100)")
+        parser.error(f"--rates-hz {args.rates_hz!r}: give positive rates in Hz, comma-separated (e.g. 10,100)")
     check_out_file(parser, "--out", args.out)
     if args.source == "nvml" and not nvml_available():
         parser.error("--source nvml: NVML sees no GPU here (no driver or nvidia-ml-py); use simulated or auto")

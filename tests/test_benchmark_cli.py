@@ -28,10 +28,11 @@ CASES = [
     ("ttt_shift", ["--eval-every-tokens", "0"], "argument --eval-every-tokens: must be a positive integer, got '0'"),
     ("moe_kernels", ["--out", "adir"], "--out adir is a directory; give a .json file path"),
     ("telemetry_overhead", ["--repeats", "0"], "argument --repeats: must be a positive integer, got '0'"),
-    ("telemetry_overhead", ["--sampler_s", "0"], "argument --sampler_s: must be a positive, finite number, got '0'"),
-    ("telemetry_overhead", ["--loop_s", "-1"], "argument --loop_s: must be a positive, finite number, got '-1'"),
-    ("telemetry_overhead", ["--rates_hz", "abc"], "--rates_hz 'abc': give positive rates in Hz, comma-separated"),
-    ("telemetry_overhead", ["--rates_hz", "10,0"], "--rates_hz '10,0': give positive rates in Hz, comma-separated"),
+    ("telemetry_overhead", ["--sampler-s", "0"], "argument --sampler-s/--sampler_s: must be a positive, finite number, got '0'"),
+    ("telemetry_overhead", ["--loop-s", "-1"], "argument --loop-s/--loop_s: must be a positive, finite number, got '-1'"),
+    ("telemetry_overhead", ["--rates-hz", "abc"], "--rates-hz 'abc': give positive rates in Hz, comma-separated"),
+    # the old spelling still works
+    ("telemetry_overhead", ["--rates_hz", "10,0"], "--rates-hz '10,0': give positive rates in Hz, comma-separated"),
     ("telemetry_overhead", ["--out", "afile/x.json"], "--out afile/x.json: afile is a file, not a directory"),
     ("sim_vs_h100", ["--png", "adir"], "--png adir is a directory; give a .png file path"),
     ("sim_vs_h100", ["--png", "plot.json"], "--png plot.json: the figures go beside it as .json; give a .png file"),
@@ -73,8 +74,8 @@ def test_a_good_run_replaces_the_saved_json_and_leaves_no_temporary_file(tmp_pat
     cwd = fresh_folder(tmp_path_factory)
     out = cwd / "adir" / "overhead.json"
     out.write_text("a previous run\n")
-    args = ["--source", "simulated", "--repeats", "5", "--sampler_s", "0.05", "--rates_hz", "100"]
-    proc = run_script("telemetry_overhead", [*args, "--loop_s", "0.02", "--out", str(out)], cwd)
+    args = ["--source", "simulated", "--repeats", "5", "--sampler-s", "0.05", "--rates-hz", "100"]
+    proc = run_script("telemetry_overhead", [*args, "--loop-s", "0.02", "--out", str(out)], cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(out.read_text())["telemetry_source"] == "simulated"
     assert [p.name for p in out.parent.iterdir()] == ["overhead.json"]
