@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
 
 # Expert widths as multiples of a base width: 0.25x to 2x, so that routing load to an expert changes both its cost
 # and the quality of its output. `default` and `gpu` share these ratios (DESIGN.md, "Deployment scale").
@@ -169,7 +172,12 @@ class MoEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> MoEConfig:
+        """The config `to_dict` wrote. Fields this version does not know (a checkpoint from a newer one) are left
+        out with a warning naming them, rather than refused: they may not change the weights' shape."""
         known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            logger.warning("MoEConfig fields %s are not known to this version; ignored", unknown)
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def model_key(self) -> str:

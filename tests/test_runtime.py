@@ -501,3 +501,10 @@ def test_pretrain_and_demo_help_say_what_each_flag_is(capsys):
     for text in ("optimiser steps", "peak learning rate", "(default: 900)", "python -m moe_runtime.demo",
                  "prose tokens served before the stream shifts to code"):  # fmt: skip
         assert text in out
+
+
+def test_a_config_from_a_newer_version_names_the_fields_it_leaves_out(caplog):
+    saved = {**mr.MoEConfig.preset("tiny").to_dict(), "rope_theta": 1e4}
+    with caplog.at_level("WARNING", logger="moe_runtime.config"):
+        assert mr.MoEConfig.from_dict(saved) == mr.MoEConfig.preset("tiny")
+    assert "['rope_theta'] are not known to this version; ignored" in caplog.text
