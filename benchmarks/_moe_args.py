@@ -35,8 +35,9 @@ class Args:
     """do_bench repetition time per measurement (ms)"""
     pair_rounds: int = 5
     """rounds in which the Triton path and the dense GEMM are timed turn about (each round's do_bench over
-    rep_ms / pair_rounds): fraction_of_dense is the median of the rounds' ratios, so both figures of a ratio share the
-    GPU's clocks of the moment (a power-capped H100's move with its temperature); 1 times each once"""
+    rep_ms / pair_rounds, every other round in the reverse order): fraction_of_dense is the median of the rounds'
+    ratios, so both figures of a ratio share the GPU's clocks of the moment (a power-capped H100's move with its
+    temperature); 1 times each once"""
     seed: int = 0
     """seed of the inputs"""
     out: str = ""

@@ -48,20 +48,28 @@ def launch_breakdown(row: dict) -> None:
 
 
 def paired_figures(flops: float, dense_flops: float, triton_ms: list[float], dense_ms: list[float]) -> dict:
-    """A row's Triton and dense-GEMM figures from rounds timed turn about (`_timing.paired_ms`): each time the median
-    of its rounds, and `fraction_of_dense` the median of the rounds' own ratios (the Triton path's TFLOP/s over the
-    dense GEMM's of the same round), with their range; `dense_tflops` from the median dense time. So a fraction
-    compares two figures taken under the same clocks, and the range shows how much the rounds agreed."""
+    """A row's Triton and dense-GEMM figures from rounds timed turn about (`_timing.paired_ms`).
+
+    `fraction_of_dense` is the median of the rounds' own ratios (the Triton path's TFLOP/s over the dense GEMM's of
+    the same round), with their range; `swiglu_triton_ms` the median Triton time, and `dense_ms` (so `dense_tflops`)
+    the dense time that fraction implies beside it, so that the row's figures divide out (`triton_tflops /
+    dense_tflops` is the fraction, and `judge` measures its ceilings and each launch against the same dense rate).
+    Every round's times are kept (`*_rounds`).
+    """
     if not triton_ms or len(triton_ms) != len(dense_ms):
         raise ValueError(f"need as many Triton as dense rounds, at least one; got {len(triton_ms)} and {len(dense_ms)}")
     ratios = [(flops / t) / (dense_flops / d) for t, d in zip(triton_ms, dense_ms)]
+    fraction, triton_median = statistics.median(ratios), statistics.median(triton_ms)
+    dense_implied_ms = fraction * triton_median * dense_flops / flops
     return dict(
-        swiglu_triton_ms=statistics.median(triton_ms),
-        dense_ms=statistics.median(dense_ms),
-        dense_tflops=dense_flops / statistics.median(dense_ms) / 1e9,
-        fraction_of_dense=statistics.median(ratios),
+        swiglu_triton_ms=triton_median,
+        dense_ms=dense_implied_ms,
+        dense_tflops=dense_flops / dense_implied_ms / 1e9,
+        fraction_of_dense=fraction,
         fraction_of_dense_range=[min(ratios), max(ratios)],
         pair_rounds=len(ratios),
+        swiglu_triton_ms_rounds=list(triton_ms),
+        dense_ms_rounds=list(dense_ms),
     )
 
 

@@ -20,19 +20,21 @@ def bench_ms(fn, args) -> float:
 
 
 def paired_ms(fns: Mapping[str, Callable[[], object]], args, rounds: int) -> dict[str, list[float]]:
-    """Each round, each of `fns` in turn timed by `bench_ms` over `args.rep_ms / rounds`: {name: [ms of each round]}.
+    """Each round, each of `fns` timed by `bench_ms` over `args.rep_ms / rounds`, the order reversed every other
+    round (A B, B A, ...) so that a drift within a round favours neither: {name: [ms of each round]}.
 
-    Figures that are divided by each other are taken side by side. An H100 at its power limit moves its clocks with
-    its temperature: in one grid (2026-11-24) one dense GEMM shape read 649 to 759 TFLOP/s at different points of the
-    run, while the Triton path's times repeated within 3%, so a fraction of dense taken from two measurements minutes
-    apart judged the clock as much as the kernel. The ratio of a round's two figures shares that round's clocks.
+    Figures that are divided by each other are taken side by side. In the two 2026-11-24 grids, a case's dense-GEMM
+    TFLOP/s moved a median 2.9% between the runs (10% at the 90th percentile), its Triton time 1.7%; the dense GEMM
+    was timed seconds after the Triton call, after the other paths, and a power-capped H100's clocks move with its
+    temperature. Each round's ratio is taken under one state of the card.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     per_round = SimpleNamespace(warmup_ms=args.warmup_ms, rep_ms=max(args.rep_ms / rounds, 1.0))
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for i in range(rounds):
+        for name, fn in order if i % 2 == 0 else order[::-1]:
             times[name].append(bench_ms(fn, per_round))
     return times
 

@@ -75,8 +75,9 @@ class MoERoutingEnv(gym.Env):
     ## Episode End
     1. Truncation: after `episode_intervals` intervals. There is no termination.
 
-    Steps past truncation go on serving at the last interval's demand, with a warning (once per episode): call
-    `reset()` after `truncated` is True (SB3's vector envs do).
+    Steps past truncation go on serving at the last interval's demand, with a warning at the first of them in an
+    episode (Python's default filter shows it once per process): call `reset()` after `truncated` is True (SB3's
+    vector envs do).
 
     A running env on the simulated backend can be copied (`copy.deepcopy`, pickle) to branch an episode: the copy
     goes on from the same state, step for step as the original would. One on NVML cannot (its GPU is the one card).

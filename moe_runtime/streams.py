@@ -51,8 +51,14 @@ class Corpus:
         for i, block in enumerate(blocks):
             split = "test" if i % 20 == 19 else "validation" if i % 20 == 18 else "train"
             parts[split].append(block)
-        # Tiny corpora have no block 18 or 19: give validation and test the last whole blocks instead (the short
-        # tail block stays in train: a 12,289-byte file's test split was its last byte, served over and over).
+        # A split must hold a whole block: a 12,289-byte file's test split was its 1-byte tail, served over and over.
+        # Small corpora have no block 18 or 19, or only a short tail there: that tail goes to train (it is the last
+        # block, so the order holds), and validation and test take the last whole blocks instead. A large corpus's
+        # splits, which hold whole blocks, are as they were.
+        for split in ("test", "validation"):
+            if parts[split] and all(len(b) < BLOCK_BYTES for b in parts[split]):
+                parts["train"].extend(parts[split])
+                parts[split] = []
         for split in ("test", "validation"):
             if not parts[split]:
                 whole = max(i for i, b in enumerate(parts["train"]) if len(b) == BLOCK_BYTES)

@@ -29,6 +29,15 @@ def test_a_small_text_files_splits_are_whole_blocks(tmp_path):
     assert len(set(tokens.tolist())) > 1
 
 
+@pytest.mark.parametrize("whole_blocks", [18, 19])
+def test_a_short_tail_at_block_18_or_19_is_no_split_of_its_own(whole_blocks):
+    """18 or 19 whole blocks and a 1-byte tail: the tail was block 18 (validation) or 19 (test), the whole split."""
+    data = bytes(range(256)) * (whole_blocks * BLOCK_BYTES // 256) + b"!"
+    corpus = mr.Corpus.from_bytes("tail", data)
+    assert len(corpus.splits["test"]) == len(corpus.splits["validation"]) == BLOCK_BYTES
+    assert sum(len(v) for v in corpus.splits.values()) == len(data) and corpus.splits["train"][-1] == ord("!")
+
+
 def test_an_edited_text_file_is_read_again(tmp_path):
     f = tmp_path / "mine.txt"
     f.write_bytes(b"a" * 3 * BLOCK_BYTES)

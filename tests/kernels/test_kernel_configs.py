@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,3 +168,10 @@ def test_get_config_names_a_bad_launch_size(tmp_path, args, name):
     """num_experts=0 looked for a table E=0,... and warned that it was missing."""
     with pytest.raises(ValueError, match=f"{name} must be an integer >= "):
         get_config(*args, torch.float32, "cpu", config_dir=tmp_path)
+
+
+
+def test_get_config_takes_an_empty_launch_and_numpy_integers(tmp_path):
+    write_configs(tmp_path / config_file_name(4, 64, "cpu", torch.float32), {16: SMALL})
+    assert get_config(0, 4, 2, 64, torch.float32, "cpu", config_dir=tmp_path) == SMALL
+    assert get_config(np.int64(16), np.int32(4), 2, np.int64(64), torch.float32, "cpu", config_dir=tmp_path) == SMALL

@@ -132,13 +132,22 @@ def test_paired_figures_judge_each_round_s_own_ratio(bench):
     fig = bench.paired_figures(1e12, 1e12, triton_ms=[1.0, 2.0, 4.0], dense_ms=[0.7, 1.0, 2.4])
     assert fig["fraction_of_dense"] == pytest.approx(0.6)
     assert fig["fraction_of_dense_range"] == pytest.approx([0.5, 0.7]) and fig["pair_rounds"] == 3
-    assert fig["swiglu_triton_ms"] == 2.0 and fig["dense_ms"] == 1.0 and fig["dense_tflops"] == pytest.approx(1000)
+    assert fig["dense_ms_rounds"] == [0.7, 1.0, 2.4] and fig["swiglu_triton_ms_rounds"] == [1.0, 2.0, 4.0]
+    # The row divides out: the median Triton time and the dense time the fraction implies beside it.
+    assert fig["swiglu_triton_ms"] == 2.0 and fig["dense_ms"] == pytest.approx(1.2)
+    triton_tflops = 1e12 / fig["swiglu_triton_ms"] / 1e9
+    assert triton_tflops / fig["dense_tflops"] == pytest.approx(fig["fraction_of_dense"])
+    row = dict(tokens=8192, experts=16, top_k=2, d_model=1024, speedup_vs_loop=2.0, flops=1e12, floor_ms=0.5,
+               swiglu_triton_graph_ms=None, **fig)  # fmt: skip
+    bench.judge(row)  # the ceiling against the same dense rate as the fraction: 0.5 ms floor -> 2000 TF/s
+    assert row["dense_ceiling"] == pytest.approx(2000 / fig["dense_tflops"]) and row["target_met"]  # 60% of dense
     with pytest.raises(ValueError, match="as many Triton as dense rounds"):
         bench.paired_figures(1e12, 1e12, triton_ms=[1.0], dense_ms=[1.0, 2.0])
 
 
 def test_paired_ms_alternates_the_calls_round_by_round(bench, monkeypatch):
-    """The dense GEMM and the Triton path are timed turn about, so each round's ratio shares that round's clocks."""
+    """The dense GEMM and the Triton path are timed turn about, so each round's ratio shares that round's clocks,
+    first one then the other first."""
     import _timing
 
     calls = []
@@ -150,9 +159,9 @@ def test_paired_ms_alternates_the_calls_round_by_round(bench, monkeypatch):
     monkeypatch.setattr(_timing, "bench_ms", fake_bench_ms)
     args = bench.Args(rep_ms=30, warmup_ms=7)
     times = _timing.paired_ms({"triton": lambda: "t", "dense": lambda: "d"}, args, rounds=3)
-    assert [c[0] for c in calls] == ["t", "d", "t", "d", "t", "d"]
+    assert [c[0] for c in calls] == ["t", "d", "d", "t", "t", "d"]  # every other round reversed
     assert all(rep == 10 and warmup == 7 for _, rep, warmup in calls)  # the budget split over the rounds
-    assert times == {"triton": [1.0, 3.0, 5.0], "dense": [2.0, 4.0, 6.0]}
+    assert times == {"triton": [1.0, 4.0, 5.0], "dense": [2.0, 3.0, 6.0]}
     with pytest.raises(ValueError, match="rounds must be >= 1, got 0"):
         _timing.paired_ms({"triton": lambda: None}, args, rounds=0)
 
