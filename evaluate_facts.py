@@ -9,12 +9,17 @@ import platform
 
 
 def env_facts(env) -> dict:
-    """What the report says about an env: deployment scale, model, GPU, workload, and on CUDA the allocator's peak."""
+    """What the report says about an env: deployment scale, model (with, where it came from a checkpoint, which
+    weights and their pretraining losses: `MoETransformer.provenance`), GPU, workload, and on CUDA the allocator's
+    peak."""
     import torch
 
     u = env.unwrapped
     weight_bytes = sum(p.numel() * p.element_size() for p in u.runtime.model.parameters())
     facts = config_facts(u.config, u.backend.source, u.backend.spec.name, weight_bytes / 1e9)
+    provenance = getattr(u.runtime.model, "provenance", None)  # a checkpoint's: its file, weights digest, losses
+    if provenance:
+        facts["model"]["provenance"] = dict(provenance)
     if torch.cuda.is_available():
         # measured, but process-wide: every env built so far in this process (and anything else it ran) counts
         facts["cuda_peak_allocated_gb"] = torch.cuda.max_memory_allocated() / 1e9
@@ -62,6 +67,8 @@ def device_facts() -> dict:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": platform.node(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),  # with the next: the runtime's arithmetic (its losses) can differ by CPU
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.cuda.is_available(),
@@ -76,3 +83,15 @@ def device_facts() -> dict:
         except Exception as exc:  # the driver version is a label; its absence must not stop a report
             facts["driver"] = f"unknown ({type(exc).__name__})"
     return facts
+
+
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else the platform's processor string, else ''."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor()

@@ -194,8 +194,15 @@ def _device_text(env: dict, dev: dict) -> str:
         return f"measured on {dev.get('gpu', 'a GPU')} (driver {dev.get('driver', 'unknown')})"
     return (
         f"simulated {env['gpu_spec']} (telemetry.SimulatedGpu fitted to a measured H100) at deployment scale; runtime "
-        f"on {dev['cpu']} ({dev['host']})"
+        f"on {dev['cpu']}{_cpu_text(dev)} ({dev['host']})"
     )
+
+
+def _cpu_text(dev: dict) -> str:
+    """' AMD EPYC, AVX512': the CPU's model and the instruction set torch's CPU kernels use, where recorded (the
+    runtime's matmuls round differently from one to another, and so pretrain to other weights)."""
+    parts = [dev[k] for k in ("cpu_model", "torch_cpu_capability") if dev.get(k)]
+    return (" " + ", ".join(parts)) if parts else ""
 
 
 def _deployment_text(dep: dict) -> str:
@@ -203,6 +210,21 @@ def _deployment_text(dep: dict) -> str:
         f"d_model {dep['d_model']}, {dep['layers']} layers, {dep['heads']} heads, seq {dep['seq_len']}, expert widths "
         f"{dep['expert_widths']}, {dep['dtype']}, {dep['batch_tokens']} tokens per launch"
     )
+
+
+def _weights_text(model: dict) -> str:
+    """', weights `aa4c60f46b9d` (900 pretraining steps; validation loss prose 2.016, code 2.575 nats)', or ''.
+
+    The same config and seed pretrain to other weights on another CPU, so two reports' losses are comparable only
+    where their weights are the same."""
+    p = model.get("provenance") or {}
+    if "weights_sha256" not in p:
+        return ""
+    losses = ""
+    if "val_loss_prose" in p and "val_loss_code" in p:
+        losses = f"; validation loss prose {p['val_loss_prose']:.3f}, code {p['val_loss_code']:.3f} nats"
+    steps = f"{p['steps']} pretraining steps" if "steps" in p else "from a checkpoint"
+    return f", weights `{p['weights_sha256']}` ({steps}{losses})"
 
 
 def setup_lines(summary: dict) -> list[str]:
@@ -223,7 +245,7 @@ def setup_lines(summary: dict) -> list[str]:
         own += "" if one_deployment else f"; deployment scale: {deployments[name]}"
         lines.append(
             f"- Env `{name}`: runtime model `{m['preset_name']}` (d_model {m['d_model']}, {m['n_layers']} "
-            f"layers, {m['num_experts']} experts top-{m['top_k']}, widths {m['expert_widths']}), "
+            f"layers, {m['num_experts']} experts top-{m['top_k']}, widths {m['expert_widths']}{_weights_text(m)}), "
             f"{e['runtime_tokens']} runtime tokens per interval, {e['episode_intervals']} intervals of "
             f"{e['interval_s']} s, split `{e['split']}`, workload {e['workload']['profile']} at load "
             f"{e['workload']['load']}, domains {e['domains'][0]} -> {e['domains'][1]}{own}"

@@ -292,6 +292,23 @@ def test_report_describes_each_env_by_its_own_device_and_deployment(tmp_path):
     assert "`mixed`" not in text and "`predicted vs measured` (the KCM's prediction against the measured" in text
 
 
+def test_report_names_the_served_weights_and_their_pretraining_losses(tmp_path):
+    """The same config and seed pretrain to other weights on another CPU; the report says which ones it served."""
+    import evaluate_report as report
+
+    facts = env_facts_of("simulated")
+    facts["model"]["provenance"] = dict(checkpoint="default-x.pt", weights_sha256="aa4c60f46b9d", steps=900,
+                                        val_loss_prose=2.01573, val_loss_code=2.5745)  # fmt: skip
+    summary = fake_summary({"main": facts}, {"a": "main"}, "simulated")
+    summary["device"] |= dict(cpu_model="AMD EPYC", torch_cpu_capability="AVX512")  # what the arithmetic ran on
+    text = report.write_report(tmp_path, summary)
+    assert "; runtime on x86_64 AMD EPYC, AVX512 (h)" in text
+    [line] = [x for x in text.splitlines() if x.startswith("- Env `main`")]
+    assert ", weights `aa4c60f46b9d` (900 pretraining steps; validation loss prose 2.016, code 2.575 nats))" in line
+    del facts["model"]["provenance"]
+    assert "weights `" not in report.write_report(tmp_path, fake_summary({"main": facts}, {"a": "main"}, "simulated"))
+
+
 def test_env_facts_keep_weight_arithmetic_apart_from_a_measured_peak():
     """The runtime's weights are parameter bytes (predicted); only a CUDA allocator peak is measured, and it is
     process-wide, so it has a name of its own."""
@@ -306,6 +323,7 @@ def test_env_facts_keep_weight_arithmetic_apart_from_a_measured_peak():
     finally:
         env.close()
     assert "runtime_memory_gb" not in facts
+    assert facts["model"]["provenance"] == model.provenance  # the tiny env serves its pretrained checkpoint
     assert facts["runtime_weights_gb"] == sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
     assert (facts["cuda_peak_allocated_gb"] is None) == (not torch.cuda.is_available())
 

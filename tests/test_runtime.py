@@ -263,6 +263,15 @@ def test_pretraining_lowers_loss_and_checkpoint_round_trips(tiny, tmp_path):
     for (n, p), (_, q) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(p, q), n
     assert mr.evaluate_loss(model, "prose", tokens=2048) == pytest.approx(result["val_loss_prose"], rel=1e-6)
+    # Which weights these are, for reports: a digest of them and the pretraining losses that came with them.
+    from moe_runtime.checkpoint import weights_digest
+
+    p = model.provenance
+    assert p["weights_sha256"] == again.provenance["weights_sha256"] == weights_digest(model.state_dict())
+    assert p["steps"] == 40 and p["val_loss_prose"] == result["val_loss_prose"] and p["checkpoint"] in result["path"]
+    state = model.state_dict()
+    state["lm_head.weight" if "lm_head.weight" in state else next(iter(state))].view(-1)[0] += 1e-3
+    assert weights_digest(state) != p["weights_sha256"]
 
 
 def test_corrupt_or_mismatched_checkpoint_is_a_clear_error(tiny, tmp_path):
