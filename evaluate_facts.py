@@ -68,7 +68,7 @@ def device_facts() -> dict:
         "host": platform.node(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_model": _cpu_model(),  # with the next: the runtime's arithmetic (its losses) can differ by CPU
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", str)(),  # torch >= 2.1
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.cuda.is_available(),
