@@ -160,9 +160,14 @@ def make_controller(spec: PolicySpec, env, device: str):
     expected = env.observation_space.shape
     got = getattr(getattr(controller, "model", None), "observation_space", None)
     if got is not None and tuple(got.shape) != tuple(expected):
+        trained_preset = (getattr(controller, "train_env_config", None) or {}).get("preset")
+        served = env.unwrapped.config.model.preset_name
+        hint = ""
+        if trained_preset and trained_preset != served:  # its run's config.yaml says which: name the flag
+            hint = f" Its run served preset {trained_preset!r}, this env {served!r}: pass --preset {trained_preset}."
         raise UsageError(f"policy {spec.text!r} was trained on observations of shape {got.shape}; this env's are "
                          f"{expected} (another preset or expert count? A suite's trained policy is set with "
-                         "--trained-policy PATH, or '' for none)")
+                         f"--trained-policy PATH, or '' for none).{hint}")
     if note := transfer_note(spec, controller, env):
         # Default filters show each distinct message once: one line per policy, even though the main suite builds
         # its controllers twice (check_policies before training, then the episodes).

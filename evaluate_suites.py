@@ -54,9 +54,10 @@ WARM_START_COMMAND = ("python train_agent.py --algo ppo --timesteps 100000 --n-e
                       "{net_arch: {pi: [64, 64], vf: [64, 64]}, activation_fn: tanh, log_std_init: -1.6}\"")
 
 
-def committed_policy(args: Args, label: str = "ppo_committed") -> list[PolicySpec]:
-    """The committed trained policy as a spec, or [] with a printed note when it is absent (with the command that
-    trained it, for this preset)."""
+def committed_policy(args: Args, label: str = "") -> list[PolicySpec]:
+    """The committed trained policy as a spec (labelled `label`, or `<algo>_committed`), or [] with a printed note
+    when it is absent (with the command that trained it, for this preset). Its algorithm is the saved model's, so a
+    SAC, TD3 or A2C run's model serves as well as PPO's."""
     path = repo_path(args.trained_policy) if args.trained_policy else ""
     if not path or not Path(path).exists():
         preset = f" --env-kwargs preset:{args.preset}" if args.preset != "default" else ""
@@ -64,8 +65,14 @@ def committed_policy(args: Args, label: str = "ppo_committed") -> list[PolicySpe
               f"from kcm_greedy as in README's \"Trained policy\": {WARM_START_COMMAND}{preset}; then pass "
               "--trained-policy runs/ppo_kcm_s0/best/best_model.zip)")
         return []
+    from agents.sb3 import infer_algo
+
+    try:
+        algo = infer_algo(Path(path) / "model.zip" if Path(path).is_dir() else path)  # a run folder: its config.yaml
+    except ValueError:  # not a saved model: loading it as ppo says so, with the spec, where the policies are checked
+        algo = "ppo"
     # The spec says the path as given: a resume from another folder must not see another policy.
-    return [PolicySpec(label, f"ppo:{args.trained_policy}", algo="ppo", path=path)]
+    return [PolicySpec(label or f"{algo}_committed", f"{algo}:{args.trained_policy}", algo=algo, path=path)]
 
 
 def train_short_run(args: Args, folder: Path) -> list[PolicySpec]:

@@ -372,6 +372,7 @@ def test_main_suite_without_a_trained_policy_says_so(tmp_path):
     [
         ([], "was trained on observations of shape (63,); this env's are (43,) (another preset or expert count? A "
              "suite's trained policy is set with --trained-policy PATH, or '' for none)"),
+        ([], "Its run served preset 'default', this env 'tiny': pass --preset default."),  # from its config.yaml
         (["--trained-policy", "", "--policies", "load_balance(stepp=1)"], "stepp"),
     ],
 )
@@ -405,6 +406,19 @@ def test_the_suites_find_the_repository_files_from_another_folder(tmp_path, monk
     (tmp_path / "mine.zip").write_bytes(b"")  # a file of that name here is the user's own
     assert evaluate_suites.committed_policy(dataclasses.replace(args, trained_policy="mine.zip"))[0].path == "mine.zip"
     assert evaluate_suites.committed_policy(dataclasses.replace(args, trained_policy="no/such.zip")) == []
+
+
+@pytest.mark.parametrize("given", ["run/best/best_model.zip", "run"])
+def test_a_suites_trained_policy_may_be_sac(tmp_path, given):
+    """README trains SAC, TD3 and A2C too: --trained-policy takes their models, not only PPO's (it was loaded as
+    ppo, and the error said to load it as sac, which the flag could not)."""
+    (tmp_path / "run" / "best").mkdir(parents=True)
+    (tmp_path / "run" / "config.yaml").write_text("args: {algo: sac}\n")  # the run's algorithm, as infer_algo reads it
+    (tmp_path / "run" / "best" / "best_model.zip").write_bytes(b"")
+    args = dataclasses.replace(evaluate.Args(), trained_policy=str(tmp_path / given))
+    [spec] = evaluate_suites.committed_policy(args)
+    assert (spec.algo, spec.label, spec.text) == ("sac", "sac_committed", f"sac:{tmp_path / given}")
+    assert evaluate_suites.committed_policy(args, "adaptive_learned")[0].label == "adaptive_learned"
 
 
 def test_unusable_cache_and_read_only_out_fail_before_the_run(tmp_path, monkeypatch):
