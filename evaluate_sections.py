@@ -110,7 +110,7 @@ def ttt_allocation(out: Path, summary: dict, rows: list[dict], base: str, reps: 
         table.append([lab] + [cell(e.to_dict()) for e in est])
     header = [
         "policy",
-        f"TTT compute ({scale})",
+        f"TTT compute ({scale}) [measured]",
         "loss after shift (nats) [measured]",
         "loss (nats) [measured]",
         f"energy/token (mJ) [{summary['sources']['energy_per_token_mj']}]",
@@ -144,7 +144,7 @@ def ttt_allocation(out: Path, summary: dict, rows: list[dict], base: str, reps: 
                 color=f"C{i}",
                 label=lab,
             )
-        ax.set_xlabel(f"TTT compute: tokens trained per served token ({scale}) [measured]")
+        ax.set_xlabel(f"TTT compute ({scale}) [measured]")  # a longer label ran into the other panel's
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)

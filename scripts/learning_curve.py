@@ -174,8 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, entry) in enumerate(data["runs"].items()):
         c = colors[i % len(colors)]
-        if entry["train_steps"]:
-            ax.plot(entry["train_steps"], entry["train_return"], color=c, alpha=0.35, lw=1)
+        if entry["train_steps"]:  # one point (a short run) is no line: mark it, or the faint curve is not there
+            marker = "o" if len(entry["train_steps"]) == 1 else None
+            ax.plot(entry["train_steps"], entry["train_return"], color=c, alpha=0.35, lw=1, marker=marker)
         if "eval_steps" in entry:
             r = np.array(entry["eval_returns"])
             ax.errorbar(entry["eval_steps"], r.mean(1), yerr=r.std(1), color=c, marker="o", capsize=3, label=label)

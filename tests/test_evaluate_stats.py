@@ -328,6 +328,30 @@ def test_env_facts_keep_weight_arithmetic_apart_from_a_measured_peak():
     assert (facts["cuda_peak_allocated_gb"] is None) == (not torch.cuda.is_available())
 
 
+@pytest.mark.parametrize("trained", [0.0, 64.0])  # tokens trained per fixed-schedule episode: none, or some
+def test_ttt_allocation_labels_its_compute_and_keeps_the_panels_apart(tmp_path, monkeypatch, capsys, trained):
+    """The compute column says its source like the others, and each panel's x label stays within its own panel
+    (the long label ran into the next panel's and past the figure's edge)."""
+    import evaluate_sections as sections
+
+    labels = ["no_ttt", "fixed_1x", "fixed_2x", "adaptive_heuristic"]
+    summary = {"aggregates": dict.fromkeys(labels), "sources": {"energy_per_token_mj": "simulated"}}
+    rows = [{"label": lab, "ttt_tokens_trained": 0.0 if lab == "no_ttt" else trained, "runtime_tokens": 1024.0,
+             "loss_after_shift": 3.0 + s, "mean_loss": 3.0, "energy_per_token_mj": 0.4 + s}
+            for lab in labels for s in (0.0, 0.1)]  # fmt: skip
+    figures = []
+    monkeypatch.setattr(sections, "save_png", lambda fig, path: figures.append(fig))
+    text = sections.ttt_allocation(tmp_path, summary, rows, "fixed_1x", reps=50, confidence=0.95)
+    assert "| policy | TTT compute (" in text and ") [measured] | loss after shift (nats) [measured] |" in text
+    [fig] = figures
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()  # the layout as save_png draws it
+    left, right = (ax.xaxis.label.get_window_extent(renderer) for ax in fig.axes)
+    assert 0 <= left.x0 and left.x1 < right.x0 and right.x1 <= fig.bbox.width
+    assert all("[measured]" in ax.get_xlabel() for ax in fig.axes)
+
+
 @pytest.mark.parametrize("backend", ["simulated", "measured"])
 def test_single_gpu_outputs_label_every_figure(tmp_path, capsys, backend):
     """Latency with its source, runtime weights as predicted (parameter bytes), the CUDA peak as a process-wide

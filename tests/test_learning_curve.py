@@ -71,6 +71,22 @@ def test_every_curve_says_its_source(tmp_path, telemetry, source):
     assert "loss term measured" in learning_curve.curves_source(["mixed"])["source_note"]
 
 
+def test_a_training_curve_of_one_point_is_drawn(tmp_path, monkeypatch):
+    """A short run logs one training-episode mean (SAC and TD3 every 4 episodes): the title says 'faint: training
+    episodes', so it must show, not be a line of one point that draws nothing."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    run = fake_run(tmp_path / "run")
+    monkeypatch.setattr(learning_curve, "training_curve", lambda run: (np.array([256]), np.array([-190.0])))
+    learning_curve.main([str(run), "--baselines", "", "--out", str(tmp_path / "curve")])
+    ax = plt.gcf().axes[0]
+    assert "faint: training episodes" in ax.get_title()
+    [line] = [line for line in ax.get_lines() if list(line.get_xdata()) == [256]]
+    assert line.get_marker() not in ("None", "", " ", None)
+    plt.close("all")
+
+
 def test_agent_router_nvml_rows_say_which_figures_are_predicted(monkeypatch):
     """The capacity is the KCM's and the demand a fraction of it: not `measured` like the rest."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # the script imports `_cli` from there
