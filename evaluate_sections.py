@@ -242,7 +242,8 @@ def single_gpu_lines(summary: dict, detail: dict, base: str) -> list[str]:
         )
         lines += [
             f"\n{lab}:",
-            f"  Latency: {num(lat['mean'])} +- {num(lat['std'])} ms (p50 interval latency) [{lat['source']}]",
+            f"  Latency: {num(lat['mean'])} +- {num(lat['std'])} ms (p50 interval latency, mean +- sd over episodes) "
+            f"[{lat['source']}]",
             f"  Memory: {memory or 'n/a'}",
         ]
         for name, title in SINGLE_GPU_METRICS[1:]:

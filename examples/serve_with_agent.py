@@ -78,6 +78,8 @@ def main() -> None:
         runtime.reset_stream(DomainSchedule.shift("prose", "code", shift_tokens), seed=config.seed)
     name = args.policy or args.controller
     print(f"serving {args.preset} with {name} on {monitor.device} ({monitor.reason})")
+    source = "simulated" if router.gpu is not None else "measured"  # as IntervalRecord.source says it
+    print(f"loss in nats [measured]; power, temperature, energy per token and latency [{source}]")
     print(" int domain  loss    power   temp  mJ/tok   lat ms  | next: biases                   ttt")
     for r in router.run(args.intervals):
         biases = " ".join(f"{b:+.2f}" for b in r.next_action.biases(config.num_experts))

@@ -364,7 +364,7 @@ def test_single_gpu_outputs_label_every_figure(tmp_path, capsys, backend):
             for lab in ("a", "b") for s in (0, 1)]  # fmt: skip
     sections.single_gpu_outputs(tmp_path, summary, rows, {}, kcm_ok=False)
     printed = capsys.readouterr().out
-    assert f"(p50 interval latency) [{backend}]" in printed
+    assert f"(p50 interval latency, mean +- sd over episodes) [{backend}]" in printed  # the others are IQM [CI]
     assert "GB runtime weights [predicted]" in printed and "runtime [measured]" not in printed
     assert f"% [KCM vs {backend}]" in printed and "% [predicted]" not in printed
     assert ("GB CUDA peak (process-wide) [measured]" in printed) == (backend == "measured")

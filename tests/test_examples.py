@@ -23,6 +23,7 @@ def test_serves_the_tiny_preset_with_the_heuristic():
     assert [int(r[0]) for r in rows] == [0, 1, 2]
     assert rows[0][1] == "prose" and rows[-1][1] == "code", "the stream shifts halfway"
     assert "heuristic:" in result.stdout.splitlines()[-1]
+    assert "loss in nats [measured]; power, temperature, energy per token and latency [simulated]" in result.stdout
 
 
 @pytest.mark.parametrize(
