@@ -230,9 +230,15 @@ class AgentRouter:
         built = make_controller(controller, self.spec) if isinstance(controller, str) else controller
         trained_on = getattr(getattr(built, "model", None), "observation_space", None)  # an SB3 policy's
         if trained_on is not None and tuple(trained_on.shape) != (self.builder.size,):
+            trained_preset = (getattr(built, "train_env_config", None) or {}).get("preset")
+            served = self.runtime.config.preset_name
+            hint = ""
+            if trained_preset and trained_preset != served:  # its run's config.yaml says which: name the runtime
+                hint = f"; its run served the {trained_preset!r} preset, this runtime is {served!r}"
             raise ValueError(
                 f"the controller was trained on observations of shape {tuple(trained_on.shape)}; this router's are "
-                f"({self.builder.size},) for {self.num_experts} experts (a policy of another preset or expert count?)"
+                f"({self.builder.size},) for {self.num_experts} experts (a policy of another preset or expert "
+                f"count?){hint}"
             )
         return built
 

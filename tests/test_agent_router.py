@@ -173,6 +173,9 @@ def test_agent_router_refuses_a_policy_of_another_expert_count(ppo_run):
     runtime = MoERuntime(MoEConfig.preset("default"))  # 8 experts: a longer observation
     with pytest.raises(ValueError, match=r"trained on observations of shape \(43,\); this router's are \(63,\)"):
         AgentRouter(policy, runtime)
+    policy.train_env_config = {"preset": "tiny"}  # as a train_agent run's config.yaml records it
+    with pytest.raises(ValueError, match="its run served the 'tiny' preset, this runtime is 'default'"):
+        AgentRouter(policy, runtime)
 
 
 def test_agent_router_swaps_its_controller_checked_as_the_constructor_does(ppo_run):
