@@ -4,7 +4,6 @@ controls move energy, loss, clocks and temperature the ways they should."""
 import copy
 import math
 import pickle
-import re
 import warnings
 
 import gymnasium as gym
@@ -13,25 +12,10 @@ import pytest
 import torch
 
 import envs
-from envs import EnvConfig, MoERoutingEnv, Workload
+from envs import MoERoutingEnv, Workload
 from moe_runtime import ControlAction
 
 TINY = dict(preset="tiny", telemetry="simulated", episode_intervals=12)
-BAD_KWARGS = [
-    dict(telemetry="gpu"),
-    dict(interval_s=0.0),
-    dict(episode_intervals=0),
-    dict(shift_range=(0.8, 0.2)),
-    dict(split="dev"),
-    dict(preset="huge"),
-    dict(not_a_field=1),
-    dict(interval_s=1e9),  # the simulated GPU stepped through it for hours
-    dict(noise_std=float("nan")),  # was accepted: NaN energy and rewards
-    dict(ambient_range_c=(20.0, float("inf"))),  # was numpy's OverflowError at reset
-    dict(seed=-1),
-    dict(runtime_tokens=10**9),  # the build calibrated on it for minutes and gigabytes
-    dict(ambient_range_c=(200.0, 300.0)),  # was accepted: a 302 C GPU
-]
 
 
 @pytest.fixture(scope="module")
@@ -48,64 +32,6 @@ def run(env, actions, seed=0):
         obs, r, term, trunc, info = env.step(a)
         out.append((obs, r, info))
     return out
-
-
-@pytest.mark.parametrize("kwargs", BAD_KWARGS)
-def test_bad_config_is_a_clear_error_at_construction(kwargs):
-    with pytest.raises(ValueError):
-        MoERoutingEnv(**{**TINY, **kwargs})
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        (dict(gpu="H900"), "unknown GPU 'H900'"),
-        (dict(checkpoint="/no/such/model.pt"), "checkpoint '/no/such/model.pt' does not exist"),
-        (dict(cost_table="/no/such/table.json"), "cost_table '/no/such/table.json' does not exist"),
-        (dict(cost_table="/"), "cost_table '/' is a folder"),  # was IsADirectoryError from the KCM
-        (dict(checkpoint="/"), "checkpoint '/' is a folder"),
-        (dict(cost_table=__file__), "EnvConfig.cost_table: cost table " + __file__ + " is not valid JSON"),
-        (dict(cost_table="builtin", gpu="L4"), "EnvConfig.cost_table: "),  # no calibrated table ships for the L4
-        (dict(domains=("prose", "klingon")), "domains: 'klingon' is neither a built-in domain ('prose', 'code')"),
-        (dict(torch_threads=100000), "torch_threads must be at most 256, got 100000"),
-    ],
-)
-def test_unknown_gpu_and_missing_files_fail_in_the_config(kwargs, message):
-    # the CLIs check an EnvConfig before they start workers or train: these must not wait for the env's backend
-    with pytest.raises(ValueError, match=re.escape(message)):
-        EnvConfig.from_kwargs(**{**TINY, **kwargs})
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        (dict(interval_s="1s"), "interval_s must be a number, got '1s'"),
-        (dict(episode_intervals=2.5), "episode_intervals must be an integer, got 2.5"),
-        (dict(torch_threads=True), "torch_threads must be an integer, got True"),
-        (dict(reward={"energy": 1.0}), "reward must be a RewardConfig"),
-        (dict(model="tiny"), "model must be a MoEConfig or None (a preset name goes in `preset`), got 'tiny'"),
-        (dict(ttt="maybe"), "ttt must be true or false, got 'maybe'"),
-        (dict(randomize=2), "randomize must be true or false, got 2"),
-        (dict(shift_range=0.5), "shift_range must be a (low, high) pair of numbers, got 0.5"),
-        (dict(ambient_range_c=(1,)), "ambient_range_c must be a (low, high) pair of numbers, got (1,)"),
-        (dict(cooling_range=("a", "b")), "cooling_range must be a (low, high) pair of numbers"),
-        (dict(domains="prose"), "domains must be (before, after) names or paths, got 'prose'"),
-        (dict(gpu=100), "gpu must be a string, got 100"),
-    ],
-)
-def test_wrongly_typed_settings_are_type_errors_naming_the_field(kwargs, message):
-    with pytest.raises(TypeError, match=re.escape(message)):
-        EnvConfig.from_kwargs(**{**TINY, **kwargs})
-
-
-def test_a_workload_may_be_given_by_its_profile_name():
-    assert EnvConfig.from_kwargs(**TINY, workload="bursty").workload == Workload(profile="bursty")
-    with pytest.raises(ValueError, match="'spiky' is not one of"):
-        EnvConfig.from_kwargs(**TINY, workload="spiky")
-    for bad in (float("nan"), 2.5, 1):  # NaN was accepted and made every interval's demand NaN
-        with pytest.raises(ValueError, match=f"period_intervals must be a whole number >= 2, got {bad!r}"):
-            Workload(period_intervals=bad)
-    assert Workload(period_intervals=32.0).period_intervals == 32  # as a YAML file or --env-kwargs may write it
 
 
 def test_spaces_and_names(env):
@@ -451,43 +377,12 @@ def test_without_ttt_the_ttt_entries_are_ignored():
     e.close()
 
 
-def test_nvml_without_gpu_is_a_clear_error():
-    from telemetry import nvml_available
-
-    if nvml_available():
-        pytest.skip("a GPU with NVML is present: this checks the error without one")
-    with pytest.raises((RuntimeError, ValueError), match="(?i)nvml|gpu"):
-        MoERoutingEnv(**{**TINY, "telemetry": "nvml"})
-
-
 def test_async_vector_env_two_workers():
     vec = gym.vector.AsyncVectorEnv([lambda: gym.make("MoERouting-v0", **TINY, torch_threads=1) for _ in range(2)])
     obs, _ = vec.reset(seed=0)
     obs, r, term, trunc, info = vec.step(vec.action_space.sample())
     assert obs.shape[0] == 2 and np.all(np.isfinite(r))
     vec.close()
-
-
-def test_env_config_object_and_kwargs_agree():
-    a = MoERoutingEnv(EnvConfig.from_kwargs(**TINY))
-    b = MoERoutingEnv(**TINY)
-    oa, _ = a.reset(seed=3)
-    ob, _ = b.reset(seed=3)
-    np.testing.assert_array_equal(oa, ob)
-
-
-def test_a_config_built_directly_fits_its_preset():
-    """`EnvConfig(preset="tiny")` gets the same 4-expert deployment as `gym.make` (not the 8-expert default)."""
-    direct = EnvConfig(preset="tiny")
-    assert direct.deployment == EnvConfig.from_kwargs(preset="tiny").deployment == envs.deployment_for(direct.model)
-    assert direct.deployment.num_experts == direct.model.num_experts == 4
-    assert EnvConfig().deployment == EnvConfig.from_kwargs().deployment
-    with pytest.raises(TypeError, match="deployment must be a DeploymentScale or None"):
-        EnvConfig(preset="tiny", deployment={"d_model": 1024})
-
-
-def test_the_measured_env_serves_the_gpu_preset():
-    assert gym.spec("MoERoutingMeasured-v0").kwargs == {"telemetry": "nvml", "preset": "gpu"}
 
 
 def test_raw_reads_one_observation_or_a_batch(env):
