@@ -24,8 +24,9 @@ fields with a dot: `workload.load:0.8`, `reward.w_loss:2`). Values are YAML scal
 The run folder (`--out`) gets: `config.yaml` (every argument, the resolved hyperparameters and env config, versions,
 date), `model.zip` and `vecnormalize.pkl` (final), `best/best_model.zip` (+ its `vecnormalize.pkl`; chosen on
 held-out seeds of the validation split), `checkpoints/ckpt_<steps>_steps.zip` (+ VecNormalize, replay buffer),
-`evaluations.npz`, `tb/` (TensorBoard: SB3's losses, `env/` reward terms and per-episode energy, latency, loss,
-`telemetry/` temperature and power) and `train_summary.json` (steps, wall time this session and in all, steps/s).
+`evaluations.npz`, `tb/` (TensorBoard: SB3's losses, `env/` reward terms and loss, per-episode energy and latency
+under `env/<source>/`, temperature and power under `telemetry/<source>/`, the source `simulated` or `measured`) and
+`train_summary.json` (steps, wall time this session and in all, steps/s).
 Ctrl-C (or SIGTERM) saves a checkpoint and exits with status 130; a run whose policy diverges (NaN or infinite
 weights, an invalid action distribution) exits with status 1 and a one-line error naming the step, its checkpoints
 kept. `--hyperparams imitate:<controller>` first fits the fresh policy to a baseline controller

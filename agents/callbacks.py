@@ -19,19 +19,24 @@ EVALUATIONS_FILE = "evaluations.npz"  # EvalCallback(log_path=run folder) writes
 class EpisodeInfoCallback(BaseCallback):
     """Logs the env's `info` per episode (means over the episodes finished since the last dump).
 
-    `env/reward_<term>`: each weighted reward term summed over the episode; `env/energy_j` (episode total),
-    `env/energy_per_token_j`, `env/latency_ms` (mean), `env/loss` (mean, nats), `env/slo_violations` (intervals),
-    `env/ttt_updates`; `telemetry/temperature_c` (mean), `telemetry/peak_temperature_c`, `telemetry/power_w` (mean).
+    `env/reward_<term>`: each weighted reward term summed over the episode; `env/loss` (mean, nats, measured: the
+    model's real loss), `env/ttt_updates`. The hardware figures carry their `info["source"]` (`simulated` or
+    `measured`) in the tag, so a simulated curve never reads as a measured one: `env/<source>/energy_j` (episode
+    total), `env/<source>/energy_per_token_j`, `env/<source>/latency_ms` (mean), `env/<source>/slo_violations`
+    (intervals); `telemetry/<source>/temperature_c` (mean), `telemetry/<source>/peak_temperature_c`,
+    `telemetry/<source>/power_w` (mean).
     """
 
     def _on_training_start(self) -> None:
         self._episodes: list[dict[str, float]] = [defaultdict(float) for _ in range(self.training_env.num_envs)]
+        self._sources: list[str] = ["unknown"] * self.training_env.num_envs
 
     def _on_step(self) -> bool:
         for i, (info, done) in enumerate(zip(self.locals["infos"], self.locals["dones"])):
             if "energy_j" not in info:
                 continue
             a = self._episodes[i]
+            self._sources[i] = str(info.get("source", "unknown"))
             a["steps"] += 1
             for term, value in info.get("reward_terms", {}).items():
                 a[f"reward_{term}"] += value
@@ -47,24 +52,24 @@ class EpisodeInfoCallback(BaseCallback):
                 a["peak_temperature_c"], info.get("peak_temperature_c", info["temperature_c"])
             )
             if done:
-                self._log_episode(a)
+                self._log_episode(a, self._sources[i])
                 self._episodes[i] = defaultdict(float)
         return True
 
-    def _log_episode(self, a: dict[str, float]) -> None:
+    def _log_episode(self, a: dict[str, float], source: str) -> None:
         n = max(a["steps"], 1.0)
         for key, value in a.items():
             if key.startswith("reward_"):
                 self.logger.record_mean(f"env/{key}", value)
-        self.logger.record_mean("env/energy_j", a["energy_j"])
-        self.logger.record_mean("env/energy_per_token_j", a["energy_j"] / max(a["tokens"], 1.0))
-        self.logger.record_mean("env/latency_ms", a["latency_ms"] / n)
         self.logger.record_mean("env/loss", a["loss"] / n)
-        self.logger.record_mean("env/slo_violations", a["slo_violations"])
         self.logger.record_mean("env/ttt_updates", a["ttt_updates"])
-        self.logger.record_mean("telemetry/temperature_c", a["temperature_c"] / n)
-        self.logger.record_mean("telemetry/peak_temperature_c", a["peak_temperature_c"])
-        self.logger.record_mean("telemetry/power_w", a["power_w"] / n)
+        self.logger.record_mean(f"env/{source}/energy_j", a["energy_j"])
+        self.logger.record_mean(f"env/{source}/energy_per_token_j", a["energy_j"] / max(a["tokens"], 1.0))
+        self.logger.record_mean(f"env/{source}/latency_ms", a["latency_ms"] / n)
+        self.logger.record_mean(f"env/{source}/slo_violations", a["slo_violations"])
+        self.logger.record_mean(f"telemetry/{source}/temperature_c", a["temperature_c"] / n)
+        self.logger.record_mean(f"telemetry/{source}/peak_temperature_c", a["peak_temperature_c"])
+        self.logger.record_mean(f"telemetry/{source}/power_w", a["power_w"] / n)
 
 
 class SaveVecNormalizeCallback(BaseCallback):

@@ -267,12 +267,13 @@ def test_tiny_run_interrupts_with_a_checkpoint_and_resumes(tmp_path, capsys):
     for tag in (
         b"env/reward_energy",
         b"env/reward_loss",
-        b"env/energy_j",
-        b"env/latency_ms",
+        b"env/simulated/energy_j",
+        b"env/simulated/latency_ms",
         b"env/loss",
-        b"telemetry/temperature_c",
+        b"telemetry/simulated/temperature_c",
     ):
         assert tag in events, tag
+    assert b"measured/" not in events and b"env/energy_j" not in events  # simulated figures say so in their tag
 
     env = gym.make("MoERouting-v0", preset="tiny", telemetry="simulated", episode_intervals=8)
     obs, _ = env.reset(seed=0)
@@ -374,3 +375,32 @@ def test_learning_starts_given_on_the_command_line_is_kept_with_a_warning():
     assert derived["hyperparams"]["learning_starts"] == 1000 and not derived["hyperparams_adjusted"]
     _, derived = train_agent.parse_args(["--algo", "ppo", "--env-kwargs", "preset:tiny"])
     assert "learning_starts" not in derived["hyperparams"]
+
+
+@pytest.mark.parametrize("source", ["simulated", "measured"])
+def test_episode_hardware_figures_are_tagged_with_their_source(source):
+    from types import SimpleNamespace
+
+    from stable_baselines3.common.logger import Logger
+
+    from agents.callbacks import EpisodeInfoCallback
+
+    logger = Logger(folder=None, output_formats=[])
+    callback = EpisodeInfoCallback()
+    callback.model = SimpleNamespace(logger=logger, num_timesteps=0, get_env=lambda: SimpleNamespace(num_envs=1))
+    callback.on_training_start({}, {})
+    steps = [
+        dict(energy_j=2.0, tokens=4, latency_ms=10.0, temperature_c=50.0, power_w=300.0, slo_violated=False),
+        dict(energy_j=6.0, tokens=4, latency_ms=30.0, temperature_c=60.0, power_w=500.0, slo_violated=True),
+    ]
+    for i, figures in enumerate(steps):
+        info = dict(figures, loss=3.0, ttt_updates=1, source=source, reward_terms={"energy": -1.0})
+        callback.update_locals({"infos": [info], "dones": [i == len(steps) - 1]})
+        callback.on_step()
+    logged = dict(logger.name_to_value)
+    assert logged[f"env/{source}/energy_j"] == 8.0 and logged[f"env/{source}/energy_per_token_j"] == 1.0
+    assert logged[f"env/{source}/latency_ms"] == 20.0 and logged[f"env/{source}/slo_violations"] == 1.0
+    assert logged[f"telemetry/{source}/power_w"] == 400.0 and logged[f"telemetry/{source}/peak_temperature_c"] == 60.0
+    assert logged["env/loss"] == 3.0 and logged["env/reward_energy"] == -2.0 and logged["env/ttt_updates"] == 2.0
+    other = "measured" if source == "simulated" else "simulated"
+    assert not [key for key in logged if other in key or key in ("env/energy_j", "telemetry/power_w")]
