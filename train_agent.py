@@ -1,7 +1,7 @@
 """Train a stable-baselines3 agent (PPO, SAC, TD3, A2C) on MoERouting-v0.
 
     python train_agent.py --algo ppo --timesteps 100000 --n-envs 2 --out runs/ppo_s0
-    python train_agent.py --algo ppo --timesteps 256 --env-kwargs preset:tiny --hyperparams n_steps:64 batch_size:32
+    python train_agent.py --algo ppo --timesteps 256 --preset tiny --hyperparams n_steps:64 batch_size:32
     python train_agent.py --out runs/ppo_s0 --resume                         # continue from the last checkpoint
     python train_agent.py --out runs/ppo_s0 --resume --timesteps 200000      # ... and train on to 200k steps
 
@@ -18,8 +18,8 @@ A resume from a checkpoint older than the best model (the newer checkpoints unre
 the steps the resume trains again, and the next evaluation saves a new best.
 
 Hyperparameters come from `agents/hyperparams/<algo>.yml` (RL Baselines3 Zoo layout) with `--hyperparams key:value`
-overrides; `--env-kwargs key:value` sets any `EnvConfig` field (`preset:tiny`, `episode_intervals:32`, and nested
-fields with a dot: `workload.load:0.8`, `reward.w_loss:2`). Values are YAML scalars.
+overrides; `--env-kwargs key:value` sets any `EnvConfig` field (`preset:tiny`, which `--preset tiny` also sets;
+`episode_intervals:32`; nested fields with a dot: `workload.load:0.8`, `reward.w_loss:2`). Values are YAML scalars.
 
 The run folder (`--out`) gets: `config.yaml` (every argument, the resolved hyperparameters and env config, versions,
 date), `model.zip` and `vecnormalize.pkl` (final), `best/best_model.zip` (+ its `vecnormalize.pkl`; chosen on

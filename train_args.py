@@ -63,6 +63,9 @@ class Args:
     """hyperparameter overrides, key:value (Zoo syntax), e.g. n_steps:64 learning_rate:lin_3e-4"""
     hyperparams_file: str = ""
     """YAML file of hyperparameters; empty: agents/hyperparams/<algo>.yml"""
+    preset: str = ""
+    """MoEConfig preset of the served model (tiny, default or gpu), as evaluate.py's --preset; the same as --env-kwargs
+    preset:<name>. Empty: the env id's own (gpu for MoERoutingMeasured-v0), else default"""
     env_kwargs: list[str] = field(default_factory=list)
     """env arguments, key:value, e.g. preset:tiny episode_intervals:32 workload.load:0.8"""
     eval_freq: int = 10_000
@@ -250,6 +253,16 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
     if args.algo not in ALGOS:
         parser.error(f"--algo {args.algo!r} is not one of {sorted(ALGOS)}")
     check_env_id(parser, args.env_id)
+    if args.preset:  # recorded as the --env-kwargs pair it stands for, so a resume matches either spelling
+        try:
+            paired_preset = parse_key_values(args.env_kwargs, "--env-kwargs").get("preset")
+        except ValueError:
+            paired_preset = None  # a malformed pair is reported where the pairs are read, below
+        if paired_preset is None:
+            args.env_kwargs = [*args.env_kwargs, f"preset:{args.preset}"]
+        elif str(paired_preset) != args.preset:
+            where = "--env-kwargs" if "env_kwargs" in given or not args.resume else "the run's saved --env-kwargs"
+            parser.error(f"--preset {args.preset} disagrees with {where} preset:{paired_preset}; give one of them")
     telemetry_from = "--telemetry "  # where the setting came from, for the messages
     if not args.telemetry:  # the measured env's nvml must not be overridden by a default the user never chose
         try:

@@ -44,6 +44,8 @@ BAD_FLAGS = [
     (["--hyperparams", "imitate_steps:64"], "given without imitate:<controller>"),
     (["--hyperparams", "imitate:kcm_greedy", "imitate_epochs:0"], "imitate_epochs must be a positive integer"),
     (["--env-kwargs", "gpu:H900"], "unknown GPU 'H900'"),
+    (["--preset", "huge"], "unknown MoEConfig preset 'huge'"),
+    (["--preset", "tiny", "--env-kwargs", "preset:default"], "--preset tiny disagrees with --env-kwargs preset:default"),
     (["--env-kwargs", "checkpoint:/no/such/model.pt"], "'/no/such/model.pt' does not exist"),
     (["--env-kwargs", f"checkpoint:{__file__}"], "is corrupt or not a checkpoint"),  # a file, not a checkpoint
     (["--env-kwargs", f"cost_table:{__file__}"], "EnvConfig.cost_table: cost table"),  # read before any env
@@ -172,6 +174,9 @@ def test_flags_parse_into_configs():
     assert algo_kwargs["policy_kwargs"]["activation_fn"].__name__ == "ReLU"
     schedule = agents.sb3.build_algo_kwargs("ppo", {"learning_rate": "lin_1e-3"}, 6)[1]["learning_rate"]
     assert schedule(0.5) == pytest.approx(5e-4)
+    args, derived = train_agent.parse_args(["--preset", "tiny", "--env-kwargs", "episode_intervals:8"])
+    assert derived["env_kwargs"]["preset"] == "tiny" and derived["env_kwargs"]["episode_intervals"] == 8
+    assert args.env_kwargs == ["episode_intervals:8", "preset:tiny"]  # recorded as the pair it stands for
     for algo in agents.ALGOS:  # every shipped hyperparameter file loads and checks
         assert agents.load_hyperparams(algo)["policy"] == "MlpPolicy"
 
@@ -261,6 +266,12 @@ def test_tiny_run_interrupts_with_a_checkpoint_and_resumes(tmp_path, capsys):
     assert "0 steps in" not in result.stdout and "Traceback" not in result.stderr
     assert {name: (run / name).read_bytes() for name in kept} == finished
     assert train_agent.parse_args(["--out", str(run), "--resume"])[1]["nothing_to_do"]  # a bare one too
+    # --preset is the --env-kwargs pair it stands for: the run's own matches, another is refused
+    assert train_agent.parse_args(["--out", str(run), "--resume", "--preset", "tiny"])[1]["nothing_to_do"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        train_agent.parse_args(["--out", str(run), "--resume", "--preset", "default"])
+    assert "--preset default disagrees with the run's saved --env-kwargs preset:tiny" in capsys.readouterr().err
     for path in ("model.zip", "vecnormalize.pkl", "best/best_model.zip", "evaluations.npz"):
         assert (run / path).exists(), path
     events = b"".join(p.read_bytes() for p in (run / "tb").rglob("events.out.tfevents*"))
