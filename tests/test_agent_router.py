@@ -132,8 +132,10 @@ def test_agent_router_names_a_wrong_argument_before_the_first_step():
     with pytest.raises(ValueError, match="reference_loss must map each domain to a finite loss"):
         AgentRouter("no_control", runtime, reference_tokens=0, reference_loss={"code": float("nan")})
     loss = np.float32(5.5)  # a numpy loss, as a mean of losses is, is a loss
-    assert AgentRouter("no_control", runtime, reference_tokens=0, reference_loss={"code": loss}).reference_loss
-    assert AgentRouter("no_control", runtime, monitor="simulated").gpu is not None  # a source name, as the monitor's
+    router = AgentRouter("no_control", runtime, reference_tokens=0, reference_loss={"code": loss})
+    assert router.reference_loss == {"code": pytest.approx(5.5)}
+    by_name = AgentRouter("no_control", runtime, monitor="simulated")  # a source name, as the monitor's
+    assert isinstance(by_name.gpu, SimulatedGpu) and by_name.gpu is by_name.monitor.source
     wrong = [  # each was an AttributeError from inside the constructor or the first step
         (dict(runtime=TINY), "runtime must be a moe_runtime.MoERuntime, got MoEConfig"),
         (dict(controller=object()), "controller must be a controller name or have act"),

@@ -166,6 +166,17 @@ def test_seed_api_energy_aware_loss_and_statistics():
     stats = router.get_statistics()
     for key in ("ttt_update_count", "avg_energy_savings_watts", "expert_usage", "load_balance_cv", "thermal_scaling"):
         assert key in stats
+    # the statistics follow the decisions: the observed load, and the saving the biases toward cheap experts predict
+    load = np.array([0.4, 0.3, 0.2, 0.1])
+    cool, hot = heuristic(), heuristic()
+    for _ in range(3):
+        decide(cool, observe(**COOL, load_fraction_e=load))
+        decide(hot, observe(**HOT))
+    cool_stats, hot_stats = cool.get_statistics(), hot.get_statistics()
+    np.testing.assert_allclose(cool_stats["expert_usage"], load, atol=1e-6)
+    assert cool_stats["load_balance_cv"] == pytest.approx(np.std(load) / np.mean(load), rel=1e-5)
+    assert cool_stats["thermal_scaling"] == 1.0 < hot_stats["thermal_scaling"]
+    assert 0.0 < cool_stats["avg_energy_savings_watts"] < hot_stats["avg_energy_savings_watts"] < HOT["power_w"]
     with pytest.raises(ValueError, match="positive"):
         EnergyAwareTTTRouter(TINY, None, None, ttt_chunk_size=0)
     with pytest.raises(ValueError, match="ControlSpec"):

@@ -64,7 +64,7 @@ def test_action_round_trip_and_errors(env):
     with pytest.raises(ValueError, match="shape"):
         u.decode_action(np.zeros(E))
     env.reset(seed=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"non-finite entries at \[0, 1, .*\]: \[inf inf"):
         env.step(np.full(E + 2, np.inf))
 
 
@@ -96,8 +96,10 @@ def test_info_is_plain_and_finite(env):
     _, _, info = run(env, [env.action_space.sample()])[-1]
     for k, v in info.items():
         assert isinstance(v, (bool, int, float, str, np.ndarray, dict)), k
-        if isinstance(v, float):
-            assert np.isfinite(v), k
+        if isinstance(v, (float, np.ndarray)):
+            assert np.isfinite(v).all(), k
+        if isinstance(v, dict):
+            assert all(np.isfinite(x) for x in v.values()), k
     assert set(info["reward_terms"]) == set(envs.OBJECTIVES)
     assert info["vector_reward"].shape == (len(envs.OBJECTIVES),)
 

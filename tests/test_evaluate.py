@@ -22,7 +22,13 @@ import evaluate_suites
 
 SPLIT_CASES = [("a,b(x=1,y=2),c", ["a", "b(x=1,y=2)", "c"]), (" a , ,b ", ["a", "b"]), ("f(g(1,2),3)", ["f(g(1,2),3)"])]
 SEED_CASES = [("0", [0]), ("0,3,5-7", [0, 3, 5, 6, 7]), ("2-4", [2, 3, 4])]
-BAD_SEEDS = ["", "4-2", "a", "1,1", "0-"]
+BAD_SEEDS = [  # (text, what the message says)
+    ("", "--seeds '' must name distinct seeds"),
+    ("4-2", "'4-2' is not N or N-M (M >= N)"),
+    ("a", "'a' is not N or N-M"),
+    ("1,1", "--seeds '1,1' must name distinct seeds"),
+    ("0-", "'0-' is not N or N-M"),
+]
 BAD_SPECS = [
     ("nonsense", "unknown controller 'nonsense'"),
     ("ppo:/no/such/model.zip", "no saved model at /no/such/model.zip"),
@@ -48,9 +54,9 @@ def test_parse_seeds(text, expected):
     assert evaluate.parse_seeds(text) == expected
 
 
-@pytest.mark.parametrize("text", BAD_SEEDS)
-def test_bad_seeds(text):
-    with pytest.raises(evaluate.UsageError):
+@pytest.mark.parametrize(("text", "message"), BAD_SEEDS)
+def test_bad_seeds(text, message):
+    with pytest.raises(evaluate.UsageError, match=re.escape(message)):
         evaluate.parse_seeds(text)
 
 

@@ -1,6 +1,8 @@
 """The MoE runtime on the CPU with the tiny preset: config, router, expert dispatch, streams, reports (pretraining and
 checkpoints: test_pretrain.py)."""
 
+import hashlib
+import re
 
 import numpy as np
 import pytest
@@ -10,19 +12,19 @@ import torch.nn.functional as F
 import moe_runtime as mr
 from kernels import fused_route_reference, grouped_swiglu_reference, total_flops
 
-BAD_CONFIGS = [
-    dict(top_k=5),
-    dict(d_model=0),
-    dict(n_layers=-1),
-    dict(expert_widths=(16, 32)),
-    dict(expert_widths=(16, 32, 0, 64)),
-    dict(n_heads=3),
-    dict(dtype="float8"),
-    dict(device="tpu"),
-    dict(aux_loss_coef=float("nan")),  # was accepted: every training loss NaN
-    dict(expert_widths=(16.7, 32, 48, 64)),  # was truncated to 16
-    dict(seed=-1),  # was numpy's message, naming no seed
-    dict(vocab_size=10),  # was an IndexError from the embedding at the first step
+BAD_CONFIGS = [  # (overrides, what the message must say: the field and the bad value)
+    (dict(top_k=5), "MoEConfig.top_k (5) must be <= num_experts (4)"),
+    (dict(d_model=0), "MoEConfig.d_model must be a positive integer, got 0"),
+    (dict(n_layers=-1), "MoEConfig.n_layers must be a positive integer, got -1"),
+    (dict(expert_widths=(16, 32)), "MoEConfig.expert_widths has 2 entries; num_experts is 4"),
+    (dict(expert_widths=(16, 32, 0, 64)), "MoEConfig.expert_widths must all be positive, got (16, 32, 0, 64)"),
+    (dict(n_heads=3), "must be divisible by n_heads (3)"),
+    (dict(dtype="float8"), "MoEConfig.dtype 'float8' is not one of"),
+    (dict(device="tpu"), "MoEConfig.device 'tpu' is not one of"),
+    (dict(aux_loss_coef=float("nan")), "MoEConfig.aux_loss_coef must be finite"),  # was accepted: every loss NaN
+    (dict(expert_widths=(16.7, 32, 48, 64)), "MoEConfig.expert_widths must be integers"),  # was truncated to 16
+    (dict(seed=-1), "MoEConfig.seed must be an integer >= 0, got -1"),  # was numpy's message, naming no seed
+    (dict(vocab_size=10), "MoEConfig.vocab_size must be >= 256"),  # was an IndexError from the embedding
 ]
 
 
@@ -31,14 +33,14 @@ def tiny():
     return mr.MoEConfig.preset("tiny")
 
 
-@pytest.mark.parametrize("overrides", BAD_CONFIGS)
-def test_bad_config_is_a_clear_error(overrides):
-    with pytest.raises(ValueError, match="MoEConfig"):
+@pytest.mark.parametrize(("overrides", "message"), BAD_CONFIGS)
+def test_bad_config_is_a_clear_error(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         mr.MoEConfig.preset("tiny", **overrides)
 
 
 def test_unknown_preset_and_field():
-    with pytest.raises(ValueError, match="preset"):
+    with pytest.raises(ValueError, match=r"unknown MoEConfig preset 'huge'; choose one of \('tiny', 'default', 'gpu'\)"):
         mr.MoEConfig.preset("huge")
     with pytest.raises(ValueError, match="unknown MoEConfig field"):
         mr.MoEConfig.preset("tiny", d_modle=3)
@@ -207,14 +209,25 @@ def test_domain_switch_happens_where_scheduled():
 
 
 def test_splits_do_not_overlap():
-    for name in ("prose", "code"):
+    """The splits partition the corpus: validation and test are whole 4 KiB blocks taken from distinct aligned places
+    in it, and train is the rest of its bytes in order, so no byte is in two splits or lost."""
+    from moe_runtime.streams import BLOCK_BYTES, _code_bytes, _prose_bytes
+
+    for name, data in (("prose", _prose_bytes()), ("code", _code_bytes())):
         c = mr.load_corpus(name)
-        sizes = {k: len(v) for k, v in c.splits.items()}
-        assert sum(sizes.values()) == len(b"".join(v.tobytes() for v in c.splits.values()))
-        # Blocks are disjoint by construction; check no 64-byte window of test appears in validation's start.
-        test, val = c.splits["test"].tobytes(), c.splits["validation"].tobytes()
-        assert test[:4096] != val[:4096] and val[:64] not in test[:4096]
-        assert sizes["train"] > 10 * sizes["test"] > 0
+        assert c.sha256 == hashlib.sha256(data).hexdigest()  # the bytes the corpus was built from
+        blocks = [data[o : o + BLOCK_BYTES] for o in range(0, len(data), BLOCK_BYTES)]
+        taken: set[int] = set()
+        for split in ("validation", "test"):
+            held = c.splits[split].tobytes()
+            assert len(held) % BLOCK_BYTES == 0 and len(held) > 0, split
+            for k in range(0, len(held), BLOCK_BYTES):
+                where = [i for i, b in enumerate(blocks) if b == held[k : k + BLOCK_BYTES] and i not in taken]
+                assert where, f"{name} {split}: a block that is not a block of the corpus, or one taken twice"
+                taken.add(where[0])
+        rest = b"".join(b for i, b in enumerate(blocks) if i not in taken)
+        assert c.splits["train"].tobytes() == rest
+        assert len(c.splits["train"]) > 10 * len(c.splits["test"]) > 0
 
 
 def test_missing_or_empty_corpus_is_clear(tmp_path):

@@ -50,7 +50,12 @@ def test_statistics_beside_the_model_are_used_without_a_warning(tmp_path, saved)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         policy = load_policy(run / "model.zip")
-    assert policy.vec_normalize is not None
+    assert policy.vec_normalize is not None and np.allclose(policy.vec_normalize.obs_rms.mean, 0.5)  # the saved ones
+    obs = np.zeros(3, dtype=np.float32)
+    model = PPO.load(run / "model.zip", device="cpu")
+    normalised, _ = model.predict(policy.vec_normalize.normalize_obs(obs), deterministic=True)
+    raw, _ = model.predict(obs, deterministic=True)
+    assert np.allclose(policy.act(obs), normalised) and not np.allclose(normalised, raw)  # act normalises first
 
 
 def test_missing_statistics_of_a_normalised_run_warn(tmp_path, saved):

@@ -72,6 +72,16 @@ def test_tensorboard_scalars_are_written(tmp_path):
         for step in range(3):
             recorder.write({"power_w": 100.0 + step, "phase": "idle"}, step=step)
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    # tensorboard's own writer logs scalars as tensor summaries, torch's SummaryWriter as scalars: read either
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    scalars |= {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+                for tag in events.Tags()["tensors"]}  # fmt: skip
+    assert scalars == {"telemetry/power_w": [(0, 100.0), (1, 101.0), (2, 102.0)]}  # numbers only, each at its step
 
 
 def test_recorder_rejects_bad_input(tmp_path):

@@ -23,7 +23,7 @@ def test_h100_is_the_sxm_part_and_unknown_names_list_the_known_ones():
     assert tel.get_gpu_spec("H100").name == "H100_SXM"
     with pytest.raises(ValueError, match="known: .*H100.*L4"):
         tel.get_gpu_spec("RTX9090")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="GPU name must be a string, got int"):
         tel.get_gpu_spec(100)
 
 

@@ -201,8 +201,9 @@ def test_a_counter_that_does_not_tick_is_warned_about(rows):
     fake.nvmlDeviceGetTotalEnergyConsumption.side_effect = lambda handle: 123_456
     monitor.begin_window("stuck")
     fake.advance(1.5)
-    with pytest.warns(RuntimeWarning, match="did not tick"):
-        monitor.end_window("stuck")
+    with pytest.warns(RuntimeWarning, match=r"window 'stuck': the energy counter did not tick in 1\.500 s"):
+        m = monitor.end_window("stuck")
+    assert m.energy_j == 0.0 and m.energy_source == "energy_counter" and m.duration_s == pytest.approx(1.5)
 
 
 INTERFACE = ["now_s", "power_w", "instant_power_w", "average_power_w", "energy_j", "temperature_c",

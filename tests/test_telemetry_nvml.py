@@ -168,6 +168,18 @@ def test_clock_event_reasons_decode_both_ways():
 
 
 def test_import_never_needs_nvml():
+    """With pynvml impossible to import, the packages still import, NVML reads as unavailable and `auto` simulates."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.modules['pynvml'] = None\n"  # `import pynvml` now raises ImportError
+            "import telemetry, envs, agents\n"
+            "print(telemetry.nvml_available(), telemetry.GpuSystemMonitor(source='auto').source_kind)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "simulated"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert isinstance(tel.nvml_available(), bool)

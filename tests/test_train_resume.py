@@ -325,8 +325,12 @@ def test_a_corrupt_replay_buffer_is_named(tmp_path):
     from agents.sb3 import load_replay_buffer
 
     model = SAC("MlpPolicy", "Pendulum-v1", buffer_size=64, learning_starts=0, seed=0, device="cpu")
+    model.replay_buffer.observations[:5] = 7.0  # five transitions to recognise the saved buffer by
+    model.replay_buffer.pos = 5
     model.save_replay_buffer(tmp_path / "buffer.pkl")
+    model = SAC("MlpPolicy", "Pendulum-v1", buffer_size=64, learning_starts=0, seed=0, device="cpu")
     load_replay_buffer(model, tmp_path / "buffer.pkl")  # a whole one loads
+    assert model.replay_buffer.pos == 5 and (model.replay_buffer.observations[:5] == 7.0).all()
     (tmp_path / "buffer.pkl").write_bytes((tmp_path / "buffer.pkl").read_bytes()[:100])
     with pytest.raises(ValueError, match=r"buffer\.pkl is not a readable replay buffer \("):
         load_replay_buffer(model, tmp_path / "buffer.pkl")

@@ -97,31 +97,36 @@ def spills_in_loops(kernel) -> int | None:
 
 @pytest.mark.parametrize("device", ["sm90", "sm80"])
 def test_index_kernels_compile(device):
-    cap, _ = DEVICES[device]
+    """Each routing and alignment kernel compiles to a cubin that fits the device's shared memory."""
+    cap, smem_bytes = DEVICES[device]
     ids = {"ids_ptr": "*i64", "topk_ids_ptr": "*i64"}
     i32 = "*i32"
-    compile_kernel(
+    kernels = [compile_kernel(
         _triton_route.route_kernel,
         {"logits_ptr": "*bf16", "bias_ptr": "*fp32", "weights_ptr": "*fp32", "scores_ptr": "*fp32",
          "partial_counts_ptr": i32, **ids},
         dict(NUM_EXPERTS=64, TOP_K=8, HAS_BIAS=True, BLOCK_T=32, BLOCK_E=64, BLOCK_K=8, stride_le=1),
         cap,
-    )  # fmt: skip
-    compile_kernel(_triton_route.reduce_counts_kernel, {"partial_counts_ptr": i32, "counts_ptr": "*i64"},
-                   dict(NUM_EXPERTS=64, BLOCK_E=64, BLOCK_P=64), cap)  # fmt: skip
-    compile_kernel(_triton_align.count_kernel, {"chunk_counts_ptr": i32, **ids},
-                   dict(NUM_EXPERTS=64, BLOCK_E=64, CHUNK=64), cap)  # fmt: skip
-    compile_kernel(_triton_align.scan_kernel,
+    )]  # fmt: skip
+    kernels.append(compile_kernel(_triton_route.reduce_counts_kernel, {"partial_counts_ptr": i32, "counts_ptr": "*i64"},
+                   dict(NUM_EXPERTS=64, BLOCK_E=64, BLOCK_P=64), cap))  # fmt: skip
+    kernels.append(compile_kernel(_triton_align.count_kernel, {"chunk_counts_ptr": i32, **ids},
+                   dict(NUM_EXPERTS=64, BLOCK_E=64, CHUNK=64), cap))  # fmt: skip
+    kernels.append(compile_kernel(_triton_align.scan_kernel,
                    {"chunk_counts_ptr": i32, "chunk_base_ptr": i32, "seg_ptr": i32, "num_post_pad_ptr": i32,
                     "order_ptr": i32},
-                   dict(BLOCK_E=64, BLOCK_C=64, BLOCK_SIZE_M=64), cap)  # fmt: skip
+                   dict(BLOCK_E=64, BLOCK_C=64, BLOCK_SIZE_M=64), cap))  # fmt: skip
     for scan in (False, True):  # the scan in its own launch, or in every scatter program
-        compile_kernel(_triton_align.scatter_kernel,
+        kernels.append(compile_kernel(_triton_align.scatter_kernel,
                        {"chunk_counts_ptr": i32, "chunk_base_ptr": i32, "seg_ptr": i32, "num_post_pad_ptr": i32,
                         "order_ptr": i32, "sorted_ids_ptr": i32, "expert_ids_ptr": i32, **ids},
-                       dict(NUM_EXPERTS=64, BLOCK_E=64, CHUNK=64, BLOCK_SIZE_M=64, SCAN=scan, BLOCK_C=64), cap)  # fmt: skip
-    compile_kernel(_triton_swiglu.combine_kernel, {"y_ptr": "*bf16", "out_ptr": "*bf16"},
-                   dict(TOP_K=8, BLOCK_T=16, BLOCK_D=256), cap)  # fmt: skip
+                       dict(NUM_EXPERTS=64, BLOCK_E=64, CHUNK=64, BLOCK_SIZE_M=64, SCAN=scan, BLOCK_C=64),
+                       cap))  # fmt: skip
+    kernels.append(compile_kernel(_triton_swiglu.combine_kernel, {"y_ptr": "*bf16", "out_ptr": "*bf16"},
+                   dict(TOP_K=8, BLOCK_T=16, BLOCK_D=256), cap))  # fmt: skip
+    for k in kernels:
+        assert k.asm.get("cubin"), f"{k.metadata.name}: no cubin for sm_{cap}"
+        assert k.metadata.shared <= smem_bytes, f"{k.metadata.name}: {k.metadata.shared} B shared > {smem_bytes}"
 
 
 # (device, dtype, tokens per launch): the default tiles for a small and a large batch.

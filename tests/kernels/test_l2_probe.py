@@ -19,7 +19,12 @@ from _l2_probe import read_sum  # noqa: E402
     ("numel", "programs", "repeats", "block"), [(3000, 3, 2, 256), (1024, 4, 1, 256), (7, 2, 3, 16)]
 )
 def test_read_kernel_reads_every_element_repeats_times(gen, numel, programs, repeats, block):
-    src = torch.randint(-8, 8, (numel,), generator=gen).to(torch.bfloat16)  # small ints: exact sums in fp32
+    # small positive ints: exact sums in fp32, and a share that was not read cannot pass as one summing to 0
+    src = torch.randint(1, 8, (numel,), generator=gen).to(torch.bfloat16)
     got = read_sum(src, programs, repeats, block)
     assert got.shape == (programs,)
-    assert float(got.sum()) == repeats * float(src.float().sum())
+    # program p's share: the BLOCK-long slices starting at p * BLOCK, then every programs * BLOCK elements
+    share = [sum(float(src[s : s + block].float().sum()) for s in range(p * block, numel, programs * block))
+             for p in range(programs)]  # fmt: skip
+    assert got.tolist() == [repeats * x for x in share]
+    assert float(got.sum()) == repeats * float(src.float().sum())  # every element, `repeats` times
