@@ -8,7 +8,8 @@ merged) and the held-out evaluations (`evaluations.npz`: mean and spread of the 
 controller plays the held-out episodes the runs were evaluated on (same env kwargs and `--eval-seed` as the first
 run's `config.yaml`), so its line is directly comparable with the evaluation points. Every curve says its source
 (`evaluate_stats.Metric.source_on` of the return): `mixed` on the simulated backend (the simulated GPU prices energy,
-heat and latency; the loss term is measured), `measured` on a GPU. Writes `<out>.png` and `<out>.json`.
+heat and latency; the loss term is measured), `measured` on a GPU. Writes `<out>.png` and `<out>.json`;
+`--from-json <out>.json` draws a saved file again without the runs.
 """
 
 from __future__ import annotations
@@ -106,65 +107,26 @@ def read_curve_config(path: Path) -> dict:
     return config
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="train_agent.py run folders (with config.yaml)")
-    parser.add_argument("--labels", default="", help="comma-separated labels, one per run (default: folder names)")
-    parser.add_argument("--baselines", default="no_control", help="comma-separated controller names, or ''")
-    parser.add_argument("--out", type=Path, default=Path("results/learning_curve"),
-                        help="output path without suffix: PATH.json and PATH.png (default: %(default)s, the committed "
-                        "figure)")  # fmt: skip
-    args = parser.parse_args(argv)
-    from agents import CONTROLLERS
-    from agents.callbacks import EVALUATIONS_FILE, read_eval_history
+def read_curves(path: Path) -> dict:
+    """The curves a run of this script saved (`<out>.json`); a ValueError naming the file if it is not one, or if it
+    predates the source labels (a curve must say where its returns came from)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--from-json {str(path)!r}: not a readable curves file ({exc})") from None
+    keys = ("runs", "baselines", "eval_episodes", "source")
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+        raise ValueError(f"--from-json {str(path)!r} lacks {missing}: not a curves file of this script, or one "
+                         "written before curves named their source; run the script on the run folders again")  # fmt: skip
+    return data
 
-    labels = args.labels.split(",") if args.labels else [r.name for r in args.runs]
-    if len(labels) != len(args.runs):
-        parser.error(f"--labels has {len(labels)} entries for {len(args.runs)} runs")
-    if len(set(labels)) != len(labels):  # one label per curve: a repeated one would keep only the last run's
-        repeated = sorted({label for label in labels if labels.count(label) > 1})
-        parser.error(f"runs need distinct labels, {repeated} repeats: name them with --labels")
-    baselines = [name for name in args.baselines.split(",") if name]
-    unknown = [name for name in baselines if name not in CONTROLLERS]
-    if unknown:
-        parser.error(f"--baselines {unknown} not among the controllers {sorted(CONTROLLERS)}")
-    configs = []
-    for run in args.runs:
-        if not (run / "config.yaml").is_file():
-            parser.error(f"{run} is not a train_agent.py run folder (no config.yaml)")
-        try:
-            configs.append(read_curve_config(run / "config.yaml"))
-        except ValueError as exc:
-            parser.error(str(exc))
-    eval_episodes = int(configs[0]["args"]["eval_episodes"])
-    stem = args.out.with_suffix("") if args.out.suffix in (".png", ".json") else args.out  # keep 'curve_v1.5'
+
+def write_curves(data: dict, stem: Path) -> None:
+    """Draw `data` (main's curves: runs, baselines, their sources) to `<stem>.png` and save it as `<stem>.json`, each
+    written atomically."""
     png_path, json_path = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".json")
-
-    data: dict = {
-        "runs": {},
-        "baselines": {},
-        "baseline_sources": {},
-        "eval_episodes": eval_episodes,
-        "eval_seed": configs[0]["args"]["eval_seed"],
-    }
-    for run, label, config in zip(args.runs, labels, configs):
-        steps, train = training_curve(run)
-        entry: dict = {"folder": str(run), "source": run_source(config)}
-        entry["train_steps"], entry["train_return"] = steps.tolist(), train.tolist()
-        if (run / EVALUATIONS_FILE).exists():
-            try:
-                history = read_eval_history(run / EVALUATIONS_FILE)
-            except ValueError as exc:
-                parser.error(str(exc))
-            entry["eval_steps"], entry["eval_returns"] = history["timesteps"].tolist(), history["results"].tolist()
-        if "warm_start" in config:
-            entry["warm_start"] = config["warm_start"]
-        data["runs"][label] = entry
-    for name in baselines:
-        data["baselines"][name], data["baseline_sources"][name] = baseline_returns(configs[0], name, eval_episodes)
-        print(f"{name}: held-out mean return {np.mean(data['baselines'][name]):.1f} [{data['baseline_sources'][name]}]")
-    data.update(curves_source([e["source"] for e in data["runs"].values()] + list(data["baseline_sources"].values())))
-
+    eval_episodes = int(data["eval_episodes"])
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,6 +161,78 @@ def main(argv: list[str] | None = None) -> None:
     tmp_json.write_text(json.dumps(data, indent=1))
     os.replace(tmp_json, json_path)
     print(f"wrote {png_path} and {json_path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="*", type=Path, help="train_agent.py run folders (with config.yaml)")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="draw the curves saved in this <out>.json again (no runs needed), to --out")  # fmt: skip
+    parser.add_argument("--labels", default="", help="comma-separated labels, one per run (default: folder names)")
+    parser.add_argument("--baselines", default="no_control", help="comma-separated controller names, or ''")
+    parser.add_argument("--out", type=Path, default=Path("results/learning_curve"),
+                        help="output path without suffix: PATH.json and PATH.png (default: %(default)s, the committed "
+                        "figure)")  # fmt: skip
+    args = parser.parse_args(argv)
+    stem = args.out.with_suffix("") if args.out.suffix in (".png", ".json") else args.out  # keep 'curve_v1.5'
+    if args.from_json is not None:
+        if args.runs:
+            parser.error("give run folders or --from-json, not both")
+        try:
+            write_curves(read_curves(args.from_json), stem)
+        except ValueError as exc:
+            parser.error(str(exc))
+        return
+    if not args.runs:
+        parser.error("give train_agent.py run folders (or --from-json FILE to redraw saved curves)")
+    from agents import CONTROLLERS
+    from agents.callbacks import EVALUATIONS_FILE, read_eval_history
+
+    labels = args.labels.split(",") if args.labels else [r.name for r in args.runs]
+    if len(labels) != len(args.runs):
+        parser.error(f"--labels has {len(labels)} entries for {len(args.runs)} runs")
+    if len(set(labels)) != len(labels):  # one label per curve: a repeated one would keep only the last run's
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        parser.error(f"runs need distinct labels, {repeated} repeats: name them with --labels")
+    baselines = [name for name in args.baselines.split(",") if name]
+    unknown = [name for name in baselines if name not in CONTROLLERS]
+    if unknown:
+        parser.error(f"--baselines {unknown} not among the controllers {sorted(CONTROLLERS)}")
+    configs = []
+    for run in args.runs:
+        if not (run / "config.yaml").is_file():
+            parser.error(f"{run} is not a train_agent.py run folder (no config.yaml)")
+        try:
+            configs.append(read_curve_config(run / "config.yaml"))
+        except ValueError as exc:
+            parser.error(str(exc))
+    eval_episodes = int(configs[0]["args"]["eval_episodes"])
+    data: dict = {
+        "runs": {},
+        "baselines": {},
+        "baseline_sources": {},
+        "eval_episodes": eval_episodes,
+        "eval_seed": configs[0]["args"]["eval_seed"],
+    }
+    for run, label, config in zip(args.runs, labels, configs):
+        steps, train = training_curve(run)
+        entry: dict = {"folder": str(run), "source": run_source(config)}
+        entry["train_steps"], entry["train_return"] = steps.tolist(), train.tolist()
+        if (run / EVALUATIONS_FILE).exists():
+            try:
+                history = read_eval_history(run / EVALUATIONS_FILE)
+            except ValueError as exc:
+                parser.error(str(exc))
+            entry["eval_steps"], entry["eval_returns"] = history["timesteps"].tolist(), history["results"].tolist()
+        if "warm_start" in config:
+            entry["warm_start"] = config["warm_start"]
+        data["runs"][label] = entry
+    for name in baselines:
+        data["baselines"][name], data["baseline_sources"][name] = baseline_returns(configs[0], name, eval_episodes)
+        print(f"{name}: held-out mean return {np.mean(data['baselines'][name]):.1f} [{data['baseline_sources'][name]}]")
+    data.update(curves_source([e["source"] for e in data["runs"].values()] + list(data["baseline_sources"].values())))
+
+    write_curves(data, stem)
 
 
 if __name__ == "__main__":

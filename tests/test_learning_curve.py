@@ -71,6 +71,32 @@ def test_every_curve_says_its_source(tmp_path, telemetry, source):
     assert "loss term measured" in learning_curve.curves_source(["mixed"])["source_note"]
 
 
+def test_saved_curves_are_drawn_again_from_their_json(tmp_path, monkeypatch, capsys):
+    """--from-json redraws a saved curves file without its runs: the same data, the axis labelled with its source;
+    a file without a source (written before curves named it) or not a curves file at all is a one-line error."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    run = fake_run(tmp_path / "run", "nvml")
+    monkeypatch.setattr(learning_curve, "training_curve", lambda run: (np.array([64, 128]), np.array([-9.0, -7.0])))
+    learning_curve.main([str(run), "--baselines", "", "--out", str(tmp_path / "curve")])
+    saved = json.loads((tmp_path / "curve.json").read_text())
+    plt.close("all")
+    learning_curve.main(["--from-json", str(tmp_path / "curve.json"), "--out", str(tmp_path / "again")])
+    assert json.loads((tmp_path / "again.json").read_text()) == saved
+    ax = plt.gcf().axes[0]
+    assert ax.get_ylabel() == "episode return [measured]"
+    assert [list(line.get_ydata()) for line in ax.get_lines()] == [[-9.0, -7.0]]
+    plt.close("all")
+    del saved["source"]
+    (tmp_path / "old.json").write_text(json.dumps(saved))
+    assert "lacks ['source']" in error_of(capsys, ["--from-json", str(tmp_path / "old.json")])
+    (tmp_path / "torn.json").write_text('{"runs": ')
+    assert "not a readable curves file" in error_of(capsys, ["--from-json", str(tmp_path / "torn.json")])
+    assert "not both" in error_of(capsys, [str(run), "--from-json", str(tmp_path / "curve.json")])
+    assert "give train_agent.py run folders" in error_of(capsys, [])
+
+
 def test_a_training_curve_of_one_point_is_drawn(tmp_path, monkeypatch):
     """A short run logs one training-episode mean (SAC and TD3 every 4 episodes): the title says 'faint: training
     episodes', so it must show, not be a line of one point that draws nothing."""
