@@ -18,6 +18,7 @@ import torch
 from _cli import check_out_file, positive_int, thread_count, write_json_atomic
 
 import moe_runtime as mr
+from evaluate_facts import device_facts
 
 
 def tokens_per_s(cfg: mr.MoEConfig, interval_tokens: int, repeats: int) -> tuple[float, float]:
@@ -76,9 +77,12 @@ def main() -> None:
         run("gpu preset (bf16)", mr.MoEConfig.preset("gpu"), 16384)
     run("default", mr.MoEConfig.preset("default"), 1024)
     out = pathlib.Path(args.out)
+    host = device_facts()
     meta = dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"),
         machine=platform.machine(),
+        cpu_model=host["cpu_model"],
+        torch_cpu_capability=host["torch_cpu_capability"],
         cpu_count=os.cpu_count(),
         torch_threads=args.threads,
         torch=torch.__version__,

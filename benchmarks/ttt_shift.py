@@ -31,6 +31,7 @@ import torch
 from _cli import check_out_file, field_help, positive_int, thread_count, write_atomic, write_json_atomic
 
 import moe_runtime as mr
+from evaluate_facts import device_facts
 
 
 @dataclass
@@ -357,6 +358,7 @@ if __name__ == "__main__":
         f"({tt_large['run_s']:.2f} s in its run)"
     )
     out = pathlib.Path(args.out)
+    host = device_facts()
     meta = dict(
         source="measured",
         date=datetime.datetime.now().isoformat(timespec="seconds"),
@@ -365,6 +367,10 @@ if __name__ == "__main__":
         cpu_count=os.cpu_count(),
         load_average=os.getloadavg(),
         torch=torch.__version__,
+        # the pretrained weights (and so the losses) depend on the CPU that pretrained them: name both
+        cpu_model=host["cpu_model"],
+        torch_cpu_capability=host["torch_cpu_capability"],
+        weights=getattr(model, "provenance", None) or ("random init" if args.random_init else None),
         corpus_sha={d: mr.load_corpus(d).sha256[:12] for d in ("prose", "code")},
         model=cfg.to_dict(),
         ttt=dataclasses.asdict(mr.TTTConfig(method=args.method)),
