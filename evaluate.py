@@ -16,6 +16,8 @@ Policy specs (comma-separated in --policies):
     NAME                     a controller of `agents.make_controller`: heuristic, no_control, load_balance,
                              fixed_ttt, kcm_greedy, random
     NAME(KEY=VALUE,...)      the same with the controller's arguments, e.g. fixed_ttt(frequency_tokens=1024)
+    MODULE:NAME(KEY=VALUE,...)  your own controller: NAME(spec, **kwargs) from an importable module (Gymnasium's
+                             entry-point form), e.g. examples.custom_controller:Thermostat(max_bias=0.5)
     ppo:PATH  sb3:PATH       a saved stable-baselines3 model (.zip, or a train_agent.py run folder); sb3 infers the
                              algorithm (a2c:, sac:, td3: also work, and must name the saved model's)
     LABEL=SPEC               any of these under another name, e.g. lb2=load_balance(step=0.02)

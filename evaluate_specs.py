@@ -135,13 +135,13 @@ def parse_policy(text: str, controllers: tuple[str, ...]) -> PolicySpec:
             raise UsageError(f"policy {text!r}: no saved model at {path} (train one with train_agent.py --out DIR)")
         default = f"{algo}:{run_folder(Path(path)).name}"
         return PolicySpec(label or default, text, algo="" if algo == "sb3" else algo, path=path)
-    m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\((.*)\))?$", body)
+    m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)(?:\((.*)\))?$", body)
     if not m:
-        raise UsageError(f"policy {text!r} is not NAME, NAME(KEY=VALUE,...), ppo:PATH or sb3:PATH")
+        raise UsageError(f"policy {text!r} is not NAME, NAME(KEY=VALUE,...), MODULE:NAME(...), ppo:PATH or sb3:PATH")
     name, kwargs = m.group(1), {}
-    if name not in controllers:
+    if ":" not in name and name not in controllers:  # MODULE:NAME, an entry point, is imported when it is built
         raise UsageError(f"policy {text!r}: unknown controller {name!r}; choose one of {', '.join(controllers)} "
-                         "or ppo:PATH / sb3:PATH for a saved model")
+                         "or ppo:PATH / sb3:PATH for a saved model, or MODULE:NAME for your own")
     for item in split_top_level(m.group(2) or ""):
         key, eq, value = item.partition("=")
         if not eq or not key.strip().isidentifier():

@@ -2,7 +2,7 @@
 
 - `Controller` protocol (`reset()`, `act(obs) -> action`), `ControlSpec` (what a controller knows of its env),
   `make_controller(name, env, **kw)` for `heuristic`, `no_control`, `load_balance`, `fixed_ttt`, `kcm_greedy`,
-  `random`;
+  `random`, or your own controller as `module.path:Name` (`load_entry_point`);
 - `EnergyAwareTTTRouter` (the original heuristic, five parts; a Controller and a router module) with its
   `StatisticalLoadBalancer` and `ThermalAdaptiveScaler`;
 - `load_policy(path)`: a saved stable-baselines3 model as a Controller, with the env config of its run
@@ -23,6 +23,7 @@ from agents.controller import (
     LoadBalance,
     NoControl,
     RandomController,
+    load_entry_point,
     make_controller,
 )
 from agents.heuristic import EnergyAwareTTTRouter, StatisticalLoadBalancer, ThermalAdaptiveScaler
@@ -48,6 +49,7 @@ __all__ = [
     "StatisticalLoadBalancer",
     "ThermalAdaptiveScaler",
     "env_setting_differences",
+    "load_entry_point",
     "load_hyperparams",
     "load_policy",
     "make_controller",

@@ -13,14 +13,21 @@ the same controller drives the env, a vector env's worker, the evaluator and a l
 | fixed_ttt     | FixedTTT               | zero biases, one fixed TTT schedule (see `FIXED_TTT_GRID`)                 |
 | kcm_greedy    | KcmGreedy              | bias against each expert's KCM energy per token                            |
 | random        | RandomController       | uniform random actions, seeded                                             |
+
+Your own controller plugs in by entry point, `module.path:Name` (`make_controller("my_controllers:Thermostat",
+env, gain=0.5)`, or `evaluate.py --policies "my_controllers:Thermostat(gain=0.5)"`): `Name(spec, **kwargs)` must
+return an object with `reset()` and `act(observation)`, as the classes above do.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import math
 import numbers
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -310,19 +317,71 @@ CONTROLLERS = {
 }
 
 
+def load_entry_point(name: str) -> Any:
+    """The callable that `module.path:Name` names (Gymnasium's entry-point form): a user's controller class or
+    factory, imported from a module on `sys.path` (`PYTHONPATH`) or in the current directory.
+
+    Raises:
+        ValueError: the name is not `module.path:Name`, the module does not import, or it has no callable `Name`;
+            each naming what is missing.
+    """
+    module_name, _, attr = name.partition(":")
+    if not module_name or not all(part.isidentifier() for part in module_name.split(".")) or not attr.isidentifier():
+        raise ValueError(f"controller {name!r} is not module.path:Name (a class or factory in an importable module)")
+    try:
+        module = _import_here_too(module_name)
+    except ImportError as exc:
+        raise ValueError(f"controller {name!r}: cannot import {module_name!r} ({exc}); put its folder on "
+                         "PYTHONPATH") from exc  # fmt: skip
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise ValueError(f"controller {name!r}: module {module_name!r} has no {attr!r}")
+    if not callable(factory):
+        raise ValueError(f"controller {name!r}: {module_name}.{attr} is a {type(factory).__name__}, not a class or "
+                         "factory")  # fmt: skip
+    return factory
+
+
+def _import_here_too(module_name: str) -> Any:
+    """`importlib.import_module`, and where the module's top package is not on `sys.path`, again with the current
+    directory appended to it (as `python -m` and uvicorn find `module:app`): `python examples/x.py` puts `examples/`
+    first on the path, not the folder it was started in."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        here = os.getcwd()
+        if exc.name != module_name.split(".")[0] or here in sys.path or "" in sys.path:
+            raise
+        sys.path.append(here)
+        return importlib.import_module(module_name)
+
+
 def make_controller(name: str, env: Any, **kwargs) -> Controller:
     """A controller by name for an env.
 
     Args:
-        name: one of `CONTROLLERS` (heuristic, no_control, load_balance, fixed_ttt, kcm_greedy, random).
+        name: one of `CONTROLLERS` (heuristic, no_control, load_balance, fixed_ttt, kcm_greedy, random), or your
+            own as `module.path:Name` (`load_entry_point`), built as `Name(spec, **kwargs)` with the env's
+            `ControlSpec`, as the built-in ones are.
         env: a `MoERouting-v0` env (wrapped or not), an SB3 VecEnv of them, or a `ControlSpec` (the heuristic then
             needs `config=` a `MoEConfig` or nothing: it only reads the expert count from the spec).
         **kwargs: the controller's own arguments (e.g. `step=` for load_balance, `frequency_tokens=` and
             `chunk_tokens=` for fixed_ttt, `seed=` for random, `ttt_update_frequency=` for heuristic).
 
     Raises:
-        ValueError: an unknown name. TypeError: an unknown argument or env.
+        ValueError: an unknown name, or an entry point that does not load. TypeError: an unknown argument or env,
+            or an entry point that built no `Controller` (`reset()` and `act(observation)`).
     """
+    if ":" in name:
+        factory = load_entry_point(name)
+        allowed = _own_arguments(factory)
+        if allowed is not None and (unknown := sorted(set(kwargs) - set(allowed))):
+            raise TypeError(f"{name}: unknown argument(s) {unknown}; it takes {', '.join(allowed) or 'none'}")
+        controller = factory(ControlSpec.from_env(env), **kwargs)
+        if missing := [m for m in ("reset", "act") if not callable(getattr(controller, m, None))]:
+            raise TypeError(f"{name} built a {type(controller).__name__} without {' and '.join(missing)}(): a "
+                            "Controller has reset() and act(observation) -> action")  # fmt: skip
+        return controller
     if name not in CONTROLLERS:
         raise ValueError(f"unknown controller {name!r}; choose one of {sorted(CONTROLLERS)}")
     allowed = controller_arguments(name)
@@ -344,3 +403,16 @@ def controller_arguments(name: str) -> list[str] | None:
         return None
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return [p.name for p in inspect.signature(kind).parameters.values() if p.kind in named and p.name != "spec"]
+
+
+def _own_arguments(factory: Any) -> list[str] | None:
+    """The keyword arguments an entry point takes after its first (the spec); None when it takes any (`**kwargs`)
+    or its signature cannot be read."""
+    try:
+        params = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in params[1:] if p.kind in named]

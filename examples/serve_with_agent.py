@@ -4,6 +4,7 @@
     python examples/serve_with_agent.py --preset tiny --intervals 16
     python examples/serve_with_agent.py --policy runs/ppo_s0/model.zip    # a policy trained by train_agent.py
     python examples/serve_with_agent.py --controller no_control           # any agents.make_controller name
+    python examples/serve_with_agent.py --controller examples.custom_controller:Thermostat   # your own
 
 `AgentRouter` serves the runtime's token stream one control interval at a time on a simulated H100 (or the real GPU
 with `--telemetry nvml`), builds `MoERouting-v0`'s observation from the telemetry and the kernel cost model, and
@@ -33,7 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="default", help="MoEConfig preset of the served model (default, tiny)")
     parser.add_argument("--intervals", type=int, default=24, help="control intervals to serve")
-    parser.add_argument("--controller", default="heuristic", help=f"one of {sorted(agents.CONTROLLERS)}")
+    parser.add_argument("--controller", default="heuristic",
+                        help=f"one of {sorted(agents.CONTROLLERS)}, or your own as module.path:Name")  # fmt: skip
     parser.add_argument("--policy", default="", help="a saved SB3 model (.zip or run folder); overrides --controller")
     parser.add_argument("--telemetry", default="simulated", choices=("simulated", "nvml", "auto"))
     parser.add_argument("--demand", type=float, default=0.6, help="token demand as a fraction of capacity")
@@ -43,8 +45,13 @@ def main() -> None:
         parser.error(f"--intervals must be >= 1, got {args.intervals}")
     if not 0 < args.demand <= 3.0:  # the env's workloads span 0.02-3 (envs.workload); beyond, a policy extrapolates
         parser.error(f"--demand must be a fraction of capacity in (0, 3], as the env's workloads are, got {args.demand}")
-    if not args.policy and args.controller not in agents.CONTROLLERS:
-        parser.error(f"--controller {args.controller!r} is not one of {sorted(agents.CONTROLLERS)}")
+    if not args.policy and ":" in args.controller:  # an entry point: it must import before the model is loaded
+        try:
+            agents.load_entry_point(args.controller)
+        except ValueError as exc:
+            parser.error(f"--controller: {exc}")
+    elif not args.policy and args.controller not in agents.CONTROLLERS:
+        parser.error(f"--controller {args.controller!r} is not one of {sorted(agents.CONTROLLERS)} or module.path:Name")
     if args.telemetry == "nvml" and not nvml_available():
         parser.error("--telemetry nvml: NVML sees no GPU here (no driver or nvidia-ml-py); use simulated or auto")
     try:
@@ -70,8 +77,8 @@ def main() -> None:
         router = agents.AgentRouter(
             controller, runtime, monitor=monitor, interval_tokens=env_config.runtime_tokens, demand=args.demand
         )
-    except ValueError as exc:  # e.g. a policy trained for another expert count
-        parser.error(f"--policy {args.policy!r}: {exc}")
+    except (ValueError, TypeError) as exc:  # e.g. a policy trained for another expert count, a bad entry point
+        parser.error(f"--policy {args.policy!r}: {exc}" if args.policy else f"--controller {args.controller!r}: {exc}")
     if router.gpu is None:  # on NVML the runtime serves the whole demand: whole launches until it is met
         launches = math.ceil(args.demand * router.capacity_tokens_per_s * router.interval_s / router.launch_tokens)
         shift_tokens = launches * router.launch_tokens * args.intervals // 2

@@ -119,6 +119,14 @@ def test_policy_grammar(tmp_path):
     spec = evaluate.parse_policy(f"ppo:{model}", names)
     assert (spec.kind, spec.algo, spec.path, spec.label) == ("sb3", "ppo", str(model), "ppo:run")
     assert evaluate.parse_policy(f"mine=sb3:{model}", names).algo == ""
+    # your own controller by entry point: parsed here, imported when it is built
+    spec = evaluate.parse_policy("cool=examples.custom_controller:Thermostat(max_bias=0.25)", names)
+    assert (spec.label, spec.name, spec.kwargs, spec.kind) == (
+        "cool", "examples.custom_controller:Thermostat", {"max_bias": 0.25}, "controller")  # fmt: skip
+    assert evaluate.parse_policy("pkg.mod:Name", names).label == "pkg.mod:Name"
+    with pytest.raises(evaluate.UsageError, match=r"is not NAME, NAME\(KEY=VALUE,...\), MODULE:NAME"):
+        evaluate.parse_policy("pkg.mod:", names)
+
 
 
 def test_a_glob_of_training_runs_is_one_spec_per_run(tmp_path):
