@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--from-json", type=Path, default=None,
                         help="draw the curves saved in this <out>.json again (no runs needed), to --out")  # fmt: skip
     parser.add_argument("--labels", default="", help="comma-separated labels, one per run (default: folder names)")
-    parser.add_argument("--baselines", default="no_control", help="comma-separated controller names, or ''")
+    parser.add_argument("--baselines", default="no_control",
+                        help="comma-separated controller names (or your own as module.path:Name), or ''")
     parser.add_argument("--out", type=Path, default=Path("results/learning_curve"),
                         help="output path without suffix: PATH.json and PATH.png (default: %(default)s, the committed "
                         "figure)")  # fmt: skip
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.runs:
         parser.error("give train_agent.py run folders (or --from-json FILE to redraw saved curves)")
-    from agents import CONTROLLERS
+    from agents import CONTROLLERS, load_entry_point
     from agents.callbacks import EVALUATIONS_FILE, read_eval_history
 
     labels = args.labels.split(",") if args.labels else [r.name for r in args.runs]
@@ -195,9 +196,15 @@ def main(argv: list[str] | None = None) -> None:
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         parser.error(f"runs need distinct labels, {repeated} repeats: name them with --labels")
     baselines = [name for name in args.baselines.split(",") if name]
-    unknown = [name for name in baselines if name not in CONTROLLERS]
+    unknown = [name for name in baselines if name not in CONTROLLERS and ":" not in name]  # or module.path:Name
     if unknown:
-        parser.error(f"--baselines {unknown} not among the controllers {sorted(CONTROLLERS)}")
+        parser.error(f"--baselines {unknown} not among the controllers {sorted(CONTROLLERS)} (or module.path:Name)")
+    for name in baselines:
+        if ":" in name:  # your own controller: it must import before any env is built
+            try:
+                load_entry_point(name)
+            except ValueError as exc:
+                parser.error(f"--baselines: {exc}")
     configs = []
     for run in args.runs:
         if not (run / "config.yaml").is_file():

@@ -38,6 +38,8 @@ def test_bad_input_names_what_is_wrong(tmp_path, capsys):
     a, b = fake_run(tmp_path / "s0" / "ppo"), fake_run(tmp_path / "s1" / "ppo")
     assert "runs need distinct labels, ['ppo'] repeats" in error_of(capsys, [str(a), str(b), "--baselines", ""])
     assert "--baselines ['oracle'] not among the controllers" in error_of(capsys, [str(a), "--baselines", "oracle"])
+    assert "--baselines: controller 'no_such_module:Greedy': cannot import" in error_of(
+        capsys, [str(a), "--baselines", "no_such_module:Greedy"])  # fmt: skip
     for text in ("args: [unclosed", ""):
         (b / "config.yaml").write_text(text)
         assert f"{b / 'config.yaml'} is corrupt" in error_of(capsys, [str(b)])
