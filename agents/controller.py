@@ -14,9 +14,9 @@ the same controller drives the env, a vector env's worker, the evaluator and a l
 | kcm_greedy    | KcmGreedy              | bias against each expert's KCM energy per token                            |
 | random        | RandomController       | uniform random actions, seeded                                             |
 
-Your own controller plugs in by entry point, `module.path:Name` (`make_controller("my_controllers:Thermostat",
-env, gain=0.5)`, or `evaluate.py --policies "my_controllers:Thermostat(gain=0.5)"`): `Name(spec, **kwargs)` must
-return an object with `reset()` and `act(observation)`, as the classes above do.
+Your own controller plugs in by entry point, `module.path:Name` (`make_controller("my_controllers:Cool", env,
+gain=0.5)`, or `evaluate.py --policies "my_controllers:Cool(gain=0.5)"`; `examples/custom_controller.py` is one):
+`Name(spec, **kwargs)` must return an object with `reset()` and `act(observation)`, as the classes above do.
 """
 
 from __future__ import annotations
