@@ -115,8 +115,7 @@ def read_curves(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"--from-json {str(path)!r}: not a readable curves file ({exc})") from None
     keys = ("runs", "baselines", "eval_episodes", "source")
-    if not isinstance(data, dict) or any(k not in data for k in keys):
-        missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+    if missing := [k for k in keys if not isinstance(data, dict) or k not in data]:
         raise ValueError(f"--from-json {str(path)!r} lacks {missing}: not a curves file of this script, or one "
                          "written before curves named their source; run the script on the run folders again")  # fmt: skip
     return data
