@@ -137,6 +137,20 @@ def transfer_note(spec: PolicySpec, controller, env) -> str | None:
             f"{'; '.join(parts)}; it runs as asked, so its results measure a transfer")
 
 
+def check_controller_specs(specs: list[PolicySpec]) -> None:
+    """UsageError now, before any model is pretrained or env built, for a controller spec that cannot be built: an
+    unknown name or argument, an entry point that does not import, does not take these arguments or is a class
+    without reset() and act() (`agents.check_controller`)."""
+    import agents
+
+    for spec in specs:
+        if spec.kind == "controller":
+            try:
+                agents.check_controller(spec.name, **spec.kwargs)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"policy {spec.text!r}: {exc}") from None
+
+
 def make_controller(spec: PolicySpec, env, device: str):
     """The `Controller` a spec names, checked against the env (UsageError on a bad argument or a model that does
     not fit the env).
@@ -290,6 +304,7 @@ def build_policies(specs: list[PolicySpec], env_configs: dict[str, dict], device
     first, with a progress bar if `progress`."""
     if len({slug(p.label) for p in specs}) < len(specs):
         raise UsageError(f"policy labels {[p.label for p in specs]} clash once made file names; rename one")
+    check_controller_specs(specs)
     envs_, controllers, facts = {}, {}, {}
     try:
         for spec in specs:
@@ -429,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         suite = suite_of(args)
         specs = parse_policies(args.policies, controller_names()) if args.policies and not suite else []
+        check_controller_specs(specs)
         baselines = compare_baselines(args, specs)  # a bad one fails before --out is made
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path(args.out or f"results/eval__{suite or 'compare'}__{stamp}")

@@ -261,8 +261,11 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
         if paired_preset is None:
             args.env_kwargs = [*args.env_kwargs, f"preset:{args.preset}"]
         elif str(paired_preset) != args.preset:
-            where = "--env-kwargs" if "env_kwargs" in given or not args.resume else "the run's saved --env-kwargs"
-            parser.error(f"--preset {args.preset} disagrees with {where} preset:{paired_preset}; give one of them")
+            if "env_kwargs" in given or not args.resume:
+                parser.error(f"--preset {args.preset} disagrees with --env-kwargs preset:{paired_preset}; give one of "
+                             "them")  # fmt: skip
+            parser.error(f"--preset {args.preset} disagrees with the run's saved --env-kwargs preset:{paired_preset}; "
+                         "leave --preset out to continue the run, or give another --out for a new one")  # fmt: skip
     telemetry_from = "--telemetry "  # where the setting came from, for the messages
     if not args.telemetry:  # the measured env's nvml must not be overridden by a default the user never chose
         try:

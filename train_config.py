@@ -59,7 +59,8 @@ def _changes(name: str, old: Any, new: Any) -> list[str]:
 
 def run_setting_changes(saved: dict[str, Any], args: Any, derived: dict[str, Any]) -> list[str]:
     """The run-defining settings (algo, env id, env kwargs, hyperparameters) in which `args`/`derived` differ from a
-    saved config.yaml; an env argument left out counts as its EnvConfig default on either side."""
+    saved config.yaml; an env argument left out counts as what the env id builds without it (its registered kwargs,
+    e.g. MoERoutingMeasured-v0's gpu preset, else its EnvConfig default) on either side."""
     changes = []
     for name in ("algo", "env_id"):
         if name in saved["args"]:
@@ -69,6 +70,11 @@ def run_setting_changes(saved: dict[str, Any], args: Any, derived: dict[str, Any
         for f in dataclasses.fields(EnvConfig)
         if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
     }
+    if args.env_id == saved["args"].get("env_id", args.env_id):  # else that change is the one to report
+        try:
+            defaults.update(plain(gym.spec(args.env_id).kwargs))
+        except gym.error.Error:
+            pass  # an unregistered id is refused where the env id is checked
     old_env, new_env = saved["env_kwargs"], plain(derived["env_kwargs"])
     for key in sorted(set(old_env) | set(new_env)):
         unset = defaults.get(key, UNSET)

@@ -23,6 +23,7 @@ from agents.controller import (
     LoadBalance,
     NoControl,
     RandomController,
+    check_controller,
     load_entry_point,
     make_controller,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "RandomController",
     "StatisticalLoadBalancer",
     "ThermalAdaptiveScaler",
+    "check_controller",
     "env_setting_differences",
     "load_entry_point",
     "load_hyperparams",

@@ -29,6 +29,7 @@ import numbers
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -322,20 +323,32 @@ def load_entry_point(name: str) -> Any:
     factory, imported from a module on `sys.path` (`PYTHONPATH`) or in the current directory.
 
     Raises:
-        ValueError: the name is not `module.path:Name`, the module does not import, or it has no callable `Name`;
-            each naming what is missing.
+        ValueError: the name is not `module.path:Name` (a file path is refused with the module path to give
+            instead), the module or one it imports is not found, or it has no callable `Name`; each naming what
+            is missing. Any other error raised inside the module (a bug) is raised as it is: it points at your code.
     """
     module_name, _, attr = name.partition(":")
+    if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
+        path = PurePath(module_name.replace("\\", "/")).with_suffix("")
+        relative = not path.is_absolute() and ".." not in path.parts
+        module = f"{'.'.join(path.parts) if relative else path.name}:{attr or 'Name'}"
+        where = "from this folder" if relative else f"run from {path.parent} or with it on PYTHONPATH"
+        raise ValueError(f"controller {name!r}: give a module path, not a file: {module} ({where})")
     if not module_name or not all(part.isidentifier() for part in module_name.split(".")) or not attr.isidentifier():
         raise ValueError(f"controller {name!r} is not module.path:Name (a class or factory in an importable module)")
     try:
         module = _import_here_too(module_name)
-    except ImportError as exc:
-        raise ValueError(f"controller {name!r}: cannot import {module_name!r} ({exc}); put its folder on "
-                         "PYTHONPATH") from exc  # fmt: skip
+    except ModuleNotFoundError as exc:
+        parents = {".".join(module_name.split(".")[: i + 1]) for i in range(module_name.count(".") + 1)}
+        if exc.name not in parents:  # the module is there; one of its own imports is not
+            raise ValueError(f"controller {name!r}: {module_name!r} imports {exc.name!r}, which cannot be found "
+                             f"({exc})") from exc  # fmt: skip
+        raise ValueError(f"controller {name!r}: cannot import {module_name!r} ({exc}); run from the folder that "
+                         "holds it, or put that folder on PYTHONPATH") from exc  # fmt: skip
     factory = getattr(module, attr, None)
     if factory is None:
-        raise ValueError(f"controller {name!r}: module {module_name!r} has no {attr!r}")
+        where = getattr(module, "__file__", None) or "a namespace package"
+        raise ValueError(f"controller {name!r}: module {module_name!r} (imported from {where}) has no {attr!r}")
     if not callable(factory):
         raise ValueError(f"controller {name!r}: {module_name}.{attr} is a {type(factory).__name__}, not a class or "
                          "factory")  # fmt: skip
@@ -356,6 +369,43 @@ def _import_here_too(module_name: str) -> Any:
         return importlib.import_module(module_name)
 
 
+def check_controller(name: str, **kwargs) -> None:
+    """Check, before any env is built (or any model pretrained), what `make_controller(name, env, **kwargs)` can be
+    checked for without one: the name, the argument names and, for an entry point, that it imports, can be called
+    as `Name(spec, **kwargs)` and, when it is a class, has `reset()` and `act(observation)`. Argument values are
+    checked when it is built.
+
+    Raises:
+        ValueError, TypeError: as `make_controller` would, in one line.
+    """
+    if ":" not in name:
+        if name not in CONTROLLERS:
+            raise ValueError(f"unknown controller {name!r}; choose one of {sorted(CONTROLLERS)}")
+        allowed = controller_arguments(name)
+        if allowed is not None and (unknown := sorted(set(kwargs) - set(allowed))):
+            # said here, not as a TypeError from the class's __init__ that lists nothing
+            raise TypeError(f"{name}: unknown argument(s) {unknown}; it takes {', '.join(allowed) or 'none'}")
+        return
+    factory = load_entry_point(name)
+    allowed = _own_arguments(factory)
+    if allowed is not None and (unknown := sorted(set(kwargs) - set(allowed))):
+        raise TypeError(f"{name}: unknown argument(s) {unknown}; it takes {', '.join(allowed) or 'none'}")
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C callable: left to the call
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(None, **kwargs)
+        except TypeError as exc:
+            call = ", ".join(["spec", *(f"{k}=..." for k in kwargs)])
+            raise TypeError(f"{name} cannot be called as {name.partition(':')[2]}({call}): {exc}") from None
+    missing = [m for m in ("reset", "act") if not callable(getattr(factory, m, None))]
+    if inspect.isclass(factory) and missing:
+        raise TypeError(f"{name} is a class without {' and '.join(missing)}(): a Controller has reset() and "
+                        "act(observation) -> action")  # fmt: skip
+
+
 def make_controller(name: str, env: Any, **kwargs) -> Controller:
     """A controller by name for an env.
 
@@ -372,23 +422,14 @@ def make_controller(name: str, env: Any, **kwargs) -> Controller:
         ValueError: an unknown name, or an entry point that does not load. TypeError: an unknown argument or env,
             or an entry point that built no `Controller` (`reset()` and `act(observation)`).
     """
+    check_controller(name, **kwargs)
+    spec = ControlSpec.from_env(env)
     if ":" in name:
-        factory = load_entry_point(name)
-        allowed = _own_arguments(factory)
-        if allowed is not None and (unknown := sorted(set(kwargs) - set(allowed))):
-            raise TypeError(f"{name}: unknown argument(s) {unknown}; it takes {', '.join(allowed) or 'none'}")
-        controller = factory(ControlSpec.from_env(env), **kwargs)
+        controller = load_entry_point(name)(spec, **kwargs)
         if missing := [m for m in ("reset", "act") if not callable(getattr(controller, m, None))]:
             raise TypeError(f"{name} built a {type(controller).__name__} without {' and '.join(missing)}(): a "
                             "Controller has reset() and act(observation) -> action")  # fmt: skip
         return controller
-    if name not in CONTROLLERS:
-        raise ValueError(f"unknown controller {name!r}; choose one of {sorted(CONTROLLERS)}")
-    allowed = controller_arguments(name)
-    unknown = sorted(set(kwargs) - set(allowed)) if allowed is not None else []
-    if unknown:  # said here, not as a TypeError from the class's __init__ that lists nothing
-        raise TypeError(f"{name}: unknown argument(s) {unknown}; it takes {', '.join(allowed) or 'none'}")
-    spec = ControlSpec.from_env(env)
     return CONTROLLERS[name](env, spec, **kwargs)
 
 

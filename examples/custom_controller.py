@@ -7,11 +7,13 @@
 The tools build it as `Name(spec, **kwargs)`, with the env's `agents.ControlSpec`, and call `reset()` at each
 episode's start and `act(observation)` every interval; `act` returns the env's action vector, float32 [E + 2] in
 [-1, 1]. The spec reads observation entries by name in their own units and encodes a `ControlAction`, so the
-controller never depends on the observation's layout. A module outside this repository needs its folder on
-PYTHONPATH.
+controller never depends on the observation's layout. The tools find a module from the folder they are run in
+(here, the repository root) or on PYTHONPATH; name it by module path, not file (`examples.custom_controller`).
 """
 
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
@@ -33,6 +35,9 @@ class Thermostat:
     """
 
     def __init__(self, spec: ControlSpec, max_bias: float = 0.5, start_c: float = 30.0):
+        for name, value in (("max_bias", max_bias), ("start_c", start_c)):  # a string from a command line, say
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"Thermostat {name} must be a number, got {value!r}")
         if not 0 < max_bias <= 1:
             raise ValueError(f"Thermostat max_bias must be in (0, 1], got {max_bias}")
         if not start_c > 0:

@@ -6,6 +6,8 @@
     python examples/serve_with_agent.py --controller no_control           # any agents.make_controller name
     python examples/serve_with_agent.py --controller examples.custom_controller:Thermostat   # your own
 
+(from the repository root, as the README's commands: `examples.custom_controller` is a module path from there).
+
 `AgentRouter` serves the runtime's token stream one control interval at a time on a simulated H100 (or the real GPU
 with `--telemetry nvml`), builds `MoERouting-v0`'s observation from the telemetry and the kernel cost model, and
 applies the controller's routing biases and TTT schedule. The stream shifts from prose to code halfway.
@@ -45,10 +47,10 @@ def main() -> None:
         parser.error(f"--intervals must be >= 1, got {args.intervals}")
     if not 0 < args.demand <= 3.0:  # the env's workloads span 0.02-3 (envs.workload); beyond, a policy extrapolates
         parser.error(f"--demand must be a fraction of capacity in (0, 3], as the env's workloads are, got {args.demand}")
-    if not args.policy and ":" in args.controller:  # an entry point: it must import before the model is loaded
-        try:
-            agents.load_entry_point(args.controller)
-        except ValueError as exc:
+    if not args.policy and ":" in args.controller:  # an entry point: it must import, and be a controller class or
+        try:  # factory taking a spec, before the model is loaded
+            agents.check_controller(args.controller)
+        except (ValueError, TypeError) as exc:
             parser.error(f"--controller: {exc}")
     elif not args.policy and args.controller not in agents.CONTROLLERS:
         parser.error(f"--controller {args.controller!r} is not one of {sorted(agents.CONTROLLERS)} or module.path:Name")

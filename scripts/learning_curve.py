@@ -9,7 +9,8 @@ controller plays the held-out episodes the runs were evaluated on (same env kwar
 run's `config.yaml`), so its line is directly comparable with the evaluation points. Every curve says its source
 (`evaluate_stats.Metric.source_on` of the return): `mixed` on the simulated backend (the simulated GPU prices energy,
 heat and latency; the loss term is measured), `measured` on a GPU. Writes `<out>.png` and `<out>.json`;
-`--from-json <out>.json` draws a saved file again without the runs.
+`--from-json <out>.json` draws a saved file again without the runs (to `<out>.png` beside it, unless `--out` says
+where).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ def run_source(config: dict) -> str:
     return return_source(backend) if backend else f"unknown (telemetry {telemetry!r})"
 
 
+class BaselineError(ValueError):
+    """A baseline controller that could not be built for the runs' env."""
+
+
 def baseline_returns(config: dict, controller: str, episodes: int) -> tuple[list[float], str]:
     """Returns of `controller` on the held-out episodes `train_agent.py`'s evaluation callback plays, and their
     source (from the env's `info["source"]`)."""
@@ -64,7 +69,10 @@ def baseline_returns(config: dict, controller: str, episodes: int) -> tuple[list
     env_kwargs = config.get("eval_env_kwargs") or {"split": "validation", **(config.get("env_kwargs") or {})}
     venv = make_vec_env(args["env_id"], env_kwargs, 1, args["eval_seed"], "dummy")
     try:
-        policy = make_controller(controller, venv)
+        try:
+            policy = make_controller(controller, venv)
+        except (TypeError, ValueError) as exc:  # what only building it shows: an argument's value, the env it got
+            raise BaselineError(f"--baselines {controller}: {exc}") from exc
         policy.reset()
         venv.seed(args["eval_seed"])
         obs, returns, total, backends = venv.reset(), [], 0.0, set()
@@ -108,8 +116,8 @@ def read_curve_config(path: Path) -> dict:
 
 
 def read_curves(path: Path) -> dict:
-    """The curves a run of this script saved (`<out>.json`); a ValueError naming the file if it is not one, or if it
-    predates the source labels (a curve must say where its returns came from)."""
+    """The curves a run of this script saved (`<out>.json`); a ValueError naming the file, and the field, if it is
+    not one, or if it predates the source labels (a curve must say where its returns came from)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -118,7 +126,41 @@ def read_curves(path: Path) -> dict:
     if missing := [k for k in keys if not isinstance(data, dict) or k not in data]:
         raise ValueError(f"--from-json {str(path)!r} lacks {missing}: not a curves file of this script, or one "
                          "written before curves named their source; run the script on the run folders again")  # fmt: skip
+    if problem := _curves_problem(data):
+        raise ValueError(f"--from-json {str(path)!r}: {problem}; not a curves file of this script")
     return data
+
+
+def _curves_problem(data: dict) -> str | None:
+    """What in a curves file `write_curves` could not draw, or None."""
+
+    def numbers(value, depth: int = 1) -> bool:  # a list of numbers (depth 1) or of equal-length lists of them (2)
+        if not isinstance(value, list):
+            return False
+        if depth == 2:
+            return all(numbers(row) for row in value) and len({len(row) for row in value}) <= 1
+        return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+
+    episodes = data["eval_episodes"]
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 0:
+        return f"eval_episodes is {episodes!r}, not an integer >= 0"
+    if not isinstance(data["runs"], dict) or not isinstance(data["baselines"], dict):
+        return "runs and baselines must each map a label to its curve"
+    for label, entry in data["runs"].items():
+        if not isinstance(entry, dict):
+            return f"run {label!r} is a {type(entry).__name__}, not a curve"
+        for key, depth in (("train_steps", 1), ("train_return", 1), ("eval_steps", 1), ("eval_returns", 2)):
+            if key in entry and not numbers(entry[key], depth):
+                return f"run {label!r}: {key} is not a list of numbers" + (" per evaluation" if depth == 2 else "")
+            if key not in entry and key.startswith("train"):
+                return f"run {label!r} lacks {key}"
+        for steps, values in (("train_steps", "train_return"), ("eval_steps", "eval_returns")):
+            if len(entry.get(steps, [])) != len(entry.get(values, [])):
+                return f"run {label!r}: {steps} and {values} differ in length"
+    for name, returns in data["baselines"].items():
+        if not numbers(returns):
+            return f"baseline {name!r}: its returns are not a list of numbers"
+    return None
 
 
 def write_curves(data: dict, stem: Path) -> None:
@@ -168,16 +210,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--from-json", type=Path, default=None,
                         help="draw the curves saved in this <out>.json again (no runs needed), to --out")  # fmt: skip
     parser.add_argument("--labels", default="", help="comma-separated labels, one per run (default: folder names)")
-    parser.add_argument("--baselines", default="no_control",
-                        help="comma-separated controller names (or your own as module.path:Name), or ''")
-    parser.add_argument("--out", type=Path, default=Path("results/learning_curve"),
-                        help="output path without suffix: PATH.json and PATH.png (default: %(default)s, the committed "
-                        "figure)")  # fmt: skip
+    parser.add_argument("--baselines", default=None,
+                        help="comma-separated controller names (or your own as module.path:Name), or '' (default: "
+                        "no_control)")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output path without suffix: PATH.json and PATH.png (default: results/learning_curve, "
+                        "the committed figure; with --from-json, beside the JSON: FILE.png)")  # fmt: skip
     args = parser.parse_args(argv)
-    stem = args.out.with_suffix("") if args.out.suffix in (".png", ".json") else args.out  # keep 'curve_v1.5'
+    out = args.out or (args.from_json if args.from_json is not None else Path("results/learning_curve"))
+    stem = out.with_suffix("") if out.suffix in (".png", ".json") else out  # keep 'curve_v1.5'
     if args.from_json is not None:
         if args.runs:
             parser.error("give run folders or --from-json, not both")
+        if given := [flag for flag, value in (("--labels", args.labels), ("--baselines", args.baselines)) if value]:
+            verb = "apply" if len(given) > 1 else "applies"
+            parser.error(f"{' and '.join(given)} {verb} to curves of run folders; a --from-json file keeps its own")
         try:
             write_curves(read_curves(args.from_json), stem)
         except ValueError as exc:
@@ -185,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.runs:
         parser.error("give train_agent.py run folders (or --from-json FILE to redraw saved curves)")
-    from agents import CONTROLLERS, load_entry_point
+    from agents import CONTROLLERS, check_controller
     from agents.callbacks import EVALUATIONS_FILE, read_eval_history
 
     labels = args.labels.split(",") if args.labels else [r.name for r in args.runs]
@@ -194,16 +241,15 @@ def main(argv: list[str] | None = None) -> None:
     if len(set(labels)) != len(labels):  # one label per curve: a repeated one would keep only the last run's
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         parser.error(f"runs need distinct labels, {repeated} repeats: name them with --labels")
-    baselines = [name for name in args.baselines.split(",") if name]
+    baselines = [name for name in ("no_control" if args.baselines is None else args.baselines).split(",") if name]
     unknown = [name for name in baselines if name not in CONTROLLERS and ":" not in name]  # or module.path:Name
     if unknown:
         parser.error(f"--baselines {unknown} not among the controllers {sorted(CONTROLLERS)} (or module.path:Name)")
-    for name in baselines:
-        if ":" in name:  # your own controller: it must import before any env is built
-            try:
-                load_entry_point(name)
-            except ValueError as exc:
-                parser.error(f"--baselines: {exc}")
+    for name in baselines:  # your own controller must import, and be one, before any env is built
+        try:
+            check_controller(name)
+        except (TypeError, ValueError) as exc:
+            parser.error(f"--baselines: {exc}")
     configs = []
     for run in args.runs:
         if not (run / "config.yaml").is_file():
@@ -234,7 +280,10 @@ def main(argv: list[str] | None = None) -> None:
             entry["warm_start"] = config["warm_start"]
         data["runs"][label] = entry
     for name in baselines:
-        data["baselines"][name], data["baseline_sources"][name] = baseline_returns(configs[0], name, eval_episodes)
+        try:
+            data["baselines"][name], data["baseline_sources"][name] = baseline_returns(configs[0], name, eval_episodes)
+        except BaselineError as exc:
+            parser.error(str(exc))
         print(f"{name}: held-out mean return {np.mean(data['baselines'][name]):.1f} [{data['baseline_sources'][name]}]")
     data.update(curves_source([e["source"] for e in data["runs"].values()] + list(data["baseline_sources"].values())))
 

@@ -45,7 +45,7 @@ def test_serves_the_tiny_preset_with_the_heuristic():
         (["--demand", "inf"], "--demand must be a fraction of capacity in (0, 3], as the env's workloads are, got inf"),
         (["--demand", "50"], "--demand must be a fraction of capacity in (0, 3], as the env's workloads are, got 50.0"),
         (["--controller", "greedy"], "--controller 'greedy' is not one of"),
-        (["--controller", "examples.custom_controller:Nope"], "module 'examples.custom_controller' has no 'Nope'"),
+        (["--controller", "examples.custom_controller:Nope"], "examples/custom_controller.py) has no 'Nope'"),
         (["--policy", "/no/such/model.zip"], "no saved model at /no/such/model.zip"),
         (["--preset", "tiny", "--policy", "results/ppo_kcm_warm/best_model.zip"], "a policy of another preset"),
     ],
@@ -77,7 +77,7 @@ def test_a_controller_of_your_own_runs_beside_the_baselines(tmp_path, capsys):
     assert {r["spec"] for r in rows} >= {"cool=examples.custom_controller:Thermostat(max_bias=0.5)"}
     assert len({r["episode_seed"] for r in rows}) == 1  # paired: the same episode
     for spec, message in [
-        ("examples.custom_controller:Thermo", "module 'examples.custom_controller' has no 'Thermo'"),
+        ("examples.custom_controller:Thermo", "examples/custom_controller.py) has no 'Thermo'"),
         ("no_such_module:Thermostat", "cannot import 'no_such_module'"),
         ("examples.custom_controller:Thermostat(gain=2)", "unknown argument(s) ['gain']; it takes max_bias, start_c"),
         ("examples.custom_controller:Thermostat(max_bias=2)", "Thermostat max_bias must be in (0, 1], got 2"),
@@ -113,3 +113,103 @@ def test_the_thermostat_steers_only_when_hot_and_plugs_in_by_name():
     assert np.all(np.diff(hot[np.argsort(ratio)]) <= 1e-9)  # the costlier, the more it is steered away from
     half = biases(10.0)
     assert half == pytest.approx(hot / 2, abs=1e-6)
+
+
+CONTROLLER_MODULE = '''
+import numpy as np
+
+
+class NoSpec:  # takes no spec
+    def __init__(self):
+        pass
+
+
+class NoAct:  # no act()
+    def __init__(self, spec):
+        pass
+
+    def reset(self):
+        pass
+
+
+class AnyArgs:  # takes any keyword argument
+    def __init__(self, spec, **kwargs):
+        self.kwargs = kwargs
+
+    def reset(self):
+        pass
+
+    def act(self, observation):
+        return np.zeros(10, dtype=np.float32)
+
+
+def factory(spec, gain=1.0):  # a factory, not a class: what it builds is checked when it is built
+    return object()
+
+
+NOT_CALLABLE = 3
+'''
+
+
+@pytest.fixture
+def own_module(tmp_path, monkeypatch):
+    """A module of controllers on sys.path, named apart from any other test's (imports are cached)."""
+    name = f"own_controllers_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(CONTROLLER_MODULE)
+    (tmp_path / "needs_dep.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+def test_an_entry_point_that_cannot_be_a_controller_is_named_without_an_env(own_module):
+    import agents
+
+    spec = agents.ControlSpec(num_experts=8, tdp_w=700.0, slowdown_temp_c=87.0)
+    for name, kwargs, error, message in [
+        (f"{own_module}:NoSpec", {}, TypeError, "cannot be called as NoSpec(spec): too many positional arguments"),
+        (f"{own_module}:NoAct", {}, TypeError, "is a class without act()"),
+        (f"{own_module}:NOT_CALLABLE", {}, ValueError, f"{own_module}.NOT_CALLABLE is a int, not a class or factory"),
+        (f"{own_module}:Missing", {}, ValueError, f"(imported from {Path(sys.path[0]) / own_module}.py) has no"),
+        ("needs_dep:C", {}, ValueError, "'needs_dep' imports 'no_such_dependency_xyz', which cannot be found"),
+        ("examples/custom_controller.py:Thermostat", {}, ValueError,
+         "give a module path, not a file: examples.custom_controller:Thermostat"),
+        ("/opt/mine/ctl.py:Mine", {}, ValueError, "not a file: ctl:Mine (run from /opt/mine or with it on PYTHONPATH)"),
+        (f"{own_module}:", {}, ValueError, "is not module.path:Name"),
+        (f"{own_module}:factory", {"gian": 2}, TypeError, "unknown argument(s) ['gian']; it takes gain"),
+    ]:  # fmt: skip
+        with pytest.raises(error) as raised:
+            agents.check_controller(name, **kwargs)
+        assert message in str(raised.value), name
+        with pytest.raises(error):  # make_controller checks the same first
+            agents.make_controller(name, spec, **kwargs)
+    agents.check_controller(f"{own_module}:AnyArgs", anything=1)  # **kwargs: any argument is its own to check
+    assert agents.make_controller(f"{own_module}:AnyArgs", spec, anything=1).kwargs == {"anything": 1}
+    agents.check_controller(f"{own_module}:factory", gain=2.0)  # a factory's product is checked when it is built
+    with pytest.raises(TypeError, match="built a object without reset and act"):
+        agents.make_controller(f"{own_module}:factory", spec)
+
+
+def test_evaluate_refuses_a_bad_controller_before_pretraining(own_module, tmp_path, monkeypatch, capsys):
+    """A typo in an entry point is said before a served model is pretrained (minutes on a cold cache)."""
+
+    def pretrain(*args, **kwargs):
+        raise AssertionError("pretrained before the policies were checked")
+
+    monkeypatch.setattr(evaluate, "pretrain_served_model", pretrain)
+    for spec, message in [
+        (f"{own_module}:NoAct", "is a class without act()"),
+        ("no_such_module:Thermostat", "cannot import 'no_such_module'"),
+        ("examples.custom_controller:Thermostat(gain=2)", "unknown argument(s) ['gain']"),
+        ("load_balance(stride=2)", "load_balance: unknown argument(s) ['stride']"),
+    ]:
+        assert evaluate.main(["--policies", spec, "--out", str(tmp_path / "bad"), *TINY]) == 2
+        assert message in capsys.readouterr().err, spec
+    assert not (tmp_path / "bad" / "args.json").exists()
+
+
+def test_the_thermostat_names_an_argument_that_is_no_number():
+    import agents
+
+    spec = agents.ControlSpec(num_experts=8, tdp_w=700.0, slowdown_temp_c=87.0)
+    with pytest.raises(TypeError, match="Thermostat max_bias must be a number, got 'abc'"):
+        agents.make_controller("examples.custom_controller:Thermostat", spec, max_bias="abc")

@@ -99,6 +99,64 @@ def test_saved_curves_are_drawn_again_from_their_json(tmp_path, monkeypatch, cap
     assert "give train_agent.py run folders" in error_of(capsys, [])
 
 
+def test_a_redrawn_file_stays_beside_its_json_and_a_damaged_one_is_named(tmp_path, monkeypatch, capsys):
+    """--from-json without --out writes FILE.png beside FILE.json, never over the committed figure; a damaged run or
+    baseline, or flags that name the curves of run folders, are one-line errors."""
+    import matplotlib.pyplot as plt
+
+    monkeypatch.chdir(tmp_path)  # where the committed figure's default path would land
+    good = {"runs": {"a": {"train_steps": [64], "train_return": [-9.0], "eval_steps": [64], "eval_returns": [[1, 2]]}},
+            "baselines": {"no_control": [-5.0, -6.0]}, "eval_episodes": 2, "source": "mixed"}  # fmt: skip
+    (tmp_path / "mine.json").write_text(json.dumps(good))
+    learning_curve.main(["--from-json", "mine.json"])
+    plt.close("all")
+    assert (tmp_path / "mine.png").is_file() and not (tmp_path / "results").exists()
+    for damage, message in [
+        (lambda d: d["runs"].update(b={}), "run 'b' lacks train_steps"),
+        (lambda d: d.update(eval_episodes="x"), "eval_episodes is 'x', not an integer >= 0"),
+        (lambda d: d["runs"]["a"].update(eval_returns=[[1, 2], [3]]), "run 'a': eval_returns is not a list of numbers per"),
+        (lambda d: d["runs"]["a"].update(train_return=[]), "train_steps and train_return differ in length"),
+        (lambda d: d["baselines"].update(x="-5"), "baseline 'x': its returns are not a list of numbers"),
+    ]:
+        data = json.loads(json.dumps(good))
+        damage(data)
+        (tmp_path / "bad.json").write_text(json.dumps(data))
+        error = error_of(capsys, ["--from-json", "bad.json"])
+        assert "--from-json 'bad.json': " in error and message in error
+    assert not (tmp_path / "bad.png").exists()
+    for flags in (["--labels", "x"], ["--baselines", "kcm_greedy"]):
+        assert "a --from-json file keeps its own" in error_of(capsys, ["--from-json", "mine.json", *flags])
+
+
+def test_a_baseline_that_cannot_be_built_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    """An entry point that is no controller is refused before any env is built; one whose arguments fail only when
+    it is built is refused then, naming it, with no traceback."""
+    import agents
+
+    (tmp_path / "lc_controllers.py").write_text(
+        "class NoAct:\n    def __init__(self, spec):\n        pass\n\n\n"
+        "def picky(spec):\n    raise ValueError('picky needs 16 experts, got 8')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = fake_run(tmp_path / "run")
+
+    def no_env(*args, **kwargs):
+        raise AssertionError("an env was built for a baseline refused by its name")
+
+    monkeypatch.setattr("train_agent.make_vec_env", no_env)
+    message = error_of(capsys, [str(run), "--baselines", "lc_controllers:NoAct", "--out", str(tmp_path / "c")])
+    assert "--baselines: lc_controllers:NoAct is a class without reset and act()" in message
+
+    class Venv(agents.ControlSpec):  # what make_controller reads of an env, and close()
+        def close(self):
+            pass
+
+    monkeypatch.setattr("train_agent.make_vec_env", lambda *a, **k: Venv(8, 700.0, 87.0))
+    message = error_of(capsys, [str(run), "--baselines", "lc_controllers:picky", "--out", str(tmp_path / "c")])
+    assert "--baselines lc_controllers:picky: picky needs 16 experts, got 8" in message
+    assert not (tmp_path / "c.png").exists()
+
+
 def test_a_training_curve_of_one_point_is_drawn(tmp_path, monkeypatch):
     """A short run logs one training-episode mean (SAC and TD3 every 4 episodes): the title says 'faint: training
     episodes', so it must show, not be a line of one point that draws nothing."""

@@ -196,6 +196,14 @@ def test_the_measured_env_id_trains_measured_with_the_same_hyperparameters(monke
         args, derived = train_args.parse_args([*given, "--env-id", "MoERoutingMeasured-v0"])
         assert args.telemetry == derived["env_kwargs"]["telemetry"] == "simulated"
     assert train_args.parse_args([])[0].telemetry == "simulated"  # MoERouting-v0's default
+    # A resume compares a setting left out with what the env id builds without it: the measured env's gpu preset.
+    args, derived = train_args.parse_args(["--env-id", "MoERoutingMeasured-v0", "--preset", "gpu"])
+    left_out = {k: v for k, v in derived["env_kwargs"].items() if k != "preset"}  # a run started without --preset
+    saved = {"args": {"algo": args.algo, "env_id": "MoERoutingMeasured-v0"}, "hyperparams": derived["hyperparams"],
+             "env_kwargs": train_config.plain(left_out)}  # fmt: skip
+    assert train_config.run_setting_changes(saved, args, derived) == []
+    args, derived = train_args.parse_args(["--env-id", "MoERoutingMeasured-v0", "--preset", "default"])
+    assert train_config.run_setting_changes(saved, args, derived) == ["env_kwargs.preset: 'gpu' (saved) vs 'default'"]
 
 
 def test_bad_algo_exits_without_traceback():
