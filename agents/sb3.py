@@ -6,8 +6,8 @@ constructor arguments they may hold `policy` (default `MlpPolicy`), `normalize` 
 arguments such as `{norm_obs: false, norm_reward: true}`), `noise_type` (`normal` or `ornstein-uhlenbeck`) with
 `noise_std` for TD3/SAC action noise, and `init_action` (`no_control`: the untrained policy's mean action is no
 control, zero biases and TTT off, so exploration starts there; `zero`: SB3's own initialisation, mean action 0,
-which has TTT on), and `imitate` (a controller name: warm-start the policy by imitating it, see
-`agents.warm_start`) with `imitate_steps` (default 2048) and `imitate_epochs` (default 30). Overrides use the Zoo's
+which has TTT on), and `imitate` (a controller name, or your own as `module.path:Name`: warm-start the policy by
+imitating it, see `agents.warm_start`) with `imitate_steps` (default 2048) and `imitate_epochs` (default 30). Overrides use the Zoo's
 `key:value` syntax, with values parsed as YAML (`n_steps:64`, `learning_rate:3e-4`, `learning_rate:lin_3e-4`
 (linear decay), `policy_kwargs:"{net_arch: [64, 64], activation_fn: tanh}"`); never `eval`. Under a warm start
 (`init_action: no_control` or `imitate`) SAC and TD3 get `learning_starts` 0 unless it is given on the command line
@@ -50,7 +50,7 @@ from agents.checkpoints import (  # noqa: F401  (train_agent.py takes them from 
     read_vecnormalize,
     save_checkpoint,
 )
-from agents.controller import CONTROLLERS
+from agents.controller import CONTROLLERS, check_controller
 from agents.hyperparam_rules import INIT_ACTIONS, NORMALIZE_RULES, VALUE_RULES, ent_coef_ok, finite, net_arch_ok
 from agents.run_config import CONFIG_FILE, find_run_config, training_env_config  # noqa: F401  (train_args.py takes CONFIG_FILE from here)
 
@@ -261,8 +261,12 @@ def imitation_settings(params: dict[str, Any]) -> dict[str, Any] | None:
         if extra:
             raise ValueError(f"{extra} given without imitate:<controller>")
         return None
-    if name not in CONTROLLERS:
-        raise ValueError(f"imitate: unknown controller {name!r}; choose one of {sorted(CONTROLLERS)}")
+    if not isinstance(name, str):
+        raise ValueError(f"imitate: {name!r} is no controller; give one of {sorted(CONTROLLERS)} or module.path:Name")
+    try:
+        check_controller(name)  # your own, as module.path:Name, too
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"imitate: {exc}") from None
     settings = {
         "controller": name,
         "steps": params.get("imitate_steps", 2048),

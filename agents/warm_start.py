@@ -14,7 +14,8 @@ not returns cut at the time limit, which at gamma 0.98 and 64-step episodes aver
 learns. Rewards and observations are normalised with the VecNormalize statistics as they stand after the whole
 collection (the ones PPO starts from), not with the statistics of the moment each step was taken.
 
-Used by `train_agent.py` through the hyperparameters `imitate` (a controller name from `agents.CONTROLLERS`),
+Used by `train_agent.py` through the hyperparameters `imitate` (a controller name from `agents.CONTROLLERS`, or
+your own as `module.path:Name`),
 `imitate_steps` (env steps to collect, all workers together) and `imitate_epochs`.
 """
 
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from agents.controller import CONTROLLERS, make_controller
+from agents.controller import check_controller, make_controller
 
 VALUE_ROUNDS = 5
 """Rounds of value targets in a fit: the first bootstraps with mean reward / (1 - gamma), each later one with the
@@ -247,8 +248,10 @@ def warm_start(
     Raises:
         ValueError: an unknown controller or non-positive steps/epochs.
     """
-    if controller not in CONTROLLERS:
-        raise ValueError(f"imitate: unknown controller {controller!r}; choose one of {sorted(CONTROLLERS)}")
+    try:
+        check_controller(controller)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"imitate: {exc}") from None
     if steps < 1 or epochs < 1:
         raise ValueError(f"imitate_steps and imitate_epochs must be positive, got {steps} and {epochs}")
     start = time.perf_counter()

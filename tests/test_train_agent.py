@@ -41,6 +41,8 @@ BAD_FLAGS = [
     (["--env-id", "MoERoutingMO-v0"], "--env-id 'MoERoutingMO-v0' is not a scalar-reward MoERouting env"),
     (["--hyperparams-file", "/no/such.yml"], "--hyperparams-file '/no/such.yml' does not exist"),
     (["--hyperparams", "imitate:oracle"], "imitate: unknown controller 'oracle'"),
+    (["--hyperparams", "imitate:examples.custom_controller:Thermo"], "custom_controller.py) has no 'Thermo'"),
+    (["--hyperparams", "imitate:5"], "imitate: 5 is no controller; give one of"),
     (["--hyperparams", "imitate_steps:64"], "given without imitate:<controller>"),
     (["--hyperparams", "imitate:kcm_greedy", "imitate_epochs:0"], "imitate_epochs must be a positive integer"),
     (["--env-kwargs", "gpu:H900"], "unknown GPU 'H900'"),
@@ -299,6 +301,11 @@ def test_tiny_run_interrupts_with_a_checkpoint_and_resumes(tmp_path, capsys):
     for path in (run, run / "model.zip", run / "best" / "best_model.zip"):
         action = agents.load_policy(path).act(obs)
         assert action.shape == env.action_space.shape and np.all(np.abs(action) <= 1)
+
+
+def test_a_controller_of_your_own_can_be_imitated():
+    own = "examples.custom_controller:Thermostat"
+    assert agents.sb3.imitation_settings({"imitate": own}) == {"controller": own, "steps": 2048, "epochs": 30}
 
 
 def test_warm_started_run_records_its_teacher(tmp_path):
