@@ -58,8 +58,12 @@ class ActionCodec:
         self.size = num_experts + 2
 
     def check(self, action) -> np.ndarray:
-        """float32 [E + 2], clipped to [-1, 1]. Raises ValueError on a wrong shape, NaN or inf."""
-        a = np.asarray(action, dtype=np.float64)
+        """float32 [E + 2], clipped to [-1, 1]. Raises ValueError on a wrong shape, NaN or inf, or entries that are
+        not real numbers (strings, booleans, complex, None)."""
+        a = np.asarray(action)
+        if a.dtype.kind not in "iuf":  # numpy would turn "0.5" and True into numbers, and drop an imaginary part
+            raise ValueError(f"action must be real numbers, got dtype {a.dtype}: {action!r:.80}")
+        a = a.astype(np.float64)
         if a.shape != (self.size,):
             raise ValueError(
                 f"action must have shape ({self.size},) (biases for {self.num_experts} experts, "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,8 @@ class EnvConfig:
         deployment: the shape at which the simulated backend prices the runtime's decisions; None:
             `deployment_for(model)`, the default deployment with one expert per model expert in its width ratios.
         workload: token demand profile (a `Workload`, or a profile name for that profile at the default load).
+            This and the other nested configs (`reward`, `action`, `model`, `deployment`) may be mappings of their
+            fields, as a spec read back from JSON gives them.
         interval_s: wall time of one control interval, s.
         reference_tokens: tokens of each interval the uncontrolled base model also scores, for the paired loss
             reference (`RewardConfig.loss_reference`); None: half a sequence (`model.seq_len // 2`, 64 tokens on
@@ -57,7 +61,9 @@ class EnvConfig:
         reward: reward weights and scales.
         action: action bounds.
         ttt: use a TTT engine (its knobs are in the action); False serves without TTT.
-        torch_threads: torch CPU threads in this process (1 in vector-env workers).
+        torch_threads: torch CPU threads in this process; None: 2, or 1 in a child process (a vector env's worker,
+            spawned or forked) so that workers do not contend for the cores. A forked child takes 1 whatever is
+            given: torch forked after running multi-threaded hangs on its first parallel op.
         noise_std: simulated sensor noise (relative).
         seed: seeds the simulated GPU built with the env, before its first `reset`. Episodes are seeded by
             `reset(seed=...)`; as in Gymnasium, a first `reset()` without one draws its seed from the OS (so the
@@ -86,14 +92,20 @@ class EnvConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     action: ActionConfig = field(default_factory=ActionConfig)
     ttt: bool = True
-    torch_threads: int = 2
+    torch_threads: int | None = None
     noise_std: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.workload, str):  # a profile name is the Workload of that profile at the default load
             self.workload = Workload(profile=self.workload)
+        for name, kind in NESTED_CONFIGS.items():  # a mapping: what a spec read back from JSON holds
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                setattr(self, name, _config_from_mapping(kind, value, name))
         self._check_types()
+        for name in ("domains", "shift_range", "ambient_range_c", "cooling_range"):  # JSON gives tuples back as lists
+            setattr(self, name, tuple(getattr(self, name)))
         if self.telemetry not in TELEMETRY_SOURCES:
             raise ValueError(f"EnvConfig.telemetry {self.telemetry!r} is not one of {TELEMETRY_SOURCES}")
         if self.model is None:
@@ -110,6 +122,8 @@ class EnvConfig:
             raise ValueError(f"EnvConfig.reference_tokens must be >= 0, got {self.reference_tokens}")
         if self.seed is not None and self.seed < 0:  # numpy's generators take no negative seed
             raise ValueError(f"EnvConfig.seed must be >= 0, got {self.seed}")
+        if self.torch_threads is None:
+            self.torch_threads = 1 if multiprocessing.parent_process() is not None else 2
         if self.pretrain_steps is None:
             self.pretrain_steps = 150 if self.model.preset_name == "tiny" else PretrainConfig().steps
         for name in ("interval_s", "runtime_tokens", "episode_intervals", "torch_threads", "pretrain_steps"):
@@ -221,6 +235,19 @@ class EnvConfig:
         if unknown:
             raise ValueError(f"unknown MoERouting-v0 argument(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**kwargs)
+
+
+NESTED_CONFIGS = {"workload": Workload, "reward": RewardConfig, "action": ActionConfig, "model": MoEConfig,
+                  "deployment": DeploymentScale}  # fmt: skip
+
+
+def _config_from_mapping(kind: type, values: Mapping, name: str):
+    """`kind(**values)` for the nested config `EnvConfig.<name>` given as a mapping (`gym.make(EnvSpec.from_json(...))`
+    passes dataclasses back as dicts, their tuples as lists); a ValueError naming any field `kind` lacks."""
+    known = {f.name for f in dataclasses.fields(kind)}
+    if unknown := sorted(set(values) - known):
+        raise ValueError(f"EnvConfig.{name}: unknown {kind.__name__} field(s) {unknown}; known: {sorted(known)}")
+    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def deployment_for(model: MoEConfig, d_model: int = 1024) -> DeploymentScale:

@@ -51,7 +51,9 @@ class MoERoutingEnv(gym.Env):
     `ttt_off_below` means off), TTT chunk size (log scale, snapped). See `envs.actions`; `decode_action` and
     `encode_action` convert to and from `ControlAction`. Out-of-range values are clipped; NaN, inf or a wrong shape
     raise `ValueError`. With `ttt=False` the space keeps its shape (a policy fits either) and the TTT entries are
-    ignored: TTT stays off.
+    ignored: TTT stays off. Experts are chosen by top-k of score + bias, so adding one constant to every bias changes
+    nothing: only their differences steer. The zero action is not "no control": its TTT entries are mid-range (TTT
+    on); `encode_action(ControlAction.uncontrolled(E))` is (zero biases, TTT off).
 
     ## Observation Space
     `Box` float32 of fixed-scale features with finite bounds (values clipped): telemetry, KCM predictions for the
@@ -63,8 +65,33 @@ class MoERoutingEnv(gym.Env):
          - w_latency * log(1 + max(0, L / L_target - 1)) - w_loss * clip(loss_gap / loss_scale, ±10)`,
     where `loss_gap` is the served model's loss minus the uncontrolled base model's on the same tokens (a shadow
     forward pass over the interval's first `reference_tokens`), and the energy and latency references come from a
-    cached uncontrolled calibration (`envs.calibration`): no control scores about -w_energy per step. `info["reward_terms"]` has each weighted term, `info["vector_reward"]` the unweighted objectives
-    (`MoERoutingMO-v0` returns that vector as the reward).
+    cached uncontrolled calibration (`envs.calibration`): no control scores about -w_energy per step while the GPU
+    keeps up with the demand. The demand is a fraction of the GPU's capacity at full clock, and under load the GPU
+    runs power-capped below it, so a high load with its bursts can outrun it: the backlog then adds the latency term
+    (uncontrolled, 6 of 10 `default` episodes at seeds 0-9 fell behind, -1.9 to -4.7 a step), which routing to
+    cheaper experts avoids. `info["reward_terms"]` has each weighted term, `info["vector_reward"]` the unweighted
+    objectives (`MoERoutingMO-v0` returns that vector as the reward).
+
+    ## Info
+    `reset` and `step` return the same keys, for the interval just served (`source` says where its hardware figures
+    came from: `simulated` or `measured`):
+    | key | meaning |
+    |---|---|
+    | source, interval | the backend's source; the interval's index in the episode (the reset interval is 0) |
+    | tokens, demand_tokens, backlog_tokens | tokens served, demanded and left queued at deployment scale |
+    | runtime_tokens | tokens the runtime model served for it (what its loss is measured on) |
+    | energy_j, energy_per_token_j | energy of the interval, J, and per served token |
+    | power_w, peak_power_w | mean and peak power over the interval, W |
+    | temperature_c, peak_temperature_c | GPU temperature at the interval's end and its peak, C |
+    | sm_clock_mhz, busy_sm_clock_mhz | mean SM clock over the interval, and over its busy time, MHz |
+    | throttle_reasons, throttled_share | NVML's clock-event reasons seen (comma-separated), share of time throttled |
+    | latency_ms, slo_violated | latency a token sees (its launch plus the wait behind the backlog), ms; above target |
+    | loss, loss_gap, domain | the served model's mean loss, nats; the gap to the base model (see Rewards); domain |
+    | ttt_updates, ttt_tokens_trained, ttt_share_of_busy | TTT updates, tokens they trained on, their busy share |
+    | expert_load, routing_biases | tokens per expert (all layers) [E]; the biases in force [E] |
+    | ttt_frequency_tokens, ttt_chunk_tokens | the TTT schedule in force (0: off) |
+    | kcm_pred_energy_j, kcm_pred_latency_ms | the KCM's prediction for this interval |
+    | reward_terms, vector_reward | the weighted reward terms (dict); the unweighted objectives [4] |
 
     ## Starting State
     `reset(seed=...)` seeds the stream position, the shift point, the workload, ambient temperature, cooling,

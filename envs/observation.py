@@ -30,7 +30,7 @@ them; `ObservationBuilder.raw(obs, name)` turns an entry back into its unit, so 
 | ttt_chunk                    | log2(chunk tokens) / 16                          | 1                | [0, 1]    |
 | ttt_grad_norm                | last update's mean gradient norm (log1p)         | 1                | [0, 20]   |
 | ttt_activation_energy        | last update's mean activation energy (log1p)     | 1                | [0, 30]   |
-| demand                       | token demand / capacity                          | 1                | [0, 4]    |
+| demand                       | token demand of the interval served / capacity   | 1                | [0, 4]    |
 | backlog                      | tokens carried over / capacity x interval        | 1                | [0, 10]   |
 | energy_from_counter          | 1 if energy came from a hardware counter         | 1                | [0, 1]    |
 | sample_staleness_s           | age of the newest telemetry sample, s            | 1                | [0, 10]   |

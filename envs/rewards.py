@@ -14,8 +14,9 @@ base model with zero biases and no TTT (a small shadow forward pass). Interval l
 text itself, ten times what routing changes, so only a paired gap leaves a learnable signal. `"calibrated"` takes
 the interval's loss minus the uncontrolled model's mean loss on the current domain from a short cached calibration
 (envs.calibration) instead: no extra compute, much more noise. `ref_energy_per_token_j` and the latency target come
-from that calibration. So "no control" scores about -w_energy per step, a domain shift by itself costs nothing, TTT
-that adapts earns, and routing to narrow experts costs. Units: J, C, ms, nats.
+from that calibration. So "no control" scores about -w_energy per step while the GPU keeps up with the demand (a
+backlog adds the latency term), a domain shift by itself costs nothing, TTT that adapts earns, and routing to narrow
+experts costs. Units: J, C, ms, nats.
 """
 
 from __future__ import annotations

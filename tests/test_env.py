@@ -63,6 +63,10 @@ def test_action_round_trip_and_errors(env):
         u.decode_action(np.full(E + 2, np.nan))
     with pytest.raises(ValueError, match="shape"):
         u.decode_action(np.zeros(E))
+    for bad, dtype in ((["0.5"] * (E + 2), "<U3"), ([True] * (E + 2), "bool"), (np.zeros(E + 2, complex), "complex128"),
+                       (None, "object")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"action must be real numbers, got dtype {dtype}"):
+            u.decode_action(bad)
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"non-finite entries at \[0, 1, .*\]: \[inf inf"):
         env.step(np.full(E + 2, np.inf))

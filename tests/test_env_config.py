@@ -27,6 +27,7 @@ BAD_KWARGS = [  # (kwargs, what the message must say: the field and the bad valu
     (dict(seed=-1), "EnvConfig.seed must be >= 0, got -1"),
     (dict(runtime_tokens=10**9), "EnvConfig.runtime_tokens must be at most"),  # calibrated for minutes and gigabytes
     (dict(ambient_range_c=(200.0, 300.0)), "EnvConfig.ambient_range_c must lie within"),  # was accepted: a 302 C GPU
+    (dict(reward={"w_energi": 2.0}), "EnvConfig.reward: unknown RewardConfig field(s) ['w_energi']; known: ["),
 ]
 
 
@@ -62,7 +63,7 @@ def test_unknown_gpu_and_missing_files_fail_in_the_config(kwargs, message):
         (dict(interval_s="1s"), "interval_s must be a number, got '1s'"),
         (dict(episode_intervals=2.5), "episode_intervals must be an integer, got 2.5"),
         (dict(torch_threads=True), "torch_threads must be an integer, got True"),
-        (dict(reward={"energy": 1.0}), "reward must be a RewardConfig"),
+        (dict(reward=[1.0]), "reward must be a RewardConfig, got [1.0]"),  # a mapping of its fields would do
         (dict(model="tiny"), "model must be a MoEConfig or None (a preset name goes in `preset`), got 'tiny'"),
         (dict(ttt="maybe"), "ttt must be true or false, got 'maybe'"),
         (dict(randomize=2), "randomize must be true or false, got 2"),
@@ -120,8 +121,46 @@ def test_a_config_built_directly_fits_its_preset():
     assert direct.deployment.num_experts == direct.model.num_experts == 4
     assert EnvConfig().deployment == EnvConfig.from_kwargs().deployment
     with pytest.raises(TypeError, match="deployment must be a DeploymentScale or None"):
+        EnvConfig(preset="tiny", deployment="h100")
+    with pytest.raises(ValueError, match="deployment has 8 experts; the model has 4"):  # a mapping of its fields
         EnvConfig(preset="tiny", deployment={"d_model": 1024})
 
 
 def test_the_measured_env_serves_the_gpu_preset():
     assert gym.spec("MoERoutingMeasured-v0").kwargs == {"telemetry": "nvml", "preset": "gpu"}
+
+
+def test_a_spec_read_back_from_json_makes_the_same_env():
+    """`EnvSpec.to_json` turns the nested configs into dicts and tuples into lists; `gym.make(EnvSpec.from_json(...))`
+    must build the env it describes, not fail on them."""
+    import dataclasses
+
+    from gymnasium.envs.registration import EnvSpec
+
+    from envs import ActionConfig, RewardConfig
+    from moe_runtime import MoEConfig
+
+    kwargs = dict(TINY, workload=Workload(profile="constant", load=0.4), reward=RewardConfig(w_energy=2.0),
+                  action=ActionConfig(bias_range=1.0), model=MoEConfig.preset("tiny"), cooling_range=(0.9, 1.2))  # fmt: skip
+    spec = EnvSpec.from_json(dataclasses.replace(gym.spec("MoERouting-v0"), kwargs=kwargs).to_json())
+    assert isinstance(spec.kwargs["reward"], dict) and isinstance(spec.kwargs["cooling_range"], list)  # as JSON gives
+    assert EnvConfig.from_kwargs(**spec.kwargs) == EnvConfig.from_kwargs(**kwargs)
+
+
+def _threads_in_a_spawned_child(queue, kwargs) -> None:
+    queue.put(EnvConfig(**kwargs).torch_threads)
+
+
+def test_an_env_built_in_a_worker_process_takes_one_thread_unless_told():
+    """SB3's SubprocVecEnv spawns its workers (forkserver on Linux): at 2 threads each, 2 workers on 2 cores ran ~10x
+    slower than at 1."""
+    import multiprocessing
+
+    assert EnvConfig(**TINY).torch_threads == 2  # this process: the default
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    for given, expected in ((None, 1), (3, 3)):
+        child = ctx.Process(target=_threads_in_a_spawned_child, args=(queue, dict(TINY, torch_threads=given)))
+        child.start()
+        assert queue.get(timeout=120) == expected
+        child.join(timeout=60)
