@@ -7,11 +7,12 @@ arguments such as `{norm_obs: false, norm_reward: true}`), `noise_type` (`normal
 `noise_std` for TD3/SAC action noise, and `init_action` (`no_control`: the untrained policy's mean action is no
 control, zero biases and TTT off, so exploration starts there; `zero`: SB3's own initialisation, mean action 0,
 which has TTT on), and `imitate` (a controller name, or your own as `module.path:Name`: warm-start the policy by
-imitating it, see `agents.warm_start`) with `imitate_steps` (default 2048) and `imitate_epochs` (default 30). Overrides use the Zoo's
-`key:value` syntax, with values parsed as YAML (`n_steps:64`, `learning_rate:3e-4`, `learning_rate:lin_3e-4`
-(linear decay), `policy_kwargs:"{net_arch: [64, 64], activation_fn: tanh}"`); never `eval`. Under a warm start
-(`init_action: no_control` or `imitate`) SAC and TD3 get `learning_starts` 0 unless it is given on the command line
-(`resolve_learning_starts`): their random warm-up would otherwise act instead of the warm-started policy.
+imitating it, see `agents.warm_start`) with `imitate_steps` (default 2048) and `imitate_epochs` (default 30).
+Overrides use the Zoo's `key:value` syntax, with values parsed as YAML (`n_steps:64`, `learning_rate:3e-4`,
+`learning_rate:lin_3e-4` (linear decay), `policy_kwargs:"{net_arch: [64, 64], activation_fn: tanh}"`); never `eval`.
+Under a warm start (`init_action: no_control` or `imitate`) SAC and TD3 get `learning_starts` 0 unless it is given on
+the command line (`resolve_learning_starts`): their random warm-up would otherwise act instead of the warm-started
+policy.
 """
 
 from __future__ import annotations

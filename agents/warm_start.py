@@ -15,8 +15,7 @@ learns. Rewards and observations are normalised with the VecNormalize statistics
 collection (the ones PPO starts from), not with the statistics of the moment each step was taken.
 
 Used by `train_agent.py` through the hyperparameters `imitate` (a controller name from `agents.CONTROLLERS`, or
-your own as `module.path:Name`),
-`imitate_steps` (env steps to collect, all workers together) and `imitate_epochs`.
+your own as `module.path:Name`), `imitate_steps` (env steps to collect, all workers together) and `imitate_epochs`.
 """
 
 from __future__ import annotations

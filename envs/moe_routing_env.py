@@ -77,7 +77,7 @@ class MoERoutingEnv(gym.Env):
     came from: `simulated` or `measured`):
     | key | meaning |
     |---|---|
-    | source, interval | the backend's source; the interval's index in the episode (the reset interval is 0) |
+    | source, interval | the backend's source; steps taken in the episode (0 at reset, `episode_intervals` at its end) |
     | tokens, demand_tokens, backlog_tokens | tokens served, demanded and left queued at deployment scale |
     | runtime_tokens | tokens the runtime model served for it (what its loss is measured on) |
     | energy_j, energy_per_token_j | energy of the interval, J, and per served token |
