@@ -8,6 +8,7 @@ chosen k); dropless. Expert execution goes through `kernels.dispatch`, which pic
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -23,7 +24,7 @@ class ModelOutput(NamedTuple):
 
     Attributes:
         logits: [B, S, V].
-        loss: mean next-token cross-entropy (nats), or None without targets.
+        loss: mean next-token cross-entropy (nats) over the scored positions, or None without targets.
         aux_loss: Switch load-balancing loss summed over layers (0-dim tensor).
         expert_counts: int64 [L, E] slots routed to each expert per layer.
         router_entropy: [L] mean entropy (nats) of each layer's unbiased routing distribution.
@@ -83,19 +84,30 @@ class MoELayer(nn.Module):
         self.register_buffer("selection_bias", torch.zeros(cfg.num_experts), persistent=False)
         self.adapter: nn.Module | None = None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x: [T, d] -> (y [T, d], aux_loss (0-dim), counts [E], entropy (0-dim))."""
+    def forward(
+        self, x: torch.Tensor, scored: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: [T, d] -> (y [T, d], aux_loss (0-dim), counts [E], entropy (0-dim)).
+
+        `scored`, a bool [T] mask, limits the counts, the entropy and the aux loss to those tokens (the others are
+        context, computed only so that later tokens can attend to them); None counts all.
+        """
         logits = self.gate(x)  # (T, E)
         r = dispatch.route(logits, self.selection_bias, self.top_k)
         y = dispatch.expert_swiglu(x, r.topk_ids, r.topk_weights.to(x.dtype), self.w_up, self.w_down, self.widths)
         if self.adapter is not None:
             y = self.adapter(x, y)
         num_experts = logits.shape[-1]
+        counts, scores, slots = r.expert_counts, r.scores, r.topk_ids.numel()
+        if scored is not None:
+            ids = r.topk_ids[scored]
+            counts = torch.bincount(ids.flatten(), minlength=num_experts).to(counts.dtype)
+            scores, slots = scores[scored], ids.numel()
         # Switch/GShard: E * sum_e (share of slots on e) * (mean probability of e).
-        slot_share = r.expert_counts.float() / max(1, r.topk_ids.numel())
-        aux = num_experts * torch.sum(slot_share.detach() * r.scores.mean(dim=0))
-        entropy = -(r.scores * torch.log(r.scores.clamp_min(1e-12))).sum(-1).mean()
-        return y, aux, r.expert_counts, entropy
+        slot_share = counts.float() / max(1, slots)
+        aux = num_experts * torch.sum(slot_share.detach() * scores.mean(dim=0))
+        entropy = -(scores * torch.log(scores.clamp_min(1e-12))).sum(-1).mean()
+        return y, aux, counts, entropy
 
 
 class Block(nn.Module):
@@ -107,10 +119,10 @@ class Block(nn.Module):
         self.moe = MoELayer(cfg, layer_index)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, scored: torch.Tensor | None = None):
         x = x + self.drop(self.attn(self.ln1(x)))
         b, s, d = x.shape
-        y, aux, counts, entropy = self.moe(self.ln2(x).reshape(b * s, d))
+        y, aux, counts, entropy = self.moe(self.ln2(x).reshape(b * s, d), scored)
         return x + self.drop(y.view(b, s, d)), aux, counts, entropy
 
 
@@ -149,8 +161,12 @@ class MoETransformer(nn.Module):
         for layer, b in zip(self.moe_layers, biases):
             layer.selection_bias.copy_(b)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, context: int = 0) -> ModelOutput:
         """Logits for `idx` [B, S] int token ids (S <= seq_len); with `targets` [B, S] also the mean loss, nats.
+
+        `context` (0 <= context < S): the first `context` positions of every row are context only: later positions
+        attend to them, but the loss, expert counts, router entropy and aux loss cover positions >= context alone.
+        Logits are returned for all S positions.
 
         Token ids are range-checked where they live on the CPU; on a GPU that check would cost a device sync every
         call, and an id out of range there fails as CUDA's device-side assert.
@@ -166,17 +182,21 @@ class MoETransformer(nn.Module):
             low, high = (int(v) for v in torch.aminmax(idx))
             if low < 0 or high >= self.cfg.vocab_size:
                 raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}), got ids from {low} to {high}")
+        if isinstance(context, bool) or not isinstance(context, numbers.Integral) or not 0 <= context < max(s, 1):
+            raise ValueError(f"context must be an integer in [0, {s}) for sequences of {s} tokens, got {context!r}")
         pos = torch.arange(s, device=idx.device)
+        scored = (pos >= context).repeat(b) if context else None  # (B * S,) row-major, as the MoE layers see tokens
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, S, d)
         aux_total = x.new_zeros((), dtype=torch.float32)
         counts, entropies = [], []
         for block in self.blocks:
-            x, aux, c, ent = block(x)
+            x, aux, c, ent = block(x, scored)
             aux_total = aux_total + aux
             counts.append(c)
             entropies.append(ent.detach())
         logits = F.linear(self.ln_f(x), self.tok_emb.weight)  # (B, S, V), tied embedding
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().reshape(b * s, -1), targets.reshape(b * s))
+            tail = logits[:, context:].float()
+            loss = F.cross_entropy(tail.reshape(-1, tail.shape[-1]), targets[:, context:].reshape(-1))
         return ModelOutput(logits, loss, aux_total, torch.stack(counts), torch.stack(entropies).float())

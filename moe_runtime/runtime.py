@@ -259,11 +259,11 @@ class MoERuntime:
         if self.ttt is not None:
             self.ttt.reset()
 
-    def _forward(self, x: np.ndarray, y: np.ndarray, batch: int, seq: int):
+    def _forward(self, x: np.ndarray, y: np.ndarray, batch: int, seq: int, context: int = 0):
         idx = torch.from_numpy(x.astype(np.int64)).view(batch, seq).to(self.device)
         tgt = torch.from_numpy(y.astype(np.int64)).view(batch, seq).to(self.device)
         with torch.inference_mode():
-            out = self.ttt.forward(idx, tgt) if self.ttt is not None else self.model(idx, tgt)
+            out = self.ttt.forward(idx, tgt, context) if self.ttt is not None else self.model(idx, tgt, context)
         return out
 
     def _reference_loss(self, tokens: np.ndarray) -> float:
@@ -289,7 +289,11 @@ class MoERuntime:
         Tokens are served in sequences of `seq_len` on a grid that starts at the interval's first token. The
         interval is split where a TTT update falls due: the tokens before it are predicted and scored, the update
         trains on them (the most recent `chunk_tokens` seen), and the tokens after it are predicted by the updated
-        model; a sequence that spans an update point is cut there (the part after it starts a new context).
+        model. A sequence that spans an update point keeps its context: its part after the point is served with the
+        tokens before the point as context (recomputed by the updated model, where a KV cache would keep the old
+        model's keys and values), so every token is predicted from the same context with TTT as without it, and an
+        update changes the loss only through the weights. Work is priced for the served tokens alone, as with a KV
+        cache.
         """
         if isinstance(num_tokens, bool) or not isinstance(num_tokens, (int, np.integer)) or num_tokens <= 0:
             raise ValueError(f"num_tokens must be a positive integer, got {num_tokens!r}")
@@ -314,10 +318,13 @@ class MoERuntime:
             end = num_tokens if due_in is None else min(num_tokens, pos + due_in)
             for batch, s, off in _sequences(pos, end, cfg.seq_len):
                 n = batch * s
-                out = self._forward(tokens[off : off + n], tokens[off + 1 : off + n + 1], batch, s)
+                ctx = off % cfg.seq_len  # > 0 only for the one sequence a just-applied update cut: its earlier part
+                x, y = tokens[off - ctx : off + n], tokens[off - ctx + 1 : off + n + 1]
+                out = self._forward(x, y, batch, s + ctx, ctx)
                 loss_sum += float(out.loss) * n
                 if off < ref_tokens:
-                    served_ref_sum += _loss_sum_before(out.logits, tokens[off + 1 : off + n + 1], ref_tokens - off)
+                    logits = out.logits[:, ctx:]
+                    served_ref_sum += _loss_sum_before(logits, tokens[off + 1 : off + n + 1], ref_tokens - off)
                 c = out.expert_counts.cpu().numpy()
                 counts += c
                 entropy += out.router_entropy.cpu().numpy() * n

@@ -156,7 +156,9 @@ class TTTEngine:
     def _set_lr(self, chunk: int) -> None:
         """Learning rates for an update on `chunk` tokens (see `TTTConfig.lr_chunk_tokens`)."""
         c = self.config
-        new_tokens = min(chunk, self.frequency_tokens) if self.frequency_tokens else chunk
+        # Tokens new since the last update: the frequency's worth when the update fell due, more when a lowered
+        # frequency made it overdue.
+        new_tokens = min(chunk, max(self.frequency_tokens, self._since_update)) if self.frequency_tokens else chunk
         scale = new_tokens / c.lr_chunk_tokens if c.lr_chunk_tokens else 1.0
         for opt in self._optimizers:
             base = c.vector_lr if c.optimizer == "muon" and not isinstance(opt, Muon) else c.lr
@@ -266,8 +268,8 @@ class TTTEngine:
             for layer, adapter in zip(layers, previous):
                 layer.adapter = adapter
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
-        """The adapted model: `model(idx, targets)` with the engine's fast weights or deltas applied.
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, context: int = 0) -> ModelOutput:
+        """The adapted model: `model(idx, targets, context)` with the engine's fast weights or deltas applied.
 
         Until an update has been applied (since `attach` or `reset`) the adapted model equals the base model, and
         this runs the base model alone, at no extra cost.
@@ -275,19 +277,22 @@ class TTTEngine:
         Args:
             idx: int64 [B, S] tokens.
             targets: int64 [B, S] next tokens, or None.
+            context: leading positions of each row that are context only (`MoETransformer.forward`).
         """
         if self._pristine:
-            return self._require_attached()(idx, targets)
-        return self._adapted_forward(idx, targets, record=False)
+            return self._require_attached()(idx, targets, context)
+        return self._adapted_forward(idx, targets, record=False, context=context)
 
-    def _adapted_forward(self, idx: torch.Tensor, targets: torch.Tensor | None, record: bool) -> ModelOutput:
+    def _adapted_forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None, record: bool, context: int = 0
+    ) -> ModelOutput:
         """`forward` with the adaptation always applied; `record` stores each MoE layer's activation energy."""
         model = self._require_attached()
         with self._adapters(record):
             overrides = self._overrides()
             if overrides:
-                return functional_call(model, overrides, (idx, targets))
-            return model(idx, targets)
+                return functional_call(model, overrides, (idx, targets, context))
+            return model(idx, targets, context)
 
     def serving_work(self, batch: int, seq: int, phase: str = "forward") -> list[KernelCall]:
         """The extra `KernelCall`s the adaptation adds to a forward pass over [batch, seq] tokens.

@@ -151,6 +151,35 @@ def test_the_paired_reference_is_the_unbiased_model_on_the_same_tokens(tiny):
         np.testing.assert_array_equal(layer.selection_bias.numpy(), narrow.astype(np.float32))
 
 
+def test_context_positions_are_read_but_not_scored(tiny):
+    """`context=c`: the logits are those of the whole rows, and the loss, expert counts and entropy are those of
+    positions >= c alone (counted here from each router's logits, taken by a forward hook)."""
+    torch.manual_seed(0)
+    model = mr.MoETransformer(tiny).eval()
+    idx = torch.randint(0, tiny.vocab_size, (2, 20), generator=torch.Generator().manual_seed(4))
+    tgt = torch.randint(0, tiny.vocab_size, (2, 20), generator=torch.Generator().manual_seed(5))
+    gate_logits = []
+    hooks = [layer.gate.register_forward_hook(lambda m, a, out: gate_logits.append(out)) for layer in model.moe_layers]
+    with torch.no_grad():
+        full, part = model(idx, tgt), model(idx, tgt, context=7)
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(part.logits, full.logits)
+    want = F.cross_entropy(full.logits[:, 7:].reshape(-1, tiny.vocab_size), tgt[:, 7:].reshape(-1))
+    assert float(part.loss) == pytest.approx(float(want), rel=1e-6)
+    assert float(part.loss) != pytest.approx(float(full.loss), rel=1e-4)
+    scored = (torch.arange(20) >= 7).repeat(2)
+    for layer, logits, counts, entropy in zip(
+        model.moe_layers, gate_logits[tiny.n_layers :], part.expert_counts, part.router_entropy
+    ):
+        r = fused_route_reference(logits[scored], layer.selection_bias, tiny.top_k)
+        assert counts.tolist() == r.expert_counts.tolist() and int(counts.sum()) == 26 * tiny.top_k
+        assert float(entropy) == pytest.approx(float(-(r.scores * r.scores.log()).sum(-1).mean()), rel=1e-5)
+    for bad in (20, -1, 2.0, True):
+        with pytest.raises(ValueError, match=r"context must be an integer in \[0, 20\) for sequences of 20 tokens"):
+            model(idx, tgt, context=bad)
+
+
 def test_model_names_bad_token_ids(tiny):
     model = mr.MoETransformer(tiny)
     for ids, message in (

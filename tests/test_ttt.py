@@ -67,12 +67,15 @@ def expected_update_points(schedule, steps):
 def test_updates_fire_exactly_when_due_and_train_only_on_scored_tokens(tiny, schedule, steps):
     rt, engine = make_runtime(tiny, method="fast_weights")
     served = []  # (first position, tokens) of each serving forward, in order
+    contexts = []  # (first position, context tokens) of each serving forward
     trained = []  # (tokens served when the update ran, first, end, target bytes of the chunk)
     forward, chunk_batches = engine.forward, engine._chunk_batches
 
-    def spy_forward(idx, targets=None):
-        served.append((sum(n for _, n in served), idx.numel()))
-        return forward(idx, targets)
+    def spy_forward(idx, targets=None, context=0):
+        start = sum(n for _, n in served)
+        served.append((start, idx.numel() - context * idx.shape[0]))  # scored tokens; the context was served before
+        contexts.append((start, idx[:, :context].reshape(-1).numpy()))
+        return forward(idx, targets, context)
 
     def spy_batches(n):
         batches = chunk_batches(n)
@@ -98,6 +101,34 @@ def test_updates_fire_exactly_when_due_and_train_only_on_scored_tokens(tiny, sch
         np.testing.assert_array_equal(tgt, data[first + 1 : end + 1])
     for start, n in served:  # a serving forward never straddles an update: later tokens see the updated weights
         assert not any(start < p < start + n for p in points)
+    cut = 0
+    for start, ctx in contexts:  # a sequence an update cut goes on with its earlier tokens as context
+        np.testing.assert_array_equal(ctx, data[start - len(ctx) : start])
+        cut += len(ctx) > 0
+    assert cut == sum(1 for p in points if 0 < p < sum(steps) and (p - _step_start(steps, p)) % tiny.seq_len)
+
+
+def _step_start(steps, p):
+    """Tokens served before the step in which position p is served (the step's sequence grid starts there)."""
+    bounds = np.cumsum([0] + list(steps))
+    return max(b for b in bounds[:-1] if b <= p) if p < bounds[-1] else bounds[-1]
+
+
+def test_an_update_changes_the_served_loss_only_through_the_weights(tiny):
+    """With updates too small to change a weight, TTT serves exactly what no TTT serves: updates at positions off the
+    sequence grid (every 50 tokens, seq_len 32) cut no token's context, counts or reference pairing."""
+    rt, engine = make_runtime(tiny, method="fast_weights", lr=1e-12)
+    plain = mr.MoERuntime(tiny, schedule=mr.DomainSchedule.shift("prose", "code", 150), seed=1)
+    rt.reference_tokens = plain.reference_tokens = 64  # an update falls within the paired tokens (at 50)
+    plain.model.load_state_dict(rt.model.state_dict())
+    rt.apply(mr.ControlAction(ttt_frequency_tokens=50, ttt_chunk_tokens=64))
+    for n in (100, 75, 130):
+        with_ttt, without = rt.step(n), plain.step(n)
+        assert with_ttt.loss == pytest.approx(without.loss, rel=1e-6, abs=1e-6)
+        assert with_ttt.expert_token_counts == without.expert_token_counts
+        assert with_ttt.router_entropy == pytest.approx(without.router_entropy, rel=1e-6)
+        assert with_ttt.served_reference_loss == pytest.approx(without.served_reference_loss, rel=1e-6, abs=1e-6)
+    assert engine.updates_done == 6 and not engine._pristine
 
 
 def _chunk_at(schedule, steps, points):
@@ -313,6 +344,11 @@ def test_learning_rate_scales_with_chunk(tiny):
         muon, adamw = engine._optimizers
         assert muon.param_groups[0]["lr"] == pytest.approx(0.02 * new / 64)
         assert adamw.param_groups[0]["lr"] == pytest.approx(1e-3 * new / 64)
+    engine.observe(data[:200], data[1:201])  # 200 new tokens at 256 between updates; then the frequency drops to 32
+    engine.set_schedule(32, 256)
+    assert engine.tokens_until_due() == 0
+    engine.update()  # overdue: it trains on the 200 new tokens, not on 32
+    assert engine._optimizers[0].param_groups[0]["lr"] == pytest.approx(0.02 * 200 / 64)
 
 
 def test_benchmark_smoke(tmp_path):
