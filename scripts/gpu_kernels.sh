@@ -8,13 +8,15 @@
 #                                            # the report OUT/tune.json, which lists every pick
 #   bash scripts/gpu_kernels.sh install OUT/tune.json ...   # here, not on the GPU: the tables, rebuilt from the
 #                                            # report(s), into kernels/configs/ (python -m kernels.configs.tuning);
-#                                            # give a full run's reports first and a retune of a few token counts
-#                                            # after them: its entries replace theirs, the rest stay
+#                                            # a later report's entries replace an earlier one's, and an installed
+#                                            # table keeps the token counts no report tuned (--replace drops them)
 #   bash scripts/gpu_kernels.sh grid [OUT]   # the benchmark grid with the tables in kernels/configs/: OUT/grid.json
 # OUT defaults to $OUT (the device tool's folder) or results/gpu/kernels/<date>. Logs go to OUT/<step>.log. Arguments
 # after OUT go to the step's command (later flags win), e.g. `bash scripts/gpu_kernels.sh tune "$OUT" --experts 64`
 # to split the tuning over two calls. `KERNELS_FROM=DIR bash scripts/gpu_kernels.sh grid OUT2` times the kernels
-# unpacked in DIR instead (scripts/device_env.sh): an A/B of two versions in one call. The device tool brings back at
+# unpacked in DIR instead (scripts/device_env.sh): an A/B of two versions in one call. Run the two sides of any A/B in
+# one call (`grid "$OUT/a" ...; grid "$OUT/b" ...`): between calls a case's dense rate moved a median 2.9%, more than
+# the effects measured (e.g. --atomic-top2's 1.4%), and a later call may get another card. The device tool brings back at
 # most 8 files a call, named in letters, digits, '.', '_' and '-' alone: a step leaves at most 3 in OUT
 # (<step>.device.txt, <step>.log, its JSON); the tuner writes its tables (`E=8,N=2048,k=1,device_name=...json`) to
 # the machine's /tmp instead, to be rebuilt here from the report by `install`. The report is rewritten after each

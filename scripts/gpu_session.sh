@@ -7,6 +7,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/device_env.sh
+if ! $PY -c "import gymnasium, stable_baselines3; from rliable import library" 2>/dev/null; then  # fail in seconds
+    echo "gpu_session.sh: gymnasium, stable-baselines3 or rliable is missing and .whl/ does not supply them: fetch" \
+        "the wheels (scripts/device_env.sh says how) and name .whl in the device call's carry" >&2
+    exit 2
+fi
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '_')
 out=${1:-results/gpu/$(date +%F)__${gpu:-unknown}}
 nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm,temperature.gpu --format=csv 2>/dev/null

@@ -188,14 +188,20 @@ def load_configs(
                 path.parent,
             )
         return None
+    table = read_configs(path)
+    logger.info("MoE kernel configs from %s (%d token counts)", path.name, len(table))
+    return table
+
+
+def read_configs(path: Path) -> dict[int, MoeKernelConfig]:
+    """The table {token count: config} in the file at `path`; a `ValueError` naming the file if it is not one."""
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(Path(path).read_text())
         table = {int(tokens): MoeKernelConfig.from_json(entry) for tokens, entry in raw.items()}
     except (AttributeError, TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"bad MoE kernel config file {path}: {exc}") from exc
     if not table:
         raise ValueError(f"MoE kernel config file {path} has no entries")
-    logger.info("MoE kernel configs from %s (%d token counts)", path.name, len(table))
     return table
 
 
@@ -328,5 +334,6 @@ __all__ = [
     "force_config",
     "get_config",
     "load_configs",
+    "read_configs",
     "write_configs",
 ]

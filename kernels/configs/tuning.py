@@ -27,7 +27,15 @@ from pathlib import Path
 
 import torch
 
-from kernels.configs import CONFIG_DIR, DTYPES, MoeKernelConfig, config_file_name, force_config, write_configs
+from kernels.configs import (
+    CONFIG_DIR,
+    DTYPES,
+    MoeKernelConfig,
+    config_file_name,
+    force_config,
+    read_configs,
+    write_configs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -357,7 +365,8 @@ def _write_tables(tables: dict[str, dict[int, MoeKernelConfig]], config_dir: Pat
 def main(argv: list[str] | None = None) -> None:
     """`python -m kernels.configs.tuning REPORT...`: install the tables of tuning reports (see `install_report`);
     every report is checked before any table is written, and a table named by several reports holds the entries of
-    all of them (the later report's where both tuned a token count)."""
+    all of them (the later report's where both tuned a token count). A table already installed keeps the token
+    counts no report tuned (a retune of a few token counts replaces only those), unless --replace."""
     parser = argparse.ArgumentParser(
         prog="python -m kernels.configs.tuning",
         description="Install the tuned tables of `benchmarks/moe_kernels.py --tune` reports (their --out JSON) into "
@@ -366,6 +375,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("reports", nargs="+", help="tuning report(s), e.g. the tune.json a device call brought back")
     parser.add_argument(
         "--config-dir", default=str(CONFIG_DIR), help="where to write the tables (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="write only the reports' entries; without it, an installed table keeps the token counts they did not "
+        "tune (use after a kernel change that makes the installed picks stale)",
     )
     args = parser.parse_args(argv)
     try:
@@ -380,13 +395,27 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{path}{partial}: {len(tables)} tables")
         for name, table in tables.items():
             merged.setdefault(name, {}).update(table)
+    kept: dict[str, list[int]] = {}
+    if not args.replace:
+        for name, table in merged.items():
+            installed_path = Path(args.config_dir) / name
+            if not installed_path.is_file():
+                continue
+            try:
+                installed = read_configs(installed_path)
+            except ValueError as exc:
+                parser.error(f"{exc}; give --replace to write the reports' entries alone")
+            kept[name] = sorted(set(installed) - set(table))
+            merged[name] = {**installed, **table}
     try:
         written = _write_tables(merged, Path(args.config_dir))
     except OSError as exc:  # e.g. --config-dir names a file
         parser.error(f"cannot write the tables into {args.config_dir}: {exc.strerror or exc}")
     print(f"wrote {len(written)} tables to {args.config_dir}")
     for table_path in written:
-        print(f"  {table_path.name}: token counts {sorted(merged[table_path.name])}")
+        old = kept.get(table_path.name)
+        note = f" (kept from the installed table: {old})" if old else ""
+        print(f"  {table_path.name}: token counts {sorted(merged[table_path.name])}{note}")
 
 
 __all__ = [

@@ -252,6 +252,24 @@ def test_install_merges_a_retune_of_some_token_counts_into_the_full_tables(tmp_p
         assert table[2048] != retuned and table[32768] != retuned
     assert sorted(load_configs(16, 2048, "FAKE_GPU", torch.bfloat16, tmp_path / "out", 1)) == [2048, 8192, 32768]
 
+    # The retune alone, over installed tables: they keep the token counts it did not tune (a retune installed by
+    # itself had cut each table it named down to its own token counts); --replace writes its entries alone.
+    tuning.main([str(full), "--config-dir", str(tmp_path / "again")])
+    tuning.main([str(tmp_path / "retune.json"), "--config-dir", str(tmp_path / "again")])
+    assert "token counts [2048, 8192, 32768] (kept from the installed table: [2048, 32768])" in capsys.readouterr().out
+    configs.clear_cache()
+    table = load_configs(8, 2048, "FAKE_GPU", torch.bfloat16, tmp_path / "again")
+    assert sorted(table) == [2048, 8192, 32768] and table[8192] == retuned
+    tuning.main([str(tmp_path / "retune.json"), "--config-dir", str(tmp_path / "again"), "--replace"])
+    configs.clear_cache()
+    assert sorted(load_configs(8, 2048, "FAKE_GPU", torch.bfloat16, tmp_path / "again")) == [8192]
+    broken = next((tmp_path / "again").glob("E=8,N=2048,device_name=*.json"))
+    broken.write_text("{")
+    with pytest.raises(SystemExit) as stop:
+        tuning.main([str(tmp_path / "retune.json"), "--config-dir", str(tmp_path / "again")])
+    assert stop.value.code == 2 and "give --replace to write the reports' entries alone" in capsys.readouterr().err
+    assert broken.read_text() == "{"  # nothing written
+
 
 def test_grid_case_records_its_tiles_and_where_they_came_from(monkeypatch, fake_gpu):
     """A grid row says which block sizes the Triton path ran with and whether a tuned table or the default gave them
