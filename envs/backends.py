@@ -23,7 +23,7 @@ import numpy as np
 from envs.config import EnvConfig
 from kernels import DeploymentScale, KernelCostModel
 from moe_runtime import MoERuntime, StepReport
-from telemetry import SimulatedGpu, get_gpu_spec
+from telemetry import SimulatedGpu, board_power_w, get_gpu_spec
 
 _SLICES = 8  # the interval's work is executed in this many slices, so a backlog is cut at slice granularity
 
@@ -149,8 +149,12 @@ class SimulatedBackend:
         report = runtime.step(runtime_tokens)
         due = demand_tokens + backlog_tokens
         start_clock, start_temp = gpu.sm_clock_mhz(), gpu.temperature_c()
+        # A parked GPU (a fresh one, at reset) leaves its parked clock as soon as work arrives: predicting its work at
+        # that clock doubled the reset interval's predicted energy. After the work it idles at the clock it worked at.
+        work_clock = start_clock if start_clock > self.spec.idle_clock_mhz + 1.0 else None
+        idle_clock = (work_clock or self.spec.boost_sm_clock_mhz) if due > 0 else start_clock
         full = self._predict(report, due, None, None)
-        predicted = self._predict(report, due, start_clock if start_clock > 0 else None, start_temp)
+        predicted = self._predict(report, due, work_clock, start_temp)
         records, busy_s, served_share = execute_interval(gpu, full, cfg.interval_s if due > 0 else 0.0)
         if busy_s < cfg.interval_s:
             records.append(gpu.idle(cfg.interval_s - busy_s))
@@ -184,7 +188,8 @@ class SimulatedBackend:
             latency_ms=interval_latency_ms(busy_s, launches, served, backlog),
             busy_s=busy_s,
             ttt_busy_share=full.ttt.latency_s / max(full.total.latency_s, 1e-12),
-            pred_energy_j=predicted.total.energy_j * served_share + _idle_energy(self.spec, cfg.interval_s - busy_s),
+            pred_energy_j=predicted.total.energy_j * served_share
+            + idle_energy_j(self.spec, cfg.interval_s - busy_s, idle_clock),
             pred_latency_ms=1000.0 * predicted.total.latency_s * served_share,
             next_pred_energy_j=nxt.total.energy_j,
             next_pred_latency_ms=1000.0 * nxt.total.latency_s,
@@ -205,9 +210,15 @@ def _busy_clock(records, fallback_mhz: float) -> float:
     return sum(c * w for c, w in busy) / weight if weight > 0 else fallback_mhz
 
 
-def _idle_energy(spec, seconds: float) -> float:
-    """Energy of idling `seconds` at the spec's idle power (the KCM prices busy time only), J."""
-    return max(0.0, seconds) * spec.idle_w
+def idle_energy_j(spec, seconds: float, clock_mhz: float | None) -> float:
+    """Energy of idling `seconds` with the SM clock at `clock_mhz` (the KCM prices busy time only), J.
+
+    A GPU keeps its clock up for a while after work (the H100 ~60 s, `GpuSpec.idle_downclock_s`), so between an
+    interval's bursts it idles at the clock it worked at, not at the parked clock's `spec.idle_w`: 131 W against
+    75 W on the simulated H100. None or 0 (no reading) prices the parked clock.
+    """
+    clock = clock_mhz if clock_mhz and clock_mhz > 0 else spec.idle_clock_mhz
+    return max(0.0, seconds) * board_power_w(spec, 0.0, clock)
 
 
 def _forward_only(work):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from envs.backends import IntervalResult, interval_latency_ms
+from envs.backends import IntervalResult, idle_energy_j, interval_latency_ms
 from envs.config import EnvConfig
 from kernels import KernelCostModel
 from moe_runtime import MoERuntime, StepReport
@@ -201,6 +201,7 @@ class MeasuredBackend:
         predicted = self.kcm.predict_step(reports[0].work, temp_c=start_stats.get("temperature"))
         nxt = self.kcm.predict_step(reports[-1].work, clock_mhz=m.sm_clock_mhz or None, temp_c=stats.get("temperature"))
         launches = len(reports)
+        next_launches = math.ceil(max(due, 1.0) / self.launch_tokens)  # nxt prices one launch; all are per interval
         return IntervalResult(
             report=report,
             source=self.source,
@@ -227,12 +228,13 @@ class MeasuredBackend:
             ttt_busy_share=report.ttt_wall_time_s / max(report.wall_time_s, 1e-9),
             # The KCM prices busy time only; the rest of the interval idles (as the simulated backend counts it).
             pred_energy_j=predicted.total.energy_j * launches
-            + max(0.0, cfg.interval_s - launches * predicted.total.latency_s) * self.spec.idle_w,
+            + idle_energy_j(self.spec, cfg.interval_s - launches * predicted.total.latency_s,
+                            start_stats.get("sm_clock_mhz")),  # fmt: skip
             pred_latency_ms=1000.0 * predicted.total.latency_s * launches,
-            next_pred_energy_j=nxt.total.energy_j * math.ceil(max(due, 1.0) / self.launch_tokens),
-            next_pred_latency_ms=1000.0 * nxt.total.latency_s * math.ceil(max(due, 1.0) / self.launch_tokens),
-            next_pred_expert_energy_j=np.asarray(nxt.experts.energy_j, dtype=np.float64),
-            next_pred_expert_latency_ms=1000.0 * np.asarray(nxt.experts.latency_s, dtype=np.float64),
+            next_pred_energy_j=nxt.total.energy_j * next_launches,
+            next_pred_latency_ms=1000.0 * nxt.total.latency_s * next_launches,
+            next_pred_expert_energy_j=np.asarray(nxt.experts.energy_j, dtype=np.float64) * next_launches,
+            next_pred_expert_latency_ms=1000.0 * np.asarray(nxt.experts.latency_s, dtype=np.float64) * next_launches,
             energy_from_counter=m.energy_source == "energy_counter",
             # A stalled sampler ages the window figures that rest on it (peaks, throttle share, clock); capped at
             # the observation's bound.

@@ -127,6 +127,27 @@ def test_agent_router_on_nvml_serves_the_demand_then_idles_out_the_interval(dema
         assert 0.0 < router.builder.raw(record.observation, "sample_staleness_s") < 0.2  # the 100 Hz sampler's age
 
 
+def test_agent_router_on_nvml_prices_every_expert_for_the_whole_interval():
+    """The KCM prices one launch on NVML; the observation's per-expert predictions, as its total, are per interval
+    (times the launches the demand needs), as on the simulated GPU. They were per launch, here ~1,000x too small
+    beside their total: a policy trained in simulation saw its experts' costs on another scale on a GPU."""
+    from telemetry_fakes import FakeNvml, reference_rows
+
+    from telemetry import NvmlSource
+
+    fake = FakeNvml(reference_rows(), start_s=80.0, follow_wall_clock=True)
+    router = AgentRouter("no_control", MoERuntime(TINY), monitor=NvmlSource(0, nvml=fake, clock=fake.clock),
+                         interval_s=0.25, demand=0.5)  # fmt: skip
+    probe = router.kcm.predict_step(MoERuntime(TINY).step(router.launch_tokens).work)
+    share = sum(probe.experts.energy_j) / probe.total.energy_j
+    obs = router.step().observation
+    raw = router.builder.raw
+    total = raw(obs, "pred_total_energy_j")
+    experts = sum(raw(obs, f"pred_energy_j_e{i}") for i in range(TINY.num_experts))
+    assert 0.0 < total < 2.9 * router.gpu_spec.tdp_w * 0.25  # within the feature's bound, not clipped
+    assert experts / total == pytest.approx(share, rel=0.25)
+
+
 def test_agent_router_names_a_wrong_argument_before_the_first_step():
     runtime = MoERuntime(TINY)
     with pytest.raises(ValueError, match="reference_loss must map each domain to a finite loss"):
