@@ -41,10 +41,11 @@ class TTTConfig:
             step's change).
         vector_lr: the same for AdamW on non-matrix tensors (LayerNorm deltas) when `optimizer` is `muon`.
         lr_chunk_tokens: an update on c tokens, every f tokens, steps with lr * min(c, f) / lr_chunk_tokens (0: lr
-            whatever c and f); an update a lowered f made overdue counts all the tokens new since the last one. Muon's and AdamW's steps have a size set by the learning rate, not by the gradient,
-            so without this a 2,048-token update would move the weights 8x less per token trained than a 256-token
-            one; counting only the min(c, f) tokens new since the last update keeps chunks that overlap (c > f)
-            from training each token c / f times at the full rate.
+            whatever c and f); an update a lowered f made overdue counts all the tokens new since the last one.
+            Muon's and AdamW's steps have a size set by the learning rate, not by the gradient, so without this a
+            2,048-token update would move the weights 8x less per token trained than a 256-token one; counting only
+            the min(c, f) tokens new since the last update keeps chunks that overlap (c > f) from training each
+            token c / f times at the full rate.
         steps_per_update: optimiser steps each update takes on its chunk.
         grad_clip: maximum global gradient L2 norm per step (0 = no clipping).
         max_update_norm: maximum L2 norm of one step's change over all adapted tensors (0 = no limit); the

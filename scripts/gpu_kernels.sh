@@ -16,8 +16,8 @@
 # to split the tuning over two calls. `KERNELS_FROM=DIR bash scripts/gpu_kernels.sh grid OUT2` times the kernels
 # unpacked in DIR instead (scripts/device_env.sh): an A/B of two versions in one call. Run the two sides of any A/B in
 # one call (`grid "$OUT/a" ...; grid "$OUT/b" ...`): between calls a case's dense rate moved a median 2.9%, more than
-# the effects measured (e.g. --atomic-top2's 1.4%), and a later call may get another card. The device tool brings back at
-# most 8 files a call, named in letters, digits, '.', '_' and '-' alone: a step leaves at most 3 in OUT
+# the effects measured (e.g. --atomic-top2's 1.4%), and a later call may get another card. The device tool brings
+# back at most 8 files a call, named in letters, digits, '.', '_' and '-' alone: a step leaves at most 3 in OUT
 # (<step>.device.txt, <step>.log, its JSON); the tuner writes its tables (`E=8,N=2048,k=1,device_name=...json`) to
 # the machine's /tmp instead, to be rebuilt here from the report by `install`. The report is rewritten after each
 # token count, so a call stopped at its limit keeps what it tuned.
