@@ -23,8 +23,8 @@ Policy specs (comma-separated in --policies):
     LABEL=SPEC               any of these under another name, e.g. lb2=load_balance(step=0.02)
     LABEL=ppo:GLOB           several training runs of one method, e.g. warm=ppo:runs/ppo_kcm_s*/best/best_model.zip:
                              each runs as LABEL@RUN (RUN: its run folder; no LABEL: the path's first part with a
-                             wildcard), and the report pools them ("Across training runs": an interval over runs,
-                             not only over episodes). '@' is kept for these labels.
+                             wildcard), and the report pools them ("Across training runs": an interval over runs
+                             and episodes, not over episodes alone). '@' is kept for these labels.
 
 Every policy runs the same episode seeds (episode seed = 1000 * seed + episode): the same token streams, shift
 points, workloads and initial temperatures, so differences are paired. Rows go to episodes.csv as episodes finish

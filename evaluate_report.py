@@ -146,18 +146,19 @@ def zero_statements(summary: dict, baseline: str) -> list[str]:
 
 def runs_section(summary: dict) -> list[str]:
     """report.md's "Across training runs": for each group of training runs (`LABEL=ppo:GLOB`) and baseline, the
-    paired improvement pooled over runs x episodes with an interval over runs (`evaluate_stats.across_runs`), and
-    each run's own IQM of it (from the improvement tables)."""
+    mean of the runs' own IQMs of the paired improvement with an interval over runs and episode seeds
+    (`evaluate_stats.across_runs`), and each run's own IQM (from the improvement tables)."""
     groups = summary.get("run_groups") or {}
     if not groups:
         return []
     lines = [
         "## Across training runs",
         "",
-        "Paired improvement per run and episode, then the IQM over all of them (rliable's aggregate: it trims a "
-        "quarter of all the runs' episodes at each end, so with heavy-tailed episodes it need not lie among the runs' "
-        "own IQMs below); the interval resamples whole training runs (the episode seeds held fixed), so it is over "
-        f"runs, and wide with few of them. Positive is better; {DAGGER}: the interval includes zero.",
+        "Paired improvement per run and episode; each run's IQM over its episodes (listed below the tables), then "
+        "the mean of those over the runs. The interval is a two-level bootstrap that resamples the training runs and "
+        "the episode seeds, each with replacement: a new training run and new scenarios are both draws, so it is wider "
+        "than the spread of the runs' IQMs, and wide with few seeds. Positive is better; "
+        f"{DAGGER}: the interval includes zero.",
         "",
     ]
     for base in summary["improvements"]:
@@ -171,16 +172,15 @@ def runs_section(summary: dict) -> list[str]:
                 continue
             pooled_runs = g["pooled"][base]
             n_runs = str(len(pooled_runs)) + ("" if len(pooled_runs) == len(g["runs"]) else f" of {len(g['runs'])}")
-            rows.append(
-                [group, n_runs]
-                + [cell(pooled.get(n), "%" if stats.METRIC_BY_NAME[n].relative else "", signed=True) for n in RUNS_TABLE]
-            )
+            units = ["%" if stats.METRIC_BY_NAME[n].relative else "" for n in RUNS_TABLE]
+            rows.append([group, n_runs] + [cell(pooled.get(n), u, signed=True) for n, u in zip(RUNS_TABLE, units)])
         if not rows:
             continue
         lines += [f"Over {base}:", "", markdown_table(header, rows), ""]
         for group, g in groups.items():
             own = summary["improvements"][base]
-            each = [f"{run}: {num(own[run]['episode_return']['iqm'])}" for run in g["pooled"].get(base, []) if run in own]
+            pooled_runs = [run for run in g["pooled"].get(base, []) if run in own]
+            each = [f"{run}: {num(own[run]['episode_return']['iqm'])}" for run in pooled_runs]
             if each:
                 lines.append(f"- {group} vs {base}, each run's return diff (IQM over its episodes): {'; '.join(each)}.")
         lines.append("")

@@ -9,6 +9,8 @@ intervals out (the rliable method, `rliable.library.get_interval_estimates`), an
   `d_i = sign * (P_i - B_i)` (absolute, in the metric's unit) or `d_i = 100 * sign * (P_i - B_i) / |B_i|` (relative,
   %), with `sign` = -1 where lower is better, so that a positive improvement is always better; then the IQM of the
   d_i with its bootstrap interval. An interval that includes zero shows no difference at that confidence.
+- Across training runs (`across_runs`): the mean of the runs' own IQMs, with a bootstrap over runs and episode seeds
+  both (a new training run and new scenarios are both draws).
 - Sources: every metric's label on each backend (`Metric.source_on`, `metric_sources`: measured, simulated,
   predicted, or what a figure combines, `SOURCE_NOTES`); `hardware_backend` refuses episodes from two backends, which
   no IQM or pairing may mix.
@@ -374,14 +376,17 @@ def across_runs(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> tuple[list[str], dict[str, Estimate]]:
-    """The paired improvement over `baseline` pooled over several training runs of one method (their labels `runs`):
-    (the runs pooled, {metric: Estimate}).
+    """The paired improvement over `baseline` of one method trained several times (the runs' labels `runs`): (the
+    runs pooled, {metric: Estimate}).
 
-    A score matrix [runs, episode seeds] of paired improvements, its IQM over every entry, and a bootstrap that
-    resamples whole runs (rows) with replacement, a percentile interval. Each run played every seed, so its entries
-    are not independent draws: rliable's stratified bootstrap, which draws a run per seed (task), would average a
-    run's own effect away and give an interval too narrow by about the root of the number of seeds. So the interval
-    is over training runs, with the seeds held fixed, which one run's interval over episodes cannot speak to.
+    Point estimate: each run's IQM of its paired improvements over the episode seeds, averaged over the runs (so it
+    lies among the runs' own IQMs; one IQM over all runs x seeds trims a quarter of the pooled entries at each end
+    and, with heavy-tailed episodes, need not). Interval: a two-level percentile bootstrap that resamples the runs and,
+    independently, the episode seeds, each with replacement, and recomputes that statistic. Both are draws: a new
+    training run and new scenarios. Each run played every seed, so the runs x seeds entries are not independent: a
+    bootstrap over the runs alone (seeds held fixed) says nothing of the scenarios and was far too narrow here (five
+    runs vs no control: [49.8, 50.4] beside runs' IQMs of 56.5-57.4), and rliable's stratified bootstrap, which
+    draws a run per seed, averages a run's own effect away.
 
     Runs that played none of the baseline's seeds (a time budget reached) are left out; the seeds every other run
     and the baseline played count; a seed where a metric is not finite for some run is left out of that metric.
@@ -405,10 +410,12 @@ def across_runs(
         if matrix.shape[1] == 0:
             result[m.name] = NAN_ESTIMATE
             continue
-        picks = rng.integers(0, len(runs), size=(reps, len(runs)))  # whole runs, with replacement
-        boot = iqm(matrix[picks].reshape(reps, -1), axis=1)
+        n_runs, n_seeds = matrix.shape
+        run_picks = rng.integers(0, n_runs, size=(reps, n_runs, 1))
+        seed_picks = rng.integers(0, n_seeds, size=(reps, 1, n_seeds))
+        boot = iqm(matrix[run_picks, seed_picks], axis=2).mean(axis=1)  # [reps, runs, seeds] -> [reps]
         low, high = np.percentile(boot, [alpha, 100.0 - alpha])
-        result[m.name] = Estimate(float(iqm(matrix.ravel(), axis=None)), float(low), float(high), matrix.size)
+        result[m.name] = Estimate(float(iqm(matrix, axis=1).mean()), float(low), float(high), matrix.size)
     return runs, result
 
 

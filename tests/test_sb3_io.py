@@ -213,10 +213,11 @@ def test_the_report_says_when_a_policy_ran_on_another_served_model(tmp_path, ppo
 
 
 def test_training_runs_given_by_a_glob_are_pooled_in_the_report(tmp_path, ppo_run, env):
-    """`LABEL=ppo:GLOB` runs each training run as LABEL@RUN and reports them pooled, with an interval over runs: two
-    copies of one run agree on every episode, so their pooled improvement is each one's and its interval has no
-    width."""
-    from evaluate_testing import TINY
+    """`LABEL=ppo:GLOB` runs each training run as LABEL@RUN and reports them pooled, with an interval over runs and
+    seeds: two copies of one run agree on every episode, so their pooled improvement is each one's, and its interval
+    is the seeds' alone (with two seeds, a mean of two resampled ones: from the smaller paired difference to the
+    larger)."""
+    from evaluate_testing import TINY, read_csv
 
     import evaluate
 
@@ -234,7 +235,9 @@ def test_training_runs_given_by_a_glob_are_pooled_in_the_report(tmp_path, ppo_ru
     pooled = group["improvements"]["no_control"]["episode_return"]
     each = summary["improvements"]["no_control"]["warm@run_a"]["episode_return"]
     assert pooled["n"] == 4 and pooled["iqm"] == pytest.approx(each["iqm"])
-    assert pooled["low"] == pytest.approx(pooled["high"])  # the runs do not differ
+    rows = {(r["label"], r["episode_seed"]): float(r["episode_return"]) for r in read_csv(out / "episodes.csv")}
+    diffs = [rows[("warm@run_a", s)] - rows[("no_control", s)] for s in ("0", "1000")]
+    assert (pooled["low"], pooled["high"]) == pytest.approx((min(diffs), max(diffs)))  # the runs do not differ
     report = (out / "report.md").read_text()
     assert "## Across training runs" in report and "| warm | 2 |" in report and "{DAGGER}" not in report
     assert evaluate.main(["--report-only", "--out", str(out), "--no-progress"]) == 0
