@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents.run_config import TRAINING_SEEDS_FROM
 from evaluate_specs import UsageError, parse_seeds
 
 REPO = Path(__file__).resolve().parent  # --trained-policy resolves against it, as the suites do (repo_path)
@@ -119,6 +120,9 @@ def parse_args(argv: list[str] | None = None, doc: str = "") -> Args:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (0: {ZERO_MEANS[name]}), got {getattr(args, name)}")
     if args.episodes > 1000:  # episode seeds are 1000 x seed + episode: more would reuse another seed's
         raise UsageError(f"--episodes must be <= 1000 (more would repeat another seed's episodes), got {args.episodes}")
+    if (last := 1000 * max(parse_seeds(args.seeds)) + args.episodes - 1) >= TRAINING_SEEDS_FROM:
+        raise UsageError(f"--seeds {args.seeds!r} reaches episode seed {last} (1000 x seed + episode); held-out "
+                         f"episodes stay below {TRAINING_SEEDS_FROM}, where the training episodes' seeds start")
     if not 0 < args.interval_s < math.inf:
         raise UsageError(f"--interval-s must be a positive, finite number of seconds, got {args.interval_s}")
     if args.resume and args.overwrite:

@@ -27,6 +27,8 @@ held-out seeds of the validation split), `checkpoints/ckpt_<steps>_steps.zip` (+
 `evaluations.npz`, `tb/` (TensorBoard: SB3's losses, `env/` reward terms and loss, per-episode energy and latency
 under `env/<source>/`, temperature and power under `telemetry/<source>/`, the source `simulated` or `measured`) and
 `train_summary.json` (steps, wall time this session and in all, steps/s).
+Training worker i starts at episode seed `agents.TRAINING_SEEDS_FROM` (2**32) + seed + i (+ steps on a resume), above
+every seed `evaluate.py` and the validation episodes play, so training never replays a held-out episode.
 Ctrl-C (or SIGTERM) saves a checkpoint and exits with status 130; a run whose policy diverges (NaN or infinite
 weights, an invalid action distribution) exits with status 1 and a one-line error naming the step, its checkpoints
 kept. `--hyperparams imitate:<controller>` first fits the fresh policy to a baseline controller
@@ -59,6 +61,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 import envs  # registers MoERouting-v0
 import train_args
 from agents.controller import ControlSpec
+from agents.run_config import TRAINING_SEEDS_FROM
 from agents.sb3 import (
     ALGOS,
     CHECKPOINT_PREFIX,
@@ -103,10 +106,20 @@ def make_env(env_id: str, env_kwargs: dict[str, Any], seed: int, rank: int):
 
 
 def make_vec_env(env_id: str, env_kwargs: dict[str, Any], n_envs: int, seed: int, vec: str) -> VecEnv:
+    """`n_envs` monitored envs whose first resets are at episode seeds seed + i (worker i)."""
     thunks = [make_env(env_id, env_kwargs, seed, rank) for rank in range(n_envs)]
     venv = SubprocVecEnv(thunks) if vec == "subproc" else DummyVecEnv(thunks)
     venv.seed(seed)  # worker i resets with seed + i
     return venv
+
+
+def first_episode_seed(seed: int, saved_config: dict[str, Any] | None = None, steps: int = 0) -> int:
+    """The episode seed of training worker 0's first episode (worker i: + i): `TRAINING_SEEDS_FROM` + seed for a new
+    run, above every held-out seed; on a resume at `steps`, + steps for fresh episodes, from the base its saved config
+    records (0 for runs saved before there was one)."""
+    if saved_config is None:
+        return TRAINING_SEEDS_FROM + seed
+    return int(saved_config.get("training_seeds_from", 0)) + seed + steps
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -169,13 +182,18 @@ if __name__ == "__main__":
     for kwargs in (derived["env_kwargs"], derived["eval_env_kwargs"]):
         envs.pretrain_served_model(args.env_id, args.progress_bar, **kwargs)
     algo_cls = ALGOS[args.algo]
-    venv = make_vec_env(args.env_id, derived["env_kwargs"], args.n_envs, args.seed, derived["vec"])
+    resumed = derived["resume_from"]
+    saved_config = derived["saved_config"] or {}
+    if resumed is None:
+        first_seed = first_episode_seed(args.seed)
+    else:
+        first_seed = first_episode_seed(args.seed, saved_config, steps=resumed[0])  # fresh episodes, not a replay
+    venv = make_vec_env(args.env_id, derived["env_kwargs"], args.n_envs, first_seed, derived["vec"])
     policy, algo_kwargs, normalize = build_algo_kwargs(args.algo, derived["hyperparams"], venv.action_space.shape[0])
     evaluate = 0 < args.eval_freq <= args.timesteps
     eval_venv = make_vec_env(args.env_id, derived["eval_env_kwargs"], 1, args.eval_seed, "dummy") if evaluate else None
     if normalize is not None:
         normalize.setdefault("gamma", algo_kwargs.get("gamma", 0.99))  # return normalisation at the agent's gamma
-    resumed = derived["resume_from"]
 
     # agent
     if resumed is None:
@@ -202,7 +220,7 @@ if __name__ == "__main__":
         atomic_save(run_dir / CONFIG_FILE, lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
     else:
         steps, paths = resumed
-        saved = derived["saved_config"] or {}  # read and checked against the flags by parse_args
+        saved = saved_config  # read and checked against the flags by parse_args
         if normalize is not None:
             venv = (
                 VecNormalize.load(str(paths["vecnormalize"]), venv)
@@ -210,10 +228,9 @@ if __name__ == "__main__":
                 else VecNormalize(venv, **normalize)
             )
             venv.training = True
-        venv.seed(args.seed + steps)  # fresh episodes, not a replay of the first ones
         try:
-            model = algo_cls.load(str(paths["model"]), env=venv, device=args.device, tensorboard_log=str(run_dir / "tb"),
-                                  verbose=args.verbose)  # this session's, not the saved run's
+            model = algo_cls.load(str(paths["model"]), env=venv, device=args.device,
+                                  tensorboard_log=str(run_dir / "tb"), verbose=args.verbose)  # this session's
         except Exception as exc:  # its zip reads (checked in parse_args) but what is inside does not load
             venv.close()
             sys.exit(f"train_agent.py: error: --resume: cannot load {paths['model']} ({type(exc).__name__}: {exc}); "

@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from agents.callbacks import saved_steps
+from agents.run_config import TRAINING_SEEDS_FROM
 from agents.sb3 import (
     ALGOS,
     CONFIG_FILE,
@@ -51,7 +52,7 @@ class Args:
     vec: str = "auto"
     """vector env: subproc, dummy, or auto (subproc when n_envs > 1)"""
     seed: int = 0
-    """seed of python, numpy, torch, SB3 and the training envs (worker i gets seed + i)"""
+    """seed of python, numpy, torch, SB3 and the training envs (worker i's first episode: 2**32 + seed + i)"""
     telemetry: str = ""
     """env hardware backend: simulated, nvml or auto; empty: the env id's own (nvml for MoERoutingMeasured-v0),
     else simulated"""
@@ -292,8 +293,9 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> tuple[Ar
         parser.error(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
     if not 0 <= args.seed < 2**32:  # numpy's global seed takes [0, 2**32)
         parser.error(f"--seed must be an integer in [0, 2**32), got {args.seed}")
-    if args.eval_seed < 0:
-        parser.error(f"--eval-seed must be >= 0, got {args.eval_seed}")
+    if not 0 <= args.eval_seed <= TRAINING_SEEDS_FROM - args.eval_episodes:  # held out: below the training seeds
+        parser.error(f"--eval-seed must be in [0, {TRAINING_SEEDS_FROM - args.eval_episodes}] (the training episodes' "
+                     f"seeds start at {TRAINING_SEEDS_FROM}), got {args.eval_seed}")
     try:
         device = torch.device(args.device)
     except RuntimeError as exc:

@@ -28,7 +28,7 @@ from agents.controller import (
     make_controller,
 )
 from agents.heuristic import EnergyAwareTTTRouter, StatisticalLoadBalancer, ThermalAdaptiveScaler
-from agents.run_config import env_setting_differences
+from agents.run_config import TRAINING_SEEDS_FROM, env_setting_differences
 from agents.sb3 import ALGOS, PolicyController, load_hyperparams, load_policy
 from agents.warm_start import warm_start
 
@@ -36,6 +36,7 @@ __all__ = [
     "ALGOS",
     "CONTROLLERS",
     "FIXED_TTT_GRID",
+    "TRAINING_SEEDS_FROM",
     "AgentRouter",
     "ControlSpec",
     "Controller",

@@ -12,6 +12,12 @@ import yaml
 
 CONFIG_FILE = "config.yaml"
 
+TRAINING_SEEDS_FROM = 2**32
+"""Training envs reset at seeds from here up (`train_agent.py`: worker i first at TRAINING_SEEDS_FROM + seed + i),
+above every held-out episode seed (`evaluate.py`'s 1000 x seed + episode and the validation seeds, which the CLIs keep
+below it): no training episode replays a held-out episode's workload, temperatures or shift point. A run whose
+config.yaml has no `training_seeds_from` reset at seed + i (runs before 2026-11-25) and keeps that on resume."""
+
 
 def plain(obj: Any) -> Any:
     """Dataclasses, tuples, paths and numpy scalars as YAML-safe plain values."""

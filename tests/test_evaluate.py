@@ -77,6 +77,7 @@ def test_bad_seeds_fail_at_parsing(suite):
         (["--train-seconds", "-5"], "--train-seconds must be >= 0"),
         (["--max-wall-s", "-1"], "--max-wall-s must be >= 0"),
         (["--episodes", "1001"], "--episodes must be <= 1000"),
+        (["--seeds", "0,4294968"], "--seeds '0,4294968' reaches episode seed 4294968000 (1000 x seed + episode)"),
         (["--interval-s", "inf"], "--interval-s must be a positive, finite number of seconds, got inf"),
         (["--resume", "--overwrite"], "--resume continues the run in --out and --overwrite starts it over"),
         (["--suite", "routers", "--part", "bench"], "--part 'bench' is for --suite gpu-full only"),

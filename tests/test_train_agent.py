@@ -93,7 +93,8 @@ BAD_VALUES = [
     (["--algo", "sac", "--hyperparams", "tau:0"], "tau:0 in --hyperparams is not allowed"),
     (["--algo", "td3", "--hyperparams", "noise_type:gauss"], "noise_type:'gauss' in --hyperparams is not allowed"),
     (["--seed", "-1"], "--seed must be an integer in [0, 2**32), got -1"),
-    (["--eval-seed", "-5"], "--eval-seed must be >= 0, got -5"),
+    (["--eval-seed", "-5"], "--eval-seed must be in [0, 4294967291] (the training episodes' seeds start at"),
+    (["--eval-seed", str(2**32 - 4)], f"got {2**32 - 4}"),  # its 5 episodes would reach the training seeds
     (["--hyperparams-file", "{dir}"], "is a directory, not a YAML file of hyperparameters"),
     (["--hyperparams-file", "{list_yaml}"], "holds a YAML list, not a mapping of env id -> hyperparameters"),
     (["--out", __file__], "is a file; it must be a run folder"),
@@ -208,6 +209,30 @@ def test_the_measured_env_id_trains_measured_with_the_same_hyperparameters(monke
     assert train_config.run_setting_changes(saved, args, derived) == ["env_kwargs.preset: 'gpu' (saved) vs 'default'"]
 
 
+def test_training_episodes_are_seeded_above_every_held_out_one():
+    """Worker i's first episode is at TRAINING_SEEDS_FROM + seed + i, not at seed + i, which is `evaluate.py`'s test
+    episode seed (1000 x seed + episode) for seed 0 and would replay its workload and temperatures in training."""
+    base = agents.TRAINING_SEEDS_FROM
+    assert train_agent.first_episode_seed(3) == base + 3
+    assert train_agent.first_episode_seed(3, {"training_seeds_from": base}, steps=640) == base + 643
+    assert train_agent.first_episode_seed(3, {}, steps=640) == 643  # a run saved before keeps its seeds on resume
+    kwargs = dict(preset="tiny", telemetry="simulated", episode_intervals=6)
+    venv = train_agent.make_vec_env("MoERouting-v0", kwargs, 2, train_agent.first_episode_seed(0), "dummy")
+    venv.reset()
+    ref = gym.make("MoERouting-v0", **kwargs)
+
+    def scenario(env) -> list[float]:  # the shift point and the demand
+        return [env.unwrapped.shift_tokens] + [env.unwrapped.demand.load_at(t) for t in range(6)]
+
+    for i in range(2):
+        ref.reset(seed=base + i)
+        assert scenario(venv.envs[i]) == scenario(ref)
+        ref.reset(seed=1000 * i)  # evaluate.py's test episode of seed i
+        assert scenario(venv.envs[i]) != scenario(ref)
+    venv.close()
+    ref.close()
+
+
 def test_bad_algo_exits_without_traceback():
     result = subprocess.run(
         [sys.executable, "train_agent.py", "--algo", "dqn"], cwd=REPO, capture_output=True, text=True, timeout=120
@@ -261,6 +286,7 @@ def test_tiny_run_interrupts_with_a_checkpoint_and_resumes(tmp_path, capsys):
     assert resumed_summary["wall_s_total"] > resumed_summary["wall_s"] >= 0  # both sessions counted
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["args"]["algo"] == "ppo" and config["resumed"][0]["from_steps"] == steps
+    assert config["training_seeds_from"] == agents.TRAINING_SEEDS_FROM  # kept through the resume
     assert config["env_config"]["model"]["num_experts"] == 4
     # the target given replaces the run's for the resumes after, the old one on record
     assert config["args"]["timesteps"] == steps + 64
