@@ -194,8 +194,10 @@ def make_controller(spec: PolicySpec, env, device: str):
 # ----- one episode -----------------------------------------------------------------------------------------------
 def run_episode(env, controller, episode_seed: int) -> dict:
     """Run one episode; returns its trace: per-interval figures (`steps`) and what the metrics need."""
+    import agents
+
     obs, info = env.reset(seed=episode_seed)
-    controller.reset()
+    agents.reset_controller(controller, episode_seed)  # a random controller's actions are the episode's own
     unwrapped = env.unwrapped
     trace = {
         "episode_seed": episode_seed,

@@ -26,6 +26,7 @@ from agents.controller import (
     check_controller,
     load_entry_point,
     make_controller,
+    reset_controller,
 )
 from agents.heuristic import EnergyAwareTTTRouter, StatisticalLoadBalancer, ThermalAdaptiveScaler
 from agents.run_config import TRAINING_SEEDS_FROM, env_setting_differences
@@ -56,5 +57,6 @@ __all__ = [
     "load_hyperparams",
     "load_policy",
     "make_controller",
+    "reset_controller",
     "warm_start",
 ]

@@ -16,7 +16,9 @@ the same controller drives the env, a vector env's worker, the evaluator and a l
 
 Your own controller plugs in by entry point, `module.path:Name` (`make_controller("my_controllers:Cool", env,
 gain=0.5)`, or `evaluate.py --policies "my_controllers:Cool(gain=0.5)"`; `examples/custom_controller.py` is one):
-`Name(spec, **kwargs)` must return an object with `reset()` and `act(observation)`, as the classes above do.
+`Name(spec, **kwargs)` must return an object with `reset()` and `act(observation)`, as the classes above do. A
+controller with randomness of its own takes `reset(seed=None)`: `evaluate.py` passes each episode's seed
+(`reset_controller`), so its episodes do not depend on the order they ran in.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ FIXED_TTT_GRID: tuple[tuple[int, int], ...] = (
 
 @runtime_checkable
 class Controller(Protocol):
-    """What drives the env or a live runtime: `reset()` at an episode's start, then `act(obs)` every interval.
+    """What drives the env or a live runtime: `reset()` at an episode's start (optionally `reset(seed=None)`, see
+    `reset_controller`), then `act(obs)` every interval.
 
     `act` takes one observation, float32 [obs_dim] (the env's `observation_names` order), and returns the env's
     action vector, float32 [E + 2] in [-1, 1].
@@ -277,7 +280,12 @@ def require_finite_numbers(owner: str, **values: Any) -> None:
 
 
 class RandomController:
-    """Uniform random actions in [-1, 1]^(E + 2) from a seeded generator (`reset` does not reseed)."""
+    """Uniform random actions in [-1, 1]^(E + 2) from a seeded generator.
+
+    `reset(seed=episode_seed)` (as `evaluate.py` calls it) draws the episode's actions from (controller seed, episode
+    seed), so they do not depend on which episodes ran before (a resumed or reordered evaluation plays the same ones);
+    a plain `reset()` goes on with the generator.
+    """
 
     def __init__(self, spec: ControlSpec, seed: int | None = 0):
         bad_int = isinstance(seed, (int, np.integer)) and (isinstance(seed, bool) or seed < 0)
@@ -286,13 +294,28 @@ class RandomController:
             raise ValueError(f"random controller: seed must be None or a non-negative integer, got {seed!r}")
         self.spec = spec
         self.rng = np.random.default_rng(seed)
+        self._base = int(np.random.default_rng(seed).integers(2**63))  # the controller's entropy, whatever seeded it
 
-    def reset(self) -> None:
-        pass
+    def reset(self, seed: int | None = None) -> None:
+        if seed is not None:
+            self.rng = np.random.default_rng([self._base, int(seed)])
 
     def act(self, observation: np.ndarray) -> np.ndarray:
         self.spec.check_observation(observation)
         return self.rng.uniform(-1.0, 1.0, self.spec.codec.size).astype(np.float32)
+
+
+def reset_controller(controller: Controller, seed: int | None) -> None:
+    """Start a controller's episode: `controller.reset(seed=seed)` where its `reset` takes a `seed` (Gymnasium's
+    convention; `RandomController`, `PolicyController`), else `controller.reset()`."""
+    try:
+        takes_seed = "seed" in inspect.signature(controller.reset).parameters
+    except (TypeError, ValueError):  # a builtin or C-implemented reset without a signature
+        takes_seed = False
+    if takes_seed:
+        controller.reset(seed=seed)
+    else:
+        controller.reset()
 
 
 def _heuristic(env: Any, spec: ControlSpec, **kw):

@@ -373,8 +373,12 @@ class PolicyController:
         self.deterministic = deterministic
         self.train_env_config = train_env_config
 
-    def reset(self) -> None:
-        pass
+    def reset(self, seed: int | None = None) -> None:
+        """Start an episode. A stochastic policy (`deterministic=False`) given the episode's `seed` reseeds the random
+        sources its actions are sampled from (SB3's `set_random_seed`: python's, numpy's and torch's global ones), so
+        an episode's actions do not depend on the episodes before it; a deterministic one has nothing to reseed."""
+        if seed is not None and not self.deterministic:
+            self.model.set_random_seed(int(seed))
 
     def act(self, observation: np.ndarray) -> np.ndarray:
         """Action [E + 2] for an observation [obs_dim] (or [N, E + 2] for a batch [N, obs_dim])."""

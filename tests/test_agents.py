@@ -255,6 +255,37 @@ def test_baselines_move_the_right_way():
     assert np.array_equal(a.act(observe()), b.act(observe()))
 
 
+def test_a_random_controller_reset_with_an_episode_seed_plays_that_episode_alone():
+    """Its actions in an episode depend on the controller's and the episode's seeds, not on the episodes before
+    (evaluate.py passes the episode seed, so a resumed or reordered evaluation plays the same actions)."""
+    from agents import reset_controller
+
+    def episode(c, seed, steps=3):
+        reset_controller(c, seed)
+        return np.stack([c.act(observe()) for _ in range(steps)])
+
+    fresh, used = (make_controller("random", SPEC, seed=3) for _ in range(2))
+    episode(used, 1000)
+    episode(used, 2000)
+    assert np.array_equal(episode(fresh, 4000), episode(used, 4000))  # whatever ran before
+    assert not np.array_equal(episode(fresh, 4000), episode(fresh, 5000))  # each episode its own actions
+    other = make_controller("random", SPEC, seed=4)
+    assert not np.array_equal(episode(other, 4000), episode(fresh, 4000))  # and each controller seed
+    first = fresh.act(observe())
+    fresh.reset()  # no seed: the generator goes on, not back to where it started
+    assert not np.array_equal(fresh.act(observe()), first)
+
+    class NoSeed:  # a controller of your own whose reset takes no seed is reset as it is
+        resets = 0
+
+        def reset(self):
+            self.resets += 1
+
+    c = NoSeed()
+    reset_controller(c, 7)
+    assert c.resets == 1
+
+
 def test_make_controller_errors():
     with pytest.raises(ValueError, match="unknown controller"):
         make_controller("greedy", SPEC)

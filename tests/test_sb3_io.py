@@ -11,6 +11,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
@@ -56,6 +57,27 @@ def test_statistics_beside_the_model_are_used_without_a_warning(tmp_path, saved)
     normalised, _ = model.predict(policy.vec_normalize.normalize_obs(obs), deterministic=True)
     raw, _ = model.predict(obs, deterministic=True)
     assert np.allclose(policy.act(obs), normalised) and not np.allclose(normalised, raw)  # act normalises first
+
+
+def test_a_stochastic_policy_reset_with_an_episode_seed_plays_that_episode_alone(saved):
+    """Sampled actions depend on the episode seed `evaluate.py` resets with, not on the episodes before; a
+    deterministic policy leaves the global random sources alone."""
+    from agents import reset_controller
+
+    obs = np.zeros(3, dtype=np.float32)
+    policy = load_policy(saved / "model.zip", deterministic=False)
+
+    def episode(seed):
+        reset_controller(policy, seed)
+        return np.stack([policy.act(obs) for _ in range(4)])
+
+    first = episode(7)
+    episode(8)
+    assert np.array_equal(episode(7), first) and not np.array_equal(episode(8), first)
+    mean = load_policy(saved / "model.zip")
+    state = torch.get_rng_state()
+    reset_controller(mean, 7)
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_missing_statistics_of_a_normalised_run_warn(tmp_path, saved):
