@@ -34,7 +34,8 @@ weights, an invalid action distribution) exits with status 1 and a one-line erro
 kept. `--hyperparams imitate:<controller>` first fits the fresh policy to a baseline controller
 (`agents.warm_start`); the record goes to `config.yaml` and the summary. Under a warm start (`imitate`, or the files'
 `init_action: no_control`) SAC and TD3 act with the policy from the first step: `learning_starts` becomes 0 unless
-given with --hyperparams, and `config.yaml` says so under `hyperparams_adjusted`.
+given with --hyperparams, and `config.yaml` says so under `hyperparams_adjusted`; for their first `critic_warmup`
+steps (2048 in their files) only the critic learns, so the actor's first updates follow a critic fitted where it acts.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from agents.sb3 import (
     MODEL_FILE,
     VECNORMALIZE_FILE,
     AtomicCheckpointCallback,
+    CriticWarmupCallback,
     EpisodeInfoCallback,
     HeldOutEvalCallback,
     SaveVecNormalizeCallback,
@@ -257,6 +259,8 @@ if __name__ == "__main__":
 
     # callbacks
     callbacks = [EpisodeInfoCallback()]
+    if derived["hyperparams"].get("critic_warmup", 0) > 0:  # SAC/TD3 only (checked with the hyperparameters)
+        callbacks.append(CriticWarmupCallback(derived["hyperparams"]["critic_warmup"]))
     if args.checkpoint_freq:
         callbacks.append(
             AtomicCheckpointCallback(

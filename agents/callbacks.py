@@ -16,6 +16,42 @@ from agents.checkpoints import atomic_save
 EVALUATIONS_FILE = "evaluations.npz"  # EvalCallback(log_path=run folder) writes it
 
 
+class CriticWarmupCallback(BaseCallback):
+    """Keep an off-policy actor (SAC, TD3) as it starts for the first `steps` env steps while its critic learns.
+
+    A warm-started actor (`imitate`, `init_action: no_control`) meets a critic with random weights: SAC's and TD3's
+    actor loss follows the gradient of that critic from the first update and walks the actor away from its teacher
+    before the critic knows anything. Meanwhile the critic learns the warm-started policy's values from its own
+    (noisy) actions, so the actor's first updates follow a critic fitted around where it acts. The actor's weights
+    take no gradient (`requires_grad` off; SB3's optimiser skips them), its targets track it unchanged, and SAC's
+    entropy coefficient goes on adapting. A resume past `steps` is not frozen again.
+    """
+
+    def __init__(self, steps: int, verbose: int = 0):
+        super().__init__(verbose)
+        self.steps = int(steps)
+        self.frozen = False
+
+    def _set_actor_trainable(self, trainable: bool) -> None:
+        for p in self.model.actor.parameters():
+            p.requires_grad_(trainable)
+        self.frozen = not trainable
+
+    def _on_training_start(self) -> None:
+        if self.model.num_timesteps < self.steps:
+            self._set_actor_trainable(False)
+
+    def _on_step(self) -> bool:
+        if self.frozen and self.num_timesteps > self.steps:  # the update after step `steps` was still the critic's
+            self._set_actor_trainable(True)
+            self.logger.record("train/critic_warmup_ended_at", self.num_timesteps)
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.frozen:  # the model leaves `learn` as it came in, trainable
+            self._set_actor_trainable(True)
+
+
 class EpisodeInfoCallback(BaseCallback):
     """Logs the env's `info` per episode (means over the episodes finished since the last dump).
 

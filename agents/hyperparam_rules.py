@@ -53,6 +53,7 @@ VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "stats_window_size": _POSITIVE_INT,
     "learning_starts": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "critic_warmup": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (env steps)"),
     "gradient_steps": (lambda v: _is_int(v) and (v > 0 or v == -1), "a positive integer, or -1 (one per env step)"),
     "sde_sample_freq": (lambda v: _is_int(v) and v >= -1, "an integer >= -1"),
     "train_freq": (

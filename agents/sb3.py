@@ -7,7 +7,9 @@ arguments such as `{norm_obs: false, norm_reward: true}`), `noise_type` (`normal
 `noise_std` for TD3/SAC action noise, and `init_action` (`no_control`: the untrained policy's mean action is no
 control, zero biases and TTT off, so exploration starts there; `zero`: SB3's own initialisation, mean action 0,
 which has TTT on), and `imitate` (a controller name, or your own as `module.path:Name`: warm-start the policy by
-imitating it, see `agents.warm_start`) with `imitate_steps` (default 2048) and `imitate_epochs` (default 30).
+imitating it, see `agents.warm_start`) with `imitate_steps` (default 2048) and `imitate_epochs` (default 30), and
+for SAC and TD3 `critic_warmup` (env steps in which only the critic learns, the actor kept at its start:
+`agents.callbacks.CriticWarmupCallback`).
 Overrides use the Zoo's `key:value` syntax, with values parsed as YAML (`n_steps:64`, `learning_rate:3e-4`,
 `learning_rate:lin_3e-4` (linear decay), `policy_kwargs:"{net_arch: [64, 64], activation_fn: tanh}"`); never `eval`.
 Under a warm start (`init_action: no_control` or `imitate`) SAC and TD3 get `learning_starts` 0 unless it is given on
@@ -36,6 +38,7 @@ from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckA
 
 from agents.callbacks import (  # noqa: F401  (train_agent.py takes them from here)
     EVALUATIONS_FILE,
+    CriticWarmupCallback,
     EpisodeInfoCallback,
     HeldOutEvalCallback,
     SaveVecNormalizeCallback,
@@ -69,6 +72,7 @@ META_KEYS = (
     "imitate_steps",
     "imitate_epochs",
 )  # hyperparameters that are not constructor arguments
+OFF_POLICY_META_KEYS = ("critic_warmup",)  # ... and those only SAC and TD3 take
 NORMALIZE_KEYS = ("norm_obs", "norm_reward", "clip_obs", "clip_reward", "gamma", "epsilon")
 ACTIVATIONS = {
     "tanh": nn.Tanh,
@@ -120,7 +124,8 @@ def parse_key_values(pairs: list[str] | None, what: str = "--hyperparams") -> di
 def valid_hyperparams(algo: str) -> list[str]:
     """Names a hyperparameter file or override may set for `algo`."""
     params = inspect.signature(ALGOS[algo].__init__).parameters
-    return sorted(set(params) - _NOT_HYPERPARAMS) + sorted(META_KEYS)
+    meta = META_KEYS + (OFF_POLICY_META_KEYS if algo in ("sac", "td3") else ())
+    return sorted(set(params) - _NOT_HYPERPARAMS) + sorted(meta)
 
 
 def check_hyperparams(algo: str, params: dict[str, Any], where: str) -> None:
@@ -213,7 +218,8 @@ def build_algo_kwargs(algo: str, params: dict[str, Any], n_actions: int) -> tupl
     """Turn checked hyperparameters into `(policy, constructor kwargs, VecNormalize kwargs or None)`.
 
     Converts `lin_<x>` schedules, `activation_fn` names, `train_freq` lists and `noise_type`/`noise_std`; drops
-    `init_action` (see `set_initial_action`) and the `imitate*` keys (see `imitation_settings`).
+    `init_action` (see `set_initial_action`), the `imitate*` keys (see `imitation_settings`) and `critic_warmup`
+    (see `CriticWarmupCallback`).
     """
     p = dict(params)
     policy = p.pop("policy", "MlpPolicy")
@@ -221,7 +227,7 @@ def build_algo_kwargs(algo: str, params: dict[str, Any], n_actions: int) -> tupl
     if p.pop("init_action", "zero") not in INIT_ACTIONS:
         raise ValueError(f"init_action must be one of {INIT_ACTIONS}, got {params['init_action']!r}")
     imitation_settings(p)
-    for key in ("imitate", "imitate_steps", "imitate_epochs"):
+    for key in ("imitate", "imitate_steps", "imitate_epochs", *OFF_POLICY_META_KEYS):
         p.pop(key, None)
     noise_type, noise_std = p.pop("noise_type", None), p.pop("noise_std", 0.1)
     for key in ("learning_rate", "clip_range", "clip_range_vf"):

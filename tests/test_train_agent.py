@@ -93,6 +93,8 @@ BAD_VALUES = [
     (["--algo", "sac", "--hyperparams", "tau:0"], "tau:0 in --hyperparams is not allowed"),
     (["--algo", "td3", "--hyperparams", "noise_type:gauss"], "noise_type:'gauss' in --hyperparams is not allowed"),
     (["--seed", "-1"], "--seed must be an integer in [0, 2**32), got -1"),
+    (["--hyperparams", "critic_warmup:100"], "unknown ppo hyperparameter(s) ['critic_warmup']"),  # SAC/TD3 only
+    (["--algo", "sac", "--hyperparams", "critic_warmup:-1"], "critic_warmup:-1 in --hyperparams is not allowed"),
     (["--eval-seed", "-5"], "--eval-seed must be in [0, 4294967291] (the training episodes' seeds start at"),
     (["--eval-seed", str(2**32 - 4)], f"got {2**32 - 4}"),  # its 5 episodes would reach the training seeds
     (["--hyperparams-file", "{dir}"], "is a directory, not a YAML file of hyperparameters"),
@@ -412,10 +414,38 @@ def test_off_policy_warm_start_acts_from_the_first_step(algo, tmp_path):
     assert "learning_starts 1000 -> 0: with init_action:no_control" in result.stdout
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["hyperparams"]["learning_starts"] == 0 and "learning_starts" in config["hyperparams_adjusted"]
+    assert config["hyperparams"]["critic_warmup"] == 2048  # the file's: the actor kept through these 64 steps
     buffer = load_from_pkl(run / "checkpoints" / "ckpt_replay_buffer_64_steps.pkl")
     actions = buffer.actions[: buffer.pos, 0]  # [64, E + 2], in the order taken
     ttt_on = actions[:, -2] > -0.5  # the frequency entry above ActionConfig.ttt_off_below: TTT on
     assert len(actions) == 64 and ttt_on.mean() < 0.4, ttt_on.mean()  # uniform actions: 0.75
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_critic_warmup_keeps_the_actor_while_the_critic_learns(algo):
+    """For `critic_warmup` steps the actor (and TD3's target actor) stays as it started and the critic learns; after
+    them, and in a later `learn` past them, the actor learns too; `learn` leaves the actor trainable."""
+    from agents.sb3 import ALGOS, CriticWarmupCallback
+
+    model = ALGOS[algo]("MlpPolicy", "Pendulum-v1", learning_starts=0, batch_size=16, seed=0, device="cpu",
+                        policy_kwargs={"net_arch": [16]})  # fmt: skip
+
+    def weights(module) -> torch.Tensor:
+        return torch.cat([p.detach().flatten().clone() for p in module.parameters()])
+
+    actor, critic = weights(model.actor), weights(model.critic)
+    model.learn(40, callback=CriticWarmupCallback(40))
+    assert torch.equal(weights(model.actor), actor) and not torch.equal(weights(model.critic), critic)
+    if algo == "td3":
+        assert torch.allclose(weights(model.actor_target), actor, atol=1e-6)  # polyak towards an unchanged actor
+    assert all(p.requires_grad for p in model.actor.parameters())
+    model.learn(20, callback=CriticWarmupCallback(40), reset_num_timesteps=False)  # a resume past the warm-up
+    assert not torch.equal(weights(model.actor), actor)
+    warm = ALGOS[algo]("MlpPolicy", "Pendulum-v1", learning_starts=0, batch_size=16, seed=0, device="cpu",
+                       policy_kwargs={"net_arch": [16]})  # fmt: skip
+    start = weights(warm.actor)
+    warm.learn(60, callback=CriticWarmupCallback(40))  # the actor starts learning within the call
+    assert not torch.equal(weights(warm.actor), start)
 
 
 def test_learning_starts_given_on_the_command_line_is_kept_with_a_warning():
