@@ -66,21 +66,29 @@ class IntervalResult:
 def execute_interval(gpu, cost, interval_s: float) -> tuple[list, float, float]:
     """Run a `kernels.StepCost` (full-clock seconds) on a `SimulatedGpu` in slices until `interval_s` is used up.
 
-    Launch gaps (`overhead_s`) count as busy time at idle power. Returns (records, busy_s, share of the work
-    served); the caller idles the GPU for the rest of the interval.
+    Launch gaps (`overhead_s`) count as busy time at idle power. The slice that would not fit is cut to the time
+    left, at the stretch (wall seconds per full-clock second) of the slice before it, so a backlogged interval ends
+    within a sliver of `interval_s` rather than a whole slice late (a slice stretched by the power cap overran
+    1 s intervals by up to 12% at load 1.3). Returns (records, busy_s, share of the work served); the caller idles the
+    GPU for the rest of the interval.
     """
     total_s = cost.total.compute_s + cost.total.memory_s + cost.total.overhead_s
-    # Slices of at most 1/_SLICES of the interval at full clock, so the interval overruns by one slice at most.
     slices = max(_SLICES, math.ceil(_SLICES * total_s / interval_s)) if interval_s > 0 else _SLICES
-    records, elapsed, done = [], 0.0, 0
-    while done < slices and elapsed < interval_s:
-        recs = [gpu.execute(cost.total.compute_s / slices, cost.total.memory_s / slices)]
+    slice_s = total_s / slices  # full-clock seconds of one slice
+    records, elapsed, done, stretch = [], 0.0, 0.0, 1.0
+    while done < slices - 1e-9 and interval_s - elapsed > 1e-3 * interval_s:  # within 1 ms of a 1 s interval
+        fit = (interval_s - elapsed) / (slice_s * stretch) if slice_s > 0 else math.inf
+        part = min(1.0, slices - done, fit)
+        recs = [gpu.execute(part * cost.total.compute_s / slices, part * cost.total.memory_s / slices)]
         if cost.total.overhead_s > 0:
-            recs.append(gpu.idle(cost.total.overhead_s / slices))
+            recs.append(gpu.idle(part * cost.total.overhead_s / slices))
         records += recs
-        elapsed += sum(r.duration_s for r in recs)
-        done += 1
-    return records, elapsed, done / slices
+        took = sum(r.duration_s for r in recs)
+        elapsed += took
+        done += part
+        if slice_s > 0 and took > 0:
+            stretch = took / (part * slice_s)
+    return records, elapsed, min(1.0, done / slices)
 
 
 def interval_latency_ms(busy_s: float, launches: int, tokens_served: float, backlog_tokens: float) -> float:

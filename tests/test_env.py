@@ -273,6 +273,37 @@ def test_the_kcm_prices_an_intervals_idle_time_at_its_clock(load):
     e.close()
 
 
+def test_a_backlogged_interval_lasts_the_interval_and_no_longer():
+    """Under a demand the GPU cannot meet, an interval's work stops at its end: its energy is at most the power limit
+    times the interval (the last slice used to run whole, 5-14% past a 1 s interval once the cap stretched it), and
+    what it could not serve is queued."""
+    e = MoERoutingEnv(**TINY, randomize=False, workload=Workload(profile="constant", load=1.5, randomize_load=False))
+    rows = run(e, [e.encode_action(ControlAction.uncontrolled())] * 4)
+    limit_j = e.backend.spec.tdp_w * e.config.interval_s
+    for *_, info in rows:
+        assert info["energy_j"] <= 1.002 * limit_j, (info["energy_j"], limit_j)
+        assert info["energy_j"] == pytest.approx(info["power_w"] * e.config.interval_s, rel=2e-3)  # mean power over 1 s
+    assert rows[-1][2]["backlog_tokens"] > rows[1][2]["backlog_tokens"] > 0
+    e.close()
+
+
+def test_execute_interval_cuts_the_slice_that_would_not_fit():
+    from types import SimpleNamespace
+
+    from telemetry import SimulatedGpu, get_gpu_spec
+
+    for load in (0.5, 1.3, 2.0):
+        gpu = SimulatedGpu(get_gpu_spec("H100"), seed=0)
+        cost = SimpleNamespace(total=SimpleNamespace(compute_s=0.8 * load, memory_s=0.15 * load, overhead_s=0.05 * load))
+        for _ in range(5):
+            records, busy_s, share = envs.execute_interval(gpu, cost, 1.0)
+            assert busy_s == pytest.approx(sum(r.duration_s for r in records))
+            assert busy_s <= 1.0 + 1e-3 and 0 < share <= 1.0
+            if busy_s < 1.0:
+                gpu.idle(1.0 - busy_s)
+        assert share == 1.0 if load == 0.5 else (share < 1.0 and busy_s > 0.999)
+
+
 def test_reset_interval_backlog_is_queued_and_the_shift_counts_from_step_zero():
     # Demand above capacity: the reset interval leaves tokens unserved, which the first observation reports.
     e = MoERoutingEnv(**TINY, workload=Workload(profile="constant", load=2.0, randomize_load=False))
