@@ -154,11 +154,11 @@ def runs_section(summary: dict) -> list[str]:
     lines = [
         "## Across training runs",
         "",
-        "Paired improvement per run and episode; each run's IQM over its episodes (listed below the tables), then "
-        "the mean of those over the runs. The interval is a two-level bootstrap that resamples the training runs and "
-        "the episode seeds, each with replacement: a new training run and new scenarios are both draws, so it is wider "
-        "than the spread of the runs' IQMs, and wide with few seeds. Positive is better; "
-        f"{DAGGER}: the interval includes zero.",
+        "Paired improvement per run and episode; each run's IQM over the seeds every run played, then the mean of "
+        "those over the runs (each run's figure listed below the tables is over its own episodes: the same seeds when "
+        "every run finished). The interval is a two-level bootstrap that resamples the training runs and the episode "
+        "seeds, each with replacement (a new training run and new scenarios are both draws): wide with few runs or "
+        f"few seeds. Positive is better; {DAGGER}: the interval includes zero.",
         "",
     ]
     for base in summary["improvements"]:

@@ -379,8 +379,8 @@ def across_runs(
     """The paired improvement over `baseline` of one method trained several times (the runs' labels `runs`): (the
     runs pooled, {metric: Estimate}).
 
-    Point estimate: each run's IQM of its paired improvements over the episode seeds, averaged over the runs (so it
-    lies among the runs' own IQMs; one IQM over all runs x seeds trims a quarter of the pooled entries at each end
+    Point estimate: each run's IQM of its paired improvements over the shared episode seeds, averaged over the runs
+    (so it lies among those IQMs; one IQM over all runs x seeds trims a quarter of the pooled entries at each end
     and, with heavy-tailed episodes, need not). Interval: a two-level percentile bootstrap that resamples the runs and,
     independently, the episode seeds, each with replacement, and recomputes that statistic. Both are draws: a new
     training run and new scenarios. Each run played every seed, so the runs x seeds entries are not independent: a

@@ -115,13 +115,23 @@ def make_vec_env(env_id: str, env_kwargs: dict[str, Any], n_envs: int, seed: int
     return venv
 
 
-def first_episode_seed(seed: int, saved_config: dict[str, Any] | None = None, steps: int = 0) -> int:
-    """The episode seed of training worker 0's first episode (worker i: + i): `TRAINING_SEEDS_FROM` + seed for a new
-    run, above every held-out seed; on a resume at `steps`, + steps for fresh episodes, from the base its saved config
-    records (0 for runs saved before there was one)."""
-    if saved_config is None:
-        return TRAINING_SEEDS_FROM + seed
-    return int(saved_config.get("training_seeds_from", 0)) + seed + steps
+def training_seeds_from(saved_config: dict[str, Any] | None) -> int:
+    """Where a run's training episode seeds start: `TRAINING_SEEDS_FROM`, above every held-out seed, for a new run or
+    one whose config.yaml is gone; the base a saved config records, 0 for runs saved before there was one."""
+    return TRAINING_SEEDS_FROM if saved_config is None else int(saved_config.get("training_seeds_from", 0))
+
+
+def first_episode_seed(seed: int, seeds_from: int = TRAINING_SEEDS_FROM, steps: int = 0) -> int:
+    """The episode seed of training worker 0's first episode (worker i: + i): seeds_from + seed, + steps on a resume
+    at `steps` (fresh episodes, not a replay of the first session's)."""
+    return seeds_from + seed + steps
+
+
+def seed_training_envs(model, seed: int) -> None:
+    """Seed the model's training envs' next resets (worker i: seed + i). After the model is built or loaded: SB3's
+    `_setup_model` seeds them with the algorithm's own seed (`set_random_seed` -> `env.seed`), which is the CLI's
+    --seed, so a seed given to the envs before would be overwritten."""
+    model.get_env().seed(seed)
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -185,11 +195,8 @@ if __name__ == "__main__":
         envs.pretrain_served_model(args.env_id, args.progress_bar, **kwargs)
     algo_cls = ALGOS[args.algo]
     resumed = derived["resume_from"]
-    saved_config = derived["saved_config"] or {}
-    if resumed is None:
-        first_seed = first_episode_seed(args.seed)
-    else:
-        first_seed = first_episode_seed(args.seed, saved_config, steps=resumed[0])  # fresh episodes, not a replay
+    seeds_from = training_seeds_from(None if resumed is None else derived["saved_config"])
+    first_seed = first_episode_seed(args.seed, seeds_from, steps=0 if resumed is None else resumed[0])
     venv = make_vec_env(args.env_id, derived["env_kwargs"], args.n_envs, first_seed, derived["vec"])
     policy, algo_kwargs, normalize = build_algo_kwargs(args.algo, derived["hyperparams"], venv.action_space.shape[0])
     evaluate = 0 < args.eval_freq <= args.timesteps
@@ -210,10 +217,11 @@ if __name__ == "__main__":
             verbose=args.verbose,
             **algo_kwargs,
         )
+        seed_training_envs(model, first_seed)  # before the warm start's episodes, which are training episodes too
         if derived["hyperparams"].get("init_action", "zero") == "no_control":
             spec = ControlSpec.from_env(venv)
             set_initial_action(model, spec.encode(ControlAction.uncontrolled(spec.num_experts)))
-        config = run_config(args, derived, normalize)
+        config = run_config(args, derived, normalize) | {"training_seeds_from": seeds_from}
         if derived["imitation"] is not None:
             im = derived["imitation"]
             print(f"warm start: imitating {im['controller']} for {im['steps']} steps, {im['epochs']} epochs")
@@ -222,7 +230,8 @@ if __name__ == "__main__":
         atomic_save(run_dir / CONFIG_FILE, lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
     else:
         steps, paths = resumed
-        saved = saved_config  # read and checked against the flags by parse_args
+        saved = derived["saved_config"] or {}  # read and checked against the flags by parse_args
+        saved.setdefault("training_seeds_from", seeds_from)  # a run saved before keeps its 0 on later resumes too
         if normalize is not None:
             venv = (
                 VecNormalize.load(str(paths["vecnormalize"]), venv)
@@ -237,6 +246,7 @@ if __name__ == "__main__":
             venv.close()
             sys.exit(f"train_agent.py: error: --resume: cannot load {paths['model']} ({type(exc).__name__}: {exc}); "
                      "move it aside to resume from the checkpoint before it")
+        seed_training_envs(model, first_seed)
         if paths["replay_buffer"].exists():
             try:  # read only here: a probe in parse_args would load a buffer of up to 1e6 transitions twice
                 load_replay_buffer(model, paths["replay_buffer"])

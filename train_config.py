@@ -16,7 +16,7 @@ import stable_baselines3
 import torch
 import yaml
 
-from agents.run_config import TRAINING_SEEDS_FROM, plain
+from agents.run_config import plain
 from envs import EnvConfig
 
 
@@ -91,7 +91,6 @@ def run_config(args: Any, derived: dict[str, Any], normalize: dict | None) -> di
         "command": " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "args": plain(args),
-        "training_seeds_from": TRAINING_SEEDS_FROM,  # worker i's first episode: this + seed + i
         "hyperparams": plain(derived["hyperparams"]),
         "hyperparams_adjusted": plain(derived.get("hyperparams_adjusted", {})),
         "vec_normalize": plain(normalize),

@@ -66,11 +66,12 @@ class IntervalResult:
 def execute_interval(gpu, cost, interval_s: float) -> tuple[list, float, float]:
     """Run a `kernels.StepCost` (full-clock seconds) on a `SimulatedGpu` in slices until `interval_s` is used up.
 
-    Launch gaps (`overhead_s`) count as busy time at idle power. The slice that would not fit is cut to the time
-    left, at the stretch (wall seconds per full-clock second) of the slice before it, so a backlogged interval ends
-    within 0.1% of `interval_s` rather than a whole slice late (slices stretched by the power cap overran 1 s
-    intervals by 5-14% at loads 0.95-2.0). Returns (records, busy_s, share of the work served); the caller idles the
-    GPU for the rest of the interval.
+    Launch gaps (`overhead_s`) count as busy time at idle power. No piece of work is given more than half the time
+    left, at the last slice's stretch (wall seconds per full-clock second), and pieces run until less than 0.1% of
+    the interval is left: a backlogged interval ends within a sliver of `interval_s`, not a whole slice late (slices
+    stretched by the power cap overran 1 s intervals by 5-14% at loads 0.95-2.0), and the halving absorbs a stretch
+    that grows as the GPU heats. Returns (records, busy_s, share of the work served); the caller idles the GPU for
+    the rest of the interval.
     """
     total_s = cost.total.compute_s + cost.total.memory_s + cost.total.overhead_s
     slices = max(_SLICES, math.ceil(_SLICES * total_s / interval_s)) if interval_s > 0 else _SLICES
@@ -78,7 +79,7 @@ def execute_interval(gpu, cost, interval_s: float) -> tuple[list, float, float]:
     records, elapsed, done, stretch = [], 0.0, 0.0, 1.0
     while done < slices - 1e-9 and interval_s - elapsed > 1e-3 * interval_s:  # within 1 ms of a 1 s interval
         fit = (interval_s - elapsed) / (slice_s * stretch) if slice_s > 0 else math.inf
-        part = min(1.0, slices - done, fit)
+        part = min(1.0, slices - done, 0.5 * fit)  # never more than half the time left: the stretch may grow
         recs = [gpu.execute(part * cost.total.compute_s / slices, part * cost.total.memory_s / slices)]
         if cost.total.overhead_s > 0:
             recs.append(gpu.idle(part * cost.total.overhead_s / slices))

@@ -302,6 +302,11 @@ def test_execute_interval_cuts_the_slice_that_would_not_fit():
             if busy_s < 1.0:
                 gpu.idle(1.0 - busy_s)
         assert share == 1.0 if load == 0.5 else (share < 1.0 and busy_s > 0.999)
+    # a hot GPU entering thermal slowdown mid-interval: its second slice took 1.7x its first and ran 7% past the end
+    # when a whole slice ran wherever one fitted at the first's stretch
+    gpu = SimulatedGpu(get_gpu_spec("H100"), seed=45, initial_temp_c=83.0)
+    cost = SimpleNamespace(total=SimpleNamespace(compute_s=3.062, memory_s=0.137, overhead_s=0.0))
+    assert 0.999 < envs.execute_interval(gpu, cost, 1.0)[1] <= 1.001
 
 
 def test_reset_interval_backlog_is_queued_and_the_shift_counts_from_step_zero():

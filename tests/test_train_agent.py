@@ -211,28 +211,44 @@ def test_the_measured_env_id_trains_measured_with_the_same_hyperparameters(monke
     assert train_config.run_setting_changes(saved, args, derived) == ["env_kwargs.preset: 'gpu' (saved) vs 'default'"]
 
 
-def test_training_episodes_are_seeded_above_every_held_out_one():
-    """Worker i's first episode is at TRAINING_SEEDS_FROM + seed + i, not at seed + i, which is `evaluate.py`'s test
-    episode seed (1000 x seed + episode) for seed 0 and would replay its workload and temperatures in training."""
+SEED_SPY = """
+import runpy, sys
+import envs.moe_routing_env as m
+reset = m.MoERoutingEnv.reset
+def spy(self, *, seed=None, options=None):
+    if seed is not None:
+        print("SEEDED", self.config.split, seed, flush=True)
+    return reset(self, seed=seed, options=options)
+m.MoERoutingEnv.reset = spy
+sys.argv = ["train_agent.py", *sys.argv[1:]]
+runpy.run_path("train_agent.py", run_name="__main__")
+"""
+
+
+def test_training_episodes_are_seeded_above_every_held_out_one(tmp_path):
+    """Every seeded reset of a training env is at TRAINING_SEEDS_FROM + seed + i (+ steps on a resume), never at
+    seed + i, `evaluate.py`'s test episode seeds for seed 0 (SB3 reseeds the envs with the algorithm's seed when it
+    builds or loads a model, which once undid this); the warm start's episodes are training episodes too."""
     base = agents.TRAINING_SEEDS_FROM
-    assert train_agent.first_episode_seed(3) == base + 3
-    assert train_agent.first_episode_seed(3, {"training_seeds_from": base}, steps=640) == base + 643
-    assert train_agent.first_episode_seed(3, {}, steps=640) == 643  # a run saved before keeps its seeds on resume
-    kwargs = dict(preset="tiny", telemetry="simulated", episode_intervals=6)
-    venv = train_agent.make_vec_env("MoERouting-v0", kwargs, 2, train_agent.first_episode_seed(0), "dummy")
-    venv.reset()
-    ref = gym.make("MoERouting-v0", **kwargs)
+    spy = tmp_path / "spy.py"
+    spy.write_text(SEED_SPY)
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(spy), "--out", str(run), *TINY_RUN, "--n-envs", "2", "--vec", "dummy", "--seed", "3",
+           "--timesteps", "64", "--eval-freq", "0", "--hyperparams", "n_steps:32", "batch_size:32", "n_epochs:1",
+           "imitate:no_control", "imitate_steps:8", "imitate_epochs:1"]  # fmt: skip
 
-    def scenario(env) -> list[float]:  # the shift point and the demand
-        return [env.unwrapped.shift_tokens] + [env.unwrapped.demand.load_at(t) for t in range(6)]
+    def seeded(result) -> list[tuple[str, int]]:
+        assert result.returncode == 0, result.stdout + result.stderr
+        return [(w[1], int(w[2])) for w in (line.split() for line in result.stdout.splitlines()) if w[:1] == ["SEEDED"]]
 
-    for i in range(2):
-        ref.reset(seed=base + i)
-        assert scenario(venv.envs[i]) == scenario(ref)
-        ref.reset(seed=1000 * i)  # evaluate.py's test episode of seed i
-        assert scenario(venv.envs[i]) != scenario(ref)
-    venv.close()
-    ref.close()
+    first = seeded(subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300))
+    assert set(first) == {("train", base + 3), ("train", base + 4)}, first
+    assert yaml.safe_load((run / "config.yaml").read_text())["training_seeds_from"] == base
+    steps = json.loads((run / "train_summary.json").read_text())["steps"]
+    resumed = seeded(subprocess.run([*cmd, "--resume", "--timesteps", str(steps + 64)], cwd=REPO, capture_output=True,
+                                    text=True, timeout=300))  # fmt: skip
+    assert set(resumed) == {("train", base + 3 + steps), ("train", base + 4 + steps)}, resumed
+    assert train_agent.first_episode_seed(3, train_agent.training_seeds_from({}), steps=640) == 643  # saved before
 
 
 def test_bad_algo_exits_without_traceback():
