@@ -68,6 +68,23 @@ def _pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(keep, key=lambda i: points[i][0])
 
 
+def _annotate_apart(ax, notes: list[tuple[str, float, float]], fontsize: int = 8) -> None:
+    """Label points (text, x, y) beside them, a label that would overlap an earlier one moved a line down (or up)."""
+    ax.autoscale_view()
+    to_px = ax.transData.transform
+    placed: list[tuple[float, float, float]] = []  # (left, bottom, right) of each label, in points from the origin
+    line = fontsize * 1.6
+    for text, x, y in notes:
+        px, py = to_px((x, y)) * 72.0 / ax.figure.dpi
+        width = 0.6 * fontsize * len(text)
+        for dy in (6, 6 - line, 6 + line, 6 - 2 * line, 6 + 2 * line):
+            left, bottom = px + 6, py + dy
+            if all(abs(bottom - b) >= line or left + width <= pl or left >= pr for pl, b, pr in placed):
+                break
+        placed.append((left, bottom, left + width))
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, dy), fontsize=fontsize)
+
+
 def pareto_plot(
     plt,
     path: Path,
@@ -78,7 +95,7 @@ def pareto_plot(
 ) -> None:
     agg = summary["aggregates"]
     fig, ax = plt.subplots(figsize=(7, 5))
-    points, labels = [], []
+    points, labels, notes = [], [], []
     groups = summary.get("run_groups") or {}
     member_of = {run: g for g, entry in groups.items() for run in entry["runs"]}
     names = list(dict.fromkeys(member_of.get(lab, lab) for lab in agg))  # a method's training runs share a colour
@@ -96,9 +113,10 @@ def pareto_plot(
         ax.errorbar(ex["iqm"], ey["iqm"], xerr=xerr, yerr=yerr, fmt="o", capsize=4, color=f"C{names.index(name)}",
                     label=text if first else None)  # fmt: skip
         if first:
-            ax.annotate(text, (ex["iqm"], ey["iqm"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+            notes.append((text, ex["iqm"], ey["iqm"]))
         points.append((ex["iqm"], ey["iqm"]))
         labels.append(lab)
+    _annotate_apart(ax, notes)
     front = _pareto_front(points)
     if len(front) > 1:
         ax.plot(
