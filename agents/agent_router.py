@@ -40,7 +40,7 @@ from envs import (
 )
 from kernels import DeploymentScale, KernelCostModel
 from moe_runtime import ControlAction, MoERuntime, forward_work
-from telemetry import GpuSystemMonitor, SimulatedGpu, get_gpu_spec
+from telemetry import GpuSystemMonitor, SimulatedGpu, get_gpu_spec, nvml_index_of_cuda_device
 
 _WINDOW = "agent_router_interval"
 
@@ -181,6 +181,10 @@ class AgentRouter:
         self.interval_s, self.demand = float(interval_s), float(demand)
         if monitor is None:
             monitor = SimulatedGpu(gpu or "H100")
+        self._owns_monitor = not isinstance(monitor, GpuSystemMonitor)  # closed with the router (`close`)
+        if isinstance(monitor, str):  # NVML's index of the runtime's CUDA device (CUDA_VISIBLE_DEVICES renumbers)
+            cuda = runtime.device.index if getattr(runtime.device, "type", "") == "cuda" else None
+            monitor = GpuSystemMonitor(device_id=nvml_index_of_cuda_device(cuda), source=monitor)
         self.monitor = monitor if isinstance(monitor, GpuSystemMonitor) else GpuSystemMonitor(source=monitor)
         # A source that executes priced work is simulated; any other (NVML) measures the runtime running itself.
         self.gpu = self.monitor.source if callable(getattr(self.monitor.source, "execute", None)) else None
@@ -241,6 +245,17 @@ class AgentRouter:
                 f"count?){hint}"
             )
         return built
+
+    def close(self) -> None:
+        """Stop the monitor this router made (its NVML sampler thread and NVML init); one passed in is the caller's."""
+        if self._owns_monitor:
+            self.monitor.close()
+
+    def __enter__(self) -> AgentRouter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def reset(self) -> None:
         """Forget the backlog and loss history and reset the controller (the runtime keeps its state)."""

@@ -49,11 +49,11 @@ def main() -> None:
     runtime = MoERuntime(MoEConfig.preset("gpu"))
     rows = []
     for demand in (0.3, 0.9):
-        router = AgentRouter("no_control", runtime, monitor="nvml", interval_s=1.0, demand=demand)
-        for rec in router.run(4):
-            row = interval_row(router, rec, demand)
-            rows.append(row)
-            print(row, flush=True)
+        with AgentRouter("no_control", runtime, monitor="nvml", interval_s=1.0, demand=demand) as router:
+            for rec in router.run(4):
+                row = interval_row(router, rec, demand)
+                rows.append(row)
+                print(row, flush=True)
     facts = dict(
         device=torch.cuda.get_device_name(),
         date=time.strftime("%F"),

@@ -4,7 +4,14 @@ Importing this package never needs NVML or a GPU.
 """
 
 from telemetry.monitor import EnergyWindow, GpuSystemMonitor, Measurement, open_source
-from telemetry.nvml import NvmlError, NvmlQueryError, NvmlSource, NvmlUnavailableError, nvml_available
+from telemetry.nvml import (
+    NvmlError,
+    NvmlQueryError,
+    NvmlSource,
+    NvmlUnavailableError,
+    nvml_available,
+    nvml_index_of_cuda_device,
+)
 from telemetry.power_model import (
     board_power_w,
     compute_time_factor,
@@ -53,6 +60,7 @@ __all__ = [
     "known_gpu_names",
     "memory_time_factor",
     "nvml_available",
+    "nvml_index_of_cuda_device",
     "open_source",
     "power_capped_clock_mhz",
     "steady_temperature_c",

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 COUNTER_TICK_S = 0.1  # the H100 energy counter ticks every ~100 ms (h100-step-response.csv)
 MIN_COUNTER_WINDOW_S = 1.0  # counter windows >= 1 s agreed with integrated instant power within ~2% (measured)
 MIN_SAMPLE_COVERAGE = 0.8  # power integration needs samples over >= 80% of the window; chosen
+AVERAGE_POWER_WINDOW_S = 1.0  # nvmlDeviceGetPowerUsage averages over ~1 s on Ampere (but GA100) and newer (NVML docs)
 _SOURCE_METHODS = ("now_s", "energy_j", "power_w", "temperature_c", "sample", "samples_between", "synchronize")
 
 
@@ -284,15 +285,22 @@ class GpuSystemMonitor:
         if start.start_energy_j is None or end_energy_j is None:
             return integrated_j, "power_integration", coverage >= MIN_SAMPLE_COVERAGE, "no energy reading"
         counter_j = end_energy_j - start.start_energy_j
+        # NVML's averaged power (where the instant field is not offered) is a ~1 s mean: integrated over a shorter
+        # window it lags a load step by up to a second (0.25 s at a step: 47 J read for 133 J spent).
+        lagging = getattr(self.source, "power_field", "instant") == "average" and duration_s < AVERAGE_POWER_WINDOW_S
+        lag_note = f"integrated from NVML's ~{AVERAGE_POWER_WINDOW_S:g} s average power over {duration_s:.3f} s"
         if counter_kind != "energy_counter":
-            ok = coverage >= MIN_SAMPLE_COVERAGE
-            return counter_j, "power_integration", ok, "" if ok else "sampler did not cover the window"
+            ok = coverage >= MIN_SAMPLE_COVERAGE and not lagging
+            note = "" if ok else (lag_note if lagging else "sampler did not cover the window")
+            return counter_j, "power_integration", ok, note
         if duration_s >= MIN_COUNTER_WINDOW_S:
             if counter_j == 0.0:
                 warnings.warn(f"window {name!r}: the energy counter did not tick in {duration_s:.3f} s",
                               RuntimeWarning, stacklevel=3)
             return counter_j, "energy_counter", True, ""
         if coverage >= MIN_SAMPLE_COVERAGE:
+            if lagging:
+                return integrated_j, "power_integration", False, lag_note
             return integrated_j, "power_integration", True, f"{duration_s:.3f} s < {MIN_COUNTER_WINDOW_S} s: sampled"
         note = f"{duration_s:.3f} s window is under {MIN_COUNTER_WINDOW_S} s of ~{COUNTER_TICK_S} s counter ticks"
         if counter_j == 0.0:

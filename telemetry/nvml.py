@@ -19,11 +19,11 @@ from typing import Any
 
 from telemetry.samples import BackgroundSampler, Sample, SampleBuffer, decode_clock_event_reasons
 
-__all__ = ["NvmlError", "NvmlQueryError", "NvmlSource", "NvmlUnavailableError", "nvml_available"]
+__all__ = ["NvmlError", "NvmlQueryError", "NvmlSource", "NvmlUnavailableError", "nvml_available",
+           "nvml_index_of_cuda_device"]
 
 logger = logging.getLogger(__name__)
 
-_COUNTER_32_BIT = 2**32  # energy counters wrap at 2**32 or 2**64 mJ; see NvmlSource._unwrap_mj
 
 
 class NvmlError(RuntimeError):
@@ -67,23 +67,60 @@ def nvml_available() -> bool:
     try:
         nvml = _import_pynvml()
         nvml.nvmlInit()
-        count = nvml.nvmlDeviceGetCount()
-        nvml.nvmlShutdown()
     except Exception as error:  # any failure means "not available"; the reason is logged
         logger.info("NVML not available: %s", error)
         return False
-    return count > 0
+    try:
+        return nvml.nvmlDeviceGetCount() > 0
+    except Exception as error:
+        logger.info("NVML not available: %s", error)
+        return False
+    finally:
+        nvml.nvmlShutdown()  # NVML counts inits: each one is matched, or another user's shutdown would not shut it
+
+
+def nvml_index_of_cuda_device(cuda_device: int | None = None, nvml: Any = None) -> int:
+    """The NVML index of a CUDA device (torch's ordinal; the current device when None).
+
+    CUDA numbers the GPUs that `CUDA_VISIBLE_DEVICES` leaves, in its own order; NVML numbers every GPU by PCI bus
+    ("The NVML index may not correlate with other APIs, such as the CUDA device index"): `cuda:0` under
+    `CUDA_VISIBLE_DEVICES=2` is NVML's GPU 2. The two are matched by UUID. Without torch imported or CUDA up, or where
+    NVML does not know the UUID (a MIG instance), the ordinal itself, with a warning in the last case.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return 0 if cuda_device is None else int(cuda_device)
+    ordinal = torch.cuda.current_device() if cuda_device is None else int(cuda_device)
+    uuid = str(getattr(torch.cuda.get_device_properties(ordinal), "uuid", "") or "")
+    if not uuid:
+        return ordinal
+    nvml = nvml if nvml is not None else _import_pynvml()
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError as error:
+        raise NvmlUnavailableError(_unavailable_message(nvml, error)) from error
+    try:
+        handle = nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}")
+        return int(nvml.nvmlDeviceGetIndex(handle))
+    except nvml.NVMLError as error:
+        warnings.warn(f"cuda:{ordinal} (UUID {uuid}) not found by NVML ({error}); reading NVML GPU {ordinal}, which "
+                      "may be another card", RuntimeWarning, stacklevel=2)
+        return ordinal
+    finally:
+        nvml.nvmlShutdown()
 
 
 class NvmlSource:
     """One GPU read through NVML, with an optional background sampler over its cheap fields.
 
     Args:
-        device_index: NVML device index.
+        device_index: NVML device index (`nvml_index_of_cuda_device` gives a CUDA device's: the two numberings
+            differ under `CUDA_VISIBLE_DEVICES`).
         nvml: the `pynvml` module (tests pass a fake); imported when None.
         clock: monotonic seconds for sample timestamps (tests pass the fake's clock).
         sample_rate_hz: background sampler rate (see `start_sampler`).
         buffer_capacity: samples kept in the ring buffer.
+        cuda_device: the CUDA ordinal `synchronize` waits for (the current device when None).
 
     Raises:
         NvmlUnavailableError: nvidia-ml-py, the driver library or the driver is missing, or no GPU has that index;
@@ -99,30 +136,40 @@ class NvmlSource:
         clock: Callable[[], float] = time.monotonic,
         sample_rate_hz: float = 100.0,
         buffer_capacity: int = 100_000,
+        cuda_device: int | None = None,
     ) -> None:
         self._nvml = nvml if nvml is not None else _import_pynvml()
         self._clock = clock
         self.device_index = device_index
+        self.cuda_device = cuda_device
         self.buffer = SampleBuffer(buffer_capacity)
         self._sampler = BackgroundSampler(self.sample, self.buffer, sample_rate_hz)
         self._unsupported: set[str] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: a degrade inside a locked read takes it again
+        self._closed = True  # until NVML is initialised: nothing to shut down
         try:
             self._nvml.nvmlInit()
         except self._nvml.NVMLError as error:
             raise NvmlUnavailableError(_unavailable_message(self._nvml, error)) from error
-        count = self._nvml.nvmlDeviceGetCount()
-        if not 0 <= device_index < count:
-            self._nvml.nvmlShutdown()
-            raise NvmlUnavailableError(f"no GPU with NVML index {device_index}: NVML sees {count} GPU(s)")
-        self._handle = self._nvml.nvmlDeviceGetHandleByIndex(device_index)
-        self._counter_mj: tuple[int, float] | None = None  # (last raw reading, unwrapped total), mJ
-        self._first_mj = 0.0
-        self._integrated_j = 0.0
-        self._last_power: tuple[float, float] | None = None  # (t_s, power_w) for the integration fallback
-        self.power_field = "instant" if self._probe("instant_power", self.instant_power_w) else "average"
-        self.energy_source = "energy_counter" if self._probe("energy_counter", self._read_counter_mj) else (
-            "power_integration")
+        self._closed = False
+        try:  # from here on every failure shuts NVML down again: NVML counts inits
+            count = self._nvml.nvmlDeviceGetCount()
+            if not 0 <= device_index < count:
+                raise NvmlUnavailableError(f"no GPU with NVML index {device_index}: NVML sees {count} GPU(s)")
+            try:
+                self._handle = self._nvml.nvmlDeviceGetHandleByIndex(device_index)
+            except self._nvml.NVMLError as error:  # NO_PERMISSION for a GPU the count includes, say
+                raise NvmlUnavailableError(f"NVML GPU {device_index} cannot be opened: {error}") from error
+            self._counter_mj: tuple[int, float] | None = None  # (last raw reading, total since opening), mJ
+            self._first_mj = 0.0
+            self._integrated_j = 0.0
+            self._last_power: tuple[float, float] | None = None  # (t_s, power_w) for the integration fallback
+            self.power_field = "instant" if self._probe("instant_power", self.instant_power_w) else "average"
+            self.energy_source = "energy_counter" if self._probe("energy_counter", self._read_counter_mj) else (
+                "power_integration")
+        except BaseException:
+            self.close()
+            raise
         logger.info("GPU %d: power from the %s reading, energy from the %s", device_index, self.power_field,
                     self.energy_source.replace("_", " "))
 
@@ -135,8 +182,12 @@ class NvmlSource:
 
     # ----- lifecycle -----
     def close(self) -> None:
-        """Stop the sampler and shut NVML down."""
+        """Stop the sampler and shut NVML down, once: NVML counts inits, and a second shutdown would take the init of
+        another user in this process (another monitor, torch)."""
         self.stop_sampler()
+        if self._closed:
+            return
+        self._closed = True
         try:
             self._nvml.nvmlShutdown()
         except self._nvml.NVMLError as error:
@@ -184,7 +235,7 @@ class NvmlSource:
         if values is None:
             return None
         if values[0].nvmlReturn != self._nvml.NVML_SUCCESS:
-            self._degrade("instant_power", f"NVML return code {values[0].nvmlReturn}")
+            self._field_failed("instant_power", values[0].nvmlReturn)
             return None
         return values[0].value.uiVal / 1000.0
 
@@ -194,8 +245,13 @@ class NvmlSource:
         return None if milliwatts is None else milliwatts / 1000.0
 
     def power_w(self) -> float | None:
-        """Instant power where offered, else the averaged reading (`self.power_field` says which), W."""
-        power_w = self.instant_power_w() if self.power_field == "instant" else self.average_power_w()
+        """Instant power where offered, else the averaged reading (`self.power_field` says which, and turns to
+        "average" if the instant field stops being offered), W."""
+        power_w = self.instant_power_w() if self.power_field == "instant" else None
+        if power_w is None:
+            if self.power_field == "instant" and "instant_power" in self._unsupported:
+                self.power_field = "average"
+            power_w = self.average_power_w()
         if power_w is not None and self.energy_source == "power_integration":
             self._integrate(power_w)
         return power_w
@@ -222,7 +278,7 @@ class NvmlSource:
                                 [self._nvml.NVML_FI_DEV_MEMORY_TEMP])
         if values is None or values[0].nvmlReturn != self._nvml.NVML_SUCCESS:
             if values is not None:
-                self._degrade("memory_temperature", f"NVML return code {values[0].nvmlReturn}")
+                self._field_failed("memory_temperature", values[0].nvmlReturn)
             return None
         return float(values[0].value.uiVal)
 
@@ -294,7 +350,7 @@ class NvmlSource:
         """Wait for queued CUDA work (only if torch is already imported and CUDA is up)."""
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize(self.device_index)
+            torch.cuda.synchronize(self.cuda_device)  # a CUDA ordinal, not the NVML index (they may differ)
 
     # ----- internals -----
     def _probe(self, field: str, read: Callable[[], Any]) -> bool:
@@ -327,6 +383,15 @@ class NvmlSource:
             self._degrade(field, str(error))
             return None
 
+    def _field_failed(self, field: str, code: int) -> None:
+        """A field value's own return code: NOT_SUPPORTED degrades the field for good; anything else is this reading's
+        failure, raised, not a reason to stop reading the field."""
+        if code in {getattr(self._nvml, "NVML_ERROR_NOT_SUPPORTED", None),
+                    getattr(self._nvml, "NVML_ERROR_NO_PERMISSION", None)}:
+            self._degrade(field, f"NVML return code {code}")
+            return
+        raise NvmlQueryError(f"NVML field {field} on GPU {self.device_index} failed: NVML return code {code}")
+
     def _degrade(self, field: str, why: str) -> None:
         with self._lock:
             if field in self._unsupported:
@@ -336,31 +401,38 @@ class NvmlSource:
                       RuntimeWarning, stacklevel=3)
 
     def _read_counter_mj(self) -> float | None:
-        raw = self._optional("energy_counter", self._nvml.nvmlDeviceGetTotalEnergyConsumption, self._handle)
-        if raw is None:
-            return None
+        # Read under the lock: two threads' readings applied out of order would look like the counter going back.
         with self._lock:
+            raw = self._optional("energy_counter", self._nvml.nvmlDeviceGetTotalEnergyConsumption, self._handle)
+            if raw is None:
+                return None
             if self._counter_mj is None:
                 self._counter_mj = (int(raw), float(raw))
                 self._first_mj = float(raw)
             else:
-                self._counter_mj = self._unwrap_mj(self._counter_mj, int(raw))
+                self._counter_mj = self._add_reading_mj(self._counter_mj, int(raw))
             return self._counter_mj[1]
 
-    @staticmethod
-    def _unwrap_mj(previous: tuple[int, float], raw_mj: int) -> tuple[int, float]:
-        """Add a counter reading to the running total, across a wrap: a reading below the last one means the
-        counter went past its width (2**32 mJ if the last reading fitted in 32 bits, else 2**64)."""
+    def _add_reading_mj(self, previous: tuple[int, float], raw_mj: int) -> tuple[int, float]:
+        """Add a counter reading to the running total. NVML's counter is 64-bit mJ since the driver was loaded: it
+        does not wrap, so a reading below the last one means it restarted (a driver reload), and the energy since
+        is the reading itself; a small step back is a glitch, counted as nothing. Either way, with a warning."""
         last_raw, total_mj = previous
         delta = raw_mj - last_raw
         if delta < 0:
-            delta += _COUNTER_32_BIT if last_raw < _COUNTER_32_BIT else 2**64
+            restarted = raw_mj < last_raw // 2
+            warnings.warn(f"GPU {self.device_index}: the NVML energy counter went back from {last_raw} to {raw_mj} mJ"
+                          f" ({'a restart: counting from 0' if restarted else 'counted as no energy'})",
+                          RuntimeWarning, stacklevel=3)
+            delta = raw_mj if restarted else 0
         return raw_mj, total_mj + delta
 
     def _integrate(self, power_w: float) -> None:
-        now_s = self._clock()
-        with self._lock:
+        with self._lock:  # the clock too: a sampler thread and a caller must not interleave their (time, power)
+            now_s = self._clock()
             if self._last_power is not None:
                 last_s, last_w = self._last_power
-                self._integrated_j += 0.5 * (power_w + last_w) * max(now_s - last_s, 0.0)
+                if now_s <= last_s:
+                    return
+                self._integrated_j += 0.5 * (power_w + last_w) * (now_s - last_s)
             self._last_power = (now_s, power_w)

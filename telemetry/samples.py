@@ -33,10 +33,13 @@ CLOCK_EVENT_REASONS: dict[int, str] = {
     0x40: "hw_thermal_slowdown",
     0x80: "hw_power_brake_slowdown",
     0x100: "display_clock_setting",
+    0x200: "board_limit",  # nvmlClocksEventReasonBoardLimit (pynvml: nvmlClocksThrottleReasonBoardLimit)
+    0x400: "reliability",  # nvmlClocksEventReasonReliability
 }
 # Reasons that mean the clock was held below what the work asked for (counted in throttle time shares).
 THROTTLE_REASONS = frozenset(
-    {"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"}
+    {"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown",
+     "board_limit", "reliability"}
 )
 
 

@@ -2,8 +2,10 @@
 
 Every function the telemetry code calls is `mock.create_autospec` of the real pynvml function (so a wrong
 signature fails and calls are counted), backed by a replay of the measured rows: the row shown is the last one at or
-before the fake's clock. The energy counter is offset so that it wraps around 2**32 mJ during the replay. Where the
-reference file is absent (a fresh clone without ../shared), rows come from a simulated H100 instead.
+before the fake's clock. The energy counter is 64-bit mJ since "driver load", as NVML's, started past 2**32 mJ (an
+H100 passes that in ~17 h idle). NVML counts inits: queries after the last shutdown fail with UNINITIALIZED, as the
+real library's do. Where the reference file is absent (a fresh clone without ../shared), rows come from a simulated
+H100 instead.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pynvml
 from telemetry.reference import find_reference_file, load_reference_trace
 from telemetry.simulated import SimulatedGpu
 
-WRAP_MJ = 2**32
+COUNTER_START_MJ = 2**32 + 123_456_789  # the counter's reading at energy 0
 FULL_LOAD_S = (73.4, 103.4)  # the reference's full-load phase
 
 
@@ -56,13 +58,13 @@ class FakeNvml(types.ModuleType):
         instant: whether the instant-power field is offered.
         energy_counter: whether the total-energy counter is offered (False: a pre-Volta GPU).
         init_error: an NVML error code nvmlInit raises (e.g. NVML_ERROR_LIBRARY_NOT_FOUND).
-        counter_offset_mj: raw counter value at energy 0; by default the counter wraps 3 kJ into the replay.
+        counter_offset_mj: raw counter value at energy 0.
     """
 
     def __init__(self, rows: list[dict], start_s: float = 0.0, follow_wall_clock: bool = False,
                  unsupported: tuple[str, ...] = ("nvmlDeviceGetFanSpeed",), instant: bool = True,
                  energy_counter: bool = True, init_error: int | None = None,
-                 counter_offset_mj: int = WRAP_MJ - 3_000_000) -> None:
+                 counter_offset_mj: int = COUNTER_START_MJ) -> None:
         super().__init__("fake_pynvml")
         for name in dir(pynvml):
             if name.startswith(("NVML", "nvmlClocks")) and not callable(getattr(pynvml, name)):
@@ -75,11 +77,21 @@ class FakeNvml(types.ModuleType):
         self.follow_wall_clock = follow_wall_clock
         self.instant, self.energy_counter, self.init_error = instant, energy_counter, init_error
         self.counter_offset_mj = counter_offset_mj
+        self.inits = 0  # NVML's init count
         impls = {name: getattr(self, "_" + name) for name in _FUNCTIONS}
         for name, impl in impls.items():
             if name in unsupported:
                 impl = self._raiser(pynvml.NVML_ERROR_NOT_SUPPORTED)
+            if name not in ("nvmlInit", "nvmlShutdown"):
+                impl = self._initialised(impl)
             setattr(self, name, mock.create_autospec(getattr(pynvml, name), side_effect=impl))
+
+    def _initialised(self, impl):
+        def query(*args, **kwargs):
+            if self.inits <= 0:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
+            return impl(*args, **kwargs)
+        return query
 
     # ----- replay clock -----
     def clock(self) -> float:
@@ -109,9 +121,12 @@ class FakeNvml(types.ModuleType):
     def _nvmlInit(self):
         if self.init_error is not None:
             raise pynvml.NVMLError(self.init_error)
+        self.inits += 1
 
     def _nvmlShutdown(self):
-        return None
+        if self.inits <= 0:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
+        self.inits -= 1
 
     def _nvmlDeviceGetCount(self):
         return 1
@@ -120,6 +135,12 @@ class FakeNvml(types.ModuleType):
         if index != 0:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return "handle0"
+
+    def _nvmlDeviceGetHandleByUUID(self, uuid):
+        return "handle0"
+
+    def _nvmlDeviceGetIndex(self, handle):
+        return 0
 
     def _nvmlDeviceGetName(self, handle):
         return "NVIDIA H100 80GB HBM3 (replay)"
@@ -147,7 +168,7 @@ class FakeNvml(types.ModuleType):
     def _nvmlDeviceGetTotalEnergyConsumption(self, handle):
         if not self.energy_counter:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return (self.counter_offset_mj + int(round(float(self.row()["energy_counter_j"]) * 1000))) % WRAP_MJ
+        return self.counter_offset_mj + int(round(float(self.row()["energy_counter_j"]) * 1000))
 
     def _nvmlDeviceGetTemperature(self, handle, sensor):
         return int(float(self.row()["temp_c"]))

@@ -146,6 +146,12 @@ def test_agent_router_on_nvml_prices_every_expert_for_the_whole_interval():
     experts = sum(raw(obs, f"pred_energy_j_e{i}") for i in range(TINY.num_experts))
     assert 0.0 < total < 2.9 * router.gpu_spec.tdp_w * 0.25  # within the feature's bound, not clipped
     assert experts / total == pytest.approx(share, rel=0.25)
+    source = router.monitor.source
+    with router:  # closing stops the sampler thread of the monitor it made; the source the caller gave stays open
+        assert source.sampler_running
+    assert not source.sampler_running and fake.inits == 1 and source.temperature_c() > 0
+    source.close()
+    assert fake.inits == 0
 
 
 def test_agent_router_names_a_wrong_argument_before_the_first_step():

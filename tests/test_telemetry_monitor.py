@@ -166,6 +166,19 @@ def test_short_nvml_window_with_samples_integrates_power(rows):
     assert m.power_source == "nvml_instant" and m.peak_temperature_c >= 70 and m.throttled_share == 1.0
 
 
+@pytest.mark.parametrize("energy_counter", [True, False])
+def test_a_short_window_integrated_from_averaged_power_is_flagged(rows, energy_counter):
+    """Without the instant field, power is NVML's ~1 s average: integrated over 0.25 s it lags a load step, so the
+    window says it is not accurate (it read 47 J for 133 J at the reference's step, marked accurate)."""
+    monitor, fake = nvml_monitor(rows, start_s=FULL_LOAD_S[0] - 0.1, instant=False, energy_counter=energy_counter)
+    monitor.begin_window("short")
+    for _ in range(25):
+        fake.advance(0.01)
+        monitor.source.buffer.append(monitor.source.sample())
+    m = monitor.end_window("short")
+    assert m.energy_source == "power_integration" and not m.accurate and "average power" in m.note
+
+
 def test_a_window_reports_every_clock_event_reason_its_samples_saw(rows):
     # From the end of the full-load phase into idle: the power cap held while the work ran, not at the window's end.
     start_s = FULL_LOAD_S[1] - 1.0
@@ -198,7 +211,8 @@ def test_sample_age_is_the_time_since_the_newest_sample(rows):
 
 def test_a_counter_that_does_not_tick_is_warned_about(rows):
     monitor, fake = nvml_monitor(rows, start_s=85.0)
-    fake.nvmlDeviceGetTotalEnergyConsumption.side_effect = lambda handle: 123_456
+    stuck_mj = fake.nvmlDeviceGetTotalEnergyConsumption("handle0")
+    fake.nvmlDeviceGetTotalEnergyConsumption.side_effect = lambda handle: stuck_mj
     monitor.begin_window("stuck")
     fake.advance(1.5)
     with pytest.warns(RuntimeWarning, match=r"window 'stuck': the energy counter did not tick in 1\.500 s"):

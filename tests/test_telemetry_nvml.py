@@ -10,7 +10,7 @@ import warnings
 
 import pynvml
 import pytest
-from telemetry_fakes import FULL_LOAD_S, WRAP_MJ, FakeNvml, reference_rows
+from telemetry_fakes import FULL_LOAD_S, FakeNvml, reference_rows
 
 import telemetry as tel
 
@@ -82,18 +82,84 @@ def test_a_failing_query_raises_our_error_from_nvmls(rows):
     assert isinstance(info.value.__cause__, pynvml.NVMLError)
 
 
-def test_energy_counter_unwraps(rows):
-    probe = FakeNvml(rows)
-    mid_s = 85.0
-    offset_mj = WRAP_MJ - int(probe.counter_j_at(mid_s) * 1000)  # the raw counter wraps at mid_s
-    source, fake = make_source(rows, start_s=80.0, counter_offset_mj=offset_mj)
+def test_energy_counter_counts_across_a_restart_and_ignores_a_step_back(rows):
+    """NVML's counter is 64-bit mJ since driver load and does not wrap: a reading far below the last is a restart
+    (the energy since is the reading), a small step back a glitch (nothing); each warns. (It used to add 2**64 mJ,
+    1.8e16 J, for a 10 mJ step back past 2**32 mJ.)"""
+    source, fake = make_source(rows, start_s=80.0)
     start_j = source.energy_j()
-    raw_before = fake.nvmlDeviceGetTotalEnergyConsumption("handle0")
-    fake.advance(10.0)
-    assert fake.nvmlDeviceGetTotalEnergyConsumption("handle0") < raw_before  # it did wrap
-    expected_j = fake.counter_j_at(90.0) - fake.counter_j_at(80.0)
+    fake.advance(5.0)
+    expected_j = fake.counter_j_at(85.0) - fake.counter_j_at(80.0)
     assert source.energy_j() - start_j == pytest.approx(expected_j, abs=1e-3)
-    assert expected_j == pytest.approx(700 * 10.0, rel=0.03)
+    fake.counter_offset_mj -= 10  # a 10 mJ glitch back
+    with pytest.warns(RuntimeWarning, match="counted as no energy"):
+        assert source.energy_j() - start_j == pytest.approx(expected_j, abs=1e-3)
+    fake.counter_offset_mj = -int(fake.counter_j_at(85.0) * 1000)  # the driver reloaded: the counter reads 0 now
+    with pytest.warns(RuntimeWarning, match="a restart"):
+        assert source.energy_j() - start_j == pytest.approx(expected_j, abs=1e-3)
+    fake.advance(5.0)  # and counts up from there
+    assert source.energy_j() - start_j == pytest.approx(fake.counter_j_at(90.0) - fake.counter_j_at(80.0), abs=0.02)
+
+
+def test_nvml_inits_are_matched_by_shutdowns_once(rows):
+    """NVML counts inits: a source closed twice, or one that fails to open, must not take another user's init."""
+    fake = FakeNvml(rows, start_s=80.0)
+    a = tel.NvmlSource(0, nvml=fake, clock=fake.clock)
+    b = tel.NvmlSource(0, nvml=fake, clock=fake.clock)
+    a.close()
+    a.close()
+    assert fake.inits == 1 and b.temperature_c() > 0  # b still reads
+    with pytest.raises(tel.NvmlUnavailableError, match="no GPU with NVML index 3"):
+        tel.NvmlSource(3, nvml=fake, clock=fake.clock)
+    fake.nvmlDeviceGetHandleByIndex.side_effect = pynvml.NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
+    with pytest.raises(tel.NvmlUnavailableError, match="cannot be opened"):
+        tel.NvmlSource(0, nvml=fake, clock=fake.clock)
+    assert fake.inits == 1
+    b.close()
+    assert fake.inits == 0
+
+
+def test_a_failed_field_reading_raises_and_only_not_supported_degrades(rows):
+    source, fake = make_source(rows, start_s=80.0)
+    real = fake.nvmlDeviceGetFieldValues.side_effect
+
+    def failing(code):
+        def values(handle, field_ids):
+            out = real(handle, field_ids)
+            out[0].nvmlReturn = code
+            return out
+        return values
+
+    fake.nvmlDeviceGetFieldValues.side_effect = failing(pynvml.NVML_ERROR_UNKNOWN)
+    with pytest.raises(tel.NvmlQueryError, match="instant_power"):
+        source.power_w()
+    fake.nvmlDeviceGetFieldValues.side_effect = real
+    assert source.power_field == "instant" and source.power_w() > 0  # one bad reading: the field is kept
+    fake.nvmlDeviceGetFieldValues.side_effect = failing(pynvml.NVML_ERROR_NOT_SUPPORTED)
+    with pytest.warns(RuntimeWarning, match="instant_power unavailable"):
+        power_w = source.power_w()
+    assert power_w == pytest.approx(source.average_power_w()) and source.power_field == "average"
+
+
+def test_a_cuda_device_is_found_in_nvml_by_uuid(rows, monkeypatch):
+    """Under CUDA_VISIBLE_DEVICES=2,0, cuda:0 is NVML's GPU 2: the index comes from the device's UUID."""
+    import sys
+    import types
+
+    fake = FakeNvml(rows)
+    uuids = {"GPU-aaaa": 2, "GPU-bbbb": 0}
+    fake.nvmlDeviceGetHandleByUUID.side_effect = lambda uuid: f"handle-{uuid}"
+    fake.nvmlDeviceGetIndex.side_effect = lambda handle: uuids[handle.removeprefix("handle-")]
+    visible = ["aaaa", "bbbb"]  # CUDA's order
+    cuda = types.SimpleNamespace(is_available=lambda: True, current_device=lambda: 1,
+                                 get_device_properties=lambda i: types.SimpleNamespace(uuid=visible[i]))
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    assert tel.nvml_index_of_cuda_device(0, nvml=fake) == 2
+    assert tel.nvml_index_of_cuda_device(nvml=fake) == 0  # the current device, cuda:1
+    fake.nvmlDeviceGetHandleByUUID.side_effect = pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+    with pytest.warns(RuntimeWarning, match="not found by NVML"):
+        assert tel.nvml_index_of_cuda_device(0, nvml=fake) == 0
+    assert fake.inits == 0
 
 
 def test_without_energy_counter_power_is_integrated(rows):
