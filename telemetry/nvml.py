@@ -25,7 +25,6 @@ __all__ = ["NvmlError", "NvmlQueryError", "NvmlSource", "NvmlUnavailableError", 
 logger = logging.getLogger(__name__)
 
 
-
 class NvmlError(RuntimeError):
     """Base of the errors this module raises."""
 
@@ -358,7 +357,10 @@ class NvmlSource:
         `energy_source`, not warned about)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            works = read() is not None
+            try:
+                works = read() is not None
+            except NvmlQueryError:  # a field that fails from the start, whatever the code, is not offered here
+                works = False
         if not works:
             self._unsupported.add(field)
         return works

@@ -121,7 +121,7 @@ def test_nvml_inits_are_matched_by_shutdowns_once(rows):
 
 def test_a_failed_field_reading_raises_and_only_not_supported_degrades(rows):
     source, fake = make_source(rows, start_s=80.0)
-    real = fake.nvmlDeviceGetFieldValues.side_effect
+    real = fake._nvmlDeviceGetFieldValues  # the fake's own reply
 
     def failing(code):
         def values(handle, field_ids):
@@ -139,6 +139,9 @@ def test_a_failed_field_reading_raises_and_only_not_supported_degrades(rows):
     with pytest.warns(RuntimeWarning, match="instant_power unavailable"):
         power_w = source.power_w()
     assert power_w == pytest.approx(source.average_power_w()) and source.power_field == "average"
+    fresh = FakeNvml(rows, start_s=80.0)
+    fresh.nvmlDeviceGetFieldValues.side_effect = failing(pynvml.NVML_ERROR_UNKNOWN)
+    assert tel.NvmlSource(0, nvml=fresh, clock=fresh.clock).power_field == "average"  # failing from the start: unoffered
 
 
 def test_a_cuda_device_is_found_in_nvml_by_uuid(rows, monkeypatch):
