@@ -40,7 +40,7 @@ from envs import (
 )
 from kernels import DeploymentScale, KernelCostModel
 from moe_runtime import ControlAction, MoERuntime, forward_work
-from telemetry import GpuSystemMonitor, SimulatedGpu, get_gpu_spec, nvml_index_of_cuda_device
+from telemetry import GpuSystemMonitor, SimulatedGpu, get_gpu_spec
 
 _WINDOW = "agent_router_interval"
 
@@ -182,40 +182,50 @@ class AgentRouter:
         if monitor is None:
             monitor = SimulatedGpu(gpu or "H100")
         self._owns_monitor = not isinstance(monitor, GpuSystemMonitor)  # closed with the router (`close`)
-        if isinstance(monitor, str):  # NVML's index of the runtime's CUDA device (CUDA_VISIBLE_DEVICES renumbers)
-            cuda = runtime.device.index if getattr(runtime.device, "type", "") == "cuda" else None
-            monitor = GpuSystemMonitor(device_id=nvml_index_of_cuda_device(cuda), source=monitor)
-        self.monitor = monitor if isinstance(monitor, GpuSystemMonitor) else GpuSystemMonitor(source=monitor)
-        # A source that executes priced work is simulated; any other (NVML) measures the runtime running itself.
-        self.gpu = self.monitor.source if callable(getattr(self.monitor.source, "execute", None)) else None
-        gpu = gpu or ("H100" if self.gpu is not None else spec_name_for(self.monitor.device))
-        self.gpu_spec = getattr(self.monitor.source, "spec", None) or get_gpu_spec(gpu)
-        self.kcm = kernel_cost_model or KernelCostModel(gpu_type=gpu)
-        # On NVML the deployment shape only weighs the experts' costs, at the runtime's d_model as the measured env.
-        self.deployment = deployment or deployment_for(
-            cfg, **({} if self.gpu is not None else {"d_model": cfg.d_model})
-        )
-        if self.deployment.num_experts != self.num_experts:
-            raise ValueError(
-                f"deployment has {self.deployment.num_experts} experts; the runtime has {self.num_experts}"
+        if not self._owns_monitor:
+            self.monitor = monitor
+        else:  # an NVML source reads the GPU the runtime runs on (NVML numbers GPUs unlike CUDA)
+            device = getattr(runtime, "device", None)
+            cuda = None
+            if getattr(device, "type", "") == "cuda":
+                import torch
+
+                cuda = device.index if device.index is not None else torch.cuda.current_device()
+            self.monitor = GpuSystemMonitor(source=monitor, cuda_device=cuda)
+        try:
+            # A source that executes priced work is simulated; any other (NVML) measures the runtime running itself.
+            self.gpu = self.monitor.source if callable(getattr(self.monitor.source, "execute", None)) else None
+            gpu = gpu or ("H100" if self.gpu is not None else spec_name_for(self.monitor.device))
+            self.gpu_spec = getattr(self.monitor.source, "spec", None) or get_gpu_spec(gpu)
+            self.kcm = kernel_cost_model or KernelCostModel(gpu_type=gpu)
+            # On NVML the deployment shape only weighs the experts' costs, at the runtime's d_model as the measured env.
+            self.deployment = deployment or deployment_for(
+                cfg, **({} if self.gpu is not None else {"d_model": cfg.d_model})
             )
-        self.action_config = action_config or ActionConfig()
-        self.spec = ControlSpec(
-            self.num_experts,
-            float(self.gpu_spec.tdp_w),
-            float(self.gpu_spec.slowdown_temp_c),
-            self.interval_s,
-            self.action_config,
-            self.interval_tokens,
-        )
-        self.builder: ObservationBuilder = self.spec.builder
-        self._controller = self._checked_controller(controller)
-        cost = np.asarray(self.kcm.expert_energy_per_token_j(self.deployment), dtype=np.float64)
-        self.expert_cost_ratio = cost / cost.mean()
-        self.reference_loss = _checked_reference_loss(reference_loss)
-        runtime.reference_tokens = int(reference_tokens)  # set once every check passed: a refused router changes nothing
-        self.capacity_tokens_per_s: float | None = None if self.gpu is not None else self._runtime_capacity()
-        self.reset()
+            if self.deployment.num_experts != self.num_experts:
+                raise ValueError(
+                    f"deployment has {self.deployment.num_experts} experts; the runtime has {self.num_experts}"
+                )
+            self.action_config = action_config or ActionConfig()
+            self.spec = ControlSpec(
+                self.num_experts,
+                float(self.gpu_spec.tdp_w),
+                float(self.gpu_spec.slowdown_temp_c),
+                self.interval_s,
+                self.action_config,
+                self.interval_tokens,
+            )
+            self.builder: ObservationBuilder = self.spec.builder
+            self._controller = self._checked_controller(controller)
+            cost = np.asarray(self.kcm.expert_energy_per_token_j(self.deployment), dtype=np.float64)
+            self.expert_cost_ratio = cost / cost.mean()
+            self.reference_loss = _checked_reference_loss(reference_loss)
+            runtime.reference_tokens = int(reference_tokens)  # set once every check passed: a refusal changes nothing
+            self.capacity_tokens_per_s: float | None = None if self.gpu is not None else self._runtime_capacity()
+            self.reset()
+        except BaseException:  # a bad argument found after the monitor opened: its NVML init and sampler go too
+            self.close()
+            raise
 
     @property
     def controller(self) -> Controller:

@@ -22,7 +22,7 @@ from envs.backends import IntervalResult, idle_energy_j, interval_latency_ms
 from envs.config import EnvConfig
 from kernels import KernelCostModel
 from moe_runtime import MoERuntime, StepReport
-from telemetry import GPU_SPECS, GpuSystemMonitor, get_gpu_spec, nvml_available, nvml_index_of_cuda_device
+from telemetry import GPU_SPECS, GpuSystemMonitor, get_gpu_spec, nvml_available
 
 
 def spec_name_for(device_name: str) -> str:
@@ -163,7 +163,7 @@ class MeasuredBackend:
         self.cfg = cfg
         # The GPU the runtime runs on (torch's current device), found in NVML by UUID: NVML's index 0 is another
         # card when CUDA_VISIBLE_DEVICES reorders or hides GPUs.
-        self.monitor = GpuSystemMonitor(device_id=nvml_index_of_cuda_device(), source="nvml")
+        self.monitor = GpuSystemMonitor(source="nvml", cuda_device=torch.cuda.current_device())
         self.spec = get_gpu_spec(spec_name_for(self.monitor.device))
         self.kcm = KernelCostModel(gpu_type=self.spec.name, data_path=cfg.cost_table)
         self.launch_tokens = cfg.model.seq_len * cfg.model.batch_size

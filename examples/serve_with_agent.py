@@ -29,7 +29,7 @@ from moe_runtime import (
     TTTEngine,
     load_or_pretrain,
 )
-from telemetry import GpuSystemMonitor, nvml_available, nvml_index_of_cuda_device
+from telemetry import GpuSystemMonitor, nvml_available
 
 
 def main() -> None:
@@ -74,7 +74,8 @@ def main() -> None:
         parser.exit(1, f"{parser.prog}: error: {exc}\n")
     schedule = DomainSchedule.shift("prose", "code", env_config.runtime_tokens * args.intervals // 2)
     runtime = MoERuntime(config, model=model, schedule=schedule, ttt=TTTEngine(TTTConfig()))
-    monitor = GpuSystemMonitor(device_id=nvml_index_of_cuda_device(), source=args.telemetry)  # the runtime's GPU
+    cuda = (runtime.device.index or 0) if runtime.device.type == "cuda" else None  # NVML reads the runtime's GPU
+    monitor = GpuSystemMonitor(source=args.telemetry, cuda_device=cuda)
     try:
         router = agents.AgentRouter(
             controller, runtime, monitor=monitor, interval_tokens=env_config.runtime_tokens, demand=args.demand

@@ -156,10 +156,12 @@ def _measure_shapes(shapes: list, device: str, window_s: float, dtype, meter) ->
 
 
 def _nvml_meter():
-    """Telemetry's NVML monitor of the first GPU (energy windows, sampled SM clock)."""
+    """Telemetry's NVML monitor of the GPU the kernels run on (energy windows, sampled SM clock)."""
+    import torch
+
     import telemetry
 
-    return telemetry.GpuSystemMonitor(device_id=0, source="nvml")
+    return telemetry.GpuSystemMonitor(source="nvml", cuda_device=torch.cuda.current_device())
 
 
 def _measure_cuda(fn, meter, window_s: float) -> tuple[float, float, float]:

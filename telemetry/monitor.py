@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from telemetry.nvml import NvmlSource, nvml_available
+from telemetry.nvml import NvmlSource, nvml_available, nvml_index_of_cuda_device
 from telemetry.samples import Sample
 from telemetry.simulated import SimulatedGpu
 
@@ -68,15 +68,19 @@ class _OpenWindow:
     start_temperature_c: float | None
 
 
-def open_source(source: Any = "auto", device_id: int = 0, gpu: str = "H100", seed: int = 0) -> tuple[Any, str]:
+def open_source(source: Any = "auto", device_id: int = 0, gpu: str = "H100", seed: int = 0,
+                cuda_device: int | None = None) -> tuple[Any, str]:
     """Pick a GPU source and say why.
 
     Args:
         source: "auto" (NVML when a GPU and driver are present, else the simulator), "nvml", "simulated", or a
             source object (an `NvmlSource`, `SimulatedGpu`, or anything with their methods), used as it is.
-        device_id: NVML device index.
+        device_id: NVML device index, where `cuda_device` is None.
         gpu: GPU model the simulator plays (a `get_gpu_spec` name).
         seed: simulator seed.
+        cuda_device: the CUDA ordinal of the GPU the work runs on: an NVML source then reads that GPU (found by
+            UUID, `nvml_index_of_cuda_device`: NVML's numbering differs under `CUDA_VISIBLE_DEVICES`) and synchronizes
+            it. Only an NVML source looks it up.
 
     Returns:
         (source object, reason).
@@ -85,14 +89,19 @@ def open_source(source: Any = "auto", device_id: int = 0, gpu: str = "H100", see
         NvmlUnavailableError: "nvml" asked for and NVML cannot be used; the message names what is missing.
         ValueError: an unknown source name. TypeError: an object lacking the source methods.
     """
+    def nvml_source() -> NvmlSource:
+        if cuda_device is None:
+            return NvmlSource(device_id)
+        return NvmlSource(nvml_index_of_cuda_device(cuda_device), cuda_device=cuda_device)
+
     if isinstance(source, str):
         if source == "nvml":
-            return NvmlSource(device_id), "NVML asked for"
+            return nvml_source(), "NVML asked for"
         if source == "simulated":
             return SimulatedGpu(gpu, seed=seed), f"simulated {gpu} asked for"
         if source == "auto":
             if nvml_available():
-                return NvmlSource(device_id), "auto: NVML sees a GPU"
+                return nvml_source(), "auto: NVML sees a GPU"
             return SimulatedGpu(gpu, seed=seed), f"auto: no NVML GPU here, simulating {gpu}"
         raise ValueError(f"source must be 'auto', 'nvml', 'simulated' or a source object, got {source!r}")
     missing = [name for name in _SOURCE_METHODS if not callable(getattr(source, name, None))]
@@ -105,7 +114,7 @@ class GpuSystemMonitor:
     """One GPU's telemetry: current stats with the seeds' keys, and named energy windows.
 
     Args:
-        device_id: NVML device index.
+        device_id: NVML device index, where `cuda_device` is None.
         source: "auto", "nvml", "simulated", or a source object (e.g. an env's own `SimulatedGpu`); see
             `open_source`.
         sample_rate_hz: background sampler rate for NVML sources, samples/s > 0 (window peaks, throttle share);
@@ -113,18 +122,26 @@ class GpuSystemMonitor:
         start_sampler: start the NVML sampler now (simulated sources record every sub-step themselves).
         gpu: GPU model the simulator plays when it is chosen.
         seed: simulator seed.
+        cuda_device: the CUDA ordinal the work runs on; an NVML source reads and synchronizes that GPU (see
+            `open_source`).
     """
 
     def __init__(self, device_id: int = 0, source: Any = "auto", sample_rate_hz: float = 100.0,
-                 start_sampler: bool = True, gpu: str = "H100", seed: int = 0) -> None:
+                 start_sampler: bool = True, gpu: str = "H100", seed: int = 0, cuda_device: int | None = None) -> None:
         rate = sample_rate_hz  # checked whatever the source: an NVML sampler refused it only when it started
         if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 < rate < math.inf:
             raise ValueError(f"sample_rate_hz must be a positive, finite number of samples per second, got {rate!r}")
         self.device_id = device_id
         self._owns_source = isinstance(source, str)
-        self.source, self.reason = open_source(source, device_id, gpu, seed)
+        self.source, self.reason = open_source(source, device_id, gpu, seed, cuda_device)
         self.source_kind = getattr(self.source, "source", "custom")
-        self.device = self.source.name() if callable(getattr(self.source, "name", None)) else type(self.source).__name__
+        try:
+            self.device = (self.source.name() if callable(getattr(self.source, "name", None))
+                           else type(self.source).__name__)
+        except BaseException:  # a GPU lost between opening and naming: the NVML init this opened is given back
+            if self._owns_source and isinstance(self.source, NvmlSource):
+                self.source.close()
+            raise
         logger.info("telemetry source: %s (%s)", self.device, self.reason)
         if isinstance(self.source, NvmlSource) and start_sampler:
             self.source.start_sampler(sample_rate_hz)

@@ -75,7 +75,14 @@ def nvml_available() -> bool:
         logger.info("NVML not available: %s", error)
         return False
     finally:
-        nvml.nvmlShutdown()  # NVML counts inits: each one is matched, or another user's shutdown would not shut it
+        _shutdown(nvml)  # NVML counts inits: each one is matched, or another user's shutdown would not shut it
+
+
+def _shutdown(nvml: Any) -> None:
+    try:
+        nvml.nvmlShutdown()
+    except Exception as error:  # nothing to give back, or the driver went: not worth failing a query over
+        logger.debug("nvmlShutdown failed: %s", error)
 
 
 def nvml_index_of_cuda_device(cuda_device: int | None = None, nvml: Any = None) -> int:
@@ -84,13 +91,14 @@ def nvml_index_of_cuda_device(cuda_device: int | None = None, nvml: Any = None) 
     CUDA numbers the GPUs that `CUDA_VISIBLE_DEVICES` leaves, in its own order; NVML numbers every GPU by PCI bus
     ("The NVML index may not correlate with other APIs, such as the CUDA device index"): `cuda:0` under
     `CUDA_VISIBLE_DEVICES=2` is NVML's GPU 2. The two are matched by UUID. Without torch imported or CUDA up, or where
-    NVML does not know the UUID (a MIG instance), the ordinal itself, with a warning in the last case.
+    NVML does not know the UUID, the ordinal itself, with a warning; a MIG instance maps to its card, with a warning
+    that NVML's figures are the whole card's.
     """
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available():
         return 0 if cuda_device is None else int(cuda_device)
     ordinal = torch.cuda.current_device() if cuda_device is None else int(cuda_device)
-    uuid = str(getattr(torch.cuda.get_device_properties(ordinal), "uuid", "") or "")
+    uuid = str(getattr(torch.cuda.get_device_properties(ordinal), "uuid", "") or "").removeprefix("GPU-")
     if not uuid:
         return ordinal
     nvml = nvml if nvml is not None else _import_pynvml()
@@ -99,14 +107,20 @@ def nvml_index_of_cuda_device(cuda_device: int | None = None, nvml: Any = None) 
     except nvml.NVMLError as error:
         raise NvmlUnavailableError(_unavailable_message(nvml, error)) from error
     try:
-        handle = nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}")
+        try:
+            handle = nvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+        except nvml.NVMLError:  # torch gives the bare UUID; a MIG instance's is NVML's "MIG-..."
+            handle = nvml.nvmlDeviceGetHandleByUUID(f"MIG-{uuid}")
+            handle = nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle)
+            warnings.warn(f"cuda:{ordinal} is a MIG instance: NVML's power, energy and temperature are its whole "
+                          "card's, other instances' work included", RuntimeWarning, stacklevel=2)
         return int(nvml.nvmlDeviceGetIndex(handle))
     except nvml.NVMLError as error:
         warnings.warn(f"cuda:{ordinal} (UUID {uuid}) not found by NVML ({error}); reading NVML GPU {ordinal}, which "
                       "may be another card", RuntimeWarning, stacklevel=2)
         return ordinal
     finally:
-        nvml.nvmlShutdown()
+        _shutdown(nvml)
 
 
 class NvmlSource:
@@ -144,6 +158,7 @@ class NvmlSource:
         self.buffer = SampleBuffer(buffer_capacity)
         self._sampler = BackgroundSampler(self.sample, self.buffer, sample_rate_hz)
         self._unsupported: set[str] = set()
+        self._failed_codes: set[tuple[str, int]] = set()
         self._lock = threading.RLock()  # reentrant: a degrade inside a locked read takes it again
         self._closed = True  # until NVML is initialised: nothing to shut down
         try:
@@ -357,10 +372,7 @@ class NvmlSource:
         `energy_source`, not warned about)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            try:
-                works = read() is not None
-            except NvmlQueryError:  # a field that fails from the start, whatever the code, is not offered here
-                works = False
+            works = read() is not None
         if not works:
             self._unsupported.add(field)
         return works
@@ -386,13 +398,18 @@ class NvmlSource:
             return None
 
     def _field_failed(self, field: str, code: int) -> None:
-        """A field value's own return code: NOT_SUPPORTED degrades the field for good; anything else is this reading's
-        failure, raised, not a reason to stop reading the field."""
+        """A field value's own return code: NOT_SUPPORTED (or NO_PERMISSION) degrades the field for good; any other
+        code loses this reading only (None; the power falls back to the averaged reading), warned once per code."""
         if code in {getattr(self._nvml, "NVML_ERROR_NOT_SUPPORTED", None),
                     getattr(self._nvml, "NVML_ERROR_NO_PERMISSION", None)}:
             self._degrade(field, f"NVML return code {code}")
             return
-        raise NvmlQueryError(f"NVML field {field} on GPU {self.device_index} failed: NVML return code {code}")
+        with self._lock:
+            first = (field, code) not in self._failed_codes
+            self._failed_codes.add((field, code))
+        if first:
+            warnings.warn(f"GPU {self.device_index}: NVML field {field} returned code {code}; that reading is lost "
+                          "(warned once per code)", RuntimeWarning, stacklevel=3)
 
     def _degrade(self, field: str, why: str) -> None:
         with self._lock:
@@ -418,15 +435,17 @@ class NvmlSource:
     def _add_reading_mj(self, previous: tuple[int, float], raw_mj: int) -> tuple[int, float]:
         """Add a counter reading to the running total. NVML's counter is 64-bit mJ since the driver was loaded: it
         does not wrap, so a reading below the last one means it restarted (a driver reload), and the energy since
-        is the reading itself; a small step back is a glitch, counted as nothing. Either way, with a warning."""
+        is the reading itself; a small step back is a glitch, ignored. Either way, with a warning."""
         last_raw, total_mj = previous
         delta = raw_mj - last_raw
         if delta < 0:
             restarted = raw_mj < last_raw // 2
             warnings.warn(f"GPU {self.device_index}: the NVML energy counter went back from {last_raw} to {raw_mj} mJ"
-                          f" ({'a restart: counting from 0' if restarted else 'counted as no energy'})",
+                          f" ({'a restart: counting from 0' if restarted else 'a glitch: ignored'})",
                           RuntimeWarning, stacklevel=3)
-            delta = raw_mj if restarted else 0
+            if not restarted:  # the next reading counts from the last good one, not from the dip
+                return last_raw, total_mj
+            delta = raw_mj
         return raw_mj, total_mj + delta
 
     def _integrate(self, power_w: float) -> None:

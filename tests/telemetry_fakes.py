@@ -142,6 +142,9 @@ class FakeNvml(types.ModuleType):
     def _nvmlDeviceGetIndex(self, handle):
         return 0
 
+    def _nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, migDevice):
+        return "handle0"
+
     def _nvmlDeviceGetName(self, handle):
         return "NVIDIA H100 80GB HBM3 (replay)"
 

@@ -235,3 +235,30 @@ def test_agent_router_names_the_interval_when_ttt_is_asked_of_a_runtime_without_
                                          r"after interval 0, which was served and is in router.last_record"):
         router.step()
     assert router.last_record.interval == 0 and runtime.action == before
+
+
+def test_the_measured_env_and_router_read_the_gpu_their_runtime_runs_on(monkeypatch):
+    """They ask for the runtime's CUDA device (found in NVML by UUID: NVML numbers GPUs unlike CUDA under
+    CUDA_VISIBLE_DEVICES), not NVML's GPU 0; on the CPU there is none to ask for."""
+    import envs.measured as measured
+    from envs import EnvConfig
+
+    asked = []
+
+    class Spy:
+        def __init__(self, **kwargs):
+            asked.append(kwargs)
+            raise RuntimeError("spied")
+
+    monkeypatch.setattr(measured.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(measured.torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(measured, "GpuSystemMonitor", Spy)
+    with pytest.raises(RuntimeError, match="spied"):
+        measured.MeasuredBackend(EnvConfig(preset="tiny"))
+    assert asked == [{"source": "nvml", "cuda_device": 3}]
+    import agents.agent_router as router_module
+
+    monkeypatch.setattr(router_module, "GpuSystemMonitor", Spy)
+    with pytest.raises(RuntimeError, match="spied"):
+        AgentRouter("no_control", MoERuntime(TINY), monitor="nvml")
+    assert asked[-1] == {"source": "nvml", "cuda_device": None}  # a CPU runtime: no CUDA device to find
