@@ -106,7 +106,7 @@ def parse_args(argv: list[str] | None = None, doc: str = "") -> Args:
         raise UsageError(f"--baselines is for a --policies comparison; --suite {suite} compares with its own")
     seeds, intervals = SUITE_DEFAULTS[suite]
     args.seeds, args.episode_intervals = args.seeds or seeds, args.episode_intervals or intervals
-    parse_seeds(args.seeds)  # a bad --seeds fails here, not after the main suite's training run
+    seed_list = parse_seeds(args.seeds)  # a bad --seeds fails here, not after the main suite's training run
     for name in ("episodes", "episode_intervals", "bootstrap_reps"):
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -120,7 +120,7 @@ def parse_args(argv: list[str] | None = None, doc: str = "") -> Args:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (0: {ZERO_MEANS[name]}), got {getattr(args, name)}")
     if args.episodes > 1000:  # episode seeds are 1000 x seed + episode: more would reuse another seed's
         raise UsageError(f"--episodes must be <= 1000 (more would repeat another seed's episodes), got {args.episodes}")
-    if (last := 1000 * max(parse_seeds(args.seeds)) + args.episodes - 1) >= TRAINING_SEEDS_FROM:
+    if (last := 1000 * max(seed_list) + args.episodes - 1) >= TRAINING_SEEDS_FROM:
         raise UsageError(f"--seeds {args.seeds!r} reaches episode seed {last} (1000 x seed + episode); held-out "
                          f"episodes stay below {TRAINING_SEEDS_FROM}, where the training episodes' seeds start")
     if not 0 < args.interval_s < math.inf:
